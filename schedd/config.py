@@ -1,0 +1,151 @@
+"""Daemon configuration: /etc/schedd/schedd.toml (or --config), defaults from the machine."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+import psutil
+
+from .protocol import parse_duration, parse_size
+
+SYSTEM_CONFIG = Path("/etc/schedd/schedd.toml")
+SYSTEM_STATE = Path("/var/lib/schedd")
+
+
+class ConfigError(Exception):
+    pass
+
+
+def parse_id_list(value: object, what: str) -> list[int]:
+    """'0-3,8' or [0, 1, 2] -> sorted unique ids."""
+    if isinstance(value, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise ConfigError(f"{what}: a list must hold non-negative integers")
+        return sorted(set(value))
+    if not isinstance(value, str):
+        raise ConfigError(f"{what}: expected a list or a string like '0-3,8'")
+    ids: set[int] = set()
+    for part in value.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise ValueError
+                ids.update(range(lo, hi + 1))
+            else:
+                ids.add(int(part))
+        except ValueError:
+            raise ConfigError(f"{what}: {part!r} is not an id or a range like 0-3") from None
+    return sorted(ids)
+
+
+def format_id_list(ids: list[int]) -> str:
+    """[0,1,2,5] -> '0-2,5' (the cpuset list format)."""
+    out, ids = [], sorted(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+@dataclass
+class Config:
+    node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    cpu_ids: list[int] = field(default_factory=lambda: sorted(os.sched_getaffinity(0)))
+    memory: int = field(default_factory=lambda: psutil.virtual_memory().total)
+    gpu_ids: list[int] = field(default_factory=list)
+    default_memory: int = 0  # 0: min(1 GiB, memory / CPUs)
+    min_memory: int = 4 << 20  # the job's supervisor needs a few MiB inside the limit
+    kill_wait_usec: int = 10_000_000
+    policy: str = "strict"
+    state_dir: Path = SYSTEM_STATE
+    executor: str = "auto"  # auto | systemd | plain
+    max_argv_bytes: int = 1 << 20
+    max_env_entries: int = 10_000
+    max_pending_per_user: int = 100_000
+    finished_object_ttl_usec: int = 600_000_000  # finished jobs stay exported this long
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.default_memory:
+            self.default_memory = min(1 << 30, self.memory // max(1, len(self.cpu_ids)))
+
+
+def load(path: Path | None, user_mode: bool) -> Config:
+    """Read the TOML file (absent is fine unless named explicitly) over the machine's defaults."""
+    explicit = path is not None
+    if path is None:
+        path = Path(platformdirs.user_config_dir("schedd")) / "schedd.toml" if user_mode else SYSTEM_CONFIG
+    cfg = Config()
+    if user_mode:
+        cfg.state_dir = Path(platformdirs.user_state_dir("schedd"))
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such file") from None
+        data = {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg.source = path if data else None
+    try:
+        _apply(cfg, data)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg.__post_init__()
+    return cfg
+
+
+def _apply(cfg: Config, data: dict) -> None:
+    known = {"node", "resources", "jobs", "scheduler", "daemon", "http", "peers"}
+    for section in data:
+        if section not in known:
+            raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
+    node = data.get("node", {})
+    if "name" in node:
+        cfg.node_name = str(node["name"])
+    res = data.get("resources", {})
+    machine_cpus = set(os.sched_getaffinity(0))
+    if "cpus" in res:
+        v = res["cpus"]
+        cfg.cpu_ids = sorted(machine_cpus)[: int(v)] if isinstance(v, int) else parse_id_list(v, "resources.cpus")
+        missing = set(cfg.cpu_ids) - machine_cpus
+        if missing or not cfg.cpu_ids:
+            raise ConfigError(f"resources.cpus names CPUs this machine does not offer: {sorted(missing) or 'none given'}")
+    if "memory" in res:
+        cfg.memory = parse_size(res["memory"])
+    if "gpus" in res:
+        v = res["gpus"]
+        cfg.gpu_ids = list(range(v)) if isinstance(v, int) else parse_id_list(v, "resources.gpus")
+    jobs = data.get("jobs", {})
+    if "default_memory" in jobs:
+        cfg.default_memory = parse_size(jobs["default_memory"])
+    if "kill_wait" in jobs:
+        cfg.kill_wait_usec = parse_duration(jobs["kill_wait"])
+    for key in ("max_argv_bytes", "max_env_entries", "max_pending_per_user"):
+        if key in jobs:
+            setattr(cfg, key, int(jobs[key]))
+    sched = data.get("scheduler", {})
+    if "policy" in sched:
+        if sched["policy"] not in ("strict", "first-fit"):
+            raise ConfigError("scheduler.policy must be 'strict' or 'first-fit'")
+        cfg.policy = sched["policy"]
+    daemon = data.get("daemon", {})
+    if "state_dir" in daemon:
+        cfg.state_dir = Path(daemon["state_dir"])
+    if "executor" in daemon:
+        if daemon["executor"] not in ("auto", "systemd", "plain"):
+            raise ConfigError("daemon.executor must be 'auto', 'systemd' or 'plain'")
+        cfg.executor = daemon["executor"]

@@ -1,0 +1,156 @@
+"""schedd: the daemon's entry point. One asyncio loop for D-Bus, child watching and (later) HTTP.
+
+Start-up order matters (Type=notify): recover the store and re-adopt running
+scopes first, then export the objects and take the bus name, then READY=1,
+so no client ever sees a half-recovered daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from . import __version__
+from . import bus as dbus
+from .config import ConfigError, load
+from .dbus_service import DBusService, ServiceBus
+from .engine import Engine
+from .executor import ExecutorError, make_executor
+from .store import Store, default_path
+
+log = logging.getLogger("schedd")
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """'<6>message': journald reads the priority prefix from a service's stderr (sd-daemon(3))."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    logging.getLogger("dbus_fast").setLevel(logging.WARNING)
+
+
+def sd_notify(state: str) -> bool:
+    """READY=1, STATUS=..., WATCHDOG=1, STOPPING=1 to $NOTIFY_SOCKET (a datagram; '@' = abstract)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+        return True
+    except OSError as e:
+        log.warning("sd_notify(%s): %s", state, e)
+        return False
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="schedd", description="The schedd job scheduler daemon.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--system", dest="user", action="store_false", help="system daemon on the system bus (default)")
+    mode.add_argument("--user", dest="user", action="store_true", help="per-user daemon on the session bus")
+    p.add_argument("--config", type=Path, help="configuration file (default /etc/schedd/schedd.toml)")
+    p.add_argument("--state-dir", type=Path, help="state directory (overrides the configuration)")
+    p.add_argument("--executor", choices=("auto", "systemd", "plain"), help="how jobs are run (default auto)")
+    p.add_argument("--bus-address", help="D-Bus address to serve on (default: the system or session bus)")
+    p.add_argument("--replace", action="store_true", help="take the bus name over from a running instance")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"schedd {__version__}")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    cfg = load(args.config, args.user)
+    if args.state_dir:
+        cfg.state_dir = args.state_dir
+    if args.executor:
+        cfg.executor = args.executor
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _l, ctx: log.error("unhandled: %s", ctx.get("exception") or ctx["message"],
+                                                         exc_info=ctx.get("exception")))
+    address = args.bus_address or dbus.bus_address(args.user)
+    store = Store(default_path(cfg.state_dir))
+    engine = Engine(cfg, store, user_mode=args.user)
+    executor = await make_executor(
+        cfg.executor, engine.on_exit, address=dbus.bus_address(args.user),
+        status_dir=cfg.state_dir / "exits", kill_wait_usec=cfg.kill_wait_usec,
+    )
+    await engine.recover(executor)
+    bus = await dbus.connect(address, bus_class=ServiceBus)
+    service = DBusService(engine, bus)
+    await service.take_name(args.replace)
+    log.info("schedd %s ready on %s: node %s, executor %s, %d CPUs, %d MiB, %d GPUs, state %s",
+             __version__, address, cfg.node_name, executor.name, engine.ledger.total_cpus,
+             engine.ledger.total_memory >> 20, engine.ledger.total_gpus, cfg.state_dir)
+    sd_notify(f"READY=1\nSTATUS=executor {executor.name}, {engine.ledger.total_cpus} CPUs")
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog = _start_watchdog(loop)
+    disconnected = loop.create_task(bus.wait_for_disconnect())
+    stopping = loop.create_task(stop.wait())
+    done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    rc = 0
+    if disconnected in done:
+        log.error("lost the D-Bus connection; exiting so systemd restarts us")
+        rc = 1
+    sd_notify("STOPPING=1")
+    if watchdog:
+        watchdog.cancel()
+    await engine.shutdown()
+    bus.disconnect()
+    store.close()
+    log.info("stopped; running jobs continue in their scopes and will be re-adopted")
+    return rc
+
+
+def _start_watchdog(loop: asyncio.AbstractEventLoop) -> asyncio.Task | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+
+    async def pet() -> None:
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(int(usec) / 2e6)
+
+    return loop.create_task(pet())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return asyncio.run(run(args))
+    except ConfigError as e:
+        log.error("configuration: %s", e)
+        return 78  # EX_CONFIG
+    except (ExecutorError, RuntimeError, OSError) as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The D-Bus front end: the Manager object and one object per job, exactly as DESIGN.md fixes them.
+
+It holds no job state: every method is one engine call, every signal comes
+from an engine event. The caller's uid comes from the bus
+(GetConnectionUnixUser on the message's sender, cached per unique name,
+which the bus never reuses), never from anything the caller says.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+from collections import OrderedDict
+from typing import Any, Callable
+
+from dbus_fast import Message, MessageType, NameFlag, RequestNameReply, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.errors import DBusError
+from dbus_fast.service import ServiceInterface, dbus_property, method
+from dbus_fast.service import signal as dbus_signal
+
+from . import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
+from . import bus as dbus
+from .engine import Caller, Engine
+from .errors import ERROR_PREFIX, InvalidArgument, SchedError
+from .model import Job, JobState
+from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS
+
+log = logging.getLogger(__name__)
+
+_sender: contextvars.ContextVar[str | None] = contextvars.ContextVar("sender", default=None)
+
+JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
+    "Id": lambda j: j.id,
+    "Name": lambda j: j.spec.name,
+    "Command": lambda j: j.spec.command,
+    "User": lambda j: j.spec.uid,
+    "UserName": lambda j: j.spec.user_name,
+    "State": lambda j: j.state.value,
+    "Reason": lambda j: j.reason,
+    "ExitCode": lambda j: j.exit_code,
+    "Priority": lambda j: j.spec.priority,
+    "CPUs": lambda j: j.spec.cpus,
+    "Memory": lambda j: j.spec.memory,
+    "GPUs": lambda j: j.spec.gpus,
+    "AssignedCPUs": lambda j: j.assigned_cpus,
+    "AssignedGPUs": lambda j: j.assigned_gpus,
+    "Unit": lambda j: j.unit,
+    "Node": lambda j: j.node,
+    "WorkingDirectory": lambda j: j.spec.working_directory,
+    "StdoutPath": lambda j: j.spec.stdout_path,
+    "StderrPath": lambda j: j.spec.stderr_path,
+    "SubmitTime": lambda j: j.submit_time,
+    "StartTime": lambda j: j.start_time,
+    "EndTime": lambda j: j.end_time,
+    "CPUTimeUSec": lambda j: j.cpu_time_usec,
+    "MemoryPeak": lambda j: j.memory_peak,
+    "RuntimeMaxUSec": lambda j: j.spec.runtime_max_usec,
+    "After": lambda j: j.spec.after,
+    "Restarts": lambda j: j.restarts,
+}
+assert JOB_GETTERS.keys() == JOB_PROPERTIES.keys()
+
+
+def job_variants(job: Job, names=None) -> dict[str, Variant]:
+    return {n: Variant(JOB_PROPERTIES[n], JOB_GETTERS[n](job)) for n in (names or JOB_PROPERTIES)}
+
+
+def _dbus_errors(fn):
+    """SchedError -> its D-Bus error; anything else is a bug: logged, answered, never fatal."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except SchedError as e:
+            raise DBusError(e.dbus_name, e.message) from None
+        except DBusError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the daemon must survive its own bugs
+            log.exception("%s failed", fn.__name__)
+            raise DBusError(ERROR_PREFIX + "Failed", f"internal error in {fn.__name__}: {type(e).__name__}") from None
+
+    return wrapper
+
+
+class ServiceBus(MessageBus):
+    """InterfacesAdded/Removed from the ObjectManager's path (the manager), where GLib clients look."""
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        if self._disconnected or not isinstance(interface, JobObject):
+            return
+        self.send(Message.new_signal(
+            path=MANAGER_PATH, interface="org.freedesktop.DBus.ObjectManager", member="InterfacesAdded",
+            signature="oa{sa{sv}}", body=[path, {JOB_IFACE: job_variants(interface.job)}],
+        ))
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        if self._disconnected or not path.startswith(JOB_PATH_PREFIX):
+            return
+        self.send(Message.new_signal(
+            path=MANAGER_PATH, interface="org.freedesktop.DBus.ObjectManager", member="InterfacesRemoved",
+            signature="oas", body=[path, removed_interfaces],
+        ))
+
+
+class JobObject(ServiceInterface):
+    """/org/schedd/Schedd1/job/<id>: read-only properties and Cancel()."""
+
+    def __init__(self, service: "DBusService", job: Job) -> None:
+        super().__init__(JOB_IFACE)
+        self.service = service
+        self.job = job
+
+    @method()
+    @_dbus_errors
+    async def Cancel(self) -> "":  # noqa: F722
+        await self.service.engine.cancel(self.job.id, await self.service.caller())
+
+
+def _job_property(name: str, sig: str):
+    getter = JOB_GETTERS[name]
+
+    def prop(self) -> sig:
+        return getter(self.job)
+
+    prop.__name__ = name
+    prop.__annotations__ = {"return": sig}
+    return dbus_property(access=PropertyAccess.READ, name=name)(prop)
+
+
+for _name, _sig in JOB_PROPERTIES.items():
+    setattr(JobObject, _name, _job_property(_name, _sig))
+
+
+def _parse_filter(flt: dict[str, Variant]) -> dict[str, Any]:
+    out = {}
+    for key, v in flt.items():
+        if key not in LIST_FILTER_KEYS:
+            raise InvalidArgument(f"unknown filter key {key!r}; valid keys: {', '.join(LIST_FILTER_KEYS)}")
+        if v.signature != LIST_FILTER_KEYS[key]:
+            raise InvalidArgument(f"filter key {key!r} must have D-Bus type '{LIST_FILTER_KEYS[key]}', got '{v.signature}'")
+        out[key] = v.value
+    return out
+
+
+MAX_LIST = 10_000
+
+
+class ManagerObject(ServiceInterface):
+    """/org/schedd/Schedd1: the manager."""
+
+    def __init__(self, service: "DBusService") -> None:
+        super().__init__(MANAGER_IFACE)
+        self.service = service
+        self.engine = service.engine
+
+    async def _caller(self) -> Caller:
+        return await self.service.caller()
+
+    @method()
+    @_dbus_errors
+    async def Submit(self, spec: "a{sv}") -> "(to)":  # noqa: F821
+        job = await self.engine.submit(spec, await self._caller())
+        return [job.id, job_path(job.id)]
+
+    @method()
+    @_dbus_errors
+    async def SubmitMany(self, specs: "aa{sv}") -> "at":  # noqa: F821
+        if not specs:
+            raise InvalidArgument("SubmitMany needs at least one spec")
+        jobs = await self.engine.submit_many(specs, await self._caller())
+        return [j.id for j in jobs]
+
+    @method()
+    @_dbus_errors
+    async def Cancel(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.cancel(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def Hold(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.hold(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def Release(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.release(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def Suspend(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.suspend(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def Resume(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.resume(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def Requeue(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.requeue(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def GetJob(self, id: "t") -> "a{sv}":  # noqa: F821
+        return job_variants(self.engine.get(id))
+
+    @method()
+    @_dbus_errors
+    async def ListJobs(self, filter: "a{sv}") -> "aa{sv}":  # noqa: F821
+        f = _parse_filter(filter)
+        limit = f.get("Limit", MAX_LIST) or MAX_LIST
+        if limit > MAX_LIST:
+            raise InvalidArgument(f"Limit: at most {MAX_LIST} jobs per call; page with After (the last id you got)")
+        jobs = self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit)
+        return [job_variants(j) for j in jobs]
+
+    @method()
+    @_dbus_errors
+    async def ListNodes(self) -> "aa{sv}":  # noqa: F821
+        return [{k: Variant(NODE_KEYS[k], v) for k, v in self.service.local_node().items()}]
+
+    def _p(name: str, sig: str, fn):  # noqa: N805 - a class-body helper
+        def prop(self) -> sig:
+            return fn(self)
+
+        prop.__name__ = name
+        prop.__annotations__ = {"return": sig}
+        return dbus_property(access=PropertyAccess.READ, name=name)(prop)
+
+    Version = _p("Version", "s", lambda self: __version__)
+    NodeName = _p("NodeName", "s", lambda self: self.engine.config.node_name)
+    Executor = _p("Executor", "s", lambda self: self.engine.executor.name)
+    TotalCPUs = _p("TotalCPUs", "u", lambda self: self.engine.ledger.total_cpus)
+    TotalMemory = _p("TotalMemory", "t", lambda self: self.engine.ledger.total_memory)
+    TotalGPUs = _p("TotalGPUs", "u", lambda self: self.engine.ledger.total_gpus)
+    AvailableCPUs = _p("AvailableCPUs", "u", lambda self: self.engine.ledger.free_cpus)
+    AvailableMemory = _p("AvailableMemory", "t", lambda self: self.engine.ledger.free_memory)
+    AvailableGPUs = _p("AvailableGPUs", "u", lambda self: self.engine.ledger.free_gpus)
+    PendingJobs = _p("PendingJobs", "u", lambda self: self.engine.counts()[0])
+    RunningJobs = _p("RunningJobs", "u", lambda self: self.engine.counts()[1])
+    del _p
+
+    @dbus_signal()
+    def JobStateChanged(self, id, job, state, reason) -> "toss":  # noqa: F821
+        return [id, job, state, reason]
+
+
+MANAGER_GETTERS: dict[str, Callable[[Engine], Any]] = {
+    "AvailableCPUs": lambda e: e.ledger.free_cpus,
+    "AvailableMemory": lambda e: e.ledger.free_memory,
+    "AvailableGPUs": lambda e: e.ledger.free_gpus,
+}
+
+# Methods and the argument signature each takes, to answer a wrong one precisely.
+_SIGNATURES = {
+    "Submit": "a{sv}", "SubmitMany": "aa{sv}", "Cancel": "t", "Hold": "t", "Release": "t", "Suspend": "t",
+    "Resume": "t", "Requeue": "t", "GetJob": "t", "ListJobs": "a{sv}", "ListNodes": "",
+}
+
+
+class DBusService:
+    """Exports the engine on a bus and turns engine events into signals."""
+
+    def __init__(self, engine: Engine, bus: MessageBus) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.manager = ManagerObject(self)
+        self.objects: dict[int, JobObject] = {}
+        self._uids: OrderedDict[str, int] = OrderedDict()
+        bus.add_message_handler(self._tap)
+        bus.export(MANAGER_PATH, self.manager)
+        for job in engine.jobs.values():
+            self.job_added(job)
+        engine.listeners.append(self)
+
+    async def take_name(self, replace: bool = False) -> None:
+        flags = NameFlag.DO_NOT_QUEUE | NameFlag.ALLOW_REPLACEMENT
+        if replace:
+            flags |= NameFlag.REPLACE_EXISTING
+        reply = await self.bus.request_name(BUS_NAME, flags)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise RuntimeError(f"{BUS_NAME} is already owned on this bus ({reply.name}); is another schedd running?")
+
+    # -- the caller ---------------------------------------------------------------
+
+    def _tap(self, msg: Message):
+        """Runs before dispatch: remember who calls (the method's task copies this context)."""
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return None
+        _sender.set(msg.sender)
+        if msg.interface == MANAGER_IFACE and msg.member in _SIGNATURES and msg.signature != _SIGNATURES[msg.member]:
+            want = _SIGNATURES[msg.member]
+            return Message.new_error(
+                msg, InvalidArgument.dbus_name,
+                f"{msg.member} takes ({want}) but was called with ({msg.signature})",
+            )
+        return None
+
+    async def caller(self) -> Caller:
+        sender = _sender.get()
+        if sender is None:
+            raise SchedError("cannot tell who is calling")
+        uid = self._uids.get(sender)
+        if uid is None:
+            (uid,) = await dbus.call(self.bus, dbus.DBUS_NAME, dbus.DBUS_PATH, dbus.DBUS_NAME,
+                                     "GetConnectionUnixUser", "s", [sender])
+            self._uids[sender] = uid
+            if len(self._uids) > 8192:
+                self._uids.popitem(last=False)
+        return Caller(uid, sender)
+
+    def local_node(self) -> dict[str, Any]:
+        e, l = self.engine, self.engine.ledger
+        pending, running = e.counts()
+        from .model import now_usec
+
+        return {
+            "Name": e.config.node_name, "State": "up", "URL": "", "Local": True,
+            "TotalCPUs": l.total_cpus, "AvailableCPUs": l.free_cpus, "TotalMemory": l.total_memory,
+            "AvailableMemory": l.free_memory, "TotalGPUs": l.total_gpus, "AvailableGPUs": l.free_gpus,
+            "PendingJobs": pending, "RunningJobs": running, "LastSeenUSec": now_usec(),
+        }
+
+    # -- engine events -----------------------------------------------------------------
+
+    def job_added(self, job: Job) -> None:
+        if job.id in self.objects:
+            return
+        obj = JobObject(self, job)
+        self.objects[job.id] = obj
+        self.bus.export(job_path(job.id), obj)
+        if not job.state.terminal:
+            self.manager.JobStateChanged(job.id, job_path(job.id), job.state.value, job.reason)
+
+    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
+        obj = self.objects.get(job.id)
+        if obj is not None:
+            obj.emit_properties_changed({n: JOB_GETTERS[n](job) for n in props})
+        if old_state != job.state:
+            self.manager.JobStateChanged(job.id, job_path(job.id), job.state.value, job.reason)
+
+    def job_released(self, job: Job) -> None:
+        if self.objects.pop(job.id, None) is not None:
+            self.bus.unexport(job_path(job.id))
+
+    def manager_changed(self, props: set[str]) -> None:
+        e = self.engine
+        pending, running = e.counts() if props & {"PendingJobs", "RunningJobs"} else (0, 0)
+        values = {}
+        for p in props:
+            if p == "PendingJobs":
+                values[p] = pending
+            elif p == "RunningJobs":
+                values[p] = running
+            else:
+                values[p] = MANAGER_GETTERS[p](e)
+        self.manager.emit_properties_changed(values)

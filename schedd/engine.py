@@ -1,0 +1,606 @@
+"""The engine: owns the jobs, applies every transition, and keeps store, scheduler and executor in step.
+
+Front ends (D-Bus now, HTTP later) call the engine's methods with a Caller and
+listen to its events; they hold no job state of their own. The engine never
+reads the database to decide anything: live jobs are in memory, the store is
+the durable copy (and the archive of finished jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import unit_name
+from .config import Config
+from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
+from .executor import Executor, ExecutorError, ExitInfo
+from .ledger import Allocation, Ledger, LedgerConflict
+from .model import TERMINAL_STATES, Job, JobState, Reason, now_usec
+from .scheduler import Scheduler
+from .spec import Limits, build_spec
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# Properties (D-Bus names) touched by each kind of transition, for PropertiesChanged.
+_START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node"}
+_END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak"}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks: the uid the bus vouches for, and the bus name (for polkit)."""
+
+    uid: int
+    sender: str | None = None
+
+
+class Listener(Protocol):
+    def job_added(self, job: Job) -> None: ...
+    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None: ...
+    def job_released(self, job: Job) -> None: ...
+    def manager_changed(self, props: set[str]) -> None: ...
+
+
+@dataclass
+class _Flags:
+    """Requests against a job that take effect when its processes end."""
+
+    cancel: bool = False
+    requeue: bool = False
+    waiters: list[asyncio.Future] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, config: Config, store: Store, *, user_mode: bool = False) -> None:
+        self.config = config
+        self.store = store
+        self.user_mode = user_mode
+        self.ledger = Ledger(config.cpu_ids, config.memory, config.gpu_ids)
+        self.scheduler = Scheduler(self.ledger, config.policy)
+        self.executor: Executor | None = None
+        self.jobs: dict[int, Job] = {}
+        self.listeners: list[Listener] = []
+        self.authorize_other: Any = None  # async (Caller, action) -> bool, e.g. polkit
+        self._allocs: dict[int, Allocation] = {}
+        self._flags: dict[int, _Flags] = defaultdict(_Flags)
+        self._blocked: dict[int, Job] = {}  # pending, waiting on dependencies
+        self._dependents: dict[int, set[int]] = defaultdict(set)
+        self._starting: set[int] = set()
+        self._pending_by_uid: dict[int, int] = defaultdict(int)
+        self._by_state: Counter[JobState] = Counter()
+        self._next_id = 1
+        self._kick_scheduled = False
+        self._manager_dirty: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.jobs_dir = config.state_dir / "jobs"
+
+    # -- start-up -------------------------------------------------------------
+
+    async def recover(self, executor: Executor) -> None:
+        """Load the store and re-adopt what kept running; before the bus name is taken."""
+        self.executor = executor
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config.state_dir, 0o755)
+        os.chmod(self.jobs_dir, 0o755)
+        self._next_id = self.store.max_id() + 1
+        since = now_usec() - self.config.finished_object_ttl_usec
+        adopted = lost = 0
+        for job in self.store.load_live(since):
+            self.jobs[job.id] = job
+            self._by_state[job.state] += 1
+            if job.state.active:
+                alloc = Allocation(tuple(job.assigned_cpus), job.spec.memory, tuple(job.assigned_gpus))
+                try:
+                    self.ledger.claim(alloc)
+                except LedgerConflict as e:
+                    log.error("job %d: its recorded allocation overlaps another (%s); trusting it anyway", job.id, e)
+                self._allocs[job.id] = alloc
+        for job in list(self.jobs.values()):
+            if job.state.active:
+                if await executor.recover(job):
+                    adopted += 1
+                else:
+                    lost += 1
+            elif job.state == JobState.PENDING:
+                self._pending_by_uid[job.uid] += 1
+        # Units of jobs we do not track as running: a crash between start and its record, or strangers.
+        active = {j.id for j in self.jobs.values() if j.state.active}
+        for jid in await executor.orphans(active):
+            job = self.jobs.get(jid)
+            if job is not None and job.state == JobState.PENDING:
+                await self._adopt_unrecorded(job)
+                adopted += 1
+            else:
+                what = f"{job.state.value.lower()} job" if job else "job unknown to the store"
+                log.warning("%s belongs to a %s; stopping it", unit_name(jid), what)
+                await executor.reap_orphan(jid)
+        for job in sorted(self.jobs.values(), key=lambda j: j.id):
+            if job.state == JobState.PENDING and job.id not in self._allocs:
+                info = self._finished_unrecorded(job.id)
+                if info is not None:
+                    self._finish(job, info)
+                else:
+                    self._make_eligible(job)
+        log.info("recovered %d live jobs (next id %d): %d running re-adopted, %d ended while down",
+                 len(self.jobs), self._next_id, adopted, lost)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_finished())
+        self.kick()
+
+    def _finished_unrecorded(self, job_id: int) -> ExitInfo | None:
+        """A job that ran and ended while its RUNNING record was still in flight."""
+        gates = getattr(self.executor, "gates", None)
+        if gates is None or not gates.status_path(job_id).exists():
+            return None
+        info = gates.read_status(job_id)
+        return None if info.lost else info
+
+    async def _adopt_unrecorded(self, job: Job) -> None:
+        pids = await self.executor.adopt_pids(job.id)
+        from .executor.gate import proc_start_time
+
+        starts = [(proc_start_time(p) or 0, p) for p in pids]
+        starts.sort()
+        if not starts:
+            return
+        start, pid = starts[0]  # the gate entered the scope first
+        try:
+            cpus = tuple(sorted(os.sched_getaffinity(pid) & set(self.ledger.cpu_ids)))
+        except OSError:
+            cpus = ()
+        alloc = Allocation(cpus, job.spec.memory, ())
+        try:
+            self.ledger.claim(alloc)
+        except LedgerConflict as e:
+            log.error("job %d: adopted allocation overlaps another (%s)", job.id, e)
+        self._allocs[job.id] = alloc
+        job.assigned_cpus, job.handle = list(cpus), {"pid": pid, "start": start}
+        job.start_time = job.start_time or now_usec()
+        self._set(job, JobState.RUNNING, "", _START_PROPS)
+        log.warning("job %d was running without a record (daemon died while starting it); adopted", job.id)
+        if not await self.executor.recover(job):
+            return
+        self.store.save(job)
+
+    # -- queries ----------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        c = self.config
+        return Limits(
+            node_name=c.node_name, total_cpus=self.ledger.total_cpus, total_memory=self.ledger.total_memory,
+            total_gpus=self.ledger.total_gpus, default_memory=c.default_memory, min_memory=c.min_memory,
+            max_argv_bytes=c.max_argv_bytes, max_env_entries=c.max_env_entries,
+        )
+
+    def get(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id) or self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def list(self, states: list[str] | None, uid: int | None, after: int, limit: int) -> list[Job]:
+        """Jobs by id, oldest first: live ones from memory, the rest from the archive."""
+        if states is not None:
+            bad = [s for s in states if s not in JobState.__members__]
+            if bad:
+                raise InvalidArgument(f"States: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
+        wanted = set(states) if states is not None else None
+        mem = [
+            j for jid, j in self.jobs.items()
+            if jid > after and (wanted is None or j.state.value in wanted) and (uid is None or j.uid == uid)
+        ]
+        mem.sort(key=lambda j: j.id)
+        mem = mem[:limit]
+        db_states = None if wanted is None else [s for s in wanted if JobState(s) in TERMINAL_STATES]
+        if db_states == []:
+            return mem
+        db = self.store.query(db_states, uid, after, limit, exclude=set(self.jobs))
+        return sorted(mem + db, key=lambda j: j.id)[:limit]
+
+    def counts(self) -> tuple[int, int]:
+        """(pending incl. held, running incl. suspended), as the Manager properties show them."""
+        c = self._by_state
+        return c[JobState.PENDING] + c[JobState.HELD], c[JobState.RUNNING] + c[JobState.SUSPENDED]
+
+    def queue_order(self) -> list[Job]:
+        return list(self.scheduler.ordered())
+
+    # -- requests ---------------------------------------------------------------
+
+    async def submit(self, props: dict, caller: Caller) -> Job:
+        return (await self.submit_many([props], caller))[0]
+
+    async def submit_many(self, specs: list[dict], caller: Caller) -> list[Job]:
+        """Validate all, then queue all; answers once every one of them is durable."""
+        limits = self.limits()
+        daemon_uid = os.geteuid()
+        known = lambda i: i in self.jobs or self.store.exists(i)  # noqa: E731
+        built = []
+        for n, props in enumerate(specs):
+            try:
+                built.append(build_spec(props, caller_uid=caller.uid, limits=limits, job_known=known,
+                                        daemon_uid=daemon_uid))
+            except SchedError as e:
+                if len(specs) > 1:
+                    e.message = f"spec {n}: {e.message}"
+                    e.args = (e.message,)
+                raise
+        per_uid: dict[int, int] = defaultdict(int)
+        for spec in built:
+            per_uid[spec.uid] += 1
+        for uid, n in per_uid.items():
+            if self._pending_by_uid[uid] + n > self.config.max_pending_per_user:
+                raise InvalidArgument(
+                    f"uid {uid} has {self._pending_by_uid[uid]} pending jobs; this daemon queues at most "
+                    f"{self.config.max_pending_per_user} per user (max_pending_per_user): wait for some to start"
+                )
+        now = now_usec()
+        jobs = []
+        for spec in built:
+            jid = self._next_id
+            self._next_id += 1
+            if not spec.stdout_path:
+                spec.stdout_path = str(self.jobs_dir / str(jid) / "output")
+            spec.stdout_path = spec.stdout_path.replace("%j", str(jid))
+            spec.stderr_path = (spec.stderr_path or spec.stdout_path).replace("%j", str(jid))
+            job = Job(id=jid, spec=spec, submit_time=now, node=self.config.node_name,
+                      state=JobState.HELD if spec.hold else JobState.PENDING,
+                      reason=Reason.HELD if spec.hold else "")
+            jobs.append(job)
+        await self.store.save(*jobs)  # durable before anyone hears of the ids
+        for job in jobs:
+            self.jobs[job.id] = job
+            self._by_state[job.state] += 1
+            for l in self.listeners:
+                l.job_added(job)
+            self._transition_log(job, "submitted")
+            if job.state == JobState.PENDING:
+                self._pending_by_uid[job.uid] += 1
+                self._make_eligible(job)
+        self._manager_changed({"PendingJobs"})
+        self.kick()
+        return jobs
+
+    def _check_owner(self, job: Job, caller: Caller) -> None:
+        if caller.uid == 0 or caller.uid == job.uid or self.user_mode:
+            return
+        raise AccessDenied(f"job {job.id} belongs to {job.spec.user_name or job.uid}; only its owner or root may change it")
+
+    async def _authorize(self, job: Job, caller: Caller) -> None:
+        try:
+            self._check_owner(job, caller)
+        except AccessDenied:
+            if self.authorize_other is not None and await self.authorize_other(caller, "org.schedd.Schedd1.manage-jobs"):
+                return
+            raise
+
+    def _live(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            if self.store.exists(job_id):
+                return self.store.get(job_id)
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    async def cancel(self, job_id: int, caller: Caller) -> None:
+        job = self._live(job_id)
+        await self._authorize(job, caller)
+        if job.state.terminal:
+            raise InvalidState(f"job {job_id} is already {job.state.value}; only pending, held or running jobs can be cancelled")
+        if job.state in (JobState.PENDING, JobState.HELD) and job.id not in self._starting:
+            self._unqueue(job)
+            self._end(job, JobState.CANCELLED, Reason.CANCELLED)
+            self.store.save(job)
+            await self.store.drain()
+            return
+        await self._stop_and_wait(job, cancel=True)
+
+    async def _stop_and_wait(self, job: Job, *, cancel: bool = False, requeue: bool = False) -> None:
+        """Ask the executor to end the job's processes; return once the job's end is recorded."""
+        flags = self._flags[job.id]
+        flags.cancel |= cancel
+        flags.requeue |= requeue
+        fut = asyncio.get_running_loop().create_future()
+        flags.waiters.append(fut)
+        if job.id not in self._starting:
+            if job.state == JobState.SUSPENDED:
+                await self.executor.signal(job, 18)  # SIGCONT, so it can act on the SIGTERM
+            try:
+                await self.executor.stop(job)
+            except ExecutorError as e:
+                raise SchedError(str(e)) from e
+        await fut
+
+    async def hold(self, job_id: int, caller: Caller) -> None:
+        job = self._live(job_id)
+        await self._authorize(job, caller)
+        if job.state == JobState.HELD:
+            return
+        if job.state != JobState.PENDING or job.id in self._starting:
+            raise InvalidState(f"job {job_id} is {job.state.value}; only pending jobs can be held")
+        self._unqueue(job)
+        self._set(job, JobState.HELD, Reason.HELD, {"State", "Reason"})
+        job.spec.hold = True
+        await self.store.save(job)
+
+    async def release(self, job_id: int, caller: Caller) -> None:
+        job = self._live(job_id)
+        await self._authorize(job, caller)
+        if job.state == JobState.PENDING:
+            return
+        if job.state != JobState.HELD:
+            raise InvalidState(f"job {job_id} is {job.state.value}; only held jobs can be released")
+        job.spec.hold = False
+        self._set(job, JobState.PENDING, "", {"State", "Reason"})
+        await self.store.save(job)
+        self._make_eligible(job)
+        self.kick()
+
+    async def suspend(self, job_id: int, caller: Caller) -> None:
+        job = self._live(job_id)
+        await self._authorize(job, caller)
+        if job.state == JobState.SUSPENDED:
+            return
+        if job.state != JobState.RUNNING or job.id in self._starting:
+            raise InvalidState(f"job {job_id} is {job.state.value}; only running jobs can be suspended")
+        await self._signal(job, 19)  # SIGSTOP: keeps its allocation, like Slurm's suspend
+        self._set(job, JobState.SUSPENDED, "", {"State", "Reason"})
+        self.store.save(job)
+
+    async def resume(self, job_id: int, caller: Caller) -> None:
+        job = self._live(job_id)
+        await self._authorize(job, caller)
+        if job.state == JobState.RUNNING:
+            return
+        if job.state != JobState.SUSPENDED:
+            raise InvalidState(f"job {job_id} is {job.state.value}; only suspended jobs can be resumed")
+        await self._signal(job, 18)  # SIGCONT
+        self._set(job, JobState.RUNNING, "", {"State", "Reason"})
+        self.store.save(job)
+
+    async def _signal(self, job: Job, signo: int) -> None:
+        try:
+            await self.executor.signal(job, signo)
+        except ExecutorError as e:
+            raise SchedError(str(e)) from e
+
+    async def requeue(self, job_id: int, caller: Caller) -> None:
+        job = self._live(job_id)
+        await self._authorize(job, caller)
+        if job.state in (JobState.PENDING, JobState.HELD):
+            raise InvalidState(f"job {job_id} is {job.state.value}: it has not run, nothing to requeue")
+        if job.state.active or job.id in self._starting:
+            await self._stop_and_wait(job, requeue=True)
+            return
+        if job.id not in self.jobs:
+            self.jobs[job.id] = job
+            self._by_state[job.state] += 1
+            for l in self.listeners:
+                l.job_added(job)
+        self._requeue(job)
+        await self.store.drain()
+
+    def _requeue(self, job: Job) -> None:
+        job.restarts += 1
+        job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
+        job.assigned_cpus, job.assigned_gpus, job.handle = [], [], None
+        self._set(job, JobState.PENDING, Reason.REQUEUED, _END_PROPS | _START_PROPS | {"Restarts"})
+        self.store.save(job)
+        self._make_eligible(job)
+        self.kick()
+
+    # -- scheduling -------------------------------------------------------------
+
+    def _make_eligible(self, job: Job) -> None:
+        """Queue a pending job, or park it until its dependencies complete."""
+        waiting = False
+        for dep in job.spec.after:
+            d = self.jobs.get(dep) or self.store.get(dep)
+            if d is None or d.state in (JobState.FAILED, JobState.CANCELLED):
+                self._end(job, JobState.FAILED, Reason.DEPENDENCY)
+                self.store.save(job)
+                return
+            if d.state != JobState.COMPLETED:
+                self._dependents[dep].add(job.id)
+                waiting = True
+        if waiting:
+            self._blocked[job.id] = job
+        else:
+            self.scheduler.enqueue(job)
+
+    def _unqueue(self, job: Job) -> None:
+        self.scheduler.dequeue(job.id)
+        self._blocked.pop(job.id, None)
+
+    def _dependency_ended(self, dep: Job) -> None:
+        for jid in self._dependents.pop(dep.id, ()):
+            job = self._blocked.get(jid)
+            if job is None:
+                continue
+            if dep.state != JobState.COMPLETED:
+                del self._blocked[jid]
+                self._end(job, JobState.FAILED, Reason.DEPENDENCY)
+                self.store.save(job)
+            elif all((self.jobs.get(d) or self.store.get(d)).state == JobState.COMPLETED for d in job.spec.after):
+                del self._blocked[jid]
+                self.scheduler.enqueue(job)
+
+    def kick(self) -> None:
+        """Something changed (submit, exit, release): run one scheduling pass soon, once."""
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._schedule)
+
+    def _schedule(self) -> None:
+        self._kick_scheduled = False
+        started = self.scheduler.schedule()
+        for job, alloc in started:
+            self._allocs[job.id] = alloc
+            self._starting.add(job.id)
+            self._spawn(self._launch(job, alloc))
+        if started:
+            self._manager_changed({"AvailableCPUs", "AvailableMemory", "AvailableGPUs"})
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _launch(self, job: Job, alloc: Allocation) -> None:
+        job.assigned_cpus, job.assigned_gpus = list(alloc.cpus), list(alloc.gpus)
+        try:
+            self._prepare_output(job)
+            job.handle = await self.executor.start(job, alloc)
+        except (ExecutorError, OSError) as e:
+            self._starting.discard(job.id)
+            log.error("job %d: cannot start: %s", job.id, e)
+            self._release(job)
+            self._end(job, JobState.FAILED, Reason.RESOURCES)
+            self.store.save(job)
+            self._wake_waiters(job)
+            self.kick()
+            return
+        self._starting.discard(job.id)
+        job.start_time = now_usec()
+        job.node = self.config.node_name
+        self._set(job, JobState.RUNNING, "", _START_PROPS)
+        self.store.save(job)
+        flags = self._flags.get(job.id)
+        if flags is not None and (flags.cancel or flags.requeue):
+            try:
+                await self.executor.stop(job)  # cancelled while it was being started
+            except ExecutorError as e:
+                log.error("job %d: cannot stop: %s", job.id, e)
+
+    def _prepare_output(self, job: Job) -> None:
+        """The default output directory, owned by the job's user (who alone opens files in it)."""
+        d = self.jobs_dir / str(job.id)
+        if job.spec.stdout_path.startswith(str(d) + "/") or job.spec.stderr_path.startswith(str(d) + "/"):
+            d.mkdir(mode=0o700, exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(d, job.spec.uid, job.spec.gid)
+
+    # -- ends -------------------------------------------------------------------
+
+    def on_exit(self, job_id: int, info: ExitInfo) -> None:
+        """The executor's report: the job's main process ended (or was found ended)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            log.error("exit reported for unknown job %d", job_id)
+            return
+        self._finish(job, info)
+        self.kick()
+
+    def _finish(self, job: Job, info: ExitInfo) -> None:
+        flags = self._flags.pop(job.id, _Flags())
+        self._release(job)
+        job.exit_code = info.exit_code
+        job.cpu_time_usec = info.cpu_usec
+        job.memory_peak = info.memory_peak
+        if info.error:
+            log.warning("job %d: %s", job.id, info.error)
+        if flags.requeue:
+            self._requeue(job)
+        else:
+            if flags.cancel:
+                state, reason = JobState.CANCELLED, Reason.CANCELLED
+            elif info.oom_killed:
+                state, reason = JobState.FAILED, Reason.OOM_KILL
+            elif info.signal and job.spec.runtime_max_usec and job.start_time and \
+                    now_usec() - job.start_time >= job.spec.runtime_max_usec:
+                state, reason = JobState.FAILED, Reason.TIMEOUT
+            elif info.lost and not info.signal and info.exit_code in (0, 120, 121, 122, 123):
+                state, reason = JobState.FAILED, Reason.LOST
+            elif info.signal:
+                state, reason = JobState.FAILED, Reason.SIGNAL
+            elif info.exit_code:
+                state, reason = JobState.FAILED, Reason.EXIT_CODE
+            else:
+                state, reason = JobState.COMPLETED, Reason.SUCCESS
+            job.handle = None
+            self._end(job, state, reason)
+            fut = self.store.save(job)
+            fut.add_done_callback(lambda f, jid=job.id: f.exception() or self.executor.forget(jid))
+        for w in flags.waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _wake_waiters(self, job: Job) -> None:
+        for w in self._flags.pop(job.id, _Flags()).waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _release(self, job: Job) -> None:
+        alloc = self._allocs.pop(job.id, None)
+        if alloc is not None:
+            self.ledger.release(alloc)
+            self._manager_changed({"AvailableCPUs", "AvailableMemory", "AvailableGPUs"})
+
+    def _end(self, job: Job, state: JobState, reason: str) -> None:
+        job.end_time = now_usec()
+        self._set(job, state, reason, _END_PROPS)
+        self._dependency_ended(job)
+
+    # -- transitions and events ---------------------------------------------------
+
+    def _set(self, job: Job, state: JobState, reason: str, props: set[str]) -> None:
+        old = job.state
+        job.state = state
+        job.reason = reason
+        self._by_state[old] -= 1
+        self._by_state[state] += 1
+        if old == JobState.PENDING and state != JobState.PENDING:
+            self._pending_by_uid[job.uid] -= 1
+        elif state == JobState.PENDING and old != JobState.PENDING:
+            self._pending_by_uid[job.uid] += 1
+        self._transition_log(job, state.value.lower(), old)
+        for l in self.listeners:
+            l.job_changed(job, props, old)
+        if old != state:
+            self._manager_changed({"PendingJobs", "RunningJobs"})
+
+    def _transition_log(self, job: Job, what: str, old: JobState | None = None) -> None:
+        s = job.spec
+        extra = ""
+        if job.state.terminal:
+            extra = f" exit-code={job.exit_code}"
+        log.info("job %d %s%s: user=%s unit=%s reason=%s%s", job.id, what,
+                 f" (was {old.value.lower()})" if old is not None and old != job.state else "",
+                 s.user_name or s.uid, job.unit, job.reason or "-", extra)
+
+    def _manager_changed(self, props: set[str]) -> None:
+        if not self._manager_dirty:
+            asyncio.get_running_loop().call_soon(self._flush_manager)
+        self._manager_dirty |= props
+
+    def _flush_manager(self) -> None:
+        props, self._manager_dirty = self._manager_dirty, set()
+        for l in self.listeners:
+            l.manager_changed(props)
+
+    async def _sweep_finished(self) -> None:
+        """Finished jobs stay in memory (and on the bus) for a while, then live on in the store only."""
+        while True:
+            await asyncio.sleep(30)
+            horizon = now_usec() - self.config.finished_object_ttl_usec
+            old = [j for j in self.jobs.values() if j.state.terminal and 0 < j.end_time < horizon]
+            if old:
+                await self.store.drain()
+            for job in old:
+                del self.jobs[job.id]
+                self._by_state[job.state] -= 1
+                for l in self.listeners:
+                    l.job_released(job)
+
+    async def shutdown(self) -> None:
+        """Stop watching; running jobs go on in their scopes and are re-adopted at the next start."""
+        if getattr(self, "_sweeper", None):
+            self._sweeper.cancel()
+        await self.store.drain()
+        if self.executor is not None:
+            await self.executor.close()

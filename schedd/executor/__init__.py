@@ -1,0 +1,34 @@
+"""Executors: how a job's processes are started, watched, stopped and re-adopted."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .base import Executor, ExecutorError, ExitCallback, ExitInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Executor", "ExecutorError", "ExitInfo", "make_executor"]
+
+
+async def make_executor(
+    kind: str, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int
+) -> Executor:
+    """'systemd', 'plain', or 'auto': systemd where its manager answers on the bus, else plain."""
+    if kind in ("systemd", "auto"):
+        from .systemd import SystemdExecutor
+
+        ex = SystemdExecutor(on_exit, address=address, status_dir=status_dir, kill_wait_usec=kill_wait_usec)
+        try:
+            await ex.open()
+            return ex
+        except ExecutorError as e:
+            if kind == "systemd":
+                raise
+            log.warning("%s; using the plain executor (no cgroup limits, no scopes)", e)
+    from .plain import PlainExecutor
+
+    ex = PlainExecutor(on_exit, status_dir=status_dir, kill_wait_usec=kill_wait_usec)
+    await ex.open()
+    return ex

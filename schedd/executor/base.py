@@ -1,0 +1,93 @@
+"""The executor seam (Nomad's task-driver interface): start, stop, exit events, recover.
+
+Nothing outside ``schedd.executor`` knows which implementation runs. Both
+implementations start the job through the same gate (``gate.pl``), so exit
+statuses, accounting and setup errors look the same whichever one runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import signal as _signal
+from dataclasses import dataclass
+from typing import Callable
+
+from ..ledger import Allocation
+from ..model import Job
+
+
+class ExecutorError(Exception):
+    """The job could not be started (the caller marks it failed and logs why)."""
+
+
+@dataclass(slots=True)
+class ExitInfo:
+    """How a job's main process ended, as recorded inside its scope."""
+
+    exit_code: int = 0  # the exit code, or 128+N when killed by signal N (the shell's convention)
+    signal: int = 0
+    oom_killed: bool = False
+    cpu_usec: int = 0
+    memory_peak: int = 0
+    error: str = ""  # a setup failure (chdir, open output, exec), in words
+    lost: bool = False  # no status was recorded (the supervisor itself was killed)
+    stragglers: int = 0  # processes left in the job's cgroup after its main process ended
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return _signal.Signals(self.signal).name
+        except ValueError:
+            return str(self.signal)
+
+
+ExitCallback = Callable[[int, ExitInfo], None]
+
+
+class Executor(abc.ABC):
+    """One way of running jobs. ``on_exit(job_id, info)`` is called once per started job."""
+
+    name: str = "?"
+
+    def __init__(self, on_exit: ExitCallback) -> None:
+        self.on_exit = on_exit
+
+    async def open(self) -> None:
+        """Connect to whatever runs the jobs."""
+
+    async def close(self) -> None:
+        """Stop watching (jobs keep running: they are re-adopted by the next daemon)."""
+
+    @abc.abstractmethod
+    async def start(self, job: Job, alloc: Allocation) -> dict:
+        """Start the job inside its allocation; returns JSON-able recovery data (the handle)."""
+
+    @abc.abstractmethod
+    async def stop(self, job: Job) -> None:
+        """Kill every process of the job; returns once they are gone or the kill is under way."""
+
+    @abc.abstractmethod
+    async def recover(self, job: Job) -> bool:
+        """Re-attach to a job that kept running while the daemon was down.
+
+        Returns True if it still runs (its exit will be reported later), or False
+        after reporting through on_exit how it ended meanwhile.
+        """
+
+    async def signal(self, job: Job, signo: int) -> None:
+        """Send a signal to every process of the job (suspend/resume)."""
+        raise ExecutorError(f"{self.name} executor cannot signal jobs")
+
+    async def orphans(self, known: set[int]) -> list[int]:
+        """Ids of job units running that the daemon does not track as active."""
+        return []
+
+    async def reap_orphan(self, job_id: int) -> None:
+        """Stop a job unit the daemon does not track."""
+
+    async def adopt_pids(self, job_id: int) -> list[int]:
+        """Processes of a job unit found running without a record of its start."""
+        return []
+
+    def forget(self, job_id: int) -> None:
+        """The job's end is durable: drop what the executor kept to report it."""

@@ -1,0 +1,230 @@
+"""Spawning and watching the gate: the small supervisor every job runs under (gate.pl).
+
+The daemon never forks itself for a job: the gate is started with posix_spawn
+(vfork+exec), waits on a pipe until the executor has placed it, then forks the
+job, waits for it and records the status in ``<state>/exits/<id>``. Exits are
+seen through a pidfd on the event loop, which works the same for our own
+children and for gates adopted after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import pwd
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model import Job
+from .base import ExitInfo
+
+log = logging.getLogger(__name__)
+
+GATE_SCRIPT = (Path(__file__).with_name("gate.pl")).read_text()
+PERL = shutil.which("perl", path="/usr/bin:/bin") or "/usr/bin/perl"
+_ABORT_CODES = {120: "gate could not read its release pipe", 121: "released without go (daemon gave up)",
+                122: "gate could not open its status file", 123: "gate could not fork"}
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (a guard against PID reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def _high_fd(fd: int) -> int:
+    """Move fd above the gate's fixed slots (3-5) so the dup2 actions cannot clobber each other."""
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return new
+
+
+@dataclass(slots=True)
+class Gate:
+    job_id: int
+    pid: int
+    start_time: int | None
+    release_fd: int | None = None
+
+    def handle(self) -> dict:
+        return {"pid": self.pid, "start": self.start_time}
+
+    def release(self) -> None:
+        """Let the job run."""
+        fd, self.release_fd = self.release_fd, None
+        try:
+            os.write(fd, b"go\n")
+        finally:
+            os.close(fd)
+
+    def abort(self) -> None:
+        """Make the gate exit without running anything, and reap it."""
+        if self.release_fd is not None:
+            os.close(self.release_fd)
+            self.release_fd = None
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+class GateRunner:
+    """Spawns gates and turns their ends into ExitInfo callbacks."""
+
+    def __init__(self, status_dir: Path, *, accounting: bool) -> None:
+        self.status_dir = status_dir
+        self.accounting = accounting
+        status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._watched: dict[int, tuple[int, int]] = {}  # job id -> (pid, pidfd)
+        self._root = os.geteuid() == 0
+
+    def status_path(self, job_id: int) -> Path:
+        return self.status_dir / str(job_id)
+
+    def spawn(self, job: Job, cpus: tuple[int, ...]) -> Gate:
+        s = job.spec
+        if self._root and s.uid != 0:
+            groups = os.getgrouplist(s.user_name, s.gid) if s.user_name else [s.gid]
+            ident = [str(s.uid), str(s.gid), " ".join(str(g) for g in [s.gid, *groups])]
+        else:
+            ident = ["-", "-", "-"]
+        out, err = s.stdout_path, s.stderr_path or s.stdout_path
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            **_user_env(s.uid, s.user_name),
+            **dict(e.split("=", 1) for e in s.environment),
+            "SCHEDD_JOB_ID": str(job.id),
+            "SCHEDD_JOB_NAME": s.name,
+            "SCHEDD_CPUS": ",".join(map(str, cpus)),
+        }
+        if job.assigned_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.assigned_gpus))
+        argv = [PERL, "-e", GATE_SCRIPT, *ident, s.working_directory, out, err,
+                "1" if self.accounting else "0", "--", *s.command]
+
+        sfd = _high_fd(os.open(self.status_path(job.id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        r, w = os.pipe2(os.O_CLOEXEC)
+        r = _high_fd(r)
+        efd = _high_fd(os.memfd_create("schedd-env", os.MFD_CLOEXEC))
+        try:
+            os.write(efd, b"".join(f"{k}={v}\0".encode("utf-8", "surrogateescape") for k, v in env.items()))
+            os.lseek(efd, 0, os.SEEK_SET)
+            pid = os.posix_spawn(
+                PERL, argv, {},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, r, 3),
+                    (os.POSIX_SPAWN_DUP2, sfd, 4),
+                    (os.POSIX_SPAWN_DUP2, efd, 5),
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                ],
+                setsid=True,
+                setsigmask=(),
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+            )
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+            os.close(sfd)
+            os.close(efd)
+        return Gate(job.id, pid, proc_start_time(pid), w)
+
+    # -- watching -----------------------------------------------------------
+
+    def watch(self, job_id: int, pid: int, start_time: int | None, on_exit) -> bool:
+        """Call on_exit(job_id, ExitInfo) when the gate ends. False if it is already gone."""
+        if start_time is not None and proc_start_time(pid) != start_time:
+            return False
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        if start_time is not None and proc_start_time(pid) != start_time:
+            os.close(pidfd)  # the pid was reused between our two looks
+            return False
+        loop = asyncio.get_running_loop()
+        self._watched[job_id] = (pid, pidfd)
+        loop.add_reader(pidfd, self._ended, job_id, on_exit)
+        return True
+
+    def _ended(self, job_id: int, on_exit) -> None:
+        pid, pidfd = self._watched.pop(job_id)
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        wait_status = None
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # adopted after a restart: not ours to reap
+        on_exit(job_id, self.read_status(job_id, wait_status))
+
+    def unwatch_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pid, pidfd in self._watched.values():
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self._watched.clear()
+
+    def is_watched(self, job_id: int) -> bool:
+        return job_id in self._watched
+
+    def read_status(self, job_id: int, gate_wait_status: int | None = None) -> ExitInfo:
+        """Parse the status file; fall back on the gate's own wait status."""
+        kv: dict[str, str] = {}
+        try:
+            text = self.status_path(job_id).read_text(errors="replace")
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            k, _, v = line.partition("=")
+            kv.setdefault(k, v)
+        info = ExitInfo(error=kv.get("error", ""))
+        if "status" in kv and kv.get("end") == "1":
+            st = int(kv["status"])
+            if st & 0x7F:
+                info.signal = st & 0x7F
+                info.exit_code = 128 + info.signal
+            else:
+                info.exit_code = (st >> 8) & 0xFF
+            info.oom_killed = int(kv.get("oom_kill", "0") or 0) > 0
+            info.cpu_usec = int(kv.get("cpu_usec", "0") or 0)
+            info.memory_peak = int(kv.get("peak", "0") or 0)
+            info.stragglers = int(kv.get("stragglers", "0") or 0)
+            return info
+        info.lost = True
+        if gate_wait_status is not None:
+            if os.WIFSIGNALED(gate_wait_status):
+                info.signal = os.WTERMSIG(gate_wait_status)
+                info.exit_code = 128 + info.signal
+            else:
+                code = os.WEXITSTATUS(gate_wait_status)
+                info.exit_code = code
+                info.error = info.error or _ABORT_CODES.get(code, "")
+        return info
+
+    def forget(self, job_id: int) -> None:
+        try:
+            self.status_path(job_id).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _user_env(uid: int, name: str) -> dict[str, str]:
+    """HOME, USER, LOGNAME and SHELL of the job's user, as a login would set them."""
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return {}
+    return {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name, "SHELL": pw.pw_shell or "/bin/sh"}

@@ -1,0 +1,251 @@
+"""The systemd executor: each job is a transient scope ``schedd-job-<id>.scope``.
+
+Spawn sequence (race-free, crun's and systemd-run's): the gate is spawned
+waiting on a pipe; StartTransientUnit (mode ``fail``) moves it into a new scope
+in ``schedd.slice`` with MemoryMax/AllowedCPUs; once systemd's job for that
+unit is done the gate is pinned with sched_setaffinity (scopes have no
+CPUAffinity=, and AllowedCPUs is ignored on cgroup v1) and released. Several
+scope starts are kept in flight: systemd is the bottleneck, not us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.errors import DBusError
+
+from .. import bus as dbus
+from ..ledger import Allocation
+from ..model import Job
+from .base import Executor, ExecutorError, ExitCallback, ExitInfo
+from .gate import GateRunner
+
+log = logging.getLogger(__name__)
+
+SD_NAME = "org.freedesktop.systemd1"
+SD_PATH = "/org/freedesktop/systemd1"
+SD_MANAGER = "org.freedesktop.systemd1.Manager"
+SLICE = "schedd.slice"
+_UNIT_RE = re.compile(r"^schedd-job-(\d+)\.scope$")
+
+
+def cpu_mask(cpus: tuple[int, ...] | list[int]) -> bytes:
+    """CPU ids -> systemd's AllowedCPUs bitmask (byte i bit j = CPU 8i+j)."""
+    if not cpus:
+        return b""
+    mask = bytearray(max(cpus) // 8 + 1)
+    for c in cpus:
+        mask[c // 8] |= 1 << (c % 8)
+    return bytes(mask)
+
+
+class SystemdExecutor(Executor):
+    name = "systemd"
+
+    def __init__(
+        self, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int, in_flight: int = 16
+    ) -> None:
+        super().__init__(on_exit)
+        self.address = address
+        self.kill_wait_usec = kill_wait_usec
+        self.gates = GateRunner(status_dir, accounting=True)
+        self._sem = asyncio.Semaphore(in_flight)
+        self._bus = None
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._early: OrderedDict[str, str] = OrderedDict()
+
+    # -- connection -----------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self._bus = await dbus.connect(self.address)
+            self._bus.add_message_handler(self._on_message)
+            await dbus.add_match(
+                self._bus,
+                f"type='signal',sender='{SD_NAME}',path='{SD_PATH}',interface='{SD_MANAGER}',member='JobRemoved'",
+            )
+            await self._manager("GetUnit", "s", ["init.scope" if os.getuid() == 0 else "basic.target"])
+        except (OSError, DBusError, asyncio.TimeoutError) as e:
+            if self._bus is not None:
+                self._bus.disconnect()
+            raise ExecutorError(f"systemd is not reachable at {self.address}: {e}") from e
+
+    async def close(self) -> None:
+        self.gates.unwatch_all()
+        if self._bus is not None:
+            self._bus.disconnect()
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL or msg.member != "JobRemoved" or msg.path != SD_PATH:
+            return None
+        _id, path, _unit, result = msg.body
+        fut = self._waiting.pop(path, None)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(result)
+        else:
+            # The signal can be dispatched before the coroutine that asked for the job resumes.
+            self._early[path] = result
+            while len(self._early) > 4096:
+                self._early.popitem(last=False)
+        return None
+
+    async def _manager(self, member: str, sig: str = "", body: list | None = None) -> list:
+        return await dbus.call(self._bus, SD_NAME, SD_PATH, SD_MANAGER, member, sig, body)
+
+    async def _run_job(self, member: str, sig: str, body: list) -> str:
+        """Call a method that returns a systemd job path and wait for that job's result."""
+        (path,) = await self._manager(member, sig, body)
+        result = self._early.pop(path, None)
+        if result is not None:
+            return result
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[path] = fut
+        result = self._early.pop(path, None)  # arrived while we registered
+        if result is not None:
+            self._waiting.pop(path, None)
+            return result
+        return await fut
+
+    # -- the seam -------------------------------------------------------------
+
+    async def start(self, job: Job, alloc: Allocation) -> dict:
+        gate = self.gates.spawn(job, alloc.cpus)
+        try:
+            async with self._sem:
+                await self._start_scope(job, alloc, gate.pid)
+            os.sched_setaffinity(gate.pid, alloc.cpus)
+            gate.release()
+        except BaseException as e:
+            gate.abort()
+            if isinstance(e, (DBusError, OSError)):
+                raise ExecutorError(f"cannot start {job.unit}: {e}") from e
+            raise
+        self.gates.watch(job.id, gate.pid, None, self._gate_ended)
+        return gate.handle()
+
+    def _scope_properties(self, job: Job, alloc: Allocation, pid: int) -> list:
+        props = [
+            ["Description", Variant("s", f"schedd job {job.id} ({job.spec.name}) of {job.spec.user_name}")],
+            ["Slice", Variant("s", SLICE)],
+            ["PIDs", Variant("au", [pid])],
+            ["MemoryAccounting", Variant("b", True)],
+            ["MemoryMax", Variant("t", alloc.memory)],
+            ["MemorySwapMax", Variant("t", 0)],
+            ["CPUAccounting", Variant("b", True)],
+            ["TasksAccounting", Variant("b", True)],
+            ["AllowedCPUs", Variant("ay", cpu_mask(alloc.cpus))],
+            # The gate records the OOM kill itself; "stop" would kill it before it can.
+            ["OOMPolicy", Variant("s", "continue")],
+            ["CollectMode", Variant("s", "inactive-or-failed")],
+            ["TimeoutStopUSec", Variant("t", self.kill_wait_usec)],
+            ["SendSIGKILL", Variant("b", True)],
+        ]
+        if job.spec.runtime_max_usec:
+            props.append(["RuntimeMaxUSec", Variant("t", job.spec.runtime_max_usec)])
+        return props
+
+    async def _start_scope(self, job: Job, alloc: Allocation, pid: int) -> None:
+        props = self._scope_properties(job, alloc, pid)
+        for attempt in range(3):
+            try:
+                result = await self._run_job("StartTransientUnit", "ssa(sv)a(sa(sv))", [job.unit, "fail", props, []])
+            except DBusError as e:
+                if e.type != "org.freedesktop.systemd1.UnitExists" or attempt == 2:
+                    raise
+                # A previous run of this id (requeue) left its unit: clear it, then retry.
+                log.info("%s exists; clearing the old unit before starting again", job.unit)
+                await self._stop_unit(job.unit)
+                try:
+                    await self._manager("ResetFailedUnit", "s", [job.unit])
+                except DBusError:
+                    pass
+                continue
+            if result != "done":
+                raise ExecutorError(f"systemd could not start {job.unit}: job result '{result}'")
+            return
+
+    async def _stop_unit(self, unit: str) -> None:
+        try:
+            result = await self._run_job("StopUnit", "ss", [unit, "replace"])
+        except DBusError as e:
+            if e.type in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.UnknownObject"):
+                return
+            raise
+        if result not in ("done", "canceled"):
+            log.warning("stopping %s: systemd job result '%s'", unit, result)
+
+    def _gate_ended(self, job_id: int, info: ExitInfo) -> None:
+        if info.stragglers:
+            # The main process is gone but it left processes behind: end them with the
+            # scope before the job's CPUs and memory are handed to someone else.
+            asyncio.get_running_loop().create_task(self._end_stragglers(job_id, info))
+        else:
+            self.on_exit(job_id, info)
+
+    async def _end_stragglers(self, job_id: int, info: ExitInfo) -> None:
+        unit = f"schedd-job-{job_id}.scope"
+        log.info("%s: main process ended, stopping %d leftover process(es)", unit, info.stragglers)
+        try:
+            await self._stop_unit(unit)
+        except DBusError as e:
+            log.error("%s: cannot stop leftover processes: %s", unit, e)
+        self.on_exit(job_id, info)
+
+    async def stop(self, job: Job) -> None:
+        try:
+            await self._stop_unit(job.unit)
+        except DBusError as e:
+            raise ExecutorError(f"cannot stop {job.unit}: {e}") from e
+
+    async def signal(self, job: Job, signo: int) -> None:
+        try:
+            await self._manager("KillUnit", "ssi", [job.unit, "all", signo])
+        except DBusError as e:
+            raise ExecutorError(f"cannot signal {job.unit}: {e}") from e
+
+    async def recover(self, job: Job) -> bool:
+        h = job.handle or {}
+        if "pid" in h and self.gates.watch(job.id, h["pid"], h.get("start"), self._gate_ended):
+            return True
+        info = self.gates.read_status(job.id)
+        if info.lost:
+            # The gate is gone without a status: is anything of the job still running?
+            pids = await self._unit_pids(job.unit)
+            if pids:
+                log.warning("%s: supervisor gone but %d process(es) remain; stopping them", job.unit, len(pids))
+                await self._stop_unit(job.unit)
+        self.on_exit(job.id, info)
+        return False
+
+    async def _unit_pids(self, unit: str) -> list[int]:
+        try:
+            procs = await self._manager("GetUnitProcesses", "s", [unit])
+        except DBusError:
+            return []
+        return [p[1] for p in procs[0]]
+
+    async def orphans(self, known: set[int]) -> list[int]:
+        (units,) = await self._manager("ListUnitsByPatterns", "asas", [["active", "activating", "deactivating"],
+                                                                       ["schedd-job-*.scope"]])
+        found = []
+        for u in units:
+            m = _UNIT_RE.match(u[0])
+            if m and int(m.group(1)) not in known:
+                found.append(int(m.group(1)))
+        return found
+
+    async def adopt_pids(self, job_id: int) -> list[int]:
+        return await self._unit_pids(f"schedd-job-{job_id}.scope")
+
+    async def reap_orphan(self, job_id: int) -> None:
+        await self._stop_unit(f"schedd-job-{job_id}.scope")
+
+    def forget(self, job_id: int) -> None:
+        self.gates.forget(job_id)

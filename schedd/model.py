@@ -1,0 +1,106 @@
+"""The data model: job states, the validated request (JobSpec) and the job record (Job)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    HELD = "HELD"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def active(self) -> bool:
+        """Holds an allocation (processes may exist)."""
+        return self in (JobState.RUNNING, JobState.SUSPENDED)
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Reason(StrEnum):
+    """Why a job is where it is; systemd's result words where they fit."""
+
+    NONE = ""
+    SUCCESS = "success"
+    EXIT_CODE = "exit-code"
+    SIGNAL = "signal"
+    OOM_KILL = "oom-kill"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    DEPENDENCY = "dependency"
+    NODE_FAILURE = "node-failure"
+    HELD = "held"
+    RESOURCES = "resources"  # an executor could not start it (see the daemon log)
+    LOST = "lost"  # its scope vanished while the daemon was down, no exit status recorded
+    REQUEUED = "requeued"
+
+
+def now_usec() -> int:
+    """Wall-clock µs since the epoch: systemd's convention for timestamps on the bus."""
+    return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A validated submission. Built in exactly one place: schedd.spec."""
+
+    command: list[str]
+    name: str
+    cpus: int
+    memory: int
+    gpus: int = 0
+    priority: int = 0
+    working_directory: str = "/"
+    environment: list[str] = field(default_factory=list)
+    stdout_path: str = ""
+    stderr_path: str = ""
+    runtime_max_usec: int = 0
+    hold: bool = False
+    uid: int = 0
+    gid: int = 0
+    user_name: str = ""
+    after: list[int] = field(default_factory=list)
+    node: str = ""
+    requeue: bool = True
+
+
+@dataclass(slots=True)
+class Job:
+    """A job as the daemon tracks it; the store keeps a durable copy of every field."""
+
+    id: int
+    spec: JobSpec
+    state: JobState = JobState.PENDING
+    reason: str = ""
+    exit_code: int = 0
+    assigned_cpus: list[int] = field(default_factory=list)
+    assigned_gpus: list[int] = field(default_factory=list)
+    node: str = ""
+    submit_time: int = 0
+    start_time: int = 0
+    end_time: int = 0
+    cpu_time_usec: int = 0
+    memory_peak: int = 0
+    restarts: int = 0
+    # Executor's recovery data (JSON-able), e.g. the gate's pid and start time.
+    handle: dict | None = None
+
+    @property
+    def unit(self) -> str:
+        return f"schedd-job-{self.id}.scope"
+
+    @property
+    def uid(self) -> int:
+        return self.spec.uid

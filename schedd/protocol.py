@@ -1,0 +1,219 @@
+"""The wire contract shared by daemon and clients (pueue's protocol crate, in Python).
+
+Key names and D-Bus signatures of submit specs, job and node records; the
+human units (sizes, durations) both sides parse and print; and the JSON job
+file format (seed 000) turned into a submit spec. Nothing here does I/O on the bus.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+# Submit spec keys -> D-Bus signature. An unknown key is an error.
+SPEC_KEYS: dict[str, str] = {
+    "Command": "as",
+    "Name": "s",
+    "CPUs": "u",
+    "Memory": "t",
+    "GPUs": "u",
+    "Priority": "i",
+    "WorkingDirectory": "s",
+    "Environment": "as",
+    "StdoutPath": "s",
+    "StderrPath": "s",
+    "RuntimeMaxUSec": "t",
+    "Hold": "b",
+    "User": "u",
+    "After": "at",
+    "Node": "s",
+    "Requeue": "b",
+}
+
+# Job object properties (and GetJob/ListJobs keys) -> D-Bus signature.
+JOB_PROPERTIES: dict[str, str] = {
+    "Id": "t",
+    "Name": "s",
+    "Command": "as",
+    "User": "u",
+    "UserName": "s",
+    "State": "s",
+    "Reason": "s",
+    "ExitCode": "i",
+    "Priority": "i",
+    "CPUs": "u",
+    "Memory": "t",
+    "GPUs": "u",
+    "AssignedCPUs": "au",
+    "AssignedGPUs": "au",
+    "Unit": "s",
+    "Node": "s",
+    "WorkingDirectory": "s",
+    "StdoutPath": "s",
+    "StderrPath": "s",
+    "SubmitTime": "t",
+    "StartTime": "t",
+    "EndTime": "t",
+    "CPUTimeUSec": "t",
+    "MemoryPeak": "t",
+    "RuntimeMaxUSec": "t",
+    "After": "at",
+    "Restarts": "u",
+}
+
+LIST_FILTER_KEYS: dict[str, str] = {
+    "States": "as",
+    "User": "u",
+    "Limit": "u",
+    "After": "t",
+    "AllNodes": "b",
+}
+
+NODE_KEYS: dict[str, str] = {
+    "Name": "s",
+    "State": "s",
+    "URL": "s",
+    "Local": "b",
+    "TotalCPUs": "u",
+    "AvailableCPUs": "u",
+    "TotalMemory": "t",
+    "AvailableMemory": "t",
+    "TotalGPUs": "u",
+    "AvailableGPUs": "u",
+    "PendingJobs": "u",
+    "RunningJobs": "u",
+    "LastSeenUSec": "t",
+}
+
+STATES = ("PENDING", "HELD", "RUNNING", "SUSPENDED", "COMPLETED", "FAILED", "CANCELLED")
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+    "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+    "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+    "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """'4G', '512M', '1.5GiB', '1048576' -> bytes (powers of 1024, like systemd)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"size must not be negative: {text}")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512M, 4G, 1T; plain numbers are bytes)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    """Bytes -> the shortest exact-ish human form, '4G', '1.5G', '512M'."""
+    for unit, mult in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= mult:
+            v = n / mult
+            return f"{v:.0f}{unit}" if v == int(v) or v >= 100 else f"{v:.1f}{unit}"
+    return f"{n}B"
+
+
+_DUR_UNITS = {
+    "us": 1, "usec": 1, "ms": 1_000, "msec": 1_000,
+    "s": 1_000_000, "sec": 1_000_000, "": 1_000_000,
+    "m": 60_000_000, "min": 60_000_000,
+    "h": 3_600_000_000, "hr": 3_600_000_000,
+    "d": 86_400_000_000, "day": 86_400_000_000, "days": 86_400_000_000,
+}
+_DUR_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+_CLOCK = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
+
+
+def parse_duration(text: str) -> int:
+    """'1h30m', '90min', '45s', '2d', Slurm's '1:30:00' / '2-12:00:00' -> µs. Plain numbers are seconds."""
+    t = str(text).strip().lower()
+    m = _CLOCK.match(t)
+    if m:
+        days, a, b, c = m.groups()
+        h, mi, s = (int(a), int(b), int(c)) if c is not None else (0, int(a), int(b))
+        return ((int(days or 0) * 24 + h) * 3600 + mi * 60 + s) * 1_000_000
+    pos, total = 0, 0.0
+    t = t.replace(" ", "")
+    if not t:
+        raise ValueError("empty duration")
+    while pos < len(t):
+        m = _DUR_PART.match(t, pos)
+        if not m or m.end() == pos or m.group(2) not in _DUR_UNITS:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30min, 1h30m, 2d or HH:MM:SS)")
+        total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
+        pos = m.end()
+    return int(total)
+
+
+def format_duration(usec: int) -> str:
+    """µs -> '1h 2min 3s' style (systemd's), coarse above a minute."""
+    s = usec // 1_000_000
+    if s < 1:
+        return f"{usec // 1000}ms"
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d" if d else "", f"{h}h" if h else "", f"{m}min" if m else "", f"{s}s" if s and not d else ""]
+    return " ".join(p for p in parts if p) or "0s"
+
+
+# JSON job file (seed 000): {"command": "python script.py", "resources": {"cpu": 4,
+# "memory": "8G", "gpu": 1}, "priority": 1, "output": "/path/to/output.log"}.
+# CamelCase spec keys are accepted too, so a file can say anything Submit can.
+_JOB_FILE_ALIASES = {
+    "command": "Command", "name": "Name", "priority": "Priority", "output": "StdoutPath",
+    "error": "StderrPath", "stdout": "StdoutPath", "stderr": "StderrPath",
+    "working_directory": "WorkingDirectory", "workdir": "WorkingDirectory", "cwd": "WorkingDirectory",
+    "environment": "Environment", "env": "Environment", "time": "RuntimeMaxUSec",
+    "hold": "Hold", "after": "After", "node": "Node", "requeue": "Requeue",
+}
+_RESOURCE_ALIASES = {"cpu": "CPUs", "cpus": "CPUs", "memory": "Memory", "mem": "Memory", "gpu": "GPUs", "gpus": "GPUs"}
+_IGNORED_JOB_FILE_KEYS = {"job_id"}  # ids are assigned by the daemon
+
+
+def job_file_to_spec(obj: Any) -> tuple[dict[str, Any], list[str]]:
+    """A parsed JSON job file -> (spec values keyed as SPEC_KEYS, warnings).
+
+    Types are converted the way a person means them ("8G", "1h", a command
+    string split with shlex, never a shell); the daemon still validates everything.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError("a job file must hold one JSON object")
+    spec: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key, value in obj.items():
+        if key in _IGNORED_JOB_FILE_KEYS:
+            warnings.append(f"ignoring {key!r}: job ids are assigned by the daemon")
+            continue
+        if key == "resources":
+            if not isinstance(value, dict):
+                raise ValueError("'resources' must be an object like {\"cpu\": 2, \"memory\": \"4G\"}")
+            for rkey, rval in value.items():
+                if rkey not in _RESOURCE_ALIASES:
+                    raise ValueError(f"unknown resource {rkey!r}; known: cpu, memory, gpu")
+                spec[_RESOURCE_ALIASES[rkey]] = rval
+            continue
+        name = _JOB_FILE_ALIASES.get(key, key)
+        if name not in SPEC_KEYS:
+            raise ValueError(f"unknown key {key!r} in job file; known: {', '.join(sorted(_JOB_FILE_ALIASES))}, resources")
+        spec[name] = value
+    cmd = spec.get("Command")
+    if isinstance(cmd, str):
+        spec["Command"] = shlex.split(cmd)
+    if isinstance(spec.get("Memory"), str):
+        spec["Memory"] = parse_size(spec["Memory"])
+    if isinstance(spec.get("RuntimeMaxUSec"), str):
+        spec["RuntimeMaxUSec"] = parse_duration(spec["RuntimeMaxUSec"])
+    env = spec.get("Environment")
+    if isinstance(env, dict):
+        spec["Environment"] = [f"{k}={v}" for k, v in env.items()]
+    if isinstance(spec.get("After"), int):
+        spec["After"] = [spec["After"]]
+    return spec, warnings

@@ -1,0 +1,202 @@
+"""Validation: the one place a Submit a{sv} (or a JSON job file, via schedctl) becomes a JobSpec."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import AccessDenied, InvalidArgument, Unsatisfiable
+from .model import JobSpec
+from .protocol import SPEC_KEYS, format_size
+
+MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
+MAX_NAME = 256
+_TYPE_WORDS = {
+    "s": "a string", "u": "an unsigned 32-bit integer", "t": "an unsigned 64-bit integer",
+    "i": "a signed 32-bit integer", "b": "a boolean", "as": "an array of strings",
+    "at": "an array of unsigned 64-bit integers",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the request is checked against: this node's offer and the configured limits."""
+
+    node_name: str
+    total_cpus: int
+    total_memory: int
+    total_gpus: int
+    default_memory: int
+    min_memory: int
+    max_argv_bytes: int
+    max_env_entries: int
+
+
+def _bad(key: str, why: str) -> InvalidArgument:
+    return InvalidArgument(f"{key}: {why}")
+
+
+def _typed(props: dict[str, Any], key: str) -> Any:
+    """The value of key if present with the contract's D-Bus type; raises otherwise."""
+    v = props[key]
+    sig = getattr(v, "signature", None)
+    want = SPEC_KEYS[key]
+    if sig != want:
+        raise _bad(key, f"must have D-Bus type '{want}' ({_TYPE_WORDS[want]}), got '{sig}'")
+    return v.value
+
+
+def _check_path(key: str, path: str) -> str:
+    if not path:
+        raise _bad(key, "must not be empty")
+    if "\0" in path:
+        raise _bad(key, "must not contain NUL bytes")
+    if not path.startswith("/"):
+        raise _bad(key, f"{path!r} is relative; give an absolute path (schedctl resolves relative ones for you)")
+    if len(path.encode()) > 4095:
+        raise _bad(key, "path is longer than PATH_MAX (4095 bytes)")
+    return os.path.normpath(path)
+
+
+def build_spec(
+    props: dict[str, Any],
+    *,
+    caller_uid: int,
+    limits: Limits,
+    job_known: Callable[[int], bool] = lambda _id: False,
+    daemon_uid: int | None = None,
+) -> JobSpec:
+    """Check every key of a Submit spec and return the JobSpec, or raise a SchedError.
+
+    Type checks come first (wrong D-Bus type → InvalidArgument), then values,
+    then whether any node could ever hold it (→ Unsatisfiable).
+    """
+    if not isinstance(props, dict):
+        raise InvalidArgument("the spec must be a dictionary a{sv}")
+    unknown = sorted(k for k in props if k not in SPEC_KEYS)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}; "
+            f"valid keys: {', '.join(SPEC_KEYS)}"
+        )
+    v = {k: _typed(props, k) for k in props}
+
+    if "Command" not in v:
+        raise InvalidArgument("Command: required; give the program and its arguments as an array of strings (argv)")
+    command = list(v["Command"])
+    if not command or not command[0]:
+        raise _bad("Command", "must name a program: the first element may not be empty")
+    argv_bytes = 0
+    for i, arg in enumerate(command):
+        if "\0" in arg:
+            raise _bad("Command", f"argument {i} contains a NUL byte")
+        n = len(arg.encode("utf-8", "surrogateescape")) + 1
+        if n > MAX_ARG_STRLEN:
+            raise _bad("Command", f"argument {i} is {n} bytes; the kernel accepts at most {MAX_ARG_STRLEN - 1}")
+        argv_bytes += n
+
+    env = list(v.get("Environment", []))
+    if len(env) > limits.max_env_entries:
+        raise _bad("Environment", f"{len(env)} entries; this daemon accepts at most {limits.max_env_entries}")
+    for i, entry in enumerate(env):
+        key, sep, _ = entry.partition("=")
+        if not sep or not key:
+            raise _bad("Environment", f"entry {i} ({entry[:40]!r}) is not of the form NAME=VALUE")
+        if "\0" in entry:
+            raise _bad("Environment", f"entry {i} contains a NUL byte")
+        n = len(entry.encode("utf-8", "surrogateescape")) + 1
+        if n > MAX_ARG_STRLEN:
+            raise _bad("Environment", f"entry {i} ({key}) is {n} bytes; the kernel accepts at most {MAX_ARG_STRLEN - 1}")
+        argv_bytes += n
+    if argv_bytes > limits.max_argv_bytes:
+        raise InvalidArgument(
+            f"Command and Environment together are {argv_bytes} bytes; this daemon accepts at most "
+            f"{limits.max_argv_bytes} (max_argv_bytes in schedd.toml)"
+        )
+
+    name = v.get("Name") or os.path.basename(command[0]) or command[0]
+    if len(name) > MAX_NAME:
+        raise _bad("Name", f"is {len(name)} characters; at most {MAX_NAME}")
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise _bad("Name", "must not contain control characters")
+
+    cpus = v.get("CPUs", 1)
+    if cpus < 1:
+        raise _bad("CPUs", "must be at least 1")
+    memory = v.get("Memory", limits.default_memory)
+    if memory < limits.min_memory:
+        raise _bad(
+            "Memory",
+            f"{memory} bytes is below the minimum of {format_size(limits.min_memory)}; "
+            f"Memory is in bytes (4G = {4 << 30})",
+        )
+    gpus = v.get("GPUs", 0)
+
+    # Who runs it: the caller, or (root only) the named user.
+    uid = caller_uid
+    if "User" in v and v["User"] != caller_uid:
+        if caller_uid != 0:
+            raise AccessDenied("User: only root may submit a job that runs as another user")
+        uid = v["User"]
+    if daemon_uid is not None and daemon_uid != 0 and uid != daemon_uid:
+        raise AccessDenied(f"this is a per-user daemon of uid {daemon_uid}; it runs jobs only as that user")
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        raise (_bad("User", f"uid {uid} does not exist on this node") if "User" in v
+               else AccessDenied(f"your uid {uid} has no passwd entry on this node")) from None
+
+    if "WorkingDirectory" in v:
+        cwd = _check_path("WorkingDirectory", v["WorkingDirectory"])
+        try:
+            st = os.stat(cwd)
+        except OSError as e:
+            raise _bad("WorkingDirectory", f"{cwd}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise _bad("WorkingDirectory", f"{cwd} is not a directory")
+    else:
+        cwd = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
+
+    stdout_path = _check_path("StdoutPath", v["StdoutPath"]) if "StdoutPath" in v else ""
+    stderr_path = _check_path("StderrPath", v["StderrPath"]) if "StderrPath" in v else ""
+
+    after = list(v.get("After", []))
+    for dep in after:
+        if not job_known(dep):
+            raise _bad("After", f"job {dep} does not exist")
+    node = v.get("Node", "")
+    if node not in ("", "any", limits.node_name):
+        raise Unsatisfiable(f"Node: no node named {node!r} in this cluster (this node is {limits.node_name!r})")
+
+    if cpus > limits.total_cpus:
+        raise Unsatisfiable(f"CPUs: asks for {cpus} CPUs but the largest node offers {limits.total_cpus}")
+    if memory > limits.total_memory:
+        raise Unsatisfiable(
+            f"Memory: asks for {format_size(memory)} but the largest node offers {format_size(limits.total_memory)}"
+        )
+    if gpus > limits.total_gpus:
+        raise Unsatisfiable(f"GPUs: asks for {gpus} GPUs but the largest node offers {limits.total_gpus}")
+
+    return JobSpec(
+        command=command,
+        name=name,
+        cpus=cpus,
+        memory=memory,
+        gpus=gpus,
+        priority=v.get("Priority", 0),
+        working_directory=cwd,
+        environment=env,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        runtime_max_usec=v.get("RuntimeMaxUSec", 0),
+        hold=v.get("Hold", False),
+        uid=uid,
+        gid=pw.pw_gid,
+        user_name=pw.pw_name,
+        after=after,
+        node=node,
+        requeue=v.get("Requeue", True),
+    )

@@ -1,0 +1,262 @@
+"""The durable copy: one SQLite file in WAL mode, written with group commit.
+
+Writes are queued by the event loop and committed by one worker thread in
+batches (one fsync for everything that arrived while the previous commit
+ran), so a burst of submits costs a few fsyncs, not one each, and the loop
+never blocks on the disk. ``save()`` resolves once the rows are durable:
+Submit awaits it before answering. Reads use a second connection on the loop
+(WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from .model import Job, JobSpec, JobState
+
+log = logging.getLogger(__name__)
+
+# Each entry migrates from version i to i+1; PRAGMA user_version holds the current one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        command TEXT NOT NULL,            -- JSON argv
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        user_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER NOT NULL DEFAULT 0,
+        priority INTEGER NOT NULL DEFAULT 0,
+        cpus INTEGER NOT NULL,
+        memory INTEGER NOT NULL,
+        gpus INTEGER NOT NULL DEFAULT 0,
+        assigned_cpus TEXT NOT NULL DEFAULT '[]',
+        assigned_gpus TEXT NOT NULL DEFAULT '[]',
+        node TEXT NOT NULL DEFAULT '',
+        working_directory TEXT NOT NULL,
+        environment TEXT NOT NULL DEFAULT '[]',
+        stdout_path TEXT NOT NULL DEFAULT '',
+        stderr_path TEXT NOT NULL DEFAULT '',
+        runtime_max_usec INTEGER NOT NULL DEFAULT 0,
+        hold INTEGER NOT NULL DEFAULT 0,
+        after TEXT NOT NULL DEFAULT '[]',
+        target_node TEXT NOT NULL DEFAULT '',
+        requeue INTEGER NOT NULL DEFAULT 1,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        submit_time INTEGER NOT NULL,
+        start_time INTEGER NOT NULL DEFAULT 0,
+        end_time INTEGER NOT NULL DEFAULT 0,
+        cpu_time_usec INTEGER NOT NULL DEFAULT 0,
+        memory_peak INTEGER NOT NULL DEFAULT 0,
+        handle TEXT                       -- executor recovery data (JSON) while active
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_uid ON jobs(uid, id);
+    CREATE INDEX jobs_end ON jobs(end_time) WHERE end_time > 0;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+COLUMNS = (
+    "id", "name", "command", "uid", "gid", "user_name", "state", "reason", "exit_code", "priority",
+    "cpus", "memory", "gpus", "assigned_cpus", "assigned_gpus", "node", "working_directory",
+    "environment", "stdout_path", "stderr_path", "runtime_max_usec", "hold", "after", "target_node",
+    "requeue", "restarts", "submit_time", "start_time", "end_time", "cpu_time_usec", "memory_peak",
+    "handle",
+)
+_UPSERT = (
+    f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+
+
+def job_to_row(job: Job) -> tuple:
+    s = job.spec
+    return (
+        job.id, s.name, json.dumps(s.command), s.uid, s.gid, s.user_name, job.state.value, job.reason,
+        job.exit_code, s.priority, s.cpus, s.memory, s.gpus, json.dumps(job.assigned_cpus),
+        json.dumps(job.assigned_gpus), job.node, s.working_directory, json.dumps(s.environment),
+        s.stdout_path, s.stderr_path, s.runtime_max_usec, int(s.hold), json.dumps(s.after), s.node,
+        int(s.requeue), job.restarts, job.submit_time, job.start_time, job.end_time, job.cpu_time_usec,
+        job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
+    )
+
+
+def row_to_job(row: tuple) -> Job:
+    r = dict(zip(COLUMNS, row))
+    spec = JobSpec(
+        command=json.loads(r["command"]), name=r["name"], cpus=r["cpus"], memory=r["memory"], gpus=r["gpus"],
+        priority=r["priority"], working_directory=r["working_directory"],
+        environment=json.loads(r["environment"]), stdout_path=r["stdout_path"], stderr_path=r["stderr_path"],
+        runtime_max_usec=r["runtime_max_usec"], hold=bool(r["hold"]), uid=r["uid"], gid=r["gid"],
+        user_name=r["user_name"], after=json.loads(r["after"]), node=r["target_node"], requeue=bool(r["requeue"]),
+    )
+    return Job(
+        id=r["id"], spec=spec, state=JobState(r["state"]), reason=r["reason"], exit_code=r["exit_code"],
+        assigned_cpus=json.loads(r["assigned_cpus"]), assigned_gpus=json.loads(r["assigned_gpus"]),
+        node=r["node"], submit_time=r["submit_time"], start_time=r["start_time"], end_time=r["end_time"],
+        cpu_time_usec=r["cpu_time_usec"], memory_peak=r["memory_peak"], restarts=r["restarts"],
+        handle=json.loads(r["handle"]) if r["handle"] else None,
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # every commit reaches the disk before a Submit is answered
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._w = _connect(path)
+        self._migrate()
+        self._r = _connect(path)
+        self._pending: dict[int, tuple] = {}
+        self._waiters: list[asyncio.Future] = []
+        self._flushing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0
+
+    def _migrate(self) -> None:
+        version = self._w.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this schedd ({SCHEMA_VERSION}); "
+                "upgrade schedd or restore an older state directory"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            log.info("migrating %s from schema %d to %d", self.path, v, v + 1)
+            self._w.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version={v + 1}; COMMIT;")
+
+    def close(self) -> None:
+        self._w.close()
+        self._r.close()
+
+    # -- writes -------------------------------------------------------------
+
+    def save(self, *jobs: Job) -> asyncio.Future:
+        """Queue the jobs' current rows; the future resolves once they are committed."""
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        for job in jobs:
+            self._pending[job.id] = job_to_row(job)  # later snapshots of a job replace earlier ones
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._start_flush)
+        return fut
+
+    def _start_flush(self) -> None:
+        rows, waiters = list(self._pending.values()), self._waiters
+        self._pending, self._waiters = {}, []
+        fut = self._loop.run_in_executor(None, self._commit, rows)
+        fut.add_done_callback(lambda f: self._flushed(f, waiters))
+
+    def _commit(self, rows: list[tuple]) -> None:
+        w = self._w
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            w.executemany(_UPSERT, rows)
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self.commits += 1
+
+    def _flushed(self, fut: asyncio.Future, waiters: list[asyncio.Future]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            log.error("store commit failed: %s", exc)
+        for w in waiters:
+            if not w.done():
+                if exc is None:
+                    w.set_result(None)
+                else:
+                    w.set_exception(exc)
+        if self._waiters:
+            self._start_flush()
+        else:
+            self._flushing = False
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed."""
+        if self._flushing or self._pending:
+            await self.save()
+
+    # -- reads --------------------------------------------------------------
+
+    def max_id(self) -> int:
+        return self._r.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+
+    def get(self, job_id: int) -> Job | None:
+        row = self._r.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return row_to_job(row) if row else None
+
+    def exists(self, job_id: int) -> bool:
+        return self._r.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
+
+    def load_live(self, finished_since_usec: int) -> list[Job]:
+        """Jobs the daemon must hold in memory at start: unfinished ones, and recently finished ones."""
+        terminal = tuple(s.value for s in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED))
+        rows = self._r.execute(
+            f"{_SELECT} WHERE state NOT IN (?, ?, ?) OR end_time >= ? ORDER BY id", (*terminal, finished_since_usec)
+        ).fetchall()
+        return [row_to_job(r) for r in rows]
+
+    def query(
+        self, states: Iterable[str] | None, uid: int | None, after: int, limit: int, exclude: set[int]
+    ) -> list[Job]:
+        """Jobs by id > after, oldest first, skipping ids in exclude (the daemon's in-memory copies win)."""
+        where, args = ["id > ?"], [after]
+        if states is not None:
+            states = list(states)
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(states)
+        if uid is not None:
+            where.append("uid = ?")
+            args.append(uid)
+        out: list[Job] = []
+        cursor = after
+        while len(out) < limit:
+            args[0] = cursor
+            rows = self._r.execute(
+                f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*args, limit - len(out) + 64)
+            ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                cursor = row[0]
+                if row[0] not in exclude:
+                    out.append(row_to_job(row))
+                    if len(out) == limit:
+                        break
+        return out
+
+    def integrity_check(self) -> str:
+        return self._r.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def default_path(state_dir: Path) -> Path:
+    return state_dir / "schedd.db"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
