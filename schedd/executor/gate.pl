@@ -65,6 +65,7 @@ if ($acct) {
     my (%v1, $v2);
     for (split /\n/, slurp('/proc/self/cgroup')) {
         my ($n, $ctl, $p) = split /:/, $_, 3;
+        next unless $p =~ /\.scope$/;  # only our own unit's cgroups, never a parent's counters
         if ($ctl eq '') { $v2 = $p; } else { $v1{$_} = $p for split /,/, $ctl; }
     }
     my $u = -e '/sys/fs/cgroup/unified/cgroup.procs' ? '/sys/fs/cgroup/unified' : '/sys/fs/cgroup';

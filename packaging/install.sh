@@ -1,0 +1,50 @@
+#!/bin/sh
+# Install schedd system-wide from this source tree (as root):
+#   /opt/schedd/venv             the Python environment (Debian's python3)
+#   /usr/local/bin/{schedd,schedctl}
+#   /etc/systemd/system/{schedd.service,schedd.slice}, /usr/lib/systemd/user/schedd.service
+#   /usr/share/dbus-1/system.d/org.schedd.Schedd1.conf (+ activation files)
+#   /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
+#   /etc/schedd/schedd.toml.example
+# Options: --editable (develop: the venv points at this tree), --with-tests (pytest & co),
+#          --no-system-files (only the venv and the commands).
+set -eu
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=${SCHEDD_PREFIX:-/opt/schedd}
+PY=${SCHEDD_PYTHON:-/usr/bin/python3}
+editable=0 tests=0 sysfiles=1
+for a in "$@"; do
+  case "$a" in
+    --editable) editable=1 ;;
+    --with-tests) tests=1 ;;
+    --no-system-files) sysfiles=0 ;;
+    *) echo "install.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
+
+[ -x "$PREFIX/venv/bin/python" ] || "$PY" -m venv "$PREFIX/venv"
+extra=""; [ $tests = 1 ] && extra="[test]"
+if [ $editable = 1 ]; then
+  "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check -e "$SRC$extra"
+else
+  "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "$SRC$extra"
+fi
+ln -sf "$PREFIX/venv/bin/schedd" /usr/local/bin/schedd
+ln -sf "$PREFIX/venv/bin/schedctl" /usr/local/bin/schedctl
+
+[ $sysfiles = 1 ] || exit 0
+install -D -m 0644 "$SRC/systemd/schedd.service" /etc/systemd/system/schedd.service
+install -D -m 0644 "$SRC/systemd/schedd.slice" /etc/systemd/system/schedd.slice
+install -D -m 0644 "$SRC/systemd/schedd-user.service" /usr/lib/systemd/user/schedd.service
+install -D -m 0644 "$SRC/dbus/org.schedd.Schedd1.conf" /usr/share/dbus-1/system.d/org.schedd.Schedd1.conf
+install -D -m 0644 "$SRC/dbus/org.schedd.Schedd1.service" /usr/share/dbus-1/system-services/org.schedd.Schedd1.service
+install -D -m 0644 "$SRC/dbus/org.schedd.Schedd1.session.service" /usr/share/dbus-1/services/org.schedd.Schedd1.service
+for x in "$SRC"/dbus/*.xml; do [ -e "$x" ] && install -D -m 0644 "$x" "/usr/share/dbus-1/interfaces/$(basename "$x")"; done
+install -D -m 0644 "$SRC/packaging/org.schedd.Schedd1.policy" /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
+install -D -m 0644 "$SRC/packaging/schedd.toml.example" /etc/schedd/schedd.toml.example
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig >/dev/null 2>&1 || true
+fi
+echo "schedd installed: systemctl enable --now schedd; then: schedctl submit -- echo hello"
