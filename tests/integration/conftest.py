@@ -1,0 +1,181 @@
+"""Integration fixtures: a real systemd + system bus, schedd installed from the repo's own files.
+
+The daemon is the installed /usr/local/bin/schedd (packaging/install.sh puts
+this tree there), started with `systemctl start schedd` from systemd/schedd.service
+and reached through the repo's D-Bus policy. Tests drive it with busctl, gdbus
+and schedctl running inside the sandbox, as root or as throwaway users.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sandbox import REPO, Sandbox, SandboxError  # noqa: E402
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+USERS = ("schedd-alice", "schedd-bob")
+CONFIG = """
+[node]
+name = "testnode"
+[resources]
+memory = "4G"
+[jobs]
+default_memory = "256M"
+kill_wait = "5s"
+"""
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (boots a test systemd in private namespaces)"
+    for tool in ("unshare", "nsenter", "busctl", "gdbus", "setpriv"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (see README: set-up installs it)"
+    if not Path("/lib/systemd/systemd").exists():
+        return "needs systemd installed (/lib/systemd/systemd)"
+    if not Path("/usr/local/bin/schedd").exists():
+        return "needs schedd installed: run packaging/install.sh"
+    return None
+
+
+WHY_NOT = _why_not()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath) and WHY_NOT:
+            item.add_marker(pytest.mark.skip(reason=WHY_NOT))
+
+
+class Node:
+    """A booted sandbox running schedd, with the calls tests make against it."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.sb = sb
+
+    def run(self, argv, **kw) -> subprocess.CompletedProcess:
+        return self.sb.run(argv, **kw)
+
+    # -- D-Bus via the command-line tools people use ---------------------------
+
+    def busctl(self, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        opts = [a for a in args[:2] if a.startswith("--")]  # leading options, then the verb and its words
+        return self.sb.run(["busctl", *opts, "--", *args[len(opts):]], user=user, check=check)
+
+    def manager_call(self, member: str, sig: str = "", *args: str, user: str | None = None,
+                     check: bool = True) -> subprocess.CompletedProcess:
+        argv = ["busctl", "--json=short", "--", "call", "org.schedd.Schedd1", "/org/schedd/Schedd1",
+                "org.schedd.Schedd1.Manager", member]
+        if sig:
+            argv += [sig, *args]
+        return self.sb.run(argv, user=user, check=check)
+
+    def gdbus_manager(self, member: str, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
+        """gdbus prints the D-Bus error *name* on failure (busctl prints only the message)."""
+        return self.sb.run(["gdbus", "call", "--system", "--dest", "org.schedd.Schedd1", "--object-path",
+                            "/org/schedd/Schedd1", "--method", f"org.schedd.Schedd1.Manager.{member}", *args],
+                           user=user, check=False)
+
+    def submit(self, command: list[str], user: str | None = None, **props) -> int:
+        """Submit through busctl; props are (signature, value) pairs keyed by spec key."""
+        items: list[str] = ["Command", "as", str(len(command)), *command]
+        for key, (sig, value) in props.items():
+            items += [key, sig]
+            if sig.startswith("a"):
+                items += [str(len(value)), *map(str, value)]
+            else:
+                items.append(str(value).lower() if sig == "b" else str(value))
+        r = self.manager_call("Submit", "a{sv}", str(1 + len(props)), *items, user=user)
+        return json.loads(r.stdout)["data"][0][0]
+
+    def job(self, job_id: int) -> dict:
+        r = self.manager_call("GetJob", "t", str(job_id))
+        return {k: v["data"] for k, v in json.loads(r.stdout)["data"][0].items()}
+
+    def wait(self, job_id: int, states=TERMINAL, timeout: float = 30.0) -> dict:
+        """Wait (with a deadline) until the job is in one of states."""
+        deadline = time.monotonic() + timeout
+        while True:
+            j = self.job(job_id)
+            if j["State"] in states:
+                return j
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {j['State']} after {timeout}s (wanted {states})\n"
+                                     f"{self.sb.journal('schedd', 40)}")
+            time.sleep(0.05)
+
+    def wait_for(self, predicate, what: str, timeout: float = 20.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            v = predicate()
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def schedctl(self, *args: str, user: str | None = None, check: bool = True, cwd: str | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.sb.run(["schedctl", *args], user=user, check=check, cwd=cwd, timeout=timeout)
+
+    def unit_property(self, unit: str, prop: str) -> str:
+        return self.sb.run(["systemctl", "show", "-P", prop, unit]).stdout.strip()
+
+    def daemon_pid_and_restarts(self) -> tuple[str, str]:
+        return (self.unit_property("schedd.service", "MainPID"), self.unit_property("schedd.service", "NRestarts"))
+
+    def idle(self) -> None:
+        """Cancel whatever earlier tests left, and wait until no job holds resources."""
+        r = self.manager_call("ListJobs", "a{sv}", "1", "States", "as", "4", "PENDING", "HELD", "RUNNING",
+                              "SUSPENDED")
+        for j in json.loads(r.stdout)["data"][0]:
+            self.manager_call("Cancel", "t", str(j["Id"]["data"]), check=False)
+        self.wait_for(lambda: self.unit_property("schedd.service", "ActiveState") == "active", "schedd active")
+
+
+def ensure_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--create-home", "--home-dir", f"/var/tmp/{name}", "--shell",
+                        "/bin/sh", name], check=True)
+        return pwd.getpwnam(name)
+
+
+@pytest.fixture(scope="session")
+def users() -> dict[str, pwd.struct_passwd]:
+    return {u: ensure_user(u) for u in USERS}
+
+
+@pytest.fixture(scope="session")
+def sandbox_node(users):
+    sb = Sandbox(f"it-{os.getpid()}")
+    sb.prepare(config=CONFIG)
+    sb.boot()
+    try:
+        sb.run(["systemctl", "start", "schedd"], timeout=60)
+        yield Node(sb)
+    except SandboxError:
+        print(sb.journal(), file=sys.stderr)
+        raise
+    finally:
+        artifacts = REPO / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        (artifacts / "schedd-journal.txt").write_text(sb.journal("schedd", 2000) if sb.pid else "")
+        sb.stop()
+
+
+@pytest.fixture
+def node(sandbox_node: Node) -> Node:
+    sandbox_node.idle()
+    return sandbox_node
