@@ -58,7 +58,7 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /etc/systemd/system
 cp -a "$stage/units/." /etc/systemd/system/
-for dir in /etc/dbus-1/system.d /usr/share/polkit-1/actions; do
+for dir in /etc/dbus-1/system.d /usr/share/polkit-1/actions /etc/systemd/user; do
   src="$stage/overlay$dir"
   [ -d "$src" ] || continue
   mkdir -p "$dir"
@@ -138,6 +138,11 @@ class Sandbox:
         (units / "sandbox.target").write_text(
             "[Unit]\nDescription=schedd test sandbox\nWants=dbus.socket dbus.service\n"
         )
+        # User managers without logind: pam_systemd would set XDG_RUNTIME_DIR; say it here.
+        (units / "user@.service.d").mkdir()
+        (units / "user@.service.d/sandbox.conf").write_text("[Service]\nEnvironment=XDG_RUNTIME_DIR=/run/user/%i\n")
+        user_units = self.stage / "overlay/etc/systemd/user"
+        user_units.mkdir(parents=True)
         overlay_dbus = self.stage / "overlay/etc/dbus-1/system.d"
         overlay_polkit = self.stage / "overlay/usr/share/polkit-1/actions"
         for host, dst in ((Path("/etc/dbus-1/system.d"), overlay_dbus),
@@ -150,6 +155,7 @@ class Sandbox:
         if install_schedd:
             for f in ("schedd.service", "schedd.slice"):
                 shutil.copy(REPO / "systemd" / f, units / f)
+            shutil.copy(REPO / "systemd/schedd-user.service", user_units / "schedd.service")
             shutil.copy(REPO / "dbus/org.schedd.Schedd1.conf", overlay_dbus / "org.schedd.Schedd1.conf")
             shutil.copy(REPO / "packaging/org.schedd.Schedd1.policy", overlay_polkit / "org.schedd.Schedd1.policy")
         for name, text in (extra_units or {}).items():
@@ -222,15 +228,22 @@ class Sandbox:
     # -- use ------------------------------------------------------------------
 
     def cmd(self, argv: list[str], user: str | int | None = None) -> list[str]:
+        """nsenter into every namespace of the sandbox; as `user`, a login-like environment."""
         base = ["nsenter", "-t", str(self.pid), "-a"]
         if user is not None:
             import pwd
 
             pw = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
-            base += ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
-                     "--reset-env"]
-            base += ["env", f"HOME={pw.pw_dir}", f"USER={pw.pw_name}", "PATH=/usr/local/bin:/usr/bin:/bin"]
+            runtime = f"/run/user/{pw.pw_uid}"
+            base += ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--reset-env",
+                     "env", f"HOME={pw.pw_dir}", f"USER={pw.pw_name}", f"LOGNAME={pw.pw_name}",
+                     "PATH=/usr/local/bin:/usr/bin:/bin", f"XDG_RUNTIME_DIR={runtime}",
+                     f"DBUS_SESSION_BUS_ADDRESS=unix:path={runtime}/bus"]
         return base + argv
+
+    def cleanup(self) -> None:
+        """Remove the staged files and state (after stop)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def run(self, argv: list[str], *, user: str | int | None = None, check: bool = True, timeout: float = 60,
             input: str | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:

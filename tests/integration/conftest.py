@@ -173,6 +173,7 @@ def sandbox_node(users):
         artifacts.mkdir(exist_ok=True)
         (artifacts / "schedd-journal.txt").write_text(sb.journal("schedd", 2000) if sb.pid else "")
         sb.stop()
+        sb.cleanup()
 
 
 @pytest.fixture
