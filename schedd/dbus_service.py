@@ -250,6 +250,8 @@ class ManagerObject(ServiceInterface):
         return [id, job, state, reason]
 
 
+MANAGER_SIGNATURES = {"AvailableCPUs": "u", "AvailableMemory": "t", "AvailableGPUs": "u", "PendingJobs": "u",
+                      "RunningJobs": "u"}
 MANAGER_GETTERS: dict[str, Callable[[Engine], Any]] = {
     "AvailableCPUs": lambda e: e.ledger.free_cpus,
     "AvailableMemory": lambda e: e.ledger.free_memory,
@@ -328,6 +330,14 @@ class DBusService:
 
     # -- engine events -----------------------------------------------------------------
 
+    # Signals are built directly: dbus-fast's helpers walk every property per emission.
+
+    def _job_state_changed(self, job: Job) -> None:
+        self.bus.send(Message.new_signal(
+            path=MANAGER_PATH, interface=MANAGER_IFACE, member="JobStateChanged", signature="toss",
+            body=[job.id, job_path(job.id), job.state.value, job.reason],
+        ))
+
     def job_added(self, job: Job) -> None:
         if job.id in self.objects:
             return
@@ -335,14 +345,16 @@ class DBusService:
         self.objects[job.id] = obj
         self.bus.export(job_path(job.id), obj)
         if not job.state.terminal:
-            self.manager.JobStateChanged(job.id, job_path(job.id), job.state.value, job.reason)
+            self._job_state_changed(job)
 
     def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
-        obj = self.objects.get(job.id)
-        if obj is not None:
-            obj.emit_properties_changed({n: JOB_GETTERS[n](job) for n in props})
+        if job.id in self.objects:
+            self.bus.send(Message.new_signal(
+                path=job_path(job.id), interface="org.freedesktop.DBus.Properties", member="PropertiesChanged",
+                signature="sa{sv}as", body=[JOB_IFACE, job_variants(job, props), []],
+            ))
         if old_state != job.state:
-            self.manager.JobStateChanged(job.id, job_path(job.id), job.state.value, job.reason)
+            self._job_state_changed(job)
 
     def job_released(self, job: Job) -> None:
         if self.objects.pop(job.id, None) is not None:
@@ -359,4 +371,7 @@ class DBusService:
                 values[p] = running
             else:
                 values[p] = MANAGER_GETTERS[p](e)
-        self.manager.emit_properties_changed(values)
+        self.bus.send(Message.new_signal(
+            path=MANAGER_PATH, interface="org.freedesktop.DBus.Properties", member="PropertiesChanged",
+            signature="sa{sv}as", body=[MANAGER_IFACE, {k: Variant(MANAGER_SIGNATURES[k], v) for k, v in values.items()}, []],
+        ))

@@ -72,6 +72,7 @@ class Engine:
         self._blocked: dict[int, Job] = {}  # pending, waiting on dependencies
         self._dependents: dict[int, set[int]] = defaultdict(set)
         self._starting: set[int] = set()
+        self._durable: dict[int, asyncio.Future] = {}  # submitted jobs whose commit is still running
         self._pending_by_uid: dict[int, int] = defaultdict(int)
         self._by_state: Counter[JobState] = Counter()
         self._next_id = 1
@@ -252,19 +253,47 @@ class Engine:
                       state=JobState.HELD if spec.hold else JobState.PENDING,
                       reason=Reason.HELD if spec.hold else "")
             jobs.append(job)
-        await self.store.save(*jobs)  # durable before anyone hears of the ids
+        # The jobs may be placed and their scopes created while the commit runs, but no
+        # program starts (and no one hears of the ids) until the records are durable.
+        durable = asyncio.get_running_loop().create_future()
         for job in jobs:
             self.jobs[job.id] = job
             self._by_state[job.state] += 1
+            if job.state == JobState.PENDING:
+                self._pending_by_uid[job.uid] += 1
+                if not job.spec.after:
+                    self._durable[job.id] = durable
+                    self.scheduler.enqueue(job)
+        self.kick()
+        try:
+            await self.store.save(*jobs)
+        except Exception as e:
+            for job in jobs:
+                self._forget_unrecorded(job)
+            durable.set_exception(e)
+            durable.exception()  # retrieved: launches waiting on it abort quietly
+            raise SchedError(f"could not record the job{'s' if len(jobs) > 1 else ''} durably: {e}") from e
+        finally:
+            for job in jobs:
+                self._durable.pop(job.id, None)
+        for job in jobs:
             for l in self.listeners:
                 l.job_added(job)
             self._transition_log(job, "submitted")
-            if job.state == JobState.PENDING:
-                self._pending_by_uid[job.uid] += 1
+            if job.state == JobState.PENDING and job.spec.after:
                 self._make_eligible(job)
+        durable.set_result(None)
         self._manager_changed({"PendingJobs"})
         self.kick()
         return jobs
+
+    def _forget_unrecorded(self, job: Job) -> None:
+        """Undo a submission whose commit failed: as if it never came."""
+        self.jobs.pop(job.id, None)
+        self._by_state[job.state] -= 1
+        if job.state == JobState.PENDING:
+            self._pending_by_uid[job.uid] -= 1
+        self._unqueue(job)
 
     def _check_owner(self, job: Job, caller: Caller) -> None:
         if caller.uid == 0 or caller.uid == job.uid or self.user_mode:
@@ -453,11 +482,16 @@ class Engine:
 
     async def _launch(self, job: Job, alloc: Allocation) -> None:
         job.assigned_cpus, job.assigned_gpus = list(alloc.cpus), list(alloc.gpus)
+        ready = self._durable.get(job.id)
         try:
             self._prepare_output(job)
-            job.handle = await self.executor.start(job, alloc)
-        except (ExecutorError, OSError) as e:
+            job.handle = await self.executor.start(job, alloc, ready)
+        except Exception as e:
             self._starting.discard(job.id)
+            if job.id not in self.jobs:  # its submission was never recorded
+                self._release(job)
+                self.kick()
+                return
             log.error("job %d: cannot start: %s", job.id, e)
             self._release(job)
             self._end(job, JobState.FAILED, Reason.RESOURCES)
@@ -469,7 +503,7 @@ class Engine:
         job.start_time = now_usec()
         job.node = self.config.node_name
         self._set(job, JobState.RUNNING, "", _START_PROPS)
-        self.store.save(job)
+        self.store.save(job, urgent=False)
         flags = self._flags.get(job.id)
         if flags is not None and (flags.cancel or flags.requeue):
             try:
@@ -524,7 +558,7 @@ class Engine:
                 state, reason = JobState.COMPLETED, Reason.SUCCESS
             job.handle = None
             self._end(job, state, reason)
-            fut = self.store.save(job)
+            fut = self.store.save(job, urgent=False)
             fut.add_done_callback(lambda f, jid=job.id: f.exception() or self.executor.forget(jid))
         for w in flags.waiters:
             if not w.done():
@@ -573,9 +607,11 @@ class Engine:
                  f" (was {old.value.lower()})" if old is not None and old != job.state else "",
                  s.user_name or s.uid, job.unit, job.reason or "-", extra)
 
+    MANAGER_COALESCE = 0.05  # seconds; counters change with every job, clients need not hear each step
+
     def _manager_changed(self, props: set[str]) -> None:
         if not self._manager_dirty:
-            asyncio.get_running_loop().call_soon(self._flush_manager)
+            asyncio.get_running_loop().call_later(self.MANAGER_COALESCE, self._flush_manager)
         self._manager_dirty |= props
 
     def _flush_manager(self) -> None:

@@ -118,6 +118,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class Store:
+    LAZY_DELAY = 0.05
+
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +129,8 @@ class Store:
         self._pending: dict[int, tuple] = {}
         self._waiters: list[asyncio.Future] = []
         self._flushing = False
+        self._lazy: asyncio.TimerHandle | None = None
+        self._urgent = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
 
@@ -147,22 +151,40 @@ class Store:
 
     # -- writes -------------------------------------------------------------
 
-    def save(self, *jobs: Job) -> asyncio.Future:
-        """Queue the jobs' current rows; the future resolves once they are committed."""
+    def save(self, *jobs: Job, urgent: bool = True) -> asyncio.Future:
+        """Queue the jobs' current rows; the future resolves once they are committed.
+
+        urgent=False (state changes nobody waits on) lets the rows ride on the next
+        commit, or on one LAZY_DELAY later: recovery re-derives such transitions from
+        the scopes and exit files, so they need not cost a commit each.
+        """
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         for job in jobs:
             self._pending[job.id] = job_to_row(job)  # later snapshots of a job replace earlier ones
         fut = loop.create_future()
         self._waiters.append(fut)
+        self._urgent |= urgent
         if not self._flushing:
-            self._flushing = True
-            loop.call_soon(self._start_flush)
+            if urgent:
+                if self._lazy is not None:
+                    self._lazy.cancel()
+                    self._lazy = None
+                self._flushing = True
+                loop.call_soon(self._start_flush)
+            elif self._lazy is None:
+                self._lazy = loop.call_later(self.LAZY_DELAY, self._lazy_flush)
         return fut
+
+    def _lazy_flush(self) -> None:
+        self._lazy = None
+        if self._waiters and not self._flushing:
+            self._flushing = True
+            self._start_flush()
 
     def _start_flush(self) -> None:
         rows, waiters = list(self._pending.values()), self._waiters
-        self._pending, self._waiters = {}, []
+        self._pending, self._waiters, self._urgent = {}, [], False
         fut = self._loop.run_in_executor(None, self._commit, rows)
         fut.add_done_callback(lambda f: self._flushed(f, waiters))
 
@@ -187,14 +209,16 @@ class Store:
                     w.set_result(None)
                 else:
                     w.set_exception(exc)
-        if self._waiters:
+        self._flushing = False
+        if self._urgent:
+            self._flushing = True
             self._start_flush()
-        else:
-            self._flushing = False
+        elif self._waiters and self._lazy is None:
+            self._lazy = self._loop.call_later(self.LAZY_DELAY, self._lazy_flush)
 
     async def drain(self) -> None:
         """Wait until everything queued so far is committed."""
-        if self._flushing or self._pending:
+        if self._flushing or self._pending or self._lazy is not None:
             await self.save()
 
     # -- reads --------------------------------------------------------------

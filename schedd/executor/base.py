@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import signal as _signal
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 from ..ledger import Allocation
 from ..model import Job
@@ -59,8 +59,12 @@ class Executor(abc.ABC):
         """Stop watching (jobs keep running: they are re-adopted by the next daemon)."""
 
     @abc.abstractmethod
-    async def start(self, job: Job, alloc: Allocation) -> dict:
-        """Start the job inside its allocation; returns JSON-able recovery data (the handle)."""
+    async def start(self, job: Job, alloc: Allocation, ready: Awaitable | None = None) -> dict:
+        """Start the job inside its allocation; returns JSON-able recovery data (the handle).
+
+        Everything up to letting the job's program run may overlap with `ready`
+        (the job's record being committed); the program runs only once it is done.
+        """
 
     @abc.abstractmethod
     async def stop(self, job: Job) -> None:

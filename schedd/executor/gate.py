@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 GATE_SCRIPT = (Path(__file__).with_name("gate.pl")).read_text()
 PERL = shutil.which("perl", path="/usr/bin:/bin") or "/usr/bin/perl"
+GATE_BINARY = Path(__file__).with_name("schedd-gate")  # gate.c, built at install time if a compiler was there
+
+
+def gate_command() -> list[str]:
+    """The compiled gate (~0.3 ms a job) if installed, else the same protocol in perl (~3-5 ms)."""
+    if os.access(GATE_BINARY, os.X_OK) and not os.environ.get("SCHEDD_GATE_PERL"):
+        return [str(GATE_BINARY)]
+    return [PERL, "-e", GATE_SCRIPT]
 _ABORT_CODES = {120: "gate could not read its release pipe", 121: "released without go (daemon gave up)",
                 122: "gate could not open its status file", 123: "gate could not fork"}
 
@@ -87,6 +95,8 @@ class GateRunner:
         status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._watched: dict[int, tuple[int, int]] = {}  # job id -> (pid, pidfd)
         self._root = os.geteuid() == 0
+        self.gate = gate_command()
+        self.kind = "c" if self.gate[0] == str(GATE_BINARY) else "perl"
 
     def status_path(self, job_id: int) -> Path:
         return self.status_dir / str(job_id)
@@ -109,8 +119,7 @@ class GateRunner:
         }
         if job.assigned_gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.assigned_gpus))
-        argv = [PERL, "-e", GATE_SCRIPT, *ident, s.working_directory, out, err,
-                "1" if self.accounting else "0", "--", *s.command]
+        argv = [*self.gate, *ident, s.working_directory, out, err, "1" if self.accounting else "0", "--", *s.command]
 
         sfd = _high_fd(os.open(self.status_path(job.id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -120,7 +129,7 @@ class GateRunner:
             os.write(efd, b"".join(f"{k}={v}\0".encode("utf-8", "surrogateescape") for k, v in env.items()))
             os.lseek(efd, 0, os.SEEK_SET)
             pid = os.posix_spawn(
-                PERL, argv, {},
+                argv[0], argv, {},
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, r, 3),
                     (os.POSIX_SPAWN_DUP2, sfd, 4),

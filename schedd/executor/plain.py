@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 from pathlib import Path
+from typing import Awaitable
 
 from ..ledger import Allocation
 from ..model import Job
@@ -37,15 +38,19 @@ class PlainExecutor(Executor):
     async def close(self) -> None:
         self.gates.unwatch_all()
 
-    async def start(self, job: Job, alloc: Allocation) -> dict:
+    async def start(self, job: Job, alloc: Allocation, ready: Awaitable | None = None) -> dict:
         gate = self.gates.spawn(job, alloc.cpus)
         try:
             os.sched_setaffinity(gate.pid, alloc.cpus)
             resource.prlimit(gate.pid, resource.RLIMIT_AS, (alloc.memory, alloc.memory))
+            if ready is not None:
+                await ready
             gate.release()
-        except OSError as e:
+        except BaseException as e:
             gate.abort()
-            raise ExecutorError(f"cannot start job {job.id}: {e}") from e
+            if isinstance(e, OSError):
+                raise ExecutorError(f"cannot start job {job.id}: {e}") from e
+            raise
         self._track(job.id, gate.pid, None)
         return gate.handle()
 

@@ -16,6 +16,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
+from typing import Awaitable
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.errors import DBusError
@@ -115,12 +116,14 @@ class SystemdExecutor(Executor):
 
     # -- the seam -------------------------------------------------------------
 
-    async def start(self, job: Job, alloc: Allocation) -> dict:
+    async def start(self, job: Job, alloc: Allocation, ready: Awaitable | None = None) -> dict:
         gate = self.gates.spawn(job, alloc.cpus)
         try:
             async with self._sem:
                 await self._start_scope(job, alloc, gate.pid)
             os.sched_setaffinity(gate.pid, alloc.cpus)
+            if ready is not None:
+                await ready
             gate.release()
         except BaseException as e:
             gate.abort()

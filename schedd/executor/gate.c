@@ -1,0 +1,258 @@
+/* schedd-gate: the job's supervisor inside its scope (conmon's role).
+ *
+ * The compiled twin of gate.pl, same protocol, about ten times cheaper per job
+ * (no interpreter to start). Built by setup.py when a C compiler is present;
+ * the daemon falls back on gate.pl otherwise.
+ *
+ * Started by the daemon with posix_spawn, as root, with an empty environment:
+ *   fd 3  release pipe: "go\n" once the daemon has put us in the job's scope and
+ *         pinned our CPUs; EOF without it means "abort".
+ *   fd 4  status file: the job's wait status and cgroup counters, so the result
+ *         survives a daemon restart.
+ *   fd 5  the job's environment, NUL-separated (never on argv: /proc/PID/cmdline
+ *         is world-readable).
+ *   argv  UID GID GROUPS CWD STDOUT STDERR ACCT -- COMMAND...
+ * The child drops to the user before it opens anything, so output files and the
+ * working directory are reached with the user's rights only. Setup failures exit
+ * with systemd's codes (200 CHDIR, 203 EXEC, 209 STDOUT, 216 GROUP, 217 USER).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define REL_FD 3
+#define ST_FD 4
+#define ENV_FD 5
+
+static void fail(int code, const char *fmt, ...) {
+    char msg[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dprintf(ST_FD, "error=%s\n", msg);
+    dprintf(2, "schedd: %s\n", msg);
+    _exit(code);
+}
+
+/* Read a whole (small or large) file descriptor into a NUL-terminated buffer. */
+static char *slurp_fd(int fd, size_t *len) {
+    size_t cap = 8192, n = 0;
+    char *buf = malloc(cap + 1);
+    if (!buf) return NULL;
+    for (;;) {
+        if (n == cap) {
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) { free(buf); return NULL; }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        n += (size_t)r;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+static char *slurp(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    char *s = slurp_fd(fd, NULL);
+    close(fd);
+    return s;
+}
+
+/* The number after `key ` in a "key value" file, or 0. */
+static long long keyed(const char *path, const char *key) {
+    char *s = slurp(path);
+    long long v = 0;
+    if (s) {
+        size_t kl = strlen(key);
+        for (char *p = s; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+            if (strncmp(p, key, kl) == 0 && p[kl] == ' ') { v = atoll(p + kl + 1); break; }
+        }
+        free(s);
+    }
+    return v;
+}
+
+static long long number(const char *path) {
+    char *s = slurp(path);
+    long long v = s ? atoll(s) : 0;
+    free(s);
+    return v;
+}
+
+static void child(char **argv, char **envp, const char *uid, const char *gid, const char *groups,
+                  const char *cwd, const char *out, const char *err) {
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    if (strcmp(uid, "-") != 0) {
+        gid_t list[NGROUPS_MAX];
+        int n = 0;
+        char *g = strdup(groups), *save = NULL;
+        for (char *t = strtok_r(g, " ", &save); t && n < NGROUPS_MAX; t = strtok_r(NULL, " ", &save))
+            list[n++] = (gid_t)strtoul(t, NULL, 10);
+        free(g);
+        gid_t gv = (gid_t)strtoul(gid, NULL, 10);
+        uid_t uv = (uid_t)strtoul(uid, NULL, 10);
+        if (setgroups((size_t)n, list) != 0) fail(216, "cannot set groups %s: %s", groups, strerror(errno));
+        if (setresgid(gv, gv, gv) != 0) fail(216, "cannot set gid %s: %s", gid, strerror(errno));
+        if (setresuid(uv, uv, uv) != 0) fail(217, "cannot set uid %s: %s", uid, strerror(errno));
+        if (getuid() != uv || geteuid() != uv) fail(217, "cannot set uid %s", uid);
+    }
+    environ = envp;  /* execvp searches the job's PATH, not ours */
+    if (chdir(cwd) != 0) fail(200, "cannot change to working directory %s: %s", cwd, strerror(errno));
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) fail(209, "cannot open %s for writing: %s", out, strerror(errno));
+    if (dup2(fd, 1) < 0) fail(209, "cannot use %s as stdout: %s", out, strerror(errno));
+    if (strcmp(err, out) == 0) {
+        if (dup2(fd, 2) < 0) fail(209, "cannot duplicate stdout: %s", strerror(errno));
+    } else {
+        int efd = open(err, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+        if (efd < 0) fail(209, "cannot open %s for writing: %s", err, strerror(errno));
+        if (dup2(efd, 2) < 0) fail(209, "cannot use %s as stderr: %s", err, strerror(errno));
+        close(efd);
+    }
+    close(fd);
+    int saved = dup(ST_FD);  /* keep a way to report exec failure, closed on exec */
+    close(ST_FD);
+    if (saved >= 0) fcntl(saved, F_SETFD, FD_CLOEXEC);
+    execvp(argv[0], argv);
+    int e = errno;
+    if (saved >= 0) dup2(saved, ST_FD);
+    fail(203, "cannot execute %s: %s", argv[0], strerror(e));
+}
+
+int main(int argc, char **argv) {
+    if (argc < 10 || strcmp(argv[8], "--") != 0) {
+        fprintf(stderr, "usage: schedd-gate UID GID GROUPS CWD STDOUT STDERR ACCT -- COMMAND...\n");
+        return 124;
+    }
+    const char *uid = argv[1], *gid = argv[2], *groups = argv[3], *cwd = argv[4];
+    const char *out = argv[5], *err = argv[6];
+    int acct = strcmp(argv[7], "1") == 0;
+    char **cmd = argv + 9;
+
+    char go[4] = {0};
+    size_t got = 0;
+    while (got < 3) {
+        ssize_t r = read(REL_FD, go + got, 3 - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    if (got != 3 || memcmp(go, "go\n", 3) != 0) return 121;
+    close(REL_FD);
+
+    size_t elen = 0;
+    char *ebuf = slurp_fd(ENV_FD, &elen);
+    close(ENV_FD);
+    size_t ecount = 0;
+    for (size_t i = 0; ebuf && i < elen; i++) ecount += ebuf[i] == 0;
+    char **envp = calloc(ecount + 2, sizeof(char *));
+    if (!envp) return 123;
+    size_t k = 0;
+    for (size_t i = 0; ebuf && i < elen; i += strlen(ebuf + i) + 1)
+        if (strchr(ebuf + i, '=')) envp[k++] = ebuf + i;
+    envp[k] = NULL;
+
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    pid_t pid = fork();
+    if (pid < 0) return 123;
+    if (pid == 0) child(cmd, envp, uid, gid, groups, cwd, out, err);
+
+    int status = 255 << 8;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) { status = 255 << 8; break; }
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    long long cpu = (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec
+                  + (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+    long long oom = 0, peak = 0;
+    int others = 0;
+    if (acct) {
+        /* Only our own unit's cgroups (path ends in .scope), never a parent's counters. */
+        char *cg = slurp("/proc/self/cgroup");
+        char mem[1024] = "", cpuacct[1024] = "", named[1024] = "", v2[1024] = "";
+        for (char *line = cg, *next; line && *line; line = next) {
+            next = strchr(line, '\n');
+            if (next) *next++ = 0;
+            char *c1 = strchr(line, ':');
+            char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+            if (!c2) continue;
+            *c2 = 0;
+            const char *ctl = c1 + 1, *path = c2 + 1;
+            size_t pl = strlen(path);
+            if (pl < 6 || strcmp(path + pl - 6, ".scope") != 0 || pl >= 900) continue;
+            if (*ctl == 0) snprintf(v2, sizeof v2, "%s", path);
+            else if (strcmp(ctl, "name=systemd") == 0) snprintf(named, sizeof named, "%s", path);
+            else {
+                char tmp[256];
+                snprintf(tmp, sizeof tmp, ",%s,", ctl);
+                if (strstr(tmp, ",memory,")) snprintf(mem, sizeof mem, "%s", path);
+                if (strstr(tmp, ",cpuacct,")) snprintf(cpuacct, sizeof cpuacct, "%s", path);
+            }
+        }
+        free(cg);
+        struct stat sb;
+        const char *u = stat("/sys/fs/cgroup/unified/cgroup.procs", &sb) == 0 ? "/sys/fs/cgroup/unified"
+                                                                                : "/sys/fs/cgroup";
+        char p[2048];
+        if (*mem) {
+            snprintf(p, sizeof p, "/sys/fs/cgroup/memory%s/memory.oom_control", mem);
+            oom = keyed(p, "oom_kill");
+            snprintf(p, sizeof p, "/sys/fs/cgroup/memory%s/memory.max_usage_in_bytes", mem);
+            peak = number(p);
+        } else if (*v2) {
+            snprintf(p, sizeof p, "%s%s/memory.events", u, v2);
+            oom = keyed(p, "oom_kill");
+            snprintf(p, sizeof p, "%s%s/memory.peak", u, v2);
+            peak = number(p);
+        }
+        if (*cpuacct) {
+            snprintf(p, sizeof p, "/sys/fs/cgroup/%s%s/cpuacct.usage",
+                     stat("/sys/fs/cgroup/cpuacct", &sb) == 0 ? "cpuacct" : "cpu,cpuacct", cpuacct);
+            long long ns = number(p);
+            if (ns) cpu = ns / 1000;
+        } else if (*v2) {
+            snprintf(p, sizeof p, "%s%s/cpu.stat", u, v2);
+            long long us = keyed(p, "usage_usec");
+            if (us) cpu = us;
+        }
+        if (*named) snprintf(p, sizeof p, "/sys/fs/cgroup/systemd%s/cgroup.procs", named);
+        else snprintf(p, sizeof p, "%s%s/cgroup.procs", u, v2);
+        char *procs = slurp(p);
+        for (char *q = procs; q && *q; q = strchr(q, '\n'), q = q ? q + 1 : NULL)
+            if (*q != '\n' && atoi(q) != getpid()) others++;
+        free(procs);
+    } else {
+        peak = (long long)ru.ru_maxrss * 1024;
+    }
+    dprintf(ST_FD, "status=%d\noom_kill=%lld\npeak=%lld\ncpu_usec=%lld\nstragglers=%d\nend=1\n",
+            status, oom, peak, cpu, others);
+    close(ST_FD);
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
