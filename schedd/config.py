@@ -48,7 +48,7 @@ def parse_id_list(value: object, what: str) -> list[int]:
 
 def format_id_list(ids: list[int]) -> str:
     """[0,1,2,5] -> '0-2,5' (the cpuset list format)."""
-    out, ids = [], sorted(ids)
+    out, ids = [], sorted(set(ids))
     i = 0
     while i < len(ids):
         j = i
@@ -88,6 +88,7 @@ def load(path: Path | None, user_mode: bool) -> Config:
     if path is None:
         path = Path(platformdirs.user_config_dir("schedd")) / "schedd.toml" if user_mode else SYSTEM_CONFIG
     cfg = Config()
+    cfg.default_memory = 0  # worked out after [resources] is applied, unless [jobs] names it
     if user_mode:
         cfg.state_dir = Path(platformdirs.user_state_dir("schedd"))
     try:
@@ -113,6 +114,15 @@ def _apply(cfg: Config, data: dict) -> None:
     for section in data:
         if section not in known:
             raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
+    keys = {
+        "node": {"name"}, "resources": {"cpus", "memory", "gpus"},
+        "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user"},
+        "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
+    }
+    for section, allowed in keys.items():
+        for key in data.get(section, {}):
+            if key not in allowed:
+                raise ConfigError(f"unknown key {key!r} in [{section}]; known: {', '.join(sorted(allowed))}")
     node = data.get("node", {})
     if "name" in node:
         cfg.node_name = str(node["name"])
@@ -120,7 +130,12 @@ def _apply(cfg: Config, data: dict) -> None:
     machine_cpus = set(os.sched_getaffinity(0))
     if "cpus" in res:
         v = res["cpus"]
-        cfg.cpu_ids = sorted(machine_cpus)[: int(v)] if isinstance(v, int) else parse_id_list(v, "resources.cpus")
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not 1 <= v <= len(machine_cpus):
+                raise ConfigError(f"resources.cpus = {v}: this machine offers 1 to {len(machine_cpus)} CPUs")
+            cfg.cpu_ids = sorted(machine_cpus)[:v]
+        else:
+            cfg.cpu_ids = parse_id_list(v, "resources.cpus")
         missing = set(cfg.cpu_ids) - machine_cpus
         if missing or not cfg.cpu_ids:
             raise ConfigError(f"resources.cpus names CPUs this machine does not offer: {sorted(missing) or 'none given'}")
@@ -128,7 +143,12 @@ def _apply(cfg: Config, data: dict) -> None:
         cfg.memory = parse_size(res["memory"])
     if "gpus" in res:
         v = res["gpus"]
-        cfg.gpu_ids = list(range(v)) if isinstance(v, int) else parse_id_list(v, "resources.gpus")
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 0:
+                raise ConfigError(f"resources.gpus = {v}: a count must not be negative")
+            cfg.gpu_ids = list(range(v))
+        else:
+            cfg.gpu_ids = parse_id_list(v, "resources.gpus")
     jobs = data.get("jobs", {})
     if "default_memory" in jobs:
         cfg.default_memory = parse_size(jobs["default_memory"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from decimal import Decimal
 from typing import Any
 
 # Submit spec keys -> D-Bus signature. An unknown key is an error.
@@ -108,7 +109,7 @@ def parse_size(text: str | int) -> int:
     m = _SIZE_RE.match(str(text))
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"not a size: {text!r} (use e.g. 512M, 4G, 1T; plain numbers are bytes)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    return int(Decimal(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])  # exact: no float rounding
 
 
 def format_size(n: int) -> str:
@@ -128,18 +129,24 @@ _DUR_UNITS = {
     "d": 86_400_000_000, "day": 86_400_000_000, "days": 86_400_000_000,
 }
 _DUR_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
-_CLOCK = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
+_CLOCK = re.compile(r"^(\d+):(\d{1,2})(?::(\d{1,2}))?$")  # M:S or H:M:S
+_DAYS = re.compile(r"^(\d+)-(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")  # D-H, D-H:M, D-H:M:S
 
 
 def parse_duration(text: str) -> int:
-    """'1h30m', '90min', '45s', '2d', Slurm's '1:30:00' / '2-12:00:00' -> µs. Plain numbers are seconds."""
+    """'1h30m', '90min', '45s', '2d' (systemd.time), or Slurm's 'M:S', 'H:M:S', 'D-H', 'D-H:M',
+    'D-H:M:S' -> µs. A plain number is seconds, as in systemd (Slurm would read minutes)."""
     t = str(text).strip().lower()
+    m = _DAYS.match(t)
+    if m:
+        d, h, mi, s = (int(x or 0) for x in m.groups())
+        return (((d * 24 + h) * 60 + mi) * 60 + s) * 1_000_000
     m = _CLOCK.match(t)
     if m:
-        days, a, b, c = m.groups()
+        a, b, c = m.groups()
         h, mi, s = (int(a), int(b), int(c)) if c is not None else (0, int(a), int(b))
-        return ((int(days or 0) * 24 + h) * 3600 + mi * 60 + s) * 1_000_000
-    pos, total = 0, 0.0
+        return ((h * 60 + mi) * 60 + s) * 1_000_000
+    pos, total = 0, Decimal(0)
     t = t.replace(" ", "")
     if not t:
         raise ValueError("empty duration")
@@ -147,7 +154,7 @@ def parse_duration(text: str) -> int:
         m = _DUR_PART.match(t, pos)
         if not m or m.end() == pos or m.group(2) not in _DUR_UNITS:
             raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30min, 1h30m, 2d or HH:MM:SS)")
-        total += float(m.group(1)) * _DUR_UNITS[m.group(2)]
+        total += Decimal(m.group(1)) * _DUR_UNITS[m.group(2)]
         pos = m.end()
     return int(total)
 

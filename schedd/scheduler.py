@@ -30,16 +30,13 @@ class Scheduler:
         self.policy = policy
         self._heap: list[tuple[int, int]] = []
         self._queued: dict[int, Job] = {}
+        self._entries: set[tuple[int, int]] = set()  # what is in the heap, live or stale
 
     def __len__(self) -> int:
         return len(self._queued)
 
     def __contains__(self, job_id: int) -> bool:
         return job_id in self._queued
-
-    def enqueue(self, job: Job) -> None:
-        self._queued[job.id] = job
-        heapq.heappush(self._heap, (-job.spec.priority, job.id))
 
     def dequeue(self, job_id: int) -> Job | None:
         """Forget a queued job (cancel, hold); its heap entry is dropped lazily."""
@@ -58,11 +55,11 @@ class Scheduler:
             entry = heap[0]
             job = self._live(entry)
             if job is None:
-                heapq.heappop(heap)
+                self._entries.discard(heapq.heappop(heap))
                 continue
             alloc = self.ledger.allocate(job.spec.cpus, job.spec.memory, job.spec.gpus)
             if alloc is not None:
-                heapq.heappop(heap)
+                self._entries.discard(heapq.heappop(heap))
                 del self._queued[job.id]
                 started.append((job, alloc))
             elif self.policy == "strict":
@@ -72,6 +69,13 @@ class Scheduler:
         for entry in skipped:
             heapq.heappush(heap, entry)
         return started
+
+    def enqueue(self, job: Job) -> None:
+        self._queued[job.id] = job
+        entry = (-job.spec.priority, job.id)
+        if entry not in self._entries:  # a held-then-released job may still have its old entry
+            self._entries.add(entry)
+            heapq.heappush(self._heap, entry)
 
     def ordered(self) -> Iterator[Job]:
         """The queue in the order it will run (for display)."""

@@ -124,7 +124,11 @@ class Store:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._w = _connect(path)
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._w.close()
+            raise
         self._r = _connect(path)
         self._pending: dict[int, tuple] = {}
         self._waiters: list[asyncio.Future] = []

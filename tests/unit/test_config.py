@@ -147,32 +147,16 @@ def test_zero_cpus_is_an_error(tmp_path: Path) -> None:
         load(write(tmp_path, "[resources]\ncpus = 0\n"), user_mode=False)
 
 
-@pytest.mark.xfail(
-    reason="BUG: config._apply slices sorted(machine_cpus)[:int(v)], so cpus = -1 silently means "
-    "'all CPUs but the last' instead of being rejected",
-    strict=True,
-)
 def test_negative_cpu_count_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load(write(tmp_path, "[resources]\ncpus = -1\n"), user_mode=False)
 
 
-@pytest.mark.xfail(
-    reason="BUG: config._apply slices sorted(machine_cpus)[:int(v)], so a count above the machine's CPUs "
-    "is silently clamped instead of being rejected like an id list naming missing CPUs",
-    strict=True,
-)
 def test_cpu_count_above_the_machine_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load(write(tmp_path, f"[resources]\ncpus = {len(MACHINE_CPUS) + 1}\n"), user_mode=False)
 
 
-@pytest.mark.xfail(
-    reason="BUG: config.load builds Config() (whose __post_init__ computes default_memory from the "
-    "machine) before applying [resources]; the second __post_init__ sees a non-zero default_memory "
-    "and keeps it, so default_memory ignores the configured memory and can exceed it",
-    strict=True,
-)
 def test_default_memory_follows_configured_memory(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, '[resources]\ncpus = 1\nmemory = "256M"\n'), user_mode=False)
     assert cfg.memory == 256 * MiB

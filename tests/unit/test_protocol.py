@@ -217,30 +217,15 @@ def test_job_file_bad_memory_raises() -> None:
         job_file_to_spec({"command": "true", "resources": {"memory": "lots"}})
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_size converts the number with float(), so plain byte counts above 2**53 lose "
-    "precision; UINT64_MAX (systemd's 'infinity') becomes 2**64, out of range for D-Bus 't'",
-    strict=True,
-)
 @pytest.mark.parametrize("n", [2**53 + 1, 2**64 - 1])
 def test_parse_size_plain_bytes_exact(n: int) -> None:
     assert parse_size(str(n)) == n
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_duration accumulates float(value) * unit and truncates with int(), so "
-    "'2.3h' gives 8279999999 µs (shown as '2h 17min 59s') and '1.001s' gives 1000999 µs",
-    strict=True,
-)
 @pytest.mark.parametrize("text, expected", [("2.3h", 8_280_000_000), ("1.001s", 1_001_000)])
 def test_parse_duration_decimal_is_exact(text: str, expected: int) -> None:
     assert parse_duration(text) == expected
 
 
-@pytest.mark.xfail(
-    reason="BUG: _CLOCK reads 'D-H:M' as D days, H minutes, M seconds; Slurm's days-hours:minutes "
-    "format means '2-12:30' = 2 days 12 hours 30 minutes (60.5 h), not 2 days 12 min 30 s",
-    strict=True,
-)
 def test_parse_duration_slurm_days_hours_minutes() -> None:
     assert parse_duration("2-12:30") == ((2 * 24 + 12) * 3600 + 30 * 60) * SEC

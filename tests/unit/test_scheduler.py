@@ -188,11 +188,6 @@ def test_a_job_never_starts_twice_after_reenqueue() -> None:
     assert len(sched) == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: Scheduler.ordered() yields a job once per heap entry; dequeue+enqueue (hold/release) "
-    "leaves a stale entry with the same (priority, id), so the job is listed twice",
-    strict=True,
-)
 def test_ordered_lists_a_released_job_once() -> None:
     sched = Scheduler(Ledger([0], 4 * GiB))
     sched.enqueue(make_job(1, name="a"))
