@@ -313,17 +313,25 @@ def _main(argv: list[str]) -> int:
         (sb.dir / "cgroups").write_text(json.dumps([str(c) for c in sb._cgroups]))
         print(sb.pid)
         return 0
-    pid = int((sb.dir / "pid").read_text())
+    try:
+        pid = int((sb.dir / "pid").read_text())
+    except FileNotFoundError:
+        print(f"no sandbox named {a.name}", file=sys.stderr)
+        return 1
     if a.cmd == "run":
         sb.pid = pid
         args = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
         return subprocess.call(sb.cmd(args))
-    os.kill(pid, signal.SIGRTMIN + 4)
+    try:
+        os.kill(pid, signal.SIGRTMIN + 4)
+    except ProcessLookupError:
+        pass
     deadline = time.monotonic() + 20
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     for c in json.loads((sb.dir / "cgroups").read_text()):
         _rmtree_cgroups(Path(c))
+    sb.cleanup()
     return 0
 
 
