@@ -1,0 +1,98 @@
+"""The gate protocol, for both implementations (compiled gate.c and gate.pl), without systemd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from schedd.executor.gate import GATE_BINARY, PERL, GATE_SCRIPT, GateRunner
+from schedd.model import Job, JobSpec
+
+KINDS = ["perl"] + (["c"] if os.access(GATE_BINARY, os.X_OK) else [])
+
+
+@pytest.fixture(params=KINDS)
+def runner(request, tmp_path: Path) -> GateRunner:
+    r = GateRunner(tmp_path / "exits", accounting=False)
+    r.gate = [str(GATE_BINARY)] if request.param == "c" else [PERL, "-e", GATE_SCRIPT]
+    return r
+
+
+def job(tmp_path: Path, command: list[str], *, uid: int | None = None, cwd: str | None = None,
+        env: list[str] | None = None, out: str | None = None) -> Job:
+    pw = pwd.getpwuid(os.getuid() if uid is None else uid)
+    spec = JobSpec(command=command, name="t", cpus=1, memory=1 << 28, uid=pw.pw_uid, gid=pw.pw_gid,
+                   user_name=pw.pw_name, working_directory=cwd or str(tmp_path), environment=env or [],
+                   stdout_path=out or str(tmp_path / "out"))
+    spec.stderr_path = spec.stdout_path
+    return Job(id=1, spec=spec)
+
+
+async def run(runner: GateRunner, j: Job):
+    gate = runner.spawn(j, (0,))
+    done = asyncio.get_running_loop().create_future()
+    assert runner.watch(j.id, gate.pid, gate.start_time, lambda _id, info: done.set_result(info))
+    gate.release()
+    return await asyncio.wait_for(done, 10)
+
+
+async def test_exit_code_output_and_environment(runner, tmp_path):
+    info = await run(runner, job(tmp_path, ["sh", "-c", 'echo "$FOO $SCHEDD_JOB_ID $(pwd)"; exit 3'],
+                                 env=["FOO=a=b"]))
+    assert (info.exit_code, info.signal, info.lost) == (3, 0, False)
+    assert (tmp_path / "out").read_text() == f"a=b 1 {tmp_path}\n"
+
+
+async def test_signal_is_told_apart_from_exit_code(runner, tmp_path):
+    info = await run(runner, job(tmp_path, ["sh", "-c", "kill -KILL $$"]))
+    assert (info.exit_code, info.signal) == (137, 9)
+    info = await run(runner, job(tmp_path, ["sh", "-c", "exit 137"]))
+    assert (info.exit_code, info.signal) == (137, 0)
+
+
+@pytest.mark.parametrize("what, code, words", [
+    ("cwd", 200, "cannot change to working directory"),
+    ("out", 209, "cannot open"),
+    ("exec", 203, "cannot execute"),
+])
+async def test_setup_failures_use_systemd_exit_codes(runner, tmp_path, what, code, words):
+    kw = {"cwd": "/nonexistent-dir"} if what == "cwd" else {"out": "/nonexistent-dir/out"} if what == "out" else {}
+    info = await run(runner, job(tmp_path, ["/no/such/program"] if what == "exec" else ["true"], **kw))
+    assert info.exit_code == code
+    assert words in info.error or words in (tmp_path / "out").read_text()
+
+
+async def test_aborted_gate_never_runs_the_command(runner, tmp_path):
+    j = job(tmp_path, ["sh", "-c", f"touch {tmp_path}/ran"])
+    gate = runner.spawn(j, (0,))
+    os.close(gate.release_fd)  # the daemon gave up: EOF without "go"
+    gate.release_fd = None
+    _, status = os.waitpid(gate.pid, 0)
+    assert os.WEXITSTATUS(status) == 121
+    assert not (tmp_path / "ran").exists()
+    assert runner.read_status(j.id, status).lost
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+async def test_runs_as_the_user_and_opens_output_with_their_rights(runner):
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:  # pytest's tmp_path is not reachable by nobody
+        tmp_path = Path(d)
+        os.chmod(tmp_path, 0o777)
+        await _as_nobody(runner, tmp_path, nobody)
+
+
+async def _as_nobody(runner, tmp_path, nobody):
+    info = await run(runner, job(tmp_path, ["sh", "-c", "id -u; id -g"], uid=nobody.pw_uid))
+    assert info.exit_code == 0
+    assert (tmp_path / "out").read_text().split() == [str(nobody.pw_uid), str(nobody.pw_gid)]
+    assert (tmp_path / "out").stat().st_uid == nobody.pw_uid
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    info = await run(runner, job(tmp_path, ["true"], uid=nobody.pw_uid, out=str(secret / "out")))
+    assert info.exit_code == 209 and not (secret / "out").exists()
