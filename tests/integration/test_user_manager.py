@@ -37,5 +37,10 @@ def test_user_daemon_runs_jobs_as_scopes_of_the_user_manager(sandbox_node: Node,
         executor = node.run(["busctl", "--user", "get-property", "org.schedd.Schedd1", "/org/schedd/Schedd1",
                              "org.schedd.Schedd1.Manager", "Executor"], user="schedd-alice").stdout.strip()
         assert executor == 's "systemd"'
+        # And through schedctl --user, which finds the session bus from XDG_RUNTIME_DIR.
+        r = node.run(["schedctl", "--user", "--json", "submit", "--", "sh", "-c", "exit 6"], user="schedd-alice",
+                     cwd=alice.pw_dir)
+        second = json.loads(r.stdout)["id"]
+        assert node.run(["schedctl", "--user", "wait", str(second)], user="schedd-alice", check=False).returncode == 6
     finally:
         node.run(["systemctl", "stop", f"user@{uid}.service"], check=False)

@@ -1,0 +1,1 @@
+"""schedctl: the command-line client of schedd (a thin D-Bus client)."""
