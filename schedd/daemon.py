@@ -99,8 +99,10 @@ async def run(args: argparse.Namespace) -> int:
     bus = await dbus.connect(address, bus_class=ServiceBus)
     service = DBusService(engine, bus)
     await service.take_name(args.replace)
-    log.info("schedd %s ready on %s: node %s, executor %s, %d CPUs, %d MiB, %d GPUs, state %s",
-             __version__, address, cfg.node_name, executor.name, engine.ledger.total_cpus,
+    gates = getattr(executor, "gates", None)
+    log.info("schedd %s ready on %s: node %s, executor %s (gate %s), %d CPUs, %d MiB, %d GPUs, state %s",
+             __version__, address, cfg.node_name, executor.name, gates.kind if gates else "-",
+             engine.ledger.total_cpus,
              engine.ledger.total_memory >> 20, engine.ledger.total_gpus, cfg.state_dir)
     sd_notify(f"READY=1\nSTATUS=executor {executor.name}, {engine.ledger.total_cpus} CPUs")
 
