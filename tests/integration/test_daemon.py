@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +238,15 @@ def test_job_state_changes_are_signalled(node: Node):
     finally:
         mon.terminate()
         mon.wait(5)
+
+
+def test_a_burst_of_concurrent_submits_is_answered_in_full(node: Node):
+    """8 connections x 120 calls in flight: every caller gets its id, each id is a durable job, no restart."""
+    before = node.daemon_pid_and_restarts()
+    r = node.run(["/opt/schedd/venv/bin/python", str(Path(__file__).with_name("burst_client.py")), "8", "120"],
+                 timeout=120)
+    ids = json.loads(r.stdout)
+    assert len(ids) == len(set(ids)) == 960
+    for jid in (min(ids), max(ids), ids[len(ids) // 2]):
+        assert node.job(jid)["State"] == "CANCELLED"
+    assert node.daemon_pid_and_restarts() == before
