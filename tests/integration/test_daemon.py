@@ -250,3 +250,36 @@ def test_a_burst_of_concurrent_submits_is_answered_in_full(node: Node):
     for jid in (min(ids), max(ids), ids[len(ids) // 2]):
         assert node.job(jid)["State"] == "CANCELLED"
     assert node.daemon_pid_and_restarts() == before
+
+
+def _members(xml: str, iface: str) -> set[tuple]:
+    import xml.etree.ElementTree as ET
+
+    body = xml[xml.index("<node"):]
+    el = next(i for i in ET.fromstring(body).iter("interface") if i.get("name") == iface)
+    out = set()
+    for m in el:
+        args = tuple((a.get("direction", "out"), a.get("type")) for a in m.findall("arg"))
+        out.add((m.tag, m.get("name"), m.get("type"), m.get("access"), args))
+    return out
+
+
+def test_shipped_introspection_xml_matches_the_daemon(node: Node):
+    from sandbox import REPO
+
+    jid = node.submit(["true"])
+    node.wait(jid)
+    for iface, path in (("org.schedd.Schedd1.Manager", "/org/schedd/Schedd1"),
+                        ("org.schedd.Schedd1.Job", f"/org/schedd/Schedd1/job/{jid}")):
+        live = node.busctl("--xml-interface", "introspect", "org.schedd.Schedd1", path).stdout
+        shipped = (REPO / "dbus" / f"{iface}.xml").read_text()
+        assert _members(live, iface) == _members(shipped, iface)
+    shipped = (REPO / "dbus/org.schedd.Schedd1.Manager.xml").read_text()
+    manager = {(t, n) for t, n, *_ in _members(shipped, "org.schedd.Schedd1.Manager")}
+    for m in ("Submit", "SubmitMany", "Cancel", "Hold", "Release", "Suspend", "Resume", "Requeue", "GetJob",
+              "ListJobs", "ListNodes"):
+        assert ("method", m) in manager
+    assert ("signal", "JobStateChanged") in manager
+    sigs = {n: args for t, n, _, _, args in _members(shipped, "org.schedd.Schedd1.Manager") if t == "method"}
+    assert sigs["Submit"] == (("in", "a{sv}"), ("out", "(to)"))
+    assert sigs["SubmitMany"] == (("in", "aa{sv}"), ("out", "at"))
