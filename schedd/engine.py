@@ -308,6 +308,12 @@ class Engine:
                 return
             raise
 
+    async def _owned(self, job_id: int, caller: Caller) -> Job:
+        """The job, if it exists and the caller may change it."""
+        job = self._live(job_id)
+        await self._authorize(job, caller)
+        return job
+
     def _live(self, job_id: int) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
@@ -317,8 +323,7 @@ class Engine:
         return job
 
     async def cancel(self, job_id: int, caller: Caller) -> None:
-        job = self._live(job_id)
-        await self._authorize(job, caller)
+        job = await self._owned(job_id, caller)
         if job.state.terminal:
             raise InvalidState(f"job {job_id} is already {job.state.value}; only pending, held or running jobs can be cancelled")
         if job.state in (JobState.PENDING, JobState.HELD) and job.id not in self._starting:
@@ -346,8 +351,7 @@ class Engine:
         await fut
 
     async def hold(self, job_id: int, caller: Caller) -> None:
-        job = self._live(job_id)
-        await self._authorize(job, caller)
+        job = await self._owned(job_id, caller)
         if job.state == JobState.HELD:
             return
         if job.state != JobState.PENDING or job.id in self._starting:
@@ -358,8 +362,7 @@ class Engine:
         await self.store.save(job)
 
     async def release(self, job_id: int, caller: Caller) -> None:
-        job = self._live(job_id)
-        await self._authorize(job, caller)
+        job = await self._owned(job_id, caller)
         if job.state == JobState.PENDING:
             return
         if job.state != JobState.HELD:
@@ -371,8 +374,7 @@ class Engine:
         self.kick()
 
     async def suspend(self, job_id: int, caller: Caller) -> None:
-        job = self._live(job_id)
-        await self._authorize(job, caller)
+        job = await self._owned(job_id, caller)
         if job.state == JobState.SUSPENDED:
             return
         if job.state != JobState.RUNNING or job.id in self._starting:
@@ -382,8 +384,7 @@ class Engine:
         self.store.save(job)
 
     async def resume(self, job_id: int, caller: Caller) -> None:
-        job = self._live(job_id)
-        await self._authorize(job, caller)
+        job = await self._owned(job_id, caller)
         if job.state == JobState.RUNNING:
             return
         if job.state != JobState.SUSPENDED:
@@ -399,8 +400,7 @@ class Engine:
             raise SchedError(str(e)) from e
 
     async def requeue(self, job_id: int, caller: Caller) -> None:
-        job = self._live(job_id)
-        await self._authorize(job, caller)
+        job = await self._owned(job_id, caller)
         if job.state in (JobState.PENDING, JobState.HELD):
             raise InvalidState(f"job {job_id} is {job.state.value}: it has not run, nothing to requeue")
         if job.state.active or job.id in self._starting:

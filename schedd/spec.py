@@ -49,6 +49,16 @@ def _typed(props: dict[str, Any], key: str) -> Any:
     return v.value
 
 
+def _exec_string(key: str, what: str, text: str) -> int:
+    """Bytes one argv/env string takes in execve; raises if the kernel would refuse it."""
+    if "\0" in text:
+        raise _bad(key, f"{what} contains a NUL byte")
+    n = len(text.encode("utf-8", "surrogateescape")) + 1
+    if n > MAX_ARG_STRLEN:
+        raise _bad(key, f"{what} is {n} bytes; the kernel accepts at most {MAX_ARG_STRLEN - 1}")
+    return n
+
+
 def _check_path(key: str, path: str) -> str:
     if not path:
         raise _bad(key, "must not be empty")
@@ -89,14 +99,7 @@ def build_spec(
     command = list(v["Command"])
     if not command or not command[0]:
         raise _bad("Command", "must name a program: the first element may not be empty")
-    argv_bytes = 0
-    for i, arg in enumerate(command):
-        if "\0" in arg:
-            raise _bad("Command", f"argument {i} contains a NUL byte")
-        n = len(arg.encode("utf-8", "surrogateescape")) + 1
-        if n > MAX_ARG_STRLEN:
-            raise _bad("Command", f"argument {i} is {n} bytes; the kernel accepts at most {MAX_ARG_STRLEN - 1}")
-        argv_bytes += n
+    argv_bytes = sum(_exec_string("Command", f"argument {i}", arg) for i, arg in enumerate(command))
 
     env = list(v.get("Environment", []))
     if len(env) > limits.max_env_entries:
@@ -105,12 +108,7 @@ def build_spec(
         key, sep, _ = entry.partition("=")
         if not sep or not key:
             raise _bad("Environment", f"entry {i} ({entry[:40]!r}) is not of the form NAME=VALUE")
-        if "\0" in entry:
-            raise _bad("Environment", f"entry {i} contains a NUL byte")
-        n = len(entry.encode("utf-8", "surrogateescape")) + 1
-        if n > MAX_ARG_STRLEN:
-            raise _bad("Environment", f"entry {i} ({key}) is {n} bytes; the kernel accepts at most {MAX_ARG_STRLEN - 1}")
-        argv_bytes += n
+        argv_bytes += _exec_string("Environment", f"entry {i}", entry)
     if argv_bytes > limits.max_argv_bytes:
         raise InvalidArgument(
             f"Command and Environment together are {argv_bytes} bytes; this daemon accepts at most "
