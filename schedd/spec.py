@@ -49,13 +49,14 @@ def _typed(props: dict[str, Any], key: str) -> Any:
     return v.value
 
 
-def _exec_string(key: str, what: str, text: str) -> int:
+def _exec_string(key: str, what: str, text: str, name: str = "") -> int:
     """Bytes one argv/env string takes in execve; raises if the kernel would refuse it."""
     if "\0" in text:
         raise _bad(key, f"{what} contains a NUL byte")
     n = len(text.encode("utf-8", "surrogateescape")) + 1
     if n > MAX_ARG_STRLEN:
-        raise _bad(key, f"{what} is {n} bytes; the kernel accepts at most {MAX_ARG_STRLEN - 1}")
+        label = f"{what} ({name})" if name else what
+        raise _bad(key, f"{label} is {n} bytes; the kernel accepts at most {MAX_ARG_STRLEN - 1}")
     return n
 
 
@@ -108,7 +109,7 @@ def build_spec(
         key, sep, _ = entry.partition("=")
         if not sep or not key:
             raise _bad("Environment", f"entry {i} ({entry[:40]!r}) is not of the form NAME=VALUE")
-        argv_bytes += _exec_string("Environment", f"entry {i}", entry)
+        argv_bytes += _exec_string("Environment", f"entry {i}", entry, key)
     if argv_bytes > limits.max_argv_bytes:
         raise InvalidArgument(
             f"Command and Environment together are {argv_bytes} bytes; this daemon accepts at most "
