@@ -8,7 +8,6 @@ import json
 import os
 import pwd
 import sys
-from pathlib import Path
 from typing import Any
 
 from dbus_fast import Variant

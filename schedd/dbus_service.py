@@ -25,7 +25,7 @@ from . import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH,
 from . import bus as dbus
 from .engine import Caller, Engine
 from .errors import ERROR_PREFIX, InvalidArgument, SchedError
-from .model import Job, JobState
+from .model import Job, JobState, now_usec
 from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS
 
 log = logging.getLogger(__name__)
@@ -319,8 +319,6 @@ class DBusService:
     def local_node(self) -> dict[str, Any]:
         e, l = self.engine, self.engine.ledger
         pending, running = e.counts()
-        from .model import now_usec
-
         return {
             "Name": e.config.node_name, "State": "up", "URL": "", "Local": True,
             "TotalCPUs": l.total_cpus, "AvailableCPUs": l.free_cpus, "TotalMemory": l.total_memory,

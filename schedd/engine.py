@@ -123,7 +123,7 @@ class Engine:
                 await executor.reap_orphan(jid)
         for job in sorted(self.jobs.values(), key=lambda j: j.id):
             if job.state == JobState.PENDING and job.id not in self._allocs:
-                info = self._finished_unrecorded(job.id)
+                info = self.executor.recorded_exit(job.id)
                 if info is not None:
                     self._finish(job, info)
                 else:
@@ -133,34 +133,19 @@ class Engine:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_finished())
         self.kick()
 
-    def _finished_unrecorded(self, job_id: int) -> ExitInfo | None:
-        """A job that ran and ended while its RUNNING record was still in flight."""
-        gates = getattr(self.executor, "gates", None)
-        if gates is None or not gates.status_path(job_id).exists():
-            return None
-        info = gates.read_status(job_id)
-        return None if info.lost else info
-
     async def _adopt_unrecorded(self, job: Job) -> None:
-        pids = await self.executor.adopt_pids(job.id)
-        from .executor.gate import proc_start_time
-
-        starts = [(proc_start_time(p) or 0, p) for p in pids]
-        starts.sort()
-        if not starts:
+        found = await self.executor.find_unrecorded(job.id)
+        if found is None:
             return
-        start, pid = starts[0]  # the gate entered the scope first
-        try:
-            cpus = tuple(sorted(os.sched_getaffinity(pid) & set(self.ledger.cpu_ids)))
-        except OSError:
-            cpus = ()
+        handle, pinned = found
+        cpus = tuple(c for c in pinned if c in self.ledger.cpu_ids)
         alloc = Allocation(cpus, job.spec.memory, ())
         try:
             self.ledger.claim(alloc)
         except LedgerConflict as e:
             log.error("job %d: adopted allocation overlaps another (%s)", job.id, e)
         self._allocs[job.id] = alloc
-        job.assigned_cpus, job.handle = list(cpus), {"pid": pid, "start": start}
+        job.assigned_cpus, job.handle = list(cpus), handle
         job.start_time = job.start_time or now_usec()
         self._set(job, JobState.RUNNING, "", _START_PROPS)
         log.warning("job %d was running without a record (daemon died while starting it); adopted", job.id)

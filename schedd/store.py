@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -281,10 +280,3 @@ class Store:
 def default_path(state_dir: Path) -> Path:
     return state_dir / "schedd.db"
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

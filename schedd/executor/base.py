@@ -8,6 +8,7 @@ statuses, accounting and setup errors look the same whichever one runs.
 from __future__ import annotations
 
 import abc
+import os
 import signal as _signal
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -92,6 +93,28 @@ class Executor(abc.ABC):
     async def adopt_pids(self, job_id: int) -> list[int]:
         """Processes of a job unit found running without a record of its start."""
         return []
+
+    async def find_unrecorded(self, job_id: int) -> tuple[dict, list[int]] | None:
+        """A job found running without a record of its start: (its handle, the CPUs its gate is pinned to)."""
+        from .gate import proc_start_time
+
+        starts = sorted((proc_start_time(p) or 0, p) for p in await self.adopt_pids(job_id))
+        if not starts:
+            return None
+        start, pid = starts[0]  # the gate entered the scope first
+        try:
+            cpus = sorted(os.sched_getaffinity(pid))
+        except OSError:
+            cpus = []
+        return {"pid": pid, "start": start}, cpus
+
+    def recorded_exit(self, job_id: int) -> ExitInfo | None:
+        """How a job ended, if its gate recorded it (it ran while its RUNNING record was still in flight)."""
+        gates = getattr(self, "gates", None)
+        if gates is None or not gates.status_path(job_id).exists():
+            return None
+        info = gates.read_status(job_id)
+        return None if info.lost else info
 
     def forget(self, job_id: int) -> None:
         """The job's end is durable: drop what the executor kept to report it."""
