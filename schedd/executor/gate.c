@@ -121,7 +121,6 @@ static void child(char **argv, char **envp, const char *uid, const char *gid, co
         if (getuid() != uv || geteuid() != uv) fail(217, "cannot set uid %s", uid);
     }
     environ = envp;  /* execvp searches the job's PATH, not ours */
-    if (chdir(cwd) != 0) fail(200, "cannot change to working directory %s: %s", cwd, strerror(errno));
     int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) fail(209, "cannot open %s for writing: %s", out, strerror(errno));
     if (dup2(fd, 1) < 0) fail(209, "cannot use %s as stdout: %s", out, strerror(errno));
@@ -134,6 +133,8 @@ static void child(char **argv, char **envp, const char *uid, const char *gid, co
         close(efd);
     }
     close(fd);
+    /* After the output is open (paths are absolute), so this error reaches the user's output. */
+    if (chdir(cwd) != 0) fail(200, "cannot change to working directory %s: %s", cwd, strerror(errno));
     int saved = dup(ST_FD);  /* keep a way to report exec failure, closed on exec */
     close(ST_FD);
     if (saved >= 0) fcntl(saved, F_SETFD, FD_CLOEXEC);

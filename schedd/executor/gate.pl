@@ -7,7 +7,7 @@
 #         so the result survives a daemon restart.
 #   fd 5  the job's environment, NUL-separated (never on argv: /proc/PID/cmdline
 #         is world-readable, and PERL5OPT in it would run code as root here).
-#   argv  UID GID GROUPS CWD STDOUT STDERR ACCT -- COMMAND...
+#   argv  UID GID GROUPS CWD STDOUT STDERR ACCT -- COMMAND...  (STDOUT/STDERR absolute)
 # The child drops to the user before it opens anything, so output files and the
 # working directory are reached with the user's rights only. Setup failures exit
 # with systemd's codes (200 CHDIR, 203 EXEC, 209 STDOUT, 216 GROUP, 217 USER).
@@ -45,13 +45,13 @@ if ($pid == 0) {
         fail(217, "cannot set uid $uid: $!") if $< != $uid || $> != $uid;
     }
     %ENV = %env;
-    chdir($cwd) or fail(200, "cannot change to working directory $cwd: $!");
     open(STDOUT, '>', $out) or fail(209, "cannot open $out for writing: $!");
     if ($err eq $out) {
         open(STDERR, '>&', \*STDOUT) or fail(209, "cannot duplicate stdout: $!");
     } else {
         open(STDERR, '>', $err) or fail(209, "cannot open $err for writing: $!");
     }
+    chdir($cwd) or fail(200, "cannot change to working directory $cwd: $!");  # after the output is open
     close($st);
     { exec { $ARGV[0] } @ARGV; }
     fail(203, "cannot execute $ARGV[0]: $!");
