@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Properties (D-Bus names) touched by each kind of transition, for PropertiesChanged.
 _START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node"}
+QUEUED = (JobState.PENDING, JobState.HELD)  # what max_pending_per_user counts
 _END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak"}
 
 
@@ -108,7 +109,7 @@ class Engine:
                     adopted += 1
                 else:
                     lost += 1
-            elif job.state == JobState.PENDING:
+            elif job.state in QUEUED:
                 self._pending_by_uid[job.uid] += 1
         # Units of jobs we do not track as running: a crash between start and its record, or strangers.
         active = {j.id for j in self.jobs.values() if j.state.active}
@@ -222,7 +223,7 @@ class Engine:
         for uid, n in per_uid.items():
             if self._pending_by_uid[uid] + n > self.config.max_pending_per_user:
                 raise InvalidArgument(
-                    f"uid {uid} has {self._pending_by_uid[uid]} pending jobs; this daemon queues at most "
+                    f"uid {uid} has {self._pending_by_uid[uid]} queued jobs (pending or held); this daemon queues at most "
                     f"{self.config.max_pending_per_user} per user (max_pending_per_user): wait for some to start"
                 )
         now = now_usec()
@@ -244,8 +245,8 @@ class Engine:
         for job in jobs:
             self.jobs[job.id] = job
             self._by_state[job.state] += 1
+            self._pending_by_uid[job.uid] += 1
             if job.state == JobState.PENDING:
-                self._pending_by_uid[job.uid] += 1
                 if not job.spec.after:
                     self._durable[job.id] = durable
                     self.scheduler.enqueue(job)
@@ -276,8 +277,7 @@ class Engine:
         """Undo a submission whose commit failed: as if it never came."""
         self.jobs.pop(job.id, None)
         self._by_state[job.state] -= 1
-        if job.state == JobState.PENDING:
-            self._pending_by_uid[job.uid] -= 1
+        self._pending_by_uid[job.uid] -= 1
         self._unqueue(job)
 
     def _check_owner(self, job: Job, caller: Caller) -> None:
@@ -573,9 +573,9 @@ class Engine:
         job.reason = reason
         self._by_state[old] -= 1
         self._by_state[state] += 1
-        if old == JobState.PENDING and state != JobState.PENDING:
+        if old in QUEUED and state not in QUEUED:
             self._pending_by_uid[job.uid] -= 1
-        elif state == JobState.PENDING and old != JobState.PENDING:
+        elif state in QUEUED and old not in QUEUED:
             self._pending_by_uid[job.uid] += 1
         self._transition_log(job, state.value.lower(), old)
         for l in self.listeners:

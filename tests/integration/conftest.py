@@ -32,6 +32,8 @@ memory = "4G"
 [jobs]
 default_memory = "256M"
 kill_wait = "5s"
+max_pending_per_user = 1000
+max_argv_bytes = 200000
 """
 
 
@@ -85,6 +87,12 @@ class Node:
         return self.sb.run(["gdbus", "call", "--system", "--dest", "org.schedd.Schedd1", "--object-path",
                             "/org/schedd/Schedd1", "--method", f"org.schedd.Schedd1.Manager.{member}", *args],
                            user=user, check=False)
+
+    def calls(self, calls: list[dict], user: str | None = None, concurrency: int = 1, timeout: float = 300) -> list:
+        """Many Manager calls from one client (tests/integration/dbus_call.py); results in order."""
+        r = self.sb.run(["/opt/schedd/venv/bin/python", str(Path(__file__).with_name("dbus_call.py"))], user=user,
+                        input=json.dumps({"calls": calls, "concurrency": concurrency}), timeout=timeout)
+        return json.loads(r.stdout)
 
     def submit(self, command: list[str], user: str | None = None, **props) -> int:
         """Submit through busctl; props are (signature, value) pairs keyed by spec key."""
