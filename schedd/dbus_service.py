@@ -30,7 +30,8 @@ from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS
 
 log = logging.getLogger(__name__)
 
-_sender: contextvars.ContextVar[str | None] = contextvars.ContextVar("sender", default=None)
+_sender: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar("sender", default=None)
+ALLOW_INTERACTIVE_AUTHORIZATION = 0x4  # message header flag
 
 JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
     "Id": lambda j: j.id,
@@ -275,6 +276,8 @@ class DBusService:
         self.objects: dict[int, JobObject] = {}
         self._uids: OrderedDict[str, int] = OrderedDict()
         bus.add_message_handler(self._tap)
+        if not engine.user_mode:
+            engine.authorize_other = self.polkit_allows
         bus.export(MANAGER_PATH, self.manager)
         for job in engine.jobs.values():
             self.job_added(job)
@@ -294,7 +297,7 @@ class DBusService:
         """Runs before dispatch: remember who calls (the method's task copies this context)."""
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
-        _sender.set(msg.sender)
+        _sender.set((msg.sender, bool(msg.flags.value & ALLOW_INTERACTIVE_AUTHORIZATION)))
         if msg.interface == MANAGER_IFACE and msg.member in _SIGNATURES and msg.signature != _SIGNATURES[msg.member]:
             want = _SIGNATURES[msg.member]
             return Message.new_error(
@@ -304,9 +307,10 @@ class DBusService:
         return None
 
     async def caller(self) -> Caller:
-        sender = _sender.get()
-        if sender is None:
+        who = _sender.get()
+        if who is None:
             raise SchedError("cannot tell who is calling")
+        sender, interactive = who
         uid = self._uids.get(sender)
         if uid is None:
             (uid,) = await dbus.call(self.bus, dbus.DBUS_NAME, dbus.DBUS_PATH, dbus.DBUS_NAME,
@@ -314,7 +318,23 @@ class DBusService:
             self._uids[sender] = uid
             if len(self._uids) > 8192:
                 self._uids.popitem(last=False)
-        return Caller(uid, sender)
+        return Caller(uid, sender, interactive)
+
+    async def polkit_allows(self, caller: Caller, action: str) -> bool:
+        """Ask polkit (by bus name, never by PID) whether the caller may do `action`; no polkit means no."""
+        if caller.sender is None:
+            return False
+        subject = ["system-bus-name", {"name": Variant("s", caller.sender)}]
+        try:
+            ((authorized, challenge, _details),) = await dbus.call(
+                self.bus, "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority",
+                "org.freedesktop.PolicyKit1.Authority", "CheckAuthorization", "(sa{sv})sa{ss}us",
+                [subject, action, {}, 1 if caller.interactive else 0, ""])
+        except DBusError as e:
+            log.warning("polkit check of %s for uid %d failed: %s", action, caller.uid, e.text)
+            return False
+        # A challenge without an agent to answer it is a refusal: the contract's error is AccessDenied.
+        return bool(authorized)
 
     def local_node(self) -> dict[str, Any]:
         e, l = self.engine, self.engine.ledger

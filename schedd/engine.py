@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Properties (D-Bus names) touched by each kind of transition, for PropertiesChanged.
 _START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node"}
+MANAGE_ACTION = "org.schedd.Schedd1.manage-jobs"  # polkit action for other users' jobs
 QUEUED = (JobState.PENDING, JobState.HELD)  # what max_pending_per_user counts
 _END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak"}
 
@@ -39,6 +40,7 @@ class Caller:
 
     uid: int
     sender: str | None = None
+    interactive: bool = False  # the call allows interactive authorization (a polkit agent may ask)
 
 
 class Listener(Protocol):
@@ -283,13 +285,15 @@ class Engine:
     def _check_owner(self, job: Job, caller: Caller) -> None:
         if caller.uid == 0 or caller.uid == job.uid or self.user_mode:
             return
-        raise AccessDenied(f"job {job.id} belongs to {job.spec.user_name or job.uid}; only its owner or root may change it")
+        raise AccessDenied(f"job {job.id} belongs to {job.spec.user_name or job.uid}; only its owner or root may change it "
+                           f"(or a user polkit allows {MANAGE_ACTION})")
 
     async def _authorize(self, job: Job, caller: Caller) -> None:
         try:
             self._check_owner(job, caller)
         except AccessDenied:
-            if self.authorize_other is not None and await self.authorize_other(caller, "org.schedd.Schedd1.manage-jobs"):
+            if self.authorize_other is not None and await self.authorize_other(caller, MANAGE_ACTION):
+                log.info("uid %d acts on job %d of uid %d: allowed by polkit", caller.uid, job.id, job.uid)
                 return
             raise
 

@@ -58,7 +58,7 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=0755 tmpfs /etc/systemd/system
 cp -a "$stage/units/." /etc/systemd/system/
-for dir in /etc/dbus-1/system.d /usr/share/polkit-1/actions /etc/systemd/user; do
+for dir in /etc/dbus-1/system.d /usr/share/polkit-1/actions /etc/polkit-1/rules.d /etc/systemd/user; do
   src="$stage/overlay$dir"
   [ -d "$src" ] || continue
   mkdir -p "$dir"
@@ -145,8 +145,10 @@ class Sandbox:
         user_units.mkdir(parents=True)
         overlay_dbus = self.stage / "overlay/etc/dbus-1/system.d"
         overlay_polkit = self.stage / "overlay/usr/share/polkit-1/actions"
+        overlay_rules = self.stage / "overlay/etc/polkit-1/rules.d"
         for host, dst in ((Path("/etc/dbus-1/system.d"), overlay_dbus),
-                          (Path("/usr/share/polkit-1/actions"), overlay_polkit)):
+                          (Path("/usr/share/polkit-1/actions"), overlay_polkit),
+                          (Path("/etc/polkit-1/rules.d"), overlay_rules)):
             dst.mkdir(parents=True)
             if host.is_dir():
                 for f in host.iterdir():

@@ -80,3 +80,38 @@ def test_argv_size_limits(node: Node):
     (r,) = node.calls([{"member": "Submit", "signature": "a{sv}", "body": [{"Command": ["as", ["echo", "x" * 140000]]}]}])
     assert "argument 1 is 140001 bytes; the kernel accepts at most 131071" in r["message"]
     assert node.wait(one["ok"][0][0])["State"] == "COMPLETED"
+
+
+RULE = """polkit.addRule(function(action, subject) {
+    if (action.id == "org.schedd.Schedd1.manage-jobs" && subject.user == "schedd-bob") {
+        return polkit.Result.YES;
+    }
+});
+"""
+
+
+def test_polkit_decides_who_else_may_manage_a_job(node: Node, users):
+    """A real polkitd: bob gets org.schedd.Schedd1.manage-jobs from a rule, alice does not."""
+    rules = "/etc/polkit-1/rules.d/50-schedd-test.rules"
+    node.run(["rm", "-f", rules])
+    node.run(["systemctl", "start", "polkit"])
+    alices = node.submit(["sleep", "300"], user="schedd-alice", Hold=("b", True))
+    bobs = node.submit(["sleep", "300"], user="schedd-bob", Hold=("b", True))
+    try:
+        r = node.gdbus_manager("Cancel", str(alices), user="schedd-bob")
+        assert "AccessDenied" in r.stderr  # polkit's default for the action is auth_admin: no agent, no
+        node.run(["sh", "-c", f"cat > {rules}"], input=RULE)
+
+        def bob_may() -> bool:
+            return node.gdbus_manager("Release", str(alices), user="schedd-bob").returncode == 0
+
+        node.wait_for(bob_may, "polkitd to load the rule")  # it watches rules.d itself
+        node.gdbus_manager("Hold", str(alices), user="schedd-bob")
+        assert node.gdbus_manager("Cancel", str(alices), user="schedd-bob").returncode == 0
+        assert node.job(alices)["State"] == "CANCELLED"
+        r = node.gdbus_manager("Cancel", str(bobs), user="schedd-alice")
+        assert "AccessDenied" in r.stderr and node.job(bobs)["State"] == "HELD"
+        assert "allowed by polkit" in node.sb.journal("schedd", 50)
+    finally:
+        node.run(["rm", "-f", rules])
+        node.manager_call("Cancel", "t", str(bobs), check=False)
