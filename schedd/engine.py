@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import unit_name
+from . import faults, unit_name
 from .config import Config
 from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
 from .executor import Executor, ExecutorError, ExitInfo
@@ -512,6 +512,7 @@ class Engine:
 
     def on_exit(self, job_id: int, info: ExitInfo) -> None:
         """The executor's report: the job's main process ended (or was found ended)."""
+        faults.point("job-ended")
         job = self.jobs.get(job_id)
         if job is None:
             log.error("exit reported for unknown job %d", job_id)
@@ -527,7 +528,15 @@ class Engine:
         job.memory_peak = info.memory_peak
         if info.error:
             log.warning("job %d: %s", job.id, info.error)
-        if flags.requeue:
+        if info.aborted and not flags.cancel:
+            job.exit_code = 0
+            # Its program never started (the daemon died between scope and release): queue it again.
+            log.info("job %d never started; queueing it again", job.id)
+            job.handle, job.assigned_cpus, job.assigned_gpus, job.start_time = None, [], [], 0
+            self._set(job, JobState.PENDING, "", _START_PROPS)
+            self.store.save(job)
+            self._make_eligible(job)
+        elif flags.requeue:
             self._requeue(job)
         else:
             if flags.cancel:

@@ -33,6 +33,7 @@ class ExitInfo:
     error: str = ""  # a setup failure (chdir, open output, exec), in words
     lost: bool = False  # no status was recorded (the supervisor itself was killed)
     stragglers: int = 0  # processes left in the job's cgroup after its main process ended
+    aborted: bool = False  # the program never started (the gate was never released): safe to run again
 
     @property
     def signal_name(self) -> str:

@@ -162,7 +162,10 @@ int main(int argc, char **argv) {
         if (r <= 0) break;
         got += (size_t)r;
     }
-    if (got != 3 || memcmp(go, "go\n", 3) != 0) return 121;
+    if (got != 3 || memcmp(go, "go\n", 3) != 0) {
+        dprintf(ST_FD, "aborted=1\n");  /* never ran: the daemon may start it again */
+        return 121;
+    }
     close(REL_FD);
 
     size_t elen = 0;

@@ -17,8 +17,8 @@ shift @ARGV if @ARGV && $ARGV[0] eq '--';
 open(my $rel, '<&=', 3) or exit 120;
 my $go = <$rel>;
 close($rel);
-exit 121 unless defined $go && $go eq "go\n";
 open(my $st, '>>&=', 4) or exit 122;
+unless (defined $go && $go eq "go\n") { syswrite($st, "aborted=1\n"); exit 121; }  # never ran
 my %env;
 if (open(my $ef, '<&=', 5)) {
     local $/ = "\0";

@@ -199,7 +199,7 @@ class GateRunner:
         for line in text.splitlines():
             k, _, v = line.partition("=")
             kv.setdefault(k, v)
-        info = ExitInfo(error=kv.get("error", ""))
+        info = ExitInfo(error=kv.get("error", ""), aborted=kv.get("aborted") == "1")
         if "status" in kv and kv.get("end") == "1":
             st = int(kv["status"])
             if st & 0x7F:
@@ -220,6 +220,7 @@ class GateRunner:
             else:
                 code = os.WEXITSTATUS(gate_wait_status)
                 info.exit_code = code
+                info.aborted |= code == 121
                 info.error = info.error or _ABORT_CODES.get(code, "")
         return info
 

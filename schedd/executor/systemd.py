@@ -22,6 +22,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.errors import DBusError
 
 from .. import bus as dbus
+from .. import faults
 from ..ledger import Allocation
 from ..model import Job
 from .base import Executor, ExecutorError, ExitCallback, ExitInfo
@@ -124,6 +125,7 @@ class SystemdExecutor(Executor):
             os.sched_setaffinity(gate.pid, alloc.cpus)
             if ready is not None:
                 await ready
+            faults.point("after-scope")
             gate.release()
         except BaseException as e:
             gate.abort()
