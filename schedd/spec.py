@@ -14,6 +14,7 @@ from .protocol import SPEC_KEYS, format_size
 
 MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
 MAX_NAME = 256
+UINT64_MAX = 2**64 - 1
 _TYPE_WORDS = {
     "s": "a string", "u": "an unsigned 32-bit integer", "t": "an unsigned 64-bit integer",
     "i": "a signed 32-bit integer", "b": "a boolean", "as": "an array of strings",
@@ -179,6 +180,13 @@ def build_spec(
     if gpus > limits.total_gpus:
         raise Unsatisfiable(f"GPUs: asks for {gpus} GPUs but the largest node offers {limits.total_gpus}")
 
+    runtime_max = v.get("RuntimeMaxUSec", 0)
+    if runtime_max == UINT64_MAX:
+        runtime_max = 0  # systemd's "infinity"
+    elif runtime_max >= 2**63:
+        raise _bad("RuntimeMaxUSec", f"{runtime_max} µs is beyond any useful limit; give fewer µs, "
+                                     f"or 0 / {UINT64_MAX} for no limit")
+
     return JobSpec(
         command=command,
         name=name,
@@ -190,7 +198,7 @@ def build_spec(
         environment=env,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
-        runtime_max_usec=v.get("RuntimeMaxUSec", 0),
+        runtime_max_usec=runtime_max,
         hold=v.get("Hold", False),
         uid=uid,
         gid=pw.pw_gid,

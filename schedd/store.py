@@ -64,6 +64,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+MAX_ID = 2**63 - 1  # SQLite's INTEGER; a D-Bus 't' can name ids beyond it, which never exist
 
 COLUMNS = (
     "id", "name", "command", "uid", "gid", "user_name", "state", "reason", "exit_code", "priority",
@@ -230,10 +231,14 @@ class Store:
         return self._r.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
 
     def get(self, job_id: int) -> Job | None:
+        if not 0 < job_id <= MAX_ID:
+            return None
         row = self._r.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
         return row_to_job(row) if row else None
 
     def exists(self, job_id: int) -> bool:
+        if not 0 < job_id <= MAX_ID:
+            return False
         return self._r.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
     def load_live(self, finished_since_usec: int) -> list[Job]:
@@ -248,6 +253,7 @@ class Store:
         self, states: Iterable[str] | None, uid: int | None, after: int, limit: int, exclude: set[int]
     ) -> list[Job]:
         """Jobs by id > after, oldest first, skipping ids in exclude (the daemon's in-memory copies win)."""
+        after = min(after, MAX_ID)
         where, args = ["id > ?"], [after]
         if states is not None:
             states = list(states)

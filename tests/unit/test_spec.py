@@ -547,3 +547,10 @@ def test_build_spec_property(props: dict, caller: int) -> None:
         assert spec.cpus == props["CPUs"].value
     if "Memory" in props:
         assert spec.memory == props["Memory"].value
+
+
+def test_runtime_max_infinity_and_overflow(limits: Limits) -> None:
+    assert build({**cmd("true"), "RuntimeMaxUSec": Variant("t", 2**64 - 1)}, limits).runtime_max_usec == 0
+    with pytest.raises(InvalidArgument, match="^RuntimeMaxUSec: .*beyond any useful limit"):
+        build({**cmd("true"), "RuntimeMaxUSec": Variant("t", 2**63)}, limits)
+

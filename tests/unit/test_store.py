@@ -305,3 +305,13 @@ def test_journal_mode_is_wal(store: Store) -> None:
 async def test_integrity_check_ok(store: Store) -> None:
     await store.save(*(make_job(i) for i in range(1, 50)))
     assert store.integrity_check() == "ok"
+
+
+async def test_ids_beyond_sqlite_integers_simply_do_not_exist(tmp_path) -> None:
+    from schedd.store import Store
+
+    store = Store(tmp_path / "s.db")
+    for huge in (2**63, 2**64 - 1):
+        assert store.get(huge) is None and not store.exists(huge)
+        assert store.query(None, None, huge, 10, set()) == []
+    store.close()
