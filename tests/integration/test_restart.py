@@ -38,3 +38,39 @@ def test_job_that_ends_while_the_daemon_is_down_keeps_its_exit_code(node: Node):
     total = node.busctl("get-property", "org.schedd.Schedd1", "/org/schedd/Schedd1", "org.schedd.Schedd1.Manager",
                         "TotalCPUs").stdout.split()[1]
     assert free == total  # its CPUs were handed back
+
+
+def test_sigkill_of_the_daemon_leaves_running_jobs_alone(node: Node):
+    marker = "/run/schedd-test-kill9"
+    node.run(["rm", "-f", marker])
+    jid = node.submit(["sh", "-c", f"while [ ! -e {marker} ]; do sleep 0.02; done; exit 4"])
+    node.wait(jid, {"RUNNING"})
+    unit = f"schedd-job-{jid}.scope"
+    gate_pids = node.unit_property(unit, "ControlGroup")
+    old = node.unit_property("schedd.service", "MainPID")
+    node.run(["systemctl", "reset-failed", "schedd"], check=False)
+    node.run(["systemctl", "kill", "-s", "KILL", "schedd"])
+    node.wait_for(lambda: node.unit_property("schedd.service", "ActiveState") == "active"
+                  and node.unit_property("schedd.service", "MainPID") not in ("0", old), "systemd to restart schedd")
+    assert node.unit_property(unit, "ActiveState") == "active" and node.unit_property(unit, "ControlGroup") == gate_pids
+    assert node.job(jid)["State"] == "RUNNING"
+    free = node.busctl("get-property", "org.schedd.Schedd1", "/org/schedd/Schedd1", "org.schedd.Schedd1.Manager",
+                       "AvailableCPUs").stdout.split()[1]
+    total = node.busctl("get-property", "org.schedd.Schedd1", "/org/schedd/Schedd1", "org.schedd.Schedd1.Manager",
+                        "TotalCPUs").stdout.split()[1]
+    assert int(free) == int(total) - 1  # the ledger was rebuilt from the running job
+    node.run(["touch", marker])
+    j = node.wait(jid)
+    assert (j["State"], j["ExitCode"]) == ("FAILED", 4)
+
+
+def test_a_stranger_scope_is_stopped_and_logged(node: Node):
+    unit = "schedd-job-987654.scope"
+    stranger = node.sb.popen(["systemd-run", "--scope", f"--unit={unit}", "--slice=schedd.slice", "sleep", "1000"])
+    try:
+        node.wait_for(lambda: node.unit_property(unit, "ActiveState") == "active", "the stranger scope")
+        node.run(["systemctl", "restart", "schedd"])
+        node.wait_for(lambda: node.unit_property(unit, "ActiveState") in ("inactive", ""), "the scope to be stopped")
+        assert "schedd-job-987654.scope belongs to a job unknown to the store; stopping it" in node.sb.journal("schedd")
+    finally:
+        stranger.wait(10)
