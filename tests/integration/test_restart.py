@@ -74,3 +74,18 @@ def test_a_stranger_scope_is_stopped_and_logged(node: Node):
         assert "schedd-job-987654.scope belongs to a job unknown to the store; stopping it" in node.sb.journal("schedd")
     finally:
         stranger.wait(10)
+
+
+def test_oom_while_the_daemon_is_down_is_reported_as_oom_kill(node: Node):
+    marker = "/run/schedd-test-oom-down"
+    node.run(["rm", "-f", marker])
+    jid = node.submit(["sh", "-c", f"while [ ! -e {marker} ]; do sleep 0.02; done; "
+                                   "exec python3 -c 'x = bytearray(400 << 20)'"], Memory=("t", 64 << 20))
+    node.wait(jid, {"RUNNING"})
+    node.run(["systemctl", "stop", "schedd"])
+    node.run(["touch", marker])
+    unit = f"schedd-job-{jid}.scope"
+    node.wait_for(lambda: node.unit_property(unit, "ActiveState") in ("inactive", ""), "the job to be OOM-killed")
+    node.run(["systemctl", "start", "schedd"])
+    j = node.wait(jid)
+    assert (j["State"], j["Reason"]) == ("FAILED", "oom-kill")
