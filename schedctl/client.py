@@ -1,4 +1,9 @@
-"""A thin async client of the schedd D-Bus API: calls, plain-Python results, one signal subscription."""
+"""A thin async client of schedd's D-Bus API on dbus-fast.
+
+Raw method calls through schedd.bus (no introspection round trip), answers turned
+into plain Python values, and JobStateChanged through a single match rule (the
+system bus allows a client 512: never one per job).
+"""
 
 from __future__ import annotations
 
@@ -6,33 +11,54 @@ import asyncio
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
-from dbus_fast.errors import DBusError
+from dbus_fast.errors import DBusError, DBusFastError
 
 from schedd import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
 from schedd import bus as dbus
 
+PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
+MAX_PAGE = 10_000  # the most jobs the daemon returns per ListJobs call
+
+JobChange = tuple[int, str, str, str]  # JobStateChanged: (id, object path, state, reason)
+
+# Errors from the bus itself that mean "no schedd to answer", as opposed to schedd saying no.
+_GONE = frozenset({
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.Disconnected",
+    "org.freedesktop.DBus.Error.TimedOut",
+    "org.freedesktop.systemd1.NoSuchUnit",  # bus activation through a unit that is not installed
+})
+
 
 class Unreachable(Exception):
-    """The bus or the daemon cannot be reached."""
+    """The bus, or schedd on it, does not answer: the CLI words this with a hint, not as a daemon error."""
+
+
+def _gone(e: DBusError) -> bool:
+    return e.type in _GONE or e.type.startswith("org.freedesktop.DBus.Error.Spawn.")
 
 
 def plain(value: Any) -> Any:
-    """Variants (possibly nested) -> plain Python values."""
+    """Variants, possibly nested in dicts and lists, -> plain Python values (ready for json.dumps)."""
     if isinstance(value, Variant):
         return plain(value.value)
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
 
 
 class Client:
+    """One connection to the system or session bus, and the Manager calls schedctl makes."""
+
     def __init__(self, user: bool, address: str | None = None) -> None:
         self.user = user
         self.address = address or dbus.bus_address(user)
         self.bus = None
-        self._signals: asyncio.Queue | None = None
+        self._changes: asyncio.Queue[JobChange] | None = None
 
     @property
     def where(self) -> str:
@@ -41,73 +67,92 @@ class Client:
     async def connect(self) -> "Client":
         try:
             self.bus = await dbus.connect(self.address)
-        except (OSError, EOFError, DBusError) as e:
-            raise Unreachable(f"cannot reach {self.where} ({self.address}): {e}") from None
+        except (OSError, EOFError, DBusFastError) as e:
+            raise Unreachable(f"{self.address}: {e or type(e).__name__}") from None
         return self
 
     def close(self) -> None:
         if self.bus is not None:
             self.bus.disconnect()
+            self.bus = None
+
+    async def __aenter__(self) -> "Client":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _call(self, path: str, iface: str, member: str, signature: str = "", body: list | None = None) -> list:
+        try:
+            return await dbus.call(self.bus, BUS_NAME, path, iface, member, signature, body)
+        except DBusError as e:
+            if _gone(e):
+                raise Unreachable(e.text) from None
+            raise
+        except (OSError, EOFError) as e:  # the bus connection itself went away
+            raise Unreachable(str(e) or type(e).__name__) from None
 
     async def call(self, member: str, signature: str = "", body: list | None = None) -> list:
-        try:
-            return await dbus.call(self.bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, member, signature, body)
-        except DBusError as e:
-            if e.type in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
-                raise Unreachable(f"schedd is not running on {self.where}") from None
-            raise
+        """One Manager method; DBusError carries the daemon's error name and message."""
+        return await self._call(MANAGER_PATH, MANAGER_IFACE, member, signature, body)
 
     async def properties(self) -> dict[str, Any]:
-        try:
-            (props,) = await dbus.call(self.bus, BUS_NAME, MANAGER_PATH, "org.freedesktop.DBus.Properties",
-                                       "GetAll", "s", [MANAGER_IFACE])
-        except DBusError as e:
-            if e.type in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
-                raise Unreachable(f"schedd is not running on {self.where}") from None
-            raise
+        (props,) = await self._call(MANAGER_PATH, PROPERTIES_IFACE, "GetAll", "s", [MANAGER_IFACE])
         return plain(props)
 
     async def submit(self, spec: dict[str, Variant]) -> tuple[int, str]:
-        ((jid, path),) = await self.call("Submit", "a{sv}", [spec])
-        return jid, path
+        ((job_id, path),) = await self.call("Submit", "a{sv}", [spec])
+        return job_id, path
 
-    async def get_job(self, jid: int) -> dict[str, Any]:
-        (job,) = await self.call("GetJob", "t", [jid])
+    async def get_job(self, job_id: int) -> dict[str, Any]:
+        (job,) = await self.call("GetJob", "t", [job_id])
         return plain(job)
 
     async def list_jobs(self, states: list[str] | None = None, uid: int | None = None,
                         limit: int | None = None) -> list[dict[str, Any]]:
-        """All matching jobs, paging through the daemon's per-call limit with the After cursor."""
-        out: list[dict[str, Any]] = []
+        """Every matching job, oldest first, paging past the daemon's per-call cap with the After cursor."""
+        jobs: list[dict[str, Any]] = []
         after = 0
         while True:
-            flt: dict[str, Variant] = {"After": Variant("t", after)}
-            if states:
+            want = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(jobs))
+            flt: dict[str, Variant] = {"After": Variant("t", after), "Limit": Variant("u", want)}
+            if states is not None:
                 flt["States"] = Variant("as", states)
             if uid is not None:
                 flt["User"] = Variant("u", uid)
-            want = 10_000 if limit is None else min(10_000, limit - len(out))
-            flt["Limit"] = Variant("u", want)
             (page,) = await self.call("ListJobs", "a{sv}", [flt])
-            page = plain(page)
-            out.extend(page)
-            if len(page) < want or (limit is not None and len(out) >= limit):
-                return out
-            after = page[-1]["Id"]
+            jobs.extend(plain(page))
+            if len(page) < want or (limit is not None and len(jobs) >= limit):
+                return jobs
+            after = jobs[-1]["Id"]
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        (nodes,) = await self.call("ListNodes")
+        return plain(nodes)
 
     async def subscribe(self) -> None:
-        """Start receiving JobStateChanged (before looking at current states, so nothing is missed)."""
-        self._signals = asyncio.Queue()
+        """Queue every JobStateChanged from now on. Call it before reading a job's state, so an
+        end that happens in between is still seen."""
+        changes: asyncio.Queue[JobChange] = asyncio.Queue()
+        self._changes = changes
 
-        def on_msg(msg: Message):
-            if msg.message_type == MessageType.SIGNAL and msg.member == "JobStateChanged" \
-                    and msg.interface == MANAGER_IFACE:
-                self._signals.put_nowait(tuple(msg.body))
+        def on_message(msg: Message) -> None:
+            if (msg.message_type is MessageType.SIGNAL and msg.member == "JobStateChanged"
+                    and msg.interface == MANAGER_IFACE and msg.path == MANAGER_PATH and msg.signature == "toss"):
+                changes.put_nowait(tuple(msg.body))
 
-        self.bus.add_message_handler(on_msg)
-        await dbus.add_match(self.bus, f"type='signal',interface='{MANAGER_IFACE}',member='JobStateChanged',"
-                                       f"path='{MANAGER_PATH}'")
+        self.bus.add_message_handler(on_message)
+        rule = (f"type='signal',sender='{BUS_NAME}',path='{MANAGER_PATH}',interface='{MANAGER_IFACE}',"
+                f"member='JobStateChanged'")
+        try:
+            await dbus.add_match(self.bus, rule)
+        except DBusError as e:
+            raise Unreachable(e.text) from None
 
-    async def next_change(self, timeout: float | None = None) -> tuple[int, str, str, str]:
-        """(id, path, state, reason) of the next JobStateChanged."""
-        return await asyncio.wait_for(self._signals.get(), timeout)
+    async def next_change(self, timeout: float | None = None) -> JobChange:
+        """The next JobStateChanged; TimeoutError when none comes within timeout seconds."""
+        if self._changes is None:
+            raise RuntimeError("subscribe() first")
+        if not self._changes.empty():  # wait_for(..., 0) would time out even with one queued
+            return self._changes.get_nowait()
+        return await asyncio.wait_for(self._changes.get(), timeout)

@@ -1,159 +1,213 @@
-"""Human output: tables like `systemctl list-units`, Key=Value like `systemctl show`."""
+"""Human output: tables like `systemctl list-units`, Key=Value like `systemctl show`, a status block.
+
+Pure functions of plain dicts (GetJob/ListJobs/ListNodes/GetAll answers), so they are
+tested without a daemon. --json output never comes through here.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from typing import Any
+from typing import Any, Iterable
 
-from schedd.protocol import format_duration, format_size
+from schedd.protocol import TERMINAL, format_duration, format_size
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-_COLOURS = {"RUNNING": "32", "COMPLETED": "32", "FAILED": "31", "CANCELLED": "33", "HELD": "33",
-            "SUSPENDED": "33", "PENDING": "0"}
+_COLOURS = {"RUNNING": "32", "COMPLETED": "32", "FAILED": "31", "CANCELLED": "33", "HELD": "33", "SUSPENDED": "33"}
+_ANSI = re.compile(r"\033\[[0-9;]*m")
 
 
-def colour(state: str, tty: bool) -> str:
-    return f"\033[{_COLOURS.get(state, '0')}m{state}\033[0m" if tty and state in _COLOURS else state
+def is_tty() -> bool:
+    """Colours and human annotations only for a person at a terminal (and never with NO_COLOR set)."""
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 def now_usec() -> int:
     return time.time_ns() // 1000
 
 
-def elapsed(job: dict[str, Any], now: int | None = None) -> str:
-    """Running: since start; finished: run time; pending: waited so far."""
-    now = now or now_usec()
-    start, end, submit = job.get("StartTime", 0), job.get("EndTime", 0), job.get("SubmitTime", 0)
-    if job["State"] in TERMINAL:
-        return format_duration(end - start) if start else "-"
-    if start:
-        return format_duration(now - start)
-    return format_duration(now - submit) if submit else "-"
+def colour(state: str, tty: bool) -> str:
+    code = _COLOURS.get(state)
+    return f"\033[{code}m{state}\033[0m" if tty and code else state
 
 
-def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset(), raw_widths=None) -> str:
-    """Aligned columns; raw_widths gives printed widths when cells carry colour codes."""
+def _width(cell: str) -> int:
+    return len(_ANSI.sub("", cell))
+
+
+def table(headers: list[str], rows: list[list[str]], right: Iterable[int] = ()) -> str:
+    """Aligned columns, two spaces apart; `right` holds the numeric columns' indexes."""
+    right = set(right)
     widths = [len(h) for h in headers]
-    for r in rows:
-        for i, c in enumerate(r):
-            widths[i] = max(widths[i], len(_strip(c)))
-    def fmt(cells: list[str]) -> str:
+    for row in rows:
+        widths = [max(w, _width(c)) for w, c in zip(widths, row)]
+
+    def line(cells: list[str]) -> str:
         out = []
         for i, c in enumerate(cells):
-            pad = widths[i] - len(_strip(c))
-            out.append(" " * pad + c if i in right else c + " " * pad)
+            pad = " " * (widths[i] - _width(c))
+            out.append(pad + c if i in right else c + pad)
         return "  ".join(out).rstrip()
-    return "\n".join([fmt(headers), *(fmt(r) for r in rows)])
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
-def _strip(s: str) -> str:
-    import re
+def elapsed(job: dict[str, Any], now: int | None = None) -> str:
+    """TIME column: run time if finished, time since start if running, time waited so far if pending."""
+    now = now_usec() if now is None else now
+    start, end, submit = job.get("StartTime", 0), job.get("EndTime", 0), job.get("SubmitTime", 0)
+    if job["State"] in TERMINAL:
+        return format_duration(max(0, end - start)) if start and end else "-"
+    if start:
+        return format_duration(max(0, now - start))
+    return format_duration(max(0, now - submit)) if submit else "-"
 
-    return re.sub(r"\033\[[0-9;]*m", "", s)
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def queue(jobs: list[dict[str, Any]], tty: bool) -> str:
-    now = now_usec()
-    rows = [[str(j["Id"]), j["Name"][:24], j.get("UserName") or str(j["User"]), colour(j["State"], tty),
-             j["Reason"] or "-", str(j["CPUs"]), format_size(j["Memory"]), str(j["Priority"]), elapsed(j, now),
-             j.get("Node") or "-"] for j in jobs]
-    head = ["ID", "NAME", "USER", "STATE", "REASON", "CPUS", "MEM", "PRIO", "TIME", "NODE"]
-    body = table(head, rows, right={0, 5, 6, 7})
-    n = len(jobs)
-    return f"{body}\n\n{n} job{'s' if n != 1 else ''} listed." if rows else "No jobs."
+QUEUE_HEADERS = ["ID", "NAME", "USER", "STATE", "REASON", "CPUS", "MEM", "PRIO", "TIME", "NODE"]
+
+
+def queue(jobs: list[dict[str, Any]], tty: bool, now: int | None = None) -> str:
+    now = now_usec() if now is None else now
+    rows = [[str(j["Id"]), _clip(j.get("Name") or "-", 24), j.get("UserName") or str(j.get("User", "?")),
+             colour(j["State"], tty), j.get("Reason") or "-", str(j.get("CPUs", 0)), format_size(j.get("Memory", 0)),
+             str(j.get("Priority", 0)), elapsed(j, now), j.get("Node") or "-"] for j in jobs]
+    footer = f"{plural(len(jobs), 'job')} listed."
+    if not rows:
+        return footer
+    return f"{table(QUEUE_HEADERS, rows, right={0, 5, 6, 7, 8})}\n\n{footer}"
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _human(key: str, value: Any) -> str:
-    if key.endswith("Time") and isinstance(value, int):
+    """A readable form of a time, size or duration property ('' when the raw value says it all)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return ""
+    if key.endswith("Time"):
         return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(value / 1e6)) if value else "n/a"
-    if key in ("Memory", "MemoryPeak") and isinstance(value, int):
-        return format_size(value) if value else "0"
-    if key in ("CPUTimeUSec", "RuntimeMaxUSec") and isinstance(value, int):
-        return format_duration(value) if value else ("infinity" if key == "RuntimeMaxUSec" else "0")
+    if key in ("Memory", "MemoryPeak") or key.endswith("Memory"):
+        return format_size(value)
+    if key.endswith("USec"):
+        if key == "RuntimeMaxUSec" and not value:
+            return "infinity"
+        return format_duration(value)
     return ""
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value)
+def value_text(value: Any) -> str:
+    """A property value as `systemctl show` prints it: lists space-separated, booleans yes/no."""
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, list):
+        return " ".join(value_text(v) for v in value)
     return str(value)
 
 
-def show(job: dict[str, Any]) -> str:
-    """Key=Value lines (greppable, like systemctl show), with a readable form after times and sizes."""
+def show(job: dict[str, Any], human: bool = False, props: list[str] | None = None, value_only: bool = False) -> str:
+    """Key=Value lines in the daemon's order, greppable and cut-able; with `human` (a terminal),
+    times and sizes also get a readable form after a '#'."""
     lines = []
-    for k, v in job.items():
-        h = _human(k, v)
-        lines.append(f"{k}={_value(v)}" + (f"  # {h}" if h else ""))
+    for key in props or list(job):
+        if key not in job:
+            continue
+        v = job[key]
+        if value_only:
+            lines.append(value_text(v))
+            continue
+        h = _human(key, v) if human else ""
+        lines.append(f"{key}={value_text(v)}" + (f"  # {h}" if h else ""))
     return "\n".join(lines)
 
 
-def status(props: dict[str, Any], tty: bool) -> str:
-    dot = "\033[32m●\033[0m" if tty else "●"
+def ended(job: dict[str, Any]) -> str:
+    """One line as a waited-for job ends: 'job 12 COMPLETED (success)', with the status when it failed."""
+    line = f"job {job['Id']} {job['State']} ({job.get('Reason') or '-'})"
+    if job["State"] == "FAILED" and job.get("ExitCode"):
+        line += f", status={job['ExitCode']}"
+    return line
+
+
+def status(props: dict[str, Any], tty: bool, where: str = "") -> str:
+    """A short `systemctl status`-like block of the Manager's properties."""
     p = props
-    return "\n".join([
-        f"{dot} schedd {p.get('Version', '?')} on node {p.get('NodeName', '?')}",
+    dot = "\033[32m●\033[0m" if tty else "●"
+    lines = [
+        f"{dot} schedd {p.get('Version', '?')} on node {p.get('NodeName', '?')}" + (f" ({where})" if where else ""),
         f"   Executor: {p.get('Executor', '?')}",
         f"       CPUs: {p.get('AvailableCPUs', 0)} of {p.get('TotalCPUs', 0)} available",
         f"     Memory: {format_size(p.get('AvailableMemory', 0))} of {format_size(p.get('TotalMemory', 0))} available",
         f"       GPUs: {p.get('AvailableGPUs', 0)} of {p.get('TotalGPUs', 0)} available",
         f"       Jobs: {p.get('RunningJobs', 0)} running, {p.get('PendingJobs', 0)} pending",
-    ])
+    ]
+    return "\n".join(lines)
 
 
-def nodes(rows: list[dict[str, Any]], tty: bool) -> str:
-    now = now_usec()
+NODE_HEADERS = ["NAME", "STATE", "CPUS", "MEM", "GPUS", "PENDING", "RUNNING", "LAST-SEEN"]
+
+
+def nodes(rows: list[dict[str, Any]], tty: bool, now: int | None = None) -> str:
+    """ListNodes as a table; the local node is marked with '*', resources as available/total."""
+    now = now_usec() if now is None else now
     out = []
     for n in rows:
         seen = n.get("LastSeenUSec", 0)
-        out.append([n["Name"] + ("*" if n.get("Local") else ""), n["State"],
-                    f"{n['AvailableCPUs']}/{n['TotalCPUs']}",
-                    f"{format_size(n['AvailableMemory'])}/{format_size(n['TotalMemory'])}",
-                    f"{n['AvailableGPUs']}/{n['TotalGPUs']}", str(n["PendingJobs"]), str(n["RunningJobs"]),
-                    format_duration(max(0, now - seen)) + " ago" if seen else "never"])
-    return table(["NAME", "STATE", "CPUS", "MEMORY", "GPUS", "PENDING", "RUNNING", "LAST-SEEN"], out,
-                 right={5, 6})
+        state = n.get("State", "?")
+        out.append([
+            n["Name"] + ("*" if n.get("Local") else ""),
+            f"\033[{'32' if state == 'up' else '31'}m{state}\033[0m" if tty else state,
+            f"{n.get('AvailableCPUs', 0)}/{n.get('TotalCPUs', 0)}",
+            f"{format_size(n.get('AvailableMemory', 0))}/{format_size(n.get('TotalMemory', 0))}",
+            f"{n.get('AvailableGPUs', 0)}/{n.get('TotalGPUs', 0)}",
+            str(n.get("PendingJobs", 0)), str(n.get("RunningJobs", 0)),
+            f"{format_duration(max(0, now - seen))} ago" if seen else "never",
+        ])
+    return f"{table(NODE_HEADERS, out, right={5, 6})}\n\n{plural(len(rows), 'node')} listed."
 
 
 def stats(jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals and per-user figures: jobs, success rate, mean/p95 wait, CPU-hours."""
-    def summary(js: list[dict[str, Any]]) -> dict[str, Any]:
-        by_state: dict[str, int] = {}
-        for j in js:
-            by_state[j["State"]] = by_state.get(j["State"], 0) + 1
-        done = by_state.get("COMPLETED", 0) + by_state.get("FAILED", 0)
-        waits = sorted((j["StartTime"] - j["SubmitTime"]) / 1e6 for j in js if j["StartTime"])
-        return {
-            "Jobs": len(js), "States": by_state,
-            "SuccessRate": round(by_state.get("COMPLETED", 0) / done, 4) if done else None,
-            "MeanWaitSec": round(sum(waits) / len(waits), 3) if waits else None,
-            "P95WaitSec": round(waits[min(len(waits) - 1, int(0.95 * (len(waits) - 1) + 0.5))], 3) if waits else None,
-            "CPUHours": round(sum(j["CPUTimeUSec"] for j in js) / 3.6e9, 6),
-        }
-    users: dict[str, list] = {}
+    """Totals and per-user figures (jobs by state, success rate, wait, CPU-hours) from ListJobs dicts."""
+    users: dict[str, list[dict[str, Any]]] = {}
     for j in jobs:
         users.setdefault(j.get("UserName") or str(j["User"]), []).append(j)
-    return {"Total": summary(jobs), "Users": {u: summary(js) for u, js in sorted(users.items())}}
+    return {"Total": _summary(jobs), "Users": {u: _summary(js) for u, js in sorted(users.items())}}
+
+
+def _summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_state: dict[str, int] = {}
+    for j in jobs:
+        by_state[j["State"]] = by_state.get(j["State"], 0) + 1
+    completed, failed = by_state.get("COMPLETED", 0), by_state.get("FAILED", 0)
+    waits = sorted((j["StartTime"] - j["SubmitTime"]) / 1e6 for j in jobs if j.get("StartTime"))
+    return {
+        "Jobs": len(jobs),
+        "States": by_state,
+        "Completed": completed,
+        "Failed": failed,
+        "SuccessRate": round(completed / (completed + failed), 4) if completed + failed else None,
+        "MeanWaitSec": round(sum(waits) / len(waits), 3) if waits else None,
+        "P95WaitSec": round(waits[min(len(waits) - 1, int(0.95 * (len(waits) - 1) + 0.5))], 3) if waits else None,
+        "CPUHours": round(sum(j.get("CPUTimeUSec", 0) for j in jobs) / 3.6e9, 6),
+    }
 
 
 def stats_text(s: dict[str, Any]) -> str:
-    def pct(x):
+    def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:.1f}%"
 
-    def sec(x):
-        return "-" if x is None else f"{x:.2f}s"
+    def sec(x: float | None) -> str:
+        return "-" if x is None else format_duration(int(x * 1e6))
 
-    rows = [[name, str(v["Jobs"]), str(v["States"].get("RUNNING", 0)), str(v["States"].get("PENDING", 0)),
-             str(v["States"].get("COMPLETED", 0)), str(v["States"].get("FAILED", 0)), pct(v["SuccessRate"]),
-             sec(v["MeanWaitSec"]), sec(v["P95WaitSec"]), f"{v['CPUHours']:.3f}"]
-            for name, v in [("(all)", s["Total"]), *s["Users"].items()]]
-    return table(["USER", "JOBS", "RUNNING", "PENDING", "COMPLETED", "FAILED", "SUCCESS", "MEAN-WAIT",
-                  "P95-WAIT", "CPU-HOURS"], rows, right=set(range(1, 10)))
-
-
-def is_tty() -> bool:
-    return sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
+    rows = [[name, str(v["Jobs"]), str(v["States"].get("PENDING", 0) + v["States"].get("HELD", 0)),
+             str(v["States"].get("RUNNING", 0) + v["States"].get("SUSPENDED", 0)), str(v["Completed"]),
+             str(v["Failed"]), str(v["States"].get("CANCELLED", 0)), pct(v["SuccessRate"]), sec(v["MeanWaitSec"]),
+             sec(v["P95WaitSec"]), f"{v['CPUHours']:.3f}"]
+            for name, v in [*s["Users"].items(), ("total", s["Total"])]]
+    return table(["USER", "JOBS", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SUCCESS", "MEAN-WAIT",
+                  "P95-WAIT", "CPU-HOURS"], rows, right=range(1, 11))

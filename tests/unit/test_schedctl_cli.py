@@ -1,100 +1,441 @@
-"""schedctl without a daemon: spec building, exit codes, rendering."""
+"""schedctl without a daemon: argv -> a{sv}, option parsing, rendering, wait/logs logic on a fake client.
+
+(Named test_schedctl_cli.py: tests/integration/test_schedctl.py exists, and pytest's default
+import mode refuses two test modules with the same basename.)
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 
 import pytest
+from dbus_fast import Variant
 
-from schedctl import render
+from schedctl import cli, render
 from schedctl.cli import UsageError, build_spec, parse, wait_exit_code
+from schedctl.client import Client, plain
+from schedd.protocol import JOB_PROPERTIES, SPEC_KEYS
+
+ENV = {"PATH": "/usr/bin", "LANG": "C", "HOME": "/home/u"}
+CWD = "/home/u/work"
+ANSI = re.compile(r"\033\[")
 
 
-def spec(argv: list[str], environ=None, cwd="/home/u/work"):
-    return build_spec(parse(["submit", *argv]), environ or {"PATH": "/usr/bin", "LANG": "C"}, cwd)
+def spec(argv: list[str], environ=None, cwd=CWD) -> dict[str, Variant]:
+    return build_spec(parse(["submit", *argv]), ENV if environ is None else environ, cwd)
 
 
-def test_types_are_the_contracts():
+def values(s: dict[str, Variant]) -> dict:
+    return {k: v.value for k, v in s.items()}
+
+
+# -- argv -> a{sv} ------------------------------------------------------------------------------
+
+
+def test_every_option_has_the_contracts_type():
     s = spec(["--cpus", "2", "--mem", "4G", "--gpus", "1", "--priority", "-3", "--time", "1h30m", "--after",
-              "12,13", "--name", "n", "--hold", "--", "python3", "train.py", "--lr", "0.1"])
-    sig = {k: v.signature for k, v in s.items()}
-    assert sig == {"Command": "as", "CPUs": "u", "Memory": "t", "GPUs": "u", "Priority": "i",
-                   "RuntimeMaxUSec": "t", "After": "at", "Name": "s", "Hold": "b", "WorkingDirectory": "s",
-                   "Environment": "as"}
-    assert s["Command"].value == ["python3", "train.py", "--lr", "0.1"]
-    assert (s["Memory"].value, s["RuntimeMaxUSec"].value, s["After"].value) == (4 << 30, 5400_000_000, [12, 13])
+              "12,13", "--name", "n", "--hold", "--node", "any", "--chdir", "/data", "-o", "/o/%j.log", "-e",
+              "/o/%j.err", "--", "python3", "train.py", "--lr", "0.1"])
+    assert {k: v.signature for k, v in s.items()} == {k: SPEC_KEYS[k] for k in s}
+    assert set(s) == {"Command", "CPUs", "Memory", "GPUs", "Priority", "RuntimeMaxUSec", "After", "Name", "Hold",
+                      "Node", "WorkingDirectory", "StdoutPath", "StderrPath", "Environment"}
+    v = values(s)
+    assert v["Command"] == ["python3", "train.py", "--lr", "0.1"]  # options after the command are the command's
+    assert (v["CPUs"], v["Memory"], v["GPUs"], v["Priority"]) == (2, 4 << 30, 1, -3)
+    assert (v["RuntimeMaxUSec"], v["After"], v["Hold"]) == (5400 * 10**6, [12, 13], True)
+    assert (v["WorkingDirectory"], v["StdoutPath"], v["StderrPath"]) == ("/data", "/o/%j.log", "/o/%j.err")
 
 
-def test_environment_and_paths():
-    s = spec(["--env", "A=1=2", "-o", "out/%j.log", "--chdir", "sub", "--", "true"])
-    assert set(s["Environment"].value) == {"PATH=/usr/bin", "LANG=C", "A=1=2"}
-    assert s["StdoutPath"].value == "/home/u/work/out/%j.log"
-    assert s["WorkingDirectory"].value == "/home/u/work/sub"
-    assert spec(["--no-env", "--", "true"])["Environment"].value == []
+def test_defaults_send_the_callers_environment_and_directory():
+    v = values(spec(["--", "true"]))
+    assert v == {"Command": ["true"], "WorkingDirectory": CWD,
+                 "Environment": ["PATH=/usr/bin", "LANG=C", "HOME=/home/u"]}
 
 
-def test_job_file_merge(tmp_path):
+def test_command_without_double_dash_and_with_options_after_it():
+    assert values(spec(["--cpus", "1", "sh", "-c", "echo --cpus 9"]))["Command"] == ["sh", "-c", "echo --cpus 9"]
+
+
+def test_environment_options():
+    env = values(spec(["--env", "A=1=2", "--env", "LANG=de_DE", "--", "true"]))["Environment"]
+    assert env == ["PATH=/usr/bin", "LANG=de_DE", "HOME=/home/u", "A=1=2"]
+    assert values(spec(["--no-env", "--", "true"]))["Environment"] == []
+    assert values(spec(["--no-env", "--env", "HOME", "--env", "X=", "--", "true"]))["Environment"] == [
+        "HOME=/home/u", "X="]  # a bare name passes the caller's value on
+
+
+def test_relative_paths_are_the_callers():
+    v = values(spec(["-o", "out/%j.log", "--error", "../err.log", "--chdir", "sub/./dir", "--", "true"]))
+    assert (v["StdoutPath"], v["StderrPath"], v["WorkingDirectory"]) == (
+        "/home/u/work/out/%j.log", "/home/u/err.log", "/home/u/work/sub/dir")
+
+
+def test_job_file_is_merged_under_the_command_line(tmp_path, capsys):
     f = tmp_path / "job.json"
-    f.write_text(json.dumps({"command": "python script.py --x 'a b'", "resources": {"cpu": 4, "memory": "8G"},
-                             "priority": 1, "output": "/tmp/o.log"}))
-    s = spec(["--file", str(f), "--priority", "5"])
-    assert s["Command"].value == ["python", "script.py", "--x", "a b"]
-    assert (s["CPUs"].value, s["Memory"].value, s["Priority"].value) == (4, 8 << 30, 5)
-    assert s["StdoutPath"].value == "/tmp/o.log"
+    f.write_text(json.dumps({"job_id": "123", "command": "python script.py --x 'a b' $HOME; rm -rf /",
+                             "resources": {"cpu": 4, "memory": "8G", "gpu": 1}, "priority": 1,
+                             "output": "logs/o.log", "time": "2h", "environment": {"K": "v", "LANG": "fr"}}))
+    v = values(spec(["--file", str(f), "--priority", "5", "--gpus", "0"]))
+    assert v["Command"] == ["python", "script.py", "--x", "a b", "$HOME;", "rm", "-rf", "/"]  # shlex, no shell
+    assert (v["CPUs"], v["Memory"], v["GPUs"], v["Priority"]) == (4, 8 << 30, 0, 5)
+    assert (v["RuntimeMaxUSec"], v["StdoutPath"]) == (7200 * 10**6, "/home/u/work/logs/o.log")
+    assert v["Environment"] == ["PATH=/usr/bin", "LANG=fr", "HOME=/home/u", "K=v"]
+    assert "job ids are assigned by the daemon" in capsys.readouterr().err
+    assert values(spec(["--file", str(f), "--", "echo", "x"]))["Command"] == ["echo", "x"]
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "not valid JSON"),
+    ('["a list"]', "one JSON object"),
+    ('{"command": "true", "colour": "red"}', "unknown key 'colour'"),
+    ('{"command": "echo \'unclosed"}', "closing quotation"),
+    ('{"command": "true", "resources": {"cpu": "four"}}', "CPUs must be a whole number"),
+    ('{"command": "true", "resources": {"cpu": true}}', "CPUs must be a whole number"),
+    ('{"command": "true", "resources": {"memory": "lots"}}', "not a size"),
+    ('{"command": "true", "time": "soon"}', "not a duration"),
+    ('{"command": "true", "hold": "yes"}', "Hold must be true or false"),
+    ('{"command": "true", "environment": ["NOEQUALS_UNSET"]}', "NAME=VALUE"),
+    ('{"command": [1, 2]}', "Command must be a list of strings"),
+])
+def test_bad_job_files(tmp_path, content, words):
+    f = tmp_path / "job.json"
+    f.write_text(content)
+    with pytest.raises(UsageError, match=re.escape(words)):
+        spec(["--file", str(f)])
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(UsageError, match="No such file"):
+        spec(["--file", str(tmp_path / "nope.json")])
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--mem", "lots", "--", "true"], "not a size"),
-    (["--time", "soon", "--", "true"], "not a duration"),
+    (["--mem", "lots", "--", "true"], "--mem: not a size"),
+    (["--mem=-1G", "--", "true"], "not a size"),
+    (["--time", "soon", "--", "true"], "--time: not a duration"),
+    (["--time", "", "--", "true"], "empty duration"),
     (["--after", "x", "--", "true"], "--after"),
-    (["--env", "NOEQ", "--", "true"], "NAME=VALUE"),
+    (["--after", "0", "--", "true"], "--after"),
+    (["--env", "NOEQ_NOT_SET", "--", "true"], "NAME=VALUE"),
+    (["--env", "=v", "--", "true"], "NAME=VALUE"),
+    (["--cpus", "-1", "--", "true"], "CPUs must be a whole number from 0"),
+    (["--priority", str(1 << 31), "--", "true"], "Priority must be a whole number"),
     ([], "give the command"),
+    (["--"], "give the command"),
 ])
 def test_bad_input_is_caught_before_any_call(argv, words):
-    with pytest.raises(UsageError, match=words):
+    with pytest.raises(UsageError, match=re.escape(words)):
         spec(argv)
 
 
+def test_usage_errors_exit_2_without_touching_the_bus(capsys):
+    nowhere = ["--bus-address", "unix:path=/nonexistent/schedctl-test-bus"]
+    assert cli.main([*nowhere, "submit", "--time", "1 fortnight", "--", "true"]) == 2
+    assert capsys.readouterr().err.startswith("schedctl: --time: not a duration")
+    assert cli.main(["show", "abc"]) == 2  # argparse's own errors come back as a status, not SystemExit
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["--version"]) == 0
+
+
+def test_unreachable_daemon_is_worded_for_a_person(capsys):
+    assert cli.main(["--bus-address", "unix:path=/nonexistent/schedctl-test-bus", "status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("schedctl: cannot reach schedd on the system bus (unix:path=/nonexistent/")
+    assert err.rstrip().endswith("is it running? try: systemctl status schedd")
+    assert cli.main(["--user", "--bus-address", "unix:path=/nonexistent/x", "queue"]) == 1
+    assert "on the session bus" in capsys.readouterr().err
+
+
+# -- options --------------------------------------------------------------------------------------
+
+
 def test_global_options_anywhere():
-    a = parse(["queue", "--json", "--user"])
-    assert (a.json, a.user_bus) == (True, True)
-    b = parse(["--json", "status"])
-    assert (b.json, b.user_bus) == (True, False)
+    assert (lambda a: (a.json, a.user_bus))(parse(["queue", "--json", "--user"])) == (True, True)
+    assert (lambda a: (a.json, a.user_bus))(parse(["--json", "status"])) == (True, False)
+    assert parse(["--user", "show", "--system", "3"]).user_bus is False
+    a = parse(["submit", "--json", "--", "echo", "--json"])
+    assert a.json and a.command == ["echo", "--json"]
 
 
-def job(state, code=0, **kw):
-    return {"State": state, "ExitCode": code, "Reason": "", **kw}
+def test_queue_user_filter_versus_the_session_bus():
+    a = parse(["queue", "--user", "alice"])
+    assert (a.owner, a.user_bus) == ("alice", False)
+    a = parse(["queue", "--user"])
+    assert (a.owner, a.user_bus) == (None, True)
+    a = parse(["--user", "list", "-u", "1000", "--all"])
+    assert (a.owner, a.user_bus, a.all) == ("1000", True, True)
+    cli.prepare_queue(a)
+    assert (a.uid, a.states) == (1000, None)
+    b = parse(["queue"])
+    cli.prepare_queue(b)
+    assert (b.uid, b.states) == (None, ["PENDING", "HELD", "RUNNING", "SUSPENDED"])
+    c = parse(["queue", "--all", "--state", "running,failed", "--user", "root"])
+    cli.prepare_queue(c)
+    assert (c.uid, c.states) == (0, ["RUNNING", "FAILED"])
+    for bad in (["--state", "DONE"], ["--user", "no-such-user-here"], ["--limit", "0"]):
+        with pytest.raises(UsageError):
+            cli.prepare_queue(parse(["queue", *bad]))
+
+
+@pytest.mark.parametrize("argv", [["cancel", "0"], ["cancel", "-1"], ["wait", "x"], ["logs"],
+                                  ["wait", "1", "--timeout", "-3"], ["show"]])
+def test_bad_ids_are_usage_errors(argv):
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+
+
+# -- wait exit status ------------------------------------------------------------------------------
+
+
+def job(state="PENDING", code=0, **kw) -> dict:
+    base = dict(Id=1, Name="j", User=1000, UserName="alice", State=state, Reason="", ExitCode=code, CPUs=1,
+                Memory=1 << 30, Priority=0, SubmitTime=0, StartTime=0, EndTime=0, Node="n1", CPUTimeUSec=0)
+    return {**base, **kw}
 
 
 @pytest.mark.parametrize("jobs, rc", [
-    ([job("COMPLETED")], 0), ([job("FAILED", 3)], 3), ([job("FAILED", 0)], 1), ([job("CANCELLED", 143)], 1),
-    ([job("COMPLETED"), job("COMPLETED")], 0), ([job("COMPLETED"), job("FAILED", 2)], 1),
+    ([job("COMPLETED")], 0),
+    ([job("FAILED", 3)], 3),
+    ([job("FAILED", 137, Reason="oom-kill")], 137),
+    ([job("FAILED", 0, Reason="oom-kill")], 1),
+    ([job("CANCELLED", 143)], 1),
+    ([job("COMPLETED"), job("COMPLETED")], 0),
+    ([job("COMPLETED"), job("FAILED", 2)], 1),
+    ([job("COMPLETED"), job("CANCELLED")], 1),
 ])
 def test_wait_exit_codes(jobs, rc):
     assert wait_exit_code(jobs) == rc
 
 
-def test_queue_table_is_aligned_and_counted():
-    now = render.now_usec()
-    rows = [dict(Id=i, Name=f"job{i}", User=1000, UserName="alice", State=s, Reason="", CPUs=1, Memory=1 << 30,
-                 Priority=0, SubmitTime=now - 5_000_000, StartTime=now - 2_000_000 if s == "RUNNING" else 0,
-                 EndTime=0, Node="n1") for i, s in ((7, "RUNNING"), (12, "PENDING"))]
-    out = render.queue(rows, tty=False).splitlines()
-    assert out[0].split() == ["ID", "NAME", "USER", "STATE", "REASON", "CPUS", "MEM", "PRIO", "TIME", "NODE"]
-    assert out[1].split()[:4] == ["7", "job7", "alice", "RUNNING"] and out[1].split()[-2] == "2s"
-    assert out[0].index("STATE") == out[1].index("RUNNING") == out[2].index("PENDING")
-    assert out[-1] == "2 jobs listed."
+# -- rendering ---------------------------------------------------------------------------------------
+
+NOW = 1_800_000_000_000_000
 
 
-def test_show_is_key_value():
-    text = render.show({"Id": 3, "Command": ["sleep", "1"], "Memory": 1 << 20, "SubmitTime": 0})
-    assert text.splitlines()[:3] == ["Id=3", "Command=sleep 1", "Memory=1048576  # 1M"]
+def test_queue_table_is_aligned_counted_and_plain_off_a_tty():
+    rows = [job("RUNNING", Id=7, Name="train", SubmitTime=NOW - 5_000_000, StartTime=NOW - 2_000_000),
+            job("PENDING", Id=12, Name="a-very-long-name-that-goes-on-and-on", Reason="resources", CPUs=16,
+                Memory=512 << 20, Priority=10, SubmitTime=NOW - 65_000_000, Node=""),
+            job("COMPLETED", Id=130, Reason="success", StartTime=NOW - 10_000_000, EndTime=NOW - 7_000_000)]
+    text = render.queue(rows, tty=False, now=NOW)
+    assert not ANSI.search(text)
+    out = text.splitlines()
+    assert out[0].split() == render.QUEUE_HEADERS
+    assert out[1].split() == ["7", "train", "alice", "RUNNING", "-", "1", "1G", "0", "2s", "n1"]
+    assert out[2].split() == ["12", "a-very-long-name-that-g…", "alice", "PENDING", "resources", "16", "512M", "10",
+                              "1min", "5s", "-"]  # TIME: waited so far
+    assert out[3].split()[-2] == "3s"  # run time once finished
+    assert len({line.index(s) for line, s in zip(out, ["STATE", "RUNNING", "PENDING", "COMPLETED"])}) == 1
+    assert out[0].index("NODE") == out[1].rindex("n1") == out[2].rindex("-") == out[3].rindex("n1")
+    assert out[0].index("TIME") + 4 == out[1].index("2s") + 2 == out[2].index("1min 5s") + 7  # right-aligned
+    assert out[-2:] == ["", "3 jobs listed."]
+    assert render.queue(rows[:1], tty=False, now=NOW).endswith("\n1 job listed.")
+    assert render.queue([], tty=False) == "0 jobs listed."
+    assert "\033[32mRUNNING\033[0m" in render.queue(rows, tty=True, now=NOW)
 
 
-def test_stats_per_user():
-    js = [dict(State="COMPLETED", User=1, UserName="a", SubmitTime=0, StartTime=2_000_000, CPUTimeUSec=3_600_000_000),
-          dict(State="FAILED", User=1, UserName="a", SubmitTime=0, StartTime=4_000_000, CPUTimeUSec=0),
-          dict(State="PENDING", User=2, UserName="b", SubmitTime=0, StartTime=0, CPUTimeUSec=0)]
+def test_elapsed_by_state():
+    assert render.elapsed(job("PENDING", SubmitTime=NOW - 3_000_000), NOW) == "3s"
+    assert render.elapsed(job("SUSPENDED", SubmitTime=NOW - 9e6, StartTime=NOW - 4_000_000), NOW) == "4s"
+    assert render.elapsed(job("FAILED", StartTime=NOW - 3_600_000_000, EndTime=NOW), NOW) == "1h"
+    assert render.elapsed(job("CANCELLED", SubmitTime=NOW - 1), NOW) == "-"  # never started
+
+
+def test_show_is_greppable_key_value():
+    j = {k: 0 for k in JOB_PROPERTIES}
+    j.update(Id=3, Command=["sleep", "1"], Memory=1 << 20, State="RUNNING", After=[1, 2], AssignedGPUs=[],
+             StartTime=NOW, RuntimeMaxUSec=0)
+    plain_text = render.show(j)
+    lines = plain_text.splitlines()
+    assert [ln.split("=", 1)[0] for ln in lines] == list(JOB_PROPERTIES)
+    assert {"Id=3", "Command=sleep 1", "Memory=1048576", "After=1 2", "AssignedGPUs=", f"StartTime={NOW}"} <= set(lines)
+    human = dict(ln.split("=", 1) for ln in render.show(j, human=True).splitlines())
+    assert human["Memory"] == "1048576  # 1M" and human["RuntimeMaxUSec"] == "0  # infinity"
+    assert human["StartTime"].startswith(f"{NOW}  # ") and human["EndTime"] == "0  # n/a"
+    assert render.show(j, props=["State", "Id", "Nope"]) == "State=RUNNING\nId=3"
+    assert render.show(j, props=["State"], value_only=True) == "RUNNING"
+
+
+def test_status_block():
+    props = dict(Version="0.1.0", NodeName="vm", Executor="plain", TotalCPUs=8, AvailableCPUs=6,
+                 TotalMemory=16 << 30, AvailableMemory=12 << 30, TotalGPUs=2, AvailableGPUs=1, PendingJobs=4,
+                 RunningJobs=2)
+    text = render.status(props, tty=False)
+    assert text.splitlines() == [
+        "● schedd 0.1.0 on node vm",
+        "   Executor: plain",
+        "       CPUs: 6 of 8 available",
+        "     Memory: 12G of 16G available",
+        "       GPUs: 1 of 2 available",
+        "       Jobs: 2 running, 4 pending",
+    ]
+    assert "\033[" in render.status(props, tty=True)
+
+
+def test_nodes_table():
+    rows = [dict(Name="a", State="up", URL="", Local=True, TotalCPUs=8, AvailableCPUs=2, TotalMemory=16 << 30,
+                 AvailableMemory=1 << 30, TotalGPUs=0, AvailableGPUs=0, PendingJobs=3, RunningJobs=5,
+                 LastSeenUSec=NOW - 2_000_000),
+            dict(Name="b", State="down", URL="https://b", Local=False, TotalCPUs=4, AvailableCPUs=0, TotalMemory=0,
+                 AvailableMemory=0, TotalGPUs=1, AvailableGPUs=1, PendingJobs=0, RunningJobs=0, LastSeenUSec=0)]
+    out = render.nodes(rows, tty=False, now=NOW).splitlines()
+    assert out[0].split() == ["NAME", "STATE", "CPUS", "MEM", "GPUS", "PENDING", "RUNNING", "LAST-SEEN"]
+    assert out[1].split() == ["a*", "up", "2/8", "1G/16G", "0/0", "3", "5", "2s", "ago"]
+    assert out[2].split() == ["b", "down", "0/4", "0B/0B", "1/1", "0", "0", "never"]
+    assert out[-1] == "2 nodes listed."
+
+
+def test_stats_per_user_and_total():
+    js = [job("COMPLETED", User=1, UserName="a", SubmitTime=0, StartTime=2_000_000, CPUTimeUSec=3_600_000_000),
+          job("FAILED", User=1, UserName="a", SubmitTime=0, StartTime=4_000_000),
+          job("CANCELLED", User=1, UserName="a"),
+          job("PENDING", User=2, UserName="", SubmitTime=0)]
     s = render.stats(js)
-    assert s["Users"]["a"]["SuccessRate"] == 0.5 and s["Users"]["a"]["MeanWaitSec"] == 3.0
-    assert s["Total"]["CPUHours"] == 1.0 and s["Users"]["b"]["SuccessRate"] is None
+    a = s["Users"]["a"]
+    assert (a["Jobs"], a["Completed"], a["Failed"], a["SuccessRate"], a["MeanWaitSec"]) == (3, 1, 1, 0.5, 3.0)
+    assert a["States"] == {"COMPLETED": 1, "FAILED": 1, "CANCELLED": 1}
+    assert s["Users"]["2"]["SuccessRate"] is None  # no name: the uid
+    assert s["Total"]["CPUHours"] == 1.0 and s["Total"]["Jobs"] == 4
+    text = render.stats_text(s).splitlines()
+    assert text[0].split()[:3] == ["USER", "JOBS", "QUEUED"] and text[1].split()[:2] == ["2", "1"]
+    assert text[-1].split()[:2] == ["total", "4"] and "50.0%" in text[2]
+    json.dumps(s)
+
+
+def test_ended_lines():
+    assert render.ended(job("COMPLETED", Id=12, Reason="success")) == "job 12 COMPLETED (success)"
+    assert render.ended(job("FAILED", 3, Id=13, Reason="exit-code")) == "job 13 FAILED (exit-code), status=3"
+    assert render.ended(job("CANCELLED", 143, Id=14, Reason="cancelled")) == "job 14 CANCELLED (cancelled)"
+
+
+# -- the client, on canned answers -------------------------------------------------------------------
+
+
+def test_plain_unwraps_nested_variants():
+    v = {"Id": Variant("t", 3), "Command": Variant("as", ["a"]), "Nested": Variant("a{sv}", {"x": Variant("u", 1)})}
+    assert plain([v]) == [{"Id": 3, "Command": ["a"], "Nested": {"x": 1}}]
+
+
+async def test_list_jobs_pages_with_the_after_cursor(monkeypatch):
+    monkeypatch.setattr("schedctl.client.MAX_PAGE", 3)
+    store = [{"Id": Variant("t", i), "State": Variant("s", "PENDING")} for i in range(1, 9)]
+    calls = []
+
+    async def fake_call(self, member, signature="", body=None):
+        flt = plain(body[0])
+        calls.append(flt)
+        return [[j for j in store if j["Id"].value > flt["After"]][: flt["Limit"]]]
+
+    monkeypatch.setattr(Client, "call", fake_call)
+    c = Client(user=True, address="unix:path=/unused")
+    assert [j["Id"] for j in await c.list_jobs(["PENDING"], 1000)] == list(range(1, 9))
+    assert [(f["After"], f["Limit"]) for f in calls] == [(0, 3), (3, 3), (6, 3)]
+    assert calls[0]["States"] == ["PENDING"] and calls[0]["User"] == 1000
+    calls.clear()
+    assert [j["Id"] for j in await c.list_jobs(limit=4)] == [1, 2, 3, 4]
+    assert [(f["After"], f["Limit"]) for f in calls] == [(0, 3), (3, 1)] and "States" not in calls[0]
+
+
+class FakeClient:
+    """Just enough of Client for wait and logs -f: jobs by id, and a script of signals."""
+
+    def __init__(self, jobs: dict[int, dict], script=()):
+        self.jobs = jobs
+        self.script = list(script)  # (delay_s, id, state, action) ; action(jobs) runs before the signal
+        self.subscribed = False
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    async def subscribe(self):
+        self.subscribed = True
+        asyncio.get_running_loop().create_task(self._play())
+
+    async def _play(self):
+        for delay, jid, state, action in self.script:
+            await asyncio.sleep(delay)
+            if action:
+                action(self.jobs)
+            if jid in self.jobs:
+                self.jobs[jid]["State"] = state
+            self.queue.put_nowait((jid, f"/org/schedd/Schedd1/job/{jid}", state, ""))
+
+    async def get_job(self, jid):
+        assert self.subscribed, "subscribe before looking at the state"
+        return dict(self.jobs[jid])
+
+    async def next_change(self, timeout=None):
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+async def test_wait_sees_ends_in_any_order(capsys):
+    jobs = {1: job("RUNNING", Id=1), 2: job("COMPLETED", Id=2, Reason="success"), 3: job("PENDING", Id=3)}
+
+    def fail3(js):
+        js[3].update(ExitCode=4, Reason="exit-code")
+
+    c = FakeClient(jobs, [(0.01, 99, "RUNNING", None), (0.01, 3, "FAILED", fail3), (0.01, 1, "RUNNING", None),
+                          (0.01, 1, "COMPLETED", None)])
+    assert await cli.cmd_wait(c, parse(["wait", "1", "2", "3", "2"])) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "job 2 COMPLETED (success)", "job 3 FAILED (exit-code), status=4", "job 1 COMPLETED (-)"]
+
+
+async def test_wait_one_job_exit_status_and_json(capsys):
+    c = FakeClient({5: job("RUNNING", Id=5)}, [(0.01, 5, "FAILED", lambda js: js[5].update(ExitCode=3))])
+    assert await cli.cmd_wait(c, parse(["--json", "wait", "5"])) == 3
+    out = json.loads(capsys.readouterr().out)
+    assert [(j["Id"], j["State"], j["ExitCode"]) for j in out] == [(5, "FAILED", 3)]
+
+
+async def test_wait_timeout_is_124(capsys):
+    c = FakeClient({5: job("RUNNING", Id=5)})
+    assert await cli.cmd_wait(c, parse(["wait", "5", "--timeout", "0.05"])) == 124
+    assert "timed out" in capsys.readouterr().err
+
+
+async def test_wait_rechecks_when_a_signal_is_lost(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "RECHECK_S", 0.05)
+    jobs = {5: job("RUNNING", Id=5)}
+    c = FakeClient(jobs)
+    asyncio.get_running_loop().call_later(0.02, lambda: jobs[5].update(State="COMPLETED"))  # no signal sent
+    assert await asyncio.wait_for(cli.cmd_wait(c, parse(["wait", "5"])), 5) == 0
+
+
+async def test_logs_follow_prints_everything_up_to_the_end(tmp_path, capsysbinary):
+    out = tmp_path / "out.log"
+    jobs = {4: job("PENDING", Id=4, StdoutPath=str(out), StderrPath=str(out))}
+
+    def write(text, mode="ab"):
+        def act(js):
+            with open(out, mode) as f:
+                f.write(text)
+        return act
+
+    c = FakeClient(jobs, [(0.05, 4, "RUNNING", write(b"line 1\n", "wb")), (0.15, 4, "RUNNING", write(b"line 2\n")),
+                          (0.0, 4, "COMPLETED", write(b"last words"))])  # written just before the end
+    assert await cli.cmd_logs(c, parse(["logs", "-f", "4"])) == 0
+    assert capsysbinary.readouterr().out == b"line 1\nline 2\nlast words"
+
+
+async def test_logs_follow_starts_again_after_a_truncation(tmp_path, capsysbinary):
+    out = tmp_path / "out.log"
+    out.write_bytes(b"first run, long output\n")
+    jobs = {4: job("RUNNING", Id=4, StdoutPath=str(out))}
+    c = FakeClient(jobs, [(0.15, 4, "PENDING", lambda js: out.write_bytes(b"")),
+                          (0.15, 4, "RUNNING", lambda js: out.write_bytes(b"again\n")),
+                          (0.15, 4, "COMPLETED", None)])
+    assert await cli.cmd_logs(c, parse(["logs", "--follow", "4"])) == 0
+    assert capsysbinary.readouterr().out == b"first run, long output\nagain\n"
+
+
+def test_logs_reads_the_file_itself(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.write_bytes("héllo\n".encode())
+    assert cli._print_log(job("COMPLETED", Id=2, StartTime=1), str(out), as_json=True) == 0
+    assert json.loads(capsys.readouterr().out) == {"Id": 2, "Path": str(out), "Output": "héllo\n"}
+    assert cli._print_log(job("PENDING", Id=2), str(tmp_path / "none"), as_json=False) == 0
+    assert "has not started" in capsys.readouterr().err
+    with pytest.raises(cli.Failure, match="cannot read"):
+        cli._print_log(job("COMPLETED", Id=2, StartTime=1), str(tmp_path / "none"), as_json=False)
