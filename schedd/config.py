@@ -60,6 +60,24 @@ def format_id_list(ids: list[int]) -> str:
 
 
 @dataclass
+class PeerConfig:
+    name: str
+    url: str
+
+
+@dataclass
+class HttpConfig:
+    """[http]: off unless `listen` is set. The token guards every peer call and every write."""
+
+    listen: tuple[str, int] | None = None
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    heartbeat_interval_usec: int = 2_000_000
+
+
+@dataclass
 class Config:
     node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     cpu_ids: list[int] = field(default_factory=lambda: sorted(os.sched_getaffinity(0)))
@@ -75,6 +93,8 @@ class Config:
     max_env_entries: int = 10_000
     max_pending_per_user: int = 100_000
     finished_object_ttl_usec: int = 600_000_000  # finished jobs stay exported this long
+    http: HttpConfig = field(default_factory=HttpConfig)
+    peers: list[PeerConfig] = field(default_factory=list)
     source: Path | None = None
 
     def __post_init__(self) -> None:
@@ -118,6 +138,7 @@ def _apply(cfg: Config, data: dict) -> None:
         "node": {"name"}, "resources": {"cpus", "memory", "gpus"},
         "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user"},
         "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
+        "http": {"listen", "token_file", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval"},
     }
     for section, allowed in keys.items():
         for key in data.get(section, {}):
@@ -169,3 +190,61 @@ def _apply(cfg: Config, data: dict) -> None:
         if daemon["executor"] not in ("auto", "systemd", "plain"):
             raise ConfigError("daemon.executor must be 'auto', 'systemd' or 'plain'")
         cfg.executor = daemon["executor"]
+    _apply_http(cfg, data.get("http", {}), data.get("peers", []))
+
+
+def parse_listen(value: object) -> tuple[str, int]:
+    """'127.0.0.1:7001' or '[::1]:7001' -> (host, port)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"http.listen = {value!r}: expected 'host:port', e.g. '127.0.0.1:7001'")
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"http.listen = {value!r}: expected 'host:port' with a port from 1 to 65535")
+    return host, int(port)
+
+
+def _apply_http(cfg: Config, http: dict, peers: object) -> None:
+    if "listen" in http:
+        cfg.http.listen = parse_listen(http["listen"])
+    for key in ("token_file", "tls_cert", "tls_key", "tls_ca"):
+        if key in http:
+            if not isinstance(http[key], str) or not os.path.isabs(http[key]):
+                raise ConfigError(f"http.{key} must be an absolute path")
+            setattr(cfg.http, key, Path(http[key]))
+    if "heartbeat_interval" in http:
+        cfg.http.heartbeat_interval_usec = parse_duration(http["heartbeat_interval"])
+        if cfg.http.heartbeat_interval_usec < 100_000:
+            raise ConfigError("http.heartbeat_interval must be at least 100ms")
+    if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
+        raise ConfigError("http.tls_cert and http.tls_key go together")
+    if not isinstance(peers, list):
+        raise ConfigError("peers must be an array of tables: [[peers]] name = \"b\" url = \"http://...\"")
+    names = {cfg.node_name}
+    for i, peer in enumerate(peers):
+        if not isinstance(peer, dict) or set(peer) != {"name", "url"}:
+            raise ConfigError(f"peers[{i}] needs exactly the keys name and url")
+        name, url = peer["name"], peer["url"]
+        if not isinstance(name, str) or not name or name in names:
+            raise ConfigError(f"peers[{i}].name = {name!r}: must be a non-empty name unique in the cluster")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"peers[{i}].url = {url!r}: must start with http:// or https://")
+        names.add(name)
+        cfg.peers.append(PeerConfig(name, url.rstrip("/")))
+    if cfg.peers and (cfg.http.listen is None or cfg.http.token_file is None):
+        raise ConfigError("[[peers]] need [http] listen and token_file: peers talk to each other over HTTP")
+
+
+def read_token(path: Path) -> str:
+    """The shared cluster secret; refused unless only its owner can read it (mode 0600)."""
+    try:
+        st = path.stat()
+        text = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"http.token_file {path}: {e.strerror}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(f"http.token_file {path} is mode {st.st_mode & 0o777:04o}; it must be 0600 "
+                          f"(chmod 600 {path})")
+    if len(text) < 16:
+        raise ConfigError(f"http.token_file {path}: the token must be at least 16 characters")
+    return text

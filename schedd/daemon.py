@@ -99,6 +99,7 @@ async def run(args: argparse.Namespace) -> int:
     bus = await dbus.connect(address, bus_class=ServiceBus)
     service = DBusService(engine, bus)
     await service.take_name(args.replace)
+    web = await _start_web(cfg, engine)
     gates = getattr(executor, "gates", None)
     log.info("schedd %s ready on %s: node %s, executor %s (gate %s), %d CPUs, %d MiB, %d GPUs, state %s",
              __version__, address, cfg.node_name, executor.name, gates.kind if gates else "-",
@@ -120,11 +121,24 @@ async def run(args: argparse.Namespace) -> int:
     sd_notify("STOPPING=1")
     if watchdog:
         watchdog.cancel()
+    if web:
+        await web.stop()
     await engine.shutdown()
     bus.disconnect()
     store.close()
     log.info("stopped; running jobs continue in their scopes and will be re-adopted")
     return rc
+
+
+async def _start_web(cfg, engine: Engine):
+    """The HTTP server, when [http] listen is set; each feature adds its routes here."""
+    if cfg.http.listen is None:
+        return None
+    from .web import Web  # aiohttp is only imported by daemons that serve HTTP
+
+    web = Web(cfg.http)
+    await web.start()
+    return web
 
 
 def _start_watchdog(loop: asyncio.AbstractEventLoop) -> asyncio.Task | None:

@@ -67,6 +67,8 @@ for dir in /etc/dbus-1/system.d /usr/share/polkit-1/actions /etc/polkit-1/rules.
 done
 mount --bind "$stage/etc-schedd" /etc/schedd
 mount --bind "$stage/state" /var/lib/schedd
+# A second checkout (git worktree) tests its own install: its venv replaces /opt/schedd/venv in here.
+if [ -n "${SCHEDD_SANDBOX_VENV:-}" ]; then mount --bind "$SCHEDD_SANDBOX_VENV" /opt/schedd/venv; fi
 export container=schedd-sandbox
 exec unshare --cgroup "$SYSTEMD_BIN" --system --unit=sandbox.target
 """
@@ -186,7 +188,8 @@ class Sandbox:
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         log = open(self.dir / "boot.log", "wb")
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_BIN": SYSTEMD}
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_BIN": SYSTEMD,
+               "SCHEDD_SANDBOX_VENV": os.environ.get("SCHEDD_SANDBOX_VENV", "")}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -7,10 +7,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import privatebus  # noqa: E402
 
 SCHEDD = shutil.which("schedd") or "/usr/local/bin/schedd"
 SCHEDCTL = shutil.which("schedctl") or "/usr/local/bin/schedctl"
@@ -20,9 +24,7 @@ pytestmark = pytest.mark.skipif(not (shutil.which("dbus-daemon") and os.path.exi
 
 @pytest.fixture
 def plain(tmp_path: Path):
-    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
-                           stdout=subprocess.PIPE, text=True)
-    address = bus.stdout.readline().strip()
+    bus, address = privatebus.start(tmp_path / "bus")
     env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": address}
     state = tmp_path / "state"
     daemon = subprocess.Popen([SCHEDD, "--user", "--executor", "plain", "--state-dir", str(state)],

@@ -19,21 +19,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="needs dbus-daemon")
+sys.path.insert(0, str(REPO / "tests"))
+import privatebus  # noqa: E402
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={dir}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
+pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="needs dbus-daemon")
 
 SCHEDD_CONFIG = """
 [node]
@@ -53,12 +42,8 @@ class Session:
         self.root = root
         self.cwd = root / "work"
         self.cwd.mkdir()
-        (root / "bus.conf").write_text(BUS_CONFIG.format(dir=root))
         (root / "schedd.toml").write_text(SCHEDD_CONFIG)
-        self.bus = subprocess.Popen(["dbus-daemon", "--config-file", str(root / "bus.conf"), "--nofork",
-                                     "--print-address=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        address = self.bus.stdout.readline().strip()
-        assert address, "dbus-daemon printed no address"
+        self.bus, address = privatebus.start(root / "bus")
         self.env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": address, "PYTHONPATH": str(REPO),
                     "FROM_CALLER": "exported", "NO_COLOR": "1"}
         self.log = open(root / "daemon.log", "w")
