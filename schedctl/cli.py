@@ -21,7 +21,8 @@ from dbus_fast import Variant
 from dbus_fast.errors import DBusError, DBusFastError
 
 from schedd import __version__
-from schedd.protocol import SPEC_KEYS, STATES, TERMINAL, job_file_to_spec, parse_duration, parse_size
+from schedd.protocol import (SPEC_KEYS, STATES, TERMINAL, job_file_to_spec, parse_array, parse_duration,
+                             parse_size)
 
 from . import render
 from .client import Client, Unreachable
@@ -197,9 +198,29 @@ def prepare_submit(args: argparse.Namespace) -> None:
     except OSError as e:
         raise UsageError(f"cannot tell the current directory ({e.strerror}); give --chdir") from None
     args.spec = build_spec(args, dict(os.environ), cwd)
+    args.tasks, args.cap = _convert_array(args.array) if args.array else (None, 0)
+
+
+def _convert_array(text: str) -> tuple[list[int], int]:
+    try:
+        return parse_array(text)
+    except ValueError as e:
+        raise UsageError(f"--array {e}") from None
+
+
+def array_specs(spec: dict[str, Variant], tasks: list[int], cap: int) -> list[dict[str, Variant]]:
+    """One spec per task, for a single all-or-nothing SubmitMany."""
+    extra = {"ArrayMaxRunning": Variant("u", cap)} if cap else {}
+    return [{**spec, "ArrayTaskId": Variant("u", t), **extra} for t in tasks]
 
 
 async def cmd_submit(c: Client, args: argparse.Namespace) -> int:
+    if args.tasks is not None:
+        (ids,) = await c.call("SubmitMany", "aa{sv}", [array_specs(args.spec, args.tasks, args.cap)])
+        cap = f", at most {args.cap} running at once" if args.cap else ""
+        _emit(args, {"id": ids[0], "ArrayJobId": ids[0], "ids": ids},
+              f"Submitted array job {ids[0]}: {len(ids)} tasks (jobs {ids[0]}-{ids[-1]}){cap}")
+        return 0
     job_id, path = await c.submit(args.spec)
     _emit(args, {"id": job_id, "path": path}, f"Submitted job {job_id}")
     return 0
@@ -229,7 +250,7 @@ def prepare_queue(args: argparse.Namespace) -> None:
 
 async def cmd_queue(c: Client, args: argparse.Namespace) -> int:
     jobs = await c.list_jobs(args.states, args.uid, args.limit)
-    _emit(args, jobs, None if args.json else render.queue(jobs, render.is_tty()))
+    _emit(args, jobs, None if args.json else render.queue(jobs, render.is_tty(), fold=not args.expand))
     return 0
 
 
@@ -499,6 +520,9 @@ def _submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--no-env", action="store_true", help="do not pass on the current environment")
     s.add_argument("--hold", action="store_true", help="queue it held")
     s.add_argument("--node", help="a node's name, or 'any'")
+    s.add_argument("--array", metavar="IDS[%N]",
+                   help="a job array: task ids like 1-1000, 0,3,5-7 or 0-15:4; %%N runs at most N at once. "
+                        "Each task gets SCHEDD_ARRAY_TASK_ID and SCHEDD_ARRAY_JOB_ID")
     s.add_argument("--file", help="a JSON job file ('-': stdin); options given here override it")
     s.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_submit, prepare=prepare_submit)
@@ -512,6 +536,8 @@ def _queue_parser(sub: Any) -> None:
                    help="only this user's jobs; without a value: the session bus, as before the command")
     q.add_argument("--me", action="store_true", help="only my jobs")
     q.add_argument("--limit", type=int, help="at most this many jobs")
+    q.add_argument("-r", "--array", dest="expand", action="store_true",
+                   help="one line per array task (pending tasks of an array are folded into one line by default)")
     q.set_defaults(func=cmd_queue, prepare=prepare_queue)
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Iterable
 
-from schedd.protocol import TERMINAL, format_duration, format_size
+from schedd.protocol import TERMINAL, format_duration, format_ranges, format_size
 
 _COLOURS = {"RUNNING": "32", "COMPLETED": "32", "FAILED": "31", "CANCELLED": "33", "HELD": "33", "SUSPENDED": "33"}
 _ANSI = re.compile(r"\033\[[0-9;]*m")
@@ -71,11 +71,35 @@ def plural(n: int, word: str) -> str:
 QUEUE_HEADERS = ["ID", "NAME", "USER", "STATE", "REASON", "CPUS", "MEM", "PRIO", "TIME", "NODE"]
 
 
-def queue(jobs: list[dict[str, Any]], tty: bool, now: int | None = None) -> str:
+def fold_arrays(jobs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(ID text, job) rows: each array's pending tasks become one row like squeue's '12_[5-1000%8]';
+    its other tasks keep their own rows, shown as 'ID (12_3)'."""
+    pending: dict[int, list[dict[str, Any]]] = {}
+    for j in jobs:
+        if j.get("ArrayJobId") and j["State"] == "PENDING":
+            pending.setdefault(j["ArrayJobId"], []).append(j)
+    rows, done = [], set()
+    for j in jobs:
+        aid = j.get("ArrayJobId")
+        if not aid:
+            rows.append((str(j["Id"]), j))
+        elif j["State"] != "PENDING":
+            rows.append((f"{j['Id']} ({aid}_{j.get('ArrayTaskId', 0)})", j))
+        elif aid not in done:
+            done.add(aid)
+            tasks = pending[aid]
+            cap = f"%{j['ArrayMaxRunning']}" if j.get("ArrayMaxRunning") else ""
+            label = f"{aid}_[{format_ranges([t.get('ArrayTaskId', 0) for t in tasks])}{cap}]"
+            rows.append((label if len(tasks) > 1 else f"{j['Id']} ({aid}_{j.get('ArrayTaskId', 0)})", j))
+    return rows
+
+
+def queue(jobs: list[dict[str, Any]], tty: bool, now: int | None = None, fold: bool = False) -> str:
     now = now_usec() if now is None else now
-    rows = [[str(j["Id"]), _clip(j.get("Name") or "-", 24), j.get("UserName") or str(j.get("User", "?")),
+    ids = fold_arrays(jobs) if fold else [(str(j["Id"]), j) for j in jobs]
+    rows = [[ident, _clip(j.get("Name") or "-", 24), j.get("UserName") or str(j.get("User", "?")),
              colour(j["State"], tty), j.get("Reason") or "-", str(j.get("CPUs", 0)), format_size(j.get("Memory", 0)),
-             str(j.get("Priority", 0)), elapsed(j, now), j.get("Node") or "-"] for j in jobs]
+             str(j.get("Priority", 0)), elapsed(j, now), j.get("Node") or "-"] for ident, j in ids]
     footer = f"{plural(len(jobs), 'job')} listed."
     if not rows:
         return footer

@@ -83,10 +83,15 @@ class Config:
     cpu_ids: list[int] = field(default_factory=lambda: sorted(os.sched_getaffinity(0)))
     memory: int = field(default_factory=lambda: psutil.virtual_memory().total)
     gpu_ids: list[int] = field(default_factory=list)
+    gpu_source: str = "none"  # none | config | nvml
+    gpu_device: str = "/dev/nvidia{minor}"  # the device node of GPU {index} / {minor}
+    gpu_minors: dict[int, int] = field(default_factory=dict)  # index -> device minor (NVML); default: the index
     default_memory: int = 0  # 0: min(1 GiB, memory / CPUs)
     min_memory: int = 4 << 20  # the job's supervisor needs a few MiB inside the limit
     kill_wait_usec: int = 10_000_000
-    policy: str = "strict"
+    default_time_usec: int = 0  # time limit of jobs that give none; 0: none
+    max_time_usec: int = 0  # the largest time limit a job may ask for; 0: no maximum
+    policy: str = "backfill"
     state_dir: Path = SYSTEM_STATE
     executor: str = "auto"  # auto | systemd | plain
     max_argv_bytes: int = 1 << 20
@@ -125,8 +130,23 @@ def load(path: Path | None, user_mode: bool) -> Config:
         _apply(cfg, data)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}: {e}") from None
+    if cfg.gpu_source in ("none", "nvml"):
+        _discover_gpus(cfg)
     cfg.__post_init__()
     return cfg
+
+
+def _discover_gpus(cfg: Config) -> None:
+    from .gpus import discover
+
+    found = discover()
+    if cfg.gpu_source == "nvml" and not found:
+        raise ConfigError("resources.gpus = 'auto' but NVML finds no GPU (is the NVIDIA driver loaded and "
+                          "nvidia-ml-py installed?)")
+    if found:
+        cfg.gpu_source = "nvml"
+        cfg.gpu_ids = [g.index for g in found]
+        cfg.gpu_minors = {g.index: g.minor for g in found}
 
 
 def _apply(cfg: Config, data: dict) -> None:
@@ -135,8 +155,9 @@ def _apply(cfg: Config, data: dict) -> None:
         if section not in known:
             raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
     keys = {
-        "node": {"name"}, "resources": {"cpus", "memory", "gpus"},
-        "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user"},
+        "node": {"name"}, "resources": {"cpus", "memory", "gpus", "gpu_device"},
+        "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user",
+                 "default_time", "max_time"},
         "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
         "http": {"listen", "token_file", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval"},
     }
@@ -162,9 +183,18 @@ def _apply(cfg: Config, data: dict) -> None:
             raise ConfigError(f"resources.cpus names CPUs this machine does not offer: {sorted(missing) or 'none given'}")
     if "memory" in res:
         cfg.memory = parse_size(res["memory"])
+    if "gpu_device" in res:
+        v = res["gpu_device"]
+        if not isinstance(v, str) or not v.startswith("/dev/") or ("{index}" not in v and "{minor}" not in v):
+            raise ConfigError("resources.gpu_device must be a /dev path with {index} or {minor}, "
+                              "like '/dev/nvidia{minor}'")
+        cfg.gpu_device = v
     if "gpus" in res:
         v = res["gpus"]
-        if isinstance(v, int) and not isinstance(v, bool):
+        cfg.gpu_source = "config"
+        if v == "auto":
+            cfg.gpu_source = "nvml"
+        elif isinstance(v, int) and not isinstance(v, bool):
             if v < 0:
                 raise ConfigError(f"resources.gpus = {v}: a count must not be negative")
             cfg.gpu_ids = list(range(v))
@@ -175,13 +205,18 @@ def _apply(cfg: Config, data: dict) -> None:
         cfg.default_memory = parse_size(jobs["default_memory"])
     if "kill_wait" in jobs:
         cfg.kill_wait_usec = parse_duration(jobs["kill_wait"])
+    for key in ("default_time", "max_time"):
+        if key in jobs:
+            setattr(cfg, f"{key}_usec", parse_duration(jobs[key]))
+    if cfg.max_time_usec and cfg.default_time_usec > cfg.max_time_usec:
+        raise ConfigError("jobs.default_time is longer than jobs.max_time")
     for key in ("max_argv_bytes", "max_env_entries", "max_pending_per_user"):
         if key in jobs:
             setattr(cfg, key, int(jobs[key]))
     sched = data.get("scheduler", {})
     if "policy" in sched:
-        if sched["policy"] not in ("strict", "first-fit"):
-            raise ConfigError("scheduler.policy must be 'strict' or 'first-fit'")
+        if sched["policy"] not in ("backfill", "strict", "first-fit"):
+            raise ConfigError("scheduler.policy must be 'backfill', 'strict' or 'first-fit'")
         cfg.policy = sched["policy"]
     daemon = data.get("daemon", {})
     if "state_dir" in daemon:

@@ -21,6 +21,7 @@ from . import bus as dbus
 from .config import ConfigError, load
 from .dbus_service import DBusService, ServiceBus
 from .engine import Engine
+from .gpus import device_paths
 from .executor import ExecutorError, make_executor
 from .store import Store, default_path
 
@@ -94,6 +95,7 @@ async def run(args: argparse.Namespace) -> int:
     executor = await make_executor(
         cfg.executor, engine.on_exit, address=dbus.bus_address(args.user),
         status_dir=cfg.state_dir / "exits", kill_wait_usec=cfg.kill_wait_usec,
+        gpu_devices=(lambda idx: device_paths(cfg.gpu_device, idx, cfg.gpu_minors)) if cfg.gpu_ids else None,
     )
     await engine.recover(executor)
     bus = await dbus.connect(address, bus_class=ServiceBus)

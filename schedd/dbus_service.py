@@ -61,6 +61,10 @@ JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
     "RuntimeMaxUSec": lambda j: j.spec.runtime_max_usec,
     "After": lambda j: j.spec.after,
     "Restarts": lambda j: j.restarts,
+    "ArrayJobId": lambda j: j.array_job_id,
+    "ArrayTaskId": lambda j: j.spec.array_task_id or 0,
+    "ArrayMaxRunning": lambda j: j.spec.array_max_running,
+    "SuspendedUSec": lambda j: j.suspended_usec + (now_usec() - j.suspend_time if j.suspend_time else 0),
 }
 assert JOB_GETTERS.keys() == JOB_PROPERTIES.keys()
 

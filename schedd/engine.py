@@ -21,7 +21,8 @@ from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, Sched
 from .executor import Executor, ExecutorError, ExitInfo
 from .ledger import Allocation, Ledger, LedgerConflict
 from .model import TERMINAL_STATES, Job, JobState, Reason, now_usec
-from .scheduler import Scheduler
+from .scheduler import Running, Scheduler
+from .protocol import format_duration
 from .spec import Limits, build_spec
 from .store import Store
 
@@ -56,6 +57,7 @@ class _Flags:
 
     cancel: bool = False
     requeue: bool = False
+    timeout: bool = False  # stopped by the daemon because its time limit ran out
     waiters: list[asyncio.Future] = field(default_factory=list)
 
 
@@ -65,7 +67,7 @@ class Engine:
         self.store = store
         self.user_mode = user_mode
         self.ledger = Ledger(config.cpu_ids, config.memory, config.gpu_ids)
-        self.scheduler = Scheduler(self.ledger, config.policy)
+        self.scheduler = Scheduler(self.ledger, config.policy, running=self._running)
         self.executor: Executor | None = None
         self.jobs: dict[int, Job] = {}
         self.listeners: list[Listener] = []
@@ -82,6 +84,11 @@ class Engine:
         self._kick_scheduled = False
         self._manager_dirty: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        # Arrays with a cap on running tasks: which tasks are admitted (queued, starting or
+        # running) and which wait their turn outside the scheduler, in task order.
+        self._admitted: dict[int, set[int]] = defaultdict(set)
+        self._parked: dict[int, dict[int, Job]] = defaultdict(dict)
+        self._limit_timers: dict[int, asyncio.TimerHandle] = {}
         self.jobs_dir = config.state_dir / "jobs"
 
     # -- start-up -------------------------------------------------------------
@@ -105,10 +112,13 @@ class Engine:
                 except LedgerConflict as e:
                     log.error("job %d: its recorded allocation overlaps another (%s); trusting it anyway", job.id, e)
                 self._allocs[job.id] = alloc
+                if job.array_job_id and job.spec.array_max_running:
+                    self._admitted[job.array_job_id].add(job.id)
         for job in list(self.jobs.values()):
             if job.state.active:
                 if await executor.recover(job):
                     adopted += 1
+                    self._arm_limit(job)
                 else:
                     lost += 1
             elif job.state in QUEUED:
@@ -164,6 +174,7 @@ class Engine:
             node_name=c.node_name, total_cpus=self.ledger.total_cpus, total_memory=self.ledger.total_memory,
             total_gpus=self.ledger.total_gpus, default_memory=c.default_memory, min_memory=c.min_memory,
             max_argv_bytes=c.max_argv_bytes, max_env_entries=c.max_env_entries,
+            default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec,
         )
 
     def get(self, job_id: int) -> Job:
@@ -219,6 +230,15 @@ class Engine:
                     e.message = f"spec {n}: {e.message}"
                     e.args = (e.message,)
                 raise
+        tasks = [s.array_task_id for s in built if s.array_task_id is not None]
+        if tasks:
+            if len(tasks) != len(built):
+                raise InvalidArgument("ArrayTaskId: an array is one SubmitMany call in which every spec is a task; "
+                                      "mix no other jobs into it")
+            if len(set(tasks)) != len(tasks):
+                raise InvalidArgument("ArrayTaskId: each task of an array needs its own id")
+            if len({s.array_max_running for s in built}) > 1:
+                raise InvalidArgument("ArrayMaxRunning: every task of an array must give the same cap")
         per_uid: dict[int, int] = defaultdict(int)
         for spec in built:
             per_uid[spec.uid] += 1
@@ -241,6 +261,9 @@ class Engine:
                       state=JobState.HELD if spec.hold else JobState.PENDING,
                       reason=Reason.HELD if spec.hold else "")
             jobs.append(job)
+        if tasks:
+            for job in jobs:
+                job.array_job_id = jobs[0].id  # Slurm's convention: the array is named by its first job
         # The jobs may be placed and their scopes created while the commit runs, but no
         # program starts (and no one hears of the ids) until the records are durable.
         durable = asyncio.get_running_loop().create_future()
@@ -251,7 +274,7 @@ class Engine:
             if job.state == JobState.PENDING:
                 if not job.spec.after:
                     self._durable[job.id] = durable
-                    self.scheduler.enqueue(job)
+                    self._enqueue(job)
         self.kick()
         try:
             await self.store.save(*jobs)
@@ -332,7 +355,7 @@ class Engine:
         flags.waiters.append(fut)
         if job.id not in self._starting:
             if job.state == JobState.SUSPENDED:
-                await self.executor.signal(job, 18)  # SIGCONT, so it can act on the SIGTERM
+                await self.executor.resume(job)  # so it can act on the SIGTERM
             try:
                 await self.executor.stop(job)
             except ExecutorError as e:
@@ -368,9 +391,16 @@ class Engine:
             return
         if job.state != JobState.RUNNING or job.id in self._starting:
             raise InvalidState(f"job {job_id} is {job.state.value}; only running jobs can be suspended")
-        await self._signal(job, 19)  # SIGSTOP: keeps its allocation, like Slurm's suspend
-        self._set(job, JobState.SUSPENDED, "", {"State", "Reason"})
-        self.store.save(job)
+        try:
+            await self.executor.suspend(job)  # keeps its allocation, like Slurm's suspend
+        except ExecutorError as e:
+            raise SchedError(str(e)) from e
+        if job.state != JobState.RUNNING:
+            return  # it ended meanwhile
+        self._disarm_limit(job.id)
+        job.suspend_time = now_usec()
+        self._set(job, JobState.SUSPENDED, "", {"State", "Reason", "SuspendedUSec"})
+        await self.store.save(job)
 
     async def resume(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
@@ -378,15 +408,61 @@ class Engine:
             return
         if job.state != JobState.SUSPENDED:
             raise InvalidState(f"job {job_id} is {job.state.value}; only suspended jobs can be resumed")
-        await self._signal(job, 18)  # SIGCONT
-        self._set(job, JobState.RUNNING, "", {"State", "Reason"})
-        self.store.save(job)
-
-    async def _signal(self, job: Job, signo: int) -> None:
         try:
-            await self.executor.signal(job, signo)
+            await self.executor.resume(job)
         except ExecutorError as e:
             raise SchedError(str(e)) from e
+        if job.state != JobState.SUSPENDED:
+            return
+        self._end_suspension(job)
+        self._set(job, JobState.RUNNING, "", {"State", "Reason", "SuspendedUSec"})
+        await self.store.save(job)
+        self._arm_limit(job)
+
+    def _end_suspension(self, job: Job) -> None:
+        if job.suspend_time:
+            job.suspended_usec += max(0, now_usec() - job.suspend_time)
+            job.suspend_time = 0
+
+    # -- time limits ------------------------------------------------------------
+    # The engine keeps each job's clock, not systemd: a scope's RuntimeMaxUSec cannot be
+    # changed once it runs (systemd 252 refuses), and a suspended job's limit must pause.
+
+    def _arm_limit(self, job: Job) -> None:
+        self._disarm_limit(job.id)
+        deadline = job.deadline()
+        if deadline is None or job.state != JobState.RUNNING:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (deadline - now_usec()) / 1e6)
+        self._limit_timers[job.id] = loop.call_at(loop.time() + delay, self._time_up, job.id)
+
+    def _disarm_limit(self, job_id: int) -> None:
+        timer = self._limit_timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _time_up(self, job_id: int) -> None:
+        self._limit_timers.pop(job_id, None)
+        job = self.jobs.get(job_id)
+        if job is None or job.state != JobState.RUNNING:
+            return
+        deadline = job.deadline()
+        if deadline is None:
+            return
+        if now_usec() < deadline - 1000:  # the wall clock stepped back: wait the rest
+            self._arm_limit(job)
+            return
+        log.info("job %d reached its time limit of %s; stopping %s", job.id,
+                 format_duration(job.spec.runtime_max_usec), job.unit)
+        self._flags[job.id].timeout = True
+        self._spawn(self._stop_for_limit(job))
+
+    async def _stop_for_limit(self, job: Job) -> None:
+        try:
+            await self.executor.stop(job)
+        except ExecutorError as e:
+            log.error("job %d: cannot stop it at its time limit: %s", job.id, e)
 
     async def requeue(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
@@ -406,8 +482,9 @@ class Engine:
     def _requeue(self, job: Job) -> None:
         job.restarts += 1
         job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
+        job.suspended_usec = job.suspend_time = 0
         job.assigned_cpus, job.assigned_gpus, job.handle = [], [], None
-        self._set(job, JobState.PENDING, Reason.REQUEUED, _END_PROPS | _START_PROPS | {"Restarts"})
+        self._set(job, JobState.PENDING, Reason.REQUEUED, _END_PROPS | _START_PROPS | {"Restarts", "SuspendedUSec"})
         self.store.save(job)
         self._make_eligible(job)
         self.kick()
@@ -429,11 +506,55 @@ class Engine:
         if waiting:
             self._blocked[job.id] = job
         else:
-            self.scheduler.enqueue(job)
+            self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        """Hand a pending job to the scheduler, unless its array already has its cap of tasks admitted."""
+        aid, cap = job.array_job_id, job.spec.array_max_running
+        if aid and cap:
+            admitted = self._admitted[aid]
+            if job.id not in admitted and len(admitted) >= cap:
+                self._parked[aid][job.id] = job
+                return
+            admitted.add(job.id)
+        self.scheduler.enqueue(job)
+
+    def _leave_array(self, job: Job) -> None:
+        """A task stops counting against its array's cap (ended, cancelled, held): admit the next."""
+        aid, cap = job.array_job_id, job.spec.array_max_running
+        if not aid or not cap:
+            return
+        parked = self._parked.get(aid)
+        if parked:
+            parked.pop(job.id, None)
+        admitted = self._admitted.get(aid)
+        if admitted is None or job.id not in admitted:
+            return
+        admitted.discard(job.id)
+        while parked and len(admitted) < cap:
+            nxt = parked.pop(next(iter(parked)))
+            admitted.add(nxt.id)
+            self.scheduler.enqueue(nxt)
+        if not parked:
+            self._parked.pop(aid, None)
+        if not admitted:
+            self._admitted.pop(aid, None)
+
+    def _running(self) -> list[Running]:
+        """Running jobs as the backfill planner sees them: when each ends at the latest."""
+        out = []
+        for jid, alloc in self._allocs.items():
+            job = self.jobs.get(jid)
+            end = job.deadline() if job is not None and job.start_time else None
+            if job is not None and not job.start_time and job.spec.runtime_max_usec:
+                end = now_usec() + job.spec.runtime_max_usec  # still starting
+            out.append(Running(end, len(alloc.cpus), alloc.memory, len(alloc.gpus)))
+        return out
 
     def _unqueue(self, job: Job) -> None:
         self.scheduler.dequeue(job.id)
         self._blocked.pop(job.id, None)
+        self._leave_array(job)
 
     def _dependency_ended(self, dep: Job) -> None:
         for jid in self._dependents.pop(dep.id, ()):
@@ -446,7 +567,7 @@ class Engine:
                 self.store.save(job)
             elif all((self.jobs.get(d) or self.store.get(d)).state == JobState.COMPLETED for d in job.spec.after):
                 del self._blocked[jid]
-                self.scheduler.enqueue(job)
+                self._enqueue(job)
 
     def kick(self) -> None:
         """Something changed (submit, exit, release): run one scheduling pass soon, once."""
@@ -456,7 +577,7 @@ class Engine:
 
     def _schedule(self) -> None:
         self._kick_scheduled = False
-        started = self.scheduler.schedule()
+        started = self.scheduler.schedule(now_usec())
         for job, alloc in started:
             self._allocs[job.id] = alloc
             self._starting.add(job.id)
@@ -493,6 +614,7 @@ class Engine:
         job.node = self.config.node_name
         self._set(job, JobState.RUNNING, "", _START_PROPS)
         self.store.save(job, urgent=False)
+        self._arm_limit(job)
         flags = self._flags.get(job.id)
         if flags is not None and (flags.cancel or flags.requeue):
             try:
@@ -522,6 +644,8 @@ class Engine:
 
     def _finish(self, job: Job, info: ExitInfo) -> None:
         flags = self._flags.pop(job.id, _Flags())
+        self._disarm_limit(job.id)
+        self._end_suspension(job)
         self._release(job)
         job.exit_code = info.exit_code
         job.cpu_time_usec = info.cpu_usec
@@ -543,8 +667,7 @@ class Engine:
                 state, reason = JobState.CANCELLED, Reason.CANCELLED
             elif info.oom_killed:
                 state, reason = JobState.FAILED, Reason.OOM_KILL
-            elif info.signal and job.spec.runtime_max_usec and job.start_time and \
-                    now_usec() - job.start_time >= job.spec.runtime_max_usec:
+            elif info.signal and (flags.timeout or (job.deadline() or now_usec() + 1) <= now_usec()):
                 state, reason = JobState.FAILED, Reason.TIMEOUT
             elif info.lost and not info.signal and info.exit_code in (0, 120, 121, 122, 123):
                 state, reason = JobState.FAILED, Reason.LOST
@@ -568,6 +691,7 @@ class Engine:
                 w.set_result(None)
 
     def _release(self, job: Job) -> None:
+        self._leave_array(job)
         alloc = self._allocs.pop(job.id, None)
         if alloc is not None:
             self.ledger.release(alloc)

@@ -74,6 +74,9 @@ class JobSpec:
     after: list[int] = field(default_factory=list)
     node: str = ""
     requeue: bool = True
+    # Array tasks: the task's index (None: not an array task) and the array's cap on running tasks.
+    array_task_id: int | None = None
+    array_max_running: int = 0
 
 
 @dataclass(slots=True)
@@ -94,8 +97,17 @@ class Job:
     cpu_time_usec: int = 0
     memory_peak: int = 0
     restarts: int = 0
+    array_job_id: int = 0  # the id of the array's first task; 0: not an array task
+    suspended_usec: int = 0  # time spent suspended in the current run (does not count toward the time limit)
+    suspend_time: int = 0  # when the current suspension began; 0: not suspended
     # Executor's recovery data (JSON-able), e.g. the gate's pid and start time.
     handle: dict | None = None
+
+    def deadline(self) -> int | None:
+        """When the time limit runs out (µs since the epoch); None without a limit or while suspended."""
+        if not self.spec.runtime_max_usec or not self.start_time or self.suspend_time:
+            return None
+        return self.start_time + self.spec.runtime_max_usec + self.suspended_usec
 
     @property
     def unit(self) -> str:

@@ -30,6 +30,8 @@ SPEC_KEYS: dict[str, str] = {
     "After": "at",
     "Node": "s",
     "Requeue": "b",
+    "ArrayTaskId": "u",
+    "ArrayMaxRunning": "u",
 }
 
 # Job object properties (and GetJob/ListJobs keys) -> D-Bus signature.
@@ -61,6 +63,10 @@ JOB_PROPERTIES: dict[str, str] = {
     "RuntimeMaxUSec": "t",
     "After": "at",
     "Restarts": "u",
+    "ArrayJobId": "t",
+    "ArrayTaskId": "u",
+    "ArrayMaxRunning": "u",
+    "SuspendedUSec": "t",
 }
 
 LIST_FILTER_KEYS: dict[str, str] = {
@@ -224,3 +230,45 @@ def job_file_to_spec(obj: Any) -> tuple[dict[str, Any], list[str]]:
     if isinstance(spec.get("After"), int):
         spec["After"] = [spec["After"]]
     return spec, warnings
+
+
+MAX_ARRAY_TASKS = 100_000
+
+
+def parse_array(text: str) -> tuple[list[int], int]:
+    """Slurm's --array syntax: '1-1000%8', '0,3,5-7', '0-15:4' -> (task ids, cap on running; 0 = none)."""
+    body, _, cap_text = text.replace(" ", "").partition("%")
+    cap = 0
+    if cap_text:
+        if not cap_text.isdigit() or int(cap_text) < 1:
+            raise ValueError(f"{text!r}: after % give how many tasks may run at once, e.g. 1-100%8")
+        cap = int(cap_text)
+    ids: set[int] = set()
+    for part in body.split(","):
+        rng, _, step_text = part.partition(":")
+        lo, dash, hi = rng.partition("-")
+        try:
+            start = int(lo)
+            end = int(hi) if dash else start
+            step = int(step_text) if step_text else 1
+        except ValueError:
+            raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)") from None
+        if start < 0 or end < start or step < 1 or end >= 2**32:
+            raise ValueError(f"{text!r}: {part!r} is not a range of task ids from low to high")
+        ids.update(range(start, end + 1, step))
+        if len(ids) > MAX_ARRAY_TASKS:
+            raise ValueError(f"{text!r}: more than {MAX_ARRAY_TASKS} tasks in one array")
+    return sorted(ids), cap
+
+
+def format_ranges(ids: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3,7'."""
+    out, ids = [], sorted(set(ids))
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(out)

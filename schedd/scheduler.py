@@ -9,25 +9,63 @@ Policies:
   by a stream of small ones.
 - ``first-fit`` (seed Mini-SLURM): every job that fits starts, in queue order;
   better utilisation, but a big job can wait for ever.
+- ``backfill`` (EASY, Slurm's sched/backfill): as strict, but when the head job
+  is blocked it gets a reservation at the earliest time the running jobs' time
+  limits guarantee it will fit (the shadow time); a later job may start now if
+  its own time limit ends before that, or if it only uses what the head will not
+  need then. A job without a time limit never starts ahead of a blocked one, and
+  when any running job that the head waits for has no limit, there is no
+  reservation to plan around, so nothing backfills (it degrades to strict).
+
+Time comes in as an argument (µs), so a simulation can drive it with a fake clock.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from .ledger import Allocation, Ledger
 from .model import Job
 
-POLICIES = ("strict", "first-fit")
+POLICIES = ("strict", "first-fit", "backfill")
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What the backfill planner knows of a running job: when it ends at the latest, and what it holds."""
+
+    end: int | None  # µs since the epoch; None: unknown (no time limit, or suspended)
+    cpus: int
+    memory: int
+    gpus: int = 0
+
+
+@dataclass(slots=True)
+class _Vec:
+    cpus: int
+    memory: int
+    gpus: int
+
+    def holds(self, job: Job) -> bool:
+        s = job.spec
+        return s.cpus <= self.cpus and s.memory <= self.memory and s.gpus <= self.gpus
+
+    def take(self, job: Job) -> None:
+        self.cpus -= job.spec.cpus
+        self.memory -= job.spec.memory
+        self.gpus -= job.spec.gpus
 
 
 class Scheduler:
-    def __init__(self, ledger: Ledger, policy: str = "strict") -> None:
+    def __init__(self, ledger: Ledger, policy: str = "strict",
+                 running: Callable[[], Iterable[Running]] = lambda: ()) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
         self.ledger = ledger
         self.policy = policy
+        self.running = running  # the jobs holding resources now (for backfill's reservation)
         self._heap: list[tuple[int, int]] = []
         self._queued: dict[int, Job] = {}
         self._entries: set[tuple[int, int]] = set()  # what is in the heap, live or stale
@@ -46,7 +84,7 @@ class Scheduler:
         job = self._queued.get(entry[1])
         return job if job is not None and -job.spec.priority == entry[0] else None
 
-    def schedule(self) -> list[tuple[Job, Allocation]]:
+    def schedule(self, now: int = 0) -> list[tuple[Job, Allocation]]:
         """Decide which queued jobs start now and take their resources from the ledger."""
         started: list[tuple[Job, Allocation]] = []
         skipped: list[tuple[int, int]] = []
@@ -59,16 +97,71 @@ class Scheduler:
                 continue
             alloc = self.ledger.allocate(job.spec.cpus, job.spec.memory, job.spec.gpus)
             if alloc is not None:
-                self._entries.discard(heapq.heappop(heap))
-                del self._queued[job.id]
+                self._take(entry, job)
                 started.append((job, alloc))
             elif self.policy == "strict":
+                break
+            elif self.policy == "backfill":
+                started += self._backfill(job, now, started)
                 break
             else:
                 skipped.append(heapq.heappop(heap))
         for entry in skipped:
             heapq.heappush(heap, entry)
         return started
+
+    def _take(self, entry: tuple[int, int], job: Job) -> None:
+        if self._heap and self._heap[0] == entry:
+            self._entries.discard(heapq.heappop(self._heap))
+        # else: the entry stays in the heap, stale, and is dropped when it reaches the top
+        del self._queued[job.id]
+
+    def reservation(self, head: Job, now: int, started: Iterable[tuple[Job, Allocation]] = ()) -> tuple[int, _Vec] | None:
+        """(shadow time, what is left over then) for the blocked head job, or None when unknowable."""
+        free = _Vec(self.ledger.free_cpus, self.ledger.free_memory, self.ledger.free_gpus)
+        # Jobs without a known end are taken to run for ever: the head never counts on their resources.
+        ends = [r for r in self.running() if r.end is not None]
+        for job, alloc in started:
+            lim = job.spec.runtime_max_usec
+            if lim:
+                ends.append(Running(now + lim, len(alloc.cpus), alloc.memory, len(alloc.gpus)))
+        ends.sort(key=lambda r: r.end)
+        for r in ends:
+            free.cpus += r.cpus
+            free.memory += r.memory
+            free.gpus += r.gpus
+            if free.holds(head):
+                free.take(head)
+                return max(r.end, now), free
+        return None  # it waits on jobs without a time limit: no reservation can be promised
+
+    def _backfill(self, head: Job, now: int, started: list[tuple[Job, Allocation]]) -> list[tuple[Job, Allocation]]:
+        """EASY backfill behind a blocked head job: start later jobs that cannot delay it."""
+        planned = self.reservation(head, now, started)
+        if planned is None:
+            return []
+        shadow, extra = planned
+        out: list[tuple[Job, Allocation]] = []
+        for entry in sorted(self._heap):
+            job = self._live(entry)
+            if job is None or job is head:
+                continue
+            lim = job.spec.runtime_max_usec
+            if not lim or not self.ledger.fits(job.spec.cpus, job.spec.memory, job.spec.gpus):
+                continue
+            ends_in_time = now + lim <= shadow
+            if not ends_in_time and not extra.holds(job):
+                continue
+            alloc = self.ledger.allocate(job.spec.cpus, job.spec.memory, job.spec.gpus)
+            if alloc is None:
+                continue
+            if not ends_in_time:
+                extra.take(job)
+            self._take(entry, job)
+            out.append((job, alloc))
+            if not self.ledger.free_cpus:
+                break
+        return out
 
     def enqueue(self, job: Job) -> None:
         self._queued[job.id] = job

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from .errors import AccessDenied, InvalidArgument, Unsatisfiable
 from .model import JobSpec
-from .protocol import SPEC_KEYS, format_size
+from .protocol import SPEC_KEYS, format_duration, format_size
 
 MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
 MAX_NAME = 256
@@ -34,6 +34,8 @@ class Limits:
     min_memory: int
     max_argv_bytes: int
     max_env_entries: int
+    default_time_usec: int = 0
+    max_time_usec: int = 0
 
 
 def _bad(key: str, why: str) -> InvalidArgument:
@@ -186,6 +188,16 @@ def build_spec(
     elif runtime_max >= 2**63:
         raise _bad("RuntimeMaxUSec", f"{runtime_max} µs is beyond any useful limit; give fewer µs, "
                                      f"or 0 / {UINT64_MAX} for no limit")
+    if not runtime_max:
+        runtime_max = limits.default_time_usec or limits.max_time_usec
+    elif limits.max_time_usec and runtime_max > limits.max_time_usec:
+        raise _bad("RuntimeMaxUSec", f"{format_duration(runtime_max)} is longer than this daemon's maximum time "
+                                     f"limit of {format_duration(limits.max_time_usec)} (max_time in schedd.toml)")
+
+    array_task = v.get("ArrayTaskId")
+    array_max = v.get("ArrayMaxRunning", 0)
+    if "ArrayMaxRunning" in v and array_task is None:
+        raise _bad("ArrayMaxRunning", "only array tasks (with ArrayTaskId) have a cap on running tasks")
 
     return JobSpec(
         command=command,
@@ -206,4 +218,6 @@ def build_spec(
         after=after,
         node=node,
         requeue=v.get("Requeue", True),
+        array_task_id=array_task,
+        array_max_running=array_max,
     )

@@ -62,6 +62,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_uid ON jobs(uid, id);
     CREATE INDEX jobs_end ON jobs(end_time) WHERE end_time > 0;
     """,
+    # 2: job arrays; suspended time (a time limit does not run while a job is suspended).
+    """
+    ALTER TABLE jobs ADD COLUMN array_job_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN array_task_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_max_running INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN suspended_usec INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN suspend_time INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_array ON jobs(array_job_id) WHERE array_job_id > 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; a D-Bus 't' can name ids beyond it, which never exist
@@ -71,7 +80,7 @@ COLUMNS = (
     "cpus", "memory", "gpus", "assigned_cpus", "assigned_gpus", "node", "working_directory",
     "environment", "stdout_path", "stderr_path", "runtime_max_usec", "hold", "after", "target_node",
     "requeue", "restarts", "submit_time", "start_time", "end_time", "cpu_time_usec", "memory_peak",
-    "handle",
+    "handle", "array_job_id", "array_task_id", "array_max_running", "suspended_usec", "suspend_time",
 )
 _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -88,6 +97,7 @@ def job_to_row(job: Job) -> tuple:
         s.stdout_path, s.stderr_path, s.runtime_max_usec, int(s.hold), json.dumps(s.after), s.node,
         int(s.requeue), job.restarts, job.submit_time, job.start_time, job.end_time, job.cpu_time_usec,
         job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
+        job.array_job_id, s.array_task_id, s.array_max_running, job.suspended_usec, job.suspend_time,
     )
 
 
@@ -99,6 +109,7 @@ def row_to_job(row: tuple) -> Job:
         environment=json.loads(r["environment"]), stdout_path=r["stdout_path"], stderr_path=r["stderr_path"],
         runtime_max_usec=r["runtime_max_usec"], hold=bool(r["hold"]), uid=r["uid"], gid=r["gid"],
         user_name=r["user_name"], after=json.loads(r["after"]), node=r["target_node"], requeue=bool(r["requeue"]),
+        array_task_id=r["array_task_id"], array_max_running=r["array_max_running"],
     )
     return Job(
         id=r["id"], spec=spec, state=JobState(r["state"]), reason=r["reason"], exit_code=r["exit_code"],
@@ -106,6 +117,7 @@ def row_to_job(row: tuple) -> Job:
         node=r["node"], submit_time=r["submit_time"], start_time=r["start_time"], end_time=r["end_time"],
         cpu_time_usec=r["cpu_time_usec"], memory_peak=r["memory_peak"], restarts=r["restarts"],
         handle=json.loads(r["handle"]) if r["handle"] else None,
+        array_job_id=r["array_job_id"], suspended_usec=r["suspended_usec"], suspend_time=r["suspend_time"],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 from .base import Executor, ExecutorError, ExitCallback, ExitInfo
 
@@ -13,13 +14,15 @@ __all__ = ["Executor", "ExecutorError", "ExitInfo", "make_executor"]
 
 
 async def make_executor(
-    kind: str, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int
+    kind: str, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int,
+    gpu_devices: Callable[[list[int]], list[str]] | None = None,
 ) -> Executor:
     """'systemd', 'plain', or 'auto': systemd where its manager answers on the bus, else plain."""
     if kind in ("systemd", "auto"):
         from .systemd import SystemdExecutor
 
-        ex = SystemdExecutor(on_exit, address=address, status_dir=status_dir, kill_wait_usec=kill_wait_usec)
+        ex = SystemdExecutor(on_exit, address=address, status_dir=status_dir, kill_wait_usec=kill_wait_usec,
+                             gpu_devices=gpu_devices)
         try:
             await ex.open()
             return ex

@@ -84,6 +84,13 @@ class Executor(abc.ABC):
         """Send a signal to every process of the job (suspend/resume)."""
         raise ExecutorError(f"{self.name} executor cannot signal jobs")
 
+    async def suspend(self, job: Job) -> None:
+        """Stop every process of the job where it stands, keeping its memory (Slurm's suspend: SIGSTOP)."""
+        await self.signal(job, _signal.SIGSTOP)
+
+    async def resume(self, job: Job) -> None:
+        await self.signal(job, _signal.SIGCONT)
+
     async def orphans(self, known: set[int]) -> list[int]:
         """Ids of job units running that the daemon does not track as active."""
         return []

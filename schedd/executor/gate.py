@@ -119,6 +119,9 @@ class GateRunner:
         }
         if job.assigned_gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.assigned_gpus))
+        if job.array_job_id:
+            env["SCHEDD_ARRAY_JOB_ID"] = str(job.array_job_id)
+            env["SCHEDD_ARRAY_TASK_ID"] = str(s.array_task_id)
         argv = [*self.gate, *ident, s.working_directory, out, err, "1" if self.accounting else "0", "--", *s.command]
 
         sfd = _high_fd(os.open(self.status_path(job.id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))

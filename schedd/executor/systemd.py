@@ -14,9 +14,10 @@ import asyncio
 import logging
 import os
 import re
+import signal
 from collections import OrderedDict
 from pathlib import Path
-from typing import Awaitable
+from typing import Awaitable, Callable
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.errors import DBusError
@@ -26,6 +27,7 @@ from .. import faults
 from ..ledger import Allocation
 from ..model import Job
 from .base import Executor, ExecutorError, ExitCallback, ExitInfo
+from ..gpus import CONTROL_DEVICES
 from .gate import GateRunner
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,12 @@ SD_PATH = "/org/freedesktop/systemd1"
 SD_MANAGER = "org.freedesktop.systemd1.Manager"
 SLICE = "schedd.slice"
 _UNIT_RE = re.compile(r"^schedd-job-(\d+)\.scope$")
+
+
+def _freezing_unsupported(e: DBusError) -> bool:
+    """systemd's answer where the cgroup freezer is missing (v1/hybrid hosts): 'does not support freezing'."""
+    return e.type in ("org.freedesktop.DBus.Error.NotSupported", "org.freedesktop.DBus.Error.UnknownMethod") \
+        or "support freezing" in (e.text or "")
 
 
 def cpu_mask(cpus: tuple[int, ...] | list[int]) -> bytes:
@@ -51,12 +59,15 @@ class SystemdExecutor(Executor):
     name = "systemd"
 
     def __init__(
-        self, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int, in_flight: int = 16
+        self, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int, in_flight: int = 16,
+        gpu_devices: Callable[[list[int]], list[str]] | None = None,
     ) -> None:
         super().__init__(on_exit)
         self.address = address
         self.kill_wait_usec = kill_wait_usec
         self.gates = GateRunner(status_dir, accounting=True)
+        self.gpu_devices = gpu_devices
+        self._can_freeze: bool | None = None  # learnt at the first suspend
         self._sem = asyncio.Semaphore(in_flight)
         self._bus = None
         self._waiting: dict[str, asyncio.Future] = {}
@@ -152,8 +163,16 @@ class SystemdExecutor(Executor):
             ["TimeoutStopUSec", Variant("t", self.kill_wait_usec)],
             ["SendSIGKILL", Variant("b", True)],
         ]
-        if job.spec.runtime_max_usec:
-            props.append(["RuntimeMaxUSec", Variant("t", job.spec.runtime_max_usec)])
+        if self.gpu_devices is not None:
+            # A node with GPUs: the job may open its own GPUs (and the driver's shared nodes), no other.
+            props.append(["DevicePolicy", Variant("s", "closed")])
+            allow = [(p, "rw") for p in self.gpu_devices(list(alloc.gpus))]
+            if alloc.gpus:
+                allow += [(p, "rw") for p in CONTROL_DEVICES if os.path.exists(p)]
+            if allow:
+                props.append(["DeviceAllow", Variant("a(ss)", allow)])
+        # No RuntimeMaxUSec: systemd cannot change it once a scope runs, and a suspended job's
+        # time limit must stop running; the engine keeps the clock and stops the scope at the end.
         return props
 
     async def _start_scope(self, job: Job, alloc: Allocation, pid: int) -> None:
@@ -214,6 +233,32 @@ class SystemdExecutor(Executor):
             await self._manager("KillUnit", "ssi", [job.unit, "all", signo])
         except DBusError as e:
             raise ExecutorError(f"cannot signal {job.unit}: {e}") from e
+
+    async def suspend(self, job: Job) -> None:
+        """FreezeUnit where the host can freeze cgroups (v2), else SIGSTOP to every process, as Slurm does."""
+        if self._can_freeze is not False:
+            try:
+                await self._manager("FreezeUnit", "s", [job.unit])
+                self._can_freeze = True
+                return
+            except DBusError as e:
+                if not _freezing_unsupported(e):
+                    raise ExecutorError(f"cannot freeze {job.unit}: {e}") from e
+                log.info("systemd cannot freeze scopes here (%s); suspending jobs with SIGSTOP", e.text)
+                self._can_freeze = False
+        await self.signal(job, signal.SIGSTOP)
+
+    async def resume(self, job: Job) -> None:
+        if self._can_freeze is not False:
+            try:
+                await self._manager("ThawUnit", "s", [job.unit])
+                self._can_freeze = True
+                return
+            except DBusError as e:
+                if not _freezing_unsupported(e):
+                    raise ExecutorError(f"cannot thaw {job.unit}: {e}") from e
+                self._can_freeze = False
+        await self.signal(job, signal.SIGCONT)
 
     async def recover(self, job: Job) -> bool:
         h = job.handle or {}

@@ -110,14 +110,27 @@ def test_gpus_as_an_id_list(tmp_path: Path) -> None:
 
 def test_defaults_without_file_sections(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, ""), user_mode=False)
-    assert cfg.policy == "strict"
+    assert cfg.policy == "backfill"
     assert cfg.cpu_ids == MACHINE_CPUS
     assert 0 < cfg.default_memory <= GiB
     assert cfg.source is None  # an empty file sets nothing
 
 
-def test_default_policy_is_strict() -> None:
-    assert Config().policy == "strict"
+def test_default_policy_is_backfill() -> None:
+    assert Config().policy == "backfill"
+
+
+def test_time_limits_and_gpu_device(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, '[jobs]\ndefault_time = "1h"\nmax_time = "2-00:00:00"\n'
+                               '[resources]\ngpus = 2\ngpu_device = "/dev/test-gpu{index}"\n'), user_mode=False)
+    assert (cfg.default_time_usec, cfg.max_time_usec) == (3600 * 10**6, 2 * 86400 * 10**6)
+    assert (cfg.gpu_ids, cfg.gpu_source, cfg.gpu_device) == ([0, 1], "config", "/dev/test-gpu{index}")
+    with pytest.raises(ConfigError, match="default_time is longer than jobs.max_time"):
+        load(write(tmp_path, '[jobs]\ndefault_time = "2h"\nmax_time = "1h"\n'), user_mode=False)
+    with pytest.raises(ConfigError, match="gpu_device"):
+        load(write(tmp_path, '[resources]\ngpu_device = "/tmp/x"\n'), user_mode=False)
+    with pytest.raises(ConfigError, match="NVML finds no GPU"):
+        load(write(tmp_path, '[resources]\ngpus = "auto"\n'), user_mode=False)
 
 
 def test_unknown_section_is_an_error(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def test_every_key_with_its_dbus_type(limits: Limits, tmp_path: Path) -> None:
         "After": Variant("at", [1, 3]),
         "Node": Variant("s", "alpha"),
         "Requeue": Variant("b", False),
+        "ArrayTaskId": Variant("u", 4),
+        "ArrayMaxRunning": Variant("u", 8),
     }
     assert set(props) == set(SPEC_KEYS)  # the test covers the whole contract
     spec = build(props, limits, caller_uid=ROOT)
@@ -108,6 +110,8 @@ def test_every_key_with_its_dbus_type(limits: Limits, tmp_path: Path) -> None:
         after=[1, 3],
         node="alpha",
         requeue=False,
+        array_task_id=4,
+        array_max_running=8,
     )
 
 
@@ -485,6 +489,8 @@ _GOOD = {
     "Node": _variant("s", st.one_of(st.sampled_from(["", "any", "alpha"]), st.sampled_from(["beta"]),
                                     _SIG_VALUES["s"])),
     "Requeue": _variant("b", st.booleans()),
+    "ArrayTaskId": _variant("u", st.one_of(st.integers(0, 1000), _SIG_VALUES["u"])),
+    "ArrayMaxRunning": _variant("u", st.one_of(st.integers(0, 8), _SIG_VALUES["u"])),
 }
 assert set(_GOOD) == set(SPEC_KEYS)
 
@@ -554,3 +560,24 @@ def test_runtime_max_infinity_and_overflow(limits: Limits) -> None:
     with pytest.raises(InvalidArgument, match="^RuntimeMaxUSec: .*beyond any useful limit"):
         build({**cmd("true"), "RuntimeMaxUSec": Variant("t", 2**63)}, limits)
 
+
+
+def test_time_limit_default_and_maximum() -> None:
+    lim = Limits(node_name="alpha", total_cpus=4, total_memory=8 * GiB, total_gpus=1, default_memory=GiB,
+                 min_memory=4 * MiB, max_argv_bytes=1 << 20, max_env_entries=16,
+                 default_time_usec=60_000_000, max_time_usec=3_600_000_000)
+    assert build(cmd("true"), lim).runtime_max_usec == 60_000_000
+    assert build({**cmd("true"), "RuntimeMaxUSec": Variant("t", 2**64 - 1)}, lim).runtime_max_usec == 60_000_000
+    assert build({**cmd("true"), "RuntimeMaxUSec": Variant("t", 3_600_000_000)}, lim).runtime_max_usec == 3_600_000_000
+    with pytest.raises(InvalidArgument, match="^RuntimeMaxUSec: 1h 1s is longer than this daemon's maximum time limit of 1h"):
+        build({**cmd("true"), "RuntimeMaxUSec": Variant("t", 3_601_000_000)}, lim)
+    no_default = Limits(**{**lim.__dict__, "default_time_usec": 0})
+    assert build(cmd("true"), no_default).runtime_max_usec == 3_600_000_000  # the maximum applies
+
+
+def test_array_keys(limits: Limits) -> None:
+    spec = build({**cmd("true"), "ArrayTaskId": Variant("u", 7), "ArrayMaxRunning": Variant("u", 2)}, limits)
+    assert (spec.array_task_id, spec.array_max_running) == (7, 2)
+    assert build(cmd("true"), limits).array_task_id is None
+    with pytest.raises(InvalidArgument, match="^ArrayMaxRunning: only array tasks"):
+        build({**cmd("true"), "ArrayMaxRunning": Variant("u", 2)}, limits)
