@@ -667,7 +667,7 @@ class Engine:
                 state, reason = JobState.CANCELLED, Reason.CANCELLED
             elif info.oom_killed:
                 state, reason = JobState.FAILED, Reason.OOM_KILL
-            elif info.signal and (flags.timeout or (job.deadline() or now_usec() + 1) <= now_usec()):
+            elif info.signal and (flags.timeout or self._overdue(job)):
                 state, reason = JobState.FAILED, Reason.TIMEOUT
             elif info.lost and not info.signal and info.exit_code in (0, 120, 121, 122, 123):
                 state, reason = JobState.FAILED, Reason.LOST
@@ -684,6 +684,12 @@ class Engine:
         for w in flags.waiters:
             if not w.done():
                 w.set_result(None)
+
+    @staticmethod
+    def _overdue(job: Job) -> bool:
+        """Past its time limit: a kill we did not see coming (the daemon was down when it hit)."""
+        deadline = job.deadline()
+        return deadline is not None and deadline <= now_usec()
 
     def _wake_waiters(self, job: Job) -> None:
         for w in self._flags.pop(job.id, _Flags()).waiters:
