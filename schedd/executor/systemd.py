@@ -99,14 +99,13 @@ class SystemdExecutor(Executor):
             return None
         _id, path, _unit, result = msg.body
         fut = self._waiting.pop(path, None)
-        if fut is not None:
-            if not fut.done():
-                fut.set_result(result)
-        else:
-            # The signal can be dispatched before the coroutine that asked for the job resumes.
-            self._early[path] = result
-            while len(self._early) > 4096:
-                self._early.popitem(last=False)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+        # Kept either way: the signal can be dispatched before the coroutine that asked for the job
+        # resumes, and two callers can be handed the same job (StopUnit twice on one unit merges).
+        self._early[path] = result
+        while len(self._early) > 4096:
+            self._early.popitem(last=False)
         return None
 
     async def _manager(self, member: str, sig: str = "", body: list | None = None) -> list:
@@ -115,16 +114,13 @@ class SystemdExecutor(Executor):
     async def _run_job(self, member: str, sig: str, body: list) -> str:
         """Call a method that returns a systemd job path and wait for that job's result."""
         (path,) = await self._manager(member, sig, body)
-        result = self._early.pop(path, None)
+        result = self._early.get(path)
         if result is not None:
             return result
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[path] = fut
-        result = self._early.pop(path, None)  # arrived while we registered
-        if result is not None:
-            self._waiting.pop(path, None)
-            return result
-        return await fut
+        fut = self._waiting.get(path)
+        if fut is None:  # else another caller waits on the same systemd job: share its answer
+            fut = self._waiting[path] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(fut)
 
     # -- the seam -------------------------------------------------------------
 

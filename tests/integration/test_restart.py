@@ -89,3 +89,16 @@ def test_oom_while_the_daemon_is_down_is_reported_as_oom_kill(node: Node):
     node.run(["systemctl", "start", "schedd"])
     j = node.wait(jid)
     assert (j["State"], j["Reason"]) == ("FAILED", "oom-kill")
+
+
+def test_time_limit_that_runs_out_while_the_daemon_is_down_is_enforced_at_restart(node: Node):
+    jid = node.submit(["sleep", "600"], RuntimeMaxUSec=("t", 1_000_000))
+    started = node.wait(jid, {"RUNNING"})["StartTime"]
+    node.run(["systemctl", "stop", "schedd"])
+    unit = f"schedd-job-{jid}.scope"
+    # The engine keeps the clock: while it is down the job runs on past its limit...
+    node.wait_for(lambda: int(node.run(["date", "+%s%6N"]).stdout) > started + 1_500_000, "the limit to pass")
+    assert node.unit_property(unit, "ActiveState") == "active"
+    node.run(["systemctl", "start", "schedd"])
+    j = node.wait(jid)  # ...and the restarted daemon stops it at once, as a timeout
+    assert (j["State"], j["Reason"]) == ("FAILED", "timeout")

@@ -229,3 +229,13 @@ def test_parse_duration_decimal_is_exact(text: str, expected: int) -> None:
 
 def test_parse_duration_slurm_days_hours_minutes() -> None:
     assert parse_duration("2-12:30") == ((2 * 24 + 12) * 3600 + 30 * 60) * SEC
+
+
+def test_parse_array_like_slurm():
+    from schedd.protocol import parse_array
+    assert parse_array("1-5%2") == ([1, 2, 3, 4, 5], 2)
+    assert parse_array("0,3,5-7") == ([0, 3, 5, 6, 7], 0)
+    assert parse_array("0-15:4") == ([0, 4, 8, 12], 0)
+    for bad in ("5-1", "a-b", "1-3%0", "1-3%x", "", "-1", "0-100000000"):
+        with pytest.raises(ValueError):
+            parse_array(bad)

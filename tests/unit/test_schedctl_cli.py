@@ -439,3 +439,14 @@ def test_logs_reads_the_file_itself(tmp_path, capsys):
     assert "has not started" in capsys.readouterr().err
     with pytest.raises(cli.Failure, match="cannot read"):
         cli._print_log(job("COMPLETED", Id=2, StartTime=1), str(tmp_path / "none"), as_json=False)
+
+
+def test_queue_folds_pending_array_tasks():
+    from schedctl.render import fold_arrays
+
+    def j(i, state, task=None, aid=0, cap=0):
+        return {"Id": i, "State": state, "ArrayJobId": aid, "ArrayTaskId": task or 0, "ArrayMaxRunning": cap}
+
+    jobs = [j(5, "RUNNING"), j(10, "RUNNING", 1, 10, 2), j(11, "PENDING", 2, 10, 2), j(12, "PENDING", 3, 10, 2),
+            j(13, "PENDING", 4, 10, 2), j(20, "PENDING", 7, 20)]
+    assert [label for label, _ in fold_arrays(jobs)] == ["5", "10 (10_1)", "10_[2-4%2]", "20 (20_7)"]
