@@ -75,6 +75,44 @@ def _check_path(key: str, path: str) -> str:
     return os.path.normpath(path)
 
 
+def _user_may_search(pw: pwd.struct_passwd, path: str) -> bool:
+    """Whether the daemon may look at `path` on the user's behalf: the user can search
+    every directory on the way (mode bits, as the kernel checks them).
+
+    The daemon runs as root; a stat of a path below a directory the user cannot enter
+    would tell them whether it exists. A directory the bits deny raises the error the
+    user would get; one with an ACL is left to the gate, whose chdir runs as the user.
+    """
+    if pw.pw_uid == 0:
+        return True
+    groups = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    for real in {path, os.path.realpath(path)}:
+        parts = [p for p in real.split("/") if p]
+        for i in range(len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            try:
+                st = os.stat(d)
+            except OSError:
+                return True  # the stat of the path itself reports it, in the user's words
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+            if st.st_uid == pw.pw_uid:
+                bit = stat.S_IXUSR
+            elif st.st_gid in groups:
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            if st.st_mode & bit:
+                continue
+            try:
+                if "system.posix_acl_access" in os.listxattr(d):
+                    return False  # ACLs decide: the gate's chdir, as the user, will tell
+            except OSError:
+                pass
+            raise _bad("WorkingDirectory", f"{path}: Permission denied (user {pw.pw_name} cannot enter {d})")
+    return True
+
+
 def build_spec(
     props: dict[str, Any],
     *,
@@ -153,12 +191,13 @@ def build_spec(
 
     if "WorkingDirectory" in v:
         cwd = _check_path("WorkingDirectory", v["WorkingDirectory"])
-        try:
-            st = os.stat(cwd)
-        except OSError as e:
-            raise _bad("WorkingDirectory", f"{cwd}: {e.strerror}") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise _bad("WorkingDirectory", f"{cwd} is not a directory")
+        if _user_may_search(pw, cwd):
+            try:
+                st = os.stat(cwd)
+            except OSError as e:
+                raise _bad("WorkingDirectory", f"{cwd}: {e.strerror}") from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise _bad("WorkingDirectory", f"{cwd} is not a directory")
     else:
         cwd = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
 

@@ -42,10 +42,21 @@ def test_only_owner_or_root_may_hold_release_and_cancel(node: Node, users):
 
 
 def test_user_cannot_run_in_a_directory_they_cannot_enter(node: Node, users):
-    node.run(["sh", "-c", "mkdir -p /var/tmp/root-only && chmod 700 /var/tmp/root-only"])
-    j = node.wait(node.submit(["pwd"], user="schedd-alice", WorkingDirectory=("s", "/var/tmp/root-only")))
-    assert (j["State"], j["ExitCode"]) == ("FAILED", 200)
-    assert "Permission denied" in node.run(["cat", j["StdoutPath"]]).stdout
+    node.run(["sh", "-c", "mkdir -p /var/tmp/root-only/inside && chmod 700 /var/tmp/root-only"])
+    specs = [{"Command": ["as", ["pwd"]], "WorkingDirectory": ["s", d]}
+             for d in ("/var/tmp/root-only", "/var/tmp/root-only/inside", "/var/tmp/root-only/missing")]
+    out = node.calls([{"member": "Submit", "signature": "a{sv}", "body": [s]} for s in specs], user="schedd-alice")
+    # Refused with the user's own error, and the same one whether the path exists or not:
+    # the root daemon's stat must not tell alice what lies inside a directory she cannot enter.
+    assert [o.get("error") for o in out] == ["org.schedd.Schedd1.Error.InvalidArgument"] * 3, out
+    assert out[1]["message"].replace("inside", "X") == out[2]["message"].replace("missing", "X")
+    assert "Permission denied (user schedd-alice cannot enter /var/tmp/root-only)" in out[1]["message"]
+    # Root may; a directory alice can enter is checked as before.
+    assert node.wait(node.submit(["pwd"], WorkingDirectory=("s", "/var/tmp/root-only/inside")))["State"] == "COMPLETED"
+    (o,) = node.calls([{"member": "Submit", "signature": "a{sv}",
+                        "body": [{"Command": ["as", ["pwd"]], "WorkingDirectory": ["s", "/var/tmp/no-such"]}]}],
+                      user="schedd-alice")
+    assert "No such file or directory" in o["message"], o
 
 
 def held(n: int) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def test_every_key_with_its_dbus_type(limits: Limits, tmp_path: Path) -> None:
         "Memory": Variant("t", 3 * GiB),
         "GPUs": Variant("u", 1),
         "Priority": Variant("i", -5),
-        "WorkingDirectory": Variant("s", str(tmp_path)),
+        "WorkingDirectory": Variant("s", "/usr"),
         "Environment": Variant("as", ["A=1", "B=x=y", "EMPTY="]),
         "StdoutPath": Variant("s", str(tmp_path / "out.log")),
         "StderrPath": Variant("s", str(tmp_path / "err.log")),
@@ -98,7 +99,7 @@ def test_every_key_with_its_dbus_type(limits: Limits, tmp_path: Path) -> None:
         memory=3 * GiB,
         gpus=1,
         priority=-5,
-        working_directory=str(tmp_path),
+        working_directory="/usr",
         environment=["A=1", "B=x=y", "EMPTY="],
         stdout_path=str(tmp_path / "out.log"),
         stderr_path=str(tmp_path / "err.log"),
@@ -581,3 +582,26 @@ def test_array_keys(limits: Limits) -> None:
     assert build(cmd("true"), limits).array_task_id is None
     with pytest.raises(InvalidArgument, match="^ArrayMaxRunning: only array tasks"):
         build({**cmd("true"), "ArrayMaxRunning": Variant("u", 2)}, limits)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: checks what a root daemon may look at for a user")
+def test_working_directory_is_looked_at_with_the_users_rights(limits: Limits) -> None:
+    """A root daemon's stat must not tell a user what lies inside a directory they cannot enter."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as top:  # /tmp/pytest-of-root is 0700
+        os.chmod(top, 0o755)
+        _check_locked(limits, Path(top) / "locked")
+
+
+def _check_locked(limits: Limits, locked: Path) -> None:
+    (locked / "inside").mkdir(parents=True)
+    locked.chmod(0o700)
+    errors = []
+    for d in (locked / "inside", locked / "missing"):
+        with pytest.raises(InvalidArgument) as e:
+            build({"Command": Variant("as", ["true"]), "WorkingDirectory": Variant("s", str(d)),
+                   "User": Variant("u", USER.pw_uid)}, limits, caller_uid=ROOT)
+        errors.append(str(e.value).replace(d.name, "X"))
+    assert errors[0] == errors[1]
+    assert f"cannot enter {locked}" in errors[0]
+    assert build({"Command": Variant("as", ["true"]), "WorkingDirectory": Variant("s", str(locked / "inside"))},
+                 limits, caller_uid=ROOT).working_directory == str(locked / "inside")
