@@ -25,7 +25,7 @@ from schedd.protocol import (SPEC_KEYS, STATES, TERMINAL, job_file_to_spec, pars
                              parse_size)
 
 from . import render
-from .client import Client, Unreachable
+from .client import Client, Unreachable, plain
 
 ACTIVE_STATES = ["PENDING", "HELD", "RUNNING", "SUSPENDED"]
 FOLLOW_POLL_S = 0.1  # logs -f reads the file this often, like tail -f
@@ -447,7 +447,20 @@ async def _timed_out(c: Client, args: argparse.Namespace, ids: list[int], final:
 
 
 async def cmd_stats(c: Client, args: argparse.Namespace) -> int:
-    figures = render.stats(await c.list_jobs())
+    """Accounting from the daemon (GetStats); an older daemon without it: computed here from ListJobs."""
+    flt: dict[str, Variant] = {}
+    if args.since is not None:
+        flt["Since"] = Variant("t", max(0, render.now_usec() - args.since))
+    if args.owner is not None:
+        flt["User"] = Variant("u", args.owner)
+    try:
+        (answer,) = await c.call("GetStats", "a{sv}", [flt])
+        figures = plain(answer)
+    except DBusError as e:
+        if e.type != "org.freedesktop.DBus.Error.UnknownMethod":
+            raise
+        jobs = await c.list_jobs(uid=args.owner)
+        figures = render.stats([j for j in jobs if args.since is None or j["SubmitTime"] >= flt["Since"].value])
     _emit(args, figures, None if args.json else render.stats_text(figures))
     return 0
 
@@ -475,6 +488,20 @@ def job_id(text: str) -> int:
     if not 0 < n < 1 << 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a job id")
     return n
+
+
+def _duration_arg(option: str, text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{option}: {e}") from None
+
+
+def _uid_arg(text: str) -> int:
+    try:
+        return _uid(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def seconds(text: str) -> float:
@@ -574,8 +601,13 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=seconds, metavar="SECONDS", help=f"give up after this long (exit {EXIT_TIMEOUT})")
     w.set_defaults(func=cmd_wait)
 
-    for name, func, what in (("stats", cmd_stats, "job counts, success rate, wait and CPU-hours per user"),
-                             ("nodes", cmd_nodes, "this node and its peers"),
+    st = sub.add_parser("stats", parents=[common], help="job counts, success rate, wait and CPU-hours per user")
+    st.add_argument("--since", type=lambda t: _duration_arg("--since", t), metavar="DURATION",
+                    help="only jobs submitted in this last stretch, e.g. 1h, 7d")
+    st.add_argument("-u", "--for", dest="owner", type=_uid_arg, metavar="NAME|UID", help="only this user's jobs")
+    st.set_defaults(func=cmd_stats)
+
+    for name, func, what in (("nodes", cmd_nodes, "this node and its peers"),
                              ("status", cmd_status, "the daemon and its resources")):
         sub.add_parser(name, parents=[common], help=what).set_defaults(func=func)
     return p

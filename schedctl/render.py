@@ -230,8 +230,8 @@ def stats_text(s: dict[str, Any]) -> str:
 
     rows = [[name, str(v["Jobs"]), str(v["States"].get("PENDING", 0) + v["States"].get("HELD", 0)),
              str(v["States"].get("RUNNING", 0) + v["States"].get("SUSPENDED", 0)), str(v["Completed"]),
-             str(v["Failed"]), str(v["States"].get("CANCELLED", 0)), pct(v["SuccessRate"]), sec(v["MeanWaitSec"]),
-             sec(v["P95WaitSec"]), f"{v['CPUHours']:.3f}"]
+             str(v["Failed"]), str(v["States"].get("CANCELLED", 0)), pct(v.get("SuccessRate")),
+             sec(v.get("MeanWaitSec")), sec(v.get("P95WaitSec")), f"{v['CPUHours']:.3f}"]
             for name, v in [*s["Users"].items(), ("total", s["Total"])]]
     return table(["USER", "JOBS", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SUCCESS", "MEAN-WAIT",
                   "P95-WAIT", "CPU-HOURS"], rows, right=range(1, 11))
