@@ -398,18 +398,61 @@ async def _follow(c: Client, job_id: int, state: str, tail: _Tail, sink: _Sink) 
     return 0
 
 
+class _Progress:
+    """For several jobs: counts by state on stderr, redrawn as a bar on a terminal, else a plain line
+    whenever they change (stdout keeps one line per ended job, for scripts)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.tty = render.is_tty(sys.stderr)
+        self.states: dict[int, str] = {}
+        self._last = ""
+
+    def update(self, job_id: int, state: str) -> None:
+        self.states[job_id] = state
+        if not self.enabled or len(self.states) < self.total:
+            return
+        counts: dict[str, int] = {}
+        for s in self.states.values():
+            counts[s] = counts.get(s, 0) + 1
+        line = render.progress(counts, self.total, self.tty)
+        if line == self._last:
+            return
+        self._last = line
+        sys.stderr.write(f"\r\033[K{line}" if self.tty else f"{line}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._last:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 async def cmd_wait(c: Client, args: argparse.Namespace) -> int:
     """Block until every job is terminal: subscribe, then look at each, then wait on signals."""
     await c.subscribe()
     ids = list(dict.fromkeys(args.ids))
     final: dict[int, dict[str, Any]] = {}
+    progress = _Progress(len(ids), len(ids) > 1 and not args.json)
 
     def ended(job: dict[str, Any]) -> None:
         if job["State"] in TERMINAL and job["Id"] not in final:
             final[job["Id"]] = job
             if not args.json:
+                if progress.tty and progress._last:
+                    sys.stderr.write("\r\033[K")
                 print(render.ended(job), flush=True)
+        progress.update(job["Id"], job["State"])
 
+    try:
+        return await _wait_loop(c, args, ids, final, ended, progress)
+    finally:
+        progress.close()
+
+
+async def _wait_loop(c: Client, args: argparse.Namespace, ids: list[int], final: dict[int, dict[str, Any]],
+                     ended: Callable[[dict[str, Any]], None], progress: _Progress) -> int:
     for job_id in ids:
         ended(await c.get_job(job_id))
     loop = asyncio.get_running_loop()
@@ -431,6 +474,8 @@ async def cmd_wait(c: Client, args: argparse.Namespace) -> int:
             continue
         if job_id in ids and job_id not in final and state in TERMINAL:
             ended(await c.get_job(job_id))  # the full record (ExitCode, EndTime) for the exit status and --json
+        elif job_id in ids and job_id not in final:
+            progress.update(job_id, state)
     jobs = [final[j] for j in ids]
     if args.json:
         print(json.dumps(jobs))
@@ -462,6 +507,25 @@ async def cmd_stats(c: Client, args: argparse.Namespace) -> int:
         jobs = await c.list_jobs(uid=args.owner)
         figures = render.stats([j for j in jobs if args.since is None or j["SubmitTime"] >= flt["Since"].value])
     _emit(args, figures, None if args.json else render.stats_text(figures))
+    return 0
+
+
+async def cmd_monitor(c: Client, args: argparse.Namespace) -> int:
+    """Print each JobStateChanged as it arrives (of the given jobs, or all), until interrupted
+    or, with --count, after that many."""
+    await c.subscribe()
+    print(f"Monitoring JobStateChanged on {c.where}.", file=sys.stderr, flush=True)
+    wanted = set(args.ids)
+    seen = 0
+    while args.count is None or seen < args.count:
+        job_id, path, state, reason = await c.next_change()
+        if wanted and job_id not in wanted:
+            continue
+        seen += 1
+        if args.json:
+            print(json.dumps({"Id": job_id, "Job": path, "State": state, "Reason": reason}), flush=True)
+        else:
+            print(render.state_change(job_id, state, reason), flush=True)
     return 0
 
 
@@ -600,6 +664,11 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("ids", nargs="+", type=job_id, metavar="ID")
     w.add_argument("--timeout", type=seconds, metavar="SECONDS", help=f"give up after this long (exit {EXIT_TIMEOUT})")
     w.set_defaults(func=cmd_wait)
+
+    mo = sub.add_parser("monitor", parents=[common], help="print JobStateChanged signals as they arrive")
+    mo.add_argument("ids", nargs="*", type=job_id, metavar="ID", help="only these jobs (default: all)")
+    mo.add_argument("--count", type=int, metavar="N", help="exit after N changes")
+    mo.set_defaults(func=cmd_monitor)
 
     st = sub.add_parser("stats", parents=[common], help="job counts, success rate, wait and CPU-hours per user")
     st.add_argument("--since", type=lambda t: _duration_arg("--since", t), metavar="DURATION",
