@@ -20,6 +20,7 @@ function size(bytes) {
 }
 
 function duration(usec) {
+  if (usec > 0 && usec < 1e6) return `${Math.round(usec / 1000)}ms`;
   let s = Math.max(0, Math.floor(usec / 1e6));
   const d = Math.floor(s / 86400); s %= 86400;
   const h = Math.floor(s / 3600); s %= 3600;
