@@ -25,7 +25,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def page(web_node: WebNode, tmp_path):
     try:
         from playwright import sync_api
-    except ImportError:
+    except ImportError:  # pragma: no cover
         pytest.fail("needs Playwright for Python: pip install -e '.[test]' (never `playwright install`)")
     if not os.path.exists(CHROMIUM):
         pytest.fail("needs Debian's chromium (scripts/setup installs it)")
@@ -37,11 +37,22 @@ def page(web_node: WebNode, tmp_path):
         foreign: list[str] = []
         pg.on("request", lambda r: None if r.url.startswith(web_node.url) else foreign.append(r.url))
         pg.foreign = foreign
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.errors = errors
         try:
             yield pg
         finally:
             ctx.close()
             browser.close()
+
+
+def expect(locator):
+    """Playwright's web-first assertion (retries until its timeout; no eval, so the page's CSP holds)."""
+    from playwright.sync_api import expect as pw_expect
+
+    return pw_expect(locator)
 
 
 def submit(node: WebNode, *command: str) -> int:
@@ -67,8 +78,8 @@ def test_dashboard_live_in_chromium(web_node: WebNode, page):
 
     # Its detail: no output for a viewer without the token.
     page.click(f'#recent tr[data-id="{jid}"]')
-    page.wait_for_function(f"document.querySelector('#detail-id').textContent === '{jid}'")
-    page.wait_for_function("document.querySelector('#output-note').textContent.includes('token')")
+    expect(page.locator("#detail-id")).to_have_text(str(jid))
+    expect(page.locator("#output-note")).to_contain_text("token")
     assert "hello-42-from-the-job" not in page.inner_text("#output")
     assert "hello-42-from-the-job" not in page.content()
 
@@ -76,7 +87,7 @@ def test_dashboard_live_in_chromium(web_node: WebNode, page):
     run = submit(web_node, "sleep", "60")
     page.wait_for_selector(f'#running tr[data-id="{run}"]')
     page.click(f'#running button[data-action="cancel"][data-id="{run}"]')
-    page.wait_for_function("document.querySelector('#error').textContent.includes('token')")
+    expect(page.locator("#error")).to_contain_text("token")
     status, body, _ = web_node.http(f"/ui/jobs/{run}/cancel", method="POST")
     assert status == 401 and json.loads(body)["error"] == "unauthorized"
     assert web_node.job(run)["State"] == "RUNNING"
@@ -85,7 +96,7 @@ def test_dashboard_live_in_chromium(web_node: WebNode, page):
     page.fill("#token", web_node.token)
     page.click("#auth button[type=submit]")
     page.wait_for_selector('#authstate[data-authorized="yes"]')
-    page.wait_for_function("document.querySelector('#output').textContent.includes('hello-42-from-the-job')")
+    expect(page.locator("#output")).to_contain_text("hello-42-from-the-job")
     page.click(f'#running button[data-action="cancel"][data-id="{run}"]')
     page.wait_for_selector(f'#recent tr[data-id="{run}"][data-state="CANCELLED"]')
     assert web_node.job(run)["State"] == "CANCELLED"
@@ -108,13 +119,15 @@ def test_dashboard_live_in_chromium(web_node: WebNode, page):
     wide = json.loads(wide)["id"]
     page.wait_for_selector(f'#queue tr[data-id="{wide}"][data-state="PENDING"]')
     page.click(f'#running tr[data-id="{busy}"]')
-    page.wait_for_function(f"document.querySelector('#detail-id').textContent === '{busy}'")
+    expect(page.locator("#detail-id")).to_have_text(str(busy))
     shot = REPO / "artifacts" / "dashboard.png"
     shot.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000
     assert page.foreign == [], f"the page fetched from elsewhere: {page.foreign}"
+    # The refused cancel above logs a 401 in the console; nothing else may go wrong on the page.
+    assert [e for e in page.errors if "401" not in e] == [], page.errors
     assert page.evaluate("window.__notReloaded") is True
     for j in (wide, busy):
         web_node.manager_call("Cancel", "t", str(j))
