@@ -15,6 +15,7 @@ import json
 import os
 import pwd
 import sys
+import time
 from typing import Any, Callable
 
 from dbus_fast import Variant
@@ -31,6 +32,7 @@ ACTIVE_STATES = ["PENDING", "HELD", "RUNNING", "SUSPENDED"]
 FOLLOW_POLL_S = 0.1  # logs -f reads the file this often, like tail -f
 RECHECK_S = 5.0  # wait and logs -f also ask GetJob this often, so a signal lost (daemon restart) cannot hang them
 EXIT_TIMEOUT = 124  # as timeout(1)
+PROGRESS_EVERY_S = 1.0  # wait's progress lines when not on a terminal
 
 
 class UsageError(Exception):
@@ -408,6 +410,7 @@ class _Progress:
         self.tty = render.is_tty(sys.stderr)
         self.states: dict[int, str] = {}
         self._last = ""
+        self._printed_at = 0.0
 
     def update(self, job_id: int, state: str) -> None:
         self.states[job_id] = state
@@ -417,9 +420,11 @@ class _Progress:
         for s in self.states.values():
             counts[s] = counts.get(s, 0) + 1
         line = render.progress(counts, self.total, self.tty)
-        if line == self._last:
-            return
-        self._last = line
+        finished = sum(n for s, n in counts.items() if s in TERMINAL) == self.total
+        now = time.monotonic()
+        if line == self._last or (not self.tty and not finished and now - self._printed_at < PROGRESS_EVERY_S):
+            return  # plain lines: at most one a second, and always the last one
+        self._last, self._printed_at = line, now
         sys.stderr.write(f"\r\033[K{line}" if self.tty else f"{line}\n")
         sys.stderr.flush()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import os
@@ -35,7 +36,9 @@ CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'no
 QUEUE_SHOWN = 200
 RECENT_SHOWN = 30
 TAIL_BYTES = 16 << 10
-COALESCE_S = 0.05  # a burst of transitions becomes one push
+COALESCE_S = 0.1  # a burst of transitions becomes one push (at most 10 a second)
+# Shown only with the token, like the output: a command line or path can carry what is not everyone's.
+PRIVATE_KEYS = ("Command", "WorkingDirectory", "StdoutPath", "StderrPath")
 KEEPALIVE_S = 15.0
 _STATUS = {NotFound: 404, InvalidState: 409, InvalidArgument: 400, AccessDenied: 403}
 
@@ -79,7 +82,7 @@ class Dashboard:
         self.web = web_
         self.peers = peers
         self.local_node = local_node
-        self._subscribers: set[asyncio.Queue[str]] = set()
+        self._subscribers: set[asyncio.Queue[str | None]] = set()
         self._pending: asyncio.TimerHandle | None = None
         app = web_.app
         app.router.add_get("/", self.page)
@@ -89,7 +92,15 @@ class Dashboard:
         app.router.add_get("/ui/whoami", self.whoami)
         app.router.add_get("/ui/jobs/{id}", self.job)
         app.router.add_post("/ui/jobs/{id}/{action}", self.action)
+        app.on_shutdown.append(self._close_streams)
         engine.listeners.append(self)
+
+    async def _close_streams(self, _app: web.Application) -> None:
+        """At daemon stop: end every event stream now (aiohttp would otherwise wait for them)."""
+        for q in self._subscribers:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                q.get_nowait()
+            q.put_nowait(None)
 
     # -- the snapshot ------------------------------------------------------------
 
@@ -106,9 +117,10 @@ class Dashboard:
             elif j.state.terminal:
                 ended.append(j)
         running.sort(key=lambda j: j.start_time)
-        waiting.sort(key=lambda j: j.id)
-        ended.sort(key=lambda j: (j.end_time, j.id), reverse=True)
-        failures = [j for j in ended if j.state == JobState.FAILED][:RECENT_SHOWN]
+        waiting = heapq.nsmallest(QUEUE_SHOWN, waiting, key=lambda j: j.id)
+        failures = heapq.nlargest(RECENT_SHOWN, (j for j in ended if j.state == JobState.FAILED),
+                                  key=lambda j: (j.end_time, j.id))
+        ended = heapq.nlargest(RECENT_SHOWN, ended, key=lambda j: (j.end_time, j.id))
         nodes = [self.local_node()] if self.local_node else []
         if self.peers:
             nodes += [p for p in self.peers() if not p.get("Local")]
@@ -117,9 +129,9 @@ class Dashboard:
             "node": e.config.node_name, "now": now_usec(),
             "counts": {"pending": pending, "running": active, "queue": len(e.scheduler)},
             "queue": [summary(j) for j in queue],
-            "waiting": [summary(j) for j in waiting[:QUEUE_SHOWN]],
+            "waiting": [summary(j) for j in waiting],
             "running": [summary(j) for j in running],
-            "recent": [summary(j) for j in ended[:RECENT_SHOWN]],
+            "recent": [summary(j) for j in ended],
             "failures": [summary(j) for j in failures],
             "nodes": nodes,
         }
@@ -176,7 +188,7 @@ class Dashboard:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        q: asyncio.Queue[str] = asyncio.Queue(maxsize=2)
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
         self._subscribers.add(q)
         try:
             await resp.write(f"retry: 1000\nevent: state\ndata: {json.dumps(self.snapshot())}\n\n".encode())
@@ -185,6 +197,8 @@ class Dashboard:
                     frame = await asyncio.wait_for(q.get(), KEEPALIVE_S)
                 except TimeoutError:
                     frame = ": keepalive\n\n"
+                if frame is None:
+                    break
                 await resp.write(frame.encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -208,8 +222,10 @@ class Dashboard:
             raise HttpError(404, "not-found", e.message) from None
         out: dict[str, Any] = {k: get(job) for k, get in JOB_GETTERS.items()}
         if not self.web.authorized(request):
+            for key in PRIVATE_KEYS:
+                out.pop(key, None)
             out["Output"] = None
-            out["OutputNote"] = "the output is shown only to viewers with the token"
+            out["OutputNote"] = "the output (and command line) are shown only to viewers with the token"
         elif not job.start_time:
             out["Output"], out["OutputNote"] = "", "not started yet"
         else:

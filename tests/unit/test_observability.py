@@ -268,10 +268,11 @@ async def test_dashboard_actions_need_the_token_and_output_is_private(dash, tmp_
     j.spec.stdout_path, j.spec.uid = str(out), os.getuid()
     e.add(job(2))
     anon = await (await c.get("/ui/jobs/1")).json()
-    assert anon["Output"] is None and "token" in anon["OutputNote"]
+    assert anon["Output"] is None and "token" in anon["OutputNote"] and "Command" not in anon
     auth = {"Authorization": f"Bearer {TOKEN}"}
     full = await (await c.get("/ui/jobs/1", headers=auth)).json()
     assert full["Output"] == "secret output\n" and full["State"] == "COMPLETED" and "RunUSec" in full
+    assert full["Command"] == ["true"]
     r = await c.post("/ui/jobs/2/cancel")
     assert r.status == 401 and e.jobs[2].state == JobState.PENDING
     r = await c.post("/ui/jobs/2/cancel", headers=auth)

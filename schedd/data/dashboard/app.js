@@ -167,6 +167,7 @@ const DETAIL_KEYS = ["Name", "UserName", "State", "Reason", "ExitCode", "Command
   "WaitUSec", "RunUSec", "CPUTimeUSec", "MemoryPeak"];
 
 function human(key, v) {
+  if (v === undefined) return "(token needed)";
   if (key.endsWith("Time")) return v ? new Date(v / 1000).toLocaleString() : "-";
   if (key.endsWith("USec")) return duration(v);
   if (key === "Memory" || key === "MemoryPeak") return size(v);
