@@ -18,15 +18,15 @@ def journal_entries(node: WebNode) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-_readers: dict[int, queue.Queue] = {}
+_readers: dict[object, queue.Queue] = {}  # keyed by the stream itself (kept alive: an id() could be reused)
 
 
 def read_line(proc: subprocess.Popen, stream, timeout: float) -> str:
     """One line from a child's pipe, or AssertionError at the deadline (never a blind sleep).
     A thread per pipe reads it, so lines Python has buffered are never missed by a select()."""
-    q = _readers.get(id(stream))
+    q = _readers.get(stream)
     if q is None:
-        q = _readers[id(stream)] = queue.Queue()
+        q = _readers[stream] = queue.Queue()
         threading.Thread(target=lambda: [q.put(line) for line in iter(stream.readline, "")], daemon=True).start()
     try:
         return q.get(timeout=max(0.0, timeout))
