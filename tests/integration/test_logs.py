@@ -108,27 +108,31 @@ def test_wait_shows_progress_and_fails_if_any_failed(web_node: WebNode):
 
 
 def test_monitor_prints_signals_as_they_arrive(web_node: WebNode):
-    proc = web_node.sb.popen(["schedctl", "monitor", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    # Each monitor ends by itself (--count): killing the nsenter in front of it would leave it running inside.
+    jid = web_node.submit(["true"], user=ALICE, Hold=("b", True))
+    proc = web_node.sb.popen(["schedctl", "monitor", "--json", "--count", "3", str(jid)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
         assert read_line(proc, proc.stderr, 15).startswith("Monitoring JobStateChanged")
-        jid = web_node.submit(["true"], user=ALICE)
-        seen = []
-        deadline = time.monotonic() + 20
-        while not any(e["Id"] == jid and e["State"] == "COMPLETED" for e in seen):
-            assert time.monotonic() < deadline, seen
-            seen.append(json.loads(read_line(proc, proc.stdout, deadline - time.monotonic())))
-        mine = [(e["State"], e["Reason"]) for e in seen if e["Id"] == jid]
-        assert mine == [("PENDING", ""), ("RUNNING", ""), ("COMPLETED", "success")], mine
-        assert all(e["Job"] == f"/org/schedd/Schedd1/job/{jid}" for e in seen if e["Id"] == jid)
+        other = web_node.submit(["true"], user=ALICE)  # not asked for: not printed
+        web_node.manager_call("Release", "t", str(jid))
+        seen = [json.loads(read_line(proc, proc.stdout, 20)) for _ in range(3)]
+        proc.wait(15)
     finally:
-        proc.kill()
-        proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert [(e["Id"], e["State"], e["Reason"]) for e in seen] == [
+        (jid, "PENDING", ""), (jid, "RUNNING", ""), (jid, "COMPLETED", "success")], seen
+    assert all(e["Job"] == f"/org/schedd/Schedd1/job/{jid}" for e in seen)
+    web_node.wait(other)
+
     text = web_node.sb.popen(["schedctl", "monitor", "--count", "1"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         read_line(text, text.stderr, 15)
-        jid = web_node.submit(["true"], user=ALICE, Hold=("b", True))
+        held = web_node.submit(["true"], user=ALICE, Hold=("b", True))
         out = read_line(text, text.stdout, 15)
         text.wait(15)
     finally:
@@ -136,5 +140,5 @@ def test_monitor_prints_signals_as_they_arrive(web_node: WebNode):
             text.kill()
             text.wait()
     assert text.returncode == 0
-    assert out.strip().endswith(f"job {jid} HELD (held)"), out
-    web_node.manager_call("Cancel", "t", str(jid))
+    assert out.strip().endswith(f"job {held} HELD (held)"), out
+    web_node.manager_call("Cancel", "t", str(held))
