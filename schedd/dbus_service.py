@@ -234,7 +234,7 @@ class ManagerObject(ServiceInterface):
 
     @method()
     @_dbus_errors
-    async def GetStats(self, filter: "a{sv}") -> "a{sv}":  # noqa: F821
+    async def GetStats(self, filter: "a{sv}") -> "a{sv}":  # noqa: F821, F722
         """Accounting totals and per-user figures (schedd.stats); filter keys User u, Since t."""
         f = _parse_filter(filter, STATS_FILTER_KEYS)
         figures = stats.collect(self.engine, f.get("User"), f.get("Since", 0))

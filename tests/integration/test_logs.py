@@ -6,7 +6,6 @@ import json
 import queue
 import subprocess
 import threading
-import time
 
 from conftest import WebNode
 
