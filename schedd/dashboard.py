@@ -26,6 +26,7 @@ from aiohttp import web
 
 from .engine import Caller
 from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
+from .metrics import safe_peers
 from .model import Job, JobState, now_usec
 from .web import HttpError, Web
 
@@ -122,8 +123,7 @@ class Dashboard:
                                   key=lambda j: (j.end_time, j.id))
         ended = heapq.nlargest(RECENT_SHOWN, ended, key=lambda j: (j.end_time, j.id))
         nodes = [self.local_node()] if self.local_node else []
-        if self.peers:
-            nodes += [p for p in self.peers() if not p.get("Local")]
+        nodes += [p for p in safe_peers(self.peers) if not p.get("Local")]
         pending, active = e.counts()
         return {
             "node": e.config.node_name, "now": now_usec(),

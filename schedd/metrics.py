@@ -8,6 +8,7 @@ the engine's live state when Prometheus scrapes, so they can never drift.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,12 +20,25 @@ from prometheus_client.registry import Collector
 
 from .model import Job, JobState, now_usec
 
+log = logging.getLogger(__name__)
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: from a few ms (an idle node) to a day (a busy cluster).
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
 LIVE_STATES = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.SUSPENDED)
 
 PeersFn = Callable[[], Iterable[dict[str, Any]]]  # ListNodes-style dicts: Name, State, LastSeenUSec
+
+
+def safe_peers(peers: PeersFn | None) -> list[dict[str, Any]]:
+    """The peers' records, or none when the federation cannot say (a scrape must not fail for it)."""
+    if peers is None:
+        return []
+    try:
+        return list(peers())
+    except Exception:  # noqa: BLE001 - federation's bug, not the scrape's
+        log.exception("listing peers for metrics/dashboard failed")
+        return []
 
 
 def user_label(job: Job) -> str:
@@ -65,7 +79,7 @@ class _StateCollector(Collector):
         age = GaugeMetricFamily("schedd_peer_last_heartbeat_age_seconds", "Seconds since the peer was last heard",
                                 labels=["peer"])
         now = now_usec()
-        for p in (self.peers() if self.peers else ()):
+        for p in safe_peers(self.peers):
             if p.get("Local"):
                 continue
             up.add_metric([p["Name"]], 1 if p.get("State") == "up" else 0)

@@ -97,7 +97,8 @@ def test_metrics_count_transitions_and_read_gauges_at_scrape_time():
     e = FakeEngine()
     peers = [{"Name": "n1", "Local": True}, {"Name": "b", "State": "up", "LastSeenUSec": 1},
              {"Name": "c", "State": "down", "LastSeenUSec": 0}]
-    m = Metrics(e, peers=lambda: peers)
+    broken: list[bool] = []
+    m = Metrics(e, peers=lambda: peers if not broken else 1 / 0)
     a = e.add(job(1, submit_time=10 * S))
     b = e.add(job(2, user="bob", submit_time=10 * S))
     e.add(job(3, state=JobState.HELD, submit_time=10 * S))
@@ -122,6 +123,9 @@ def test_metrics_count_transitions_and_read_gauges_at_scrape_time():
     assert not any(name.endswith("_created") for name, _ in got)
     e.ledger.release(alloc)
     assert parse(m.render())[("schedd_node_cpus_allocated", ())] == 0
+    broken.append(True)  # a broken federation: the scrape still answers, without peers
+    got = parse(m.render())
+    assert ("schedd_peer_up", (("peer", "b"),)) not in got and got[("schedd_node_cpus", ())] == 4
 
 
 def test_queue_wait_counts_from_the_last_time_the_job_became_pending():

@@ -213,6 +213,7 @@ document.addEventListener("DOMContentLoaded", () => {
     checkToken();
     if (detailId !== null) loadDetail();
   });
+  $("#detail-refresh").addEventListener("click", () => loadDetail());
   $("#detail-close").addEventListener("click", () => { detailId = null; $("#detail").hidden = true; });
   checkToken();
   connect();
