@@ -37,7 +37,7 @@ CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'no
 QUEUE_SHOWN = 200
 RECENT_SHOWN = 30
 TAIL_BYTES = 16 << 10
-COALESCE_S = 0.1  # a burst of transitions becomes one push (at most 10 a second)
+COALESCE_S = 0.1  # at most 10 pushes a second; a burst of transitions becomes one push
 # Shown only with the token, like the output: a command line or path can carry what is not everyone's.
 PRIVATE_KEYS = ("Command", "WorkingDirectory", "StdoutPath", "StderrPath")
 KEEPALIVE_S = 15.0
@@ -84,7 +84,8 @@ class Dashboard:
         self.peers = peers
         self.local_node = local_node
         self._subscribers: set[asyncio.Queue[str | None]] = set()
-        self._pending: asyncio.TimerHandle | None = None
+        self._pending: asyncio.Handle | None = None
+        self._last_push = 0.0
         app = web_.app
         app.router.add_get("/", self.page)
         app.router.add_get("/ui/static/{name}", self.asset)
@@ -139,11 +140,16 @@ class Dashboard:
     # -- pushing -----------------------------------------------------------------
 
     def _changed(self) -> None:
+        """Push soon: at once after a quiet spell (the same loop turn's changes go along), else when
+        COALESCE_S has passed since the last push."""
         if self._subscribers and self._pending is None:
-            self._pending = asyncio.get_running_loop().call_later(COALESCE_S, self._push)
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._last_push + COALESCE_S - loop.time())
+            self._pending = loop.call_later(wait, self._push) if wait else loop.call_soon(self._push)
 
     def _push(self) -> None:
         self._pending = None
+        self._last_push = asyncio.get_running_loop().time()
         if not self._subscribers:
             return
         frame = f"event: state\ndata: {json.dumps(self.snapshot())}\n\n"
