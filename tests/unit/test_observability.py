@@ -224,7 +224,8 @@ async def dash(tmp_path: Path):
     os.chmod(tok, 0o600)
     e = FakeEngine()
     w = Web(HttpConfig(listen=("127.0.0.1", 0), token_file=tok))
-    d = Dashboard(e, w, local_node=lambda: {"Name": "n1", "Local": True, "State": "up"})
+    d = Dashboard(e, w, peers=lambda: [{"Name": "n1", "Local": True}, {"Name": "b", "State": "down"}],
+                  local_node=lambda: {"Name": "n1", "Local": True, "State": "up"})
     async with TestClient(TestServer(w.app)) as c:
         yield e, c, d
 
@@ -243,7 +244,7 @@ async def test_dashboard_snapshot_orders_the_queue_like_the_scheduler(dash):
     assert [j["id"] for j in s["running"]] == [5]
     assert [j["id"] for j in s["recent"]] == [7, 6]
     assert [(j["id"], j["reason"]) for j in s["failures"]] == [(6, "oom-kill")]
-    assert s["nodes"][0]["Name"] == "n1"
+    assert [(n["Name"], n["State"]) for n in s["nodes"]] == [("n1", "up"), ("b", "down")]
 
 
 async def test_dashboard_pushes_changes_over_sse(dash):
