@@ -15,6 +15,7 @@ import json
 import os
 import pwd
 import sys
+import time
 from typing import Any, Callable
 
 from dbus_fast import Variant
@@ -25,12 +26,13 @@ from schedd.protocol import (SPEC_KEYS, STATES, TERMINAL, job_file_to_spec, pars
                              parse_size)
 
 from . import render
-from .client import Client, Unreachable
+from .client import Client, Unreachable, plain
 
 ACTIVE_STATES = ["PENDING", "HELD", "RUNNING", "SUSPENDED"]
 FOLLOW_POLL_S = 0.1  # logs -f reads the file this often, like tail -f
 RECHECK_S = 5.0  # wait and logs -f also ask GetJob this often, so a signal lost (daemon restart) cannot hang them
 EXIT_TIMEOUT = 124  # as timeout(1)
+PROGRESS_EVERY_S = 1.0  # wait's progress lines when not on a terminal
 
 
 class UsageError(Exception):
@@ -398,18 +400,64 @@ async def _follow(c: Client, job_id: int, state: str, tail: _Tail, sink: _Sink) 
     return 0
 
 
+class _Progress:
+    """For several jobs: counts by state on stderr, redrawn as a bar on a terminal, else a plain line
+    whenever they change (stdout keeps one line per ended job, for scripts)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.tty = render.is_tty(sys.stderr)
+        self.states: dict[int, str] = {}
+        self._last = ""
+        self._printed_at = 0.0
+
+    def update(self, job_id: int, state: str) -> None:
+        self.states[job_id] = state
+        if not self.enabled or len(self.states) < self.total:
+            return
+        counts: dict[str, int] = {}
+        for s in self.states.values():
+            counts[s] = counts.get(s, 0) + 1
+        line = render.progress(counts, self.total, self.tty)
+        finished = sum(n for s, n in counts.items() if s in TERMINAL) == self.total
+        now = time.monotonic()
+        if line == self._last or (not self.tty and not finished and now - self._printed_at < PROGRESS_EVERY_S):
+            return  # plain lines: at most one a second, and always the last one
+        self._last, self._printed_at = line, now
+        sys.stderr.write(f"\r\033[K{line}" if self.tty else f"{line}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self._last:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 async def cmd_wait(c: Client, args: argparse.Namespace) -> int:
     """Block until every job is terminal: subscribe, then look at each, then wait on signals."""
     await c.subscribe()
     ids = list(dict.fromkeys(args.ids))
     final: dict[int, dict[str, Any]] = {}
+    progress = _Progress(len(ids), len(ids) > 1 and not args.json)
 
     def ended(job: dict[str, Any]) -> None:
         if job["State"] in TERMINAL and job["Id"] not in final:
             final[job["Id"]] = job
             if not args.json:
+                if progress.tty and progress._last:
+                    sys.stderr.write("\r\033[K")
                 print(render.ended(job), flush=True)
+        progress.update(job["Id"], job["State"])
 
+    try:
+        return await _wait_loop(c, args, ids, final, ended, progress)
+    finally:
+        progress.close()
+
+
+async def _wait_loop(c: Client, args: argparse.Namespace, ids: list[int], final: dict[int, dict[str, Any]],
+                     ended: Callable[[dict[str, Any]], None], progress: _Progress) -> int:
     for job_id in ids:
         ended(await c.get_job(job_id))
     loop = asyncio.get_running_loop()
@@ -431,6 +479,8 @@ async def cmd_wait(c: Client, args: argparse.Namespace) -> int:
             continue
         if job_id in ids and job_id not in final and state in TERMINAL:
             ended(await c.get_job(job_id))  # the full record (ExitCode, EndTime) for the exit status and --json
+        elif job_id in ids and job_id not in final:
+            progress.update(job_id, state)
     jobs = [final[j] for j in ids]
     if args.json:
         print(json.dumps(jobs))
@@ -447,8 +497,40 @@ async def _timed_out(c: Client, args: argparse.Namespace, ids: list[int], final:
 
 
 async def cmd_stats(c: Client, args: argparse.Namespace) -> int:
-    figures = render.stats(await c.list_jobs())
+    """Accounting from the daemon (GetStats); an older daemon without it: computed here from ListJobs."""
+    flt: dict[str, Variant] = {}
+    if args.since is not None:
+        flt["Since"] = Variant("t", max(0, render.now_usec() - args.since))
+    if args.owner is not None:
+        flt["User"] = Variant("u", args.owner)
+    try:
+        (answer,) = await c.call("GetStats", "a{sv}", [flt])
+        figures = plain(answer)
+    except DBusError as e:
+        if e.type != "org.freedesktop.DBus.Error.UnknownMethod":
+            raise
+        jobs = await c.list_jobs(uid=args.owner)
+        figures = render.stats([j for j in jobs if args.since is None or j["SubmitTime"] >= flt["Since"].value])
     _emit(args, figures, None if args.json else render.stats_text(figures))
+    return 0
+
+
+async def cmd_monitor(c: Client, args: argparse.Namespace) -> int:
+    """Print each JobStateChanged as it arrives (of the given jobs, or all), until interrupted
+    or, with --count, after that many."""
+    await c.subscribe()
+    print(f"Monitoring JobStateChanged on {c.where}.", file=sys.stderr, flush=True)
+    wanted = set(args.ids)
+    seen = 0
+    while args.count is None or seen < args.count:
+        job_id, path, state, reason = await c.next_change()
+        if wanted and job_id not in wanted:
+            continue
+        seen += 1
+        if args.json:
+            print(json.dumps({"Id": job_id, "Job": path, "State": state, "Reason": reason}), flush=True)
+        else:
+            print(render.state_change(job_id, state, reason), flush=True)
     return 0
 
 
@@ -475,6 +557,20 @@ def job_id(text: str) -> int:
     if not 0 < n < 1 << 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a job id")
     return n
+
+
+def _duration_arg(option: str, text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{option}: {e}") from None
+
+
+def _uid_arg(text: str) -> int:
+    try:
+        return _uid(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def seconds(text: str) -> float:
@@ -574,8 +670,18 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=seconds, metavar="SECONDS", help=f"give up after this long (exit {EXIT_TIMEOUT})")
     w.set_defaults(func=cmd_wait)
 
-    for name, func, what in (("stats", cmd_stats, "job counts, success rate, wait and CPU-hours per user"),
-                             ("nodes", cmd_nodes, "this node and its peers"),
+    mo = sub.add_parser("monitor", parents=[common], help="print JobStateChanged signals as they arrive")
+    mo.add_argument("ids", nargs="*", type=job_id, metavar="ID", help="only these jobs (default: all)")
+    mo.add_argument("--count", type=int, metavar="N", help="exit after N changes")
+    mo.set_defaults(func=cmd_monitor)
+
+    st = sub.add_parser("stats", parents=[common], help="job counts, success rate, wait and CPU-hours per user")
+    st.add_argument("--since", type=lambda t: _duration_arg("--since", t), metavar="DURATION",
+                    help="only jobs submitted in this last stretch, e.g. 1h, 7d")
+    st.add_argument("-u", "--for", dest="owner", type=_uid_arg, metavar="NAME|UID", help="only this user's jobs")
+    st.set_defaults(func=cmd_stats)
+
+    for name, func, what in (("nodes", cmd_nodes, "this node and its peers"),
                              ("status", cmd_status, "the daemon and its resources")):
         sub.add_parser(name, parents=[common], help=what).set_defaults(func=func)
     return p

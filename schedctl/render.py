@@ -18,9 +18,9 @@ _COLOURS = {"RUNNING": "32", "COMPLETED": "32", "FAILED": "31", "CANCELLED": "33
 _ANSI = re.compile(r"\033\[[0-9;]*m")
 
 
-def is_tty() -> bool:
+def is_tty(stream: Any = None) -> bool:
     """Colours and human annotations only for a person at a terminal (and never with NO_COLOR set)."""
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    return (stream or sys.stdout).isatty() and "NO_COLOR" not in os.environ
 
 
 def now_usec() -> int:
@@ -230,8 +230,28 @@ def stats_text(s: dict[str, Any]) -> str:
 
     rows = [[name, str(v["Jobs"]), str(v["States"].get("PENDING", 0) + v["States"].get("HELD", 0)),
              str(v["States"].get("RUNNING", 0) + v["States"].get("SUSPENDED", 0)), str(v["Completed"]),
-             str(v["Failed"]), str(v["States"].get("CANCELLED", 0)), pct(v["SuccessRate"]), sec(v["MeanWaitSec"]),
-             sec(v["P95WaitSec"]), f"{v['CPUHours']:.3f}"]
+             str(v["Failed"]), str(v["States"].get("CANCELLED", 0)), pct(v.get("SuccessRate")),
+             sec(v.get("MeanWaitSec")), sec(v.get("P95WaitSec")), f"{v['CPUHours']:.3f}"]
             for name, v in [*s["Users"].items(), ("total", s["Total"])]]
     return table(["USER", "JOBS", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SUCCESS", "MEAN-WAIT",
                   "P95-WAIT", "CPU-HOURS"], rows, right=range(1, 11))
+
+
+PROGRESS_ORDER = ("COMPLETED", "FAILED", "CANCELLED", "RUNNING", "SUSPENDED", "PENDING", "HELD")
+
+
+def progress(counts: dict[str, int], total: int, bar: bool, width: int = 30) -> str:
+    """'[#####-----] 3/6 ended: 2 COMPLETED, 1 FAILED, 3 RUNNING' (the bar only for a terminal)."""
+    done = sum(n for s, n in counts.items() if s in TERMINAL)
+    parts = ", ".join(f"{counts[s]} {s}" for s in PROGRESS_ORDER if counts.get(s))
+    text = f"{done}/{total} ended: {parts}"
+    if not bar:
+        return f"progress: {text}"
+    filled = width * done // total if total else width
+    return f"[{'#' * filled}{'-' * (width - filled)}] {text}"
+
+
+def state_change(job_id: int, state: str, reason: str, when: float | None = None) -> str:
+    """One JobStateChanged as `schedctl monitor` prints it."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(when if when is not None else time.time()))
+    return f"{stamp} job {job_id} {state}" + (f" ({reason})" if reason else "")

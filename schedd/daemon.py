@@ -101,7 +101,7 @@ async def run(args: argparse.Namespace) -> int:
     bus = await dbus.connect(address, bus_class=ServiceBus)
     service = DBusService(engine, bus)
     await service.take_name(args.replace)
-    web = await _start_web(cfg, engine)
+    web = await _start_web(cfg, engine, service)
     gates = getattr(executor, "gates", None)
     log.info("schedd %s ready on %s: node %s, executor %s (gate %s), %d CPUs, %d MiB, %d GPUs, state %s",
              __version__, address, cfg.node_name, executor.name, gates.kind if gates else "-",
@@ -132,13 +132,28 @@ async def run(args: argparse.Namespace) -> int:
     return rc
 
 
-async def _start_web(cfg, engine: Engine):
-    """The HTTP server, when [http] listen is set; each feature adds its routes here."""
+async def _start_web(cfg, engine: Engine, service: DBusService, peers=None):
+    """The HTTP server, when [http] listen is set; each feature adds its routes here.
+
+    `peers`: a callable giving ListNodes-style dicts of the peers (federation), for metrics and the dashboard.
+    """
     if cfg.http.listen is None:
         return None
-    from .web import Web  # aiohttp is only imported by daemons that serve HTTP
+    from aiohttp import web as aioweb  # aiohttp is only imported by daemons that serve HTTP
+
+    from .dashboard import Dashboard
+    from .metrics import CONTENT_TYPE, Metrics
+    from .web import Web
 
     web = Web(cfg.http)
+    metrics = Metrics(engine, peers)
+
+    async def serve_metrics(_request):
+        # On the loop, not a thread: the collector reads the engine's live state.
+        return aioweb.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    web.app.router.add_get("/metrics", serve_metrics)
+    Dashboard(engine, web, peers, local_node=service.local_node)
     await web.start()
     return web
 

@@ -23,10 +23,11 @@ from dbus_fast.service import signal as dbus_signal
 
 from . import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
 from . import bus as dbus
+from . import stats
 from .engine import Caller, Engine
 from .errors import ERROR_PREFIX, InvalidArgument, SchedError
 from .model import Job, JobState, now_usec
-from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS
+from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS, STATS_FILTER_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
     "ArrayTaskId": lambda j: j.spec.array_task_id or 0,
     "ArrayMaxRunning": lambda j: j.spec.array_max_running,
     "SuspendedUSec": lambda j: j.suspended_usec + (now_usec() - j.suspend_time if j.suspend_time else 0),
+    "WaitUSec": lambda j: stats.wait_usec(j.submit_time, j.start_time),
+    "RunUSec": lambda j: stats.run_usec(j.start_time, j.end_time),
 }
 assert JOB_GETTERS.keys() == JOB_PROPERTIES.keys()
 
@@ -140,13 +143,13 @@ for _name, _sig in JOB_PROPERTIES.items():
     setattr(JobObject, _name, _job_property(_name, _sig))
 
 
-def _parse_filter(flt: dict[str, Variant]) -> dict[str, Any]:
+def _parse_filter(flt: dict[str, Variant], keys: dict[str, str] = LIST_FILTER_KEYS) -> dict[str, Any]:
     out = {}
     for key, v in flt.items():
-        if key not in LIST_FILTER_KEYS:
-            raise InvalidArgument(f"unknown filter key {key!r}; valid keys: {', '.join(LIST_FILTER_KEYS)}")
-        if v.signature != LIST_FILTER_KEYS[key]:
-            raise InvalidArgument(f"filter key {key!r} must have D-Bus type '{LIST_FILTER_KEYS[key]}', got '{v.signature}'")
+        if key not in keys:
+            raise InvalidArgument(f"unknown filter key {key!r}; valid keys: {', '.join(keys)}")
+        if v.signature != keys[key]:
+            raise InvalidArgument(f"filter key {key!r} must have D-Bus type '{keys[key]}', got '{v.signature}'")
         out[key] = v.value
     return out
 
@@ -229,6 +232,14 @@ class ManagerObject(ServiceInterface):
     async def ListNodes(self) -> "aa{sv}":  # noqa: F821
         return [{k: Variant(NODE_KEYS[k], v) for k, v in self.service.local_node().items()}]
 
+    @method()
+    @_dbus_errors
+    async def GetStats(self, filter: "a{sv}") -> "a{sv}":  # noqa: F821, F722
+        """Accounting totals and per-user figures (schedd.stats); filter keys User u, Since t."""
+        f = _parse_filter(filter, STATS_FILTER_KEYS)
+        figures = stats.collect(self.engine, f.get("User"), f.get("Since", 0))
+        return stats.to_variants(figures)
+
     def _p(name: str, sig: str, fn):  # noqa: N805 - a class-body helper
         def prop(self) -> sig:
             return fn(self)
@@ -267,6 +278,7 @@ MANAGER_GETTERS: dict[str, Callable[[Engine], Any]] = {
 _SIGNATURES = {
     "Submit": "a{sv}", "SubmitMany": "aa{sv}", "Cancel": "t", "Hold": "t", "Release": "t", "Suspend": "t",
     "Resume": "t", "Requeue": "t", "GetJob": "t", "ListJobs": "a{sv}", "ListNodes": "",
+    "GetStats": "a{sv}",
 }
 
 

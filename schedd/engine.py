@@ -29,10 +29,10 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 # Properties (D-Bus names) touched by each kind of transition, for PropertiesChanged.
-_START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node"}
+_START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node", "WaitUSec"}
 MANAGE_ACTION = "org.schedd.Schedd1.manage-jobs"  # polkit action for other users' jobs
 QUEUED = (JobState.PENDING, JobState.HELD)  # what max_pending_per_user counts
-_END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak"}
+_END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak", "RunUSec"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -731,7 +731,8 @@ class Engine:
         extra = ""
         if job.state.terminal:
             extra = f" exit-code={job.exit_code}"
-        log.info("job %d %s%s: user=%s unit=%s reason=%s%s", job.id, what,
+        level = logging.WARNING if job.state == JobState.FAILED else logging.INFO
+        log.log(level, "job %d %s%s: user=%s unit=%s reason=%s%s", job.id, what,
                  f" (was {old.value.lower()})" if old is not None and old != job.state else "",
                  s.user_name or s.uid, job.unit, job.reason or "-", extra)
 

@@ -67,6 +67,13 @@ JOB_PROPERTIES: dict[str, str] = {
     "ArrayTaskId": "u",
     "ArrayMaxRunning": "u",
     "SuspendedUSec": "t",
+    "WaitUSec": "t",
+    "RunUSec": "t",
+}
+
+STATS_FILTER_KEYS: dict[str, str] = {
+    "User": "u",
+    "Since": "t",
 }
 
 LIST_FILTER_KEYS: dict[str, str] = {

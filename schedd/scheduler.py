@@ -176,3 +176,13 @@ class Scheduler:
             job = self._live(entry)
             if job is not None:
                 yield job
+
+    def head(self, n: int) -> list[Job]:
+        """The first n jobs in the order the scheduler will consider them, without sorting the whole heap."""
+        k = n
+        while True:
+            entries = heapq.nsmallest(k, self._heap)
+            live = [j for j in map(self._live, entries) if j is not None]
+            if len(live) >= n or k >= len(self._heap):
+                return live[:n]
+            k *= 2

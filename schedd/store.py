@@ -291,6 +291,17 @@ class Store:
                         break
         return out
 
+    def accounting(self, uid: int | None, since: int, exclude: set[int]) -> list[tuple]:
+        """(id, user, state, submit, start, end, cpu_usec, memory_peak, suspended_usec) of jobs submitted
+        at or after `since`, for schedd.stats; ids in exclude are skipped (memory has newer copies)."""
+        sql = ("SELECT id, CASE user_name WHEN '' THEN CAST(uid AS TEXT) ELSE user_name END, state, submit_time, "
+               "start_time, end_time, cpu_time_usec, memory_peak, suspended_usec FROM jobs WHERE submit_time >= ?")
+        args: list[int] = [since]
+        if uid is not None:
+            sql += " AND uid = ?"
+            args.append(uid)
+        return [r for r in self._r.execute(sql, args) if r[0] not in exclude]
+
     def integrity_check(self) -> str:
         return self._r.execute("PRAGMA integrity_check").fetchone()[0]
 

@@ -189,3 +189,68 @@ def sandbox_node(users):
 def node(sandbox_node: Node) -> Node:
     sandbox_node.idle()
     return sandbox_node
+
+
+# -- a node that serves HTTP (metrics, dashboard) ------------------------------------------------
+
+WEB_TOKEN = "obs-test-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WebNode(Node):
+    """A Node whose schedd listens on loopback (the sandbox shares the host's network): url, token."""
+
+    def __init__(self, sb: Sandbox, port: int) -> None:
+        super().__init__(sb)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.token = WEB_TOKEN
+
+    def http(self, path: str, *, method: str = "GET", token: str | None = None, timeout: float = 10):
+        """(status, body bytes, headers) of one request from the host."""
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, method=method,
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+
+@pytest.fixture(scope="session")
+def web_sandbox(users):
+    port = free_port()
+    sb = Sandbox(f"obs-web-{os.getpid()}")
+    sb.prepare(config=CONFIG + f'[http]\nlisten = "127.0.0.1:{port}"\ntoken_file = "/etc/schedd/token"\n')
+    token = sb.etc / "token"
+    token.write_text(WEB_TOKEN + "\n")
+    token.chmod(0o600)
+    sb.boot()
+    try:
+        sb.run(["systemctl", "start", "schedd"], timeout=60)
+        yield WebNode(sb, port)
+    except SandboxError:
+        print(sb.journal(), file=sys.stderr)
+        raise
+    finally:
+        artifacts = REPO / "artifacts"
+        artifacts.mkdir(exist_ok=True)
+        (artifacts / "schedd-web-journal.txt").write_text(sb.journal("schedd", 2000) if sb.pid else "")
+        sb.stop()
+        sb.cleanup()
+
+
+@pytest.fixture
+def web_node(web_sandbox: WebNode) -> WebNode:
+    web_sandbox.idle()
+    return web_sandbox

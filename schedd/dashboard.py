@@ -1,0 +1,261 @@
+"""The live dashboard: a page (shipped in the package, no CDN) fed by server-sent events.
+
+Routes (all under the daemon's HTTP server):
+- `GET /` the page; `GET /ui/static/NAME` its script and style.
+- `GET /ui/state` a snapshot: queue (in the scheduler's order), waiting, running,
+  recent ends and failures, nodes. `GET /ui/events` the same snapshot pushed as an
+  SSE `state` event whenever a job changes (coalesced), from the event loop.
+- `GET /ui/jobs/ID` one job; the tail of its output only with the bearer token
+  (an unauthenticated viewer never sees anyone's output).
+- `POST /ui/jobs/ID/{cancel,hold,release}` with the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import os
+import stat
+from importlib import resources
+from typing import Any, Callable, Iterable
+
+from aiohttp import web
+
+from .engine import Caller
+from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
+from .metrics import safe_peers
+from .model import Job, JobState, now_usec
+from .web import HttpError, Web
+
+log = logging.getLogger("schedd.dashboard")
+
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+QUEUE_SHOWN = 200
+RECENT_SHOWN = 30
+TAIL_BYTES = 16 << 10
+COALESCE_S = 0.1  # at most 10 pushes a second; a burst of transitions becomes one push
+# Shown only with the token, like the output: a command line or path can carry what is not everyone's.
+PRIVATE_KEYS = ("Command", "WorkingDirectory", "StdoutPath", "StderrPath")
+KEEPALIVE_S = 15.0
+_STATUS = {NotFound: 404, InvalidState: 409, InvalidArgument: 400, AccessDenied: 403}
+
+PeersFn = Callable[[], Iterable[dict[str, Any]]]
+
+
+def summary(job: Job) -> dict[str, Any]:
+    s = job.spec
+    return {
+        "id": job.id, "name": s.name, "user": s.user_name or str(s.uid), "state": job.state.value,
+        "reason": job.reason, "cpus": s.cpus, "assigned_cpus": job.assigned_cpus, "memory": s.memory,
+        "gpus": s.gpus, "priority": s.priority, "submit_time": job.submit_time, "start_time": job.start_time,
+        "end_time": job.end_time, "exit_code": job.exit_code, "node": job.node,
+        "suspended_usec": job.suspended_usec,
+    }
+
+
+def read_tail(path: str, uid: int, limit: int = TAIL_BYTES) -> str:
+    """The last `limit` bytes of a job's output file. Only a regular file the job's user owns (the
+    daemon reads as root: a path the user named must not make it show someone else's file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermissionError(f"{path} is not a regular file")
+        if st.st_uid != uid and uid != 0:
+            raise PermissionError(f"{path} does not belong to the job's user")
+        os.lseek(fd, max(0, st.st_size - limit), os.SEEK_SET)
+        data = os.read(fd, limit)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace")
+
+
+class Dashboard:
+    """An engine listener that keeps SSE subscribers up to date, and the page's routes."""
+
+    def __init__(self, engine: Any, web_: Web, peers: PeersFn | None = None,
+                 local_node: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.engine = engine
+        self.web = web_
+        self.peers = peers
+        self.local_node = local_node
+        self._subscribers: set[asyncio.Queue[str | None]] = set()
+        self._pending: asyncio.Handle | None = None
+        self._last_push = 0.0
+        app = web_.app
+        app.router.add_get("/", self.page)
+        app.router.add_get("/ui/static/{name}", self.asset)
+        app.router.add_get("/ui/state", self.state)
+        app.router.add_get("/ui/events", self.events)
+        app.router.add_get("/ui/whoami", self.whoami)
+        app.router.add_get("/ui/jobs/{id}", self.job)
+        app.router.add_post("/ui/jobs/{id}/{action}", self.action)
+        app.on_shutdown.append(self._close_streams)
+        engine.listeners.append(self)
+
+    async def _close_streams(self, _app: web.Application) -> None:
+        """At daemon stop: end every event stream now (aiohttp would otherwise wait for them)."""
+        for q in self._subscribers:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                q.get_nowait()
+            q.put_nowait(None)
+
+    # -- the snapshot ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        e = self.engine
+        queue = e.scheduler.head(QUEUE_SHOWN)
+        queued = {j.id for j in queue}
+        running, waiting, ended = [], [], []
+        for j in e.jobs.values():
+            if j.state.active:
+                running.append(j)
+            elif j.state in (JobState.PENDING, JobState.HELD) and j.id not in queued:
+                waiting.append(j)
+            elif j.state.terminal:
+                ended.append(j)
+        running.sort(key=lambda j: j.start_time)
+        waiting = heapq.nsmallest(QUEUE_SHOWN, waiting, key=lambda j: j.id)
+        failures = heapq.nlargest(RECENT_SHOWN, (j for j in ended if j.state == JobState.FAILED),
+                                  key=lambda j: (j.end_time, j.id))
+        ended = heapq.nlargest(RECENT_SHOWN, ended, key=lambda j: (j.end_time, j.id))
+        nodes = [self.local_node()] if self.local_node else []
+        nodes += [p for p in safe_peers(self.peers) if not p.get("Local")]
+        pending, active = e.counts()
+        return {
+            "node": e.config.node_name, "now": now_usec(),
+            "counts": {"pending": pending, "running": active, "queue": len(e.scheduler)},
+            "queue": [summary(j) for j in queue],
+            "waiting": [summary(j) for j in waiting],
+            "running": [summary(j) for j in running],
+            "recent": [summary(j) for j in ended],
+            "failures": [summary(j) for j in failures],
+            "nodes": nodes,
+        }
+
+    # -- pushing -----------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """Push soon: at once after a quiet spell (the same loop turn's changes go along), else when
+        COALESCE_S has passed since the last push."""
+        if self._subscribers and self._pending is None:
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._last_push + COALESCE_S - loop.time())
+            self._pending = loop.call_later(wait, self._push) if wait else loop.call_soon(self._push)
+
+    def _push(self) -> None:
+        self._pending = None
+        self._last_push = asyncio.get_running_loop().time()
+        if not self._subscribers:
+            return
+        frame = f"event: state\ndata: {json.dumps(self.snapshot())}\n\n"
+        for q in self._subscribers:
+            if q.full():  # a slow reader only needs the newest snapshot
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(frame)
+
+    def job_added(self, job: Job) -> None:
+        self._changed()
+
+    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
+        self._changed()
+
+    def job_released(self, job: Job) -> None:
+        self._changed()
+
+    def manager_changed(self, props: set[str]) -> None:
+        self._changed()
+
+    # -- routes ------------------------------------------------------------------
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(text=_asset("index.html"), content_type="text/html", headers={
+            "Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+
+    async def asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in ASSETS:
+            raise HttpError(404, "not-found", f"no asset {name!r}")
+        return web.Response(text=_asset(name), content_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+
+    async def state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.snapshot())
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        return web.json_response({"authorized": self.web.authorized(request), "token_configured":
+                                  self.web.token is not None})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
+        self._subscribers.add(q)
+        try:
+            await resp.write(f"retry: 1000\nevent: state\ndata: {json.dumps(self.snapshot())}\n\n".encode())
+            while True:
+                try:
+                    frame = await asyncio.wait_for(q.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    frame = ": keepalive\n\n"
+                if frame is None:
+                    break
+                await resp.write(frame.encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._subscribers.discard(q)
+        return resp
+
+    def _job_id(self, request: web.Request) -> int:
+        text = request.match_info["id"]
+        if not text.isdigit() or not 0 < int(text) < 1 << 63:
+            raise HttpError(400, "bad-id", f"{text!r} is not a job id")
+        return int(text)
+
+    async def job(self, request: web.Request) -> web.Response:
+        from .dbus_service import JOB_GETTERS  # the same keys as GetJob
+
+        jid = self._job_id(request)
+        try:
+            job = self.engine.get(jid)
+        except NotFound as e:
+            raise HttpError(404, "not-found", e.message) from None
+        out: dict[str, Any] = {k: get(job) for k, get in JOB_GETTERS.items()}
+        if not self.web.authorized(request):
+            for key in PRIVATE_KEYS:
+                out.pop(key, None)
+            out["Output"] = None
+            out["OutputNote"] = "the output (and command line) are shown only to viewers with the token"
+        elif not job.start_time:
+            out["Output"], out["OutputNote"] = "", "not started yet"
+        else:
+            try:
+                out["Output"] = await asyncio.to_thread(read_tail, job.spec.stdout_path, job.spec.uid)
+                out["OutputNote"] = f"last {TAIL_BYTES >> 10} KiB of {job.spec.stdout_path}"
+            except OSError as e:
+                out["Output"], out["OutputNote"] = None, f"cannot read {job.spec.stdout_path}: {e.strerror or e}"
+        return web.json_response(out)
+
+    async def action(self, request: web.Request) -> web.Response:
+        self.web.require_token(request)
+        jid = self._job_id(request)
+        action = request.match_info["action"]
+        fn = {"cancel": self.engine.cancel, "hold": self.engine.hold, "release": self.engine.release}.get(action)
+        if fn is None:
+            raise HttpError(404, "not-found", f"no action {action!r}; actions are cancel, hold, release")
+        try:
+            await fn(jid, Caller(0))  # the token is the cluster's: its holder acts as the administrator
+        except SchedError as e:
+            raise HttpError(_STATUS.get(type(e), 500), type(e).__name__.lower(), e.message) from None
+        log.info("job %d: %s from the dashboard (%s)", jid, action, request.remote)
+        return web.json_response({"id": jid, "action": action, "state": self.engine.get(jid).state.value})
+
+
+def _asset(name: str) -> str:
+    return (resources.files("schedd") / "data" / "dashboard" / name).read_text(encoding="utf-8")

@@ -1,0 +1,153 @@
+"""Prometheus metrics: counters and histograms updated on transitions, gauges read at scrape time.
+
+The engine's listeners see every transition; `Metrics` counts submissions, starts and
+ends (by reason) and observes how long jobs waited. Gauges (jobs by state and user,
+resources, peers) are not kept up to date on every change: a custom collector reads
+the engine's live state when Prometheus scrapes, so they can never drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .model import Job, JobState, now_usec
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds: from a few ms (an idle node) to a day (a busy cluster).
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+LIVE_STATES = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.SUSPENDED)
+
+PeersFn = Callable[[], Iterable[dict[str, Any]]]  # ListNodes-style dicts: Name, State, LastSeenUSec
+
+
+def safe_peers(peers: PeersFn | None) -> list[dict[str, Any]]:
+    """The peers' records, or none when the federation cannot say (a scrape must not fail for it)."""
+    if peers is None:
+        return []
+    try:
+        return list(peers())
+    except Exception:  # noqa: BLE001 - federation's bug, not the scrape's
+        log.exception("listing peers for metrics/dashboard failed")
+        return []
+
+
+def user_label(job: Job) -> str:
+    return job.spec.user_name or str(job.spec.uid)
+
+
+class _StateCollector(Collector):
+    """Gauges computed from the engine at scrape time."""
+
+    def __init__(self, engine: Any, peers: PeersFn | None) -> None:
+        self.engine = engine
+        self.peers = peers
+
+    def collect(self) -> Iterator[Metric]:
+        e = self.engine
+        jobs = GaugeMetricFamily("schedd_jobs", "Jobs on this node now, by state and user (finished ones: see "
+                                 "schedd_jobs_finished_total)", labels=["state", "user"])
+        counts: Counter[tuple[str, str]] = Counter(
+            (j.state.value, user_label(j)) for j in e.jobs.values() if j.state in LIVE_STATES)
+        for state in LIVE_STATES:  # every state present even when zero, so queries need no `or vector(0)`
+            if not any(s == state.value for s, _ in counts):
+                jobs.add_metric([state.value, ""], 0)
+        for (state, user), n in sorted(counts.items()):
+            jobs.add_metric([state, user], n)
+        yield jobs
+        led = e.ledger
+        for name, allocated, what, total, free in (
+            ("schedd_node_cpus", "schedd_node_cpus_allocated", "CPUs", led.total_cpus, led.free_cpus),
+            ("schedd_node_memory_bytes", "schedd_node_memory_allocated_bytes", "memory (bytes)", led.total_memory,
+             led.free_memory),
+            ("schedd_node_gpus", "schedd_node_gpus_allocated", "GPUs", led.total_gpus, led.free_gpus),
+        ):
+            yield GaugeMetricFamily(name, f"Schedulable {what} of this node in all", value=total)
+            yield GaugeMetricFamily(allocated, f"{what} held by running jobs", value=total - free)
+        yield GaugeMetricFamily("schedd_queue_length", "Jobs the scheduler may start (pending, dependencies met)",
+                                value=len(e.scheduler))
+        up = GaugeMetricFamily("schedd_peer_up", "1 if the peer answers its heartbeats, else 0", labels=["peer"])
+        age = GaugeMetricFamily("schedd_peer_last_heartbeat_age_seconds", "Seconds since the peer was last heard",
+                                labels=["peer"])
+        now = now_usec()
+        for p in safe_peers(self.peers):
+            if p.get("Local"):
+                continue
+            up.add_metric([p["Name"]], 1 if p.get("State") == "up" else 0)
+            seen = p.get("LastSeenUSec") or 0
+            age.add_metric([p["Name"]], max(0, now - seen) / 1e6 if seen else float("inf"))
+        yield up
+        yield age
+
+
+class Metrics:
+    """An engine listener (job_added/job_changed/...) owning its own registry."""
+
+    def __init__(self, engine: Any, peers: PeersFn | None = None) -> None:
+        if hasattr(prometheus_client, "disable_created_metrics"):
+            prometheus_client.disable_created_metrics()  # no *_created series: they double every counter
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.submitted = PCounter("schedd_jobs_submitted", "Jobs submitted", ["user"], registry=r)
+        self.started = PCounter("schedd_jobs_started", "Jobs started", ["user"], registry=r)
+        self.finished = PCounter("schedd_jobs_finished", "Jobs that ended, by final state and reason",
+                                 ["user", "state", "reason"], registry=r)
+        self.queue_wait = Histogram("schedd_job_queue_wait_seconds",
+                                    "Time a job spent eligible in the queue (pending) before it started",
+                                    buckets=WAIT_BUCKETS, registry=r)
+        self.start_latency = Histogram("schedd_job_submit_to_start_seconds",
+                                       "Time from submission to start (holds and dependencies included)",
+                                       buckets=WAIT_BUCKETS, registry=r)
+        r.register(_StateCollector(engine, peers))
+        self._pending_since: dict[int, int] = {}
+        for job in engine.jobs.values():
+            if job.state == JobState.PENDING:
+                self._pending_since[job.id] = job.submit_time
+        engine.listeners.append(self)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- engine events ---------------------------------------------------------
+
+    def job_added(self, job: Job) -> None:
+        if job.state.terminal:  # a finished job brought back (requeue of an archived one): not a submission
+            return
+        self.submitted.labels(user_label(job)).inc()
+        if job.state == JobState.PENDING:
+            self._pending_since[job.id] = job.submit_time or now_usec()
+
+    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
+        state = job.state
+        if state == old_state:
+            return
+        now = now_usec()
+        if state == JobState.PENDING:
+            self._pending_since[job.id] = now
+            return
+        since = self._pending_since.pop(job.id, None)
+        if state == JobState.RUNNING and old_state == JobState.PENDING:
+            user = user_label(job)
+            self.started.labels(user).inc()
+            start = job.start_time or now
+            if since is not None:
+                self.queue_wait.observe(max(0, start - since) / 1e6)
+            if job.submit_time:
+                self.start_latency.observe(max(0, start - job.submit_time) / 1e6)
+        elif state.terminal:
+            self.finished.labels(user_label(job), state.value, job.reason or "none").inc()
+
+    def job_released(self, job: Job) -> None:
+        self._pending_since.pop(job.id, None)
+
+    def manager_changed(self, props: set[str]) -> None:
+        pass

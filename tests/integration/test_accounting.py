@@ -1,0 +1,67 @@
+"""Accounting from the job's own cgroup (v2 files, or v1 memory/cpuacct on hybrid hosts), and schedctl stats."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import WebNode
+
+ALICE, BOB = "schedd-alice", "schedd-bob"
+MiB = 1 << 20
+BURN = "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done"
+
+
+def stats(node: WebNode, *args: str) -> dict:
+    return json.loads(node.schedctl("stats", "--json", *args).stdout)
+
+
+def test_cpu_time_and_memory_peak_come_from_the_jobs_cgroup(web_node: WebNode):
+    burn = web_node.submit(["sh", "-c", BURN], user=ALICE)
+    alloc = web_node.submit(["python3", "-c", "import time; b = b'x' * (120 << 20); time.sleep(0.3)"], user=ALICE,
+                            Memory=("t", 512 * MiB))
+    b, a = web_node.wait(burn, timeout=120), web_node.wait(alloc, timeout=60)
+    assert b["State"] == a["State"] == "COMPLETED", (b, a)
+    print(f"cpu burner: CPUTimeUSec={b['CPUTimeUSec']} RunUSec={b['RunUSec']}; "
+          f"allocator: MemoryPeak={a['MemoryPeak'] / MiB:.1f} MiB")
+    assert b["CPUTimeUSec"] > 100_000  # a shell loop of 400k iterations takes well over 0.1 s of CPU
+    assert b["CPUTimeUSec"] <= b["RunUSec"] * 1.1 + 50_000  # one process on one CPU: not more than the wall time
+    assert a["MemoryPeak"] >= 120 * MiB
+    assert a["MemoryPeak"] < 512 * MiB
+    for j in (a, b):
+        assert j["WaitUSec"] == j["StartTime"] - j["SubmitTime"]
+        assert j["RunUSec"] == j["EndTime"] - j["StartTime"]
+    show = web_node.schedctl("show", str(burn)).stdout
+    for key in ("CPUTimeUSec", "MemoryPeak", "WaitUSec", "RunUSec"):
+        assert f"{key}=" in show, show
+
+
+def test_stats_totals_and_per_user(web_node: WebNode):
+    before = stats(web_node)
+    jobs = [web_node.submit(["sh", "-c", BURN], user=ALICE), web_node.submit(["true"], user=ALICE),
+            web_node.submit(["false"], user=ALICE), web_node.submit(["true"], user=BOB)]
+    for jid in jobs:
+        web_node.wait(jid, timeout=120)
+    after = stats(web_node)
+
+    def delta(who: str | None, key: str) -> float:
+        pick = (lambda s: s["Total"]) if who is None else (lambda s: s["Users"].get(who, {}))
+        return pick(after).get(key, 0) - pick(before).get(key, 0)
+
+    assert delta(ALICE, "Jobs") == 3 and delta(ALICE, "Completed") == 2 and delta(ALICE, "Failed") == 1
+    assert delta(BOB, "Jobs") == 1 and delta(BOB, "Completed") == 1
+    assert delta(None, "Jobs") == 4
+    assert delta(ALICE, "CPUTimeUSec") > 100_000 and delta(ALICE, "CPUHours") > 0
+    a = after["Users"][ALICE]
+    assert 0 < a["SuccessRate"] < 1
+    assert a["MeanWaitSec"] >= 0 and a["P95WaitSec"] >= 0 and a["MeanRunSec"] > 0
+    bob_only = stats(web_node, "--for", BOB)
+    assert list(bob_only["Users"]) == [BOB]
+    recent = stats(web_node, "--since", "1h")
+    assert recent["Total"]["Jobs"] >= 4
+    text = web_node.schedctl("stats").stdout
+    header, *rows = text.splitlines()
+    assert header.split()[:2] == ["USER", "JOBS"] and "CPU-HOURS" in header
+    names = [r.split()[0] for r in rows]
+    assert ALICE in names and BOB in names and names[-1] == "total"
+    bad = web_node.manager_call("GetStats", "a{sv}", "1", "Bogus", "u", "1", check=False)
+    assert bad.returncode != 0 and "unknown filter key" in bad.stderr
