@@ -124,6 +124,8 @@ async def run(args: argparse.Namespace) -> int:
     if watchdog:
         watchdog.cancel()
     if web:
+        if getattr(web, "federation", None):
+            await web.federation.stop()
         await web.stop()
     await engine.shutdown()
     bus.disconnect()
@@ -139,7 +141,15 @@ async def _start_web(cfg, engine: Engine):
     from .web import Web  # aiohttp is only imported by daemons that serve HTTP
 
     web = Web(cfg.http)
+    if cfg.peers:
+        from .federation import Federation
+        from .federation_api import FederationApi
+
+        web.federation = Federation(engine, cfg, web)
+        FederationApi(web.federation, web)
     await web.start()
+    if cfg.peers:
+        await web.federation.start()
     return web
 
 

@@ -1,0 +1,41 @@
+"""Reading a job's output file for a client (ReadOutput, and peers asking for a forwarded job's logs).
+
+The daemon runs as root but must never read a file for someone who could not: the
+job opens its output files as its own user, so a file the job wrote is owned by that
+user. Anything else at that path (a link to /etc/shadow, a file someone else owns)
+is refused, whatever the path says.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import AccessDenied, InvalidArgument
+
+MAX_CHUNK = 1 << 20  # bytes per call: D-Bus messages and HTTP answers stay small
+
+
+def read_output(path: str, uid: int, offset: int, limit: int = MAX_CHUNK) -> bytes:
+    """Up to limit bytes of the job's output from offset; b'' at the end or before the file exists."""
+    if not path:
+        return b""
+    if offset < 0:
+        raise InvalidArgument("offset must not be negative")
+    limit = max(0, min(limit, MAX_CHUNK))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    except OSError as e:
+        raise AccessDenied(f"cannot read {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AccessDenied(f"{path} is not a regular file; schedd reads only output files the job wrote")
+        if uid != 0 and st.st_uid != uid:
+            raise AccessDenied(f"{path} is not owned by the job's user (uid {uid}); schedd reads only output "
+                               "files the job wrote")
+        return os.pread(fd, limit, offset)
+    finally:
+        os.close(fd)
