@@ -763,9 +763,12 @@ class Engine:
         extra = ""
         if job.state.terminal:
             extra = f" exit-code={job.exit_code}"
-        log.info("job %d %s%s: user=%s unit=%s reason=%s%s", job.id, what,
+        where = f"node={job.remote_node}" if job.remote else f"unit={job.unit}"
+        if job.origin_node:
+            where += f" origin={job.origin_node}:{job.origin_id}"
+        log.info("job %d %s%s: user=%s %s reason=%s%s", job.id, what,
                  f" (was {old.value.lower()})" if old is not None and old != job.state else "",
-                 s.user_name or s.uid, job.unit, job.reason or "-", extra)
+                 s.user_name or s.uid, where, job.reason or "-", extra)
 
     MANAGER_COALESCE = 0.05  # seconds; counters change with every job, clients need not hear each step
 

@@ -125,7 +125,7 @@ class Federation:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {self.web.token}"},
-            connector=aiohttp.TCPConnector(ssl=self.web.client_ssl() or None, limit=64),
+            connector=aiohttp.TCPConnector(ssl=self.web.client_ssl() or True, limit=64),
         )
         self.engine.federation = self
         self.engine.listeners.append(self)
