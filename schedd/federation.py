@@ -59,6 +59,7 @@ class Peer:
     view: NodeView | None = None
     last_seen_usec: int = 0
     last_seen: float = 0.0  # monotonic
+    down_handled: bool = False  # its jobs were requeued since it was last heard from
     dirty: set[int] = field(default_factory=set)  # our jobs run for this peer whose state it must hear
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -114,6 +115,9 @@ class Federation:
         self._avoid: dict[int, set[str]] = {}  # nodes a requeued job must not go back to
         self._placing: set[int] = set()
         self._inflight: dict[tuple[str, int], asyncio.Future] = {}  # forwards being recorded here
+        self._by_origin: dict[tuple[str, int], int] = {}  # (origin node, its id) -> our copy's id
+        self._load: tuple[float, int, int] = (-1.0, 0, 0)  # (when, pending, running): counted at most every 0.1 s
+        self._started = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
@@ -129,7 +133,10 @@ class Federation:
         )
         self.engine.federation = self
         self.engine.listeners.append(self)
+        self._started = time.monotonic()
         for job in self.engine.jobs.values():
+            if job.origin_node:
+                self._by_origin[(job.origin_node, job.origin_id)] = job.id
             if job.remote_node == WAITING and not job.state.terminal:
                 self.waiting[job.id] = job
             if job.origin_node in self.peers and job.origin_id:
@@ -162,8 +169,12 @@ class Federation:
     def local_load(self) -> dict[str, int]:
         """What this node itself runs and queues (records of jobs placed elsewhere do not count)."""
         e, l = self.engine, self.engine.ledger
-        pending = sum(1 for j in e.jobs.values() if j.state in (JobState.PENDING, JobState.HELD) and not j.remote)
-        running = sum(1 for j in e.jobs.values() if j.state.active and not j.remote)
+        when, pending, running = self._load
+        now = time.monotonic()
+        if now - when > 0.1:
+            pending = sum(1 for j in e.jobs.values() if j.state in (JobState.PENDING, JobState.HELD) and not j.remote)
+            running = sum(1 for j in e.jobs.values() if j.state.active and not j.remote)
+            self._load = (now, pending, running)
         return {
             "TotalCPUs": l.total_cpus, "AvailableCPUs": l.free_cpus, "TotalMemory": l.total_memory,
             "AvailableMemory": l.free_memory, "TotalGPUs": l.total_gpus, "AvailableGPUs": l.free_gpus,
@@ -254,6 +265,7 @@ class Federation:
         peer.view = self._view(name, True, load)
         peer.last_seen = time.monotonic()
         peer.last_seen_usec = now_usec()
+        peer.down_handled = False
         if not peer.up:
             peer.up = True
             log.info("node %s is up", name)
@@ -262,15 +274,23 @@ class Federation:
             self._place_waiting()
 
     async def _watch(self) -> None:
-        """Mark peers down after 3 silent intervals (checked four times an interval)."""
+        """Mark peers down after 3 silent intervals (checked four times an interval). A peer not heard
+        from since this daemon started counts as down as well once 3 intervals have passed: the jobs it
+        ran for us before a restart of ours must not wait for it for ever."""
         while True:
             await asyncio.sleep(self.interval / 4)
             now = time.monotonic()
             for p in self.peers.values():
-                if p.up and now - p.last_seen > 3 * self.interval:
-                    p.up = False
-                    log.warning("node %s is down: no heartbeat for %.1fs", p.name, now - p.last_seen)
-                    self._node_down(p)
+                silent = now - max(p.last_seen, self._started)
+                if silent <= 3 * self.interval or (not p.up and p.down_handled):
+                    continue
+                if p.up:
+                    log.warning("node %s is down: no heartbeat for %.1fs", p.name, silent)
+                else:
+                    log.warning("node %s has not been heard from since this node started", p.name)
+                p.up = False
+                p.down_handled = True
+                self._node_down(p)
 
     # -- placement and forwarding --------------------------------------------------------------
 
@@ -334,7 +354,9 @@ class Federation:
                 delay *= 3
         self.forwards += 1
         self.waiting.pop(job.id, None)
-        if job.state.terminal:  # cancelled meanwhile: fence the copy at once
+        if job.remote_node == target and job.remote_id == rec["Id"]:
+            return  # the peer's first state push came first (and is newer than this answer)
+        if job.state.terminal or job.remote_node != WAITING:  # cancelled or placed elsewhere meanwhile
             self._spawn(self._fence(peer, rec["Id"]))
             return
         self.engine.placed_remote(job, target, rec["Id"], mirrored_fields(rec))
@@ -443,6 +465,11 @@ class Federation:
         for rec in recs:
             job = self.engine.jobs.get(rec["OriginId"]) or self.engine.store.get(rec["OriginId"])
             copy_done = rec["State"] in TERMINAL_STATES
+            if job is not None and job.remote_node == WAITING and not job.state.terminal and job.id in self.engine.jobs:
+                # Forwarded there, but the answer was lost (or has not arrived yet): that copy is the one.
+                self.waiting.pop(job.id, None)
+                self.engine.placed_remote(job, node, rec["Id"], mirrored_fields(rec))
+                log.info("job %d: adopted its copy %d on %s", job.id, rec["Id"], node)
             if job is None or job.remote_node != node or job.remote_id != rec["Id"]:
                 if not copy_done:
                     stale.append(rec["Id"])
@@ -458,6 +485,8 @@ class Federation:
     # -- the run-node side: mirror pushes ----------------------------------------------------------
 
     def job_added(self, job: Job) -> None:
+        if job.origin_node:
+            self._by_origin[(job.origin_node, job.origin_id)] = job.id
         self._dirty(job)
 
     def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
@@ -466,7 +495,8 @@ class Federation:
             self.local_changed()
 
     def job_released(self, job: Job) -> None:
-        pass
+        if job.origin_node:
+            self._by_origin.pop((job.origin_node, job.origin_id), None)
 
     def manager_changed(self, props: set[str]) -> None:
         pass
@@ -603,9 +633,9 @@ class Federation:
             del self._inflight[key]
 
     def _find_origin(self, origin: str, origin_id: int) -> Job | None:
-        for job in self.engine.jobs.values():
-            if job.origin_node == origin and job.origin_id == origin_id:
-                return job
+        jid = self._by_origin.get((origin, origin_id))
+        if jid is not None and jid in self.engine.jobs:
+            return self.engine.jobs[jid]
         return self.engine.store.find_origin(origin, origin_id)
 
     def copies_for(self, origin: str) -> list[Job]:

@@ -53,6 +53,7 @@ async def api(tmp_path: Path):
     web = Web(cfg.http)
     fed = Federation(engine, cfg, web)
     engine.federation = fed
+    engine.listeners.append(fed)
     FederationApi(fed, web)
     async with TestClient(TestServer(web.app)) as client:
         client.fed = fed
@@ -177,6 +178,27 @@ async def test_peers_may_act_only_on_jobs_they_forwarded_and_stale_mirrors_are_r
     assert (await r.json()) == {"Stale": [5]}  # b has no job 1234 placed on a: that copy must stop
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec | {"State": "COMPLETED"}]}, headers=AUTH)
     assert (await r.json()) == {"Stale": []}
+
+
+async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
+    from schedd.federation import WAITING
+    from schedd.model import Job, JobSpec, JobState
+
+    engine = api.fed.engine
+    job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
+                                                     user_name=USER), remote_node=WAITING)
+    await engine.add_record(job)
+    api.fed.waiting[job.id] = job
+    rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
+           "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
+           "StdoutPath": "/x/jobs/42/output", "StderrPath": "/x/jobs/42/output"}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": []}
+    assert (job.remote_node, job.remote_id, job.node, job.state) == ("a", 42, "a", JobState.RUNNING)
+    assert job.id not in api.fed.waiting
+    # A second copy of the same job elsewhere is stale.
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec | {"Id": 43}]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": [43]}
 
 
 def test_output_is_read_only_from_files_the_job_user_owns(tmp_path: Path):
