@@ -186,6 +186,26 @@ def test_a_retried_forward_makes_no_duplicate(cluster: Cluster):
         assert code == 403 and word in json.loads(text)["message"], text
 
 
+def test_states_reach_an_origin_that_restarted(cluster: Cluster):
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    go = b.sb.state / "fed-go"
+    jid = a.submit(["sh", "-c", "while [ ! -e /var/lib/schedd/fed-go ]; do sleep 0.05; done; echo through"],
+                   user=ALICE, Node=("s", "b"))
+    wait_job(a, jid, lambda j: j["State"] == "RUNNING", "running on b")
+    try:
+        a.run(["systemctl", "stop", "schedd"])
+        go.write_text("")  # it ends while its origin is away
+        wait_for(lambda: any(j["State"] == "COMPLETED" and j["Command"][-1].endswith("echo through")
+                             for j in b.jobs()), "b's copy to complete while a is stopped")
+        a.run(["systemctl", "start", "schedd"])
+        job = wait_job(a, jid, lambda j: j["State"] == "COMPLETED", "completed, as b reports after a's restart")
+        assert job["Node"] == "b" and job["ExitCode"] == 0
+        assert a.run(["schedctl", "logs", str(jid)], user=ALICE).stdout.strip() == "through"
+    finally:
+        go.unlink(missing_ok=True)
+        a.run(["systemctl", "start", "schedd"], check=False)
+
+
 def test_a_node_that_goes_down_has_its_jobs_requeued_and_fenced_when_back(cluster: Cluster):
     a, c = cluster.nodes["a"], cluster.nodes["c"]
     again = a.submit(SLOW_JOB, user=ALICE, Node=("s", "c"))
