@@ -123,6 +123,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         values["After"] = parse_ids("--after", args.after)
     if args.hold:
         values["Hold"] = True
+    if args.no_requeue:
+        values["Requeue"] = False
     return values
 
 
@@ -556,7 +558,9 @@ def _submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--env", action="append", metavar="NAME[=VALUE]", help="set (or pass) a variable; repeatable")
     s.add_argument("--no-env", action="store_true", help="do not pass on the current environment")
     s.add_argument("--hold", action="store_true", help="queue it held")
-    s.add_argument("--node", help="a node's name, or 'any'")
+    s.add_argument("--node", help="a node's name, or 'any' (here if it fits now, else the peer with most room)")
+    s.add_argument("--no-requeue", action="store_true",
+                   help="if the node running it goes down, end it FAILED (node-failure) instead of requeueing it once")
     s.add_argument("--array", metavar="IDS[%N]",
                    help="a job array: task ids like 1-1000, 0,3,5-7 or 0-15:4; %%N runs at most N at once. "
                         "Each task gets SCHEDD_ARRAY_TASK_ID and SCHEDD_ARRAY_JOB_ID")

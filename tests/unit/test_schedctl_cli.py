@@ -368,6 +368,16 @@ class FakeClient:
     async def next_change(self, timeout=None):
         return await asyncio.wait_for(self.queue.get(), timeout)
 
+    async def properties(self):
+        return {"NodeName": "n1"}
+
+    output: dict[int, bytes] = {}  # what ReadOutput serves for jobs on other nodes
+
+    async def call(self, member, signature="", body=None):
+        assert member == "ReadOutput" and signature == "tbt"
+        jid, _stderr, offset = body
+        return [self.output.get(jid, b"")[offset:offset + 4]]  # small chunks: the client must loop
+
 
 async def test_wait_sees_ends_in_any_order(capsys):
     jobs = {1: job("RUNNING", Id=1), 2: job("COMPLETED", Id=2, Reason="success"), 3: job("PENDING", Id=3)}
@@ -428,6 +438,19 @@ async def test_logs_follow_starts_again_after_a_truncation(tmp_path, capsysbinar
                           (0.15, 4, "COMPLETED", None)])
     assert await cli.cmd_logs(c, parse(["logs", "--follow", "4"])) == 0
     assert capsysbinary.readouterr().out == b"first run, long output\nagain\n"
+
+
+async def test_logs_of_a_job_on_another_node_come_through_read_output(capsysbinary):
+    jobs = {4: job("RUNNING", Id=4, Node="n2", StdoutPath="/elsewhere/out")}
+    c = FakeClient(jobs)
+    c.subscribed = True  # (a plain read needs no signals)
+    c.output = {4: b"remote output\n"}
+    assert await cli.cmd_logs(c, parse(["logs", "4"])) == 0
+    assert capsysbinary.readouterr().out == b"remote output\n"
+    c = FakeClient(jobs, [(0.05, 4, "COMPLETED", None)])
+    c.output = {4: b"remote output\n"}
+    assert await cli.cmd_logs(c, parse(["logs", "-f", "4"])) == 0
+    assert capsysbinary.readouterr().out == b"remote output\n"
 
 
 def test_logs_reads_the_file_itself(tmp_path, capsys):
