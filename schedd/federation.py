@@ -60,6 +60,7 @@ class Peer:
     last_seen_usec: int = 0
     last_seen: float = 0.0  # monotonic
     down_handled: bool = False  # its jobs were requeued since it was last heard from
+    refused: bool = False  # it answered our heartbeat with 4xx (logged once, not every beat)
     dirty: set[int] = field(default_factory=set)  # our jobs run for this peer whose state it must hear
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -114,6 +115,7 @@ class Federation:
         self.waiting: dict[int, Job] = {}  # our jobs no node has taken yet
         self._avoid: dict[int, set[str]] = {}  # nodes a requeued job must not go back to
         self._placing: set[int] = set()
+        self._place_soon = False
         self._inflight: dict[tuple[str, int], asyncio.Future] = {}  # forwards being recorded here
         self._by_origin: dict[tuple[str, int], int] = {}  # (origin node, its id) -> our copy's id
         self._load: tuple[float, int, int] = (-1.0, 0, 0)  # (when, pending, running): counted at most every 0.1 s
@@ -254,10 +256,15 @@ class Federation:
     async def _beat(self, peer: Peer, body: dict) -> None:
         try:
             await self._request(peer, "POST", "/heartbeat", json=body, timeout=max(0.5, self.interval))
+            if peer.refused:
+                peer.refused = False
+                log.info("heartbeats to %s are accepted again", peer.name)
         except PeerRefused as e:
-            log.warning("heartbeat to %s refused: %s", peer.name, e)
+            if not peer.refused:
+                peer.refused = True
+                log.warning("heartbeat to %s refused: %s", peer.name, e)
         except PeerError:
-            pass  # its silence toward us is what tells *it* we are down; ours is told by its beats
+            pass  # our silence is what tells *it* we are down; its state is told by its own beats
 
     def heard(self, name: str, load: dict[str, int]) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
@@ -415,6 +422,13 @@ class Federation:
             self._placing.discard(job.id)
 
     def local_changed(self) -> None:
+        """Something ended or started here: waiting jobs may fit now (placed after the transition is done)."""
+        if self.waiting and not self._place_soon:
+            self._place_soon = True
+            asyncio.get_running_loop().call_soon(self._place_later)
+
+    def _place_later(self) -> None:
+        self._place_soon = False
         if self.waiting:
             self._place_waiting()
 

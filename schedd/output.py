@@ -20,8 +20,8 @@ def read_output(path: str, uid: int, offset: int, limit: int = MAX_CHUNK) -> byt
     """Up to limit bytes of the job's output from offset; b'' at the end or before the file exists."""
     if not path:
         return b""
-    if offset < 0:
-        raise InvalidArgument("offset must not be negative")
+    if not 0 <= offset < 2**63:
+        raise InvalidArgument(f"offset {offset} is not a position in a file")
     limit = max(0, min(limit, MAX_CHUNK))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -130,6 +130,11 @@ def test_cancel_and_logs_work_through_the_origin(cluster: Cluster):
     wait_for(lambda: "hello-from-b" in a.run(["schedctl", "logs", str(jid)], user=ALICE).stdout, "output via a")
     listed = {(j["Origin"], j["Id"]) for j in a.jobs(all_nodes=True)}
     assert ("a", jid) in listed
+    # Only its owner (or root) reads its output through the origin.
+    r = a.manager("ReadOutput", "tbt", str(jid), "false", "0", user=USERS[1], check=False)
+    assert r.returncode != 0 and "belongs to" in r.stderr, r.stderr
+    r = a.manager("ReadOutput", "tbt", str(jid), "false", "6", user=ALICE)
+    assert bytes(json.loads(r.stdout)["data"][0]).startswith(b"from-b")
     a.run(["schedctl", "cancel", str(jid)], user=ALICE)
     job = a.job(jid)
     assert job["State"] == "CANCELLED" and job["Reason"] == "cancelled", job
@@ -225,9 +230,14 @@ def test_a_node_that_goes_down_has_its_jobs_requeued_and_fenced_when_back(cluste
         # Cut off, c still runs both copies: nobody told it.
         for rid in copies.values():
             assert c.job(rid)["State"] == "RUNNING"
+        # A job for c submitted while it is down waits for it (on a, placed nowhere yet).
+        waiter = a.submit(["true"], user=ALICE, Node=("s", "c"))
+        assert a.job(waiter)["State"] == "PENDING" and a.job(waiter)["Node"] == ""
     finally:
         cluster.link("c", up=True)
     wait_for(lambda: a.nodes()["c"]["State"] == "up", "c up again", timeout=10)
+    job = wait_job(a, waiter, lambda j: j["State"] == "COMPLETED", "forwarded to c once it is back")
+    assert job["Node"] == "c"
     for rid in copies.values():
         j = wait_job(c, rid, lambda j: j["State"] in TERMINAL, "fenced")
         assert (j["State"], j["Reason"]) == ("CANCELLED", "node-failure"), j
