@@ -213,3 +213,80 @@ def test_output_is_read_only_from_files_the_job_user_owns(tmp_path: Path):
         read_output(str(link), me, 0)
     with pytest.raises(AccessDenied, match="not owned"):
         read_output(str(f), me + 1, 0)
+
+
+def _random_json(rng, depth: int = 0):
+    kinds = ["int", "str", "bool", "null", "float", "big"] + (["list", "dict"] if depth < 3 else [])
+    k = rng.choice(kinds)
+    if k == "int":
+        return rng.randint(-5, 5)
+    if k == "big":
+        return rng.choice([2**31, 2**32, 2**63, 2**64, -(2**63) - 1, 10**30])
+    if k == "str":
+        return rng.choice(["", "a", "b", "root", USER, "any", "\0", "x" * 300, "RUNNING", "true"])
+    if k == "bool":
+        return rng.random() < 0.5
+    if k == "null":
+        return None
+    if k == "float":
+        return rng.choice([0.5, -1.0, 1e308])
+    if k == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["Command", "UserName", "CPUs", "Spec", "Origin", "OriginId", "Id", "State", "Jobs", "Name",
+                        "Memory", "Hold", "Environment", "zz"]): _random_json(rng, depth + 1)
+            for _ in range(rng.randint(0, 4))}
+
+
+def _mutate(rng, body):
+    """A valid body with one value anywhere in it replaced, or a key dropped."""
+    import copy
+
+    body = copy.deepcopy(body)
+    node = body
+    while True:
+        key = rng.choice(list(node))
+        if isinstance(node[key], dict) and node[key] and rng.random() < 0.5:
+            node = node[key]
+            continue
+        if rng.random() < 0.2:
+            del node[key]
+        else:
+            node[key] = _random_json(rng)
+        return body
+
+
+async def test_fuzzed_bodies_never_make_a_500(api):
+    import random
+
+    rng = random.Random(4)
+    state = {"Id": 5, "OriginId": 9, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 1, "EndTime": 0,
+             "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [0], "AssignedGPUs": [], "StdoutPath": "",
+             "StderrPath": ""}
+    valid = {
+        "/api/v1/jobs": forward(100, CPUs=1, Environment=["A=1"], Priority=3),
+        "/api/v1/heartbeat": {"Name": "a", "TotalCPUs": 1, "AvailableCPUs": 1, "TotalMemory": 1, "AvailableMemory": 1,
+                              "TotalGPUs": 0, "AvailableGPUs": 0, "PendingJobs": 0, "RunningJobs": 0},
+        "/api/v1/mirror": {"Node": "a", "Jobs": [state]},
+        "/api/v1/jobs/1/cancel": {"Origin": "a"},
+    }
+    seen: set[int] = set()
+    for path, body in valid.items():
+        for i in range(150):
+            sent = _mutate(rng, body) if i % 3 else _random_json(rng)
+            r = await api.post(path, json=sent, headers=AUTH)
+            seen.add(r.status)
+            assert r.status < 500, (path, sent, await r.text())
+            if r.status >= 400:
+                assert (await r.json())["message"], (path, sent)
+    assert {201, 400} <= seen
+
+
+async def test_jobs_for_other_nodes_are_submitted_one_at_a_time(api):
+    from dbus_fast import Variant
+
+    from schedd.engine import Caller
+    from schedd.errors import InvalidArgument
+
+    spec = {"Command": Variant("as", ["true"]), "Node": Variant("s", "any")}
+    with pytest.raises(InvalidArgument, match="one at a time"):
+        await api.fed.engine.submit_many([spec, spec], Caller(uid=pwd.getpwnam(USER).pw_uid))
