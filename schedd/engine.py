@@ -253,6 +253,7 @@ class Engine:
                 if built[0].node != "any":
                     raise InvalidArgument("After: a job placed on another node cannot wait for jobs of this one; "
                                           "drop Node or After")
+                self.federation.require_local_fit(built[0], "a job with After runs on this node")
             elif self._pending_by_uid[built[0].uid] + 1 <= self.config.max_pending_per_user:
                 job = await self.federation.submit(built[0])
                 if job is not None:

@@ -321,6 +321,7 @@ class Federation:
             return None
         if spec.uid == 0:
             if spec.node == ANY:
+                self.require_local_fit(spec, "jobs of root run only on the node they are submitted to")
                 return None  # root's jobs are never run for others: this node it is
             raise AccessDenied(f"Node: jobs of root are not run on other nodes; submit as a user that exists on "
                                f"{spec.node}")
@@ -342,6 +343,15 @@ class Federation:
             log.warning("job %d: %s; it waits for a node", job.id, err)
             self.waiting[job.id] = job
         return job
+
+    def require_local_fit(self, spec: JobSpec, why: str) -> None:
+        """Unsatisfiable unless this node could ever hold the job (it cannot go anywhere else)."""
+        from .placement import check_satisfiable
+
+        try:
+            check_satisfiable("", Need(spec.cpus, spec.memory, spec.gpus), self.views())
+        except SchedError as e:
+            raise type(e)(f"{e.message} ({why})") from None
 
     async def _forward(self, job: Job, target: str) -> None:
         """Send the job to target (retrying: the peer's idempotency makes that safe) and mirror its answer."""

@@ -290,3 +290,22 @@ async def test_jobs_for_other_nodes_are_submitted_one_at_a_time(api):
     spec = {"Command": Variant("as", ["true"]), "Node": Variant("s", "any")}
     with pytest.raises(InvalidArgument, match="one at a time"):
         await api.fed.engine.submit_many([spec, spec], Caller(uid=pwd.getpwnam(USER).pw_uid))
+
+
+async def test_jobs_that_must_stay_here_must_fit_here(api):
+    from dbus_fast import Variant
+
+    from schedd.engine import Caller
+    from schedd.errors import Unsatisfiable
+
+    fed = api.fed
+    load = {"TotalCPUs": 8, "AvailableCPUs": 8, "TotalMemory": 1 << 34, "AvailableMemory": 1 << 34, "TotalGPUs": 0,
+            "AvailableGPUs": 0, "PendingJobs": 0, "RunningJobs": 0}
+    fed.peers["a"].view, fed.peers["a"].up = fed._view("a", True, load), True  # a (8 CPUs) could hold it
+    big = {"Command": Variant("as", ["true"]), "Node": Variant("s", "any"), "CPUs": Variant("u", 4)}
+    with pytest.raises(Unsatisfiable, match="jobs of root run only"):
+        await fed.engine.submit(big, Caller(uid=0))  # this node has 1 CPU
+    user = Caller(uid=pwd.getpwnam(USER).pw_uid)
+    first = await fed.engine.submit({"Command": Variant("as", ["true"]), "Hold": Variant("b", True)}, user)
+    with pytest.raises(Unsatisfiable, match="After runs on this node"):
+        await fed.engine.submit(big | {"After": Variant("at", [first.id])}, user)
