@@ -876,10 +876,18 @@ class Engine:
             job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
             job.assigned_cpus, job.assigned_gpus = [], []
             job.remote_node, job.remote_id, job.node = "*", 0, ""
-            self._set(job, JobState.PENDING, Reason.REQUEUED, _END_PROPS | _START_PROPS | {"Restarts"})
+            held = job.state == JobState.HELD
+            self._set(job, JobState.HELD if held else JobState.PENDING, Reason.HELD if held else Reason.REQUEUED,
+                      _END_PROPS | _START_PROPS | {"Restarts"})
         log.warning("job %d: node %s went down under it; %s", job.id, failed_node,
                     "requeued elsewhere" if requeue else "failed (node-failure)")
         self.store.save(job)
+
+    async def hold_record(self, job: Job, hold: bool) -> None:
+        """Hold or release a job of ours that waits for a node (no node has a copy to ask)."""
+        job.spec.hold = hold
+        self._set(job, JobState.HELD if hold else JobState.PENDING, Reason.HELD if hold else "", {"State", "Reason"})
+        await self.store.save(job)
 
     def end_record(self, job: Job, state: JobState, reason: str) -> None:
         """End a job of ours that is not running anywhere (waiting for a node) or whose node is gone."""

@@ -568,13 +568,21 @@ class Federation:
     async def action(self, job: Job, name: str) -> None:
         """cancel/hold/release/suspend/resume/requeue of a job of ours that another node runs."""
         if job.remote_node == WAITING:
-            if name != "cancel":
-                raise InvalidState(f"job {job.id} is waiting for a node to take it; it can only be cancelled now")
             if job.state.terminal:
                 raise InvalidState(f"job {job.id} is already {job.state.value}")
-            self.waiting.pop(job.id, None)
-            self.engine.end_record(job, JobState.CANCELLED, Reason.CANCELLED)
-            await self.engine.store.drain()
+            if name == "cancel":
+                self.waiting.pop(job.id, None)
+                self.engine.end_record(job, JobState.CANCELLED, Reason.CANCELLED)
+                await self.engine.store.drain()
+            elif name in ("hold", "release") and job.id not in self._placing:
+                want = JobState.HELD if name == "hold" else JobState.PENDING
+                if job.state != want:
+                    await self.engine.hold_record(job, name == "hold")
+                    if want == JobState.PENDING:
+                        self._place_waiting()
+            else:
+                raise InvalidState(f"job {job.id} is {job.state.value} and waits for a node to take it; it can be "
+                                   f"held, released or cancelled now")
             return
         if job.state.terminal:
             raise InvalidState(f"job {job.id} is already {job.state.value}; only pending, held or running jobs "

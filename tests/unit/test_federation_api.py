@@ -309,3 +309,27 @@ async def test_jobs_that_must_stay_here_must_fit_here(api):
     first = await fed.engine.submit({"Command": Variant("as", ["true"]), "Hold": Variant("b", True)}, user)
     with pytest.raises(Unsatisfiable, match="After runs on this node"):
         await fed.engine.submit(big | {"After": Variant("at", [first.id])}, user)
+
+
+async def test_a_job_waiting_for_a_down_node_can_be_held_released_and_cancelled(api):
+    from dbus_fast import Variant
+
+    from schedd.engine import Caller
+    from schedd.errors import InvalidState
+    from schedd.federation import WAITING
+    from schedd.model import JobState
+
+    fed, user = api.fed, Caller(uid=pwd.getpwnam(USER).pw_uid)
+    job = await fed.engine.submit({"Command": Variant("as", ["true"]), "Node": Variant("s", "a")}, user)
+    assert (job.remote_node, job.state, job.node) == (WAITING, JobState.PENDING, "")  # a is down: it waits
+    assert fed.waiting == {job.id: job}
+    await fed.engine.hold(job.id, user)
+    assert job.state == JobState.HELD
+    await fed.engine.release(job.id, user)
+    assert job.state == JobState.PENDING
+    with pytest.raises(InvalidState, match="waits for a node"):
+        await fed.engine.suspend(job.id, user)
+    await fed.engine.cancel(job.id, user)
+    assert job.state == JobState.CANCELLED and fed.waiting == {}
+    await fed.engine.store.drain()
+    assert fed.engine.store.get(job.id).state == JobState.CANCELLED
