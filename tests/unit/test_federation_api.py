@@ -333,3 +333,21 @@ async def test_a_job_waiting_for_a_down_node_can_be_held_released_and_cancelled(
     assert job.state == JobState.CANCELLED and fed.waiting == {}
     await fed.engine.store.drain()
     assert fed.engine.store.get(job.id).state == JobState.CANCELLED
+
+
+async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopted(api):
+    from schedd.federation import WAITING
+    from schedd.model import Job, JobSpec
+
+    engine = api.fed.engine
+    job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
+                                                     user_name=USER), remote_node=WAITING)
+    await engine.add_record(job)
+    api.fed.waiting[job.id] = job
+    api.fed._avoid[job.id] = {"a"}  # requeued away from a when a went down
+    rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
+           "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
+           "StdoutPath": "", "StderrPath": ""}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": [42]}
+    assert job.remote_node == WAITING
