@@ -489,8 +489,10 @@ class Federation:
         for rec in recs:
             job = self.engine.jobs.get(rec["OriginId"]) or self.engine.store.get(rec["OriginId"])
             copy_done = rec["State"] in TERMINAL_STATES
+            # (Never from a node that failed under it: after a restart of ours, which node that was is
+            # forgotten, so a job requeued before adopts nothing.)
             if (job is not None and job.remote_node == WAITING and not job.state.terminal and job.id in self.engine.jobs
-                    and node not in self._avoid.get(job.id, ())):
+                    and node not in self._avoid.get(job.id, ()) and (job.id in self._avoid or not job.node_failures)):
                 # Forwarded there, but the answer was lost (or has not arrived yet): that copy is the one.
                 self.waiting.pop(job.id, None)
                 self.engine.placed_remote(job, node, rec["Id"], mirrored_fields(rec))
