@@ -250,7 +250,7 @@ class ManagerObject(ServiceInterface):
     async def ReadOutput(self, id: "t", stderr: "b", offset: "t") -> "ay":  # noqa: F821
         """Up to 1 MiB of a job's output from offset, read for its owner (or root) wherever the job runs."""
         job = self.engine.get(id)
-        await self.engine._authorize(job, await self._caller())
+        await self.engine.authorize(job, await self._caller())
         if job.remote:
             return await self.engine.federation.read_output(job, stderr, offset)
         from .output import read_output

@@ -341,6 +341,10 @@ class Engine:
                 return
             raise
 
+    async def authorize(self, job: Job, caller: Caller) -> None:
+        """AccessDenied unless the caller owns the job, is root, or polkit allows it (e.g. to read its output)."""
+        await self._authorize(job, caller)
+
     async def _owned(self, job_id: int, caller: Caller) -> Job:
         """The job, if it exists and the caller may change it."""
         job = self._live(job_id)
