@@ -26,7 +26,20 @@ PORT = 7001
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip() or r.returncode}")
+    return r
+
+
+def netns_unavailable() -> str | None:
+    """Why network namespaces cannot be made here (None: they can)."""
+    name = f"fedprobe-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create network namespaces here (ip netns add: {r.stderr.strip()})"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
 
 
 @dataclass
@@ -118,6 +131,7 @@ class Cluster:
     heartbeat: str = "500ms"
     nodes: dict[str, ClusterNode] = field(default_factory=dict)
     bridge_ns: str = ""
+    namespaces: list[str] = field(default_factory=list)  # every one made, removed by down() even after a failed up()
 
     def config(self, i: int, spec: NodeSpec) -> str:
         peers = "".join(f'\n[[peers]]\nname = "{p.name}"\nurl = "http://{SUBNET}.{j + 1}:{PORT}"\n'
@@ -132,12 +146,14 @@ class Cluster:
         token = secrets.token_hex(24)
         self.bridge_ns = f"fed{self.tag}-br"
         ip("netns", "add", self.bridge_ns)
+        self.namespaces.append(self.bridge_ns)
         ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
         ip("-n", self.bridge_ns, "link", "set", "br0", "up")
         for i, spec in enumerate(self.specs):
             ns = f"fed{self.tag}-{spec.name}"
             addr = f"{SUBNET}.{i + 1}"
             ip("netns", "add", ns)
+            self.namespaces.append(ns)
             ip("-n", self.bridge_ns, "link", "add", f"v-{spec.name}", "type", "veth", "peer", "name", "eth0",
                "netns", ns)
             ip("-n", self.bridge_ns, "link", "set", f"v-{spec.name}", "master", "br0", "up")
@@ -171,7 +187,6 @@ class Cluster:
                 node.sb.stop()
             finally:
                 node.sb.cleanup()
-        for node in self.nodes.values():
-            ip("netns", "del", node.netns, check=False)
-        if self.bridge_ns:
-            ip("netns", "del", self.bridge_ns, check=False)
+        for ns in reversed(self.namespaces):
+            ip("netns", "del", ns, check=False)
+        self.namespaces.clear()
