@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import Config, PeerConfig
+from .config import Config
 from .engine import Engine
 from .errors import BY_DBUS_NAME, AccessDenied, InvalidState, SchedError
 from .model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
@@ -359,12 +359,15 @@ class Federation:
         body = {"Origin": self.name, "OriginId": job.id, "Spec": spec_to_json(job.spec)}
         self._adjust(target, Need(job.spec.cpus, job.spec.memory, job.spec.gpus))
         delay = 0.1
+        # A forward is one durable insert there: milliseconds. Waiting longer than two heartbeats keeps a
+        # Submit hanging on a node that is going down; a retry after a lost answer finds the first copy.
+        timeout = max(1.5, 2 * self.interval)
         for attempt in range(FORWARD_TRIES):
             try:
-                rec = await self._request(peer, "POST", "/jobs", json=body)
+                rec = await self._request(peer, "POST", "/jobs", json=body, timeout=timeout)
                 break
             except PeerError:
-                if attempt == FORWARD_TRIES - 1:
+                if attempt == FORWARD_TRIES - 1 or not peer.up:
                     raise
                 self.forward_retries += 1
                 await asyncio.sleep(delay)
