@@ -473,3 +473,13 @@ def test_queue_folds_pending_array_tasks():
     jobs = [j(5, "RUNNING"), j(10, "RUNNING", 1, 10, 2), j(11, "PENDING", 2, 10, 2), j(12, "PENDING", 3, 10, 2),
             j(13, "PENDING", 4, 10, 2), j(20, "PENDING", 7, 20)]
     assert [label for label, _ in fold_arrays(jobs)] == ["5", "10 (10_1)", "10_[2-4%2]", "20 (20_7)"]
+
+
+def test_queue_of_the_whole_cluster_names_each_jobs_origin():
+    from schedctl import render
+
+    jobs = [job("RUNNING", Id=3, Origin="a", Node="b"), job("PENDING", Id=3, Origin="b", Node="")]
+    text = render.queue(jobs, tty=False)
+    lines = text.splitlines()
+    assert lines[1].split()[0] == "a:3" and lines[1].split()[-1] == "b"
+    assert lines[2].split()[0] == "b:3"
