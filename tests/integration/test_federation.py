@@ -18,7 +18,7 @@ from sandbox import REPO
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 GPU_DEV = "/dev/fed-test-gpu{index}"
-HEARTBEAT = 0.5
+HEARTBEAT = 1.0  # s; short enough for a quick test, long enough that a busy CI machine never misses 3
 ALICE = USERS[0]
 SLOW_MARK = "/var/lib/schedd/fed-slow"  # present on c only: the same job sleeps there, ends at once elsewhere
 SLOW_JOB = ["sh", "-c", f"if [ -e {SLOW_MARK} ]; then sleep 120; fi; echo ran"]
