@@ -177,7 +177,7 @@ class Engine:
             total_gpus=self.ledger.total_gpus, default_memory=c.default_memory, min_memory=c.min_memory,
             max_argv_bytes=c.max_argv_bytes, max_env_entries=c.max_env_entries,
             default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec,
-            cluster=tuple(self.federation.views()) if self.federation is not None else None,
+            cluster=self.federation.views if self.federation is not None else None,
         )
 
     def get(self, job_id: int) -> Job:

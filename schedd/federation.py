@@ -193,8 +193,17 @@ class Federation:
                         pending=load["PendingJobs"], running=load["RunningJobs"])
 
     def views(self) -> list[NodeView]:
-        """This node and every peer, as placement sees them (for metrics too)."""
-        out = [self._view(self.name, True, self.local_load(), local=True)]
+        """This node and every peer, as placement sees them (for metrics too). What jobs queued here
+        ask for is not free for a newcomer: a burst of `any` jobs spills over instead of queueing here."""
+        local = self._view(self.name, True, self.local_load(), local=True)
+        cpus = memory = gpus = 0
+        for job in self.engine.scheduler.queued():
+            cpus, memory, gpus = cpus + job.spec.cpus, memory + job.spec.memory, gpus + job.spec.gpus
+        if cpus:
+            local = dataclasses.replace(local, free_cpus=max(0, local.free_cpus - cpus),
+                                        free_memory=max(0, local.free_memory - memory),
+                                        free_gpus=max(0, local.free_gpus - gpus))
+        out = [local]
         for p in self.peers.values():
             out.append(dataclasses.replace(p.view, up=p.up) if p.view else NodeView(p.name, False, known=False))
         return out

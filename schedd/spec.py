@@ -36,8 +36,9 @@ class Limits:
     max_env_entries: int
     default_time_usec: int = 0
     max_time_usec: int = 0
-    # Federation: every node this one knows (placement.NodeView), this one included; None alone.
-    cluster: tuple | None = None
+    # Federation: () -> every node this one knows (placement.NodeView), this one included; None alone.
+    # A callable: only a spec with a Node pays for looking at the cluster.
+    cluster: Callable[[], list] | None = None
 
 
 def _bad(key: str, why: str) -> InvalidArgument:
@@ -175,7 +176,7 @@ def build_spec(
     if node not in ("", limits.node_name) and limits.cluster is not None:
         from .placement import Need, check_satisfiable
 
-        check_satisfiable(node, Need(cpus, memory, gpus), list(limits.cluster))
+        check_satisfiable(node, Need(cpus, memory, gpus), list(limits.cluster()))
     elif node not in ("", "any", limits.node_name):
         raise Unsatisfiable(f"Node: no node named {node!r} in this cluster (this node is {limits.node_name!r})")
     elif cpus > limits.total_cpus:

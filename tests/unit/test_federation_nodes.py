@@ -19,6 +19,7 @@ from schedd.errors import AccessDenied, InvalidArgument
 from schedd.federation import Federation
 from schedd.federation_api import FederationApi
 from schedd.model import JobState
+from schedd.placement import Need
 from schedd.store import Store
 from schedd.web import Web
 
@@ -148,3 +149,16 @@ async def test_a_peer_that_stops_beating_is_down_and_its_unstarted_jobs_are_plac
     assert (job.remote_node, job.remote_id, job.node_failures, job.state) == ("*", 0, 0, JobState.HELD)
     assert a.fed.waiting == {job.id: job}
     assert {r["Name"]: r["State"] for r in a.fed.node_rows()} == {"a": "up", "b": "down"}
+
+
+async def test_what_queued_jobs_ask_for_is_not_free_for_placement(pair):
+    from schedd.model import Job, JobSpec
+
+    a, _b = pair
+    assert a.fed.views()[0].free_cpus == 1
+    queued = Job(id=a.engine.allocate_id(), spec=JobSpec(command=["true"], name="q", cpus=1, memory=1 << 28))
+    a.engine.scheduler.enqueue(queued)  # waiting for the next scheduling pass
+    local = a.fed.views()[0]
+    assert (local.free_cpus, local.free_memory) == (0, (1 << 30) - (1 << 28))
+    assert not local.fits_now(Need(1, 1 << 20))
+    a.engine.scheduler.dequeue(queued.id)
