@@ -144,10 +144,22 @@ class Federation:
             if job.origin_node in self.peers and job.origin_id:
                 self.peers[job.origin_node].dirty.add(job.id)  # the origin hears our state again
         loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._heartbeats()), loop.create_task(self._watch())]
-        self._loops += [loop.create_task(self._pusher(p)) for p in self.peers.values()]
+        self._loops = [loop.create_task(self._keep("heartbeats", self._heartbeats)),
+                       loop.create_task(self._keep("liveness", self._watch))]
+        self._loops += [loop.create_task(self._keep(f"pushes to {p.name}", self._pusher, p)) for p in self.peers.values()]
         log.info("federation: node %s, peers %s, heartbeat every %gs", self.name,
                  ", ".join(f"{p.name} ({p.url})" for p in self.peers.values()), self.interval)
+
+    async def _keep(self, what: str, loop_fn, *args) -> None:
+        """Run one of the loops for ever: a bug in a pass is logged, and never ends heartbeats for good."""
+        while True:
+            try:
+                await loop_fn(*args)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("federation: %s failed; starting it again", what)
+                await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
         for t in self._loops + list(self._tasks):
