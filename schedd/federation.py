@@ -61,7 +61,10 @@ class Peer:
     last_seen: float = 0.0  # monotonic
     down_handled: bool = False  # its jobs were requeued since it was last heard from
     refused: bool = False  # it answered our heartbeat with 4xx (logged once, not every beat)
-    dirty: set[int] = field(default_factory=set)  # our jobs run for this peer whose state it must hear
+    # States of our copies of its jobs that it has not heard yet, in order: one per transition (a
+    # change that is not a transition replaces the job's last one), so it sees RUNNING even of short jobs.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    last: dict[int, dict[str, Any]] = field(default_factory=dict)  # job id -> its latest entry in outbox
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -142,7 +145,7 @@ class Federation:
             if job.remote_node == WAITING and not job.state.terminal:
                 self.waiting[job.id] = job
             if job.origin_node in self.peers and job.origin_id:
-                self.peers[job.origin_node].dirty.add(job.id)  # the origin hears our state again
+                self._dirty(job)  # the origin hears our state again
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._keep("heartbeats", self._heartbeats)),
                        loop.create_task(self._keep("liveness", self._watch))]
@@ -485,10 +488,9 @@ class Federation:
 
     async def _reconnected(self, peer: Peer) -> None:
         """Pull its copies of our jobs: mirror what matches, fence what we placed elsewhere meanwhile."""
-        for jid, job in self.engine.jobs.items():
+        for job in self.engine.jobs.values():
             if job.origin_node == peer.name:
-                peer.dirty.add(jid)
-        peer.wake.set()
+                self._dirty(job)
         try:
             recs = await self._request(peer, "GET", "/jobs", params={"origin": self.name})
         except (PeerError, PeerRefused) as e:
@@ -509,7 +511,7 @@ class Federation:
 
     def receive_mirror(self, node: str, recs: list[dict[str, Any]]) -> list[int]:
         """States a peer reports for our jobs; returns its job ids that must stop (stale copies)."""
-        stale = []
+        stale: list[int] = []
         for rec in recs:
             job = self.engine.jobs.get(rec["OriginId"]) or self.engine.store.get(rec["OriginId"])
             copy_done = rec["State"] in TERMINAL_STATES
@@ -521,12 +523,8 @@ class Federation:
                 self.waiting.pop(job.id, None)
                 self.engine.placed_remote(job, node, rec["Id"], mirrored_fields(rec))
                 log.info("job %d: adopted its copy %d on %s", job.id, rec["Id"], node)
-            if job is None or job.remote_node != node or job.remote_id != rec["Id"]:
-                if not copy_done:
-                    stale.append(rec["Id"])
-                continue
-            if job.state.terminal:
-                if not copy_done:
+            if job is None or job.remote_node != node or job.remote_id != rec["Id"] or job.state.terminal:
+                if not copy_done and rec["Id"] not in stale:
                     stale.append(rec["Id"])
                 continue
             if job.id in self.engine.jobs:
@@ -554,30 +552,37 @@ class Federation:
 
     def _dirty(self, job: Job) -> None:
         peer = self.peers.get(job.origin_node) if job.origin_node else None
-        if peer is not None:
-            peer.dirty.add(job.id)
-            peer.wake.set()
+        if peer is None:
+            return
+        snap = job_state_json(job)
+        last = peer.last.get(job.id)
+        if last is not None and last["State"] == snap["State"]:
+            last.update(snap)  # same state, newer details
+        else:
+            peer.outbox.append(snap)
+            peer.last[job.id] = snap
+        peer.wake.set()
 
     async def _pusher(self, peer: Peer) -> None:
         """Push our copies' states to their origin, batched; kept and retried while it is unreachable."""
         while True:
             await peer.wake.wait()
             peer.wake.clear()
-            if not peer.dirty:
+            if not peer.outbox:
                 continue
-            ids, peer.dirty = peer.dirty, set()
-            jobs = [j for j in (self.engine.jobs.get(i) for i in sorted(ids)) if j is not None]
+            batch, peer.outbox, peer.last = peer.outbox, [], {}
             try:
-                answer = await self._request(peer, "POST", "/mirror",
-                                             json={"Node": self.name, "Jobs": [job_state_json(j) for j in jobs]})
+                answer = await self._request(peer, "POST", "/mirror", json={"Node": self.name, "Jobs": batch})
             except (PeerError, PeerRefused) as e:
-                peer.dirty |= ids
+                peer.outbox = batch + peer.outbox  # in order, before what happened since
+                peer.last = {rec["Id"]: rec for rec in peer.outbox}
                 log.debug("mirror to %s: %s", peer.name, e)
                 await asyncio.sleep(self.interval)
                 peer.wake.set()
                 continue
-            for rid in answer.get("Stale", []):
-                if rid in ids:
+            sent = {rec["Id"] for rec in batch}
+            for rid in set(answer.get("Stale", [])):
+                if rid in sent:
                     self._spawn(self.fence_local(rid, peer.name))
 
     async def fence_local(self, job_id: int, origin: str) -> dict[str, Any]:

@@ -162,3 +162,27 @@ async def test_what_queued_jobs_ask_for_is_not_free_for_placement(pair):
     assert (local.free_cpus, local.free_memory) == (0, (1 << 30) - (1 << 28))
     assert not local.fits_now(Need(1, 1 << 20))
     a.engine.scheduler.dequeue(queued.id)
+
+
+async def test_the_origin_hears_every_transition_even_of_a_short_job(pair):
+    a, b = pair
+    seen: list[str] = []
+
+    class Watch:
+        def job_added(self, job): pass
+        def job_released(self, job): pass
+        def manager_changed(self, props): pass
+
+        def job_changed(self, job, props, old_state):
+            if job.state != old_state:
+                seen.append(job.state.value)
+
+    job = await a.engine.submit(held("b"), Caller(uid=user().pw_uid))
+    a.engine.listeners.append(Watch())
+    copy = b.engine.jobs[job.remote_id]
+    # The copy starts and ends within one pass of b's loop: its origin still hears both.
+    b.engine._set(copy, JobState.RUNNING, "", {"State"})
+    copy.exit_code = 3
+    b.engine._set(copy, JobState.FAILED, "exit-code", {"State", "ExitCode"})
+    await until(lambda: job.state == JobState.FAILED, "the end at the origin")
+    assert seen == ["RUNNING", "FAILED"] and job.exit_code == 3 and job.reason == "exit-code"
