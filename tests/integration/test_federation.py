@@ -216,6 +216,22 @@ def test_states_reach_an_origin_that_restarted(cluster: Cluster):
         a.run(["systemctl", "start", "schedd"], check=False)
 
 
+def test_a_run_node_restart_keeps_its_copies_and_their_origin_informed(cluster: Cluster):
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    go = b.sb.state / "fed-go"
+    jid = a.submit(["sh", "-c", "while [ ! -e /var/lib/schedd/fed-go ]; do sleep 0.05; done; echo still-here"],
+                   user=ALICE, Node=("s", "b"))
+    wait_job(a, jid, lambda j: j["State"] == "RUNNING", "running on b")
+    try:
+        b.run(["systemctl", "restart", "schedd"])  # well within 3 heartbeats: not a node failure
+        go.write_text("")
+        job = wait_job(a, jid, lambda j: j["State"] in TERMINAL, "done")
+        assert (job["State"], job["Node"], job["Restarts"]) == ("COMPLETED", "b", 0), job
+        assert a.run(["schedctl", "logs", str(jid)], user=ALICE).stdout.strip() == "still-here"
+    finally:
+        go.unlink(missing_ok=True)
+
+
 def test_a_node_that_goes_down_has_its_jobs_requeued_and_fenced_when_back(cluster: Cluster):
     a, c = cluster.nodes["a"], cluster.nodes["c"]
     again = a.submit(SLOW_JOB, user=ALICE, Node=("s", "c"))
