@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import pwd
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +25,7 @@ from .config import Config
 from .engine import Engine
 from .errors import BY_DBUS_NAME, AccessDenied, InvalidState, SchedError
 from .model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
+from .federation_wire import DEFAULT_OUTPUT, PeerError, PeerRefused, job_state_json, mirrored_fields, spec_to_json
 from .placement import ANY, Need, NodeView, choose
 from .web import Web
 
@@ -36,19 +35,6 @@ API = "/api/v1"
 MAX_NODE_REQUEUES = 1  # a job is requeued after a node failure once (Requeue=false: never)
 FORWARD_TRIES = 3
 WAITING = "*"  # remote_node of a job of ours that waits for a node to take it
-_DEFAULT_OUTPUT = re.compile(r"/jobs/\d+/output$")  # a node's default output path: never sent to another node
-
-
-class PeerError(Exception):
-    """A peer could not be reached, or answered 5xx: worth retrying."""
-
-
-class PeerRefused(Exception):
-    """A peer answered 4xx: it says no; the SchedError carries its words."""
-
-    def __init__(self, error: SchedError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 @dataclass
@@ -66,45 +52,6 @@ class Peer:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     last: dict[int, dict[str, Any]] = field(default_factory=dict)  # job id -> its latest entry in outbox
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def spec_to_json(spec: JobSpec) -> dict[str, Any]:
-    """What a peer needs to run the job: the user by name, no paths that only mean something here."""
-    out: dict[str, Any] = {
-        "Command": spec.command, "Name": spec.name, "CPUs": spec.cpus, "Memory": spec.memory, "GPUs": spec.gpus,
-        "Priority": spec.priority, "Environment": spec.environment, "RuntimeMaxUSec": spec.runtime_max_usec,
-        "Hold": spec.hold, "Requeue": spec.requeue, "UserName": spec.user_name,
-    }
-    try:
-        home = pwd.getpwnam(spec.user_name).pw_dir
-    except KeyError:
-        home = ""
-    if spec.working_directory not in (home, "/"):
-        out["WorkingDirectory"] = spec.working_directory
-    for key, path in (("StdoutPath", spec.stdout_path), ("StderrPath", spec.stderr_path)):
-        if path and not _DEFAULT_OUTPUT.search(path):
-            out[key] = path
-    return out
-
-
-def job_state_json(job: Job) -> dict[str, Any]:
-    """The mirrored part of a job: what its origin keeps in step."""
-    return {
-        "Id": job.id, "OriginNode": job.origin_node, "OriginId": job.origin_id, "Node": job.node,
-        "State": job.state.value, "Reason": job.reason, "ExitCode": job.exit_code, "StartTime": job.start_time,
-        "EndTime": job.end_time, "CPUTimeUSec": job.cpu_time_usec, "MemoryPeak": job.memory_peak,
-        "AssignedCPUs": job.assigned_cpus, "AssignedGPUs": job.assigned_gpus,
-        "StdoutPath": job.spec.stdout_path, "StderrPath": job.spec.stderr_path, "Restarts": job.restarts,
-    }
-
-
-def mirrored_fields(rec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "exit_code": rec["ExitCode"], "start_time": rec["StartTime"], "end_time": rec["EndTime"],
-        "cpu_time_usec": rec["CPUTimeUSec"], "memory_peak": rec["MemoryPeak"],
-        "assigned_cpus": rec["AssignedCPUs"], "assigned_gpus": rec["AssignedGPUs"],
-        "stdout_path": rec["StdoutPath"], "stderr_path": rec["StderrPath"],
-    }
 
 
 class Federation:
@@ -440,10 +387,10 @@ class Federation:
     def _fill_paths(self, job: Job) -> None:
         d = str(self.engine.jobs_dir / str(job.id) / "output")
         s = job.spec
-        if not s.stdout_path or _DEFAULT_OUTPUT.search(s.stdout_path):
+        if not s.stdout_path or DEFAULT_OUTPUT.search(s.stdout_path):
             s.stdout_path = d
         s.stdout_path = s.stdout_path.replace("%j", str(job.id))
-        if not s.stderr_path or _DEFAULT_OUTPUT.search(s.stderr_path):
+        if not s.stderr_path or DEFAULT_OUTPUT.search(s.stderr_path):
             s.stderr_path = s.stdout_path
 
     async def _place_remote(self, job: Job, target: str) -> None:
@@ -709,16 +656,3 @@ class Federation:
         for j in self.engine.store.by_origin(origin, since):
             mem.setdefault(j.id, j)
         return [mem[i] for i in sorted(mem)]
-
-
-def resolve_user(name: str, node: str) -> pwd.struct_passwd:
-    """A forwarded job's user by name on this node; root and unknown names are refused."""
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        raise AccessDenied(f"user {name!r} does not exist on node {node}; create it there or run the job "
-                           f"elsewhere") from None
-    if pw.pw_uid == 0:
-        raise AccessDenied(f"node {node} does not run jobs of root ({name!r}) for other nodes")
-    return pw
-

@@ -13,7 +13,8 @@ from aiohttp import web
 from dbus_fast import Variant
 
 from .errors import SchedError
-from .federation import Federation, job_state_json, resolve_user
+from .federation import Federation
+from .federation_wire import job_state_json, resolve_user
 from .model import JobState
 from .output import MAX_CHUNK, read_output
 from .protocol import JOB_PROPERTIES, SPEC_KEYS
