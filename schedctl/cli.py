@@ -125,6 +125,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         values["After"] = parse_ids("--after", args.after)
     if args.hold:
         values["Hold"] = True
+    if args.no_requeue:
+        values["Requeue"] = False
     return values
 
 
@@ -251,7 +253,7 @@ def prepare_queue(args: argparse.Namespace) -> None:
 
 
 async def cmd_queue(c: Client, args: argparse.Namespace) -> int:
-    jobs = await c.list_jobs(args.states, args.uid, args.limit)
+    jobs = await c.list_jobs(args.states, args.uid, args.limit, all_nodes=args.all_nodes)
     _emit(args, jobs, None if args.json else render.queue(jobs, render.is_tty(), fold=not args.expand))
     return 0
 
@@ -302,6 +304,9 @@ class _Tail:
         self.path = path
         self.offset = 0
 
+    async def apump(self, write: Callable[[bytes], None]) -> None:
+        self.pump(write)
+
     def pump(self, write: Callable[[bytes], None]) -> None:
         try:
             with open(self.path, "rb") as f:
@@ -341,15 +346,46 @@ class _Sink:
             print(json.dumps({"Id": self.job_id, "Path": self.path, "Output": text}), flush=True)
 
 
+class _RemoteTail:
+    """The same for a job that runs on another node: its origin reads it there (ReadOutput), for us."""
+
+    def __init__(self, c: Client, job_id: int, stderr: bool) -> None:
+        self.c, self.job_id, self.stderr = c, job_id, stderr
+        self.offset = 0
+
+    async def apump(self, write: Callable[[bytes], None]) -> None:
+        while True:
+            (data,) = await self.c.call("ReadOutput", "tbt", [self.job_id, self.stderr, self.offset])
+            if not data:
+                return
+            self.offset += len(data)
+            write(bytes(data))
+
+
+async def _is_remote(c: Client, job: dict[str, Any]) -> bool:
+    """Runs on another node: its output file is not on this machine."""
+    node = job.get("Node") or ""
+    return bool(node) and node != (await c.properties()).get("NodeName")
+
+
 async def cmd_logs(c: Client, args: argparse.Namespace) -> int:
     if args.follow:
         await c.subscribe()  # before reading the state: an end in between still arrives as a signal
     job = await c.get_job(args.id)
     path = job["StderrPath" if args.stderr else "StdoutPath"]
-    if not path:
+    remote = await _is_remote(c, job)
+    if not path and not remote:
         raise Failure(f"job {args.id} has no {'StderrPath' if args.stderr else 'StdoutPath'}")
+    tail = _RemoteTail(c, args.id, args.stderr) if remote else _Tail(path)
     if args.follow:
-        return await _follow(c, args.id, job["State"], _Tail(path), _Sink(args.id, path, args.json))
+        return await _follow(c, args.id, job["State"], tail, _Sink(args.id, path, args.json))
+    if remote:
+        chunks: list[bytes] = []
+        await tail.apump(chunks.append if args.json else _Sink(args.id, path, False).write)
+        if args.json:
+            print(json.dumps({"Id": job["Id"], "Path": path, "Node": job["Node"],
+                              "Output": b"".join(chunks).decode("utf-8", "replace")}))
+        return 0
     return _print_log(job, path, args.json)
 
 
@@ -376,7 +412,7 @@ def _print_log(job: dict[str, Any], path: str, as_json: bool) -> int:
     return 0
 
 
-async def _follow(c: Client, job_id: int, state: str, tail: _Tail, sink: _Sink) -> int:
+async def _follow(c: Client, job_id: int, state: str, tail: "_Tail | _RemoteTail", sink: _Sink) -> int:
     """Print new output until the job is terminal, then what is left (nothing written before the end is lost:
     the file is read to its end after the terminal state is known)."""
     loop = asyncio.get_running_loop()
@@ -384,7 +420,7 @@ async def _follow(c: Client, job_id: int, state: str, tail: _Tail, sink: _Sink) 
     next_read = 0.0
     while state not in TERMINAL:
         if loop.time() >= next_read:
-            tail.pump(sink.write)
+            await tail.apump(sink.write)
             next_read = loop.time() + FOLLOW_POLL_S
         try:
             changed, _path, new_state, _reason = await c.next_change(max(0.0, next_read - loop.time()))
@@ -395,7 +431,10 @@ async def _follow(c: Client, job_id: int, state: str, tail: _Tail, sink: _Sink) 
         if loop.time() >= recheck:
             state = (await c.get_job(job_id))["State"]
             recheck = loop.time() + RECHECK_S
-    tail.pump(sink.write)
+    if isinstance(tail, _RemoteTail):
+        # The origin hears of the end a moment after the node writes the last bytes: one more read.
+        await tail.apump(sink.write)
+    await tail.apump(sink.write)
     sink.finish()
     return 0
 
@@ -615,7 +654,9 @@ def _submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--env", action="append", metavar="NAME[=VALUE]", help="set (or pass) a variable; repeatable")
     s.add_argument("--no-env", action="store_true", help="do not pass on the current environment")
     s.add_argument("--hold", action="store_true", help="queue it held")
-    s.add_argument("--node", help="a node's name, or 'any'")
+    s.add_argument("--node", help="a node's name, or 'any' (here if it fits now, else the peer with most room)")
+    s.add_argument("--no-requeue", action="store_true",
+                   help="if the node running it goes down, end it FAILED (node-failure) instead of requeueing it once")
     s.add_argument("--array", metavar="IDS[%N]",
                    help="a job array: task ids like 1-1000, 0,3,5-7 or 0-15:4; %%N runs at most N at once. "
                         "Each task gets SCHEDD_ARRAY_TASK_ID and SCHEDD_ARRAY_JOB_ID")
@@ -632,6 +673,8 @@ def _queue_parser(sub: Any) -> None:
                    help="only this user's jobs; without a value: the session bus, as before the command")
     q.add_argument("--me", action="store_true", help="only my jobs")
     q.add_argument("--limit", type=int, help="at most this many jobs")
+    q.add_argument("--all-nodes", action="store_true",
+                   help="the whole cluster: every node's own jobs (ids are per origin node: see Origin)")
     q.add_argument("-r", "--array", dest="expand", action="store_true",
                    help="one line per array task (pending tasks of an array are folded into one line by default)")
     q.set_defaults(func=cmd_queue, prepare=prepare_queue)

@@ -109,8 +109,16 @@ class Client:
         return plain(job)
 
     async def list_jobs(self, states: list[str] | None = None, uid: int | None = None,
-                        limit: int | None = None) -> list[dict[str, Any]]:
+                        limit: int | None = None, all_nodes: bool = False) -> list[dict[str, Any]]:
         """Every matching job, oldest first, paging past the daemon's per-call cap with the After cursor."""
+        if all_nodes:  # one page per node: ids are per origin, so no shared cursor
+            flt = {"AllNodes": Variant("b", True), "Limit": Variant("u", min(limit or MAX_PAGE, MAX_PAGE))}
+            if states is not None:
+                flt["States"] = Variant("as", states)
+            if uid is not None:
+                flt["User"] = Variant("u", uid)
+            (page,) = await self.call("ListJobs", "a{sv}", [flt])
+            return plain(page)
         jobs: list[dict[str, Any]] = []
         after = 0
         while True:

@@ -97,6 +97,8 @@ def fold_arrays(jobs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 def queue(jobs: list[dict[str, Any]], tty: bool, now: int | None = None, fold: bool = False) -> str:
     now = now_usec() if now is None else now
     ids = fold_arrays(jobs) if fold else [(str(j["Id"]), j) for j in jobs]
+    # The whole cluster (queue --all-nodes): ids are per origin node, so say whose: 'b:12'.
+    ids = [(f"{j['Origin']}:{ident}" if j.get("Origin") else ident, j) for ident, j in ids]
     rows = [[ident, _clip(j.get("Name") or "-", 24), j.get("UserName") or str(j.get("User", "?")),
              colour(j["State"], tty), j.get("Reason") or "-", str(j.get("CPUs", 0)), format_size(j.get("Memory", 0)),
              str(j.get("Priority", 0)), elapsed(j, now), j.get("Node") or "-"] for ident, j in ids]

@@ -124,6 +124,8 @@ async def run(args: argparse.Namespace) -> int:
     if watchdog:
         watchdog.cancel()
     if web:
+        if getattr(web, "federation", None):
+            await web.federation.stop()
         await web.stop()
     await engine.shutdown()
     bus.disconnect()
@@ -146,6 +148,13 @@ async def _start_web(cfg, engine: Engine, service: DBusService, peers=None):
     from .web import Web
 
     web = Web(cfg.http)
+    if cfg.peers:
+        from .federation import Federation
+        from .federation_api import FederationApi
+
+        web.federation = Federation(engine, cfg, web)
+        FederationApi(web.federation, web)
+        peers = peers or web.federation.node_rows
     metrics = Metrics(engine, peers)
 
     async def serve_metrics(_request):
@@ -155,6 +164,8 @@ async def _start_web(cfg, engine: Engine, service: DBusService, peers=None):
     web.app.router.add_get("/metrics", serve_metrics)
     Dashboard(engine, web, peers, local_node=service.local_node)
     await web.start()
+    if cfg.peers:
+        await web.federation.start()
     return web
 
 

@@ -17,8 +17,6 @@ import contextlib
 import heapq
 import json
 import logging
-import os
-import stat
 from importlib import resources
 from typing import Any, Callable, Iterable
 
@@ -28,6 +26,7 @@ from .engine import Caller
 from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
 from .metrics import safe_peers
 from .model import Job, JobState, now_usec
+from .output import read_tail
 from .web import HttpError, Web
 
 log = logging.getLogger("schedd.dashboard")
@@ -55,23 +54,6 @@ def summary(job: Job) -> dict[str, Any]:
         "end_time": job.end_time, "exit_code": job.exit_code, "node": job.node,
         "suspended_usec": job.suspended_usec,
     }
-
-
-def read_tail(path: str, uid: int, limit: int = TAIL_BYTES) -> str:
-    """The last `limit` bytes of a job's output file. Only a regular file the job's user owns (the
-    daemon reads as root: a path the user named must not make it show someone else's file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PermissionError(f"{path} is not a regular file")
-        if st.st_uid != uid and uid != 0:
-            raise PermissionError(f"{path} does not belong to the job's user")
-        os.lseek(fd, max(0, st.st_size - limit), os.SEEK_SET)
-        data = os.read(fd, limit)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "replace")
 
 
 class Dashboard:
@@ -236,10 +218,12 @@ class Dashboard:
             out["Output"], out["OutputNote"] = "", "not started yet"
         else:
             try:
-                out["Output"] = await asyncio.to_thread(read_tail, job.spec.stdout_path, job.spec.uid)
+                data = await asyncio.to_thread(read_tail, job.spec.stdout_path, job.spec.uid, TAIL_BYTES)
+                out["Output"] = data.decode("utf-8", "replace")
                 out["OutputNote"] = f"last {TAIL_BYTES >> 10} KiB of {job.spec.stdout_path}"
-            except OSError as e:
-                out["Output"], out["OutputNote"] = None, f"cannot read {job.spec.stdout_path}: {e.strerror or e}"
+            except (SchedError, OSError) as e:
+                why = e.message if isinstance(e, SchedError) else f"cannot read {job.spec.stdout_path}: {e.strerror}"
+                out["Output"], out["OutputNote"] = None, why
         return web.json_response(out)
 
     async def action(self, request: web.Request) -> web.Response:

@@ -225,12 +225,47 @@ class ManagerObject(ServiceInterface):
         if limit > MAX_LIST:
             raise InvalidArgument(f"Limit: at most {MAX_LIST} jobs per call; page with After (the last id you got)")
         jobs = self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit)
-        return [job_variants(j) for j in jobs]
+        fed = self.engine.federation
+        if not f.get("AllNodes") or fed is None:
+            return [job_variants(j) for j in jobs]
+        # The whole cluster: each job once, from its origin (copies run here for others are theirs).
+        me = self.engine.config.node_name
+        out = [job_variants(j) | {"Origin": Variant("s", me)} for j in jobs if not j.origin_node]
+        user_name = None
+        if "User" in f:
+            import pwd
+
+            try:
+                user_name = pwd.getpwuid(f["User"]).pw_name
+            except KeyError:
+                return out
+        for node, rec in await fed.list_cluster(f.get("States"), user_name, f.get("After", 0), limit):
+            try:
+                row = {k: Variant(sig, rec[k]) for k, sig in JOB_PROPERTIES.items() if k in rec}
+            except (TypeError, ValueError, OverflowError):
+                log.warning("node %s sent a job record that does not fit the contract; skipped", node)
+                continue
+            out.append(row | {"Origin": Variant("s", node)})
+        return out
+
+    @method()
+    @_dbus_errors
+    async def ReadOutput(self, id: "t", stderr: "b", offset: "t") -> "ay":  # noqa: F821
+        """Up to 1 MiB of a job's output from offset, read for its owner (or root) wherever the job runs."""
+        job = self.engine.get(id)
+        await self.engine.authorize(job, await self._caller())
+        if job.remote:
+            return await self.engine.federation.read_output(job, stderr, offset)
+        from .output import read_output
+
+        return read_output(job.spec.stderr_path if stderr else job.spec.stdout_path, job.uid, offset)
 
     @method()
     @_dbus_errors
     async def ListNodes(self) -> "aa{sv}":  # noqa: F821
-        return [{k: Variant(NODE_KEYS[k], v) for k, v in self.service.local_node().items()}]
+        fed = self.engine.federation
+        rows = fed.node_rows() if fed is not None else [self.service.local_node()]
+        return [{k: Variant(NODE_KEYS[k], row[k]) for k in NODE_KEYS} for row in rows]
 
     @method()
     @_dbus_errors
@@ -277,7 +312,7 @@ MANAGER_GETTERS: dict[str, Callable[[Engine], Any]] = {
 # Methods and the argument signature each takes, to answer a wrong one precisely.
 _SIGNATURES = {
     "Submit": "a{sv}", "SubmitMany": "aa{sv}", "Cancel": "t", "Hold": "t", "Release": "t", "Suspend": "t",
-    "Resume": "t", "Requeue": "t", "GetJob": "t", "ListJobs": "a{sv}", "ListNodes": "",
+    "Resume": "t", "Requeue": "t", "GetJob": "t", "ListJobs": "a{sv}", "ListNodes": "", "ReadOutput": "tbt",
     "GetStats": "a{sv}",
 }
 

@@ -58,6 +58,7 @@ class _Flags:
     cancel: bool = False
     requeue: bool = False
     timeout: bool = False  # stopped by the daemon because its time limit ran out
+    fence: bool = False  # stopped because its origin placed it elsewhere (node failure)
     waiters: list[asyncio.Future] = field(default_factory=list)
 
 
@@ -72,6 +73,7 @@ class Engine:
         self.jobs: dict[int, Job] = {}
         self.listeners: list[Listener] = []
         self.authorize_other: Any = None  # async (Caller, action) -> bool, e.g. polkit
+        self.federation: Any = None  # schedd.federation.Federation when peers are configured
         self._allocs: dict[int, Allocation] = {}
         self._flags: dict[int, _Flags] = defaultdict(_Flags)
         self._blocked: dict[int, Job] = {}  # pending, waiting on dependencies
@@ -105,7 +107,7 @@ class Engine:
         for job in self.store.load_live(since):
             self.jobs[job.id] = job
             self._by_state[job.state] += 1
-            if job.state.active:
+            if job.state.active and not job.remote:
                 alloc = Allocation(tuple(job.assigned_cpus), job.spec.memory, tuple(job.assigned_gpus))
                 try:
                     self.ledger.claim(alloc)
@@ -115,7 +117,7 @@ class Engine:
                 if job.array_job_id and job.spec.array_max_running:
                     self._admitted[job.array_job_id].add(job.id)
         for job in list(self.jobs.values()):
-            if job.state.active:
+            if job.state.active and not job.remote:
                 if await executor.recover(job):
                     adopted += 1
                     self._arm_limit(job)
@@ -124,10 +126,10 @@ class Engine:
             elif job.state in QUEUED:
                 self._pending_by_uid[job.uid] += 1
         # Units of jobs we do not track as running: a crash between start and its record, or strangers.
-        active = {j.id for j in self.jobs.values() if j.state.active}
+        active = {j.id for j in self.jobs.values() if j.state.active and not j.remote}
         for jid in await executor.orphans(active):
             job = self.jobs.get(jid)
-            if job is not None and job.state == JobState.PENDING:
+            if job is not None and job.state == JobState.PENDING and not job.remote:
                 await self._adopt_unrecorded(job)
                 adopted += 1
             else:
@@ -135,7 +137,7 @@ class Engine:
                 log.warning("%s belongs to a %s; stopping it", unit_name(jid), what)
                 await executor.reap_orphan(jid)
         for job in sorted(self.jobs.values(), key=lambda j: j.id):
-            if job.state == JobState.PENDING and job.id not in self._allocs:
+            if job.state == JobState.PENDING and job.id not in self._allocs and not job.remote:
                 info = self.executor.recorded_exit(job.id)
                 if info is not None:
                     self._finish(job, info)
@@ -175,6 +177,7 @@ class Engine:
             total_gpus=self.ledger.total_gpus, default_memory=c.default_memory, min_memory=c.min_memory,
             max_argv_bytes=c.max_argv_bytes, max_env_entries=c.max_env_entries,
             default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec,
+            cluster=self.federation.views if self.federation is not None else None,
         )
 
     def get(self, job_id: int) -> Job:
@@ -215,8 +218,11 @@ class Engine:
     async def submit(self, props: dict, caller: Caller) -> Job:
         return (await self.submit_many([props], caller))[0]
 
-    async def submit_many(self, specs: list[dict], caller: Caller) -> list[Job]:
-        """Validate all, then queue all; answers once every one of them is durable."""
+    async def submit_many(self, specs: list[dict], caller: Caller, *, origin: tuple[str, int] | None = None) -> list[Job]:
+        """Validate all, then queue all; answers once every one of them is durable.
+
+        origin: (node, id) of a job another node forwarded here, recorded with it (idempotency key).
+        """
         limits = self.limits()
         daemon_uid = os.geteuid()
         known = lambda i: i in self.jobs or self.store.exists(i)  # noqa: E731
@@ -239,6 +245,19 @@ class Engine:
                 raise InvalidArgument("ArrayTaskId: each task of an array needs its own id")
             if len({s.array_max_running for s in built}) > 1:
                 raise InvalidArgument("ArrayMaxRunning: every task of an array must give the same cap")
+        if self.federation is not None and any(s.node not in ("", self.config.node_name) for s in built):
+            if len(built) > 1:
+                raise InvalidArgument("Node: jobs for other nodes (or 'any') are submitted one at a time with Submit, "
+                                      "not with SubmitMany")
+            if built[0].after:
+                if built[0].node != "any":
+                    raise InvalidArgument("After: a job placed on another node cannot wait for jobs of this one; "
+                                          "drop Node or After")
+                self.federation.require_local_fit(built[0], "a job with After runs on this node")
+            elif self._pending_by_uid[built[0].uid] + 1 <= self.config.max_pending_per_user:
+                job = await self.federation.submit(built[0])
+                if job is not None:
+                    return [job]  # placed on a peer (or waiting for one)
         per_uid: dict[int, int] = defaultdict(int)
         for spec in built:
             per_uid[spec.uid] += 1
@@ -260,6 +279,8 @@ class Engine:
             job = Job(id=jid, spec=spec, submit_time=now, node=self.config.node_name,
                       state=JobState.HELD if spec.hold else JobState.PENDING,
                       reason=Reason.HELD if spec.hold else "")
+            if origin is not None:
+                job.origin_node, job.origin_id = origin
             jobs.append(job)
         if tasks:
             for job in jobs:
@@ -320,6 +341,10 @@ class Engine:
                 return
             raise
 
+    async def authorize(self, job: Job, caller: Caller) -> None:
+        """AccessDenied unless the caller owns the job, is root, or polkit allows it (e.g. to read its output)."""
+        await self._authorize(job, caller)
+
     async def _owned(self, job_id: int, caller: Caller) -> Job:
         """The job, if it exists and the caller may change it."""
         job = self._live(job_id)
@@ -336,6 +361,8 @@ class Engine:
 
     async def cancel(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
+        if job.remote:
+            return await self.federation.action(job, "cancel")
         if job.state.terminal:
             raise InvalidState(f"job {job_id} is already {job.state.value}; only pending, held or running jobs can be cancelled")
         if job.state in (JobState.PENDING, JobState.HELD) and job.id not in self._starting:
@@ -364,6 +391,8 @@ class Engine:
 
     async def hold(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
+        if job.remote:
+            return await self.federation.action(job, "hold")
         if job.state == JobState.HELD:
             return
         if job.state != JobState.PENDING or job.id in self._starting:
@@ -375,6 +404,8 @@ class Engine:
 
     async def release(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
+        if job.remote:
+            return await self.federation.action(job, "release")
         if job.state == JobState.PENDING:
             return
         if job.state != JobState.HELD:
@@ -387,6 +418,8 @@ class Engine:
 
     async def suspend(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
+        if job.remote:
+            return await self.federation.action(job, "suspend")
         if job.state == JobState.SUSPENDED:
             return
         if job.state != JobState.RUNNING or job.id in self._starting:
@@ -404,6 +437,8 @@ class Engine:
 
     async def resume(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
+        if job.remote:
+            return await self.federation.action(job, "resume")
         if job.state == JobState.RUNNING:
             return
         if job.state != JobState.SUSPENDED:
@@ -466,6 +501,8 @@ class Engine:
 
     async def requeue(self, job_id: int, caller: Caller) -> None:
         job = await self._owned(job_id, caller)
+        if job.remote:
+            return await self.federation.action(job, "requeue")
         if job.state in (JobState.PENDING, JobState.HELD):
             raise InvalidState(f"job {job_id} is {job.state.value}: it has not run, nothing to requeue")
         if job.state.active or job.id in self._starting:
@@ -664,7 +701,7 @@ class Engine:
             self._requeue(job)
         else:
             if flags.cancel:
-                state, reason = JobState.CANCELLED, Reason.CANCELLED
+                state, reason = JobState.CANCELLED, Reason.NODE_FAILURE if flags.fence else Reason.CANCELLED
             elif info.oom_killed:
                 state, reason = JobState.FAILED, Reason.OOM_KILL
             elif info.signal and (flags.timeout or self._overdue(job)):
@@ -732,9 +769,12 @@ class Engine:
         if job.state.terminal:
             extra = f" exit-code={job.exit_code}"
         level = logging.WARNING if job.state == JobState.FAILED else logging.INFO
-        log.log(level, "job %d %s%s: user=%s unit=%s reason=%s%s", job.id, what,
+        where = f"node={job.remote_node}" if job.remote else f"unit={job.unit}"
+        if job.origin_node:
+            where += f" origin={job.origin_node}:{job.origin_id}"
+        log.log(level, "job %d %s%s: user=%s %s reason=%s%s", job.id, what,
                  f" (was {old.value.lower()})" if old is not None and old != job.state else "",
-                 s.user_name or s.uid, job.unit, job.reason or "-", extra)
+                 s.user_name or s.uid, where, job.reason or "-", extra)
 
     MANAGER_COALESCE = 0.05  # seconds; counters change with every job, clients need not hear each step
 
@@ -761,6 +801,117 @@ class Engine:
                 self._by_state[job.state] -= 1
                 for l in self.listeners:
                     l.job_released(job)
+
+    # -- federation ---------------------------------------------------------------
+    # Jobs of ours placed on a peer are records here (mirrored from there); jobs run here
+    # for a peer are ordinary local jobs that carry their origin.
+
+    def allocate_id(self) -> int:
+        jid = self._next_id
+        self._next_id += 1
+        return jid
+
+    async def add_record(self, job: Job) -> None:
+        """A job of ours that is not queued here (forwarded, or waiting for a node): durable, then announced."""
+        self.jobs[job.id] = job
+        self._by_state[job.state] += 1
+        if job.state in QUEUED:
+            self._pending_by_uid[job.uid] += 1
+        try:
+            await self.store.save(job)
+        except Exception as e:
+            self.jobs.pop(job.id, None)
+            self._by_state[job.state] -= 1
+            if job.state in QUEUED:
+                self._pending_by_uid[job.uid] -= 1
+            raise SchedError(f"could not record the job durably: {e}") from e
+        for l in self.listeners:
+            l.job_added(job)
+        self._transition_log(job, "submitted" if not job.remote_id else f"submitted, runs on {job.remote_node}")
+        self._manager_changed({"PendingJobs", "RunningJobs"})
+
+    MIRRORED = ("exit_code", "start_time", "end_time", "cpu_time_usec", "memory_peak", "assigned_cpus",
+                "assigned_gpus")
+
+    def mirror(self, job: Job, state: JobState, reason: str, fields: dict[str, Any]) -> None:
+        """A transition of a forwarded job, as its node reported it."""
+        props = {"Node"}
+        for key, prop in (("exit_code", "ExitCode"), ("start_time", "StartTime"), ("end_time", "EndTime"),
+                          ("cpu_time_usec", "CPUTimeUSec"), ("memory_peak", "MemoryPeak"),
+                          ("assigned_cpus", "AssignedCPUs"), ("assigned_gpus", "AssignedGPUs"),
+                          ("stdout_path", "StdoutPath"), ("stderr_path", "StderrPath")):
+            if key in fields:
+                target = job.spec if key.endswith("_path") else job
+                if getattr(target, key) != fields[key]:
+                    setattr(target, key, fields[key])
+                    props.add(prop)
+        if state != job.state or reason != job.reason:
+            self._set(job, state, reason, props | {"State", "Reason"})
+            if state.terminal:
+                self._dependency_ended(job)
+        elif props != {"Node"}:
+            for l in self.listeners:
+                l.job_changed(job, props, job.state)
+        self.store.save(job)
+
+    def placed_remote(self, job: Job, node: str, remote_id: int, fields: dict[str, Any]) -> None:
+        """A waiting (or requeued) job of ours was forwarded to node."""
+        job.remote_node, job.remote_id, job.node = node, remote_id, node
+        self.mirror(job, job.state, job.reason, fields)
+
+    def place_here(self, job: Job) -> None:
+        """A waiting (or requeued) job of ours runs on this node after all."""
+        job.remote_node, job.remote_id, job.node = "", 0, self.config.node_name
+        for l in self.listeners:
+            l.job_changed(job, {"Node"}, job.state)
+        self.store.save(job)
+        if job.state == JobState.PENDING:
+            self._make_eligible(job)
+            self.kick()
+
+    def requeue_away(self, job: Job, failed_node: str, *, requeue: bool) -> None:
+        """The node running a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED."""
+        job.node_failures += 1
+        if not requeue:
+            job.end_time = now_usec()
+            self._set(job, JobState.FAILED, Reason.NODE_FAILURE, _END_PROPS | {"Node"})
+            self._dependency_ended(job)
+        else:
+            job.restarts += 1
+            job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
+            job.assigned_cpus, job.assigned_gpus = [], []
+            job.remote_node, job.remote_id, job.node = "*", 0, ""
+            held = job.state == JobState.HELD
+            self._set(job, JobState.HELD if held else JobState.PENDING, Reason.HELD if held else Reason.REQUEUED,
+                      _END_PROPS | _START_PROPS | {"Restarts"})
+        log.warning("job %d: node %s went down under it; %s", job.id, failed_node,
+                    "requeued elsewhere" if requeue else "failed (node-failure)")
+        self.store.save(job)
+
+    async def hold_record(self, job: Job, hold: bool) -> None:
+        """Hold or release a job of ours that waits for a node (no node has a copy to ask)."""
+        job.spec.hold = hold
+        self._set(job, JobState.HELD if hold else JobState.PENDING, Reason.HELD if hold else "", {"State", "Reason"})
+        await self.store.save(job)
+
+    def end_record(self, job: Job, state: JobState, reason: str) -> None:
+        """End a job of ours that is not running anywhere (waiting for a node) or whose node is gone."""
+        self._end(job, state, reason)
+        self.store.save(job)
+
+    async def fence(self, job_id: int) -> Job:
+        """Stop a copy run here for a peer that has placed the job elsewhere since (no job runs twice)."""
+        job = self.get(job_id)
+        if job.state.terminal or job.id not in self.jobs:
+            return job
+        if job.state in (JobState.PENDING, JobState.HELD) and job.id not in self._starting:
+            self._unqueue(job)
+            self._end(job, JobState.CANCELLED, Reason.NODE_FAILURE)
+            await self.store.save(job)
+            return job
+        self._flags[job.id].fence = True
+        await self._stop_and_wait(job, cancel=True)
+        return job
 
     async def shutdown(self) -> None:
         """Stop watching; running jobs go on in their scopes and are re-adopted at the next start."""

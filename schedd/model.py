@@ -102,6 +102,18 @@ class Job:
     suspend_time: int = 0  # when the current suspension began; 0: not suspended
     # Executor's recovery data (JSON-able), e.g. the gate's pid and start time.
     handle: dict | None = None
+    # Federation: a job run here for another node names its origin; a job of ours run
+    # elsewhere names that node and its id there (0 while it is still to be forwarded).
+    origin_node: str = ""
+    origin_id: int = 0
+    remote_node: str = ""
+    remote_id: int = 0
+    node_failures: int = 0  # how often a node running it went down (each may requeue it once)
+
+    @property
+    def remote(self) -> bool:
+        """Ours, but placed on a peer: no allocation, scope or scheduler entry here."""
+        return bool(self.remote_node)
 
     def deadline(self) -> int | None:
         """When the time limit runs out (µs since the epoch); None without a limit or while suspended."""

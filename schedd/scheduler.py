@@ -76,6 +76,10 @@ class Scheduler:
     def __contains__(self, job_id: int) -> bool:
         return job_id in self._queued
 
+    def queued(self) -> Iterable[Job]:
+        """The jobs waiting to start, in no particular order (what they ask for is not free for newcomers)."""
+        return self._queued.values()
+
     def dequeue(self, job_id: int) -> Job | None:
         """Forget a queued job (cancel, hold); its heap entry is dropped lazily."""
         return self._queued.pop(job_id, None)

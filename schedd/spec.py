@@ -36,6 +36,9 @@ class Limits:
     max_env_entries: int
     default_time_usec: int = 0
     max_time_usec: int = 0
+    # Federation: () -> every node this one knows (placement.NodeView), this one included; None alone.
+    # A callable: only a spec with a Node pays for looking at the cluster.
+    cluster: Callable[[], list] | None = None
 
 
 def _bad(key: str, why: str) -> InvalidArgument:
@@ -209,16 +212,19 @@ def build_spec(
         if not job_known(dep):
             raise _bad("After", f"job {dep} does not exist")
     node = v.get("Node", "")
-    if node not in ("", "any", limits.node_name):
-        raise Unsatisfiable(f"Node: no node named {node!r} in this cluster (this node is {limits.node_name!r})")
+    if node not in ("", limits.node_name) and limits.cluster is not None:
+        from .placement import Need, check_satisfiable
 
-    if cpus > limits.total_cpus:
+        check_satisfiable(node, Need(cpus, memory, gpus), list(limits.cluster()))
+    elif node not in ("", "any", limits.node_name):
+        raise Unsatisfiable(f"Node: no node named {node!r} in this cluster (this node is {limits.node_name!r})")
+    elif cpus > limits.total_cpus:
         raise Unsatisfiable(f"CPUs: asks for {cpus} CPUs but the largest node offers {limits.total_cpus}")
-    if memory > limits.total_memory:
+    elif memory > limits.total_memory:
         raise Unsatisfiable(
             f"Memory: asks for {format_size(memory)} but the largest node offers {format_size(limits.total_memory)}"
         )
-    if gpus > limits.total_gpus:
+    elif gpus > limits.total_gpus:
         raise Unsatisfiable(f"GPUs: asks for {gpus} GPUs but the largest node offers {limits.total_gpus}")
 
     runtime_max = v.get("RuntimeMaxUSec", 0)

@@ -71,6 +71,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN suspend_time INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_array ON jobs(array_job_id) WHERE array_job_id > 0;
     """,
+    # 3: federation. A job run here for another node names its origin (node, id): the unique
+    # index makes a retried forward find the first copy instead of creating a second job. A job
+    # of ours that runs elsewhere names that node and its id there.
+    """
+    ALTER TABLE jobs ADD COLUMN origin_node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN origin_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN remote_node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN remote_id INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN node_failures INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX jobs_origin ON jobs(origin_node, origin_id) WHERE origin_node != '';
+    CREATE INDEX jobs_remote ON jobs(remote_node) WHERE remote_node != '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; a D-Bus 't' can name ids beyond it, which never exist
@@ -81,6 +93,7 @@ COLUMNS = (
     "environment", "stdout_path", "stderr_path", "runtime_max_usec", "hold", "after", "target_node",
     "requeue", "restarts", "submit_time", "start_time", "end_time", "cpu_time_usec", "memory_peak",
     "handle", "array_job_id", "array_task_id", "array_max_running", "suspended_usec", "suspend_time",
+    "origin_node", "origin_id", "remote_node", "remote_id", "node_failures",
 )
 _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -98,6 +111,7 @@ def job_to_row(job: Job) -> tuple:
         int(s.requeue), job.restarts, job.submit_time, job.start_time, job.end_time, job.cpu_time_usec,
         job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
         job.array_job_id, s.array_task_id, s.array_max_running, job.suspended_usec, job.suspend_time,
+        job.origin_node, job.origin_id, job.remote_node, job.remote_id, job.node_failures,
     )
 
 
@@ -118,6 +132,8 @@ def row_to_job(row: tuple) -> Job:
         cpu_time_usec=r["cpu_time_usec"], memory_peak=r["memory_peak"], restarts=r["restarts"],
         handle=json.loads(r["handle"]) if r["handle"] else None,
         array_job_id=r["array_job_id"], suspended_usec=r["suspended_usec"], suspend_time=r["suspend_time"],
+        origin_node=r["origin_node"], origin_id=r["origin_id"], remote_node=r["remote_node"],
+        remote_id=r["remote_id"], node_failures=r["node_failures"],
     )
 
 
@@ -301,6 +317,20 @@ class Store:
             sql += " AND uid = ?"
             args.append(uid)
         return [r for r in self._r.execute(sql, args) if r[0] not in exclude]
+
+    def find_origin(self, origin_node: str, origin_id: int) -> Job | None:
+        """The job run here for (origin node, its id there), if a forward of it ever arrived."""
+        if not 0 < origin_id <= MAX_ID:
+            return None
+        row = self._r.execute(f"{_SELECT} WHERE origin_node = ? AND origin_id = ?", (origin_node, origin_id)).fetchone()
+        return row_to_job(row) if row else None
+
+    def by_origin(self, origin_node: str, since_usec: int) -> list[Job]:
+        """Jobs run here for one origin node: unfinished ones and those finished since since_usec."""
+        rows = self._r.execute(
+            f"{_SELECT} WHERE origin_node = ? AND (end_time = 0 OR end_time >= ?) ORDER BY id", (origin_node, since_usec)
+        ).fetchall()
+        return [row_to_job(r) for r in rows]
 
     def integrity_check(self) -> str:
         return self._r.execute("PRAGMA integrity_check").fetchone()[0]

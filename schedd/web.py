@@ -38,7 +38,10 @@ async def _json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except HttpError as e:
-        return web.json_response(error_body(e.code, e.message), status=e.status)
+        body = error_body(e.code, e.message)
+        if getattr(e, "dbus_error", None):  # the D-Bus error a peer re-raises for its own clients
+            body["dbus_error"] = e.dbus_error
+        return web.json_response(body, status=e.status)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -69,6 +72,7 @@ class Web:
         self.app = web.Application(middlewares=[_json_errors], client_max_size=8 << 20)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.federation: Any = None  # schedd.federation.Federation when [[peers]] are configured
 
     # -- authentication ---------------------------------------------------------
 

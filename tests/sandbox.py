@@ -186,7 +186,8 @@ class Sandbox:
         cmd = ["unshare", "--fork", "--pid", "--mount", "--mount-proc", "/bin/sh", "-c", INNER, "sh",
                str(self.stage), *map(str, self._cgroups)]
         if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+            # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup hierarchies set up here.
+            cmd = ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
         log = open(self.dir / "boot.log", "wb")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_BIN": SYSTEMD,
                "SCHEDD_SANDBOX_VENV": os.environ.get("SCHEDD_SANDBOX_VENV", "")}

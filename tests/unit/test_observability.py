@@ -15,7 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from schedctl import render
 from schedd import stats
 from schedd.config import HttpConfig
-from schedd.dashboard import Dashboard, read_tail
+from schedd.dashboard import Dashboard
+from schedd.errors import AccessDenied
+from schedd.output import read_tail
 from schedd.errors import InvalidState, NotFound
 from schedd.ledger import Ledger
 from schedd.metrics import Metrics
@@ -296,13 +298,14 @@ async def test_dashboard_actions_need_the_token_and_output_is_private(dash, tmp_
 def test_read_tail_refuses_what_is_not_the_users_own_regular_file(tmp_path: Path):
     f = tmp_path / "log"
     f.write_bytes(b"a" * 100 + b"END")
-    assert read_tail(str(f), os.getuid(), limit=3) == "END"
+    assert read_tail(str(f), os.getuid(), limit=3) == b"END"
+    assert read_tail(str(tmp_path / "not-yet"), os.getuid(), limit=3) == b""
     link = tmp_path / "link"
     link.symlink_to(f)
-    with pytest.raises(OSError):
-        read_tail(str(link), os.getuid())
-    with pytest.raises(PermissionError):
-        read_tail(str(tmp_path), os.getuid())
+    with pytest.raises(AccessDenied):
+        read_tail(str(link), os.getuid(), 10)
+    with pytest.raises(AccessDenied):
+        read_tail(str(tmp_path), os.getuid(), 10)
     if os.getuid() == 0:
-        with pytest.raises(PermissionError):
-            read_tail("/etc/shadow", 1000)
+        with pytest.raises(AccessDenied):
+            read_tail("/etc/shadow", 1000, 10)

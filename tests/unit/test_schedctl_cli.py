@@ -368,6 +368,16 @@ class FakeClient:
     async def next_change(self, timeout=None):
         return await asyncio.wait_for(self.queue.get(), timeout)
 
+    async def properties(self):
+        return {"NodeName": "n1"}
+
+    output: dict[int, bytes] = {}  # what ReadOutput serves for jobs on other nodes
+
+    async def call(self, member, signature="", body=None):
+        assert member == "ReadOutput" and signature == "tbt"
+        jid, _stderr, offset = body
+        return [self.output.get(jid, b"")[offset:offset + 4]]  # small chunks: the client must loop
+
 
 async def test_wait_sees_ends_in_any_order(capsys):
     jobs = {1: job("RUNNING", Id=1), 2: job("COMPLETED", Id=2, Reason="success"), 3: job("PENDING", Id=3)}
@@ -430,6 +440,19 @@ async def test_logs_follow_starts_again_after_a_truncation(tmp_path, capsysbinar
     assert capsysbinary.readouterr().out == b"first run, long output\nagain\n"
 
 
+async def test_logs_of_a_job_on_another_node_come_through_read_output(capsysbinary):
+    jobs = {4: job("RUNNING", Id=4, Node="n2", StdoutPath="/elsewhere/out")}
+    c = FakeClient(jobs)
+    c.subscribed = True  # (a plain read needs no signals)
+    c.output = {4: b"remote output\n"}
+    assert await cli.cmd_logs(c, parse(["logs", "4"])) == 0
+    assert capsysbinary.readouterr().out == b"remote output\n"
+    c = FakeClient(jobs, [(0.05, 4, "COMPLETED", None)])
+    c.output = {4: b"remote output\n"}
+    assert await cli.cmd_logs(c, parse(["logs", "-f", "4"])) == 0
+    assert capsysbinary.readouterr().out == b"remote output\n"
+
+
 def test_logs_reads_the_file_itself(tmp_path, capsys):
     out = tmp_path / "o"
     out.write_bytes("héllo\n".encode())
@@ -450,3 +473,13 @@ def test_queue_folds_pending_array_tasks():
     jobs = [j(5, "RUNNING"), j(10, "RUNNING", 1, 10, 2), j(11, "PENDING", 2, 10, 2), j(12, "PENDING", 3, 10, 2),
             j(13, "PENDING", 4, 10, 2), j(20, "PENDING", 7, 20)]
     assert [label for label, _ in fold_arrays(jobs)] == ["5", "10 (10_1)", "10_[2-4%2]", "20 (20_7)"]
+
+
+def test_queue_of_the_whole_cluster_names_each_jobs_origin():
+    from schedctl import render
+
+    jobs = [job("RUNNING", Id=3, Origin="a", Node="b"), job("PENDING", Id=3, Origin="b", Node="")]
+    text = render.queue(jobs, tty=False)
+    lines = text.splitlines()
+    assert lines[1].split()[0] == "a:3" and lines[1].split()[-1] == "b"
+    assert lines[2].split()[0] == "b:3"

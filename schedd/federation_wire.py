@@ -1,0 +1,79 @@
+"""The federation's wire format: what peers send each other about jobs, and the errors of talking.
+
+Pure conversions (no network), shared by the client side (schedd.federation) and the
+server side (schedd.federation_api).
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+from typing import Any
+
+from .errors import AccessDenied, SchedError
+from .model import Job, JobSpec
+
+DEFAULT_OUTPUT = re.compile(r"/jobs/\d+/output$")  # a node's default output path: never sent to another node
+
+
+class PeerError(Exception):
+    """A peer could not be reached, or answered 5xx: worth retrying."""
+
+
+class PeerRefused(Exception):
+    """A peer answered 4xx: it says no; the SchedError carries its words."""
+
+    def __init__(self, error: SchedError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def spec_to_json(spec: JobSpec) -> dict[str, Any]:
+    """What a peer needs to run the job: the user by name, no paths that only mean something here."""
+    out: dict[str, Any] = {
+        "Command": spec.command, "Name": spec.name, "CPUs": spec.cpus, "Memory": spec.memory, "GPUs": spec.gpus,
+        "Priority": spec.priority, "Environment": spec.environment, "RuntimeMaxUSec": spec.runtime_max_usec,
+        "Hold": spec.hold, "Requeue": spec.requeue, "UserName": spec.user_name,
+    }
+    try:
+        home = pwd.getpwnam(spec.user_name).pw_dir
+    except KeyError:
+        home = ""
+    if spec.working_directory not in (home, "/"):
+        out["WorkingDirectory"] = spec.working_directory
+    for key, path in (("StdoutPath", spec.stdout_path), ("StderrPath", spec.stderr_path)):
+        if path and not DEFAULT_OUTPUT.search(path):
+            out[key] = path
+    return out
+
+
+def job_state_json(job: Job) -> dict[str, Any]:
+    """The mirrored part of a job: what its origin keeps in step."""
+    return {
+        "Id": job.id, "OriginNode": job.origin_node, "OriginId": job.origin_id, "Node": job.node,
+        "State": job.state.value, "Reason": job.reason, "ExitCode": job.exit_code, "StartTime": job.start_time,
+        "EndTime": job.end_time, "CPUTimeUSec": job.cpu_time_usec, "MemoryPeak": job.memory_peak,
+        "AssignedCPUs": job.assigned_cpus, "AssignedGPUs": job.assigned_gpus,
+        "StdoutPath": job.spec.stdout_path, "StderrPath": job.spec.stderr_path, "Restarts": job.restarts,
+    }
+
+
+def mirrored_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "exit_code": rec["ExitCode"], "start_time": rec["StartTime"], "end_time": rec["EndTime"],
+        "cpu_time_usec": rec["CPUTimeUSec"], "memory_peak": rec["MemoryPeak"],
+        "assigned_cpus": rec["AssignedCPUs"], "assigned_gpus": rec["AssignedGPUs"],
+        "stdout_path": rec["StdoutPath"], "stderr_path": rec["StderrPath"],
+    }
+
+
+def resolve_user(name: str, node: str) -> pwd.struct_passwd:
+    """A forwarded job's user by name on this node; root and unknown names are refused."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise AccessDenied(f"user {name!r} does not exist on node {node}; create it there or run the job "
+                           f"elsewhere") from None
+    if pw.pw_uid == 0:
+        raise AccessDenied(f"node {node} does not run jobs of root ({name!r}) for other nodes")
+    return pw

@@ -1,0 +1,192 @@
+"""A federation of schedd nodes on one machine, for tests and the benchmark.
+
+Each node gets its own network namespace (a veth pair to a bridge that lives in a
+namespace of its own, so the host's network is never touched; addresses in
+10.203.0.0/24), its own test systemd (tests/sandbox.py, entered with nsenter), its own
+state directory and SQLite, and its own schedd started with `systemctl start schedd`.
+Taking a node's link down is `ip -n BRIDGE link set v-NAME down`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sandbox import Sandbox  # noqa: E402
+
+SUBNET = "10.203.0"
+PORT = 7001
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip() or r.returncode}")
+    return r
+
+
+def netns_unavailable() -> str | None:
+    """Why network namespaces cannot be made here (None: they can)."""
+    name = f"fedprobe-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create network namespaces here (ip netns add: {r.stderr.strip()})"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    cpus: int = 1
+    gpus: int = 0
+    gpu_device: str = ""
+    extra: str = ""
+
+
+@dataclass
+class ClusterNode:
+    name: str
+    addr: str
+    netns: str
+    sb: Sandbox
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}:{PORT}"
+
+    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return self.sb.run(argv, **kw)
+
+    def manager(self, member: str, sig: str = "", *args: str, user: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess:
+        argv = ["busctl", "--json=short", "--", "call", "org.schedd.Schedd1", "/org/schedd/Schedd1",
+                "org.schedd.Schedd1.Manager", member]
+        if sig:
+            argv += [sig, *args]
+        return self.sb.run(argv, user=user, check=check)
+
+    def submit(self, command: list[str], user: str | None = None, **props) -> int:
+        items: list[str] = ["Command", "as", str(len(command)), *command]
+        for key, (sig, value) in props.items():
+            items += [key, sig, str(value).lower() if sig == "b" else str(value)]
+        r = self.manager("Submit", "a{sv}", str(1 + len(props)), *items, user=user)
+        return json.loads(r.stdout)["data"][0][0]
+
+    def job(self, job_id: int) -> dict:
+        r = self.manager("GetJob", "t", str(job_id))
+        return {k: v["data"] for k, v in json.loads(r.stdout)["data"][0].items()}
+
+    def nodes(self) -> dict[str, dict]:
+        r = self.manager("ListNodes")
+        rows = [{k: v["data"] for k, v in row.items()} for row in json.loads(r.stdout)["data"][0]]
+        return {row["Name"]: row for row in rows}
+
+    def jobs(self, all_nodes: bool = False) -> list[dict]:
+        args = ("1", "AllNodes", "b", "true") if all_nodes else ("0",)
+        r = self.manager("ListJobs", "a{sv}", *args)
+        return [{k: v["data"] for k, v in row.items()} for row in json.loads(r.stdout)["data"][0]]
+
+    def http(self, method: str, url: str, body: object | None = None, token: str | None = "") -> tuple[int, str]:
+        """curl from inside this node's namespace: (status, body). token=None sends no Authorization."""
+        argv = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--max-time", "10"]
+        tok = self.token if token == "" else token
+        if tok is not None:
+            argv += ["-H", f"Authorization: Bearer {tok}"]
+        if body is not None:
+            argv += ["-H", "Content-Type: application/json", "--data-binary",
+                     body if isinstance(body, str) else json.dumps(body)]
+        r = self.sb.run([*argv, url], check=False)
+        text, _, code = r.stdout.rpartition("\n")
+        return int(code or 0), text
+
+    def journal(self, lines: int = 80) -> str:
+        return self.sb.journal("schedd", lines)
+
+
+def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.05):
+    """Poll predicate until truthy (with a deadline: never a sleep as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    tag: str
+    specs: list[NodeSpec]
+    heartbeat: str = "500ms"
+    nodes: dict[str, ClusterNode] = field(default_factory=dict)
+    bridge_ns: str = ""
+    namespaces: list[str] = field(default_factory=list)  # every one made, removed by down() even after a failed up()
+
+    def config(self, i: int, spec: NodeSpec) -> str:
+        peers = "".join(f'\n[[peers]]\nname = "{p.name}"\nurl = "http://{SUBNET}.{j + 1}:{PORT}"\n'
+                        for j, p in enumerate(self.specs) if p is not spec)
+        gpus = f'gpus = {spec.gpus}\ngpu_device = "{spec.gpu_device}"\n' if spec.gpus else ""
+        return (f'[node]\nname = "{spec.name}"\n[resources]\ncpus = {spec.cpus}\nmemory = "4G"\n{gpus}'
+                f'[jobs]\ndefault_memory = "256M"\nkill_wait = "2s"\n{spec.extra}'
+                f'[http]\nlisten = "{SUBNET}.{i + 1}:{PORT}"\ntoken_file = "/etc/schedd/token"\n'
+                f'heartbeat_interval = "{self.heartbeat}"\n{peers}')
+
+    def up(self) -> None:
+        token = secrets.token_hex(24)
+        self.bridge_ns = f"fed{self.tag}-br"
+        ip("netns", "add", self.bridge_ns)
+        self.namespaces.append(self.bridge_ns)
+        ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+        for i, spec in enumerate(self.specs):
+            ns = f"fed{self.tag}-{spec.name}"
+            addr = f"{SUBNET}.{i + 1}"
+            ip("netns", "add", ns)
+            self.namespaces.append(ns)
+            ip("-n", self.bridge_ns, "link", "add", f"v-{spec.name}", "type", "veth", "peer", "name", "eth0",
+               "netns", ns)
+            ip("-n", self.bridge_ns, "link", "set", f"v-{spec.name}", "master", "br0", "up")
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+            sb = Sandbox(f"fed{self.tag}-{spec.name}", netns=ns)
+            sb.prepare(config=self.config(i, spec))
+            tok = sb.etc / "token"
+            tok.write_text(token + "\n")
+            os.chmod(tok, 0o600)
+            self.nodes[spec.name] = ClusterNode(spec.name, addr, ns, sb, token)
+        for node in self.nodes.values():
+            node.sb.boot()
+        for node in self.nodes.values():
+            node.run(["systemctl", "start", "schedd"], timeout=60)
+        names = set(self.nodes)
+        for node in self.nodes.values():
+            wait_for(lambda n=node: all(r["State"] == "up" for r in n.nodes().values()) and set(n.nodes()) == names,
+                     f"node {node.name} to see every peer up", timeout=30)
+
+    def link(self, name: str, up: bool) -> None:
+        ip("-n", self.bridge_ns, "link", "set", f"v-{name}", "up" if up else "down")
+
+    def down(self, keep_journals: Path | None = None) -> None:
+        for node in self.nodes.values():
+            if keep_journals is not None and node.sb.pid:
+                keep_journals.mkdir(exist_ok=True)
+                (keep_journals / f"federation-{node.name}-journal.txt").write_text(node.sb.journal("schedd", 3000))
+            try:
+                node.sb.stop()
+            finally:
+                node.sb.cleanup()
+        for ns in reversed(self.namespaces):
+            ip("netns", "del", ns, check=False)
+        self.namespaces.clear()

@@ -1,0 +1,353 @@
+"""The peer API on aiohttp's test client, over a real engine and store (jobs held: nothing runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from schedd.config import Config, HttpConfig, PeerConfig
+from schedd.engine import Engine
+from schedd.errors import AccessDenied
+from schedd.federation import Federation
+from schedd.federation_api import OPENAPI, FederationApi
+from schedd.output import read_output
+from schedd.store import Store
+from schedd.web import Web
+
+TOKEN = "peer-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def someone() -> str:
+    """A user other than root that exists here (jobs keep their user's name across nodes)."""
+    for pw in pwd.getpwall():
+        if pw.pw_uid not in (0, 65534) and pw.pw_uid >= 1:
+            return pw.pw_name
+    pytest.skip("no non-root user in /etc/passwd")
+
+
+USER = someone()
+
+
+def forward(origin_id: int = 7, **spec) -> dict:
+    return {"Origin": "a", "OriginId": origin_id,
+            "Spec": {"Command": ["true"], "UserName": USER, "Hold": True, "WorkingDirectory": "/", **spec}}
+
+
+@pytest.fixture
+async def api(tmp_path: Path):
+    tok = tmp_path / "token"
+    tok.write_text(TOKEN)
+    os.chmod(tok, 0o600)
+    cfg = Config(node_name="b", cpu_ids=[0], memory=4 << 30, state_dir=tmp_path,
+                 http=HttpConfig(listen=("127.0.0.1", 0), token_file=tok),
+                 peers=[PeerConfig("a", "http://127.0.0.1:9")])
+    store = Store(tmp_path / "schedd.db")
+    engine = Engine(cfg, store)
+    engine.jobs_dir.mkdir()
+    web = Web(cfg.http)
+    fed = Federation(engine, cfg, web)
+    engine.federation = fed
+    engine.listeners.append(fed)
+    FederationApi(fed, web)
+    async with TestClient(TestServer(web.app)) as client:
+        client.fed = fed
+        yield client
+    await store.drain()
+    store.close()
+
+
+async def test_openapi_is_public_and_documents_every_route(api):
+    r = await api.get("/api/v1/openapi.json")
+    assert r.status == 200
+    doc = await r.json()
+    assert doc["openapi"].startswith("3.") and doc == OPENAPI
+    routes = {res.canonical for res in api.app.router.resources()}
+    assert routes == set(doc["paths"])
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/v1/jobs", forward()),
+    ("GET", "/api/v1/jobs", None),
+    ("GET", "/api/v1/jobs/1", None),
+    ("POST", "/api/v1/jobs/1/cancel", {"Origin": "a"}),
+    ("GET", "/api/v1/jobs/1/output", None),
+    ("POST", "/api/v1/heartbeat", {"Name": "a"}),
+    ("POST", "/api/v1/mirror", {"Node": "a", "Jobs": []}),
+    ("GET", "/api/v1/nodes", None),
+])
+async def test_every_route_wants_the_token(api, method, path, body):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}):
+        r = await api.request(method, path, json=body, headers=headers)
+        assert r.status == 401, (headers, await r.text())
+        assert (await r.json())["error"] == "unauthorized"
+    assert api.fed.engine.jobs == {}  # nothing done
+
+
+async def test_a_retried_forward_returns_the_first_copy(api):
+    r1 = await api.post("/api/v1/jobs", json=forward(7), headers=AUTH)
+    assert r1.status == 201, await r1.text()
+    job = await r1.json()
+    assert job["OriginNode"] == "a" and job["OriginId"] == 7 and job["UserName"] == USER and job["State"] == "HELD"
+    r2, r3 = await asyncio.gather(api.post("/api/v1/jobs", json=forward(7), headers=AUTH),
+                                  api.post("/api/v1/jobs", json=forward(7), headers=AUTH))
+    assert {(await r2.json())["Id"], (await r3.json())["Id"]} == {job["Id"]}
+    assert len(api.fed.engine.jobs) == 1
+    await api.fed.engine.store.drain()
+    assert api.fed.engine.store.find_origin("a", 7).id == job["Id"]
+    r = await api.get("/api/v1/jobs", params={"origin": "a"}, headers=AUTH)
+    assert [j["OriginId"] for j in (await r.json())["Jobs"]] == [7]
+    # Another origin id is another job.
+    r4 = await api.post("/api/v1/jobs", json=forward(8), headers=AUTH)
+    assert (await r4.json())["Id"] != job["Id"]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"Origin": "a"}, 400, "OriginId"),
+    ({"Origin": "a", "OriginId": 0, "Spec": {}}, 400, "OriginId must be an integer"),
+    ({"Origin": "a", "OriginId": True, "Spec": {}}, 400, "OriginId"),
+    ({"Origin": "zz", "OriginId": 1, "Spec": {}}, 403, "not a peer"),
+    ({"Origin": "a", "OriginId": 1, "Spec": []}, 400, "JSON object"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"]}}, 400, "UserName is required"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": "true", "UserName": USER}}, 400, "array of strings"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": USER, "CPUs": -1}}, 400, "CPUs"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": USER, "CPUs": 2**40}}, 400, "CPUs"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": USER, "After": [1]}}, 400, "unknown key"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": USER, "Hold": "yes"}}, 400, "true or false"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": [], "UserName": USER}}, 400, "Command"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": USER, "CPUs": 64}}, 422, "CPUs"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": "root"}}, 403, "root"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": "no-such-user-xyz"}}, 403, "does not exist"),
+    ({"Origin": "a", "OriginId": 1, "Spec": {"Command": ["x"], "UserName": USER}, "Extra": 1}, 400, "unknown key"),
+])
+async def test_bad_forwards_are_4xx_with_a_sentence(api, body, status, words):
+    r = await api.post("/api/v1/jobs", json=body, headers=AUTH)
+    assert r.status == status, await r.text()
+    assert words in (await r.json())["message"]
+    assert api.fed.engine.jobs == {}
+
+
+@pytest.mark.parametrize("method, path, body, status", [
+    ("POST", "/api/v1/jobs", b"{nope", 400),
+    ("POST", "/api/v1/heartbeat", {"Name": "a", "TotalCPUs": -1}, 400),
+    ("POST", "/api/v1/heartbeat", {"Name": "b"}, 403),
+    ("POST", "/api/v1/mirror", {"Node": "a", "Jobs": {}}, 400),
+    ("POST", "/api/v1/mirror", {"Node": "a", "Jobs": [{"Id": 1}]}, 400),
+    ("GET", "/api/v1/jobs/abc", None, 400),
+    ("GET", "/api/v1/jobs/99", None, 404),
+    ("POST", "/api/v1/jobs/99/explode", {"Origin": "a"}, 404),
+    ("POST", "/api/v1/jobs/99/cancel", {"Origin": "a"}, 404),
+    ("GET", "/api/v1/jobs?states=BOGUS", None, 400),
+    ("GET", "/api/v1/jobs?after=-1", None, 400),
+    ("GET", "/api/v1/jobs?what=1", None, 400),
+    ("GET", "/api/v1/jobs/1/output?stream=both", None, 400),
+])
+async def test_bad_requests_never_500(api, method, path, body, status):
+    kw = {"data": body} if isinstance(body, bytes) else {"json": body}
+    r = await api.request(method, path, headers=AUTH, **kw)
+    assert r.status == status, await r.text()
+    assert (await r.json())["message"]
+
+
+async def test_heartbeats_mark_a_peer_up_with_its_load(api):
+    load = {"TotalCPUs": 8, "AvailableCPUs": 3, "TotalMemory": 1 << 34, "AvailableMemory": 1 << 33, "TotalGPUs": 2,
+            "AvailableGPUs": 1, "PendingJobs": 4, "RunningJobs": 5}
+    assert [r["State"] for r in api.fed.node_rows()] == ["up", "down"]
+    r = await api.post("/api/v1/heartbeat", json={"Name": "a", **load}, headers=AUTH)
+    assert r.status == 200
+    rows = {row["Name"]: row for row in api.fed.node_rows()}
+    assert rows["a"]["State"] == "up" and rows["a"]["LastSeenUSec"] > 0
+    assert {k: rows["a"][k] for k in load} == load
+    assert rows["b"]["Local"] and rows["b"]["TotalCPUs"] == 1
+
+
+async def test_peers_may_act_only_on_jobs_they_forwarded_and_stale_mirrors_are_reported(api):
+    job = await (await api.post("/api/v1/jobs", json=forward(11), headers=AUTH)).json()
+    r = await api.post(f"/api/v1/jobs/{job['Id']}/cancel", json={"Origin": "a"}, headers=AUTH)
+    assert r.status == 200 and (await r.json())["State"] == "CANCELLED"
+    rec = {"Id": 5, "OriginId": 1234, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 1, "EndTime": 0,
+           "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [0], "AssignedGPUs": [], "StdoutPath": "",
+           "StderrPath": ""}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": [5]}  # b has no job 1234 placed on a: that copy must stop
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec | {"State": "COMPLETED"}]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": []}
+
+
+async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
+    from schedd.federation import WAITING
+    from schedd.model import Job, JobSpec, JobState
+
+    engine = api.fed.engine
+    job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
+                                                     user_name=USER), remote_node=WAITING)
+    await engine.add_record(job)
+    api.fed.waiting[job.id] = job
+    rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
+           "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
+           "StdoutPath": "/x/jobs/42/output", "StderrPath": "/x/jobs/42/output"}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": []}
+    assert (job.remote_node, job.remote_id, job.node, job.state) == ("a", 42, "a", JobState.RUNNING)
+    assert job.id not in api.fed.waiting
+    # A second copy of the same job elsewhere is stale.
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec | {"Id": 43}]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": [43]}
+
+
+def test_output_is_read_only_from_files_the_job_user_owns(tmp_path: Path):
+    f = tmp_path / "out"
+    f.write_bytes(b"hello world")
+    me = os.geteuid()
+    assert read_output(str(f), me, 6) == b"world"
+    assert read_output(str(tmp_path / "missing"), me, 0) == b""
+    link = tmp_path / "link"
+    link.symlink_to(f)
+    with pytest.raises(AccessDenied):
+        read_output(str(link), me, 0)
+    with pytest.raises(AccessDenied, match="not owned"):
+        read_output(str(f), me + 1, 0)
+
+
+def _random_json(rng, depth: int = 0):
+    kinds = ["int", "str", "bool", "null", "float", "big"] + (["list", "dict"] if depth < 3 else [])
+    k = rng.choice(kinds)
+    if k == "int":
+        return rng.randint(-5, 5)
+    if k == "big":
+        return rng.choice([2**31, 2**32, 2**63, 2**64, -(2**63) - 1, 10**30])
+    if k == "str":
+        return rng.choice(["", "a", "b", "root", USER, "any", "\0", "x" * 300, "RUNNING", "true"])
+    if k == "bool":
+        return rng.random() < 0.5
+    if k == "null":
+        return None
+    if k == "float":
+        return rng.choice([0.5, -1.0, 1e308])
+    if k == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["Command", "UserName", "CPUs", "Spec", "Origin", "OriginId", "Id", "State", "Jobs", "Name",
+                        "Memory", "Hold", "Environment", "zz"]): _random_json(rng, depth + 1)
+            for _ in range(rng.randint(0, 4))}
+
+
+def _mutate(rng, body):
+    """A valid body with one value anywhere in it replaced, or a key dropped."""
+    import copy
+
+    body = copy.deepcopy(body)
+    node = body
+    while True:
+        key = rng.choice(list(node))
+        if isinstance(node[key], dict) and node[key] and rng.random() < 0.5:
+            node = node[key]
+            continue
+        if rng.random() < 0.2:
+            del node[key]
+        else:
+            node[key] = _random_json(rng)
+        return body
+
+
+async def test_fuzzed_bodies_never_make_a_500(api):
+    import random
+
+    rng = random.Random(4)
+    state = {"Id": 5, "OriginId": 9, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 1, "EndTime": 0,
+             "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [0], "AssignedGPUs": [], "StdoutPath": "",
+             "StderrPath": ""}
+    valid = {
+        "/api/v1/jobs": forward(100, CPUs=1, Environment=["A=1"], Priority=3),
+        "/api/v1/heartbeat": {"Name": "a", "TotalCPUs": 1, "AvailableCPUs": 1, "TotalMemory": 1, "AvailableMemory": 1,
+                              "TotalGPUs": 0, "AvailableGPUs": 0, "PendingJobs": 0, "RunningJobs": 0},
+        "/api/v1/mirror": {"Node": "a", "Jobs": [state]},
+        "/api/v1/jobs/1/cancel": {"Origin": "a"},
+    }
+    seen: set[int] = set()
+    for path, body in valid.items():
+        for i in range(150):
+            sent = _mutate(rng, body) if i % 3 else _random_json(rng)
+            r = await api.post(path, json=sent, headers=AUTH)
+            seen.add(r.status)
+            assert r.status < 500, (path, sent, await r.text())
+            if r.status >= 400:
+                assert (await r.json())["message"], (path, sent)
+    assert {201, 400} <= seen
+
+
+async def test_jobs_for_other_nodes_are_submitted_one_at_a_time(api):
+    from dbus_fast import Variant
+
+    from schedd.engine import Caller
+    from schedd.errors import InvalidArgument
+
+    spec = {"Command": Variant("as", ["true"]), "Node": Variant("s", "any")}
+    with pytest.raises(InvalidArgument, match="one at a time"):
+        await api.fed.engine.submit_many([spec, spec], Caller(uid=pwd.getpwnam(USER).pw_uid))
+
+
+async def test_jobs_that_must_stay_here_must_fit_here(api):
+    from dbus_fast import Variant
+
+    from schedd.engine import Caller
+    from schedd.errors import Unsatisfiable
+
+    fed = api.fed
+    load = {"TotalCPUs": 8, "AvailableCPUs": 8, "TotalMemory": 1 << 34, "AvailableMemory": 1 << 34, "TotalGPUs": 0,
+            "AvailableGPUs": 0, "PendingJobs": 0, "RunningJobs": 0}
+    fed.peers["a"].view, fed.peers["a"].up = fed._view("a", True, load), True  # a (8 CPUs) could hold it
+    big = {"Command": Variant("as", ["true"]), "Node": Variant("s", "any"), "CPUs": Variant("u", 4)}
+    with pytest.raises(Unsatisfiable, match="jobs of root run only"):
+        await fed.engine.submit(big, Caller(uid=0))  # this node has 1 CPU
+    user = Caller(uid=pwd.getpwnam(USER).pw_uid)
+    first = await fed.engine.submit({"Command": Variant("as", ["true"]), "Hold": Variant("b", True)}, user)
+    with pytest.raises(Unsatisfiable, match="After runs on this node"):
+        await fed.engine.submit(big | {"After": Variant("at", [first.id])}, user)
+
+
+async def test_a_job_waiting_for_a_down_node_can_be_held_released_and_cancelled(api):
+    from dbus_fast import Variant
+
+    from schedd.engine import Caller
+    from schedd.errors import InvalidState
+    from schedd.federation import WAITING
+    from schedd.model import JobState
+
+    fed, user = api.fed, Caller(uid=pwd.getpwnam(USER).pw_uid)
+    job = await fed.engine.submit({"Command": Variant("as", ["true"]), "Node": Variant("s", "a")}, user)
+    assert (job.remote_node, job.state, job.node) == (WAITING, JobState.PENDING, "")  # a is down: it waits
+    assert fed.waiting == {job.id: job}
+    await fed.engine.hold(job.id, user)
+    assert job.state == JobState.HELD
+    await fed.engine.release(job.id, user)
+    assert job.state == JobState.PENDING
+    with pytest.raises(InvalidState, match="waits for a node"):
+        await fed.engine.suspend(job.id, user)
+    await fed.engine.cancel(job.id, user)
+    assert job.state == JobState.CANCELLED and fed.waiting == {}
+    await fed.engine.store.drain()
+    assert fed.engine.store.get(job.id).state == JobState.CANCELLED
+
+
+async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopted(api):
+    from schedd.federation import WAITING
+    from schedd.model import Job, JobSpec
+
+    engine = api.fed.engine
+    job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
+                                                     user_name=USER), remote_node=WAITING)
+    await engine.add_record(job)
+    api.fed.waiting[job.id] = job
+    api.fed._avoid[job.id] = {"a"}  # requeued away from a when a went down
+    rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
+           "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
+           "StdoutPath": "", "StderrPath": ""}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": [42]}
+    assert job.remote_node == WAITING

@@ -1,0 +1,188 @@
+"""Two federated nodes in one process on loopback (plain HTTP), jobs held so nothing runs:
+the origin's client side against a real peer, with faults injected at the peer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import socket
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from dbus_fast import Variant
+
+from schedd.config import Config, HttpConfig, PeerConfig
+from schedd.engine import Caller, Engine
+from schedd.errors import AccessDenied, InvalidArgument
+from schedd.federation import Federation
+from schedd.federation_api import FederationApi
+from schedd.model import JobState
+from schedd.placement import Need
+from schedd.store import Store
+from schedd.web import Web
+
+TOKEN = "nodes-token-0123456789abcdef"
+
+
+def user() -> pwd.struct_passwd:
+    for pw in pwd.getpwall():
+        if pw.pw_uid not in (0, 65534):
+            return pw
+    pytest.skip("no non-root user in /etc/passwd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, tmp: Path, name: str, port: int, peer: str, peer_port: int) -> None:
+        d = tmp / name
+        d.mkdir()
+        tok = d / "token"
+        tok.write_text(TOKEN)
+        os.chmod(tok, 0o600)
+        self.cfg = Config(node_name=name, cpu_ids=[0], memory=1 << 30, state_dir=d,
+                          http=HttpConfig(listen=("127.0.0.1", port), token_file=tok, heartbeat_interval_usec=100_000),
+                          peers=[PeerConfig(peer, f"http://127.0.0.1:{peer_port}")])
+        self.store = Store(d / "schedd.db")
+        self.engine = Engine(self.cfg, self.store)
+        self.engine.jobs_dir.mkdir()
+        self.web = Web(self.cfg.http)
+        self.fed = Federation(self.engine, self.cfg, self.web)
+        FederationApi(self.fed, self.web)
+        self.lose_forward_answers = 0  # fault: record this many forwards, then drop the connection unanswered
+        self.web.app.middlewares.append(self._lose_answer)
+
+    @web.middleware
+    async def _lose_answer(self, request: web.Request, handler):
+        response = await handler(request)
+        if self.lose_forward_answers and request.method == "POST" and request.path == "/api/v1/jobs":
+            self.lose_forward_answers -= 1
+            request.transport.close()  # the copy is recorded here; the origin never hears so
+        return response
+
+    async def start(self) -> None:
+        await self.web.start()
+        await self.fed.start()
+
+    async def stop(self) -> None:
+        await self.fed.stop()
+        await self.web.stop()
+        await self.store.drain()
+        self.store.close()
+
+
+async def until(pred, what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path):
+    pa, pb = free_port(), free_port()
+    a, b = Node(tmp_path, "a", pa, "b", pb), Node(tmp_path, "b", pb, "a", pa)
+    await a.start()
+    await b.start()
+    await until(lambda: a.fed.peers["b"].up and b.fed.peers["a"].up, "both up")
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+def held(node: str, **extra) -> dict:
+    return {"Command": Variant("as", ["true"]), "Node": Variant("s", node), "Hold": Variant("b", True), **extra}
+
+
+async def test_a_forward_whose_answer_is_lost_is_retried_into_the_same_copy(pair):
+    a, b = pair
+    b.lose_forward_answers = 1
+    job = await a.engine.submit(held("b"), Caller(uid=user().pw_uid))
+    assert b.lose_forward_answers == 0, "the fault was not injected"
+    copies = [j for j in b.engine.jobs.values() if j.origin_node == "a"]
+    assert len(copies) == 1 and copies[0].origin_id == job.id
+    assert (job.remote_node, job.remote_id, job.node, job.state) == ("b", copies[0].id, "b", JobState.HELD)
+    assert a.fed.forward_retries == 1
+
+
+async def test_actions_through_the_origin_reach_the_copy_and_come_back(pair):
+    a, b = pair
+    who = Caller(uid=user().pw_uid)
+    job = await a.engine.submit(held("b"), who)
+    copy = b.engine.jobs[job.remote_id]
+    assert copy.spec.user_name == user().pw_name and copy.spec.uid == user().pw_uid
+    await a.engine.cancel(job.id, who)
+    assert copy.state == JobState.CANCELLED and job.state == JobState.CANCELLED and job.reason == "cancelled"
+    other = await a.engine.submit(held("b"), who)
+    with pytest.raises(AccessDenied):
+        await a.engine.cancel(other.id, Caller(uid=who.uid + 12345))  # checked at the origin, never sent
+    assert b.engine.jobs[other.remote_id].state == JobState.HELD
+
+
+async def test_a_refusal_at_the_peer_is_the_submitters_error(pair):
+    a, b = pair
+    with pytest.raises(AccessDenied, match="jobs of root are not run on other nodes"):
+        await a.engine.submit(held("b"), Caller(uid=0))  # refused at the origin already
+    b.cfg.max_pending_per_user = 0  # b now refuses every job: its words reach the submitter
+    with pytest.raises(InvalidArgument, match=r"node b: .*queues at most 0"):
+        await a.engine.submit(held("b"), Caller(uid=user().pw_uid))
+    ended = [j for j in a.engine.jobs.values() if j.state == JobState.FAILED]
+    assert len(ended) == 1 and ended[0].reason == "resources" and not b.engine.jobs
+
+
+async def test_a_peer_that_stops_beating_is_down_and_its_unstarted_jobs_are_placed_again(pair):
+    a, b = pair
+    who = Caller(uid=user().pw_uid)
+    job = await a.engine.submit(held("b"), who)
+    for t in b.fed._loops:
+        t.cancel()  # b's daemon hangs: no more heartbeats
+    await until(lambda: not a.fed.peers["b"].up, "a to see b down", timeout=2)
+    # It never started on b: to be placed again, without counting as a failure; held, it waits for a release.
+    assert (job.remote_node, job.remote_id, job.node_failures, job.state) == ("*", 0, 0, JobState.HELD)
+    assert a.fed.waiting == {job.id: job}
+    assert {r["Name"]: r["State"] for r in a.fed.node_rows()} == {"a": "up", "b": "down"}
+
+
+async def test_what_queued_jobs_ask_for_is_not_free_for_placement(pair):
+    from schedd.model import Job, JobSpec
+
+    a, _b = pair
+    assert a.fed.views()[0].free_cpus == 1
+    queued = Job(id=a.engine.allocate_id(), spec=JobSpec(command=["true"], name="q", cpus=1, memory=1 << 28))
+    a.engine.scheduler.enqueue(queued)  # waiting for the next scheduling pass
+    local = a.fed.views()[0]
+    assert (local.free_cpus, local.free_memory) == (0, (1 << 30) - (1 << 28))
+    assert not local.fits_now(Need(1, 1 << 20))
+    a.engine.scheduler.dequeue(queued.id)
+
+
+async def test_the_origin_hears_every_transition_even_of_a_short_job(pair):
+    a, b = pair
+    seen: list[str] = []
+
+    class Watch:
+        def job_added(self, job): pass
+        def job_released(self, job): pass
+        def manager_changed(self, props): pass
+
+        def job_changed(self, job, props, old_state):
+            if job.state != old_state:
+                seen.append(job.state.value)
+
+    job = await a.engine.submit(held("b"), Caller(uid=user().pw_uid))
+    a.engine.listeners.append(Watch())
+    copy = b.engine.jobs[job.remote_id]
+    # The copy starts and ends within one pass of b's loop: its origin still hears both.
+    b.engine._set(copy, JobState.RUNNING, "", {"State"})
+    copy.exit_code = 3
+    b.engine._set(copy, JobState.FAILED, "exit-code", {"State", "ExitCode"})
+    await until(lambda: job.state == JobState.FAILED, "the end at the origin")
+    assert seen == ["RUNNING", "FAILED"] and job.exit_code == 3 and job.reason == "exit-code"
