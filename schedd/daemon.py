@@ -162,7 +162,9 @@ async def _start_web(cfg, engine: Engine, service: DBusService, peers=None):
         return aioweb.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     web.app.router.add_get("/metrics", serve_metrics)
-    Dashboard(engine, web, peers, local_node=service.local_node)
+    dashboard = Dashboard(engine, web, peers, local_node=service.local_node)
+    if cfg.peers:
+        web.federation.node_listeners.append(dashboard.nodes_changed)  # a peer up/down shows without a job event
     await web.start()
     if cfg.peers:
         await web.federation.start()

@@ -153,6 +153,9 @@ class Dashboard:
     def manager_changed(self, props: set[str]) -> None:
         self._changed()
 
+    def nodes_changed(self) -> None:
+        self._changed()
+
     # -- routes ------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.Response:

@@ -66,8 +66,9 @@ JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
     "ArrayTaskId": lambda j: j.spec.array_task_id or 0,
     "ArrayMaxRunning": lambda j: j.spec.array_max_running,
     "SuspendedUSec": lambda j: j.suspended_usec + (now_usec() - j.suspend_time if j.suspend_time else 0),
-    "WaitUSec": lambda j: stats.wait_usec(j.submit_time, j.start_time),
-    "RunUSec": lambda j: stats.run_usec(j.start_time, j.end_time),
+    # Fixed once known (0 before, like the times): a property must not change without PropertiesChanged.
+    "WaitUSec": lambda j: stats.wait_usec(j.submit_time, j.start_time) if j.start_time else 0,
+    "RunUSec": lambda j: stats.run_usec(j.start_time, j.end_time) if j.end_time else 0,
 }
 assert JOB_GETTERS.keys() == JOB_PROPERTIES.keys()
 

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -75,6 +75,7 @@ class Federation:
         self._loops: list[asyncio.Task] = []
         self.forwards = 0  # counters for metrics
         self.forward_retries = 0
+        self.node_listeners: list[Callable[[], None]] = []  # told when a peer's state or load changes
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class Federation:
         peer.last_seen = time.monotonic()
         peer.last_seen_usec = now_usec()
         peer.down_handled = False
+        self._nodes_changed()
         if not peer.up:
             peer.up = True
             log.info("node %s is up", name)
@@ -268,7 +270,12 @@ class Federation:
                     log.warning("node %s has not been heard from since this node started", p.name)
                 p.up = False
                 p.down_handled = True
+                self._nodes_changed()
                 self._node_down(p)
+
+    def _nodes_changed(self) -> None:
+        for listener in self.node_listeners:
+            listener()
 
     # -- placement and forwarding --------------------------------------------------------------
 

@@ -142,9 +142,12 @@ async def test_a_peer_that_stops_beating_is_down_and_its_unstarted_jobs_are_plac
     a, b = pair
     who = Caller(uid=user().pw_uid)
     job = await a.engine.submit(held("b"), who)
+    told: list[str] = []  # what the dashboard hears: it pushes the node table at once
+    a.fed.node_listeners.append(lambda: told.append(a.fed.node_rows()[1]["State"]))
     for t in b.fed._loops:
         t.cancel()  # b's daemon hangs: no more heartbeats
     await until(lambda: not a.fed.peers["b"].up, "a to see b down", timeout=2)
+    assert told[-1] == "down"
     # It never started on b: to be placed again, without counting as a failure; held, it waits for a release.
     assert (job.remote_node, job.remote_id, job.node_failures, job.state) == ("*", 0, 0, JobState.HELD)
     assert a.fed.waiting == {job.id: job}
