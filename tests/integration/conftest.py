@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sandbox import REPO, Sandbox, SandboxError  # noqa: E402
+from sandbox import REPO, STATE_ROOT, Sandbox, SandboxError  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 USERS = ("schedd-alice", "schedd-bob")
@@ -35,6 +35,20 @@ kill_wait = "5s"
 max_pending_per_user = 1000
 max_argv_bytes = 200000
 """
+
+
+def client(name: str) -> list[str]:
+    """argv that runs one of the client scripts beside this file, as any test user: a clone may lie
+    under /root (mode 0700), so the script is copied to a directory everyone can read."""
+    d = STATE_ROOT / "clients"
+    d.mkdir(parents=True, exist_ok=True)
+    for p in (STATE_ROOT, d):
+        p.chmod(0o755)
+    dst, tmp = d / name, d / f".{name}.{os.getpid()}"
+    shutil.copyfile(Path(__file__).with_name(name), tmp)
+    tmp.chmod(0o644)
+    os.replace(tmp, dst)  # whole, even for a process starting it right now
+    return ["/opt/schedd/venv/bin/python", str(dst)]
 
 
 def _why_not() -> str | None:
@@ -91,7 +105,7 @@ class Node:
 
     def calls(self, calls: list[dict], user: str | None = None, concurrency: int = 1, timeout: float = 300) -> list:
         """Many Manager calls from one client (tests/integration/dbus_call.py); results in order."""
-        r = self.sb.run(["/opt/schedd/venv/bin/python", str(Path(__file__).with_name("dbus_call.py"))], user=user,
+        r = self.sb.run(client("dbus_call.py"), user=user,
                         input=json.dumps({"calls": calls, "concurrency": concurrency}), timeout=timeout)
         return json.loads(r.stdout)
 

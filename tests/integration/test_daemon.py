@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import Node
+from conftest import Node, client
 
 
 def test_daemon_is_a_notify_service_on_the_system_bus(node: Node):
@@ -243,7 +242,7 @@ def test_job_state_changes_are_signalled(node: Node):
 def test_a_burst_of_concurrent_submits_is_answered_in_full(node: Node):
     """8 connections x 120 calls in flight: every caller gets its id, each id is a durable job, no restart."""
     before = node.daemon_pid_and_restarts()
-    r = node.run(["/opt/schedd/venv/bin/python", str(Path(__file__).with_name("burst_client.py")), "8", "120"],
+    r = node.run([*client("burst_client.py"), "8", "120"],
                  timeout=120)
     ids = json.loads(r.stdout)
     assert len(ids) == len(set(ids)) == 960

@@ -10,11 +10,10 @@ import collections
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import Node
+from conftest import Node, client
 
 RAN = "/run/schedd-ran"
 FAULT = "/run/schedd-fault"
@@ -72,7 +71,7 @@ def check_invariants(node: Node, acked: list[int]) -> None:
 def test_sigkill_during_a_burst_of_submits_from_8_clients(faulty: Node):
     node = faulty
     old = node.unit_property("schedd.service", "MainPID")
-    burst = node.sb.popen(["/opt/schedd/venv/bin/python", str(Path(__file__).with_name("burst_ids.py")),
+    burst = node.sb.popen([*client("burst_ids.py"),
                            "8", "125", "4", *RECORD], stdout=subprocess.PIPE, text=True)
     acked: list[int] = []
     errors: list[str] = []

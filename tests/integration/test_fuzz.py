@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from conftest import Node
+from conftest import Node, client
 
 N = 10_000
 
 
 def test_ten_thousand_random_specs_never_hurt_the_daemon(node: Node, users):
     before = node.daemon_pid_and_restarts()
-    r = node.run(["/opt/schedd/venv/bin/python", str(Path(__file__).with_name("fuzz_submit.py")), str(N)],
+    r = node.run([*client("fuzz_submit.py"), str(N)],
                  user="schedd-alice", timeout=900)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     print(summary)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from conftest import Node
+from conftest import Node, client
 
 
 def test_non_root_cannot_own_the_bus_name(node: Node, users):
-    r = node.run(["/opt/schedd/venv/bin/python", str(Path(__file__).with_name("own_name.py"))], user="schedd-alice")
+    r = node.run([*client("own_name.py")], user="schedd-alice")
     assert r.stdout.startswith("error org.freedesktop.DBus.Error.AccessDenied"), r.stdout
     assert node.unit_property("schedd.service", "ActiveState") == "active"
 
