@@ -159,6 +159,20 @@ def _forward(origin_id: int) -> dict:
     return {"Origin": "a", "OriginId": origin_id, "Spec": {"Command": ["true"], "UserName": ALICE, "CPUs": 1}}
 
 
+def peer_views(node: ClusterNode) -> tuple[dict[str, int], dict[str, str]]:
+    """What /metrics (schedd_peer_up) and the dashboard's state (/ui/state) say of the cluster."""
+    code, text = node.http("GET", f"{node.url}/metrics", token=None)
+    assert code == 200, text
+    up = {}
+    for line in text.splitlines():
+        if line.startswith("schedd_peer_up{"):
+            labels, value = line.rsplit(" ", 1)
+            up[labels.split('peer="')[1].split('"')[0]] = int(float(value))
+    code, text = node.http("GET", f"{node.url}/ui/state", token=None)
+    assert code == 200, text
+    return up, {n["Name"]: n["State"] for n in json.loads(text)["nodes"]}
+
+
 def test_a_wrong_or_missing_token_gets_401_and_does_nothing(cluster: Cluster):
     a, b = cluster.nodes["a"], cluster.nodes["b"]
     before = len(b.jobs())
@@ -243,6 +257,7 @@ def test_a_node_that_goes_down_has_its_jobs_requeued_and_fenced_when_back(cluste
     t0 = time.monotonic()
     wait_for(lambda: a.nodes()["c"]["State"] == "down", "a to see c down", timeout=10, interval=0.02)
     assert time.monotonic() - t0 <= 3 * HEARTBEAT + 0.5  # 3 intervals (+ the checker's quarter and polling)
+    assert peer_views(a) == ({"b": 1, "c": 0}, {"a": "up", "b": "up", "c": "down"})  # metrics and dashboard agree
     try:
         job = wait_job(a, again, lambda j: j["State"] == "COMPLETED", "requeued and completed elsewhere")
         assert job["Node"] in ("a", "b") and job["Restarts"] == 1, job
@@ -257,6 +272,7 @@ def test_a_node_that_goes_down_has_its_jobs_requeued_and_fenced_when_back(cluste
     finally:
         cluster.link("c", up=True)
     wait_for(lambda: a.nodes()["c"]["State"] == "up", "c up again", timeout=10)
+    assert peer_views(a)[0] == {"b": 1, "c": 1}
     job = wait_job(a, waiter, lambda j: j["State"] == "COMPLETED", "forwarded to c once it is back")
     assert job["Node"] == "c"
     for rid in copies.values():
