@@ -8,6 +8,7 @@ and schedctl running inside the sandbox, as root or as throwaway users.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -180,23 +181,30 @@ def users() -> dict[str, pwd.struct_passwd]:
     return {u: ensure_user(u) for u in USERS}
 
 
-@pytest.fixture(scope="session")
-def sandbox_node(users):
-    sb = Sandbox(f"it-{os.getpid()}")
-    sb.prepare(config=CONFIG)
+@contextlib.contextmanager
+def running_schedd(sb: Sandbox, journal_file: str):
+    """Boot a prepared sandbox and start schedd in it; afterwards its journal is kept in artifacts/."""
     sb.boot()
     try:
         sb.run(["systemctl", "start", "schedd"], timeout=60)
-        yield Node(sb)
+        yield
     except SandboxError:
         print(sb.journal(), file=sys.stderr)
         raise
     finally:
         artifacts = REPO / "artifacts"
         artifacts.mkdir(exist_ok=True)
-        (artifacts / "schedd-journal.txt").write_text(sb.journal("schedd", 2000) if sb.pid else "")
+        (artifacts / journal_file).write_text(sb.journal("schedd", 2000) if sb.pid else "")
         sb.stop()
         sb.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sandbox_node(users):
+    sb = Sandbox(f"it-{os.getpid()}")
+    sb.prepare(config=CONFIG)
+    with running_schedd(sb, "schedd-journal.txt"):
+        yield Node(sb)
 
 
 @pytest.fixture
@@ -249,19 +257,8 @@ def web_sandbox(users):
     token = sb.etc / "token"
     token.write_text(WEB_TOKEN + "\n")
     token.chmod(0o600)
-    sb.boot()
-    try:
-        sb.run(["systemctl", "start", "schedd"], timeout=60)
+    with running_schedd(sb, "schedd-web-journal.txt"):
         yield WebNode(sb, port)
-    except SandboxError:
-        print(sb.journal(), file=sys.stderr)
-        raise
-    finally:
-        artifacts = REPO / "artifacts"
-        artifacts.mkdir(exist_ok=True)
-        (artifacts / "schedd-web-journal.txt").write_text(sb.journal("schedd", 2000) if sb.pid else "")
-        sb.stop()
-        sb.cleanup()
 
 
 @pytest.fixture
