@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sandbox import Sandbox  # noqa: E402
+from sandbox import Sandbox, ScheddCalls  # noqa: E402
 
 SUBNET = "10.203.0"
 PORT = 7001
@@ -52,7 +52,7 @@ class NodeSpec:
 
 
 @dataclass
-class ClusterNode:
+class ClusterNode(ScheddCalls):
     name: str
     addr: str
     netns: str
@@ -63,36 +63,14 @@ class ClusterNode:
     def url(self) -> str:
         return f"http://{self.addr}:{PORT}"
 
-    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
-        return self.sb.run(argv, **kw)
-
-    def manager(self, member: str, sig: str = "", *args: str, user: str | None = None,
-                check: bool = True) -> subprocess.CompletedProcess:
-        argv = ["busctl", "--json=short", "--", "call", "org.schedd.Schedd1", "/org/schedd/Schedd1",
-                "org.schedd.Schedd1.Manager", member]
-        if sig:
-            argv += [sig, *args]
-        return self.sb.run(argv, user=user, check=check)
-
-    def submit(self, command: list[str], user: str | None = None, **props) -> int:
-        items: list[str] = ["Command", "as", str(len(command)), *command]
-        for key, (sig, value) in props.items():
-            items += [key, sig, str(value).lower() if sig == "b" else str(value)]
-        r = self.manager("Submit", "a{sv}", str(1 + len(props)), *items, user=user)
-        return json.loads(r.stdout)["data"][0][0]
-
-    def job(self, job_id: int) -> dict:
-        r = self.manager("GetJob", "t", str(job_id))
-        return {k: v["data"] for k, v in json.loads(r.stdout)["data"][0].items()}
-
     def nodes(self) -> dict[str, dict]:
-        r = self.manager("ListNodes")
+        r = self.manager_call("ListNodes")
         rows = [{k: v["data"] for k, v in row.items()} for row in json.loads(r.stdout)["data"][0]]
         return {row["Name"]: row for row in rows}
 
     def jobs(self, all_nodes: bool = False) -> list[dict]:
         args = ("1", "AllNodes", "b", "true") if all_nodes else ("0",)
-        r = self.manager("ListJobs", "a{sv}", *args)
+        r = self.manager_call("ListJobs", "a{sv}", *args)
         return [{k: v["data"] for k, v in row.items()} for row in json.loads(r.stdout)["data"][0]]
 
     def http(self, method: str, url: str, body: object | None = None, token: str | None = "") -> tuple[int, str]:

@@ -297,6 +297,39 @@ class Sandbox:
         self._cgroups = []
 
 
+class ScheddCalls:
+    """Calls tests make on the schedd in a sandbox (self.sb), with busctl as a user would."""
+
+    sb: Sandbox
+
+    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return self.sb.run(argv, **kw)
+
+    def manager_call(self, member: str, sig: str = "", *args: str, user: str | None = None,
+                     check: bool = True) -> subprocess.CompletedProcess:
+        argv = ["busctl", "--json=short", "--", "call", "org.schedd.Schedd1", "/org/schedd/Schedd1",
+                "org.schedd.Schedd1.Manager", member]
+        if sig:
+            argv += [sig, *args]
+        return self.sb.run(argv, user=user, check=check)
+
+    def submit(self, command: list[str], user: str | None = None, **props) -> int:
+        """Submit through busctl; props are (signature, value) pairs keyed by spec key."""
+        items: list[str] = ["Command", "as", str(len(command)), *command]
+        for key, (sig, value) in props.items():
+            items += [key, sig]
+            if sig.startswith("a"):
+                items += [str(len(value)), *map(str, value)]
+            else:
+                items.append(str(value).lower() if sig == "b" else str(value))
+        r = self.manager_call("Submit", "a{sv}", str(1 + len(props)), *items, user=user)
+        return json.loads(r.stdout)["data"][0][0]
+
+    def job(self, job_id: int) -> dict:
+        r = self.manager_call("GetJob", "t", str(job_id))
+        return {k: v["data"] for k, v in json.loads(r.stdout)["data"][0].items()}
+
+
 def _main(argv: list[str]) -> int:
     import argparse
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sandbox import REPO, STATE_ROOT, Sandbox, SandboxError  # noqa: E402
+from sandbox import REPO, STATE_ROOT, Sandbox, SandboxError, ScheddCalls  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 USERS = ("schedd-alice", "schedd-bob")
@@ -75,28 +75,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.skip(reason=WHY_NOT))
 
 
-class Node:
+class Node(ScheddCalls):
     """A booted sandbox running schedd, with the calls tests make against it."""
 
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
-
-    def run(self, argv, **kw) -> subprocess.CompletedProcess:
-        return self.sb.run(argv, **kw)
 
     # -- D-Bus via the command-line tools people use ---------------------------
 
     def busctl(self, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         opts = [a for a in args[:2] if a.startswith("--")]  # leading options, then the verb and its words
         return self.sb.run(["busctl", *opts, "--", *args[len(opts):]], user=user, check=check)
-
-    def manager_call(self, member: str, sig: str = "", *args: str, user: str | None = None,
-                     check: bool = True) -> subprocess.CompletedProcess:
-        argv = ["busctl", "--json=short", "--", "call", "org.schedd.Schedd1", "/org/schedd/Schedd1",
-                "org.schedd.Schedd1.Manager", member]
-        if sig:
-            argv += [sig, *args]
-        return self.sb.run(argv, user=user, check=check)
 
     def gdbus_manager(self, member: str, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
         """gdbus prints the D-Bus error *name* on failure (busctl prints only the message)."""
@@ -109,22 +98,6 @@ class Node:
         r = self.sb.run(client("dbus_call.py"), user=user,
                         input=json.dumps({"calls": calls, "concurrency": concurrency}), timeout=timeout)
         return json.loads(r.stdout)
-
-    def submit(self, command: list[str], user: str | None = None, **props) -> int:
-        """Submit through busctl; props are (signature, value) pairs keyed by spec key."""
-        items: list[str] = ["Command", "as", str(len(command)), *command]
-        for key, (sig, value) in props.items():
-            items += [key, sig]
-            if sig.startswith("a"):
-                items += [str(len(value)), *map(str, value)]
-            else:
-                items.append(str(value).lower() if sig == "b" else str(value))
-        r = self.manager_call("Submit", "a{sv}", str(1 + len(props)), *items, user=user)
-        return json.loads(r.stdout)["data"][0][0]
-
-    def job(self, job_id: int) -> dict:
-        r = self.manager_call("GetJob", "t", str(job_id))
-        return {k: v["data"] for k, v in json.loads(r.stdout)["data"][0].items()}
 
     def wait(self, job_id: int, states=TERMINAL, timeout: float = 30.0) -> dict:
         """Wait (with a deadline) until the job is in one of states."""

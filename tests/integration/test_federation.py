@@ -111,7 +111,7 @@ def test_placement_spills_over_to_a_peer_when_the_origin_is_full(cluster: Cluste
         local = a.submit(["true"], user=ALICE, Node=("s", "any"))
         assert wait_job(a, local, lambda j: j["State"] in TERMINAL, "done")["Node"] == "a"
     finally:
-        a.manager("Cancel", "t", str(blocker), check=False)
+        a.manager_call("Cancel", "t", str(blocker), check=False)
 
 
 def test_a_gpu_job_goes_to_the_gpu_node(cluster: Cluster):
@@ -136,9 +136,9 @@ def test_cancel_and_logs_work_through_the_origin(cluster: Cluster):
     listed = {(j["Origin"], j["Id"]) for j in a.jobs(all_nodes=True)}
     assert ("a", jid) in listed
     # Only its owner (or root) reads its output through the origin.
-    r = a.manager("ReadOutput", "tbt", str(jid), "false", "0", user=USERS[1], check=False)
+    r = a.manager_call("ReadOutput", "tbt", str(jid), "false", "0", user=USERS[1], check=False)
     assert r.returncode != 0 and "belongs to" in r.stderr, r.stderr
-    r = a.manager("ReadOutput", "tbt", str(jid), "false", "6", user=ALICE)
+    r = a.manager_call("ReadOutput", "tbt", str(jid), "false", "6", user=ALICE)
     assert bytes(json.loads(r.stdout)["data"][0]).startswith(b"from-b")
     a.run(["schedctl", "cancel", str(jid)], user=ALICE)
     job = a.job(jid)
