@@ -14,12 +14,11 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sandbox import Sandbox, ScheddCalls  # noqa: E402
+from sandbox import Sandbox, ScheddCalls, wait_for  # noqa: E402,F401 (wait_for is the tests' too)
 
 SUBNET = "10.203.0"
 PORT = 7001
@@ -88,18 +87,6 @@ class ClusterNode(ScheddCalls):
 
     def journal(self, lines: int = 80) -> str:
         return self.sb.journal("schedd", lines)
-
-
-def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.05):
-    """Poll predicate until truthy (with a deadline: never a sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

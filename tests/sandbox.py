@@ -297,6 +297,18 @@ class Sandbox:
         self._cgroups = []
 
 
+def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.05):
+    """Poll predicate until truthy (with a deadline: never a sleep as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 class ScheddCalls:
     """Calls tests make on the schedd in a sandbox (self.sb), with busctl as a user would."""
 
@@ -328,6 +340,9 @@ class ScheddCalls:
     def job(self, job_id: int) -> dict:
         r = self.manager_call("GetJob", "t", str(job_id))
         return {k: v["data"] for k, v in json.loads(r.stdout)["data"][0].items()}
+
+    def wait_for(self, predicate, what: str, timeout: float = 20.0):
+        return wait_for(predicate, what, timeout)
 
 
 def _main(argv: list[str]) -> int:

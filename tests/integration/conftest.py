@@ -111,16 +111,6 @@ class Node(ScheddCalls):
                                      f"{self.sb.journal('schedd', 40)}")
             time.sleep(0.05)
 
-    def wait_for(self, predicate, what: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            v = predicate()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.05)
-
     def schedctl(self, *args: str, user: str | None = None, check: bool = True, cwd: str | None = None,
                  timeout: float = 60) -> subprocess.CompletedProcess:
         return self.sb.run(["schedctl", *args], user=user, check=check, cwd=cwd, timeout=timeout)
