@@ -13,6 +13,7 @@ import time
 from typing import Any, Iterable
 
 from schedd.protocol import TERMINAL, format_duration, format_ranges, format_size
+from schedd.stats import Record, aggregate
 
 _COLOURS = {"RUNNING": "32", "COMPLETED": "32", "FAILED": "31", "CANCELLED": "33", "HELD": "33", "SUSPENDED": "33"}
 _ANSI = re.compile(r"\033\[[0-9;]*m")
@@ -198,29 +199,10 @@ def nodes(rows: list[dict[str, Any]], tty: bool, now: int | None = None) -> str:
 
 
 def stats(jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals and per-user figures (jobs by state, success rate, wait, CPU-hours) from ListJobs dicts."""
-    users: dict[str, list[dict[str, Any]]] = {}
-    for j in jobs:
-        users.setdefault(j.get("UserName") or str(j["User"]), []).append(j)
-    return {"Total": _summary(jobs), "Users": {u: _summary(js) for u, js in sorted(users.items())}}
-
-
-def _summary(jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    by_state: dict[str, int] = {}
-    for j in jobs:
-        by_state[j["State"]] = by_state.get(j["State"], 0) + 1
-    completed, failed = by_state.get("COMPLETED", 0), by_state.get("FAILED", 0)
-    waits = sorted((j["StartTime"] - j["SubmitTime"]) / 1e6 for j in jobs if j.get("StartTime"))
-    return {
-        "Jobs": len(jobs),
-        "States": by_state,
-        "Completed": completed,
-        "Failed": failed,
-        "SuccessRate": round(completed / (completed + failed), 4) if completed + failed else None,
-        "MeanWaitSec": round(sum(waits) / len(waits), 3) if waits else None,
-        "P95WaitSec": round(waits[min(len(waits) - 1, int(0.95 * (len(waits) - 1) + 0.5))], 3) if waits else None,
-        "CPUHours": round(sum(j.get("CPUTimeUSec", 0) for j in jobs) / 3.6e9, 6),
-    }
+    """GetStats' figures from ListJobs dicts (a daemon older than GetStats), by the daemon's own rules."""
+    return aggregate(Record(j.get("UserName") or str(j["User"]), j["State"], j.get("SubmitTime", 0),
+                            j.get("StartTime", 0), j.get("EndTime", 0), j.get("CPUTimeUSec", 0),
+                            j.get("MemoryPeak", 0), j.get("SuspendedUSec", 0)) for j in jobs)
 
 
 def stats_text(s: dict[str, Any]) -> str:

@@ -289,15 +289,16 @@ def test_nodes_table():
 
 
 def test_stats_per_user_and_total():
-    js = [job("COMPLETED", User=1, UserName="a", SubmitTime=0, StartTime=2_000_000, CPUTimeUSec=3_600_000_000),
-          job("FAILED", User=1, UserName="a", SubmitTime=0, StartTime=4_000_000),
-          job("CANCELLED", User=1, UserName="a"),
-          job("PENDING", User=2, UserName="", SubmitTime=0)]
+    t0 = 1_700_000_000_000_000  # times are µs since the epoch; 0 means "not yet"
+    js = [job("COMPLETED", User=1, UserName="a", SubmitTime=t0, StartTime=t0 + 2_000_000, CPUTimeUSec=3_600_000_000),
+          job("FAILED", User=1, UserName="a", SubmitTime=t0, StartTime=t0 + 4_000_000),
+          job("CANCELLED", User=1, UserName="a", SubmitTime=t0),
+          job("PENDING", User=2, UserName="", SubmitTime=t0)]
     s = render.stats(js)
     a = s["Users"]["a"]
     assert (a["Jobs"], a["Completed"], a["Failed"], a["SuccessRate"], a["MeanWaitSec"]) == (3, 1, 1, 0.5, 3.0)
     assert a["States"] == {"COMPLETED": 1, "FAILED": 1, "CANCELLED": 1}
-    assert s["Users"]["2"]["SuccessRate"] is None  # no name: the uid
+    assert s["Users"]["2"].get("SuccessRate") is None  # no name: the uid; no ended job: no rate
     assert s["Total"]["CPUHours"] == 1.0 and s["Total"]["Jobs"] == 4
     text = render.stats_text(s).splitlines()
     assert text[0].split()[:3] == ["USER", "JOBS", "QUEUED"] and text[1].split()[:2] == ["2", "1"]
