@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 from aiohttp import web
 
 from .engine import Caller
-from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
+from .errors import NotFound, SchedError
 from .metrics import safe_peers
 from .model import Job, JobState, now_usec
 from .output import read_tail
@@ -40,7 +40,6 @@ COALESCE_S = 0.1  # at most 10 pushes a second; a burst of transitions becomes o
 # Shown only with the token, like the output: a command line or path can carry what is not everyone's.
 PRIVATE_KEYS = ("Command", "WorkingDirectory", "StdoutPath", "StderrPath")
 KEEPALIVE_S = 15.0
-_STATUS = {NotFound: 404, InvalidState: 409, InvalidArgument: 400, AccessDenied: 403}
 
 PeersFn = Callable[[], Iterable[dict[str, Any]]]
 
@@ -236,10 +235,7 @@ class Dashboard:
         fn = {"cancel": self.engine.cancel, "hold": self.engine.hold, "release": self.engine.release}.get(action)
         if fn is None:
             raise HttpError(404, "not-found", f"no action {action!r}; actions are cancel, hold, release")
-        try:
-            await fn(jid, Caller(0))  # the token is the cluster's: its holder acts as the administrator
-        except SchedError as e:
-            raise HttpError(_STATUS.get(type(e), 500), type(e).__name__.lower(), e.message) from None
+        await fn(jid, Caller(0))  # the token is the cluster's: its holder acts as the administrator
         log.info("job %d: %s from the dashboard (%s)", jid, action, request.remote)
         return web.json_response({"id": jid, "action": action, "state": self.engine.get(jid).state.value})
 

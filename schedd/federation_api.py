@@ -12,7 +12,6 @@ from typing import Any
 from aiohttp import web
 from dbus_fast import Variant
 
-from .errors import SchedError
 from .federation import Federation
 from .federation_wire import job_state_json, resolve_user
 from .model import JobState
@@ -119,25 +118,6 @@ class FederationApi:
             raise _bad(f"job id {text!r} must be a positive integer")
         return int(text)
 
-    @staticmethod
-    def _sched_error(e: SchedError) -> HttpError:
-        err = HttpError(e.http_status if e.http_status < 500 else 500, e.dbus_name.rsplit(".", 1)[-1].lower(),
-                        e.message)
-        err.dbus_error = e.dbus_name
-        return err
-
-    async def _call(self, coro):
-        try:
-            return await coro
-        except SchedError as e:
-            raise self._sched_error(e) from None
-
-    def _json_error(self, e: HttpError) -> web.Response:
-        body = {"error": e.code, "message": e.message}
-        if getattr(e, "dbus_error", None):
-            body["dbus_error"] = e.dbus_error
-        return web.json_response(body, status=e.status)
-
     # -- routes ---------------------------------------------------------------------
 
     async def openapi(self, request: web.Request) -> web.Response:
@@ -166,12 +146,9 @@ class FederationApi:
         origin = self._peer("Origin", body.get("Origin"))
         origin_id = _int("OriginId", body.get("OriginId"), 1, U64)
         props, user = spec_variants(body.get("Spec"))
-        try:
-            pw = resolve_user(user, self.fed.name)
-            props["User"] = Variant("u", pw.pw_uid)
-            job = await self.fed.accept(origin, origin_id, props)
-        except SchedError as e:
-            return self._json_error(self._sched_error(e))
+        pw = resolve_user(user, self.fed.name)
+        props["User"] = Variant("u", pw.pw_uid)
+        job = await self.fed.accept(origin, origin_id, props)
         return web.json_response(job_json(job) | job_state_json(job), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -199,7 +176,7 @@ class FederationApi:
                 uid = pwd.getpwnam(q["user"]).pw_uid
             except KeyError:
                 return web.json_response({"Jobs": []})
-        jobs = await self._call(self._list(states, uid, after, min(limit, 10_000)))
+        jobs = await self._list(states, uid, after, min(limit, 10_000))
         if q.get("own") == "1":
             jobs = [j for j in jobs if not j.origin_node]
         return web.json_response({"Jobs": [job_json(j) for j in jobs]})
@@ -217,7 +194,7 @@ class FederationApi:
 
     async def get_job(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
-        job = await self._call(self._get(self._id(request)))
+        job = await self._get(self._id(request))
         return web.json_response(job_json(job))
 
     async def _get(self, job_id: int):
@@ -231,18 +208,15 @@ class FederationApi:
         job_id = self._id(request)
         body = await read_json(request)
         origin = self._peer("Origin", body.get("Origin"))
-        try:
-            if action == "fence":
-                return web.json_response(await self.fed.fence_local(job_id, origin))
-            job = self.fed.engine.get(job_id)
-            if job.origin_node != origin:
-                raise HttpError(403, "access-denied", f"job {job_id} was not forwarded here by {origin}")
-            from .engine import Caller
+        if action == "fence":
+            return web.json_response(await self.fed.fence_local(job_id, origin))
+        job = self.fed.engine.get(job_id)
+        if job.origin_node != origin:
+            raise HttpError(403, "access-denied", f"job {job_id} was not forwarded here by {origin}")
+        from .engine import Caller
 
-            await getattr(self.fed.engine, action)(job_id, Caller(uid=0))
-            return web.json_response(job_state_json(self.fed.engine.get(job_id)))
-        except SchedError as e:
-            return self._json_error(self._sched_error(e))
+        await getattr(self.fed.engine, action)(job_id, Caller(uid=0))
+        return web.json_response(job_state_json(self.fed.engine.get(job_id)))
 
     async def output(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
@@ -252,14 +226,11 @@ class FederationApi:
             raise _bad("stream must be stdout or stderr")
         offset = self._qint(q, "offset", 0)
         limit = self._qint(q, "limit", MAX_CHUNK)
-        try:
-            job = self.fed.engine.get(self._id(request))
-            if "origin" in q and job.origin_node != q["origin"]:
-                raise HttpError(403, "access-denied", f"job {job.id} was not forwarded here by {q['origin']}")
-            path = job.spec.stderr_path if stream == "stderr" else job.spec.stdout_path
-            data = read_output(path, job.uid, offset, limit)
-        except SchedError as e:
-            return self._json_error(self._sched_error(e))
+        job = self.fed.engine.get(self._id(request))
+        if "origin" in q and job.origin_node != q["origin"]:
+            raise HttpError(403, "access-denied", f"job {job.id} was not forwarded here by {q['origin']}")
+        path = job.spec.stderr_path if stream == "stderr" else job.spec.stdout_path
+        data = read_output(path, job.uid, offset, limit)
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def mirror(self, request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import HttpConfig, read_token
+from .errors import SchedError
 
 log = logging.getLogger("schedd.web")
 
@@ -24,9 +25,15 @@ log = logging.getLogger("schedd.web")
 class HttpError(Exception):
     """An answer with a status, a machine-readable code and a sentence a person can act on."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, dbus_error: str = "") -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.dbus_error = dbus_error  # the D-Bus error a peer re-raises for its own clients
+
+    @classmethod
+    def of(cls, e: SchedError) -> "HttpError":
+        """A refusal of the engine, as HTTP: its status, its D-Bus name (short, and whole)."""
+        return cls(min(e.http_status, 500), e.dbus_name.rsplit(".", 1)[-1].lower(), e.message, e.dbus_name)
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
@@ -36,10 +43,13 @@ def error_body(code: str, message: str) -> dict[str, str]:
 @web.middleware
 async def _json_errors(request: web.Request, handler):
     try:
-        return await handler(request)
+        try:
+            return await handler(request)
+        except SchedError as e:
+            raise HttpError.of(e) from None
     except HttpError as e:
         body = error_body(e.code, e.message)
-        if getattr(e, "dbus_error", None):  # the D-Bus error a peer re-raises for its own clients
+        if e.dbus_error:
             body["dbus_error"] = e.dbus_error
         return web.json_response(body, status=e.status)
     except web.HTTPException as e:
