@@ -27,6 +27,7 @@ from . import stats
 from .engine import Caller, Engine
 from .errors import ERROR_PREFIX, InvalidArgument, SchedError
 from .model import Job, JobState, now_usec
+from .placement import ledger_load
 from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS, STATS_FILTER_KEYS
 
 log = logging.getLogger(__name__)
@@ -389,14 +390,9 @@ class DBusService:
         return bool(authorized)
 
     def local_node(self) -> dict[str, Any]:
-        e, l = self.engine, self.engine.ledger
-        pending, running = e.counts()
-        return {
-            "Name": e.config.node_name, "State": "up", "URL": "", "Local": True,
-            "TotalCPUs": l.total_cpus, "AvailableCPUs": l.free_cpus, "TotalMemory": l.total_memory,
-            "AvailableMemory": l.free_memory, "TotalGPUs": l.total_gpus, "AvailableGPUs": l.free_gpus,
-            "PendingJobs": pending, "RunningJobs": running, "LastSeenUSec": now_usec(),
-        }
+        e = self.engine
+        return {"Name": e.config.node_name, "State": "up", "URL": "", "Local": True,
+                **ledger_load(e.ledger, *e.counts()), "LastSeenUSec": now_usec()}
 
     # -- engine events -----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from .engine import Engine
 from .errors import BY_DBUS_NAME, AccessDenied, InvalidState, SchedError
 from .model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
 from .federation_wire import DEFAULT_OUTPUT, PeerError, PeerRefused, job_state_json, mirrored_fields, spec_to_json
-from .placement import ANY, Need, NodeView, choose
+from .placement import ANY, Need, NodeView, choose, ledger_load
 from .web import Web
 
 log = logging.getLogger(__name__)
@@ -140,25 +140,12 @@ class Federation:
             pending = sum(1 for j in e.jobs.values() if j.state in (JobState.PENDING, JobState.HELD) and not j.remote)
             running = sum(1 for j in e.jobs.values() if j.state.active and not j.remote)
             self._load = (now, pending, running)
-        return {
-            "TotalCPUs": l.total_cpus, "AvailableCPUs": l.free_cpus, "TotalMemory": l.total_memory,
-            "AvailableMemory": l.free_memory, "TotalGPUs": l.total_gpus, "AvailableGPUs": l.free_gpus,
-            "PendingJobs": pending, "RunningJobs": running,
-        }
-
-    @staticmethod
-    def _view(name: str, up: bool, load: dict[str, int] | None, local: bool = False) -> NodeView:
-        if load is None:
-            return NodeView(name, up, local=local, known=False)
-        return NodeView(name, up, local=local, total_cpus=load["TotalCPUs"], free_cpus=load["AvailableCPUs"],
-                        total_memory=load["TotalMemory"], free_memory=load["AvailableMemory"],
-                        total_gpus=load["TotalGPUs"], free_gpus=load["AvailableGPUs"],
-                        pending=load["PendingJobs"], running=load["RunningJobs"])
+        return ledger_load(l, pending, running)
 
     def views(self) -> list[NodeView]:
         """This node and every peer, as placement sees them (for metrics too). What jobs queued here
         ask for is not free for a newcomer: a burst of `any` jobs spills over instead of queueing here."""
-        local = self._view(self.name, True, self.local_load(), local=True)
+        local = NodeView.of_load(self.name, True, self.local_load(), local=True)
         cpus = memory = gpus = 0
         for job in self.engine.scheduler.queued():
             cpus, memory, gpus = cpus + job.spec.cpus, memory + job.spec.memory, gpus + job.spec.gpus
@@ -178,10 +165,8 @@ class Federation:
         for p in self.peers.values():
             v = p.view or NodeView(p.name, False, known=False)
             rows.append({
-                "Name": p.name, "State": "up" if p.up else "down", "URL": p.url, "Local": False,
-                "TotalCPUs": v.total_cpus, "AvailableCPUs": v.free_cpus, "TotalMemory": v.total_memory,
-                "AvailableMemory": v.free_memory, "TotalGPUs": v.total_gpus, "AvailableGPUs": v.free_gpus,
-                "PendingJobs": v.pending, "RunningJobs": v.running, "LastSeenUSec": p.last_seen_usec,
+                "Name": p.name, "State": "up" if p.up else "down", "URL": p.url, "Local": False, **v.load(),
+                "LastSeenUSec": p.last_seen_usec,
             })
         return rows
 
@@ -241,7 +226,7 @@ class Federation:
     def heard(self, name: str, load: dict[str, int]) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
         peer = self.peers[name]
-        peer.view = self._view(name, True, load)
+        peer.view = NodeView.of_load(name, True, load)
         peer.last_seen = time.monotonic()
         peer.last_seen_usec = now_usec()
         peer.down_handled = False

@@ -16,6 +16,7 @@ from .federation import Federation
 from .federation_wire import job_state_json, resolve_user
 from .model import JobState
 from .output import MAX_CHUNK, read_output
+from .placement import LOAD_FIELDS
 from .protocol import JOB_PROPERTIES, SPEC_KEYS
 from .web import HttpError, Web, read_json
 
@@ -24,8 +25,7 @@ U32, U64, I32 = 2**32 - 1, 2**63 - 1, 2**31 - 1
 # Keys a forwarded spec may carry: the Submit keys minus what only means something on the origin.
 FORWARD_SPEC_KEYS = {k: v for k, v in SPEC_KEYS.items()
                      if k not in ("User", "After", "Node", "ArrayTaskId", "ArrayMaxRunning")}
-LOAD_KEYS = ("TotalCPUs", "AvailableCPUs", "TotalMemory", "AvailableMemory", "TotalGPUs", "AvailableGPUs",
-             "PendingJobs", "RunningJobs")
+LOAD_KEYS = tuple(LOAD_FIELDS)
 ACTIONS = ("cancel", "hold", "release", "suspend", "resume", "requeue", "fence")
 
 

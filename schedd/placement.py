@@ -23,6 +23,21 @@ class Need:
     gpus: int = 0
 
 
+# A node's capacity and load on the wire (heartbeats, ListNodes) and the NodeView field for each.
+LOAD_FIELDS = {
+    "TotalCPUs": "total_cpus", "AvailableCPUs": "free_cpus", "TotalMemory": "total_memory",
+    "AvailableMemory": "free_memory", "TotalGPUs": "total_gpus", "AvailableGPUs": "free_gpus",
+    "PendingJobs": "pending", "RunningJobs": "running",
+}
+
+
+def ledger_load(ledger, pending: int, running: int) -> dict[str, int]:
+    """This node's capacity and load, keyed as on the wire: what the ledger has free, and the job counts."""
+    return {"TotalCPUs": ledger.total_cpus, "AvailableCPUs": ledger.free_cpus, "TotalMemory": ledger.total_memory,
+            "AvailableMemory": ledger.free_memory, "TotalGPUs": ledger.total_gpus, "AvailableGPUs": ledger.free_gpus,
+            "PendingJobs": pending, "RunningJobs": running}
+
+
 @dataclass(frozen=True, slots=True)
 class NodeView:
     """What a node offers as its last heartbeat (or the ledger, for this node) told."""
@@ -39,6 +54,15 @@ class NodeView:
     free_gpus: int = 0
     pending: int = 0
     running: int = 0
+
+    @classmethod
+    def of_load(cls, name: str, up: bool, load: dict[str, int] | None, local: bool = False) -> "NodeView":
+        if load is None:
+            return cls(name, up, local=local, known=False)
+        return cls(name, up, local=local, **{f: load[k] for k, f in LOAD_FIELDS.items()})
+
+    def load(self) -> dict[str, int]:
+        return {k: getattr(self, f) for k, f in LOAD_FIELDS.items()}
 
     def could_fit(self, need: Need) -> bool:
         return (self.known and need.cpus <= self.total_cpus and need.memory <= self.total_memory

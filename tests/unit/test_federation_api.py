@@ -16,6 +16,7 @@ from schedd.errors import AccessDenied
 from schedd.federation import Federation
 from schedd.federation_api import OPENAPI, FederationApi
 from schedd.output import read_output
+from schedd.placement import NodeView
 from schedd.store import Store
 from schedd.web import Web
 
@@ -301,7 +302,7 @@ async def test_jobs_that_must_stay_here_must_fit_here(api):
     fed = api.fed
     load = {"TotalCPUs": 8, "AvailableCPUs": 8, "TotalMemory": 1 << 34, "AvailableMemory": 1 << 34, "TotalGPUs": 0,
             "AvailableGPUs": 0, "PendingJobs": 0, "RunningJobs": 0}
-    fed.peers["a"].view, fed.peers["a"].up = fed._view("a", True, load), True  # a (8 CPUs) could hold it
+    fed.peers["a"].view, fed.peers["a"].up = NodeView.of_load("a", True, load), True  # a (8 CPUs) could hold it
     big = {"Command": Variant("as", ["true"]), "Node": Variant("s", "any"), "CPUs": Variant("u", 4)}
     with pytest.raises(Unsatisfiable, match="jobs of root run only"):
         await fed.engine.submit(big, Caller(uid=0))  # this node has 1 CPU
