@@ -47,7 +47,7 @@ PeersFn = Callable[[], Iterable[dict[str, Any]]]
 def summary(job: Job) -> dict[str, Any]:
     s = job.spec
     return {
-        "id": job.id, "name": s.name, "user": s.user_name or str(s.uid), "state": job.state.value,
+        "id": job.id, "name": s.name, "user": s.owner, "state": job.state.value,
         "reason": job.reason, "cpus": s.cpus, "assigned_cpus": job.assigned_cpus, "memory": s.memory,
         "gpus": s.gpus, "priority": s.priority, "submit_time": job.submit_time, "start_time": job.start_time,
         "end_time": job.end_time, "exit_code": job.exit_code, "node": job.node,

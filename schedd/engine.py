@@ -329,7 +329,7 @@ class Engine:
     def _check_owner(self, job: Job, caller: Caller) -> None:
         if caller.uid == 0 or caller.uid == job.uid or self.user_mode:
             return
-        raise AccessDenied(f"job {job.id} belongs to {job.spec.user_name or job.uid}; only its owner or root may change it "
+        raise AccessDenied(f"job {job.id} belongs to {job.spec.owner}; only its owner or root may change it "
                            f"(or a user polkit allows {MANAGE_ACTION})")
 
     async def _authorize(self, job: Job, caller: Caller) -> None:
@@ -774,7 +774,7 @@ class Engine:
             where += f" origin={job.origin_node}:{job.origin_id}"
         log.log(level, "job %d %s%s: user=%s %s reason=%s%s", job.id, what,
                  f" (was {old.value.lower()})" if old is not None and old != job.state else "",
-                 s.user_name or s.uid, where, job.reason or "-", extra)
+                 s.owner, where, job.reason or "-", extra)
 
     MANAGER_COALESCE = 0.05  # seconds; counters change with every job, clients need not hear each step
 

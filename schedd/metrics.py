@@ -41,10 +41,6 @@ def safe_peers(peers: PeersFn | None) -> list[dict[str, Any]]:
         return []
 
 
-def user_label(job: Job) -> str:
-    return job.spec.user_name or str(job.spec.uid)
-
-
 class _StateCollector(Collector):
     """Gauges computed from the engine at scrape time."""
 
@@ -57,7 +53,7 @@ class _StateCollector(Collector):
         jobs = GaugeMetricFamily("schedd_jobs", "Jobs on this node now, by state and user (finished ones: see "
                                  "schedd_jobs_finished_total)", labels=["state", "user"])
         counts: Counter[tuple[str, str]] = Counter(
-            (j.state.value, user_label(j)) for j in e.jobs.values() if j.state in LIVE_STATES)
+            (j.state.value, j.spec.owner) for j in e.jobs.values() if j.state in LIVE_STATES)
         for state in LIVE_STATES:  # every state present even when zero, so queries need no `or vector(0)`
             if not any(s == state.value for s, _ in counts):
                 jobs.add_metric([state.value, ""], 0)
@@ -122,7 +118,7 @@ class Metrics:
     def job_added(self, job: Job) -> None:
         if job.state.terminal:  # a finished job brought back (requeue of an archived one): not a submission
             return
-        self.submitted.labels(user_label(job)).inc()
+        self.submitted.labels(job.spec.owner).inc()
         if job.state == JobState.PENDING:
             self._pending_since[job.id] = job.submit_time or now_usec()
 
@@ -136,7 +132,7 @@ class Metrics:
             return
         since = self._pending_since.pop(job.id, None)
         if state == JobState.RUNNING and old_state == JobState.PENDING:
-            user = user_label(job)
+            user = job.spec.owner
             self.started.labels(user).inc()
             start = job.start_time or now
             if since is not None:
@@ -144,7 +140,7 @@ class Metrics:
             if job.submit_time:
                 self.start_latency.observe(max(0, start - job.submit_time) / 1e6)
         elif state.terminal:
-            self.finished.labels(user_label(job), state.value, job.reason or "none").inc()
+            self.finished.labels(job.spec.owner, state.value, job.reason or "none").inc()
 
     def job_released(self, job: Job) -> None:
         self._pending_since.pop(job.id, None)

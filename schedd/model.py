@@ -78,6 +78,11 @@ class JobSpec:
     array_task_id: int | None = None
     array_max_running: int = 0
 
+    @property
+    def owner(self) -> str:
+        """Who it runs as, for people (logs, metrics labels, accounting): the name, else the uid."""
+        return self.user_name or str(self.uid)
+
 
 @dataclass(slots=True)
 class Job:

@@ -30,7 +30,7 @@ class Record:
 
     @classmethod
     def of(cls, job: Job) -> "Record":
-        return cls(job.spec.user_name or str(job.spec.uid), job.state.value, job.submit_time, job.start_time,
+        return cls(job.spec.owner, job.state.value, job.submit_time, job.start_time,
                    job.end_time, job.cpu_time_usec, job.memory_peak, job.suspended_usec)
 
 
