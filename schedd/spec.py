@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -66,11 +67,24 @@ def _exec_string(key: str, what: str, text: str, name: str = "") -> int:
     return n
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # C0 and DEL
+
+
+def _refuse_control(key: str, text: str, what: str = "") -> None:
+    """Control characters have no business in a path, a name or a program name; a newline in
+    one would also end a line of every log and record that carries it."""
+    m = _CONTROL.search(text)
+    if m:
+        raise _bad(key, f"{what + ' ' if what else ''}must not contain control characters "
+                        f"(found {m.group()!r} at position {m.start()}); remove it")
+
+
 def _check_path(key: str, path: str) -> str:
     if not path:
         raise _bad(key, "must not be empty")
     if "\0" in path:
         raise _bad(key, "must not contain NUL bytes")
+    _refuse_control(key, path)
     if not path.startswith("/"):
         raise _bad(key, f"{path!r} is relative; give an absolute path (schedctl resolves relative ones for you)")
     if len(path.encode()) > 4095:
@@ -145,6 +159,7 @@ def build_spec(
     if not command or not command[0]:
         raise _bad("Command", "must name a program: the first element may not be empty")
     argv_bytes = sum(_exec_string("Command", f"argument {i}", arg) for i, arg in enumerate(command))
+    _refuse_control("Command", command[0], "the program (argument 0)")
 
     env = list(v.get("Environment", []))
     if len(env) > limits.max_env_entries:
@@ -163,8 +178,7 @@ def build_spec(
     name = v.get("Name") or os.path.basename(command[0]) or command[0]
     if len(name) > MAX_NAME:
         raise _bad("Name", f"is {len(name)} characters; at most {MAX_NAME}")
-    if any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise _bad("Name", "must not contain control characters")
+    _refuse_control("Name", name)
 
     cpus = v.get("CPUs", 1)
     if cpus < 1:

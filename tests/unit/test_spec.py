@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import re
 import tempfile
 from pathlib import Path
 
@@ -374,6 +375,37 @@ def test_name_with_control_characters(limits: Limits) -> None:
         build({**cmd("true"), "Name": Variant("s", "a\nb")}, limits)
 
 
+@pytest.mark.parametrize("char", ["\n", "\r", "\t", "\x01", "\x1b", "\x1f", "\x7f"])
+@pytest.mark.parametrize("key", ["WorkingDirectory", "StdoutPath", "StderrPath", "Name", "Command"])
+def test_control_characters_refused(limits: Limits, key: str, char: str) -> None:
+    """Issue 11: a newline in an output path once forged a job's result through the gate's status file."""
+    text = f"/tmp/x{char}status=0"
+    props = cmd(text, "arg") if key == "Command" else {**cmd("true"), key: Variant("s", text)}
+    with pytest.raises(InvalidArgument, match=rf"^{key}: .*must not contain control characters \(found "
+                                              rf"{re.escape(repr(char))} at position 6\)") as e:
+        build(props, limits)
+    assert e.value.dbus_name == "org.schedd.Schedd1.Error.InvalidArgument"
+
+
+def test_the_forged_output_path_of_issue_11(limits: Limits) -> None:
+    with pytest.raises(InvalidArgument, match="^StdoutPath: must not contain control characters"):
+        build({**cmd("false"), "WorkingDirectory": Variant("s", "/"),
+               "StdoutPath": Variant("s", "/nonexistent-dir/x\nstatus=0\nend=1\n")}, limits, caller_uid=65534)
+
+
+def test_newlines_stay_allowed_in_arguments_and_environment(limits: Limits) -> None:
+    spec = build({**cmd("sh", "-c", "echo a\necho b"), "Environment": Variant("as", ["MSG=line1\nline2\t\x7f"])},
+                 limits)
+    assert spec.command[2] == "echo a\necho b" and spec.environment == ["MSG=line1\nline2\t\x7f"]
+
+
+def test_nul_is_still_reported_as_nul(limits: Limits) -> None:
+    with pytest.raises(InvalidArgument, match="^StdoutPath: must not contain NUL bytes"):
+        build({**cmd("true"), "StdoutPath": Variant("s", "/tmp/a\0b")}, limits)
+    with pytest.raises(InvalidArgument, match="^Command: argument 0 contains a NUL"):
+        build(cmd("a\0b"), limits)
+
+
 def test_user_set_by_non_root_is_access_denied(limits: Limits) -> None:
     with pytest.raises(AccessDenied, match="^User: only root") as e:
         build({**cmd("true"), "User": Variant("u", 0)}, limits, caller_uid=USER.pw_uid)
@@ -461,11 +493,12 @@ def _any_variant() -> st.SearchStrategy:
     return st.sampled_from(sorted(_SIG_VALUES)).flatmap(lambda sig: _variant(sig, _SIG_VALUES[sig]))
 
 
-_PATHS = ["/", "/tmp", "/etc/passwd", "/nonexistent/dir", "relative/dir", "", ".", "/tmp/../etc", "/a\0b"]
+_PATHS = ["/", "/tmp", "/etc/passwd", "/nonexistent/dir", "relative/dir", "", ".", "/tmp/../etc", "/a\0b",
+          "/tmp\n", "/tmp/x\nstatus=0\n", "/tmp/\x7f"]
 _GOOD = {
     "Command": _variant("as", st.one_of(
         st.lists(st.sampled_from(["/bin/true", "echo", "a b", "-x", "é"]), min_size=1, max_size=4),
-        st.lists(st.sampled_from(["/bin/true", "echo", "", "a b", "-x", "é", "a\0"]), max_size=4),
+        st.lists(st.sampled_from(["/bin/true", "echo", "", "a b", "-x", "é", "a\0", "a\nb", "\x1b[1m"]), max_size=4),
         _SIG_VALUES["as"])),
     "Name": _variant("s", st.one_of(st.just("job"), st.sampled_from(["", "x" * 257, "a\tb"]), _SIG_VALUES["s"])),
     "CPUs": _variant("u", st.one_of(st.integers(1, 4), st.integers(0, 6), _SIG_VALUES["u"])),
@@ -543,6 +576,8 @@ def test_build_spec_property(props: dict, caller: int) -> None:
         assert sep and name and "\0" not in entry
     for path in (spec.stdout_path, spec.stderr_path):
         assert path == "" or os.path.isabs(path)
+    for text in (spec.working_directory, spec.stdout_path, spec.stderr_path, spec.name, spec.command[0]):
+        assert not re.search(r"[\x00-\x1f\x7f]", text)
     assert spec.node in ("", "any", "alpha")
     assert set(spec.after) <= KNOWN_JOBS
     assert 0 < len(spec.name) <= 256
