@@ -118,7 +118,13 @@ class Engine:
                     self._admitted[job.array_job_id].add(job.id)
         for job in list(self.jobs.values()):
             if job.state.active and not job.remote:
-                if await executor.recover(job):
+                try:
+                    running = await executor.recover(job)
+                except Exception:
+                    log.exception("job %d: cannot re-attach to it", job.id)
+                    self._fail_lost(job)
+                    running = False
+                if running:
                     adopted += 1
                     self._arm_limit(job)
                 else:
@@ -130,7 +136,11 @@ class Engine:
         for jid in await executor.orphans(active):
             job = self.jobs.get(jid)
             if job is not None and job.state == JobState.PENDING and not job.remote:
-                await self._adopt_unrecorded(job)
+                try:
+                    await self._adopt_unrecorded(job)
+                except Exception:
+                    log.exception("job %d: cannot adopt its running unit", job.id)
+                    self._fail_lost(job)
                 adopted += 1
             else:
                 what = f"{job.state.value.lower()} job" if job else "job unknown to the store"
@@ -138,11 +148,15 @@ class Engine:
                 await executor.reap_orphan(jid)
         for job in sorted(self.jobs.values(), key=lambda j: j.id):
             if job.state == JobState.PENDING and job.id not in self._allocs and not job.remote:
-                info = self.executor.recorded_exit(job.id)
-                if info is not None:
-                    self._finish(job, info)
-                else:
-                    self._make_eligible(job)
+                try:
+                    info = self.executor.recorded_exit(job.id)
+                    if info is not None:
+                        self._finish(job, info)
+                    else:
+                        self._make_eligible(job)
+                except Exception:
+                    log.exception("job %d: cannot recover it", job.id)
+                    self._fail_lost(job)
         log.info("recovered %d live jobs (next id %d): %d running re-adopted, %d ended while down",
                  len(self.jobs), self._next_id, adopted, lost)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_finished())
@@ -676,8 +690,31 @@ class Engine:
         if job is None:
             log.error("exit reported for unknown job %d", job_id)
             return
-        self._finish(job, info)
+        waiters = list(self._flags[job_id].waiters) if job_id in self._flags else []
+        try:
+            self._finish(job, info)
+        except Exception:
+            log.exception("job %d: cannot record how it ended", job_id)
+            self._fail_lost(job, waiters)
         self.kick()
+
+    def _fail_lost(self, job: Job, waiters: list[asyncio.Future] | None = None) -> None:
+        """The last resort when a job's end cannot be processed: FAILED lost, its resources
+        back, its waiters woken; never left RUNNING holding CPUs, never a crash."""
+        try:
+            self._disarm_limit(job.id)
+            self._unqueue(job)
+            self._release(job)
+            job.handle = None
+            if not job.state.terminal:
+                self._end(job, JobState.FAILED, Reason.LOST)
+            self.store.save(job)
+        except Exception:
+            log.exception("job %d: cannot mark it failed", job.id)
+        finally:
+            for w in [*(waiters or ()), *self._flags.pop(job.id, _Flags()).waiters]:
+                if not w.done():
+                    w.set_result(None)
 
     def _finish(self, job: Job, info: ExitInfo) -> None:
         flags = self._flags.pop(job.id, _Flags())
@@ -702,6 +739,8 @@ class Engine:
         else:
             if flags.cancel:
                 state, reason = JobState.CANCELLED, Reason.NODE_FAILURE if flags.fence else Reason.CANCELLED
+            elif info.malformed:
+                state, reason = JobState.FAILED, Reason.LOST
             elif info.oom_killed:
                 state, reason = JobState.FAILED, Reason.OOM_KILL
             elif info.signal and (flags.timeout or self._overdue(job)):

@@ -34,6 +34,7 @@ class ExitInfo:
     lost: bool = False  # no status was recorded (the supervisor itself was killed)
     stragglers: int = 0  # processes left in the job's cgroup after its main process ended
     aborted: bool = False  # the program never started (the gate was never released): safe to run again
+    malformed: str = ""  # the status file is not one a gate writes (what is wrong, in words): the result is lost
 
     @property
     def signal_name(self) -> str:
@@ -117,12 +118,15 @@ class Executor(abc.ABC):
         return {"pid": pid, "start": start}, cpus
 
     def recorded_exit(self, job_id: int) -> ExitInfo | None:
-        """How a job ended, if its gate recorded it (it ran while its RUNNING record was still in flight)."""
+        """How a job ended, if its gate recorded it (it ran while its RUNNING record was still in flight).
+
+        A malformed record counts: the job may have run, so it must not run again unseen.
+        """
         gates = getattr(self, "gates", None)
         if gates is None or not gates.status_path(job_id).exists():
             return None
         info = gates.read_status(job_id)
-        return None if info.lost else info
+        return None if info.lost and not info.malformed else info
 
     def forget(self, job_id: int) -> None:
         """The job's end is durable: drop what the executor kept to report it."""

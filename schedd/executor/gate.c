@@ -44,7 +44,17 @@ static void fail(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    dprintf(ST_FD, "error=%s\n", msg);
+    /* The message carries user text (paths, argv[0]): one status line stays one line. */
+    static char line[sizeof "error=\n" + 4 * sizeof msg];
+    size_t n = 0;
+    n += (size_t)snprintf(line, sizeof line, "error=");
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+        if (*p >= 0x20 && *p < 0x7f && *p != '\\') line[n++] = (char)*p;
+        else n += (size_t)snprintf(line + n, sizeof line - n, "\\x%02x", *p);
+    }
+    line[n++] = '\n';
+    ssize_t w = write(ST_FD, line, n);
+    (void)w;
     dprintf(2, "schedd: %s\n", msg);
     _exit(code);
 }

@@ -34,7 +34,13 @@ my $pid = fork();
 exit 123 unless defined $pid;
 if ($pid == 0) {
     $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP PIPE);
-    sub fail { my ($code, $msg) = @_; syswrite($st, "error=$msg\n"); print STDERR "schedd: $msg\n"; exit $code; }
+    sub fail {
+        my ($code, $msg) = @_;
+        (my $line = $msg) =~ s/([^\x20-\x5b\x5d-\x7e])/sprintf('\\x%02x', ord $1)/ge;  # user text: one line stays one line
+        syswrite($st, "error=$line\n");
+        print STDERR "schedd: $msg\n";
+        exit $code;
+    }
     if ($uid ne '-') {
         $! = 0;
         $) = "$gid $groups";

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -193,38 +194,28 @@ class GateRunner:
         return job_id in self._watched
 
     def read_status(self, job_id: int, gate_wait_status: int | None = None) -> ExitInfo:
-        """Parse the status file; fall back on the gate's own wait status."""
-        kv: dict[str, str] = {}
+        """How the job ended, from its status file; the gate's own wait status where it recorded nothing.
+
+        Never raises: a file the gate cannot have written gives a lost result with
+        ``malformed`` saying what was wrong (and a warning naming the job).
+        """
+        path = self.status_path(job_id)
         try:
-            text = self.status_path(job_id).read_text(errors="replace")
-        except OSError:
-            text = ""
-        for line in text.splitlines():
-            k, _, v = line.partition("=")
-            kv.setdefault(k, v)
-        info = ExitInfo(error=kv.get("error", ""), aborted=kv.get("aborted") == "1")
-        if "status" in kv and kv.get("end") == "1":
-            st = int(kv["status"])
-            if st & 0x7F:
-                info.signal = st & 0x7F
-                info.exit_code = 128 + info.signal
-            else:
-                info.exit_code = (st >> 8) & 0xFF
-            info.oom_killed = int(kv.get("oom_kill", "0") or 0) > 0
-            info.cpu_usec = int(kv.get("cpu_usec", "0") or 0)
-            info.memory_peak = int(kv.get("peak", "0") or 0)
-            info.stragglers = int(kv.get("stragglers", "0") or 0)
-            return info
-        info.lost = True
-        if gate_wait_status is not None:
-            if os.WIFSIGNALED(gate_wait_status):
-                info.signal = os.WTERMSIG(gate_wait_status)
-                info.exit_code = 128 + info.signal
-            else:
-                code = os.WEXITSTATUS(gate_wait_status)
-                info.exit_code = code
-                info.aborted |= code == 121
-                info.error = info.error or _ABORT_CODES.get(code, "")
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(MAX_STATUS_BYTES + 1)
+            except FileNotFoundError:
+                data = b""
+            info = parse_status(data)
+        except (OSError, StatusError) as e:
+            why = str(e) if isinstance(e, StatusError) else f"cannot read it: {e.strerror or e}"
+            log.warning("job %d: status file %s is malformed (%s); its result is lost", job_id, path, why)
+            info = ExitInfo(lost=True, malformed=why)
+        except Exception as e:  # a bug here must not leave the job running for ever
+            log.exception("job %d: cannot read status file %s; its result is lost", job_id, path)
+            info = ExitInfo(lost=True, malformed=f"unreadable ({type(e).__name__})")
+        if info.lost and gate_wait_status is not None:
+            _from_gate_exit(info, gate_wait_status)
         return info
 
     def forget(self, job_id: int) -> None:
@@ -232,6 +223,90 @@ class GateRunner:
             self.status_path(job_id).unlink()
         except FileNotFoundError:
             pass
+
+
+def _from_gate_exit(info: ExitInfo, wait_status: int) -> None:
+    """Fill a lost result from the gate's own wait status (it mirrors the job's, or tells why it never ran)."""
+    if os.WIFSIGNALED(wait_status):
+        info.signal = os.WTERMSIG(wait_status)
+        info.exit_code = 128 + info.signal
+    elif os.WIFEXITED(wait_status):
+        code = os.WEXITSTATUS(wait_status)
+        info.exit_code = code
+        if not info.malformed:
+            info.aborted |= code == 121
+            info.error = info.error or _ABORT_CODES.get(code, "")
+
+
+# -- the status file ------------------------------------------------------------
+# What a gate writes to fd 4, and nothing else: "aborted=1" alone (never released), or an
+# optional "error=" line (the child's setup failure, escaped to printable ASCII) followed by
+# the record below, one "key=value" line each, in this order, "end=1" last.
+
+MAX_STATUS_BYTES = 64 << 10  # an error line is at most ~16 KiB (4 KiB message, escaped)
+_WAIT_STATUS_MAX = 0xFFFF
+_COUNTER_MAX = 2**63 - 1  # what SQLite's INTEGER holds
+RECORD_KEYS = ("status", "oom_kill", "peak", "cpu_usec", "stragglers", "end")
+_RANGES = {"status": _WAIT_STATUS_MAX, "oom_kill": _COUNTER_MAX, "peak": _COUNTER_MAX,
+           "cpu_usec": _COUNTER_MAX, "stragglers": _COUNTER_MAX, "end": 1}
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+class StatusError(ValueError):
+    """A status file no gate writes: what is wrong with it, in words."""
+
+
+def parse_status(data: bytes) -> ExitInfo:
+    """The gate's record in `data`; ExitInfo(lost=True) if it holds none; StatusError if malformed."""
+    if not data:
+        return ExitInfo(lost=True)  # the gate ended (or was killed) before it wrote anything
+    if len(data) > MAX_STATUS_BYTES:
+        raise StatusError(f"larger than {MAX_STATUS_BYTES} bytes")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as e:
+        raise StatusError(f"byte 0x{data[e.start]:02x} at offset {e.start} is not ASCII") from None
+    if not text.endswith("\n"):
+        raise StatusError("truncated: its last line is incomplete")
+    lines = text[:-1].split("\n")
+    if lines == ["aborted=1"]:
+        return ExitInfo(lost=True, aborted=True)
+    error = ""
+    if lines[0].startswith("error="):
+        error = lines.pop(0)[len("error="):]
+        if not _PRINTABLE.fullmatch(error):
+            raise StatusError("the error line holds control characters")
+    values: dict[str, int] = {}
+    for n, line in enumerate(lines, 2 if error else 1):
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise StatusError(f"line {n} is not key=value")
+        if key not in _RANGES:
+            raise StatusError(f"line {n}: unknown key {key[:40]!r}")
+        if key in values:
+            raise StatusError(f"line {n}: duplicate key {key!r}")
+        if not _DECIMAL.fullmatch(value) or int(value) > _RANGES[key]:
+            raise StatusError(f"line {n}: {key}={value[:40]!r} is not an integer in 0..{_RANGES[key]}")
+        values[key] = int(value)
+    missing = [k for k in RECORD_KEYS if k not in values]
+    if "end" not in values:
+        raise StatusError("truncated: no end marker")
+    if missing:
+        raise StatusError(f"{', '.join(missing)} missing")
+    if tuple(values) != RECORD_KEYS:
+        raise StatusError("its keys are not in the gate's order")
+    if values["end"] != 1:
+        raise StatusError("end=0 is not the gate's end marker")
+    st = values["status"]
+    info = ExitInfo(error=error, oom_killed=values["oom_kill"] > 0, cpu_usec=values["cpu_usec"],
+                    memory_peak=values["peak"], stragglers=values["stragglers"])
+    if st & 0x7F:
+        info.signal = st & 0x7F
+        info.exit_code = 128 + info.signal
+    else:
+        info.exit_code = (st >> 8) & 0xFF
+    return info
 
 
 def _user_env(uid: int, name: str) -> dict[str, str]:

@@ -214,7 +214,7 @@ class SystemdExecutor(Executor):
         log.info("%s: main process ended, stopping %d leftover process(es)", unit, info.stragglers)
         try:
             await self._stop_unit(unit)
-        except DBusError as e:
+        except Exception as e:  # the job's end is reported whatever happened to its leftovers
             log.error("%s: cannot stop leftover processes: %s", unit, e)
         self.on_exit(job_id, info)
 
@@ -266,7 +266,10 @@ class SystemdExecutor(Executor):
             pids = await self._unit_pids(job.unit)
             if pids:
                 log.warning("%s: supervisor gone but %d process(es) remain; stopping them", job.unit, len(pids))
-                await self._stop_unit(job.unit)
+                try:
+                    await self._stop_unit(job.unit)
+                except DBusError as e:
+                    log.error("%s: cannot stop leftover processes: %s", job.unit, e)
         self.on_exit(job.id, info)
         return False
 

@@ -81,6 +81,19 @@ async def test_setup_failures_use_systemd_exit_codes(runner, tmp_path, what, cod
     assert words in info.error or words in (tmp_path / "out").read_text()
 
 
+async def test_an_error_about_a_hostile_path_is_one_escaped_status_line(runner, tmp_path):
+    """Issue 11: the output path's newlines once became status lines of their own (a forged success)."""
+    out = "/nonexistent-dir/x\nstatus=0\nend=1\n\\\x7f\u00e9"
+    info = await run(runner, job(tmp_path, ["false"], out=out))
+    assert (info.exit_code, info.lost, info.malformed) == (209, False, "")
+    lines = runner.status_path(1).read_bytes().split(b"\n")
+    assert lines[0] == (b"error=cannot open /nonexistent-dir/x\\x0astatus=0\\x0aend=1\\x0a\\x5c\\x7f\\xc3\\xa9"
+                        b" for writing: No such file or directory")
+    assert [l.split(b"=")[0] for l in lines[1:]] == [b"status", b"oom_kill", b"peak", b"cpu_usec", b"stragglers",
+                                                     b"end", b""]
+    assert info.error == lines[0][len(b"error="):].decode()
+
+
 async def test_aborted_gate_never_runs_the_command(runner, tmp_path):
     j = job(tmp_path, ["sh", "-c", f"touch {tmp_path}/ran"])
     gate = runner.spawn(j, (0,))
