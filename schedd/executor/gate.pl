@@ -36,7 +36,8 @@ if ($pid == 0) {
     $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP PIPE);
     sub fail {
         my ($code, $msg) = @_;
-        (my $line = $msg) =~ s/([^\x20-\x5b\x5d-\x7e])/sprintf('\\x%02x', ord $1)/ge;  # user text: one line stays one line
+        # User text (paths, argv[0]): one line stays one line, and as short as gate.c's (4095 bytes before escaping).
+        (my $line = substr($msg, 0, 4095)) =~ s/([^\x20-\x5b\x5d-\x7e])/sprintf('\\x%02x', ord $1)/ge;
         syswrite($st, "error=$line\n");
         print STDERR "schedd: $msg\n";
         exit $code;

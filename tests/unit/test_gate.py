@@ -94,6 +94,13 @@ async def test_an_error_about_a_hostile_path_is_one_escaped_status_line(runner, 
     assert info.error == lines[0][len(b"error="):].decode()
 
 
+async def test_an_error_about_a_huge_path_stays_one_short_line(runner, tmp_path):
+    info = await run(runner, job(tmp_path, ["true"], out="/nonexistent-dir/" + "\n" * 60_000))
+    assert (info.exit_code, info.lost, info.malformed) == (209, False, "")
+    assert info.error.startswith("cannot open /nonexistent-dir/\\x0a\\x0a") and len(info.error) <= 4 * 4095
+    assert len(runner.status_path(1).read_bytes().split(b"\n")) == 8
+
+
 async def test_aborted_gate_never_runs_the_command(runner, tmp_path):
     j = job(tmp_path, ["sh", "-c", f"touch {tmp_path}/ran"])
     gate = runner.spawn(j, (0,))
