@@ -272,13 +272,13 @@ def parse_status(data: bytes) -> ExitInfo:
     lines = text[:-1].split("\n")
     if lines == ["aborted=1"]:
         return ExitInfo(lost=True, aborted=True)
-    error = ""
+    error, first = "", 1
     if lines[0].startswith("error="):
-        error = lines.pop(0)[len("error="):]
+        error, first = lines.pop(0)[len("error="):], 2
         if not _PRINTABLE.fullmatch(error):
             raise StatusError("the error line holds control characters")
     values: dict[str, int] = {}
-    for n, line in enumerate(lines, 2 if error else 1):
+    for n, line in enumerate(lines, first):
         key, sep, value = line.partition("=")
         if not sep:
             raise StatusError(f"line {n} is not key=value")
