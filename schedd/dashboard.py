@@ -220,7 +220,7 @@ class Dashboard:
             out["Output"], out["OutputNote"] = "", "not started yet"
         else:
             try:
-                data = await asyncio.to_thread(read_tail, job.spec.stdout_path, job.spec.uid, TAIL_BYTES)
+                data = await read_tail(job.spec.stdout_path, job.spec.uid, TAIL_BYTES)
                 out["Output"] = data.decode("utf-8", "replace")
                 out["OutputNote"] = f"last {TAIL_BYTES >> 10} KiB of {job.spec.stdout_path}"
             except (SchedError, OSError) as e:

@@ -230,7 +230,7 @@ class FederationApi:
         if "origin" in q and job.origin_node != q["origin"]:
             raise HttpError(403, "access-denied", f"job {job.id} was not forwarded here by {q['origin']}")
         path = job.spec.stderr_path if stream == "stderr" else job.spec.stdout_path
-        data = read_output(path, job.uid, offset, limit)
+        data = await read_output(path, job.uid, offset, limit)
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def mirror(self, request: web.Request) -> web.Response:

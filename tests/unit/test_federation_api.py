@@ -15,7 +15,7 @@ from schedd.engine import Engine
 from schedd.errors import AccessDenied
 from schedd.federation import Federation
 from schedd.federation_api import OPENAPI, FederationApi
-from schedd.output import read_output
+from schedd.output import read_output_blocking as read_output
 from schedd.placement import NodeView
 from schedd.store import Store
 from schedd.web import Web

@@ -17,7 +17,7 @@ from schedd import stats
 from schedd.config import HttpConfig
 from schedd.dashboard import Dashboard
 from schedd.errors import AccessDenied
-from schedd.output import read_tail
+from schedd.output import read_tail_blocking as read_tail
 from schedd.errors import InvalidState, NotFound
 from schedd.ledger import Ledger
 from schedd.metrics import Metrics
