@@ -95,12 +95,12 @@ def resolve_user(name: str, node: str, policy: FederationConfig) -> pwd.struct_p
     if pw.pw_uid == 0:
         raise AccessDenied(f"node {node} does not run jobs of root ({name!r}) for other nodes")
     if not policy.uid_min <= pw.pw_uid <= policy.uid_max:
-        raise AccessDenied(f"node {node} runs jobs for other nodes only for login accounts (uid {policy.uid_min} "
-                           f"to {policy.uid_max}: login.defs UID_MIN/UID_MAX, or [federation] uid_min/uid_max); "
-                           f"{name!r} is uid {pw.pw_uid}, a system account: submit on that node itself")
+        raise AccessDenied(f"{name!r} is uid {pw.pw_uid}, a system account: node {node} runs jobs for other "
+                           f"nodes only for login accounts (uid {policy.uid_min} to {policy.uid_max}: login.defs "
+                           f"UID_MIN/UID_MAX, or its [federation] uid_min/uid_max); run it where it was submitted")
     groups = denied_groups(pw, policy.deny_groups)
     if groups:
-        raise AccessDenied(f"node {node} does not run jobs for other nodes of members of privileged groups; "
-                           f"{name!r} is in {', '.join(groups)} ([federation] deny_groups there): submit on "
-                           f"that node itself")
+        raise AccessDenied(f"{name!r} is a member of {', '.join(groups)}: node {node} runs no jobs for other nodes "
+                           f"of members of privileged groups (its [federation] deny_groups); run it where it was "
+                           f"submitted")
     return pw

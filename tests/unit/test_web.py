@@ -198,7 +198,8 @@ async def test_off_loopback_the_browser_side_needs_a_read_credential(tmp_path: P
     c = await guarded(tmp_path, listen=("10.9.8.7", 7001))
     try:
         for path in ("/ui/state", "/metrics", "/", "/ui/nothing-here"):
-            for headers in ({}, bearer(TOKEN), bearer("wrong-token-000000000000"), basic(TOKEN), {"Authorization": "Basic !!"}):
+            for headers in ({}, bearer(TOKEN), bearer("wrong-token-000000000000"), basic(TOKEN),
+                            {"Authorization": "Basic !!"}):
                 r = await c.get(path, headers=headers)
                 assert r.status == 401, (path, headers, r.status)
                 assert r.headers["WWW-Authenticate"].startswith("Basic") and (await r.json())["error"] == "unauthorized"
