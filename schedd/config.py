@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 import psutil
@@ -67,14 +69,56 @@ class PeerConfig:
 
 @dataclass
 class HttpConfig:
-    """[http]: off unless `listen` is set. The token guards every peer call and every write."""
+    """[http]: off unless `listen` is set.
+
+    token_file: the peers' token (their /api/v1/ only). admin_token_file: the operators' token,
+    the only one that works the dashboard (actions, output, command lines). Off loopback, the
+    dashboard and /metrics also want a read credential (the admin token or read_token_file's)
+    unless `public`. allowed_hosts: more Host header names the browser side answers to.
+    """
 
     listen: tuple[str, int] | None = None
     token_file: Path | None = None
+    admin_token_file: Path | None = None
+    read_token_file: Path | None = None
+    public: bool = False
+    allow_insecure_peers: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
     heartbeat_interval_usec: int = 2_000_000
+
+
+# Holders of these may become root or read what is not theirs (sudo/wheel/admin: root by sudo; disk: raw
+# block devices; docker/lxd/libvirt/kvm: daemons or devices that hand out root or the hardware; shadow:
+# password hashes; adm/systemd-journal: every log), so a token that can name any user must not reach them.
+DEFAULT_DENY_GROUPS = ("root", "sudo", "wheel", "admin", "adm", "disk", "docker", "lxd", "libvirt", "shadow",
+                       "kvm", "systemd-journal")
+LOGIN_DEFS = Path("/etc/login.defs")
+
+
+def login_uid_range(path: Path = LOGIN_DEFS) -> tuple[int, int]:
+    """UID_MIN..UID_MAX of login.defs(5): the ordinary login accounts (1000..60000 where it does not say)."""
+    found = {"UID_MIN": 1000, "UID_MAX": 60000}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return found["UID_MIN"], found["UID_MAX"]
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[0] in found and words[1].isdigit():
+            found[words[0]] = int(words[1])
+    return found["UID_MIN"], found["UID_MAX"]
+
+
+@dataclass
+class FederationConfig:
+    """[federation]: whose jobs this node runs for other nodes (the peer token names the user)."""
+
+    uid_min: int = field(default_factory=lambda: login_uid_range()[0])
+    uid_max: int = field(default_factory=lambda: login_uid_range()[1])
+    deny_groups: tuple[str, ...] = DEFAULT_DENY_GROUPS
 
 
 @dataclass
@@ -99,6 +143,7 @@ class Config:
     max_pending_per_user: int = 100_000
     finished_object_ttl_usec: int = 600_000_000  # finished jobs stay exported this long
     http: HttpConfig = field(default_factory=HttpConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     peers: list[PeerConfig] = field(default_factory=list)
     source: Path | None = None
 
@@ -150,7 +195,7 @@ def _discover_gpus(cfg: Config) -> None:
 
 
 def _apply(cfg: Config, data: dict) -> None:
-    known = {"node", "resources", "jobs", "scheduler", "daemon", "http", "peers"}
+    known = {"node", "resources", "jobs", "scheduler", "daemon", "http", "peers", "federation"}
     for section in data:
         if section not in known:
             raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
@@ -159,7 +204,9 @@ def _apply(cfg: Config, data: dict) -> None:
         "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user",
                  "default_time", "max_time"},
         "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
-        "http": {"listen", "token_file", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval"},
+        "http": {"listen", "token_file", "admin_token_file", "read_token_file", "public", "allow_insecure_peers",
+                 "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval"},
+        "federation": {"uid_min", "uid_max", "deny_groups"},
     }
     for section, allowed in keys.items():
         for key in data.get(section, {}):
@@ -225,7 +272,37 @@ def _apply(cfg: Config, data: dict) -> None:
         if daemon["executor"] not in ("auto", "systemd", "plain"):
             raise ConfigError("daemon.executor must be 'auto', 'systemd' or 'plain'")
         cfg.executor = daemon["executor"]
+    _apply_federation(cfg, data.get("federation", {}))
     _apply_http(cfg, data.get("http", {}), data.get("peers", []))
+
+
+def _apply_federation(cfg: Config, fed: dict) -> None:
+    f = cfg.federation
+    for key in ("uid_min", "uid_max"):
+        if key in fed:
+            v = fed[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**32 - 1:
+                raise ConfigError(f"federation.{key} = {v!r}: a uid from 1 to 4294967294 (root never runs "
+                                  "forwarded jobs)")
+            setattr(f, key, v)
+    if f.uid_min > f.uid_max:
+        raise ConfigError(f"federation.uid_min ({f.uid_min}) is above federation.uid_max ({f.uid_max})")
+    if "deny_groups" in fed:
+        v = fed["deny_groups"]
+        if not isinstance(v, list) or not all(isinstance(g, str) and g for g in v):
+            raise ConfigError("federation.deny_groups must be a list of group names, e.g. [\"sudo\", \"docker\"]")
+        f.deny_groups = tuple(v)
+
+
+def is_loopback_host(host: str) -> bool:
+    """A loopback address (127.0.0.0/8, ::1) or the name localhost (RFC 6761)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_listen(value: object) -> tuple[str, int]:
@@ -242,11 +319,23 @@ def parse_listen(value: object) -> tuple[str, int]:
 def _apply_http(cfg: Config, http: dict, peers: object) -> None:
     if "listen" in http:
         cfg.http.listen = parse_listen(http["listen"])
-    for key in ("token_file", "tls_cert", "tls_key", "tls_ca"):
+    for key in ("token_file", "admin_token_file", "read_token_file", "tls_cert", "tls_key", "tls_ca"):
         if key in http:
             if not isinstance(http[key], str) or not os.path.isabs(http[key]):
                 raise ConfigError(f"http.{key} must be an absolute path")
             setattr(cfg.http, key, Path(http[key]))
+    for key in ("public", "allow_insecure_peers"):
+        if key in http:
+            if not isinstance(http[key], bool):
+                raise ConfigError(f"http.{key} must be true or false")
+            setattr(cfg.http, key, http[key])
+    if "allowed_hosts" in http:
+        v = http["allowed_hosts"]
+        if not isinstance(v, list) or not all(isinstance(h, str) and h and not any(c in h for c in "/: ")
+                                              for h in v):
+            raise ConfigError("http.allowed_hosts must be a list of host names or addresses without ports, "
+                              "e.g. [\"sched.example.org\"]")
+        cfg.http.allowed_hosts = [h.lower().rstrip(".") for h in v]
     if "heartbeat_interval" in http:
         cfg.http.heartbeat_interval_usec = parse_duration(http["heartbeat_interval"])
         if cfg.http.heartbeat_interval_usec < 100_000:
@@ -264,22 +353,33 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
             raise ConfigError(f"peers[{i}].name = {name!r}: must be a non-empty name unique in the cluster")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"peers[{i}].url = {url!r}: must start with http:// or https://")
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            host = ""
+        if not host:
+            raise ConfigError(f"peers[{i}].url = {url!r}: names no host")
+        if url.startswith("http://") and not is_loopback_host(host) and not cfg.http.allow_insecure_peers:
+            raise ConfigError(f"peers[{i}].url = {url!r}: plain http:// to another machine would send the "
+                              "cluster's token and every forwarded job (with its environment) in clear; use "
+                              "https:// (tls_cert/tls_key on that node, tls_ca here), or set [http] "
+                              "allow_insecure_peers = true to accept that on a network you trust")
         names.add(name)
         cfg.peers.append(PeerConfig(name, url.rstrip("/")))
     if cfg.peers and (cfg.http.listen is None or cfg.http.token_file is None):
         raise ConfigError("[[peers]] need [http] listen and token_file: peers talk to each other over HTTP")
 
 
-def read_token(path: Path) -> str:
-    """The shared cluster secret; refused unless only its owner can read it (mode 0600)."""
+def read_token(path: Path, key: str = "token_file") -> str:
+    """A secret of [http] `key`; refused unless only its owner can read it (mode 0600)."""
     try:
         st = path.stat()
         text = path.read_text().strip()
     except OSError as e:
-        raise ConfigError(f"http.token_file {path}: {e.strerror}") from None
+        raise ConfigError(f"http.{key} {path}: {e.strerror}") from None
     if st.st_mode & 0o077:
-        raise ConfigError(f"http.token_file {path} is mode {st.st_mode & 0o777:04o}; it must be 0600 "
+        raise ConfigError(f"http.{key} {path} is mode {st.st_mode & 0o777:04o}; it must be 0600 "
                           f"(chmod 600 {path})")
     if len(text) < 16:
-        raise ConfigError(f"http.token_file {path}: the token must be at least 16 characters")
+        raise ConfigError(f"http.{key} {path}: the token must be at least 16 characters")
     return text

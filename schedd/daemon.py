@@ -147,7 +147,7 @@ async def _start_web(cfg, engine: Engine, service: DBusService, peers=None):
     from .metrics import CONTENT_TYPE, Metrics
     from .web import Web
 
-    web = Web(cfg.http)
+    web = Web(cfg.http, node_name=cfg.node_name)
     if cfg.peers:
         from .federation import Federation
         from .federation_api import FederationApi

@@ -5,9 +5,11 @@ Routes (all under the daemon's HTTP server):
 - `GET /ui/state` a snapshot: queue (in the scheduler's order), waiting, running,
   recent ends and failures, nodes. `GET /ui/events` the same snapshot pushed as an
   SSE `state` event whenever a job changes (coalesced), from the event loop.
-- `GET /ui/jobs/ID` one job; the tail of its output only with the bearer token
-  (an unauthenticated viewer never sees anyone's output).
-- `POST /ui/jobs/ID/{cancel,hold,release}` with the token.
+- `GET /ui/jobs/ID` one job; the tail of its output, its command line and paths only
+  with the operators' token (`[http] admin_token_file`, as Bearer): no other viewer sees them.
+- `POST /ui/jobs/ID/{cancel,hold,release}` with the operators' token; the peers' token never
+  works here, and without an operators' token the page is read-only.
+Who may read the page at all (off loopback) and which Host names it answers to: schedd.web.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ QUEUE_SHOWN = 200
 RECENT_SHOWN = 30
 TAIL_BYTES = 16 << 10
 COALESCE_S = 0.1  # at most 10 pushes a second; a burst of transitions becomes one push
-# Shown only with the token, like the output: a command line or path can carry what is not everyone's.
+# Shown only with the operators' token, like the output: a command line or path can carry what is not everyone's.
 PRIVATE_KEYS = ("Command", "WorkingDirectory", "StdoutPath", "StderrPath")
 KEEPALIVE_S = 15.0
 
@@ -171,16 +173,20 @@ class Dashboard:
         return web.json_response(self.snapshot())
 
     async def whoami(self, request: web.Request) -> web.Response:
-        return web.json_response({"authorized": self.web.authorized(request), "token_configured":
-                                  self.web.token is not None})
+        return web.json_response({"authorized": self.web.is_admin(request), "token_configured":
+                                  self.web.admin_token is not None})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
+        if len(self._subscribers) >= self.web.max_event_streams:
+            raise HttpError(503, "too-many-streams", f"this node already serves {len(self._subscribers)} live "
+                                                     "dashboards (the most it keeps open); try again later, or read "
+                                                     "/ui/state", headers={"Retry-After": "10"})
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
+        self._subscribers.add(q)  # before the first await: the cap holds against a burst of connections
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=2)
-        self._subscribers.add(q)
         try:
+            await resp.prepare(request)
             await resp.write(f"retry: 1000\nevent: state\ndata: {json.dumps(self.snapshot())}\n\n".encode())
             while True:
                 try:
@@ -211,16 +217,18 @@ class Dashboard:
         except NotFound as e:
             raise HttpError(404, "not-found", e.message) from None
         out: dict[str, Any] = {k: get(job) for k, get in JOB_GETTERS.items()}
-        if not self.web.authorized(request):
+        if not self.web.is_admin(request):
             for key in PRIVATE_KEYS:
                 out.pop(key, None)
             out["Output"] = None
-            out["OutputNote"] = "the output (and command line) are shown only to viewers with the token"
+            out["OutputNote"] = ("the output (and command line) are shown only with the operators' token"
+                                 if self.web.admin_token else "this node has no operators' token: the output (and "
+                                 "command line) are not shown here; use schedctl logs")
         elif not job.start_time:
             out["Output"], out["OutputNote"] = "", "not started yet"
         else:
             try:
-                data = await asyncio.to_thread(read_tail, job.spec.stdout_path, job.spec.uid, TAIL_BYTES)
+                data = await read_tail(job.spec.stdout_path, job.spec.uid, TAIL_BYTES)
                 out["Output"] = data.decode("utf-8", "replace")
                 out["OutputNote"] = f"last {TAIL_BYTES >> 10} KiB of {job.spec.stdout_path}"
             except (SchedError, OSError) as e:
@@ -229,14 +237,14 @@ class Dashboard:
         return web.json_response(out)
 
     async def action(self, request: web.Request) -> web.Response:
-        self.web.require_token(request)
+        self.web.require_admin(request)
         jid = self._job_id(request)
         action = request.match_info["action"]
         fn = {"cancel": self.engine.cancel, "hold": self.engine.hold, "release": self.engine.release}.get(action)
         if fn is None:
             raise HttpError(404, "not-found", f"no action {action!r}; actions are cancel, hold, release")
-        await fn(jid, Caller(0))  # the token is the cluster's: its holder acts as the administrator
-        log.info("job %d: %s from the dashboard (%s)", jid, action, request.remote)
+        await fn(jid, Caller(0))  # the operators' token: its holder acts as the administrator
+        log.info("job %d: %s from the dashboard with the operators' token (%s)", jid, action, request.remote)
         return web.json_response({"id": jid, "action": action, "state": self.engine.get(jid).state.value})
 
 

@@ -260,7 +260,7 @@ class ManagerObject(ServiceInterface):
             return await self.engine.federation.read_output(job, stderr, offset)
         from .output import read_output
 
-        return read_output(job.spec.stderr_path if stderr else job.spec.stdout_path, job.uid, offset)
+        return await read_output(job.spec.stderr_path if stderr else job.spec.stdout_path, job.uid, offset)
 
     @method()
     @_dbus_errors

@@ -146,7 +146,7 @@ class FederationApi:
         origin = self._peer("Origin", body.get("Origin"))
         origin_id = _int("OriginId", body.get("OriginId"), 1, U64)
         props, user = spec_variants(body.get("Spec"))
-        pw = resolve_user(user, self.fed.name)
+        pw = resolve_user(user, self.fed.name, self.fed.cfg.federation)
         props["User"] = Variant("u", pw.pw_uid)
         job = await self.fed.accept(origin, origin_id, props)
         return web.json_response(job_json(job) | job_state_json(job), status=201)
@@ -226,11 +226,15 @@ class FederationApi:
             raise _bad("stream must be stdout or stderr")
         offset = self._qint(q, "offset", 0)
         limit = self._qint(q, "limit", MAX_CHUNK)
+        if "origin" not in q:
+            raise _bad("origin is required: a node reads the output only of jobs it forwarded here")
+        origin = self._peer("origin", q["origin"])
         job = self.fed.engine.get(self._id(request))
-        if "origin" in q and job.origin_node != q["origin"]:
-            raise HttpError(403, "access-denied", f"job {job.id} was not forwarded here by {q['origin']}")
+        if job.origin_node != origin:
+            raise HttpError(403, "access-denied", f"job {job.id} was not forwarded here by {origin}",
+                            "org.schedd.Schedd1.Error.AccessDenied")
         path = job.spec.stderr_path if stream == "stderr" else job.spec.stdout_path
-        data = read_output(path, job.uid, offset, limit)
+        data = await read_output(path, job.uid, offset, limit)
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def mirror(self, request: web.Request) -> web.Response:
@@ -353,7 +357,9 @@ OPENAPI: dict[str, Any] = {
             "summary": "bytes of a job's output from offset (at most 1 MiB)",
             "parameters": [_ID] + [{"name": n, "in": "query", "schema": s} for n, s in (
                 ("stream", {"type": "string", "enum": ["stdout", "stderr"]}), ("offset", {"type": "integer"}),
-                ("limit", {"type": "integer"}), ("origin", {"type": "string"}))],
+                ("limit", {"type": "integer"}))] + [
+                {"name": "origin", "in": "query", "required": True, "schema": {"type": "string"},
+                 "description": "the node asking: only jobs it forwarded here are read"}],
             "responses": {"200": {"description": "output bytes",
                                   "content": {"application/octet-stream": {}}}, **_ERRORS}}},
         f"{API}/mirror": {"post": {

@@ -6,10 +6,13 @@ server side (schedd.federation_api).
 
 from __future__ import annotations
 
+import grp
+import os
 import pwd
 import re
 from typing import Any
 
+from .config import FederationConfig
 from .errors import AccessDenied, SchedError
 from .model import Job, JobSpec
 
@@ -67,8 +70,23 @@ def mirrored_fields(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def resolve_user(name: str, node: str) -> pwd.struct_passwd:
-    """A forwarded job's user by name on this node; root and unknown names are refused."""
+def denied_groups(pw: pwd.struct_passwd, deny: tuple[str, ...]) -> list[str]:
+    """The groups of `deny` the user belongs to, primary or supplementary (names this node does not have: none)."""
+    member = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    out = []
+    for name in deny:
+        try:
+            gid = grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+        if gid in member:
+            out.append(name)
+    return out
+
+
+def resolve_user(name: str, node: str, policy: FederationConfig) -> pwd.struct_passwd:
+    """A forwarded job's user by name on this node. Only ordinary login accounts: root, unknown names,
+    system accounts (outside policy's uid range) and members of its privileged groups are refused."""
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
@@ -76,4 +94,13 @@ def resolve_user(name: str, node: str) -> pwd.struct_passwd:
                            f"elsewhere") from None
     if pw.pw_uid == 0:
         raise AccessDenied(f"node {node} does not run jobs of root ({name!r}) for other nodes")
+    if not policy.uid_min <= pw.pw_uid <= policy.uid_max:
+        raise AccessDenied(f"{name!r} is uid {pw.pw_uid}, a system account: node {node} runs jobs for other "
+                           f"nodes only for login accounts (uid {policy.uid_min} to {policy.uid_max}: login.defs "
+                           f"UID_MIN/UID_MAX, or its [federation] uid_min/uid_max); run it where it was submitted")
+    groups = denied_groups(pw, policy.deny_groups)
+    if groups:
+        raise AccessDenied(f"{name!r} is a member of {', '.join(groups)}: node {node} runs no jobs for other nodes "
+                           f"of members of privileged groups (its [federation] deny_groups); run it where it was "
+                           f"submitted")
     return pw

@@ -178,7 +178,8 @@ def node(sandbox_node: Node) -> Node:
 
 # -- a node that serves HTTP (metrics, dashboard) ------------------------------------------------
 
-WEB_TOKEN = "obs-test-token-0123456789abcdef"
+WEB_TOKEN = "obs-test-token-0123456789abcdef"  # the peers' token ([http] token_file)
+ADMIN_TOKEN = "obs-admin-token-0123456789abcdef"  # the operators' ([http] admin_token_file)
 
 
 def free_port() -> int:
@@ -197,14 +198,20 @@ class WebNode(Node):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.token = WEB_TOKEN
+        self.admin_token = ADMIN_TOKEN
 
-    def http(self, path: str, *, method: str = "GET", token: str | None = None, timeout: float = 10):
-        """(status, body bytes, headers) of one request from the host."""
+    def http(self, path: str, *, method: str = "GET", token: str | None = None, timeout: float = 10,
+             body: object | None = None):
+        """(status, body bytes, headers) of one request from the host; body: sent as JSON."""
         import urllib.error
         import urllib.request
 
-        req = urllib.request.Request(self.url + path, method=method,
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, method=method, headers=headers, data=data)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read(), dict(r.headers)
@@ -212,16 +219,48 @@ class WebNode(Node):
             return e.code, e.read(), dict(e.headers)
 
 
+def write_tokens(sb: Sandbox) -> None:
+    for name, text in (("token", WEB_TOKEN), ("admin-token", ADMIN_TOKEN)):
+        p = sb.etc / name
+        p.write_text(text + "\n")
+        p.chmod(0o600)
+
+
 @pytest.fixture(scope="session")
 def web_sandbox(users):
     port = free_port()
     sb = Sandbox(f"obs-web-{os.getpid()}")
-    sb.prepare(config=CONFIG + f'[http]\nlisten = "127.0.0.1:{port}"\ntoken_file = "/etc/schedd/token"\n')
-    token = sb.etc / "token"
-    token.write_text(WEB_TOKEN + "\n")
-    token.chmod(0o600)
+    sb.prepare(config=CONFIG + f'[http]\nlisten = "127.0.0.1:{port}"\ntoken_file = "/etc/schedd/token"\n'
+                               'admin_token_file = "/etc/schedd/admin-token"\n')
+    write_tokens(sb)
     with running_schedd(sb, "schedd-web-journal.txt"):
         yield WebNode(sb, port)
+
+
+PEER_DENY_EXTRA = "schedd-test-extra"  # alice's supplementary group: on peer_node's deny list
+
+
+@pytest.fixture(scope="session")
+def peer_node(users):
+    """A WebNode with one peer, "ghost" (nobody listens there), so its peer API takes forwards. It runs
+    forwarded jobs for the test users (system accounts, uids below UID_MIN) but not for uid 1, and
+    not for members of the default privileged groups or of schedd-test-extra."""
+    from schedd.config import DEFAULT_DENY_GROUPS
+
+    subprocess.run(["sh", "-c", f"getent group {PEER_DENY_EXTRA} >/dev/null || groupadd {PEER_DENY_EXTRA}; "
+                                f"usermod -aG {PEER_DENY_EXTRA} {USERS[0]}"], check=True)
+    port = free_port()
+    deny = ", ".join(f'"{g}"' for g in (*DEFAULT_DENY_GROUPS, PEER_DENY_EXTRA))
+    sb = Sandbox(f"peer-web-{os.getpid()}")
+    sb.prepare(config=CONFIG + f'[federation]\nuid_min = 100\ndeny_groups = [{deny}]\n'
+                               f'[http]\nlisten = "127.0.0.1:{port}"\ntoken_file = "/etc/schedd/token"\n'
+                               'admin_token_file = "/etc/schedd/admin-token"\n'
+                               f'[[peers]]\nname = "ghost"\nurl = "http://127.0.0.1:{free_port()}"\n')
+    write_tokens(sb)
+    with running_schedd(sb, "schedd-peer-journal.txt"):
+        node = WebNode(sb, port)
+        node.idle()
+        yield node
 
 
 @pytest.fixture

@@ -94,8 +94,19 @@ def test_dashboard_live_in_chromium(web_node: WebNode, page):
     assert status == 401 and json.loads(body)["error"] == "unauthorized"
     assert web_node.job(run)["State"] == "RUNNING"
 
-    # With the token: the output tail is shown, and cancel from the page works.
+    # The cluster's peer token is no dashboard credential: refused on the page and over HTTP.
     page.fill("#token", web_node.token)
+    page.click("#auth button[type=submit]")
+    expect(page.locator("#authstate")).to_contain_text("wrong token")
+    page.click(f'#running button[data-action="cancel"][data-id="{run}"]')
+    expect(page.locator("#error")).to_contain_text("admin_token_file")
+    status, body, _ = web_node.http(f"/ui/jobs/{run}/cancel", method="POST", token=web_node.token)
+    assert status == 403 and json.loads(body)["error"] == "peer-token"
+    assert web_node.job(run)["State"] == "RUNNING"
+    assert "hello-42-from-the-job" not in page.inner_text("#output")
+
+    # With the operators' token: the output tail is shown, and cancel from the page works.
+    page.fill("#token", web_node.admin_token)
     page.click("#auth button[type=submit]")
     page.wait_for_selector('#authstate[data-authorized="yes"]')
     expect(page.locator("#output")).to_contain_text("hello-42-from-the-job")
@@ -128,8 +139,8 @@ def test_dashboard_live_in_chromium(web_node: WebNode, page):
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000
     assert page.foreign == [], f"the page fetched from elsewhere: {page.foreign}"
-    # The refused cancel above logs a 401 in the console; nothing else may go wrong on the page.
-    assert [e for e in page.errors if "401" not in e] == [], page.errors
+    # The refused cancels above log a 401 and a 403 in the console; nothing else may go wrong on the page.
+    assert [e for e in page.errors if "401" not in e and "403" not in e] == [], page.errors
     assert page.evaluate("window.__notReloaded") is True
     for j in (wide, busy):
         web_node.manager_call("Cancel", "t", str(j))
@@ -147,14 +158,14 @@ def test_dashboard_http_contract(web_node: WebNode):
     assert status == 400 and json.loads(body)["error"] == "bad-id"
     assert web_node.http("/ui/jobs/999999")[0] == 404
     jid = web_node.submit(["true"], user=ALICE, Hold=("b", True))
-    status, body, _ = web_node.http(f"/ui/jobs/{jid}/explode", method="POST", token=web_node.token)
+    status, body, _ = web_node.http(f"/ui/jobs/{jid}/explode", method="POST", token=web_node.admin_token)
     assert status == 404 and "cancel, hold, release" in json.loads(body)["message"]
     status, body, _ = web_node.http(f"/ui/jobs/{jid}/hold", method="POST", token="wrong-token-000000000")
     assert status == 401
-    status, body, _ = web_node.http(f"/ui/jobs/{jid}/release", method="POST", token=web_node.token)
+    status, body, _ = web_node.http(f"/ui/jobs/{jid}/release", method="POST", token=web_node.admin_token)
     assert status == 200 and json.loads(body)["action"] == "release"
     web_node.wait(jid)
-    status, body, _ = web_node.http(f"/ui/jobs/{jid}/cancel", method="POST", token=web_node.token)
+    status, body, _ = web_node.http(f"/ui/jobs/{jid}/cancel", method="POST", token=web_node.admin_token)
     assert status == 409 and "already COMPLETED" in json.loads(body)["message"]
     state = json.loads(web_node.http("/ui/state")[1])
     assert {"queue", "waiting", "running", "recent", "failures", "nodes", "counts"} <= set(state)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import pwd
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from dbus_fast import Variant
 
-from schedd.config import Config, HttpConfig, PeerConfig
-from schedd.engine import Engine
+from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
+from schedd.engine import Caller, Engine
 from schedd.errors import AccessDenied
 from schedd.federation import Federation
 from schedd.federation_api import OPENAPI, FederationApi
-from schedd.output import read_output
+from schedd.output import read_output_blocking as read_output
 from schedd.placement import NodeView
 from schedd.store import Store
 from schedd.web import Web
@@ -47,7 +50,8 @@ async def api(tmp_path: Path):
     os.chmod(tok, 0o600)
     cfg = Config(node_name="b", cpu_ids=[0], memory=4 << 30, state_dir=tmp_path,
                  http=HttpConfig(listen=("127.0.0.1", 0), token_file=tok),
-                 peers=[PeerConfig("a", "http://127.0.0.1:9")])
+                 peers=[PeerConfig("a", "http://127.0.0.1:9")],
+                 federation=FederationConfig(uid_min=1, uid_max=2**32 - 2, deny_groups=()))
     store = Store(tmp_path / "schedd.db")
     engine = Engine(cfg, store)
     engine.jobs_dir.mkdir()
@@ -200,6 +204,50 @@ async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
     # A second copy of the same job elsewhere is stale.
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec | {"Id": 43}]}, headers=AUTH)
     assert (await r.json()) == {"Stale": [43]}
+
+
+async def test_forwards_of_system_accounts_and_privileged_group_members_are_refused(api, monkeypatch):
+    pw = pwd.getpwnam(USER)
+    api.fed.cfg.federation = FederationConfig(uid_min=pw.pw_uid + 1, uid_max=60000)
+    r = await api.post("/api/v1/jobs", json=forward(11), headers=AUTH)
+    body = await r.json()
+    assert r.status == 403 and body["dbus_error"] == "org.schedd.Schedd1.Error.AccessDenied", body
+    assert f"{USER!r} is uid {pw.pw_uid}, a system account" in body["message"]
+    # Primary group.
+    primary = grp.getgrgid(pw.pw_gid).gr_name
+    api.fed.cfg.federation = FederationConfig(uid_min=1, uid_max=2**32 - 2, deny_groups=("nosuchgroup", primary))
+    r = await api.post("/api/v1/jobs", json=forward(12), headers=AUTH)
+    body = await r.json()
+    assert r.status == 403 and body["dbus_error"].endswith("AccessDenied") and primary in body["message"], body
+    # Supplementary group (as the name service says).
+    monkeypatch.setattr(os, "getgrouplist", lambda name, gid: [gid, 4242] if name == USER else [gid])
+    real = grp.getgrnam
+    monkeypatch.setattr(grp, "getgrnam", lambda n: SimpleNamespace(gr_gid=4242) if n == "fakesudo" else real(n))
+    api.fed.cfg.federation = FederationConfig(uid_min=1, uid_max=2**32 - 2, deny_groups=("fakesudo",))
+    r = await api.post("/api/v1/jobs", json=forward(13), headers=AUTH)
+    body = await r.json()
+    assert r.status == 403 and "fakesudo" in body["message"], body
+    assert api.fed.engine.jobs == {}  # nothing created
+    # Root never, whatever the range says.
+    r = await api.post("/api/v1/jobs", json=forward(14, UserName="root"), headers=AUTH)
+    assert r.status == 403 and api.fed.engine.jobs == {}
+    api.fed.cfg.federation = FederationConfig(uid_min=1, uid_max=2**32 - 2, deny_groups=())
+    r = await api.post("/api/v1/jobs", json=forward(15), headers=AUTH)
+    assert r.status == 201
+
+
+async def test_output_needs_the_origin_that_forwarded_the_job(api, tmp_path: Path):
+    r = await api.post("/api/v1/jobs", json=forward(21), headers=AUTH)
+    jid = (await r.json())["Id"]
+    local = await api.fed.engine.submit({"Command": Variant("as", ["true"]), "Hold": Variant("b", True),
+                                         "WorkingDirectory": Variant("s", "/")}, Caller(uid=0))
+    for path, status in ((f"/api/v1/jobs/{jid}/output", 400), (f"/api/v1/jobs/{jid}/output?origin=zz", 403),
+                         (f"/api/v1/jobs/{local.id}/output?origin=a", 403),
+                         (f"/api/v1/jobs/{jid}/output?origin=a", 200)):
+        r = await api.get(path, headers=AUTH)
+        assert r.status == status, (path, await r.text())
+        if status != 200:
+            assert (await r.json())["message"]
 
 
 def test_output_is_read_only_from_files_the_job_user_owns(tmp_path: Path):

@@ -4,6 +4,7 @@ the origin's client side against a real peer, with faults injected at the peer."
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import pwd
 import socket
@@ -13,7 +14,7 @@ import pytest
 from aiohttp import web
 from dbus_fast import Variant
 
-from schedd.config import Config, HttpConfig, PeerConfig
+from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
 from schedd.engine import Caller, Engine
 from schedd.errors import AccessDenied, InvalidArgument
 from schedd.federation import Federation
@@ -24,6 +25,7 @@ from schedd.store import Store
 from schedd.web import Web
 
 TOKEN = "nodes-token-0123456789abcdef"
+ANY_ACCOUNT = FederationConfig(uid_min=1, uid_max=2**32 - 2, deny_groups=())  # the tests' user may be a system one
 
 
 def user() -> pwd.struct_passwd:
@@ -48,7 +50,8 @@ class Node:
         os.chmod(tok, 0o600)
         self.cfg = Config(node_name=name, cpu_ids=[0], memory=1 << 30, state_dir=d,
                           http=HttpConfig(listen=("127.0.0.1", port), token_file=tok, heartbeat_interval_usec=100_000),
-                          peers=[PeerConfig(peer, f"http://127.0.0.1:{peer_port}")])
+                          peers=[PeerConfig(peer, f"http://127.0.0.1:{peer_port}")],
+                          federation=ANY_ACCOUNT)
         self.store = Store(d / "schedd.db")
         self.engine = Engine(self.cfg, self.store)
         self.engine.jobs_dir.mkdir()
@@ -136,6 +139,23 @@ async def test_a_refusal_at_the_peer_is_the_submitters_error(pair):
         await a.engine.submit(held("b"), Caller(uid=user().pw_uid))
     ended = [j for j in a.engine.jobs.values() if j.state == JobState.FAILED]
     assert len(ended) == 1 and ended[0].reason == "resources" and not b.engine.jobs
+
+
+async def test_a_peer_refuses_system_accounts_and_the_submitter_hears_access_denied(pair):
+    a, b = pair
+    try:
+        daemon = pwd.getpwuid(1)
+    except KeyError:
+        pytest.skip("no uid 1 here")
+    b.cfg.federation = FederationConfig(uid_min=1000, uid_max=60000)
+    with pytest.raises(AccessDenied, match=rf"node b: .*{daemon.pw_name!r} is uid 1, a system account") as e:
+        await a.engine.submit(held("b"), Caller(uid=1))
+    assert e.value.dbus_name == "org.schedd.Schedd1.Error.AccessDenied"
+    assert not b.engine.jobs  # nothing was created there
+    b.cfg.federation = FederationConfig(uid_min=1, uid_max=60000, deny_groups=(grp.getgrgid(daemon.pw_gid).gr_name,))
+    with pytest.raises(AccessDenied, match="privileged groups"):
+        await a.engine.submit(held("b"), Caller(uid=1))
+    assert not b.engine.jobs
 
 
 async def test_a_peer_that_stops_beating_is_down_and_its_unstarted_jobs_are_placed_again(pair):

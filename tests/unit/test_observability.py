@@ -17,7 +17,7 @@ from schedd import stats
 from schedd.config import HttpConfig
 from schedd.dashboard import Dashboard
 from schedd.errors import AccessDenied
-from schedd.output import read_tail
+from schedd.output import read_tail_blocking as read_tail
 from schedd.errors import InvalidState, NotFound
 from schedd.ledger import Ledger
 from schedd.metrics import Metrics
@@ -27,7 +27,8 @@ from schedd.web import Web
 
 GiB = 1 << 30
 S = 1_000_000
-TOKEN = "unit-token-0123456789abcdef"
+TOKEN = "unit-token-0123456789abcdef"  # the peers'
+ADMIN = "unit-admin-0123456789abcdef"  # the operators'
 
 
 def job(jid: int, user: str = "alice", state: JobState = JobState.PENDING, priority: int = 0, **kw) -> Job:
@@ -219,13 +220,18 @@ def test_progress_line_and_bar():
 # -- the dashboard -------------------------------------------------------------------------------
 
 
+def secret(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    os.chmod(p, 0o600)
+    return p
+
+
 @pytest.fixture
 async def dash(tmp_path: Path):
-    tok = tmp_path / "token"
-    tok.write_text(TOKEN)
-    os.chmod(tok, 0o600)
     e = FakeEngine()
-    w = Web(HttpConfig(listen=("127.0.0.1", 0), token_file=tok))
+    w = Web(HttpConfig(listen=("127.0.0.1", 0), token_file=secret(tmp_path, "token", TOKEN),
+                       admin_token_file=secret(tmp_path, "admin", ADMIN)))
     d = Dashboard(e, w, peers=lambda: [{"Name": "n1", "Local": True}, {"Name": "b", "State": "down"}],
                   local_node=lambda: {"Name": "n1", "Local": True, "State": "up"})
     async with TestClient(TestServer(w.app)) as c:
@@ -276,7 +282,16 @@ async def test_dashboard_actions_need_the_token_and_output_is_private(dash, tmp_
     e.add(job(2))
     anon = await (await c.get("/ui/jobs/1")).json()
     assert anon["Output"] is None and "token" in anon["OutputNote"] and "Command" not in anon
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # The peers' token is no dashboard credential: no output, no command line, no action.
+    peer = {"Authorization": f"Bearer {TOKEN}"}
+    seen = await (await c.get("/ui/jobs/1", headers=peer)).json()
+    assert seen["Output"] is None and "Command" not in seen and "StdoutPath" not in seen
+    r = await c.post("/ui/jobs/2/cancel", headers=peer)
+    body = await r.json()
+    assert r.status == 403 and body["error"] == "peer-token" and "admin_token_file" in body["message"]
+    assert e.jobs[2].state == JobState.PENDING and e.calls == []
+    assert (await (await c.get("/ui/whoami", headers=peer)).json())["authorized"] is False
+    auth = {"Authorization": f"Bearer {ADMIN}"}
     full = await (await c.get("/ui/jobs/1", headers=auth)).json()
     assert full["Output"] == "secret output\n" and full["State"] == "COMPLETED" and "RunUSec" in full
     assert full["Command"] == ["true"]
@@ -293,6 +308,43 @@ async def test_dashboard_actions_need_the_token_and_output_is_private(dash, tmp_
     assert (await c.get("/ui/static/index.html")).status == 404  # only the listed assets
     w = await (await c.get("/ui/whoami", headers=auth)).json()
     assert w == {"authorized": True, "token_configured": True}
+
+
+async def test_without_an_operators_token_the_dashboard_is_read_only(tmp_path: Path):
+    e = FakeEngine()
+    w = Web(HttpConfig(listen=("127.0.0.1", 0), token_file=secret(tmp_path, "token", TOKEN)))
+    Dashboard(e, w)
+    e.add(job(1))
+    async with TestClient(TestServer(w.app)) as c:
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+            r = await c.post("/ui/jobs/1/cancel", headers=headers)
+            body = await r.json()
+            assert r.status == 403 and body["error"] == "read-only" and "admin_token_file" in body["message"]
+        assert e.jobs[1].state == JobState.PENDING
+        assert (await (await c.get("/ui/whoami")).json()) == {"authorized": False, "token_configured": False}
+        assert (await c.get("/ui/state")).status == 200
+
+
+async def test_event_streams_are_capped(dash):
+    e, c, d = dash
+    d.web.max_event_streams = 2
+    streams = [await c.get("/ui/events") for _ in range(2)]
+    for r in streams:
+        assert r.status == 200 and (await r.content.readline()).startswith(b"retry:")
+    r = await c.get("/ui/events")
+    body = await r.json()
+    assert r.status == 503 and body["error"] == "too-many-streams" and r.headers["Retry-After"] == "10"
+    streams[0].close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while len(d._subscribers) > 1:  # the server notices the closed stream
+        assert loop.time() < deadline, "a closed stream kept its place"
+        d._changed()
+        await asyncio.sleep(0.02)
+    again = await c.get("/ui/events")
+    assert again.status == 200
+    again.close()
+    streams[1].close()
 
 
 def test_read_tail_refuses_what_is_not_the_users_own_regular_file(tmp_path: Path):

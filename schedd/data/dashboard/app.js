@@ -145,7 +145,7 @@ function connect() {
 function showError(text) { $("#error").textContent = text || ""; }
 
 async function act(action, id) {
-  if (!token()) { showError(`${action}: enter the token first`); return; }
+  if (!token()) { showError(`${action}: enter the operators' token first`); return; }
   const r = await fetch(`/ui/jobs/${id}/${action}`, { method: "POST", headers: authHeaders() });
   const body = await r.json().catch(() => ({}));
   showError(r.ok ? "" : `${action} job ${id}: ${body.message || r.statusText}`);
@@ -167,7 +167,7 @@ const DETAIL_KEYS = ["Name", "UserName", "State", "Reason", "ExitCode", "Command
   "WaitUSec", "RunUSec", "CPUTimeUSec", "MemoryPeak"];
 
 function human(key, v) {
-  if (v === undefined) return "(token needed)";
+  if (v === undefined) return "(operators' token needed)";
   if (key.endsWith("Time")) return v ? new Date(v / 1000).toLocaleString() : "-";
   if (key.endsWith("USec")) return duration(v);
   if (key === "Memory" || key === "MemoryPeak") return size(v);
@@ -200,8 +200,9 @@ async function loadDetail() {
 async function checkToken() {
   const r = await fetch("/ui/whoami", { headers: authHeaders() });
   const w = await r.json();
-  $("#authstate").textContent = !w.token_configured ? "this node has no token: read-only"
-    : w.authorized ? "token accepted" : token() ? "wrong token" : "read-only (no token)";
+  $("#authstate").textContent = !w.token_configured ? "this node has no operators' token: read-only"
+    : w.authorized ? "token accepted" : token() ? "wrong token (the operators' token is needed)"
+    : "read-only (no token)";
   $("#authstate").dataset.authorized = w.authorized ? "yes" : "no";
 }
 
