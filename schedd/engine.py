@@ -298,13 +298,13 @@ class Engine:
                     self._enqueue(job)
         self.kick()
         try:
-            await self.store.save(*jobs)
+            await self.store.save(*jobs, retry=False)
         except Exception as e:
             for job in jobs:
                 self._forget_unrecorded(job)
             durable.set_exception(e)
             durable.exception()  # retrieved: launches waiting on it abort quietly
-            raise SchedError(f"could not record the job{'s' if len(jobs) > 1 else ''} durably: {e}") from e
+            raise self.store.write_error(e.__cause__ or e, "the jobs" if len(jobs) > 1 else "the job") from e
         finally:
             for job in jobs:
                 self._durable.pop(job.id, None)
@@ -788,19 +788,33 @@ class Engine:
         for l in self.listeners:
             l.manager_changed(props)
 
+    SWEEP_INTERVAL = 30.0  # seconds
+
     async def _sweep_finished(self) -> None:
-        """Finished jobs stay in memory (and on the bus) for a while, then live on in the store only."""
+        """Finished jobs stay in memory (and on the bus) for a while, then live on in the store only.
+
+        A job whose final row is not written yet (the disk is full) stays until it is; one
+        failure is logged and the next round tries again: the loop never ends on an error.
+        """
         while True:
-            await asyncio.sleep(30)
-            horizon = now_usec() - self.config.finished_object_ttl_usec
-            old = [j for j in self.jobs.values() if j.state.terminal and 0 < j.end_time < horizon]
-            if old:
-                await self.store.drain()
-            for job in old:
-                del self.jobs[job.id]
-                self._by_state[job.state] -= 1
-                for l in self.listeners:
+            await asyncio.sleep(self.SWEEP_INTERVAL)
+            try:
+                self._sweep_once()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad round
+                log.exception("sweeping finished jobs failed; trying again in %gs", self.SWEEP_INTERVAL)
+
+    def _sweep_once(self) -> None:
+        horizon = now_usec() - self.config.finished_object_ttl_usec
+        old = [j for j in self.jobs.values()
+               if j.state.terminal and 0 < j.end_time < horizon and not self.store.unwritten(j.id)]
+        for job in old:
+            del self.jobs[job.id]
+            self._by_state[job.state] -= 1
+            for l in self.listeners:
+                try:
                     l.job_released(job)
+                except Exception:  # noqa: BLE001
+                    log.exception("job %d: releasing its object failed", job.id)
 
     # -- federation ---------------------------------------------------------------
     # Jobs of ours placed on a peer are records here (mirrored from there); jobs run here
@@ -818,13 +832,13 @@ class Engine:
         if job.state in QUEUED:
             self._pending_by_uid[job.uid] += 1
         try:
-            await self.store.save(job)
+            await self.store.save(job, retry=False)
         except Exception as e:
             self.jobs.pop(job.id, None)
             self._by_state[job.state] -= 1
             if job.state in QUEUED:
                 self._pending_by_uid[job.uid] -= 1
-            raise SchedError(f"could not record the job durably: {e}") from e
+            raise self.store.write_error(e.__cause__ or e) from e
         for l in self.listeners:
             l.job_added(job)
         self._transition_log(job, "submitted" if not job.remote_id else f"submitted, runs on {job.remote_node}")
@@ -917,6 +931,10 @@ class Engine:
         """Stop watching; running jobs go on in their scopes and are re-adopted at the next start."""
         if getattr(self, "_sweeper", None):
             self._sweeper.cancel()
-        await self.store.drain()
+        try:
+            await self.store.drain()
+        except SchedError as e:
+            log.error("stopping with changes not written (%s); the next start re-derives them from the scopes "
+                      "and exit files", e.message)
         if self.executor is not None:
             await self.executor.close()
