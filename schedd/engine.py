@@ -96,11 +96,25 @@ class Engine:
     # -- start-up -------------------------------------------------------------
 
     async def recover(self, executor: Executor) -> None:
-        """Load the store and re-adopt what kept running; before the bus name is taken."""
+        """Load the store and re-adopt what kept running; before the bus name is taken.
+
+        A PENDING job may have run meanwhile: its RUNNING row is saved lazily (urgent=False),
+        so the daemon can die after the gate was released but before that row landed. Its
+        gate's status file then tells how the run ended. Each run has its own status file,
+        named by the job's restart count (the gates' status_path): a requeue bumps the count
+        in the same row that makes the job PENDING, so whatever the moment of a crash, the
+        PENDING row names a file only its next run writes. The alternative, removing the old
+        file before the PENDING row commits, leaves a window (file gone, RUNNING row still
+        the durable one: the run would read as lost); this one has none. A run that never
+        started (aborted) keeps its count: its file says aborted, which queues it again.
+
+        The state directory and jobs/ are 0711: users traverse to their own jobs/<id>
+        (0700, theirs) but list nothing; the database and exits/ are root's alone.
+        """
         self.executor = executor
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.config.state_dir, 0o755)
-        os.chmod(self.jobs_dir, 0o755)
+        os.chmod(self.config.state_dir, 0o711)
+        os.chmod(self.jobs_dir, 0o711)
         self._next_id = self.store.max_id() + 1
         since = now_usec() - self.config.finished_object_ttl_usec
         adopted = lost = 0
@@ -138,7 +152,7 @@ class Engine:
                 await executor.reap_orphan(jid)
         for job in sorted(self.jobs.values(), key=lambda j: j.id):
             if job.state == JobState.PENDING and job.id not in self._allocs and not job.remote:
-                info = self.executor.recorded_exit(job.id)
+                info = self.executor.recorded_exit(job)
                 if info is not None:
                     self._finish(job, info)
                 else:
@@ -507,6 +521,7 @@ class Engine:
             raise InvalidState(f"job {job_id} is {job.state.value}: it has not run, nothing to requeue")
         if job.state.active or job.id in self._starting:
             await self._stop_and_wait(job, requeue=True)
+            await self.store.drain()  # answered once the PENDING row (and its new run number) is durable
             return
         if job.id not in self.jobs:
             self.jobs[job.id] = job
@@ -517,12 +532,15 @@ class Engine:
         await self.store.drain()
 
     def _requeue(self, job: Job) -> None:
+        """Back to PENDING as its next run (restarts + 1): see recover() for why the count names the run."""
+        last_run = job.restarts
         job.restarts += 1
         job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
         job.suspended_usec = job.suspend_time = 0
         job.assigned_cpus, job.assigned_gpus, job.handle = [], [], None
         self._set(job, JobState.PENDING, Reason.REQUEUED, _END_PROPS | _START_PROPS | {"Restarts", "SuspendedUSec"})
-        self.store.save(job)
+        fut = self.store.save(job)
+        fut.add_done_callback(lambda f, jid=job.id: f.exception() or self.executor.forget(jid, last_run))
         self._make_eligible(job)
         self.kick()
 
@@ -660,12 +678,28 @@ class Engine:
                 log.error("job %d: cannot stop: %s", job.id, e)
 
     def _prepare_output(self, job: Job) -> None:
-        """The default output directory, owned by the job's user (who alone opens files in it)."""
+        """The default output directory jobs/<id>: the job's user's, mode 0700, so no one else reads it.
+
+        A directory of that name owned by someone else (left by an earlier job of the same id,
+        e.g. after the database was reset) is moved aside, never handed over with its files.
+        """
         d = self.jobs_dir / str(job.id)
-        if job.spec.stdout_path.startswith(str(d) + "/") or job.spec.stderr_path.startswith(str(d) + "/"):
-            d.mkdir(mode=0o700, exist_ok=True)
+        if not (job.spec.stdout_path.startswith(str(d) + "/") or job.spec.stderr_path.startswith(str(d) + "/")):
+            return
+        d.mkdir(mode=0o700, exist_ok=True)
+        owner = os.lstat(d).st_uid
+        if owner not in (os.geteuid(), job.spec.uid):
+            aside = self.jobs_dir / f".stale-{job.id}-{now_usec()}"
+            log.warning("job %d: %s belongs to uid %d, not to the job's user; moved to %s", job.id, d, owner, aside)
+            os.rename(d, aside)
+            d.mkdir(mode=0o700)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
             if os.geteuid() == 0:
-                os.chown(d, job.spec.uid, job.spec.gid)
+                os.fchown(fd, job.spec.uid, job.spec.gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
     # -- ends -------------------------------------------------------------------
 
@@ -717,7 +751,7 @@ class Engine:
             job.handle = None
             self._end(job, state, reason)
             fut = self.store.save(job, urgent=False)
-            fut.add_done_callback(lambda f, jid=job.id: f.exception() or self.executor.forget(jid))
+            fut.add_done_callback(lambda f, jid=job.id, run=job.restarts: f.exception() or self.executor.forget(jid, run))
         for w in flags.waiters:
             if not w.done():
                 w.set_result(None)
