@@ -105,8 +105,10 @@ class Engine:
         in the same row that makes the job PENDING, so whatever the moment of a crash, the
         PENDING row names a file only its next run writes. The alternative, removing the old
         file before the PENDING row commits, leaves a window (file gone, RUNNING row still
-        the durable one: the run would read as lost); this one has none. A run that never
-        started (aborted) keeps its count: its file says aborted, which queues it again.
+        the durable one: the run would read as lost); this one has none. Every way back to
+        PENDING follows from it: Requeue and a node failure elsewhere (requeue_away) bump
+        the count; a run that never started (aborted) keeps it, and its file says aborted,
+        which queues it again; place_here gives back a job that has not run here at its count.
 
         The state directory and jobs/ are 0711: users traverse to their own jobs/<id>
         (0700, theirs) but list nothing; the database and exits/ are root's alone.
@@ -386,6 +388,7 @@ class Engine:
             await self.store.drain()
             return
         await self._stop_and_wait(job, cancel=True)
+        await self.store.drain()  # answered once CANCELLED is durable, not as a lazy write
 
     async def _stop_and_wait(self, job: Job, *, cancel: bool = False, requeue: bool = False) -> None:
         """Ask the executor to end the job's processes; return once the job's end is recorded."""
