@@ -385,10 +385,10 @@ class Engine:
             self._unqueue(job)
             self._end(job, JobState.CANCELLED, Reason.CANCELLED)
             self.store.save(job)
-            await self.store.drain()
+            await self.store.drain(job.id)
             return
         await self._stop_and_wait(job, cancel=True)
-        await self.store.drain()  # answered once CANCELLED is durable, not as a lazy write
+        await self.store.drain(job.id)  # answered once CANCELLED is durable, not as a lazy write
 
     async def _stop_and_wait(self, job: Job, *, cancel: bool = False, requeue: bool = False) -> None:
         """Ask the executor to end the job's processes; return once the job's end is recorded."""
@@ -524,7 +524,7 @@ class Engine:
             raise InvalidState(f"job {job_id} is {job.state.value}: it has not run, nothing to requeue")
         if job.state.active or job.id in self._starting:
             await self._stop_and_wait(job, requeue=True)
-            await self.store.drain()  # answered once the PENDING row (and its new run number) is durable
+            await self.store.drain(job.id)  # answered once the PENDING row (and its new run number) is durable
             return
         if job.id not in self.jobs:
             self.jobs[job.id] = job
@@ -532,7 +532,7 @@ class Engine:
             for l in self.listeners:
                 l.job_added(job)
         self._requeue(job)
-        await self.store.drain()
+        await self.store.drain(job.id)
 
     def _requeue(self, job: Job) -> None:
         """Back to PENDING as its next run (restarts + 1): see recover() for why the count names the run."""
@@ -968,10 +968,6 @@ class Engine:
         """Stop watching; running jobs go on in their scopes and are re-adopted at the next start."""
         if getattr(self, "_sweeper", None):
             self._sweeper.cancel()
-        try:
-            await self.store.drain()
-        except SchedError as e:
-            log.error("stopping with changes not written (%s); the next start re-derives them from the scopes "
-                      "and exit files", e.message)
+        await self.store.drain()
         if self.executor is not None:
             await self.executor.close()

@@ -231,12 +231,29 @@ class Store:
         self._w.close()
         self._r.close()
 
-    def write_error(self, e: BaseException, what: str = "the job") -> SchedError:
-        """The error a caller gets when its rows could not be written: NoSpace (with the remedy) on a full disk."""
+    def _out_of_space(self, e: BaseException) -> bool:
+        """A full disk, as SQLite says it, or an I/O error on a file system with no room left
+        (growing -shm or a sync can fail with SQLITE_IOERR_* where a write would say FULL)."""
         if disk_full(e):
+            return True
+        if isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_IOERR:
+            try:
+                st = os.statvfs(self.path.parent)
+            except OSError:
+                return False
+            return st.f_bfree * st.f_frsize < 1 << 16 or (st.f_files > 0 and st.f_ffree == 0)
+        return False
+
+    def write_error(self, e: BaseException, what: str = "the job", *, kept: bool = False) -> SchedError:
+        """The error a caller gets when its rows could not be written: NoSpace (with the remedy) on a full disk.
+
+        kept: the change stays in effect and its row is written again later (it says so).
+        """
+        later = "; the change is in effect and is recorded once there is room" if kept else ""
+        if self._out_of_space(e):
             return NoSpace(f"cannot record {what}: the state directory {self.path.parent} is full "
-                           "(No space left on device); free space there")
-        return SchedError(f"cannot record {what} in {self.path}: {e}")
+                           f"(No space left on device); free space there{later}")
+        return SchedError(f"cannot record {what} in {self.path}: {e}{later}")
 
     # -- writes -------------------------------------------------------------
 
@@ -362,7 +379,7 @@ class Store:
             if bad is None:
                 w.fut.set_result(None)
             else:
-                err = self.write_error(bad)
+                err = self.write_error(bad, kept=any(i in self._retry for i in w.ids))
                 err.__cause__ = bad
                 w.fut.set_exception(err)
                 w.fut.exception()  # the store has logged it: a save nobody awaits is not an "unretrieved" error
@@ -407,10 +424,11 @@ class Store:
         self._waiters.append(_Waiter(fut, frozenset()))
         self._urgent = True
 
-    async def drain(self) -> None:
-        """Wait until everything queued so far is committed; rows that had failed get one more try now.
+    async def drain(self, *job_ids: int) -> None:
+        """Wait until everything queued so far has been tried; rows that had failed get one more try now.
 
-        Raises the write's SchedError (NoSpace on a full disk) if some row still cannot be written.
+        Raises the write's SchedError (NoSpace on a full disk) if a row of one of job_ids is
+        still not written; rows of other jobs never fail this caller.
         """
         if self._retry:
             if self._retry_timer is not None:
@@ -422,8 +440,9 @@ class Store:
                 self._requeue_failed()
         if self._flushing or self._pending or self._lazy is not None:
             await self.save()
-        if self._retry:
-            raise self.write_error(self._last_error, f"jobs {_ids(self._retry)}")
+        stuck = [i for i in job_ids if i in self._retry]
+        if stuck:
+            raise self.write_error(self._last_error, "the change" if len(stuck) == 1 else "the changes", kept=True)
 
     # -- reads --------------------------------------------------------------
 

@@ -165,6 +165,7 @@ def test_a_full_disk_gives_no_space_keeps_the_daemon_and_loses_nothing_acknowled
     # A change nobody can undo (the job is cancelled in memory either way) while the disk is full.
     r = node.calls([{"member": "Cancel", "signature": "t", "body": [held]}])[0]
     assert r.get("error") in (None, NO_SPACE), r
+    assert "error" not in r or "the change is in effect and is recorded once there is room" in r["message"], r
     acked[held] = "CANCELLED"
     assert node.daemon_pid_and_restarts() == (pid, "0")  # alive, never restarted
     assert node.job(held)["State"] == "CANCELLED"
