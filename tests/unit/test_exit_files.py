@@ -51,3 +51,56 @@ def test_the_exits_directory_is_root_only_even_if_made_before(tmp_path: Path) ->
     d.chmod(0o755)
     PlainExecutor(lambda *_: None, status_dir=d, kill_wait_usec=1_000_000)
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
+
+
+async def test_the_finished_job_sweeper_survives_errors(tmp_path: Path, caplog) -> None:
+    from schedd.config import Config
+    from schedd.engine import Engine
+    from schedd.model import JobState
+    from schedd.store import Store
+
+    store = Store(tmp_path / "schedd.db")
+    engine = Engine(Config(node_name="n", cpu_ids=[0], memory=1 << 30, state_dir=tmp_path), store)
+    engine.SWEEP_INTERVAL = 0.01
+    engine.config.finished_object_ttl_usec = 0
+    done, unwritten = make_job(tmp_path, ["true"]), make_job(tmp_path, ["true"])
+    unwritten.id = 8
+    for j in (done, unwritten):
+        j.state, j.end_time = JobState.COMPLETED, 1
+        engine.jobs[j.id] = j
+    await store.save(done)
+    released: list[int] = []
+
+    class Listener:
+        calls = 0
+
+        def job_released(self, job):
+            Listener.calls += 1
+            if Listener.calls == 1:
+                raise RuntimeError("a listener's bug")
+            released.append(job.id)
+
+    engine.listeners.append(Listener())
+    real = engine._sweep_once
+    rounds = []
+
+    def flaky() -> None:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise OSError("one bad round")
+        real()
+
+    engine._sweep_once = flaky
+    store.save(unwritten, urgent=False)  # released once its row is written
+    sweeper = asyncio.get_running_loop().create_task(engine._sweep_finished())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while 8 not in released or len(rounds) < 3:
+            assert loop.time() < deadline, (rounds, released)
+            await asyncio.sleep(0.01)
+    finally:
+        sweeper.cancel()
+        store.close()
+    assert "sweeping finished jobs failed" in caplog.text and "releasing its object failed" in caplog.text
+    assert done.id not in engine.jobs and unwritten.id not in engine.jobs
