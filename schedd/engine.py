@@ -754,7 +754,8 @@ class Engine:
             job.handle = None
             self._end(job, state, reason)
             fut = self.store.save(job, urgent=False)
-            fut.add_done_callback(lambda f, jid=job.id, run=job.restarts: f.exception() or self.executor.forget(jid, run))
+            fut.add_done_callback(lambda f, jid=job.id, run=job.restarts:
+                                  f.exception() or self.executor.forget(jid, run))
         for w in flags.waiters:
             if not w.done():
                 w.set_result(None)

@@ -126,7 +126,8 @@ class GateRunner:
             env["SCHEDD_ARRAY_TASK_ID"] = str(s.array_task_id)
         argv = [*self.gate, *ident, s.working_directory, out, err, "1" if self.accounting else "0", "--", *s.command]
 
-        sfd = _high_fd(os.open(self.status_path(job.id, job.restarts), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        sfd = _high_fd(os.open(self.status_path(job.id, job.restarts),
+                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
         r, w = os.pipe2(os.O_CLOEXEC)
         r = _high_fd(r)
         efd = _high_fd(os.memfd_create("schedd-env", os.MFD_CLOEXEC))

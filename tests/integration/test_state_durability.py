@@ -28,7 +28,8 @@ def submit_call(spec: dict) -> dict:
 
 def test_no_user_reads_another_users_secrets_under_the_state_directory(node: Node, users):
     token = f"tok-{secrets.token_hex(12)}"
-    done = node.submit(["sh", "-c", 'echo "$API_TOKEN"'], user="schedd-alice", Environment=("as", [f"API_TOKEN={token}"]))
+    done = node.submit(["sh", "-c", 'echo "$API_TOKEN"'], user="schedd-alice",
+                       Environment=("as", [f"API_TOKEN={token}"]))
     running = node.submit(["sleep", "300"], user="schedd-alice", Environment=("as", [f"API_TOKEN={token}"]))
     try:
         assert node.wait(done)["State"] == "COMPLETED"
@@ -152,7 +153,8 @@ def test_a_full_disk_gives_no_space_keeps_the_daemon_and_loses_nothing_acknowled
     held = node.submit(["true"], Hold=("b", True), StdoutPath=("s", "/dev/null"))
     acked[held] = "HELD"
     node.run(["sh", "-c", f"dd if=/dev/zero of={STATE}/filler bs=4k 2>/dev/null; true"])
-    big = {"Command": ["as", ["true"]], "Hold": ["b", True], "Environment": ["as", ["PAD=" + "x" * 90_000, "PAD2=" + "y" * 90_000]], **quiet}
+    big = {"Command": ["as", ["true"]], "Hold": ["b", True],
+           "Environment": ["as", ["PAD=" + "x" * 90_000, "PAD2=" + "y" * 90_000]], **quiet}
     # The WAL may still have room for a few: those are acknowledged, and must last.
     out = node.calls([submit_call(big)] * 40)
     refusals = [r for r in out if "error" in r]
