@@ -96,11 +96,27 @@ class Engine:
     # -- start-up -------------------------------------------------------------
 
     async def recover(self, executor: Executor) -> None:
-        """Load the store and re-adopt what kept running; before the bus name is taken."""
+        """Load the store and re-adopt what kept running; before the bus name is taken.
+
+        A PENDING job may have run meanwhile: its RUNNING row is saved lazily (urgent=False),
+        so the daemon can die after the gate was released but before that row landed. Its
+        gate's status file then tells how the run ended. Each run has its own status file,
+        named by the job's restart count (the gates' status_path): a requeue bumps the count
+        in the same row that makes the job PENDING, so whatever the moment of a crash, the
+        PENDING row names a file only its next run writes. The alternative, removing the old
+        file before the PENDING row commits, leaves a window (file gone, RUNNING row still
+        the durable one: the run would read as lost); this one has none. Every way back to
+        PENDING follows from it: Requeue and a node failure elsewhere (requeue_away) bump
+        the count; a run that never started (aborted) keeps it, and its file says aborted,
+        which queues it again; place_here gives back a job that has not run here at its count.
+
+        The state directory and jobs/ are 0711: users traverse to their own jobs/<id>
+        (0700, theirs) but list nothing; the database and exits/ are root's alone.
+        """
         self.executor = executor
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.config.state_dir, 0o755)
-        os.chmod(self.jobs_dir, 0o755)
+        os.chmod(self.config.state_dir, 0o711)
+        os.chmod(self.jobs_dir, 0o711)
         self._next_id = self.store.max_id() + 1
         since = now_usec() - self.config.finished_object_ttl_usec
         adopted = lost = 0
@@ -149,7 +165,7 @@ class Engine:
         for job in sorted(self.jobs.values(), key=lambda j: j.id):
             if job.state == JobState.PENDING and job.id not in self._allocs and not job.remote:
                 try:
-                    info = self.executor.recorded_exit(job.id)
+                    info = self.executor.recorded_exit(job)
                     if info is not None:
                         self._finish(job, info)
                     else:
@@ -312,13 +328,13 @@ class Engine:
                     self._enqueue(job)
         self.kick()
         try:
-            await self.store.save(*jobs)
+            await self.store.save(*jobs, retry=False)
         except Exception as e:
             for job in jobs:
                 self._forget_unrecorded(job)
             durable.set_exception(e)
             durable.exception()  # retrieved: launches waiting on it abort quietly
-            raise SchedError(f"could not record the job{'s' if len(jobs) > 1 else ''} durably: {e}") from e
+            raise self.store.write_error(e.__cause__ or e, "the jobs" if len(jobs) > 1 else "the job") from e
         finally:
             for job in jobs:
                 self._durable.pop(job.id, None)
@@ -383,9 +399,10 @@ class Engine:
             self._unqueue(job)
             self._end(job, JobState.CANCELLED, Reason.CANCELLED)
             self.store.save(job)
-            await self.store.drain()
+            await self.store.drain(job.id)
             return
         await self._stop_and_wait(job, cancel=True)
+        await self.store.drain(job.id)  # answered once CANCELLED is durable, not as a lazy write
 
     async def _stop_and_wait(self, job: Job, *, cancel: bool = False, requeue: bool = False) -> None:
         """Ask the executor to end the job's processes; return once the job's end is recorded."""
@@ -521,6 +538,7 @@ class Engine:
             raise InvalidState(f"job {job_id} is {job.state.value}: it has not run, nothing to requeue")
         if job.state.active or job.id in self._starting:
             await self._stop_and_wait(job, requeue=True)
+            await self.store.drain(job.id)  # answered once the PENDING row (and its new run number) is durable
             return
         if job.id not in self.jobs:
             self.jobs[job.id] = job
@@ -528,15 +546,18 @@ class Engine:
             for l in self.listeners:
                 l.job_added(job)
         self._requeue(job)
-        await self.store.drain()
+        await self.store.drain(job.id)
 
     def _requeue(self, job: Job) -> None:
+        """Back to PENDING as its next run (restarts + 1): see recover() for why the count names the run."""
+        last_run = job.restarts
         job.restarts += 1
         job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
         job.suspended_usec = job.suspend_time = 0
         job.assigned_cpus, job.assigned_gpus, job.handle = [], [], None
         self._set(job, JobState.PENDING, Reason.REQUEUED, _END_PROPS | _START_PROPS | {"Restarts", "SuspendedUSec"})
-        self.store.save(job)
+        fut = self.store.save(job)
+        fut.add_done_callback(lambda f, jid=job.id: f.exception() or self.executor.forget(jid, last_run))
         self._make_eligible(job)
         self.kick()
 
@@ -674,12 +695,28 @@ class Engine:
                 log.error("job %d: cannot stop: %s", job.id, e)
 
     def _prepare_output(self, job: Job) -> None:
-        """The default output directory, owned by the job's user (who alone opens files in it)."""
+        """The default output directory jobs/<id>: the job's user's, mode 0700, so no one else reads it.
+
+        A directory of that name owned by someone else (left by an earlier job of the same id,
+        e.g. after the database was reset) is moved aside, never handed over with its files.
+        """
         d = self.jobs_dir / str(job.id)
-        if job.spec.stdout_path.startswith(str(d) + "/") or job.spec.stderr_path.startswith(str(d) + "/"):
-            d.mkdir(mode=0o700, exist_ok=True)
+        if not (job.spec.stdout_path.startswith(str(d) + "/") or job.spec.stderr_path.startswith(str(d) + "/")):
+            return
+        d.mkdir(mode=0o700, exist_ok=True)
+        owner = os.lstat(d).st_uid
+        if owner not in (os.geteuid(), job.spec.uid):
+            aside = self.jobs_dir / f".stale-{job.id}-{now_usec()}"
+            log.warning("job %d: %s belongs to uid %d, not to the job's user; moved to %s", job.id, d, owner, aside)
+            os.rename(d, aside)
+            d.mkdir(mode=0o700)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
             if os.geteuid() == 0:
-                os.chown(d, job.spec.uid, job.spec.gid)
+                os.fchown(fd, job.spec.uid, job.spec.gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
     # -- ends -------------------------------------------------------------------
 
@@ -756,7 +793,8 @@ class Engine:
             job.handle = None
             self._end(job, state, reason)
             fut = self.store.save(job, urgent=False)
-            fut.add_done_callback(lambda f, jid=job.id: f.exception() or self.executor.forget(jid))
+            fut.add_done_callback(lambda f, jid=job.id, run=job.restarts:
+                                  f.exception() or self.executor.forget(jid, run))
         for w in flags.waiters:
             if not w.done():
                 w.set_result(None)
@@ -827,19 +865,33 @@ class Engine:
         for l in self.listeners:
             l.manager_changed(props)
 
+    SWEEP_INTERVAL = 30.0  # seconds
+
     async def _sweep_finished(self) -> None:
-        """Finished jobs stay in memory (and on the bus) for a while, then live on in the store only."""
+        """Finished jobs stay in memory (and on the bus) for a while, then live on in the store only.
+
+        A job whose final row is not written yet (the disk is full) stays until it is; one
+        failure is logged and the next round tries again: the loop never ends on an error.
+        """
         while True:
-            await asyncio.sleep(30)
-            horizon = now_usec() - self.config.finished_object_ttl_usec
-            old = [j for j in self.jobs.values() if j.state.terminal and 0 < j.end_time < horizon]
-            if old:
-                await self.store.drain()
-            for job in old:
-                del self.jobs[job.id]
-                self._by_state[job.state] -= 1
-                for l in self.listeners:
+            await asyncio.sleep(self.SWEEP_INTERVAL)
+            try:
+                self._sweep_once()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one bad round
+                log.exception("sweeping finished jobs failed; trying again in %gs", self.SWEEP_INTERVAL)
+
+    def _sweep_once(self) -> None:
+        horizon = now_usec() - self.config.finished_object_ttl_usec
+        old = [j for j in self.jobs.values()
+               if j.state.terminal and 0 < j.end_time < horizon and not self.store.unwritten(j.id)]
+        for job in old:
+            del self.jobs[job.id]
+            self._by_state[job.state] -= 1
+            for l in self.listeners:
+                try:
                     l.job_released(job)
+                except Exception:  # noqa: BLE001
+                    log.exception("job %d: releasing its object failed", job.id)
 
     # -- federation ---------------------------------------------------------------
     # Jobs of ours placed on a peer are records here (mirrored from there); jobs run here
@@ -857,13 +909,13 @@ class Engine:
         if job.state in QUEUED:
             self._pending_by_uid[job.uid] += 1
         try:
-            await self.store.save(job)
+            await self.store.save(job, retry=False)
         except Exception as e:
             self.jobs.pop(job.id, None)
             self._by_state[job.state] -= 1
             if job.state in QUEUED:
                 self._pending_by_uid[job.uid] -= 1
-            raise SchedError(f"could not record the job durably: {e}") from e
+            raise self.store.write_error(e.__cause__ or e) from e
         for l in self.listeners:
             l.job_added(job)
         self._transition_log(job, "submitted" if not job.remote_id else f"submitted, runs on {job.remote_node}")

@@ -41,7 +41,14 @@ class InvalidState(SchedError):
     http_status = 409
 
 
+class NoSpace(SchedError):
+    """The state directory's file system is full: nothing can be recorded until space is freed there."""
+
+    dbus_name = ERROR_PREFIX + "NoSpace"
+    http_status = 503  # the service cannot take work now; it can once space is freed
+
+
 BY_DBUS_NAME = {
     cls.dbus_name: cls
-    for cls in (SchedError, InvalidArgument, NotFound, AccessDenied, Unsatisfiable, InvalidState)
+    for cls in (SchedError, InvalidArgument, NotFound, AccessDenied, Unsatisfiable, InvalidState, NoSpace)
 }

@@ -11,12 +11,16 @@ Submit awaits it before answering. Reads use a second connection on the loop
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import NoSpace, SchedError
 from .model import Job, JobSpec, JobState
 
 log = logging.getLogger(__name__)
@@ -145,12 +149,46 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _private(path: Path) -> None:
+    """The database and its -wal/-shm hold every user's jobs (environments, tokens): root only.
+
+    SQLite creates -wal and -shm with the main file's mode, so the main file is made 0600
+    before the first connection; files left by an older schedd are tightened at start.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            os.chmod(f"{path}{suffix}", 0o600, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+
+
+def disk_full(e: BaseException) -> bool:
+    """The write failed because the file system is full (SQLite maps ENOSPC to SQLITE_FULL)."""
+    if isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC
+
+
+@dataclass(slots=True)
+class _Waiter:
+    fut: asyncio.Future
+    ids: frozenset[int]  # the rows it waits on: it fails only if one of them does
+    whole: bool = False  # all of its rows or none (a SubmitMany is all-or-nothing)
+
+
 class Store:
     LAZY_DELAY = 0.05
+    RETRY_FIRST, RETRY_MAX = 0.1, 5.0  # seconds between attempts at rows that failed (doubling)
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
         self._w = _connect(path)
         try:
             self._migrate()
@@ -159,7 +197,14 @@ class Store:
             raise
         self._r = _connect(path)
         self._pending: dict[int, tuple] = {}
-        self._waiters: list[asyncio.Future] = []
+        self._no_retry: set[int] = set()  # rows in _pending whose saver undoes the change if they fail
+        self._waiters: list[_Waiter] = []
+        self._retry: dict[int, tuple] = {}  # rows that failed and nobody undid: written again later
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._retry_due = False
+        self._retry_delay = self.RETRY_FIRST
+        self._last_error: BaseException = RuntimeError("no write has failed")
+        self._in_flight: frozenset[int] = frozenset()
         self._flushing = False
         self._lazy: asyncio.TimerHandle | None = None
         self._urgent = False
@@ -178,24 +223,60 @@ class Store:
             self._w.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version={v + 1}; COMMIT;")
 
     def close(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        if self._retry:
+            log.error("store: closing with %d row(s) never written (jobs %s); recovery re-derives what it can",
+                      len(self._retry), _ids(self._retry))
         self._w.close()
         self._r.close()
 
+    def _out_of_space(self, e: BaseException) -> bool:
+        """A full disk, as SQLite says it, or an I/O error on a file system with no room left
+        (growing -shm or a sync can fail with SQLITE_IOERR_* where a write would say FULL)."""
+        if disk_full(e):
+            return True
+        if isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_IOERR:
+            try:
+                st = os.statvfs(self.path.parent)
+            except OSError:
+                return False
+            return st.f_bfree * st.f_frsize < 1 << 16 or (st.f_files > 0 and st.f_ffree == 0)
+        return False
+
+    def write_error(self, e: BaseException, what: str = "the job", *, kept: bool = False) -> SchedError:
+        """The error a caller gets when its rows could not be written: NoSpace (with the remedy) on a full disk.
+
+        kept: the change stays in effect and its row is written again later (it says so).
+        """
+        later = "; the change is in effect and is recorded once there is room" if kept else ""
+        if self._out_of_space(e):
+            return NoSpace(f"cannot record {what}: the state directory {self.path.parent} is full "
+                           f"(No space left on device); free space there{later}")
+        return SchedError(f"cannot record {what} in {self.path}: {e}{later}")
+
     # -- writes -------------------------------------------------------------
 
-    def save(self, *jobs: Job, urgent: bool = True) -> asyncio.Future:
+    def save(self, *jobs: Job, urgent: bool = True, retry: bool = True) -> asyncio.Future:
         """Queue the jobs' current rows; the future resolves once they are committed.
 
         urgent=False (state changes nobody waits on) lets the rows ride on the next
         commit, or on one LAZY_DELAY later: recovery re-derives such transitions from
         the scopes and exit files, so they need not cost a commit each.
+
+        A row that cannot be written fails only the futures of the saves that include
+        it (a SchedError: NoSpace when the disk is full). It is then written again,
+        with backoff, until it lands or a newer copy of the job does, unless
+        retry=False: that caller undoes the change itself (a Submit forgets the job).
         """
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         for job in jobs:
             self._pending[job.id] = job_to_row(job)  # later snapshots of a job replace earlier ones
+            if not retry:
+                self._no_retry.add(job.id)  # stays for the batch: a later save of the row does not re-arm it
         fut = loop.create_future()
-        self._waiters.append(fut)
+        self._waiters.append(_Waiter(fut, frozenset(j.id for j in jobs), whole=not retry))
         self._urgent |= urgent
         if not self._flushing:
             if urgent:
@@ -208,6 +289,10 @@ class Store:
                 self._lazy = loop.call_later(self.LAZY_DELAY, self._lazy_flush)
         return fut
 
+    def unwritten(self, job_id: int) -> bool:
+        """A copy of the job is queued, being written, or waiting to be written again."""
+        return job_id in self._pending or job_id in self._retry or job_id in self._in_flight
+
     def _lazy_flush(self) -> None:
         self._lazy = None
         if self._waiters and not self._flushing:
@@ -215,43 +300,149 @@ class Store:
             self._start_flush()
 
     def _start_flush(self) -> None:
-        rows, waiters = list(self._pending.values()), self._waiters
-        self._pending, self._waiters, self._urgent = {}, [], False
-        fut = self._loop.run_in_executor(None, self._commit, rows)
-        fut.add_done_callback(lambda f: self._flushed(f, waiters))
+        rows, no_retry, waiters = self._pending, self._no_retry, self._waiters
+        self._pending, self._no_retry, self._waiters, self._urgent = {}, set(), [], False
+        self._in_flight = frozenset(rows)
+        groups, grouped = [], set()
+        for w in waiters:
+            if w.whole:
+                ids = [i for i in w.ids if i in rows and i not in grouped]
+                grouped.update(ids)
+                groups.append(ids)
+        groups += [[i] for i in rows if i not in grouped]
+        fut = self._loop.run_in_executor(None, self._commit, rows, groups)
+        fut.add_done_callback(lambda f: self._flushed(f, rows, no_retry, waiters))
 
-    def _commit(self, rows: list[tuple]) -> None:
+    def _transaction(self, rows: list[tuple]) -> None:
         w = self._w
         w.execute("BEGIN IMMEDIATE")
         try:
             w.executemany(_UPSERT, rows)
             w.execute("COMMIT")
         except BaseException:
-            w.execute("ROLLBACK")
+            _rollback(w)
             raise
-        self.commits += 1
 
-    def _flushed(self, fut: asyncio.Future, waiters: list[asyncio.Future]) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            log.error("store commit failed: %s", exc)
+    def _commit(self, rows: dict[int, tuple], groups: list[list[int]]) -> dict[int, BaseException]:
+        """Write the batch in one transaction; the rows that could not be written, with why.
+
+        If the batch fails, it is written again with one savepoint per group (the rows
+        of one all-or-nothing save, else one row), still one commit: a row SQLite
+        refuses is left out with its group and fails alone. A failure of the commit
+        itself (a full disk, an I/O error) fails every row.
+        """
+        try:
+            self._transaction(list(rows.values()))
+            self.commits += 1
+            return {}
+        except Exception as e:  # noqa: BLE001 - reported per row, never raised into the loop
+            if len(rows) == 1:
+                return dict.fromkeys(rows, e)
+        w, failed = self._w, {}
+        try:
+            w.execute("BEGIN IMMEDIATE")
+            for ids in groups:
+                w.execute("SAVEPOINT one_group")
+                try:
+                    w.executemany(_UPSERT, [rows[i] for i in ids])
+                except Exception as e:  # noqa: BLE001
+                    failed.update(dict.fromkeys(ids, e))
+                    w.execute("ROLLBACK TO one_group")
+                w.execute("RELEASE one_group")
+            w.execute("COMMIT")
+        except Exception as e:  # noqa: BLE001
+            _rollback(w)
+            return dict.fromkeys(rows, e)
+        self.commits += 1
+        return failed
+
+    def _flushed(self, fut: asyncio.Future, rows: dict[int, tuple], no_retry: set[int],
+                 waiters: list[_Waiter]) -> None:
+        self._in_flight = frozenset()
+        try:
+            failed = fut.result()
+        except BaseException as e:  # noqa: BLE001 - the worker itself failed (cancelled at shutdown)
+            failed = dict.fromkeys(rows, e)
+        for jid in rows.keys() - failed.keys():
+            self._retry.pop(jid, None)  # written: an older copy that had failed is superseded
+        for jid in failed:
+            if jid not in no_retry and jid not in self._pending:  # else: undone by its saver, or a newer copy
+                self._retry[jid] = rows[jid]                       # is queued (and retried if it fails)
+        if failed:
+            e = self._last_error = next(iter(failed.values()))
+            log.error("store: %d of %d row(s) not written (jobs %s): %s%s", len(failed), len(rows), _ids(failed),
+                      e, f"; trying again in {self._retry_delay:g}s" if self._retry else "")
         for w in waiters:
-            if not w.done():
-                if exc is None:
-                    w.set_result(None)
-                else:
-                    w.set_exception(exc)
+            if w.fut.done():
+                continue
+            bad = next((failed[i] for i in w.ids if i in failed), None)
+            if bad is None:
+                w.fut.set_result(None)
+            else:
+                err = self.write_error(bad, kept=any(i in self._retry for i in w.ids))
+                err.__cause__ = bad
+                w.fut.set_exception(err)
+                w.fut.exception()  # the store has logged it: a save nobody awaits is not an "unretrieved" error
+        if self._retry:
+            if self._retry_timer is None and not self._retry_due:
+                self._retry_timer = self._loop.call_later(self._retry_delay, self._retry_now)
+                self._retry_delay = min(self._retry_delay * 2, self.RETRY_MAX)
+        else:
+            if self._retry_delay != self.RETRY_FIRST and not failed:
+                log.info("store: rows that had failed are written now")
+            self._retry_delay = self.RETRY_FIRST
         self._flushing = False
+        if self._retry_due:
+            self._retry_due = False
+            self._requeue_failed()
         if self._urgent:
             self._flushing = True
             self._start_flush()
         elif self._waiters and self._lazy is None:
             self._lazy = self._loop.call_later(self.LAZY_DELAY, self._lazy_flush)
 
-    async def drain(self) -> None:
-        """Wait until everything queued so far is committed."""
+    def _retry_now(self) -> None:
+        self._retry_timer = None
+        if self._flushing:
+            self._retry_due = True  # after the commit in flight, which may hold newer copies
+            return
+        self._requeue_failed()
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
+        self._flushing = True
+        self._start_flush()
+
+    def _requeue_failed(self) -> None:
+        """Queue the rows that failed again (newer copies queued meanwhile win), as one urgent save."""
+        if not self._retry:
+            return
+        rows, self._retry = self._retry, {}
+        for jid, row in rows.items():
+            self._pending.setdefault(jid, row)
+        fut = self._loop.create_future()
+        self._waiters.append(_Waiter(fut, frozenset()))
+        self._urgent = True
+
+    async def drain(self, *job_ids: int) -> None:
+        """Wait until everything queued so far has been tried; rows that had failed get one more try now.
+
+        Raises the write's SchedError (NoSpace on a full disk) if a row of one of job_ids is
+        still not written; rows of other jobs never fail this caller.
+        """
+        if self._retry:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+                self._retry_timer = None
+            if self._flushing:
+                self._retry_due = True
+            else:
+                self._requeue_failed()
         if self._flushing or self._pending or self._lazy is not None:
             await self.save()
+        stuck = [i for i in job_ids if i in self._retry]
+        if stuck:
+            raise self.write_error(self._last_error, "the change" if len(stuck) == 1 else "the changes", kept=True)
 
     # -- reads --------------------------------------------------------------
 
@@ -334,6 +525,20 @@ class Store:
 
     def integrity_check(self) -> str:
         return self._r.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction (SQLite may have rolled it back itself, e.g. on SQLITE_FULL)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.error("store: rollback failed: %s", e)
+
+
+def _ids(rows) -> str:
+    ids = sorted(rows)
+    return ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
 
 
 def default_path(state_dir: Path) -> Path:

@@ -117,16 +117,14 @@ class Executor(abc.ABC):
             cpus = []
         return {"pid": pid, "start": start}, cpus
 
-    def recorded_exit(self, job_id: int) -> ExitInfo | None:
-        """How a job ended, if its gate recorded it (it ran while its RUNNING record was still in flight).
-
-        A malformed record counts: the job may have run, so it must not run again unseen.
-        """
+    def recorded_exit(self, job: Job) -> ExitInfo | None:
+        """How the job's current run ended, if its gate recorded it (it ran while its RUNNING record was
+        still in flight); never an earlier run's end: each run has its own status file."""
         gates = getattr(self, "gates", None)
-        if gates is None or not gates.status_path(job_id).exists():
+        if gates is None or not gates.status_path(job.id, job.restarts).exists():
             return None
-        info = gates.read_status(job_id)
+        info = gates.read_status(job.id, run=job.restarts)
         return None if info.lost and not info.malformed else info
 
-    def forget(self, job_id: int) -> None:
-        """The job's end is durable: drop what the executor kept to report it."""
+    def forget(self, job_id: int, run: int = 0) -> None:
+        """That run's end is durable (or superseded by a requeue): drop what the executor kept to report it."""

@@ -94,13 +94,15 @@ class GateRunner:
         self.status_dir = status_dir
         self.accounting = accounting
         status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(status_dir, 0o700)  # exit files name users' paths and errors: root only, also if made before
         self._watched: dict[int, tuple[int, int]] = {}  # job id -> (pid, pidfd)
         self._root = os.geteuid() == 0
         self.gate = gate_command()
         self.kind = "c" if self.gate[0] == str(GATE_BINARY) else "perl"
 
-    def status_path(self, job_id: int) -> Path:
-        return self.status_dir / str(job_id)
+    def status_path(self, job_id: int, run: int = 0) -> Path:
+        """One file per run of a job (run = its restart count): a requeued job never reads its last run's end."""
+        return self.status_dir / (f"{job_id}.{run}" if run else str(job_id))
 
     def spawn(self, job: Job, cpus: tuple[int, ...]) -> Gate:
         s = job.spec
@@ -125,7 +127,8 @@ class GateRunner:
             env["SCHEDD_ARRAY_TASK_ID"] = str(s.array_task_id)
         argv = [*self.gate, *ident, s.working_directory, out, err, "1" if self.accounting else "0", "--", *s.command]
 
-        sfd = _high_fd(os.open(self.status_path(job.id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        sfd = _high_fd(os.open(self.status_path(job.id, job.restarts),
+                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
         r, w = os.pipe2(os.O_CLOEXEC)
         r = _high_fd(r)
         efd = _high_fd(os.memfd_create("schedd-env", os.MFD_CLOEXEC))
@@ -156,7 +159,7 @@ class GateRunner:
 
     # -- watching -----------------------------------------------------------
 
-    def watch(self, job_id: int, pid: int, start_time: int | None, on_exit) -> bool:
+    def watch(self, job_id: int, pid: int, start_time: int | None, on_exit, run: int = 0) -> bool:
         """Call on_exit(job_id, ExitInfo) when the gate ends. False if it is already gone."""
         if start_time is not None and proc_start_time(pid) != start_time:
             return False
@@ -168,12 +171,12 @@ class GateRunner:
             os.close(pidfd)  # the pid was reused between our two looks
             return False
         loop = asyncio.get_running_loop()
-        self._watched[job_id] = (pid, pidfd)
+        self._watched[job_id] = (pid, pidfd, run)
         loop.add_reader(pidfd, self._ended, job_id, on_exit)
         return True
 
     def _ended(self, job_id: int, on_exit) -> None:
-        pid, pidfd = self._watched.pop(job_id)
+        pid, pidfd, run = self._watched.pop(job_id)
         asyncio.get_running_loop().remove_reader(pidfd)
         os.close(pidfd)
         wait_status = None
@@ -181,11 +184,11 @@ class GateRunner:
             _, wait_status = os.waitpid(pid, 0)
         except ChildProcessError:
             pass  # adopted after a restart: not ours to reap
-        on_exit(job_id, self.read_status(job_id, wait_status))
+        on_exit(job_id, self.read_status(job_id, wait_status, run))
 
     def unwatch_all(self) -> None:
         loop = asyncio.get_running_loop()
-        for pid, pidfd in self._watched.values():
+        for pid, pidfd, _run in self._watched.values():
             loop.remove_reader(pidfd)
             os.close(pidfd)
         self._watched.clear()
@@ -193,13 +196,13 @@ class GateRunner:
     def is_watched(self, job_id: int) -> bool:
         return job_id in self._watched
 
-    def read_status(self, job_id: int, gate_wait_status: int | None = None) -> ExitInfo:
+    def read_status(self, job_id: int, gate_wait_status: int | None = None, run: int = 0) -> ExitInfo:
         """How the job ended, from its status file; the gate's own wait status where it recorded nothing.
 
         Never raises: a file the gate cannot have written gives a lost result with
         ``malformed`` saying what was wrong (and a warning naming the job).
         """
-        path = self.status_path(job_id)
+        path = self.status_path(job_id, run)
         try:
             try:
                 with open(path, "rb") as f:
@@ -218,9 +221,9 @@ class GateRunner:
             _from_gate_exit(info, gate_wait_status)
         return info
 
-    def forget(self, job_id: int) -> None:
+    def forget(self, job_id: int, run: int = 0) -> None:
         try:
-            self.status_path(job_id).unlink()
+            self.status_path(job_id, run).unlink()
         except FileNotFoundError:
             pass
 

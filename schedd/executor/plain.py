@@ -51,11 +51,11 @@ class PlainExecutor(Executor):
             if isinstance(e, OSError):
                 raise ExecutorError(f"cannot start job {job.id}: {e}") from e
             raise
-        self._track(job.id, gate.pid, None)
+        self._track(job.id, gate.pid, None, job.restarts)
         return gate.handle()
 
-    def _track(self, job_id: int, pid: int, start: int | None) -> bool:
-        if not self.gates.watch(job_id, pid, start, self._gate_ended):
+    def _track(self, job_id: int, pid: int, start: int | None, run: int) -> bool:
+        if not self.gates.watch(job_id, pid, start, self._gate_ended, run):
             return False
         self._pids[job_id] = pid
         self._ended[job_id] = asyncio.Event()
@@ -96,10 +96,10 @@ class PlainExecutor(Executor):
 
     async def recover(self, job: Job) -> bool:
         h = job.handle or {}
-        if "pid" in h and self._track(job.id, h["pid"], h.get("start")):
+        if "pid" in h and self._track(job.id, h["pid"], h.get("start"), job.restarts):
             return True
-        self.on_exit(job.id, self.gates.read_status(job.id))
+        self.on_exit(job.id, self.gates.read_status(job.id, run=job.restarts))
         return False
 
-    def forget(self, job_id: int) -> None:
-        self.gates.forget(job_id)
+    def forget(self, job_id: int, run: int = 0) -> None:
+        self.gates.forget(job_id, run)

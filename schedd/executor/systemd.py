@@ -139,7 +139,7 @@ class SystemdExecutor(Executor):
             if isinstance(e, (DBusError, OSError)):
                 raise ExecutorError(f"cannot start {job.unit}: {e}") from e
             raise
-        self.gates.watch(job.id, gate.pid, None, self._gate_ended)
+        self.gates.watch(job.id, gate.pid, None, self._gate_ended, job.restarts)
         return gate.handle()
 
     def _scope_properties(self, job: Job, alloc: Allocation, pid: int) -> list:
@@ -258,9 +258,9 @@ class SystemdExecutor(Executor):
 
     async def recover(self, job: Job) -> bool:
         h = job.handle or {}
-        if "pid" in h and self.gates.watch(job.id, h["pid"], h.get("start"), self._gate_ended):
+        if "pid" in h and self.gates.watch(job.id, h["pid"], h.get("start"), self._gate_ended, job.restarts):
             return True
-        info = self.gates.read_status(job.id)
+        info = self.gates.read_status(job.id, run=job.restarts)
         if info.lost:
             # The gate is gone without a status: is anything of the job still running?
             pids = await self._unit_pids(job.unit)
@@ -296,5 +296,5 @@ class SystemdExecutor(Executor):
     async def reap_orphan(self, job_id: int) -> None:
         await self._stop_unit(f"schedd-job-{job_id}.scope")
 
-    def forget(self, job_id: int) -> None:
-        self.gates.forget(job_id)
+    def forget(self, job_id: int, run: int = 0) -> None:
+        self.gates.forget(job_id, run)

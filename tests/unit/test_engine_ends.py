@@ -50,8 +50,8 @@ class GateFiles(Executor):
         self.gates.status_path(job_id).write_bytes(data)
         self.on_exit(job_id, self.gates.read_status(job_id))
 
-    def forget(self, job_id: int) -> None:
-        self.gates.forget(job_id)
+    def forget(self, job_id: int, run: int = 0) -> None:
+        self.gates.forget(job_id, run)
 
 
 def make(state: Path) -> tuple[Engine, Store, GateFiles]:

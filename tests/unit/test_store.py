@@ -315,3 +315,143 @@ async def test_ids_beyond_sqlite_integers_simply_do_not_exist(tmp_path) -> None:
         assert store.get(huge) is None and not store.exists(huge)
         assert store.query(None, None, huge, 10, set()) == []
     store.close()
+
+
+# -- isolation of bad rows, retries, a full disk, modes, sync ---------------------------------------------------
+
+def _reject(store: Store, where: str) -> None:
+    """A row SQLite refuses (a trigger's RAISE), through another connection, as an outside cause would."""
+    conn = sqlite3.connect(store.path)
+    conn.execute(f"CREATE TRIGGER reject BEFORE INSERT ON jobs WHEN {where} BEGIN SELECT RAISE(ABORT, 'injected'); END")
+    conn.commit()
+    conn.close()
+
+
+def _accept(store: Store) -> None:
+    conn = sqlite3.connect(store.path)
+    conn.execute("DROP TRIGGER reject")
+    conn.commit()
+    conn.close()
+
+
+async def _until(predicate, what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_row_that_cannot_be_written_fails_only_its_own_caller(store: Store) -> None:
+    from schedd.errors import SchedError
+
+    bad = make_job(2)
+    bad.spec.memory = 2**64  # beyond SQLite's INTEGER: refused when bound
+    f1, f2, f3 = store.save(make_job(1)), store.save(bad, retry=False), store.save(make_job(3))
+    await f1
+    await f3
+    with pytest.raises(SchedError, match="cannot record the job"):
+        await f2
+    assert store.commits == 1  # the good rows still shared one commit
+    assert fresh_rows(store.path, "SELECT id FROM jobs ORDER BY id") == [(1,), (3,)]
+    assert not store.unwritten(2)  # retry=False: its caller undoes the change, the store forgets the row
+
+
+async def test_an_all_or_nothing_save_with_one_bad_row_writes_none_of_its_rows(store: Store) -> None:
+    from schedd.errors import SchedError
+
+    bad = make_job(5)
+    bad.spec.priority = 2**63  # beyond SQLite's INTEGER
+    many = store.save(make_job(4), bad, make_job(6), retry=False)  # a SubmitMany
+    alone = store.save(make_job(7))
+    await alone
+    with pytest.raises(SchedError):
+        await many
+    assert fresh_rows(store.path, "SELECT id FROM jobs ORDER BY id") == [(7,)]
+
+
+async def test_a_failed_background_row_is_retried_and_logged_until_it_lands(store: Store, caplog) -> None:
+    store.RETRY_FIRST = store._retry_delay = 0.01
+    await store.save(make_job(1))
+    _reject(store, "NEW.id = 2")
+    job = make_job(2, JobState.RUNNING)
+    fut = store.save(job, urgent=False)  # nobody awaits it
+    other = store.save(make_job(3))
+    await other  # shared the batch, unaffected
+    await asyncio.wait([fut])
+    assert fut.exception() is not None
+    assert store.unwritten(2) and store.get(2) is None
+    assert "not written (jobs 2): injected" in caplog.text
+    await _until(lambda: caplog.text.count("not written (jobs 2)") >= 3, "a few retries")  # tried again, and logged
+    _accept(store)
+    await _until(lambda: store.get(2) is not None, "the retried row to land")
+    assert store.get(2).state is JobState.RUNNING and not store.unwritten(2)
+    assert fresh_rows(store.path, "SELECT id FROM jobs ORDER BY id") == [(1,), (2,), (3,)]
+
+
+async def test_a_newer_copy_supersedes_a_failed_one(store: Store) -> None:
+    store.RETRY_FIRST = store._retry_delay = 0.01
+    _reject(store, "NEW.id = 1 AND NEW.state = 'PENDING'")
+    job = make_job(1)
+    fut = store.save(job, urgent=False)
+    await asyncio.wait([fut])
+    assert fut.exception() is not None
+    job.state = JobState.COMPLETED
+    await store.save(job)  # this copy is accepted
+    assert not store.unwritten(1)
+    _accept(store)  # the stale PENDING copy, were it still queued, would now land over it
+    await store.drain()
+    assert store.get(1).state is JobState.COMPLETED
+
+
+async def test_a_full_disk_answers_no_space_and_the_rows_land_once_space_returns(store: Store) -> None:
+    from schedd.errors import NoSpace
+
+    await store.save(make_job(1))
+    pages = store._w.execute("PRAGMA page_count").fetchone()[0]
+    store._w.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL, as on a full file system
+    background = make_job(1, JobState.RUNNING)
+    background.spec.environment = ["TOKEN=" + "x" * 100_000]  # needs new pages
+    fut = store.save(background, urgent=False)
+    with pytest.raises(NoSpace) as e:
+        await store.save(*(make_job(i) for i in range(2, 200)), retry=False)  # all or nothing
+    assert e.value.dbus_name == "org.schedd.Schedd1.Error.NoSpace"
+    assert e.value.message == (f"cannot record the job: the state directory {store.path.parent} is full "
+                               "(No space left on device); free space there")
+    await asyncio.wait([fut])
+    assert "the change is in effect and is recorded once there is room" in str(fut.exception())
+    await store.drain()  # rows of other jobs never fail a caller
+    with pytest.raises(NoSpace, match="cannot record the change: .* free space there; the change is in effect"):
+        await store.drain(1)
+    assert store.unwritten(1) and not store.unwritten(2)
+    assert store.max_id() == 1 and store.get(1).state is JobState.PENDING  # none of the batch was written
+    store._w.execute("PRAGMA max_page_count = 1073741823")
+    await store.drain()
+    assert store.get(1).state is JobState.RUNNING and store.max_id() == 1
+
+
+async def test_the_database_and_its_wal_and_shm_are_private_from_creation(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    os.umask(0o022)
+    path = tmp_path / "schedd.db"
+    s = Store(path)
+    await s.save(make_job(1))
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    s.close()
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if f.exists():
+            f.chmod(0o644)  # as an older schedd left them
+    s = Store(path)
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if f.exists():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    s.close()
+
+
+def test_the_live_writer_syncs_every_commit(store: Store) -> None:
+    """Durable before ack needs WAL with synchronous=FULL (2) on the connection that writes, not just on a new one."""
+    assert store._w.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._w.execute("PRAGMA synchronous").fetchone()[0] == 2
