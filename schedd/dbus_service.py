@@ -41,7 +41,7 @@ _sender: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVa
 _viewer: contextvars.ContextVar[tuple[int, bool] | None] = contextvars.ContextVar("viewer", default=None)
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
-OPERATOR_TTL_S = 10.0  # how long a polkit answer about reading others' jobs is reused for one connection
+OPERATOR_TTL_S = 5.0  # how long polkit's answer about reading others' jobs is reused for a uid
 ALLOW_INTERACTIVE_AUTHORIZATION = 0x4  # message header flag
 
 JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
@@ -356,7 +356,9 @@ class DBusService:
         self.manager = ManagerObject(self)
         self.objects: dict[int, JobObject] = {}
         self._uids: OrderedDict[str, int] = OrderedDict()
-        self._operators: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # sender -> (polkit says, until)
+        # uid -> (polkit allows manage-jobs, until): per uid, so that a user opening many
+        # connections costs polkit one question per OPERATOR_TTL_S, not one per connection.
+        self._operators: OrderedDict[int, tuple[bool, float]] = OrderedDict()
         self._redispatch: dict[int, tuple[int, bool]] = {}  # id(msg) -> its viewer, while it is re-dispatched
         self._tasks: set[asyncio.Task] = set()
         bus.add_message_handler(self._tap)
@@ -452,13 +454,13 @@ class DBusService:
     async def _operator(self, caller: Caller) -> bool:
         if caller.sender is None or self.engine.authorize_other is None:
             return False
-        hit = self._operators.get(caller.sender)
+        hit = self._operators.get(caller.uid)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
         # Reading is never worth a password prompt: asked without interactive authorization.
         allowed = bool(await self.engine.authorize_other(Caller(caller.uid, caller.sender), MANAGE_ACTION))
-        self._operators[caller.sender] = (allowed, time.monotonic() + OPERATOR_TTL_S)
-        self._operators.move_to_end(caller.sender)
+        self._operators[caller.uid] = (allowed, time.monotonic() + OPERATOR_TTL_S)
+        self._operators.move_to_end(caller.uid)
         if len(self._operators) > 8192:
             self._operators.popitem(last=False)
         return allowed
@@ -484,7 +486,7 @@ class DBusService:
             return None
         if not self._needs_operator(uid, jobs):
             return uid, False
-        hit = self._operators.get(sender)
+        hit = self._operators.get(uid)
         if hit is None or hit[1] <= time.monotonic():
             return None
         return uid, hit[0]

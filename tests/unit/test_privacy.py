@@ -278,7 +278,7 @@ def test_the_tap_knows_which_calls_read_job_properties(service: DBusService):
     assert service._known_viewer(":1.42", [job]) == (USER, False)
     service._uids[":1.43"] = USER + 1
     assert service._known_viewer(":1.43", [job]) is None  # polkit must be asked first
-    service._operators[":1.43"] = (False, float("inf"))
+    service._operators[USER + 1] = (False, float("inf"))
     assert service._known_viewer(":1.43", [job]) == (USER + 1, False)
 
 
@@ -289,3 +289,30 @@ def test_show_says_a_key_is_hidden():
     human = render.show(rec, human=True)
     assert "Command=  # hidden: shown only to the job's owner and root" in human
     assert "# hidden" not in render.show({k: JOB_GETTERS[k](a_job()) for k in JOB_PROPERTIES}, human=True)
+
+
+@pytest.mark.parametrize("viewer, name, sees", [
+    (None, "alice", False), ((5, False), "alice", True), ((6, False), "bob", False), ((0, False), "bob", True),
+    ((6, True), "bob", True),
+])
+def test_peer_rows_are_judged_by_user_name(service: DBusService, viewer, name: str, sees: bool):
+    """ListJobs AllNodes: a peer's job is known by its user's name (uids differ between nodes)."""
+    assert service.viewer_sees_name("alice", name, viewer) is sees
+    assert service.viewer_sees_name("alice", None, (5, False)) is False  # a uid without a name here sees no one's
+
+
+async def test_polkit_is_asked_once_per_uid_and_never_interactively(service: DBusService):
+    asked: list[Caller] = []
+
+    async def polkit(caller: Caller, action: str) -> bool:
+        assert action == MANAGE_ACTION
+        asked.append(caller)
+        return False
+
+    service.engine.authorize_other = polkit
+    job = a_job()
+    for sender in (":1.50", ":1.51", ":1.52"):
+        assert await service.viewer(Caller(USER + 1, sender, interactive=True), [job]) == (USER + 1, False)
+    assert len(asked) == 1 and asked[0].interactive is False
+    assert await service.viewer(Caller(USER, ":1.53"), [job]) == (USER, False)  # the owner: no question
+    assert len(asked) == 1
