@@ -59,40 +59,45 @@ def test_an_ordinary_user_may_not_raise_priority(node: Node, users):
 
 
 RULE = """polkit.addRule(function(action, subject) {
-    if (action.id == "org.schedd.Schedd1.manage-jobs" && subject.user == "schedd-bob") {
+    if (action.id == "%s" && subject.user == "schedd-bob") {
         return polkit.Result.YES;
     }
 });
 """
 
 
-def test_an_operator_polkit_allows_may_raise_priority_and_read_others_jobs(node: Node, users):
-    """manage-jobs (granted by a rule) implies set-priority, and shows others' private keys."""
+def test_polkit_may_let_a_user_raise_priority(node: Node, users):
+    """set-priority alone raises priority but shows nothing; manage-jobs implies set-priority and shows
+    others' private keys (a real polkitd, rules granting bob one action at a time)."""
     rules = "/etc/polkit-1/rules.d/50-schedd-test-privacy.rules"
     node.run(["rm", "-f", rules])
     node.run(["systemctl", "start", "polkit"])
     alices = alice_job(node)
+    raised: list[int] = []
+
+    def bob_may() -> bool:
+        r = submit_one(node, {"Command": ["as", ["true"]], "Priority": ["i", 100], "Hold": ["b", True]}, BOB)
+        raised.extend(r.get("ok", [[]])[0][:1])
+        return "ok" in r
+
     try:
-        assert submit_one(node, {"Command": ["as", ["true"]], "Priority": ["i", 100]}, BOB).get("error")
-        assert get_job(node, alices, BOB)["Command"] == []
-        node.run(["sh", "-c", f"cat > {rules}"], input=RULE)
-
-        def bob_may() -> dict | None:
-            r = submit_one(node, {"Command": ["as", ["true"]], "Priority": ["i", 100], "Hold": ["b", True]}, BOB)
-            return r if "ok" in r else None
-
-        ok = node.wait_for(bob_may, "polkitd to load the rule")  # it watches rules.d itself
-        assert node.job(ok["ok"][0][0])["Priority"] == 100
+        assert not bob_may() and get_job(node, alices, BOB)["Command"] == []
+        node.run(["sh", "-c", f"cat > {rules}"], input=RULE % "org.schedd.Schedd1.set-priority")
+        node.wait_for(bob_may, "polkitd to load the set-priority rule")  # it watches rules.d itself
+        assert node.job(raised[-1])["Priority"] == 100
+        assert get_job(node, alices, BOB)["Command"] == []  # ordering is not reading
+        node.run(["sh", "-c", f"cat > {rules}"], input=RULE % "org.schedd.Schedd1.manage-jobs")
         # polkit's earlier "no" to bob may be reused for a few seconds (dbus_service.OPERATOR_TTL_S).
         node.wait_for(lambda: get_job(node, alices, BOB)["Command"][-1:] == [f"echo {SECRET_ARG}"],
                       "bob, now an operator, to see alice's command", timeout=30)
+        assert bob_may()  # manage-jobs alone (the set-priority rule is gone) implies set-priority
         assert "allowed by polkit" in node.sb.journal("schedd", 80)
-        node.manager_call("Cancel", "t", str(ok["ok"][0][0]))
     finally:
         node.run(["rm", "-f", rules])
         # Revoked too, once polkitd reloads and the reused answer expires: later tests see bob as nobody.
         node.wait_for(lambda: get_job(node, alices, BOB)["Command"] == [], "bob to be no operator again", timeout=30)
-        node.manager_call("Cancel", "t", str(alices), check=False)
+        for jid in (alices, *raised):
+            node.manager_call("Cancel", "t", str(jid), check=False)
 
 
 # -- item 10: private data -----------------------------------------------------------------------

@@ -316,3 +316,39 @@ async def test_polkit_is_asked_once_per_uid_and_never_interactively(service: DBu
     assert len(asked) == 1 and asked[0].interactive is False
     assert await service.viewer(Caller(USER, ":1.53"), [job]) == (USER, False)  # the owner: no question
     assert len(asked) == 1
+
+
+async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusService):
+    """ListJobs with AllNodes: local rows by uid, peers' rows by user name; every key stays."""
+    from schedd.dbus_service import ManagerObject, _sender
+
+    me = pwd.getpwuid(USER).pw_name
+    local_other = a_job(uid=USER + 1, job_id=4)
+    local_mine = a_job(uid=USER, job_id=5)
+    service.engine.jobs.update({4: local_other, 5: local_mine})
+
+    def peer_rec(user: str, jid: int) -> dict:
+        return {k: JOB_GETTERS[k](a_job(job_id=jid)) for k in JOB_PROPERTIES} | {"UserName": user}
+
+    class Fed:
+        async def list_cluster(self, states, user_name, after, limit):
+            return [("p", peer_rec(me, 1)), ("p", peer_rec("not-" + me, 2))]
+
+    async def no(caller: Caller, action: str) -> bool:
+        return False
+
+    service.engine.federation = Fed()
+    service.engine.authorize_other = no
+    service._uids[":1.9"] = USER
+    token = _sender.set((":1.9", False))
+    try:
+        list_jobs = ManagerObject.ListJobs.__wrapped__  # the handler under dbus-fast's decorator
+        rows = await list_jobs(service.manager, {"AllNodes": Variant("b", True)})
+    finally:
+        _sender.reset(token)
+    got = {(r["Origin"].value, r["Id"].value): r for r in rows}
+    assert got[("n", 5)]["Command"].value == local_mine.spec.command
+    assert got[("n", 4)]["Command"].value == [] and got[("n", 4)]["StdoutPath"].value == ""
+    assert got[("p", 1)]["Command"].value == local_mine.spec.command
+    assert got[("p", 2)]["Command"].value == [] and got[("p", 2)]["WorkingDirectory"].value == ""
+    assert all(set(r) == set(JOB_PROPERTIES) | {"Origin"} for r in rows)
