@@ -4,6 +4,12 @@ It holds no job state: every method is one engine call, every signal comes
 from an engine event. The caller's uid comes from the bus
 (GetConnectionUnixUser on the message's sender, cached per unique name,
 which the bus never reuses), never from anything the caller says.
+
+With [jobs] private_data (the default) a job's Command and paths are its owner's,
+root's and polkit manage-jobs holders': everyone else reads them as empty, in method
+answers, in property reads (Properties.Get/GetAll, GetManagedObjects: the tap finds out
+who reads before dbus-fast's synchronous handlers run) and in signals, which every
+subscriber receives.
 """
 
 from __future__ import annotations
@@ -261,8 +267,6 @@ class ManagerObject(ServiceInterface):
         my_name = self.service.user_name(caller.uid)
         user_name = None
         if "User" in f:
-            import pwd
-
             try:
                 user_name = pwd.getpwuid(f["User"]).pw_name
             except KeyError:
