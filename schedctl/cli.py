@@ -375,6 +375,9 @@ async def cmd_logs(c: Client, args: argparse.Namespace) -> int:
     path = job["StderrPath" if args.stderr else "StdoutPath"]
     remote = await _is_remote(c, job)
     if not path and not remote:
+        if job.get("User") != os.getuid():
+            raise Failure(f"job {args.id} belongs to {job.get('UserName') or job.get('User')}: its output paths "
+                          f"are shown only to its owner and root (private_data)")
         raise Failure(f"job {args.id} has no {'StderrPath' if args.stderr else 'StdoutPath'}")
     tail = _RemoteTail(c, args.id, args.stderr) if remote else _Tail(path)
     if args.follow:

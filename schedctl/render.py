@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Iterable
 
-from schedd.protocol import TERMINAL, format_duration, format_ranges, format_size
+from schedd.protocol import PRIVATE_JOB_KEYS, TERMINAL, format_duration, format_ranges, format_size
 from schedd.stats import Record, aggregate
 
 _COLOURS = {"RUNNING": "32", "COMPLETED": "32", "FAILED": "31", "CANCELLED": "33", "HELD": "33", "SUSPENDED": "33"}
@@ -137,6 +137,14 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+HIDDEN_NOTE = "hidden: shown only to the job's owner and root (private_data)"
+
+
+def hidden_note(key: str, value: Any) -> str:
+    """Why a private key reads empty: a real job never has it so (protocol.PRIVATE_JOB_KEYS)."""
+    return HIDDEN_NOTE if key in PRIVATE_JOB_KEYS and value in ("", []) else ""
+
+
 def show(job: dict[str, Any], human: bool = False, props: list[str] | None = None, value_only: bool = False) -> str:
     """Key=Value lines in the daemon's order, greppable and cut-able; with `human` (a terminal),
     times and sizes also get a readable form after a '#'."""
@@ -148,7 +156,7 @@ def show(job: dict[str, Any], human: bool = False, props: list[str] | None = Non
         if value_only:
             lines.append(value_text(v))
             continue
-        h = _human(key, v) if human else ""
+        h = (hidden_note(key, v) or _human(key, v)) if human else ""
         lines.append(f"{key}={value_text(v)}" + (f"  # {h}" if h else ""))
     return "\n".join(lines)
 

@@ -141,6 +141,8 @@ class Config:
     max_argv_bytes: int = 1 << 20
     max_env_entries: int = 10_000
     max_pending_per_user: int = 100_000
+    max_user_priority: int = 0  # the highest Priority an ordinary user may ask for (Slurm: users only lower)
+    private_data: bool = True  # others' Command and paths read as empty (Slurm's PrivateData=jobs, narrower)
     finished_object_ttl_usec: int = 600_000_000  # finished jobs stay exported this long
     http: HttpConfig = field(default_factory=HttpConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -202,7 +204,7 @@ def _apply(cfg: Config, data: dict) -> None:
     keys = {
         "node": {"name"}, "resources": {"cpus", "memory", "gpus", "gpu_device"},
         "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user",
-                 "default_time", "max_time"},
+                 "default_time", "max_time", "max_user_priority", "private_data"},
         "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
         "http": {"listen", "token_file", "admin_token_file", "read_token_file", "public", "allow_insecure_peers",
                  "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval"},
@@ -260,6 +262,16 @@ def _apply(cfg: Config, data: dict) -> None:
     for key in ("max_argv_bytes", "max_env_entries", "max_pending_per_user"):
         if key in jobs:
             setattr(cfg, key, int(jobs[key]))
+    if "max_user_priority" in jobs:
+        v = jobs["max_user_priority"]
+        if not isinstance(v, int) or isinstance(v, bool) or not -(2**31) <= v <= 2**31 - 1:
+            raise ConfigError(f"jobs.max_user_priority = {v!r}: must be an integer from {-(2**31)} to {2**31 - 1} "
+                              "(a Priority, D-Bus type i)")
+        cfg.max_user_priority = v
+    if "private_data" in jobs:
+        if not isinstance(jobs["private_data"], bool):
+            raise ConfigError(f"jobs.private_data = {jobs['private_data']!r}: must be true or false")
+        cfg.private_data = jobs["private_data"]
     sched = data.get("scheduler", {})
     if "policy" in sched:
         if sched["policy"] not in ("backfill", "strict", "first-fit"):

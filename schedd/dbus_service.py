@@ -4,13 +4,22 @@ It holds no job state: every method is one engine call, every signal comes
 from an engine event. The caller's uid comes from the bus
 (GetConnectionUnixUser on the message's sender, cached per unique name,
 which the bus never reuses), never from anything the caller says.
+
+With [jobs] private_data (the default) a job's Command and paths are its owner's,
+root's and polkit manage-jobs holders': everyone else reads them as empty, in method
+answers, in property reads (Properties.Get/GetAll, GetManagedObjects: the tap finds out
+who reads before dbus-fast's synchronous handlers run) and in signals, which every
+subscriber receives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import logging
+import pwd
+import time
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -24,15 +33,21 @@ from dbus_fast.service import signal as dbus_signal
 from . import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
 from . import bus as dbus
 from . import stats
-from .engine import Caller, Engine
+from .engine import MANAGE_ACTION, Caller, Engine
 from .errors import ERROR_PREFIX, InvalidArgument, SchedError
 from .model import Job, JobState, now_usec
 from .placement import ledger_load
-from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS, STATS_FILTER_KEYS
+from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, redact_job
 
 log = logging.getLogger(__name__)
 
 _sender: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar("sender", default=None)
+# Who reads job properties through org.freedesktop.DBus.Properties / ObjectManager (whose handlers in
+# dbus-fast are synchronous): (uid, may see others' private keys), set by the tap before dispatch.
+_viewer: contextvars.ContextVar[tuple[int, bool] | None] = contextvars.ContextVar("viewer", default=None)
+PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
+OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
+OPERATOR_TTL_S = 5.0  # how long polkit's answer about reading others' jobs is reused for a uid
 ALLOW_INTERACTIVE_AUTHORIZATION = 0x4  # message header flag
 
 JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
@@ -74,8 +89,10 @@ JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
 assert JOB_GETTERS.keys() == JOB_PROPERTIES.keys()
 
 
-def job_variants(job: Job, names=None) -> dict[str, Variant]:
-    return {n: Variant(JOB_PROPERTIES[n], JOB_GETTERS[n](job)) for n in (names or JOB_PROPERTIES)}
+def job_variants(job: Job, names=None, *, private: bool = True) -> dict[str, Variant]:
+    """The job's properties; private=False: the private keys read as empty (protocol.PRIVATE_JOB_KEYS)."""
+    return {n: Variant(JOB_PROPERTIES[n], JOB_GETTERS[n](job) if private or n not in PRIVATE_JOB_KEYS
+                       else PRIVATE_JOB_KEYS[n]) for n in (JOB_PROPERTIES if names is None else names)}
 
 
 def _dbus_errors(fn):
@@ -104,7 +121,8 @@ class ServiceBus(MessageBus):
             return
         self.send(Message.new_signal(
             path=MANAGER_PATH, interface="org.freedesktop.DBus.ObjectManager", member="InterfacesAdded",
-            signature="oa{sa{sv}}", body=[path, {JOB_IFACE: job_variants(interface.job)}],
+            signature="oa{sa{sv}}",
+            body=[path, {JOB_IFACE: job_variants(interface.job, private=interface.service.public_private_data)}],
         ))
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
@@ -132,9 +150,14 @@ class JobObject(ServiceInterface):
 
 def _job_property(name: str, sig: str):
     getter = JOB_GETTERS[name]
+    if name in PRIVATE_JOB_KEYS:
+        hidden = PRIVATE_JOB_KEYS[name]
 
-    def prop(self) -> sig:
-        return getter(self.job)
+        def prop(self) -> sig:
+            return getter(self.job) if self.service.viewer_sees(self.job, _viewer.get()) else hidden
+    else:
+        def prop(self) -> sig:
+            return getter(self.job)
 
     prop.__name__ = name
     prop.__annotations__ = {"return": sig}
@@ -217,7 +240,9 @@ class ManagerObject(ServiceInterface):
     @method()
     @_dbus_errors
     async def GetJob(self, id: "t") -> "a{sv}":  # noqa: F821
-        return job_variants(self.engine.get(id))
+        job = self.engine.get(id)
+        viewer = await self.service.viewer(await self._caller(), [job])
+        return job_variants(job, private=self.service.viewer_sees(job, viewer))
 
     @method()
     @_dbus_errors
@@ -228,20 +253,27 @@ class ManagerObject(ServiceInterface):
             raise InvalidArgument(f"Limit: at most {MAX_LIST} jobs per call; page with After (the last id you got)")
         jobs = self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit)
         fed = self.engine.federation
-        if not f.get("AllNodes") or fed is None:
-            return [job_variants(j) for j in jobs]
+        all_nodes = bool(f.get("AllNodes")) and fed is not None
+        if all_nodes:
+            jobs = [j for j in jobs if not j.origin_node]  # each job once, from its origin
+        caller = await self._caller()
+        viewer = await self.service.viewer(caller, jobs, any_remote=all_nodes)
+        sees = self.service.viewer_sees
+        if not all_nodes:
+            return [job_variants(j, private=sees(j, viewer)) for j in jobs]
         # The whole cluster: each job once, from its origin (copies run here for others are theirs).
         me = self.engine.config.node_name
-        out = [job_variants(j) | {"Origin": Variant("s", me)} for j in jobs if not j.origin_node]
+        out = [job_variants(j, private=sees(j, viewer)) | {"Origin": Variant("s", me)} for j in jobs]
+        my_name = self.service.user_name(caller.uid)
         user_name = None
         if "User" in f:
-            import pwd
-
             try:
                 user_name = pwd.getpwuid(f["User"]).pw_name
             except KeyError:
                 return out
         for node, rec in await fed.list_cluster(f.get("States"), user_name, f.get("After", 0), limit):
+            if not self.service.viewer_sees_name(rec.get("UserName"), my_name, viewer):
+                rec = redact_job(rec)
             try:
                 row = {k: Variant(sig, rec[k]) for k, sig in JOB_PROPERTIES.items() if k in rec}
             except (TypeError, ValueError, OverflowError):
@@ -328,6 +360,11 @@ class DBusService:
         self.manager = ManagerObject(self)
         self.objects: dict[int, JobObject] = {}
         self._uids: OrderedDict[str, int] = OrderedDict()
+        # uid -> (polkit allows manage-jobs, until): per uid, so that a user opening many
+        # connections costs polkit one question per OPERATOR_TTL_S, not one per connection.
+        self._operators: OrderedDict[int, tuple[bool, float]] = OrderedDict()
+        self._redispatch: dict[int, tuple[int, bool]] = {}  # id(msg) -> its viewer, while it is re-dispatched
+        self._tasks: set[asyncio.Task] = set()
         bus.add_message_handler(self._tap)
         if not engine.user_mode:
             engine.authorize_other = self.polkit_allows
@@ -347,10 +384,27 @@ class DBusService:
     # -- the caller ---------------------------------------------------------------
 
     def _tap(self, msg: Message):
-        """Runs before dispatch: remember who calls (the method's task copies this context)."""
+        """Runs before dispatch: remember who calls (the method's task copies this context).
+
+        Property reads of job objects are answered by dbus-fast synchronously, with no caller:
+        the tap works out who reads (uid, and polkit when it matters) before letting them
+        through, and when that needs a bus round trip it holds the message, asks, and
+        dispatches it again.
+        """
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
         _sender.set((msg.sender, bool(msg.flags.value & ALLOW_INTERACTIVE_AUTHORIZATION)))
+        _viewer.set(None)
+        jobs = self._jobs_read(msg)
+        if jobs is not None:
+            viewer = self._redispatch.pop(id(msg), None) or self._known_viewer(msg.sender, jobs)
+            if viewer is None:
+                task = asyncio.get_running_loop().create_task(self._resolve_and_dispatch(msg, jobs))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return True
+            _viewer.set(viewer)
+            return None
         if msg.interface == MANAGER_IFACE and msg.member in _SIGNATURES and msg.signature != _SIGNATURES[msg.member]:
             want = _SIGNATURES[msg.member]
             return Message.new_error(
@@ -359,11 +413,111 @@ class DBusService:
             )
         return None
 
+    # -- who may read what ---------------------------------------------------------
+
+    @property
+    def public_private_data(self) -> bool:
+        """Whether a job's private keys are everyone's (private_data = false, or a per-user daemon)."""
+        return not self.engine.config.private_data or self.engine.user_mode
+
+    def viewer_sees(self, job: Job, viewer: tuple[int, bool] | None) -> bool:
+        """The rule of [jobs] private_data: the owner, root and polkit's manage-jobs see a job's private keys."""
+        if self.public_private_data:
+            return True
+        if viewer is None:
+            return False
+        uid, operator = viewer
+        return uid == 0 or uid == job.uid or operator
+
+    def viewer_sees_name(self, user_name: Any, my_name: str | None, viewer: tuple[int, bool] | None) -> bool:
+        """The same rule for a peer's job, known by its user's name (uids differ between nodes)."""
+        if self.public_private_data:
+            return True
+        if viewer is None:
+            return False
+        uid, operator = viewer
+        return uid == 0 or operator or (my_name is not None and user_name == my_name)
+
+    @staticmethod
+    def user_name(uid: int) -> str | None:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return None
+
+    def _needs_operator(self, uid: int, jobs: list[Job], any_remote: bool = False) -> bool:
+        return (not self.public_private_data and uid != 0
+                and (any_remote or any(j.uid != uid for j in jobs)))
+
+    async def viewer(self, caller: Caller, jobs: list[Job], *, any_remote: bool = False) -> tuple[int, bool]:
+        """(uid, may see others' private keys) for these jobs; polkit is asked only when it changes the answer."""
+        if not self._needs_operator(caller.uid, jobs, any_remote):
+            return caller.uid, False
+        return caller.uid, await self._operator(caller)
+
+    async def _operator(self, caller: Caller) -> bool:
+        if caller.sender is None or self.engine.authorize_other is None:
+            return False
+        hit = self._operators.get(caller.uid)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        # Reading is never worth a password prompt: asked without interactive authorization.
+        allowed = bool(await self.engine.authorize_other(Caller(caller.uid, caller.sender), MANAGE_ACTION))
+        self._operators[caller.uid] = (allowed, time.monotonic() + OPERATOR_TTL_S)
+        self._operators.move_to_end(caller.uid)
+        if len(self._operators) > 8192:
+            self._operators.popitem(last=False)
+        return allowed
+
+    def _jobs_read(self, msg: Message) -> list[Job] | None:
+        """The jobs whose properties this call reads (Properties.Get/GetAll, GetManagedObjects), else None."""
+        if msg.interface == PROPERTIES_IFACE and (msg.member, msg.signature) in (("Get", "ss"), ("GetAll", "s")):
+            if msg.body[0] != JOB_IFACE or not msg.path.startswith(JOB_PATH_PREFIX):
+                return None
+            tail = msg.path[len(JOB_PATH_PREFIX):]
+            obj = self.objects.get(int(tail)) if tail.isdigit() else None
+            return None if obj is None else [obj.job]
+        if msg.interface == OBJECT_MANAGER_IFACE and msg.member == "GetManagedObjects":
+            return [o.job for o in self.objects.values()]
+        return None
+
+    def _known_viewer(self, sender: str, jobs: list[Job]) -> tuple[int, bool] | None:
+        """The viewer from the caches alone, or None when the bus or polkit must be asked first."""
+        if self.public_private_data:
+            return (-1, False)  # every key is everyone's: who reads does not matter
+        uid = self._uids.get(sender)
+        if uid is None:
+            return None
+        if not self._needs_operator(uid, jobs):
+            return uid, False
+        hit = self._operators.get(uid)
+        if hit is None or hit[1] <= time.monotonic():
+            return None
+        return uid, hit[0]
+
+    async def _resolve_and_dispatch(self, msg: Message, jobs: list[Job]) -> None:
+        try:
+            caller = await self._caller_of(msg.sender, False)
+            viewer = await self.viewer(caller, jobs)
+        except Exception as e:  # noqa: BLE001 - answer the call, whatever went wrong
+            log.warning("cannot tell who reads job properties (%s): %s", msg.sender, e)
+            self.bus.send(Message.new_error(msg, ERROR_PREFIX + "Failed", "cannot tell who is calling"))
+            return
+        self._redispatch[id(msg)] = viewer
+        try:
+            self.bus._process_message(msg)  # through the tap again, which now knows the viewer
+        finally:
+            self._redispatch.pop(id(msg), None)
+
+    # -- the caller ---------------------------------------------------------------
+
     async def caller(self) -> Caller:
         who = _sender.get()
         if who is None:
             raise SchedError("cannot tell who is calling")
-        sender, interactive = who
+        return await self._caller_of(*who)
+
+    async def _caller_of(self, sender: str, interactive: bool) -> Caller:
         uid = self._uids.get(sender)
         if uid is None:
             (uid,) = await dbus.call(self.bus, dbus.DBUS_NAME, dbus.DBUS_PATH, dbus.DBUS_NAME,
@@ -415,9 +569,13 @@ class DBusService:
 
     def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
         if job.id in self.objects:
+            # Signals reach every subscriber: a private key that changed is only named as
+            # invalidated, and each reader Gets it with its own rights.
+            hidden = [] if self.public_private_data else sorted(p for p in props if p in PRIVATE_JOB_KEYS)
+            shown = [p for p in props if p not in hidden]
             self.bus.send(Message.new_signal(
                 path=job_path(job.id), interface="org.freedesktop.DBus.Properties", member="PropertiesChanged",
-                signature="sa{sv}as", body=[JOB_IFACE, job_variants(job, props), []],
+                signature="sa{sv}as", body=[JOB_IFACE, job_variants(job, shown), hidden],
             ))
         if old_state != job.state:
             self._job_state_changed(job)

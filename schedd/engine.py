@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # Properties (D-Bus names) touched by each kind of transition, for PropertiesChanged.
 _START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node", "WaitUSec"}
 MANAGE_ACTION = "org.schedd.Schedd1.manage-jobs"  # polkit action for other users' jobs
+PRIORITY_ACTION = "org.schedd.Schedd1.set-priority"  # polkit action for a Priority above max_user_priority
 QUEUED = (JobState.PENDING, JobState.HELD)  # what max_pending_per_user counts
 _END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak", "RunUSec"}
 
@@ -266,6 +267,7 @@ class Engine:
                     e.message = f"spec {n}: {e.message}"
                     e.args = (e.message,)
                 raise
+        await self._check_priority(built, caller, origin is not None)
         tasks = [s.array_task_id for s in built if s.array_task_id is not None]
         if tasks:
             if len(tasks) != len(built):
@@ -348,6 +350,34 @@ class Engine:
         self._manager_changed({"PendingJobs"})
         self.kick()
         return jobs
+
+    async def _check_priority(self, built: list, caller: Caller, forwarded: bool) -> None:
+        """Users may only lower their priority (as in Slurm): above max_user_priority needs root or polkit.
+
+        A forwarded job was checked by its origin, under the origin's rules; this node does not
+        let a peer raise a job above its own max_user_priority either, but clamps rather than
+        refuses, so that a job its origin rightly accepted still runs.
+        """
+        cap = self.config.max_user_priority
+        high = [(n, s) for n, s in enumerate(built) if s.priority > cap]
+        if not high or self.user_mode:
+            return
+        if forwarded:
+            for _, s in high:
+                log.warning("forwarded job of %s asks Priority %d; clamped to this node's max_user_priority %d",
+                            s.owner, s.priority, cap)
+                s.priority = cap
+            return
+        if caller.uid == 0:
+            return
+        if self.authorize_other is not None and await self.authorize_other(caller, PRIORITY_ACTION):
+            log.info("uid %d submits with Priority %d: allowed by polkit", caller.uid, high[0][1].priority)
+            return
+        n, s = high[0]
+        raise AccessDenied(
+            f"{f'spec {n}: ' if len(built) > 1 else ''}Priority: {s.priority} is above {cap}, the most an ordinary "
+            f"user may ask (max_user_priority); only root or a user polkit allows {PRIORITY_ACTION} may raise it"
+        )
 
     def _forget_unrecorded(self, job: Job) -> None:
         """Undo a submission whose commit failed: as if it never came."""

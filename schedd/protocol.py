@@ -71,6 +71,25 @@ JOB_PROPERTIES: dict[str, str] = {
     "RunUSec": "t",
 }
 
+# Job properties that may carry what is not everyone's (paths, arguments): with [jobs]
+# private_data (the default) they read as these empty values to anyone but the job's owner,
+# root and holders of the polkit action manage-jobs. A real job never has them empty (Command
+# is required, the others default), so an empty one means hidden. The environment is no job
+# property at all: it is shown to no one.
+PRIVATE_JOB_KEYS: dict[str, object] = {
+    "Command": [],
+    "WorkingDirectory": "",
+    "StdoutPath": "",
+    "StderrPath": "",
+}
+
+
+def redact_job(record: dict[str, object]) -> dict[str, object]:
+    """A job record (property name -> value) as someone who may not see its private keys sees it."""
+    return {k: (list(PRIVATE_JOB_KEYS[k]) if isinstance(PRIVATE_JOB_KEYS[k], list) else PRIVATE_JOB_KEYS[k])
+            if k in PRIVATE_JOB_KEYS else v for k, v in record.items()}
+
+
 STATS_FILTER_KEYS: dict[str, str] = {
     "User": "u",
     "Since": "t",
