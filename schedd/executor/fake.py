@@ -91,6 +91,7 @@ class FakeExecutor(Executor):
         self._fail_stop: dict[int, Exception] = {}
         self._fail_signal: dict[int, Exception] = {}
         self._fail_recover: dict[int, Exception] = {}
+        self._crashed = False
 
     # -- what the test inspects -------------------------------------------------------
 
@@ -139,6 +140,13 @@ class FakeExecutor(Executor):
     def fail_recover(self, job_id: int, error: Exception | None = None) -> None:
         """Looking at job_id's unit at recovery raises (systemd does not answer about it)."""
         self._fail_recover[job_id] = error or RuntimeError(f"fake: the unit of job {job_id} cannot be looked at")
+
+    def crash(self) -> None:
+        """The daemon dies: starts under way never finish (no unit, no program), nothing more is reported."""
+        self._crashed = True
+        self.watched.clear()
+        for ev in self._gates.values():
+            ev.set()
 
     def clear_failures(self) -> None:
         self._fail_start.clear()
@@ -193,6 +201,8 @@ class FakeExecutor(Executor):
             ev = self._gates[job.id] = asyncio.Event()
             await ev.wait()
             del self._gates[job.id]
+        if self._crashed:
+            raise asyncio.CancelledError  # the process is gone: no code of it runs on
         err = self._fail_start.pop(job.id, None) or self._fail_start.pop(None, None)
         if err is not None:
             raise err  # after any delay: a slow start that fails in the end

@@ -93,6 +93,13 @@ class Node:
         await self.engine.shutdown()
         self.store.close()
 
+    async def crash(self) -> None:
+        """The daemon dies: what it was starting never starts; what runs goes on running."""
+        self.closed = True
+        self.ex.crash()
+        await self.engine.shutdown()
+        self.store.close()
+
     async def restart(self) -> "Node":
         await self.close()
         return await Node(self.state_dir, self.host, self.registry, **self.config).open()
@@ -320,3 +327,410 @@ async def test_a_failed_cancel_does_not_mark_the_later_exit_cancelled(node):
     assert node.job(jid).state == R
     node.ex.exit(jid, 0)
     assert node.state(jid) == (C, Reason.SUCCESS)
+
+
+# -- requeue -----------------------------------------------------------------------------------
+
+
+async def test_requeue_of_a_running_job_runs_it_again(node):
+    jid = await node.submit()
+    await node.running(jid)
+    first_cpus = node.job(jid).assigned_cpus
+    await node.engine.requeue(jid, CALLER)
+    await node.running(jid)
+    job = node.job(jid)
+    assert job.restarts == 1 and node.ex.called("stop") == [jid] and node.ex.called("start") == [jid, jid]
+    assert (jid, R, P, Reason.REQUEUED) in node.events.transitions
+    assert node.events.states(jid) == [R, P, R]
+    assert job.exit_code == 0 and job.end_time == 0 and len(first_cpus) == 1
+    node.ex.exit(jid, 0)
+    stored = await node.durable(jid)
+    assert (stored.state, stored.restarts) == (C, 1)
+
+
+async def test_requeue_of_a_finished_job_and_of_one_that_never_ran(node):
+    jid = await node.submit()
+    await node.running(jid)
+    node.ex.exit(jid, 3)
+    assert node.state(jid) == (F, Reason.EXIT_CODE)
+    await node.engine.requeue(jid, CALLER)
+    await node.running(jid)
+    assert node.job(jid).restarts == 1 and node.job(jid).exit_code == 0
+    held = await node.submit(Hold=True)
+    with pytest.raises(InvalidState, match="has not run"):
+        await node.engine.requeue(held, CALLER)
+
+
+async def test_requeue_while_starting_is_refused_as_not_run_yet(node):
+    node.ex.delay_starts()
+    jid = await node.submit()
+    await wait(lambda: node.ex.starting() == [jid], "the start under way")
+    with pytest.raises(InvalidState, match="is PENDING: it has not run"):
+        await node.engine.requeue(jid, CALLER)
+    node.ex.let_start()
+    await node.running(jid)
+    assert node.job(jid).restarts == 0 and node.ex.called("start") == [jid]
+
+
+# -- hold and release --------------------------------------------------------------------------
+
+
+async def test_a_held_job_waits_until_released(node):
+    held = await node.submit(Hold=True)
+    sentinel = await node.submit()
+    await node.running(sentinel)  # the pass that started it saw the held job too
+    assert node.state(held) == (H, Reason.HELD) and held not in node.ex.called("start")
+    assert (await node.durable(held)).state == H
+    await node.engine.hold(held, CALLER)  # already held: nothing to do
+    await node.engine.release(held, CALLER)
+    await node.running(held)
+    assert node.job(held).spec.hold is False
+    with pytest.raises(InvalidState, match="only pending jobs can be held"):
+        await node.engine.hold(held, CALLER)
+    with pytest.raises(InvalidState, match="only held jobs can be released"):
+        await node.engine.release(held, CALLER)
+
+
+async def test_hold_a_queued_job_then_release_it(node):
+    blocker = await node.submit(CPUs=4)
+    await node.running(blocker)
+    jid = await node.submit()
+    await node.engine.release(jid, CALLER)  # pending: nothing to do
+    await node.engine.hold(jid, CALLER)
+    assert node.state(jid) == (H, Reason.HELD) and (await node.durable(jid)).state == H
+    node.ex.exit(blocker, 0)
+    sentinel = await node.submit()
+    await node.running(sentinel)
+    assert jid not in node.ex.called("start")
+    await node.engine.release(jid, CALLER)
+    await node.running(jid)
+    assert node.events.states(jid) == [H, P, R]
+
+
+async def test_a_job_being_started_cannot_be_held(node):
+    node.ex.delay_starts()
+    jid = await node.submit()
+    await wait(lambda: node.ex.starting() == [jid], "the start under way")
+    with pytest.raises(InvalidState):
+        await node.engine.hold(jid, CALLER)
+    node.ex.let_start()
+    await node.running(jid)
+
+
+# -- arrays ------------------------------------------------------------------------------------
+
+
+async def test_an_array_never_runs_more_than_its_cap(node):
+    jobs = await node.engine.submit_many([spec(ArrayTaskId=i, ArrayMaxRunning=2) for i in range(6)], CALLER)
+    ids = [j.id for j in jobs]
+    assert all(j.array_job_id == ids[0] for j in jobs)
+    order = []
+    for step in range(6):
+        expect = ids[len(order):len(order) + 2]
+        await node.running(*expect)
+        sentinel = await node.submit()  # a pass ran after the last change: nothing else was admitted
+        await node.running(sentinel)
+        node.ex.exit(sentinel, 0)
+        assert [j for j in node.ex.running() if j in ids] == expect, f"step {step}"
+        order.append(expect[0])
+        node.ex.exit(expect[0], 0)
+    assert node.host.max_running <= 3  # two tasks and a sentinel
+    assert [node.state(j)[0] for j in ids] == [C] * 6
+    assert [j for j in node.ex.called("start") if j in ids] == ids  # in task order
+
+
+async def test_an_arrays_next_task_is_admitted_when_one_is_cancelled(node):
+    jobs = await node.engine.submit_many([spec(ArrayTaskId=i, ArrayMaxRunning=1) for i in range(3)], CALLER)
+    a, b, c = (j.id for j in jobs)
+    await node.running(a)
+    await node.engine.cancel(b, CALLER)  # parked: it leaves the line
+    await node.engine.cancel(a, CALLER)  # running: the next one is admitted
+    await node.running(c)
+    assert b not in node.ex.called("start") and node.state(b) == (X, Reason.CANCELLED)
+
+
+async def test_an_array_is_all_tasks_with_one_cap(node):
+    with pytest.raises(InvalidArgument, match="same cap"):
+        await node.engine.submit_many([spec(ArrayTaskId=0, ArrayMaxRunning=1),
+                                       spec(ArrayTaskId=1, ArrayMaxRunning=2)], CALLER)
+    with pytest.raises(InvalidArgument, match="mix no other jobs"):
+        await node.engine.submit_many([spec(ArrayTaskId=0), spec()], CALLER)
+    assert node.engine.jobs == {}
+
+
+# -- dependencies ------------------------------------------------------------------------------
+
+
+async def test_dependencies_run_in_order_and_a_failure_cascades(node):
+    a = await node.submit()
+    await node.running(a)
+    b = await node.submit(After=[a])
+    c = await node.submit(After=[b])
+    d = await node.submit(After=[c])
+    sentinel = await node.submit()
+    await node.running(sentinel)
+    assert node.state(b) == (P, "") and b not in node.ex.called("start")
+    node.ex.exit(a, 0)
+    await node.running(b)
+    assert node.state(c) == (P, "")
+    node.ex.exit(b, 1)
+    assert node.state(c) == (F, Reason.DEPENDENCY) and node.state(d) == (F, Reason.DEPENDENCY)
+    assert (await node.durable(d)).reason == Reason.DEPENDENCY
+    assert not {c, d} & set(node.ex.called("start"))
+    late = await node.submit(After=[c])  # on a job that already failed
+    assert node.state(late) == (F, Reason.DEPENDENCY)
+    after_done = await node.submit(After=[a])  # on one that completed
+    await node.running(after_done)
+
+
+async def test_a_cancelled_dependency_fails_its_dependents(node):
+    first = await node.submit(Hold=True)
+    second = await node.submit(After=[first])
+    await node.engine.cancel(first, CALLER)
+    assert node.state(second) == (F, Reason.DEPENDENCY)
+
+
+async def test_a_dependency_on_several_jobs_waits_for_all(node):
+    a, b = await node.submit(), await node.submit()
+    await node.running(a, b)
+    c = await node.submit(After=[a, b])
+    node.ex.exit(a, 0)
+    sentinel = await node.submit()
+    await node.running(sentinel)
+    assert node.state(c) == (P, "")
+    node.ex.exit(b, 0)
+    await node.running(c)
+    with pytest.raises(InvalidArgument, match="After: job 999 does not exist"):
+        await node.submit(After=[999])
+
+
+# -- time limits -------------------------------------------------------------------------------
+
+
+class Clock:
+    """The engine's wall clock, moved by the test (the event loop's timers keep real time)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return now_usec() + self.offset
+
+    def advance(self, usec: int) -> None:
+        self.offset += usec
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(engine_mod, "now_usec", c)
+    return c
+
+
+async def test_a_job_past_its_time_limit_fails_timeout(node):
+    jid = await node.submit(RuntimeMaxUSec=20_000)
+    await node.reach(jid, F)
+    assert node.state(jid) == (F, Reason.TIMEOUT)
+    assert node.ex.called("stop") == [jid] and node.job(jid).exit_code == 128 + signal.SIGTERM
+    assert (await node.durable(jid)).reason == Reason.TIMEOUT
+
+
+async def test_a_job_that_ends_in_time_is_not_stopped(node):
+    jid = await node.submit(RuntimeMaxUSec=3_600_000_000)
+    await node.running(jid)
+    node.ex.exit(jid, 0)
+    assert node.state(jid) == (C, Reason.SUCCESS) and node.ex.called("stop") == []
+
+
+async def test_suspended_time_does_not_count_toward_the_limit(node, clock):
+    limit = 500_000
+    jid = await node.submit(RuntimeMaxUSec=limit)
+    await node.running(jid)
+    await node.engine.suspend(jid, CALLER)
+    clock.advance(3_600_000_000)  # an hour suspended: seven thousand times its limit
+    await node.engine.resume(jid, CALLER)
+    job = node.job(jid)
+    assert job.state == R and job.suspended_usec >= 3_600_000_000
+    assert job.deadline() > clock(), "the hour suspended was counted"
+    await node.reach(jid, F)  # ... and the rest of its limit still runs out
+    assert node.state(jid) == (F, Reason.TIMEOUT)
+    assert [c.name for c in node.ex.calls if c.job_id == jid][-2:] == ["signal", "stop"]
+
+
+async def test_a_job_killed_while_the_daemon_was_down_and_past_its_limit_timed_out(node, clock):
+    jid = await node.submit(RuntimeMaxUSec=3_600_000_000)
+    await node.running(jid)
+    await node.close()
+    node.host.end(jid, ExitInfo(exit_code=128 + signal.SIGTERM, signal=signal.SIGTERM))
+    clock.advance(2 * 3_600_000_000)
+    node2 = await node.restart()
+    assert node2.state(jid) == (F, Reason.TIMEOUT)
+
+
+# -- suspend and resume ------------------------------------------------------------------------
+
+
+async def test_suspend_and_resume(node, clock):
+    jid = await node.submit(CPUs=2)
+    await node.running(jid)
+    await node.engine.suspend(jid, CALLER)
+    assert node.state(jid) == (S, "") and node.host.units[jid].suspended
+    assert node.engine.ledger.free_cpus == 2  # it keeps its allocation
+    assert node.engine.counts() == (0, 1)
+    await node.engine.suspend(jid, CALLER)  # already: nothing to do
+    clock.advance(5_000_000)
+    await node.engine.resume(jid, CALLER)
+    assert node.state(jid) == (R, "") and not node.host.units[jid].suspended
+    assert node.host.units[jid].signals == [signal.SIGSTOP, signal.SIGCONT]
+    assert 5_000_000 <= node.job(jid).suspended_usec < 6_000_000
+    assert (await node.durable(jid)).suspended_usec == node.job(jid).suspended_usec
+    await node.engine.resume(jid, CALLER)  # running: nothing to do
+    held = await node.submit(Hold=True)
+    with pytest.raises(InvalidState, match="only running jobs can be suspended"):
+        await node.engine.suspend(held, CALLER)
+    with pytest.raises(InvalidState, match="only suspended jobs can be resumed"):
+        await node.engine.resume(held, CALLER)
+
+
+async def test_cancel_a_suspended_job_resumes_it_to_stop_it(node):
+    jid = await node.submit()
+    await node.running(jid)
+    await node.engine.suspend(jid, CALLER)
+    await node.engine.cancel(jid, CALLER)
+    assert node.state(jid) == (X, Reason.CANCELLED)
+    assert [c.name for c in node.ex.calls if c.job_id == jid][-3:] == ["signal", "signal", "stop"]
+    assert node.engine.ledger.free_cpus == 4
+
+
+async def test_a_suspend_the_executor_refuses_leaves_the_job_running(node):
+    jid = await node.submit()
+    await node.running(jid)
+    node.ex.fail_signal(jid)
+    with pytest.raises(SchedError, match="cannot signal"):
+        await node.engine.suspend(jid, CALLER)
+    assert node.state(jid) == (R, "")
+
+
+async def test_a_suspended_job_that_is_killed_ends(node):
+    jid = await node.submit()
+    await node.running(jid)
+    await node.engine.suspend(jid, CALLER)
+    node.ex.kill(jid, signal.SIGKILL)
+    assert node.state(jid) == (F, Reason.SIGNAL) and node.engine.ledger.free_cpus == 4
+    assert node.job(jid).suspend_time == 0
+
+
+# -- quotas ------------------------------------------------------------------------------------
+
+
+async def test_max_pending_per_user_counts_queued_jobs_only(make_node):
+    node = await make_node(max_pending_per_user=2)
+    a, b = await node.submit(Hold=True), await node.submit(Hold=True)
+    with pytest.raises(InvalidArgument, match="max_pending_per_user"):
+        await node.submit()
+    await node.engine.release(a, CALLER)
+    await node.running(a)  # running jobs do not count
+    c = await node.submit(Hold=True)
+    with pytest.raises(InvalidArgument, match="2 queued jobs"):
+        await node.engine.submit_many([spec(), spec()], CALLER)
+    await node.engine.cancel(b, CALLER)
+    before = set(node.engine.jobs)
+    with pytest.raises(InvalidArgument, match="max_pending_per_user"):
+        await node.engine.submit_many([spec(), spec()], CALLER)  # one would fit, two do not: none is queued
+    assert set(node.engine.jobs) == before
+    await node.submit(Hold=True)
+    assert node.engine.counts() == (2, 1) and c in node.engine.jobs
+
+
+# -- priority ----------------------------------------------------------------------------------
+
+
+async def test_jobs_start_by_priority_then_submit_order(make_node):
+    node = await make_node(cpu_ids=[0])
+    blocker = await node.submit()
+    await node.running(blocker)
+    lo, hi, mid, hi2, neg = [await node.submit(Priority=p) for p in (0, 10, 5, 10, -5)]
+    node.ex.exit(blocker, 0)
+    for _ in range(5):
+        await wait(lambda: len(node.ex.running()) == 1, "the next job running")
+        (jid,) = node.ex.running()
+        await node.running(jid)
+        node.ex.exit(jid, 0)
+    assert node.ex.called("start")[1:] == [hi, hi2, mid, lo, neg]
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+
+async def test_recovery_readopts_running_jobs_reports_ended_ones_and_queues_the_rest(node):
+    a, b, c = await node.submit(), await node.submit(), await node.submit()
+    await node.running(a, b, c)
+    d = await node.submit(CPUs=2)  # one CPU free: pending
+    e = await node.submit(Hold=True)
+    a_cpus = node.job(a).assigned_cpus
+    await node.close()
+
+    # While the daemon is down: b exits 3, c is killed, a stranger's unit appears.
+    node.host.end(b, ExitInfo(exit_code=3))
+    node.host.end(c, ExitInfo(exit_code=137, signal=signal.SIGKILL))
+    node.host.add_unit(999)
+    node = await node.restart()
+
+    assert node.state(a) == (R, "") and node.job(a).assigned_cpus == a_cpus
+    assert sorted(node.ex.called("recover")) == [a, b, c] and a not in node.ex.called("start")
+    assert node.state(b) == (F, Reason.EXIT_CODE) and node.job(b).exit_code == 3
+    assert node.state(c) == (F, Reason.SIGNAL)
+    assert node.ex.called("reap_orphan") == [999] and 999 not in node.host.units
+    await node.running(d)  # b's and c's CPUs are free again: the pending job starts
+    assert set(node.job(d).assigned_cpus).isdisjoint(a_cpus)
+    assert node.state(e) == (H, Reason.HELD) and node.engine.ledger.free_cpus == 1
+    node.ex.exit(a, 0)  # the re-adopted job's end is reported by the new executor
+    assert node.state(a) == (C, Reason.SUCCESS)
+    await node.engine.release(e, CALLER)
+    await node.running(e)
+    assert await node.submit(Hold=True) > e  # ids go on where they were
+
+
+async def test_recovery_of_jobs_caught_between_start_and_their_record(node):
+    blocker = await node.submit(CPUs=4)
+    await node.running(blocker)
+    p, q, r = await node.submit(), await node.submit(), await node.submit()
+    await node.close()
+
+    # The daemon died while starting p (its unit runs, its record says PENDING) and after q ran
+    # (its exit was recorded, its record still says PENDING); the blocker finished meanwhile.
+    node.host.end(blocker, ExitInfo(exit_code=0))
+    node.host.add_unit(p, [1])
+    node.host.recorded[q] = ExitInfo(exit_code=5)
+    node = await node.restart()
+
+    assert node.state(blocker) == (C, Reason.SUCCESS)
+    assert node.state(p) == (R, "") and node.job(p).assigned_cpus == [1]
+    assert node.state(q) == (F, Reason.EXIT_CODE) and node.job(q).exit_code == 5
+    await node.running(r)
+    assert not {p, q} & set(node.ex.called("start"))
+    assert (await node.durable(p)).state == R
+    node.ex.exit(p, 0)
+    assert node.state(p) == (C, Reason.SUCCESS)
+
+
+async def test_recovery_fails_a_job_whose_unit_cannot_be_looked_at(node):
+    a, b = await node.submit(), await node.submit()
+    await node.running(a, b)
+    await node.close()
+    node2 = Node(node.state_dir, node.host, node.registry)
+    node2.ex.fail_recover(a)
+    await node2.open()
+    assert node2.state(a) == (F, Reason.LOST) and node2.state(b) == (R, "")
+    assert node2.engine.ledger.free_cpus == 3
+    assert node2.ex.called("reap_orphan") == [a]  # its unit, if any, is stopped: the job is over
+
+
+async def test_a_job_the_daemon_never_started_runs_once_after_a_restart(node):
+    node.ex.delay_starts()
+    jid = await node.submit()
+    await wait(lambda: node.ex.starting() == [jid], "the start under way")
+    await node.crash()  # in the middle of the start: no unit, no record of it running
+    node2 = await Node(node.state_dir, node.host, node.registry).open()
+    await node2.running(jid)
+    assert node2.ex.called("start") == [jid] and node.host.ran == [jid]
