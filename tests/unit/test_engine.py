@@ -19,8 +19,10 @@ from schedd.engine import Caller, Engine
 from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
 from schedd.executor.base import ExitInfo
 from schedd.executor.fake import FakeExecutor, FakeHost
+from schedd.federation_wire import mirrored_fields
 from schedd.model import Job, JobState, Reason, now_usec
 from schedd.protocol import SPEC_KEYS
+from schedd.spec import build_spec
 from schedd.store import Store
 
 ME = os.getuid()
@@ -567,6 +569,20 @@ async def test_a_job_killed_while_the_daemon_was_down_and_past_its_limit_timed_o
     assert node2.state(jid) == (F, Reason.TIMEOUT)
 
 
+async def test_a_readopted_job_keeps_its_time_limit(node, clock):
+    hour = 3_600_000_000
+    soon, overdue = await node.submit(RuntimeMaxUSec=hour), await node.submit(RuntimeMaxUSec=hour // 2)
+    await node.running(soon, overdue)
+    await node.close()
+    clock.advance(hour - 50_000)  # down for nearly an hour: 50 ms left of one, the other is past its limit
+    node = await node.restart()
+    assert node.ex.called("recover") == [soon, overdue]
+    await node.reach(overdue, F)
+    await node.reach(soon, F)
+    assert node.state(soon) == (F, Reason.TIMEOUT) and node.state(overdue) == (F, Reason.TIMEOUT)
+    assert node.ex.called("stop") == [overdue, soon]
+
+
 # -- suspend and resume ------------------------------------------------------------------------
 
 
@@ -734,3 +750,167 @@ async def test_a_job_the_daemon_never_started_runs_once_after_a_restart(node):
     node2 = await Node(node.state_dir, node.host, node.registry).open()
     await node2.running(jid)
     assert node2.ex.called("start") == [jid] and node.host.ran == [jid]
+
+
+# -- federation hooks --------------------------------------------------------------------------
+# How schedd.federation drives the engine: jobs of ours placed on a peer are records here
+# (add_record, placed_remote, mirror, requeue_away, hold_record, end_record, place_here); copies
+# run here for a peer are local jobs with an origin (submit_many(origin=...), fence).
+
+WAITING = "*"  # schedd.federation's remote_node of a job waiting for a node
+
+
+async def record(node: Node, **keys) -> Job:
+    """A job of ours waiting for a node, as Federation.submit makes it."""
+    s = build_spec(spec(**keys), caller_uid=ME, limits=node.engine.limits())
+    job = Job(id=node.engine.allocate_id(), spec=s, submit_time=now_usec(),
+              state=H if s.hold else P, reason=Reason.HELD if s.hold else "", remote_node=WAITING)
+    await node.engine.add_record(job)
+    return job
+
+
+def peer_rec(**fields) -> dict:
+    """The mirrored fields of a peer's job record (federation_wire.mirrored_fields)."""
+    rec = {"ExitCode": 0, "StartTime": 0, "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [],
+           "AssignedGPUs": [], "StdoutPath": "/remote/out", "StderrPath": "/remote/out"}
+    rec.update(fields)
+    return mirrored_fields(rec)
+
+
+async def test_a_forwarded_job_is_a_record_kept_in_step_by_mirror(node):
+    job = await record(node)
+    assert job.id in node.events.added and node.engine.counts() == (1, 0)
+    assert (await node.durable(job.id)).remote_node == WAITING  # durable before any node runs it
+    dep = await node.submit(After=[job.id])  # a local job may wait for it
+    node.engine.placed_remote(job, "n2", 7, peer_rec())
+    assert (job.remote_node, job.remote_id, job.node) == ("n2", 7, "n2")
+    t = now_usec()
+    node.engine.mirror(job, R, "", peer_rec(StartTime=t, AssignedCPUs=[3]))
+    assert node.state(job.id) == (R, "") and job.assigned_cpus == [3] and job.start_time == t
+    assert {"State", "StartTime", "AssignedCPUs", "Node"} <= node.events.props[job.id]
+    assert node.engine.ledger.free_cpus == 4  # it runs there, not here
+    assert node.engine.counts() == (1, 1)  # the dependent is pending; the record counts as running
+    node.engine.mirror(job, C, Reason.SUCCESS, peer_rec(StartTime=t, EndTime=t + 1, CPUTimeUSec=9))
+    assert node.state(job.id) == (C, Reason.SUCCESS) and job.cpu_time_usec == 9
+    await node.running(dep)  # its dependency completed there
+    assert job.id not in node.ex.called("start")
+    stored = await node.durable(job.id)
+    assert (stored.state, stored.remote_node, stored.remote_id, stored.cpu_time_usec) == (C, "n2", 7, 9)
+
+
+async def test_a_forwarded_job_that_fails_there_fails_its_dependents_here(node):
+    job = await record(node)
+    dep = await node.submit(After=[job.id])
+    node.engine.placed_remote(job, "n2", 7, peer_rec())
+    node.engine.mirror(job, F, Reason.EXIT_CODE, peer_rec(ExitCode=2))
+    assert job.exit_code == 2 and node.state(dep) == (F, Reason.DEPENDENCY)
+
+
+async def test_requeue_away_when_the_running_node_goes_down(node):
+    job = await record(node)
+    node.engine.placed_remote(job, "n2", 7, peer_rec())
+    node.engine.mirror(job, R, "", peer_rec(StartTime=now_usec(), AssignedCPUs=[0]))
+    node.engine.requeue_away(job, "n2", requeue=True)
+    assert node.state(job.id) == (P, Reason.REQUEUED)
+    assert (job.restarts, job.node_failures, job.remote_node, job.remote_id, job.node) == (1, 1, WAITING, 0, "")
+    assert job.assigned_cpus == [] and job.start_time == 0
+    stored = await node.durable(job.id)
+    assert (stored.state, stored.restarts, stored.remote_node) == (P, 1, WAITING)
+
+    other = await record(node)
+    dep = await node.submit(After=[other.id])
+    node.engine.placed_remote(other, "n2", 8, peer_rec())
+    node.engine.requeue_away(other, "n2", requeue=False)
+    assert node.state(other.id) == (F, Reason.NODE_FAILURE) and other.end_time > 0
+    assert node.state(dep) == (F, Reason.DEPENDENCY)
+
+
+async def test_requeue_away_keeps_a_held_job_held(node):
+    job = await record(node, Hold=True)
+    node.engine.placed_remote(job, "n2", 7, peer_rec())
+    node.engine.requeue_away(job, "n2", requeue=True)
+    assert node.state(job.id) == (H, Reason.HELD) and job.restarts == 1
+
+
+async def test_a_waiting_record_is_held_released_ended_or_placed_here(node):
+    job = await record(node)
+    await node.engine.hold_record(job, True)
+    assert node.state(job.id) == (H, Reason.HELD) and (await node.durable(job.id)).state == H
+    await node.engine.hold_record(job, False)
+    assert node.state(job.id) == (P, "")
+    node.engine.place_here(job)  # no peer takes it: it runs on this node after all
+    await node.running(job.id)
+    assert (job.remote_node, job.node) == ("", "n1")
+    node.ex.exit(job.id, 0)
+    assert node.state(job.id) == (C, Reason.SUCCESS)
+
+    gone = await record(node)
+    dep = await node.submit(After=[gone.id])
+    node.engine.end_record(gone, X, Reason.CANCELLED)
+    assert node.state(gone.id) == (X, Reason.CANCELLED) and node.state(dep) == (F, Reason.DEPENDENCY)
+    assert (await node.durable(gone.id)).state == X
+
+
+async def test_actions_on_a_forwarded_job_go_to_the_federation(node):
+    job = await record(node)
+    node.engine.placed_remote(job, "n2", 7, peer_rec())
+    asked = []
+
+    class Cluster:
+        views = staticmethod(lambda: [])
+
+        async def action(self, j: Job, name: str) -> None:
+            asked.append((j.id, name))
+
+    node.engine.federation = Cluster()
+    for verb in ("cancel", "hold", "release", "suspend", "resume", "requeue"):
+        await getattr(node.engine, verb)(job.id, CALLER)
+    assert asked == [(job.id, v) for v in ("cancel", "hold", "release", "suspend", "resume", "requeue")]
+    assert node.ex.calls == [c for c in node.ex.calls if c.job_id != job.id]  # nothing reached the executor
+
+
+async def test_a_record_that_cannot_be_made_durable_is_not_kept(node):
+    node.store.close()  # every commit fails from now on
+    s = build_spec(spec(), caller_uid=ME, limits=node.engine.limits())
+    job = Job(id=node.engine.allocate_id(), spec=s, submit_time=now_usec(), remote_node=WAITING)
+    with pytest.raises(SchedError, match="durably"):
+        await node.engine.add_record(job)
+    assert job.id not in node.engine.jobs and node.engine.counts() == (0, 0)
+    node.store = node.engine.store = Store(node.state_dir / "schedd.db")  # for the teardown
+
+
+async def test_a_copy_run_for_a_peer_carries_its_origin(node):
+    (copy,) = await node.engine.submit_many([spec()], CALLER, origin=("n2", 5))
+    await node.running(copy.id)
+    assert (copy.origin_node, copy.origin_id) == ("n2", 5)
+    await node.store.drain()
+    assert node.store.find_origin("n2", 5).id == copy.id
+
+
+async def test_fence_stops_a_copy_in_every_state(node):
+    running, = await node.engine.submit_many([spec(CPUs=4)], CALLER, origin=("n2", 1))
+    await node.running(running.id)
+    pending, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2))
+    held, = await node.engine.submit_many([spec(Hold=True)], CALLER, origin=("n2", 3))
+
+    assert (await node.engine.fence(running.id)).state == X
+    assert node.state(running.id) == (X, Reason.NODE_FAILURE) and node.ex.called("stop") == [running.id]
+    await node.reach(pending.id, R)  # the CPUs are free: the next copy started
+    for job in (pending, held):
+        await node.engine.fence(job.id)
+        assert node.state(job.id) == (X, Reason.NODE_FAILURE)
+    assert held.id not in node.ex.called("start")
+    again = await node.engine.fence(running.id)  # already over: nothing happens
+    assert (again.state, again.reason) == (X, Reason.NODE_FAILURE) and node.ex.called("stop").count(running.id) == 1
+    assert (await node.durable(held.id)).reason == Reason.NODE_FAILURE
+
+
+async def test_fence_of_a_copy_being_started(node):
+    node.ex.delay_starts()
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 9))
+    await wait(lambda: node.ex.starting() == [copy.id], "the start under way")
+    fence = asyncio.create_task(node.engine.fence(copy.id))
+    await wait(lambda: node.engine._flags[copy.id].fence, "the fence noted")
+    node.ex.let_start()
+    await asyncio.wait_for(fence, 3)
+    assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and not node.host.units
