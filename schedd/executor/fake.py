@@ -92,6 +92,7 @@ class FakeExecutor(Executor):
         self._fail_signal: dict[int, Exception] = {}
         self._fail_recover: dict[int, Exception] = {}
         self._crashed = False
+        self._in_start: set[int] = set()
 
     # -- what the test inspects -------------------------------------------------------
 
@@ -105,6 +106,10 @@ class FakeExecutor(Executor):
     def starting(self) -> list[int]:
         """Jobs whose start waits for let_start."""
         return sorted(j for j, ev in self._gates.items() if not ev.is_set())
+
+    def in_start(self) -> list[int]:
+        """Jobs whose start was called and has not returned or raised yet (delayed or not)."""
+        return sorted(self._in_start)
 
     # -- what the test decides --------------------------------------------------------
 
@@ -197,6 +202,13 @@ class FakeExecutor(Executor):
 
     async def start(self, job: Job, alloc: Allocation, ready: Awaitable | None = None) -> dict:
         self._record("start", job.id, alloc)
+        self._in_start.add(job.id)
+        try:
+            return await self._start(job, alloc, ready)
+        finally:
+            self._in_start.discard(job.id)
+
+    async def _start(self, job: Job, alloc: Allocation, ready: Awaitable | None) -> dict:
         if self._delay_all or job.id in self._delayed:
             ev = self._gates[job.id] = asyncio.Event()
             await ev.wait()
