@@ -16,7 +16,7 @@ from dbus_fast import Variant
 import schedd.engine as engine_mod
 from schedd.config import Config
 from schedd.engine import Caller, Engine
-from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
+from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError, Unsatisfiable
 from schedd.executor.base import ExitInfo
 from schedd.executor.fake import FakeExecutor, FakeHost
 from schedd.federation_wire import mirrored_fields
@@ -45,13 +45,11 @@ class Events:
     def __init__(self) -> None:
         self.transitions: list[tuple[int, JobState, JobState, str]] = []
         self.added: list[int] = []
-        self.props: dict[int, set[str]] = {}
 
     def job_added(self, job: Job) -> None:
         self.added.append(job.id)
 
     def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
-        self.props.setdefault(job.id, set()).update(props)
         if old_state != job.state:
             self.transitions.append((job.id, old_state, job.state, job.reason))
 
@@ -223,6 +221,22 @@ async def test_a_start_that_fails_fails_the_job_and_frees_its_cpus(node):
     await node.running(nxt)
 
 
+async def test_gpus_are_assigned_and_given_back(make_node):
+    node = await make_node(gpu_ids=[0, 1])
+    a, b = await node.submit(GPUs=1), await node.submit(GPUs=1)
+    await node.running(a, b)
+    assert sorted(node.job(a).assigned_gpus + node.job(b).assigned_gpus) == [0, 1]
+    c = await node.submit(GPUs=2)
+    node.ex.exit(a, 0)
+    node.ex.exit(b, 0)
+    await node.running(c)
+    assert node.job(c).assigned_gpus == [0, 1] and node.engine.ledger.free_gpus == 0
+    node.ex.exit(c, 0)
+    assert node.engine.ledger.free_gpus == 2
+    with pytest.raises(Unsatisfiable, match="GPUs: asks for 3 GPUs"):
+        await node.submit(GPUs=3)
+
+
 # -- cancel ------------------------------------------------------------------------------------
 
 
@@ -324,6 +338,18 @@ async def test_cancel_while_starting_then_start_fails_is_cancelled(node):
     node.ex.fail_start(jid)  # the slow start fails in the end
     node.ex.let_start()
     await asyncio.wait_for(cancel, 3)
+    assert node.state(jid) == (X, Reason.CANCELLED)
+
+
+async def test_a_stop_the_executor_refuses_fails_the_cancel_and_the_job_runs_on(node):
+    jid = await node.submit()
+    await node.running(jid)
+    node.ex.fail_stop(jid)
+    with pytest.raises(SchedError, match=f"cannot stop job {jid}"):
+        await node.engine.cancel(jid, CALLER)
+    assert node.state(jid) == (R, "") and node.engine.ledger.free_cpus == 3
+    node.ex.clear_failures()
+    await node.engine.cancel(jid, CALLER)  # a second try gets through
     assert node.state(jid) == (X, Reason.CANCELLED)
 
 
@@ -796,7 +822,6 @@ async def test_a_forwarded_job_is_a_record_kept_in_step_by_mirror(node):
     t = now_usec()
     node.engine.mirror(job, R, "", peer_rec(StartTime=t, AssignedCPUs=[3]))
     assert node.state(job.id) == (R, "") and job.assigned_cpus == [3] and job.start_time == t
-    assert {"State", "StartTime", "AssignedCPUs", "Node"} <= node.events.props[job.id]
     assert node.engine.ledger.free_cpus == 4  # it runs there, not here
     assert node.engine.counts() == (1, 1)  # the dependent is pending; the record counts as running
     node.engine.mirror(job, C, Reason.SUCCESS, peer_rec(StartTime=t, EndTime=t + 1, CPUTimeUSec=9))
