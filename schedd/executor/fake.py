@@ -38,6 +38,7 @@ class Unit:
     handle: dict = field(default_factory=dict)
     suspended: bool = False
     signals: list[int] = field(default_factory=list)
+    run: int = 0  # the job's restart count when it started: its exit is recorded for that run only
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +55,30 @@ class FakeHost:
 
     def __init__(self) -> None:
         self.units: dict[int, Unit] = {}
-        self.recorded: dict[int, ExitInfo] = {}  # job id -> how it ended, until the daemon forgets it
+        # job id -> (run, how it ended), until the daemon forgets it; like the gates' exits/<id>.<run>,
+        # a record belongs to one run and a requeued job never reads its previous run's.
+        self.recorded: dict[int, tuple[int, ExitInfo]] = {}
         self.ran: list[int] = []  # job ids, each time the job's program was let run
         self.max_running = 0  # the most units that ever ran at once
         self._next_pid = 1000
 
-    def add_unit(self, job_id: int, cpus: tuple[int, ...] | list[int] = ()) -> Unit:
+    def add_unit(self, job_id: int, cpus: tuple[int, ...] | list[int] = (), run: int = 0) -> Unit:
         """A unit runs for job_id without the daemon having started it (a crash before its record, a stranger)."""
         self._next_pid += 1
-        unit = Unit(job_id, tuple(cpus), {"pid": self._next_pid, "fake": True})
+        unit = Unit(job_id, tuple(cpus), {"pid": self._next_pid, "fake": True}, run=run)
         self.units[job_id] = unit
         self.max_running = max(self.max_running, len(self.units))
         return unit
 
     def end(self, job_id: int, info: ExitInfo) -> None:
         """The job's processes end while no daemon watches: its exit is recorded for the next one."""
-        self.units.pop(job_id, None)
-        self.recorded[job_id] = info
+        unit = self.units.pop(job_id, None)
+        self.recorded[job_id] = (unit.run if unit is not None else 0, info)
+
+    def record_of(self, job: Job) -> ExitInfo | None:
+        """The exit recorded for the job's current run, if any."""
+        entry = self.recorded.get(job.id)
+        return entry[1] if entry is not None and entry[0] == job.restarts else None
 
 
 class FakeExecutor(Executor):
@@ -220,7 +228,7 @@ class FakeExecutor(Executor):
             raise err  # after any delay: a slow start that fails in the end
         if ready is not None:
             await ready  # the record is durable: only now may the program run
-        unit = self.host.add_unit(job.id, alloc.cpus)
+        unit = self.host.add_unit(job.id, alloc.cpus, run=job.restarts)
         self.host.ran.append(job.id)
         self.watched.add(job.id)
         return dict(unit.handle)
@@ -265,7 +273,7 @@ class FakeExecutor(Executor):
         if job.id in self.host.units:
             self.watched.add(job.id)
             return True
-        self.on_exit(job.id, self.host.recorded.get(job.id) or ExitInfo(lost=True))
+        self.on_exit(job.id, self.host.record_of(job) or ExitInfo(lost=True))
         return False
 
     async def orphans(self, known: set[int]) -> list[int]:
@@ -283,11 +291,13 @@ class FakeExecutor(Executor):
             return None
         return dict(unit.handle), list(unit.cpus)
 
-    def recorded_exit(self, job_id: int) -> ExitInfo | None:
-        self._record("recorded_exit", job_id)
-        info = self.host.recorded.get(job_id)
+    def recorded_exit(self, job: Job) -> ExitInfo | None:
+        self._record("recorded_exit", job.id)
+        info = self.host.record_of(job)
         return None if info is None or (info.lost and not info.malformed) else info
 
-    def forget(self, job_id: int) -> None:
-        self._record("forget", job_id)
-        self.host.recorded.pop(job_id, None)
+    def forget(self, job_id: int, run: int = 0) -> None:
+        self._record("forget", job_id, run)
+        entry = self.host.recorded.get(job_id)
+        if entry is not None and entry[0] == run:
+            del self.host.recorded[job_id]
