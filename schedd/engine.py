@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from . import faults, unit_name
 from .config import Config
 from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
-from .executor import Executor, ExecutorError, ExitInfo
+from .executor import Executor, ExecutorError, ExitInfo, StartWithdrawn
 from .ledger import Allocation, Ledger, LedgerConflict
 from .model import TERMINAL_STATES, Job, JobState, Reason, now_usec
 from .scheduler import Running, Scheduler
@@ -61,6 +61,19 @@ class _Flags:
     timeout: bool = False  # stopped by the daemon because its time limit ran out
     fence: bool = False  # stopped because its origin placed it elsewhere (node failure)
     waiters: list[asyncio.Future] = field(default_factory=list)
+
+
+class _Lazy:
+    """An awaitable that makes its coroutine only when awaited (an executor whose start fails early
+    never awaits it, and an unawaited coroutine would warn)."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make) -> None:
+        self._make = make
+
+    def __await__(self):
+        return self._make().__await__()
 
 
 class Engine:
@@ -437,16 +450,21 @@ class Engine:
     async def _stop_and_wait(self, job: Job, *, cancel: bool = False, requeue: bool = False) -> None:
         """Ask the executor to end the job's processes; return once the job's end is recorded."""
         flags = self._flags[job.id]
+        before = (flags.cancel, flags.requeue)
         flags.cancel |= cancel
         flags.requeue |= requeue
         fut = asyncio.get_running_loop().create_future()
         flags.waiters.append(fut)
         if job.id not in self._starting:
-            if job.state == JobState.SUSPENDED:
-                await self.executor.resume(job)  # so it can act on the SIGTERM
             try:
+                if job.state == JobState.SUSPENDED:
+                    await self.executor.resume(job)  # so it can act on the SIGTERM
                 await self.executor.stop(job)
             except ExecutorError as e:
+                # The job runs on: its later end must not read as this request's (a forged CANCELLED).
+                if self._flags.get(job.id) is flags:
+                    flags.cancel, flags.requeue = before
+                    flags.waiters.remove(fut)
                 raise SchedError(str(e)) from e
         await fut
 
@@ -694,20 +712,26 @@ class Engine:
 
     async def _launch(self, job: Job, alloc: Allocation) -> None:
         job.assigned_cpus, job.assigned_gpus = list(alloc.cpus), list(alloc.gpus)
-        ready = self._durable.get(job.id)
         try:
             self._prepare_output(job)
-            job.handle = await self.executor.start(job, alloc, ready)
+            job.handle = await self.executor.start(job, alloc, _Lazy(lambda: self._go(job)))
         except Exception as e:
             self._starting.discard(job.id)
             if job.id not in self.jobs:  # its submission was never recorded
                 self._release(job)
                 self.kick()
                 return
-            log.error("job %d: cannot start: %s", job.id, e)
             self._release(job)
-            self._end(job, JobState.FAILED, Reason.RESOURCES)
+            flags = self._flags.get(job.id)
+            if flags is not None and flags.cancel:
+                # Cancelled (or fenced) while starting: its program never ran, whatever stopped the start.
+                log.info("job %d: cancelled while it was being started; its program did not run", job.id)
+                self._end(job, JobState.CANCELLED, Reason.NODE_FAILURE if flags.fence else Reason.CANCELLED)
+            else:
+                log.error("job %d: cannot start: %s", job.id, e)
+                self._end(job, JobState.FAILED, Reason.RESOURCES)
             self.store.save(job)
+            self.executor.forget(job.id, job.restarts)
             self._wake_waiters(job)
             self.kick()
             return
@@ -720,9 +744,20 @@ class Engine:
         flags = self._flags.get(job.id)
         if flags is not None and (flags.cancel or flags.requeue):
             try:
-                await self.executor.stop(job)  # cancelled while it was being started
+                await self.executor.stop(job)  # an executor that had let the program run before it returned
             except ExecutorError as e:
                 log.error("job %d: cannot stop: %s", job.id, e)
+
+    async def _go(self, job: Job) -> None:
+        """What the executor awaits before it lets the job's program run: the record is durable and
+        nobody cancelled the job meanwhile (the executor releases the program right after, with no
+        await in between, so a cancel that came during the start never lets it run)."""
+        durable = self._durable.get(job.id)
+        if durable is not None:
+            await durable
+        flags = self._flags.get(job.id)
+        if flags is not None and flags.cancel:
+            raise StartWithdrawn(f"job {job.id} was cancelled while it was being started")
 
     def _prepare_output(self, job: Job) -> None:
         """The default output directory jobs/<id>: the job's user's, mode 0700, so no one else reads it.

@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from .base import Executor, ExecutorError, ExitCallback, ExitInfo
+from .base import Executor, ExecutorError, ExitCallback, ExitInfo, StartWithdrawn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Executor", "ExecutorError", "ExitInfo", "make_executor"]
+__all__ = ["Executor", "ExecutorError", "ExitInfo", "StartWithdrawn", "make_executor"]
 
 
 async def make_executor(

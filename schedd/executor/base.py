@@ -21,6 +21,11 @@ class ExecutorError(Exception):
     """The job could not be started (the caller marks it failed and logs why)."""
 
 
+class StartWithdrawn(Exception):
+    """Raised by the awaitable start() is given: the job must not run after all (cancelled while it
+    was being started). The executor undoes what it did so far and lets it through."""
+
+
 @dataclass(slots=True)
 class ExitInfo:
     """How a job's main process ended, as recorded inside its scope."""

@@ -312,9 +312,6 @@ async def test_cancel_while_starting_ends_cancelled(node):
     assert (await node.durable(jid)).state == X
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a Cancel that arrives while the executor starts the job does "
-                                       "not reach the executor; the start completes, the program runs, and only "
-                                       "then is it stopped (Engine._launch calls stop after start returns)")
 async def test_cancel_while_starting_never_runs_the_program(node):
     node.ex.delay_starts()
     jid = await node.submit()
@@ -327,8 +324,6 @@ async def test_cancel_while_starting_never_runs_the_program(node):
     assert jid not in node.host.ran
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a job cancelled while starting whose start then fails ends "
-                                       "FAILED (resources), not CANCELLED: Engine._launch ignores the cancel flag")
 async def test_cancel_while_starting_then_start_fails_is_cancelled(node):
     node.ex.delay_starts()
     jid = await node.submit()
@@ -353,8 +348,6 @@ async def test_a_stop_the_executor_refuses_fails_the_cancel_and_the_job_runs_on(
     assert node.state(jid) == (X, Reason.CANCELLED)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: when the executor cannot stop a job, Cancel fails but its flag "
-                                       "stays set, so the job's later normal exit is recorded CANCELLED")
 async def test_a_failed_cancel_does_not_mark_the_later_exit_cancelled(node):
     jid = await node.submit()
     await node.running(jid)
