@@ -302,14 +302,14 @@ class Engine:
             try:
                 spec = build_spec(props, caller_uid=caller.uid, limits=limits, job_known=known,
                                   daemon_uid=daemon_uid)
-                size = exec_bytes(spec)
-                self.quotas.reserve(spec.uid, 0 if spec.uid == upfront else 1, size)
             except SchedError as e:
                 if len(specs) > 1:
                     e.message = f"spec {n}: {e.message}"
                     e.args = (e.message,)
                 raise
+            size = exec_bytes(spec)
             r = held.setdefault(spec.uid, [0, 0])
+            self.quotas.reserve(spec.uid, 0 if spec.uid == upfront else 1, size, batch=r[1])
             r[0] += 0 if spec.uid == upfront else 1
             r[1] += size
             built.append(spec)
@@ -367,6 +367,7 @@ class Engine:
             r = held[job.uid]  # the reservation becomes the queued job's share
             r[0] -= 1
             r[1] -= size
+            self.quotas.unreserve(job.uid, 1, size)
             self.quotas.enter(job.uid, size)
             if job.state == JobState.PENDING:
                 if not job.spec.after:

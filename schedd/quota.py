@@ -83,19 +83,23 @@ class Quotas:
                 f"{cap} per user (max_pending_per_user): wait for some to start"
             )
 
-    def check_bytes(self, uid: int, more: int) -> None:
+    def check_bytes(self, uid: int, more: int, batch: int = 0) -> None:
+        """InvalidArgument unless uid may queue `more` bytes; `batch`: bytes its request reserved already."""
         have, cap = self.bytes(uid), self.caps.max_queued_bytes_per_user
         if have + more > cap:
+            asks = f"asks for {batch + more} more" if not batch else f"asks for {batch + more} or more"
             raise InvalidArgument(
-                f"uid {uid} holds {have} bytes of Command and Environment in queued jobs (pending or held) and "
-                f"asks for {more} more; this daemon holds at most {cap} bytes per user "
-                f"(max_queued_bytes_per_user): wait for some to start, or pass large data in files"
+                f"uid {uid} holds {have - batch} bytes of Command and Environment in queued jobs (pending or held) "
+                f"and {asks}; this daemon holds at most {cap} bytes per user (max_queued_bytes_per_user): "
+                f"wait for some to start, or pass large data in files"
             )
 
-    def reserve(self, uid: int, jobs: int, nbytes: int) -> None:
-        """Check both caps for a job of a batch being built, then count it as taken."""
-        self.check_jobs(uid, jobs)
-        self.check_bytes(uid, nbytes)
+    def reserve(self, uid: int, jobs: int, nbytes: int, batch: int = 0) -> None:
+        """Check both caps for jobs of a request being built, then count them as taken.
+        batch: bytes this request has reserved for uid before (for the words of a refusal)."""
+        if jobs:
+            self.check_jobs(uid, jobs)
+        self.check_bytes(uid, nbytes, batch)
         r = self.reserved[uid]
         r.jobs += jobs
         r.bytes += nbytes
