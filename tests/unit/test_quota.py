@@ -248,3 +248,23 @@ async def test_a_released_job_object_is_freed_without_the_cyclic_collector():
         assert ref() is None  # frozen heaps (engine._Slicer) rely on it: no cycle to leak
     finally:
         gc.enable()
+
+
+async def test_get_stats_reads_the_archive_in_the_background_thread(engine: Engine, monkeypatch):
+    import threading
+
+    from schedd import stats
+
+    who = Caller(uid=user().pw_uid)
+    jobs = await engine.submit_many([spec()] * 4, who)
+    await engine.cancel(jobs[0].id, who)
+    await engine.store.drain()
+    del engine.jobs[jobs[0].id]  # archived only: read from the store
+    threads = []
+    real = engine.store.accounting
+    monkeypatch.setattr(engine.store, "accounting", lambda *a, **k: threads.append(threading.current_thread().name)
+                        or real(*a, **k))
+    figures = await stats.gather(engine)
+    assert threads and threads[0].startswith("schedd-store-bg")
+    assert figures == stats.collect(engine)
+    assert figures["Total"]["Jobs"] == 4 and figures["Total"]["States"] == {"CANCELLED": 1, "HELD": 3}
