@@ -8,10 +8,12 @@ which the bus never reuses), never from anything the caller says.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
 import logging
+import time
 import weakref
 from collections import OrderedDict
 from typing import Any, Callable
@@ -34,6 +36,7 @@ from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS, STATS_FILTER_
 
 log = logging.getLogger(__name__)
 
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 _sender: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar("sender", default=None)
 ALLOW_INTERACTIVE_AUTHORIZATION = 0x4  # message header flag
 
@@ -340,6 +343,7 @@ class DBusService:
         self.objects: dict[int, JobObject] = {}
         self._uids: OrderedDict[str, int] = OrderedDict()
         self._unsynced = 0  # signals sent since the last pacing round trip (drain)
+        self._replies: set[asyncio.Task] = set()  # GetManagedObjects answers being built
         bus.add_message_handler(self._tap)
         if not engine.user_mode:
             engine.authorize_other = self.polkit_allows
@@ -362,6 +366,8 @@ class DBusService:
         """Runs before dispatch: remember who calls (the method's task copies this context)."""
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
+        if msg.member == "GetManagedObjects" and msg.interface == OBJECT_MANAGER:
+            return self._managed_objects(msg)
         _sender.set((msg.sender, bool(msg.flags.value & ALLOW_INTERACTIVE_AUTHORIZATION)))
         if msg.interface == MANAGER_IFACE and msg.member in _SIGNATURES and msg.signature != _SIGNATURES[msg.member]:
             want = _SIGNATURES[msg.member]
@@ -370,6 +376,39 @@ class DBusService:
                 f"{msg.member} takes ({want}) but was called with ({msg.signature})",
             )
         return None
+
+    MANAGED_MAX = 10_000  # job objects GetManagedObjects lists; its one reply is marshalled at once (~10 ms per 1,000)
+
+    def _managed_objects(self, msg: Message) -> Message | bool | None:
+        """GetManagedObjects without a stall: over MANAGED_MAX job objects it is refused (the one reply
+        would hold the loop for seconds, and soon pass the bus's 32 MiB a message); at the manager's
+        path (where the ObjectManager is) the answer is built in slices. Elsewhere dbus-fast answers."""
+        path = msg.path or "/"
+        covers_jobs = path == "/" or JOB_PATH_PREFIX.startswith(path.rstrip("/") + "/")
+        if not covers_jobs or not self.objects:
+            return None
+        if len(self.objects) > self.MANAGED_MAX:
+            return Message.new_error(
+                msg, "org.freedesktop.DBus.Error.LimitsExceeded",
+                f"{len(self.objects)} job objects are exported; GetManagedObjects lists at most {self.MANAGED_MAX}: "
+                f"use org.schedd.Schedd1.Manager.ListJobs (page with its After filter) and InterfacesAdded")
+        if path not in (MANAGER_PATH, JOB_PATH_PREFIX.rstrip("/")):
+            return None
+        task = asyncio.get_running_loop().create_task(self._answer_managed_objects(msg))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+        return True
+
+    async def _answer_managed_objects(self, msg: Message) -> None:
+        result: dict[str, dict[str, dict[str, Variant]]] = {}
+        deadline = time.monotonic() + 0.01
+        for jid, obj in list(self.objects.items()):
+            if self.objects.get(jid) is obj:  # still exported
+                result[job_path(jid)] = {JOB_IFACE: job_variants(obj.job)}
+            if time.monotonic() >= deadline:
+                await asyncio.sleep(0)
+                deadline = time.monotonic() + 0.01
+        self.bus.send(Message.new_method_return(msg, "a{oa{sa{sv}}}", [result]))
 
     async def caller(self) -> Caller:
         who = _sender.get()

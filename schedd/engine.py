@@ -931,7 +931,10 @@ class Engine:
                     del self.jobs[jid]
                     self._by_state[job.state] -= 1
                     for l in self.listeners:
-                        l.job_released(job)
+                        try:
+                            l.job_released(job)
+                        except Exception:  # noqa: BLE001 - one listener's error must not stop the purge
+                            log.exception("job %d: releasing its object failed", job.id)
             if len(ids) < self.PURGE_BATCH:
                 break
             await asyncio.sleep(0)

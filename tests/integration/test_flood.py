@@ -51,6 +51,12 @@ def submit_many(node: Node, specs: list[dict], user: str) -> dict:
     return r
 
 
+def managed_objects(node: Node, user: str):
+    return node.sb.run(["gdbus", "call", "--system", "--dest", "org.schedd.Schedd1", "--object-path",
+                        "/org/schedd/Schedd1", "--method", "org.freedesktop.DBus.ObjectManager.GetManagedObjects"],
+                       user=user, check=False, timeout=120)
+
+
 def test_one_user_may_hold_only_so_many_bytes_queued(flood_node: Node):
     node = flood_node
     big = held(["true", "a" * 70_000, "b" * 70_000])  # 140,008 bytes of argv
@@ -60,6 +66,8 @@ def test_one_user_may_hold_only_so_many_bytes_queued(flood_node: Node):
     r = submit_many(node, [big] * 20, BOB)
     assert "ok" in r, r
     ids = r["ok"][0]
+    r = managed_objects(node, BOB)
+    assert r.returncode == 0 and all(f"'/org/schedd/Schedd1/job/{i}'" in r.stdout for i in ids), r.stderr
     r = submit_many(node, [big] * 10, BOB)  # 20 + 10 jobs: over again
     assert r.get("error") == INVALID and "max_queued_bytes_per_user" in r["message"], r
     out = node.calls([{"member": "Cancel", "signature": "t", "body": [i]} for i in ids[:10]], user=BOB)
@@ -99,6 +107,12 @@ def test_a_huge_submit_many_does_not_freeze_the_daemon(flood_node: Node):
     # The feature is latency: today one such batch stalls every other caller for about 25 s. 1 s is generous
     # (the loop yields every few ms) yet far from what a frozen loop shows, and from WatchdogSec.
     assert out["max"] < 1.0, out
+
+    # 150,000 job objects in one GetManagedObjects reply would hold the loop for seconds (and pass the bus's
+    # 32 MiB a message): refused, with where to look instead.
+    r = managed_objects(node, BOB)
+    assert r.returncode != 0 and "LimitsExceeded" in r.stderr and "use org.schedd.Schedd1.Manager.ListJobs" in r.stderr, \
+        r.stderr
 
     # Over the per-user cap: refused before any spec is built, so the bad last spec is never looked at.
     specs = [held(["true"])] * (CAP - FLOOD) + [{"Command": ["as", ["true"]], "CPUs": ["s", "x"]}]
