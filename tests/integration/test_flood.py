@@ -104,9 +104,10 @@ def test_a_huge_submit_many_does_not_freeze_the_daemon(flood_node: Node):
     assert out["submit"].get("count") == FLOOD, out["submit"]
     assert out["errors"] == [], out["errors"]
     assert out["pings"] > 10, out
-    # The feature is latency: today one such batch stalls every other caller for about 25 s. 1 s is generous
-    # (the loop yields every few ms) yet far from what a frozen loop shows, and from WatchdogSec.
-    assert out["max"] < 1.0, out
+    # The feature is latency: unsliced, one such batch stalled every other caller for 25-45 s. The engine
+    # yields every 10 ms; what remains is dbus-fast decoding the one 10 MB message before schedd sees it
+    # (about 0.3 s here). 2 s is generous for a loaded 2-core CI machine, yet far from a frozen loop.
+    assert out["max"] < 2.0, out
 
     # 150,000 job objects in one GetManagedObjects reply would hold the loop for seconds (and pass the bus's
     # 32 MiB a message): refused, with where to look instead.
