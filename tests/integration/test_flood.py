@@ -112,8 +112,8 @@ def test_a_huge_submit_many_does_not_freeze_the_daemon(flood_node: Node):
     # 150,000 job objects in one GetManagedObjects reply would hold the loop for seconds (and pass the bus's
     # 32 MiB a message): refused, with where to look instead.
     r = managed_objects(node, BOB)
-    assert r.returncode != 0 and "LimitsExceeded" in r.stderr and "use org.schedd.Schedd1.Manager.ListJobs" in r.stderr, \
-        r.stderr
+    assert r.returncode != 0 and "LimitsExceeded" in r.stderr, r.stderr
+    assert "use org.schedd.Schedd1.Manager.ListJobs" in r.stderr, r.stderr
 
     # Over the per-user cap: refused before any spec is built, so the bad last spec is never looked at.
     specs = [held(["true"])] * (CAP - FLOOD) + [{"Command": ["as", ["true"]], "CPUs": ["s", "x"]}]
