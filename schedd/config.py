@@ -143,6 +143,13 @@ class Config:
     max_pending_per_user: int = 100_000
     max_user_priority: int = 0  # the highest Priority an ordinary user may ask for (Slurm: users only lower)
     private_data: bool = True  # others' Command and paths read as empty (Slurm's PrivateData=jobs, narrower)
+    # argv + environment bytes one user may hold in PENDING/HELD jobs: 1 GiB, a tenth of a small
+    # node's memory, is far more than any real queue needs (100,000 jobs of 10 KiB) yet bounds what
+    # one user can pin in the daemon (max_pending_per_user x max_argv_bytes would be ~100 GiB).
+    max_queued_bytes_per_user: int = 1 << 30
+    # Finished jobs are deleted from the store this long after they end (Slurm purges its
+    # accounting after a set age too); 0: kept for ever.
+    keep_finished_usec: int = 30 * 86_400_000_000
     finished_object_ttl_usec: int = 600_000_000  # finished jobs stay exported this long
     http: HttpConfig = field(default_factory=HttpConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -204,7 +211,8 @@ def _apply(cfg: Config, data: dict) -> None:
     keys = {
         "node": {"name"}, "resources": {"cpus", "memory", "gpus", "gpu_device"},
         "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user",
-                 "default_time", "max_time", "max_user_priority", "private_data"},
+                 "default_time", "max_time", "max_user_priority", "private_data", "max_queued_bytes_per_user",
+                 "keep_finished"},
         "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
         "http": {"listen", "token_file", "admin_token_file", "read_token_file", "public", "allow_insecure_peers",
                  "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval"},
@@ -272,6 +280,15 @@ def _apply(cfg: Config, data: dict) -> None:
         if not isinstance(jobs["private_data"], bool):
             raise ConfigError(f"jobs.private_data = {jobs['private_data']!r}: must be true or false")
         cfg.private_data = jobs["private_data"]
+    if "max_queued_bytes_per_user" in jobs:
+        try:
+            cfg.max_queued_bytes_per_user = parse_size(jobs["max_queued_bytes_per_user"])
+        except ValueError as e:
+            raise ConfigError(f"jobs.max_queued_bytes_per_user: {e}") from None
+        if cfg.max_queued_bytes_per_user < 4096:
+            raise ConfigError("jobs.max_queued_bytes_per_user must be at least 4K (one job's command line)")
+    if "keep_finished" in jobs:
+        cfg.keep_finished_usec = parse_keep(jobs["keep_finished"])
     sched = data.get("scheduler", {})
     if "policy" in sched:
         if sched["policy"] not in ("backfill", "strict", "first-fit"):
@@ -315,6 +332,21 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_keep(value: object) -> int:
+    """[jobs] keep_finished: a duration like '30d' or '12h' -> µs; 0, '0' or 'infinity': for ever (0)."""
+    if value == 0 or (isinstance(value, str) and value.strip().lower() in ("0", "infinity", "forever")):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError("jobs.keep_finished must be a duration like '30d' or '12h', or 'infinity'")
+    try:
+        usec = parse_duration(str(value))
+    except ValueError as e:
+        raise ConfigError(f"jobs.keep_finished: {e}; or 'infinity' to keep finished jobs for ever") from None
+    if usec < 1_000_000:
+        raise ConfigError("jobs.keep_finished must be at least 1s (or 'infinity')")
+    return usec
 
 
 def parse_listen(value: object) -> tuple[str, int]:

@@ -9,8 +9,10 @@ the durable copy (and the archive of finished jobs).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,11 +22,12 @@ from .config import Config
 from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
 from .executor import Executor, ExecutorError, ExitInfo, StartWithdrawn
 from .ledger import Allocation, Ledger, LedgerConflict
-from .model import TERMINAL_STATES, Job, JobState, Reason, now_usec
+from .model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
+from .quota import Quotas, exec_bytes
 from .scheduler import Running, Scheduler
 from .protocol import format_duration
 from .spec import Limits, build_spec
-from .store import Store
+from .store import Store, job_to_row
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 _START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node", "WaitUSec"}
 MANAGE_ACTION = "org.schedd.Schedd1.manage-jobs"  # polkit action for other users' jobs
 PRIORITY_ACTION = "org.schedd.Schedd1.set-priority"  # polkit action for a Priority above max_user_priority
-QUEUED = (JobState.PENDING, JobState.HELD)  # what max_pending_per_user counts
+QUEUED = (JobState.PENDING, JobState.HELD)  # what max_pending_per_user and max_queued_bytes_per_user count
 _END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak", "RunUSec"}
 
 
@@ -50,6 +53,36 @@ class Listener(Protocol):
     def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None: ...
     def job_released(self, job: Job) -> None: ...
     def manager_changed(self, props: set[str]) -> None: ...
+
+
+class _Slicer:
+    """Batch work in slices: `await tick()` after each item yields to the loop once a slice is spent.
+
+    Every `freeze_every` items it also moves what is alive out of the cyclic garbage collector's
+    sight (gc.freeze): CPython runs a full collection each time the heap grows by a quarter, and
+    one walks every tracked object -- about a second with 150,000 jobs in memory, a stall for
+    every caller. Jobs, specs and their bus objects hold no reference cycles, so reference
+    counting frees them when they go; only what is cyclic and alive at a freeze is never collected.
+    """
+
+    __slots__ = ("seconds", "until", "freeze_every", "items", "pause")
+
+    def __init__(self, seconds: float, freeze_every: int = 5000, pause=None) -> None:
+        self.seconds = seconds
+        self.until = time.monotonic() + seconds
+        self.freeze_every = freeze_every
+        self.items = 0
+        self.pause = pause  # async () -> None awaited at each yield (back-pressure), or None
+
+    async def tick(self) -> None:
+        self.items += 1
+        if self.items % self.freeze_every == 0:
+            gc.freeze()
+        if time.monotonic() >= self.until:
+            await asyncio.sleep(0)
+            if self.pause is not None:
+                await self.pause()
+            self.until = time.monotonic() + self.seconds
 
 
 @dataclass
@@ -94,7 +127,9 @@ class Engine:
         self._dependents: dict[int, set[int]] = defaultdict(set)
         self._starting: set[int] = set()
         self._durable: dict[int, asyncio.Future] = {}  # submitted jobs whose commit is still running
-        self._pending_by_uid: dict[int, int] = defaultdict(int)
+        self.quotas = Quotas(config)  # queued jobs and their argv+environment bytes, per uid
+        self._unannounced: set[int] = set()  # ids of a batch not yet durable: no one hears of them
+        self._purged_max_id = 0  # the highest id the purge of finished jobs has deleted (store.meta)
         self._by_state: Counter[JobState] = Counter()
         self._next_id = 1
         self._kick_scheduled = False
@@ -132,6 +167,7 @@ class Engine:
         os.chmod(self.config.state_dir, 0o711)
         os.chmod(self.jobs_dir, 0o711)
         self._next_id = self.store.max_id() + 1
+        self._purged_max_id = self.store.purged_max_id()
         since = now_usec() - self.config.finished_object_ttl_usec
         adopted = lost = 0
         for job in self.store.load_live(since):
@@ -160,7 +196,7 @@ class Engine:
                 else:
                     lost += 1
             elif job.state in QUEUED:
-                self._pending_by_uid[job.uid] += 1
+                self.quotas.enter(job.uid, exec_bytes(job.spec))
         # Units of jobs we do not track as running: a crash between start and its record, or strangers.
         active = {j.id for j in self.jobs.values() if j.state.active and not j.remote}
         for jid in await executor.orphans(active):
@@ -190,6 +226,7 @@ class Engine:
         log.info("recovered %d live jobs (next id %d): %d running re-adopted, %d ended while down",
                  len(self.jobs), self._next_id, adopted, lost)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_finished())
+        self._purger = asyncio.get_running_loop().create_task(self._purge_finished())
         self.kick()
 
     async def _adopt_unrecorded(self, job: Job) -> None:
@@ -225,10 +262,20 @@ class Engine:
         )
 
     def get(self, job_id: int) -> Job:
-        job = self.jobs.get(job_id) or self.store.get(job_id)
+        job = None if job_id in self._unannounced else self.jobs.get(job_id) or self.store.get(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id}")
+            raise self._not_found(job_id)
         return job
+
+    def _not_found(self, job_id: int) -> NotFound:
+        """NotFound, saying why for an id the store once had: ids are given out increasing and the
+        highest purged one is kept, so a missing id at or below it was purged (keep_finished) -- or,
+        rarely, its submission never became durable (a failed commit)."""
+        if 0 < job_id <= self._purged_max_id and job_id not in self._unannounced:
+            keep = self.config.keep_finished_usec
+            when = f" more than {format_duration(keep)} ago" if keep else ""
+            return NotFound(f"job {job_id} finished{when} and was purged (keep_finished)")
+        return NotFound(f"no job {job_id}")
 
     def list(self, states: list[str] | None, uid: int | None, after: int, limit: int) -> list[Job]:
         """Jobs by id, oldest first: live ones from memory, the rest from the archive."""
@@ -237,9 +284,11 @@ class Engine:
             if bad:
                 raise InvalidArgument(f"States: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
         wanted = set(states) if states is not None else None
+        hidden = self._unannounced
         mem = [
             j for jid, j in self.jobs.items()
             if jid > after and (wanted is None or j.state.value in wanted) and (uid is None or j.uid == uid)
+            and not (hidden and jid in hidden)
         ]
         mem.sort(key=lambda j: j.id)
         mem = mem[:limit]
@@ -259,27 +308,57 @@ class Engine:
 
     # -- requests ---------------------------------------------------------------
 
+    SLICE = 0.01  # seconds of batch work between yields: what one big request may delay other callers
+    LOG_EACH = 1000  # a bigger batch is one journal line, not one per job
+
     async def submit(self, props: dict, caller: Caller) -> Job:
         return (await self.submit_many([props], caller))[0]
 
     async def submit_many(self, specs: list[dict], caller: Caller, *, origin: tuple[str, int] | None = None) -> list[Job]:
         """Validate all, then queue all; answers once every one of them is durable.
 
-        origin: (node, id) of a job another node forwarded here, recorded with it (idempotency key).
+        A big batch is worked in slices with yields to the loop between them (other callers are
+        answered meanwhile); its share of the per-user caps is reserved first, so submits that run
+        while it yields see it. origin: (node, id) of a job another node forwarded here, recorded
+        with it (idempotency key).
         """
+        # The count cap before anything is built: an over-cap batch costs nothing.
+        upfront = caller.uid if caller.uid != 0 or not any("User" in p for p in specs) else None
+        held: dict[int, list[int]] = {}  # uid -> [jobs, bytes] this batch has reserved and not yet queued
+        if upfront is not None:
+            self.quotas.reserve(upfront, len(specs), 0)
+            held[upfront] = [len(specs), 0]
+        try:
+            return await self._submit_reserved(specs, caller, origin, upfront, held)
+        finally:
+            for uid, (n, b) in held.items():
+                self.quotas.unreserve(uid, n, b)
+
+    async def _submit_reserved(self, specs: list[dict], caller: Caller, origin: tuple[str, int] | None,
+                               upfront: int | None, held: dict[int, list[int]]) -> list[Job]:
         limits = self.limits()
         daemon_uid = os.geteuid()
         known = lambda i: i in self.jobs or self.store.exists(i)  # noqa: E731
-        built = []
+        sliced = _Slicer(self.SLICE, pause=self._drain_listeners)
+        built: list[JobSpec] = []
+        sizes: list[int] = []
         for n, props in enumerate(specs):
             try:
-                built.append(build_spec(props, caller_uid=caller.uid, limits=limits, job_known=known,
-                                        daemon_uid=daemon_uid))
+                spec = build_spec(props, caller_uid=caller.uid, limits=limits, job_known=known,
+                                  daemon_uid=daemon_uid)
             except SchedError as e:
                 if len(specs) > 1:
                     e.message = f"spec {n}: {e.message}"
                     e.args = (e.message,)
                 raise
+            size = exec_bytes(spec)
+            r = held.setdefault(spec.uid, [0, 0])
+            self.quotas.reserve(spec.uid, 0 if spec.uid == upfront else 1, size, batch=r[1])
+            r[0] += 0 if spec.uid == upfront else 1
+            r[1] += size
+            built.append(spec)
+            sizes.append(size)
+            await sliced.tick()
         await self._check_priority(built, caller, origin is not None)
         tasks = [s.array_task_id for s in built if s.array_task_id is not None]
         if tasks:
@@ -299,26 +378,18 @@ class Engine:
                     raise InvalidArgument("After: a job placed on another node cannot wait for jobs of this one; "
                                           "drop Node or After")
                 self.federation.require_local_fit(built[0], "a job with After runs on this node")
-            elif self._pending_by_uid[built[0].uid] + 1 <= self.config.max_pending_per_user:
+            else:
                 job = await self.federation.submit(built[0])
                 if job is not None:
                     return [job]  # placed on a peer (or waiting for one)
-        per_uid: dict[int, int] = defaultdict(int)
-        for spec in built:
-            per_uid[spec.uid] += 1
-        for uid, n in per_uid.items():
-            if self._pending_by_uid[uid] + n > self.config.max_pending_per_user:
-                raise InvalidArgument(
-                    f"uid {uid} has {self._pending_by_uid[uid]} queued jobs (pending or held); this daemon queues at most "
-                    f"{self.config.max_pending_per_user} per user (max_pending_per_user): wait for some to start"
-                )
         now = now_usec()
+        first = self._next_id
+        self._next_id += len(built)  # one block of ids: nothing submitted meanwhile takes one of them
         jobs = []
-        for spec in built:
-            jid = self._next_id
-            self._next_id += 1
+        jobs_dir = str(self.jobs_dir)
+        for jid, spec in enumerate(built, first):
             if not spec.stdout_path:
-                spec.stdout_path = str(self.jobs_dir / str(jid) / "output")
+                spec.stdout_path = f"{jobs_dir}/{jid}/output"
             spec.stdout_path = spec.stdout_path.replace("%j", str(jid))
             spec.stderr_path = (spec.stderr_path or spec.stdout_path).replace("%j", str(jid))
             job = Job(id=jid, spec=spec, submit_time=now, node=self.config.node_name,
@@ -326,39 +397,55 @@ class Engine:
                       reason=Reason.HELD if spec.hold else "")
             if origin is not None:
                 job.origin_node, job.origin_id = origin
+            if tasks:
+                job.array_job_id = first  # Slurm's convention: the array is named by its first job
             jobs.append(job)
-        if tasks:
-            for job in jobs:
-                job.array_job_id = jobs[0].id  # Slurm's convention: the array is named by its first job
+            await sliced.tick()
         # The jobs may be placed and their scopes created while the commit runs, but no
         # program starts (and no one hears of the ids) until the records are durable.
         durable = asyncio.get_running_loop().create_future()
-        for job in jobs:
+        rows = []
+        self._unannounced.update(j.id for j in jobs)
+        for job, size in zip(jobs, sizes):
             self.jobs[job.id] = job
             self._by_state[job.state] += 1
-            self._pending_by_uid[job.uid] += 1
+            r = held[job.uid]  # the reservation becomes the queued job's share
+            r[0] -= 1
+            r[1] -= size
+            self.quotas.unreserve(job.uid, 1, size)
+            self.quotas.enter(job.uid, size)
             if job.state == JobState.PENDING:
                 if not job.spec.after:
                     self._durable[job.id] = durable
                     self._enqueue(job)
+            rows.append(job_to_row(job))
+            await sliced.tick()
         self.kick()
         try:
-            await self.store.save(*jobs, retry=False)
+            await self.store.save_rows(rows, retry=False)
         except Exception as e:
             for job in jobs:
                 self._forget_unrecorded(job)
+                await sliced.tick()
             durable.set_exception(e)
             durable.exception()  # retrieved: launches waiting on it abort quietly
             raise self.store.write_error(e.__cause__ or e, "the jobs" if len(jobs) > 1 else "the job") from e
         finally:
             for job in jobs:
                 self._durable.pop(job.id, None)
+            self._unannounced.difference_update(j.id for j in jobs)
+        big = len(jobs) > self.LOG_EACH
         for job in jobs:
             for l in self.listeners:
                 l.job_added(job)
-            self._transition_log(job, "submitted")
+            if not big:
+                self._transition_log(job, "submitted")
             if job.state == JobState.PENDING and job.spec.after:
                 self._make_eligible(job)
+            await sliced.tick()
+        if big:
+            log.info("jobs %d-%d submitted (%d jobs in one batch): user=%s", first, jobs[-1].id, len(jobs),
+                     jobs[0].spec.owner)
         durable.set_result(None)
         self._manager_changed({"PendingJobs"})
         self.kick()
@@ -392,11 +479,19 @@ class Engine:
             f"user may ask (max_user_priority); only root or a user polkit allows {PRIORITY_ACTION} may raise it"
         )
 
+    async def _drain_listeners(self) -> None:
+        """Let listeners with a backlog (the bus's outgoing signals) catch up between slices of a batch."""
+        for l in self.listeners:
+            drain = getattr(l, "drain", None)
+            if drain is not None:
+                await drain()
+
     def _forget_unrecorded(self, job: Job) -> None:
         """Undo a submission whose commit failed: as if it never came."""
         self.jobs.pop(job.id, None)
         self._by_state[job.state] -= 1
-        self._pending_by_uid[job.uid] -= 1
+        if job.state in QUEUED:
+            self.quotas.leave(job.uid, exec_bytes(job.spec))
         self._unqueue(job)
 
     def _check_owner(self, job: Job, caller: Caller) -> None:
@@ -425,11 +520,11 @@ class Engine:
         return job
 
     def _live(self, job_id: int) -> Job:
-        job = self.jobs.get(job_id)
+        job = None if job_id in self._unannounced else self.jobs.get(job_id)
         if job is None:
-            if self.store.exists(job_id):
+            if job_id not in self._unannounced and self.store.exists(job_id):
                 return self.store.get(job_id)
-            raise NotFound(f"no job {job_id}")
+            raise self._not_found(job_id)
         return job
 
     async def cancel(self, job_id: int, caller: Caller) -> None:
@@ -685,7 +780,8 @@ class Engine:
                 del self._blocked[jid]
                 self._end(job, JobState.FAILED, Reason.DEPENDENCY)
                 self.store.save(job)
-            elif all((self.jobs.get(d) or self.store.get(d)).state == JobState.COMPLETED for d in job.spec.after):
+            elif all(getattr(self.jobs.get(d) or self.store.get(d), "state", None) == JobState.COMPLETED
+                     for d in job.spec.after):
                 del self._blocked[jid]
                 self._enqueue(job)
 
@@ -896,9 +992,9 @@ class Engine:
         self._by_state[old] -= 1
         self._by_state[state] += 1
         if old in QUEUED and state not in QUEUED:
-            self._pending_by_uid[job.uid] -= 1
+            self.quotas.leave(job.uid, exec_bytes(job.spec))
         elif state in QUEUED and old not in QUEUED:
-            self._pending_by_uid[job.uid] += 1
+            self.quotas.enter(job.uid, exec_bytes(job.spec))
         self._transition_log(job, state.value.lower(), old)
         for l in self.listeners:
             l.job_changed(job, props, old)
@@ -958,6 +1054,51 @@ class Engine:
                 except Exception:  # noqa: BLE001
                     log.exception("job %d: releasing its object failed", job.id)
 
+    PURGE_BATCH = 500  # rows per purge transaction: the group committer never waits long behind one
+
+    @staticmethod
+    def purge_interval(keep_usec: int) -> float:
+        """Seconds between purges: a tenth of keep_finished, from 1 s to an hour."""
+        return min(3600.0, max(1.0, keep_usec / 1e7))
+
+    async def _purge_finished(self) -> None:
+        """Finished jobs older than [jobs] keep_finished leave the store, in small batches off the loop."""
+        while True:
+            keep = self.config.keep_finished_usec
+            await asyncio.sleep(self.purge_interval(keep) if keep else 3600.0)
+            if keep:
+                try:
+                    await self.purge_once(now_usec() - keep)
+                except Exception:  # noqa: BLE001 - a failed purge is retried at the next interval
+                    log.exception("purging finished jobs failed; retrying in %.0f s", self.purge_interval(keep))
+
+    async def purge_once(self, ended_before_usec: int) -> int:
+        """Delete every finished job that ended before the horizon; how many were deleted."""
+        total = 0
+        while True:
+            ids = await self.store.background(self.store.purge_finished, ended_before_usec, self.PURGE_BATCH)
+            if not ids:
+                break
+            total += len(ids)
+            self._purged_max_id = max(self._purged_max_id, max(ids))
+            for jid in ids:
+                job = self.jobs.get(jid)
+                if job is not None and job.state.terminal:  # gone from the store: gone from the bus too
+                    del self.jobs[jid]
+                    self._by_state[job.state] -= 1
+                    for l in self.listeners:
+                        try:
+                            l.job_released(job)
+                        except Exception:  # noqa: BLE001 - one listener's error must not stop the purge
+                            log.exception("job %d: releasing its object failed", job.id)
+            if len(ids) < self.PURGE_BATCH:
+                break
+            await asyncio.sleep(0)
+        if total:
+            log.info("purged %d finished jobs that ended more than %s ago (keep_finished)", total,
+                     format_duration(max(0, now_usec() - ended_before_usec)))
+        return total
+
     # -- federation ---------------------------------------------------------------
     # Jobs of ours placed on a peer are records here (mirrored from there); jobs run here
     # for a peer are ordinary local jobs that carry their origin.
@@ -972,14 +1113,14 @@ class Engine:
         self.jobs[job.id] = job
         self._by_state[job.state] += 1
         if job.state in QUEUED:
-            self._pending_by_uid[job.uid] += 1
+            self.quotas.enter(job.uid, exec_bytes(job.spec))
         try:
             await self.store.save(job, retry=False)
         except Exception as e:
             self.jobs.pop(job.id, None)
             self._by_state[job.state] -= 1
             if job.state in QUEUED:
-                self._pending_by_uid[job.uid] -= 1
+                self.quotas.leave(job.uid, exec_bytes(job.spec))
             raise self.store.write_error(e.__cause__ or e) from e
         for l in self.listeners:
             l.job_added(job)
@@ -1073,6 +1214,8 @@ class Engine:
         """Stop watching; running jobs go on in their scopes and are re-adopted at the next start."""
         if getattr(self, "_sweeper", None):
             self._sweeper.cancel()
+        if getattr(self, "_purger", None):
+            self._purger.cancel()
         await self.store.drain()
         if self.executor is not None:
             await self.executor.close()

@@ -7,6 +7,7 @@ Times are µs as on the bus; the figures are seconds and hours, as people read t
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,6 +100,24 @@ def collect(engine: Any, uid: int | None = None, since: int = 0) -> dict[str, An
     live = [j for j in engine.jobs.values() if (uid is None or j.spec.uid == uid) and j.submit_time >= since]
     archived = [Record(*row[1:]) for row in engine.store.accounting(uid, since, exclude=set(engine.jobs))]
     return aggregate([*(Record.of(j) for j in live), *archived])
+
+
+async def gather(engine: Any, uid: int | None = None, since: int = 0) -> dict[str, Any]:
+    """collect() without stalling the event loop for a big history: live jobs are read from memory
+    in slices, the archive is read and everything aggregated in the store's background thread."""
+    exclude = set(engine.jobs)  # memory's copies win; taken with the snapshot, so no job counts twice
+    live: list[Record] = []
+    for i, j in enumerate(list(engine.jobs.values()), 1):
+        if (uid is None or j.spec.uid == uid) and j.submit_time >= since:
+            live.append(Record.of(j))
+        if i % 2000 == 0:
+            await asyncio.sleep(0)
+
+    def work() -> dict[str, Any]:
+        archived = [Record(*row[1:]) for row in engine.store.accounting(uid, since, exclude=exclude)]
+        return aggregate([*live, *archived])
+
+    return await engine.store.background(work)
 
 
 # D-Bus types of the figures (GetStats answers a{sv}; a figure that is unknown is absent).

@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,12 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX jobs_origin ON jobs(origin_node, origin_id) WHERE origin_node != '';
     CREATE INDEX jobs_remote ON jobs(remote_node) WHERE remote_node != '';
     """,
+    # 4: GetStats' Since reads by submit time; finished jobs are purged after [jobs] keep_finished,
+    # and the highest id ever purged is kept (ids are never given out twice, GetJob tells purged from unknown).
+    """
+    CREATE INDEX jobs_submit ON jobs(submit_time);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; a D-Bus 't' can name ids beyond it, which never exist
@@ -103,6 +110,10 @@ _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+_TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
+# Finished jobs that ended before a horizon, by the end-time index (the state index would walk the whole history).
+PURGE_SQL = ("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_end WHERE end_time > 0 AND "
+             "end_time < ? AND state IN (?, ?, ?) LIMIT ?) RETURNING id")
 
 
 def job_to_row(job: Job) -> tuple:
@@ -209,6 +220,8 @@ class Store:
         self._lazy: asyncio.TimerHandle | None = None
         self._urgent = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bg_pool: ThreadPoolExecutor | None = None
+        self._bg_conn: sqlite3.Connection | None = None
         self.commits = 0
 
     def _migrate(self) -> None:
@@ -228,6 +241,10 @@ class Store:
         if self._retry:
             log.error("store: closing with %d row(s) never written (jobs %s); recovery re-derives what it can",
                       len(self._retry), _ids(self._retry))
+        if self._bg_pool is not None:
+            self._bg_pool.shutdown(wait=True)
+        if self._bg_conn is not None:
+            self._bg_conn.close()
         self._w.close()
         self._r.close()
 
@@ -269,14 +286,18 @@ class Store:
         with backoff, until it lands or a newer copy of the job does, unless
         retry=False: that caller undoes the change itself (a Submit forgets the job).
         """
+        return self.save_rows([job_to_row(job) for job in jobs], urgent=urgent, retry=retry)
+
+    def save_rows(self, rows: list[tuple], *, urgent: bool = True, retry: bool = True) -> asyncio.Future:
+        """save() of rows made with job_to_row beforehand (a big batch makes them in slices on the loop)."""
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
-        for job in jobs:
-            self._pending[job.id] = job_to_row(job)  # later snapshots of a job replace earlier ones
+        for row in rows:
+            self._pending[row[0]] = row  # later snapshots of a job replace earlier ones
             if not retry:
-                self._no_retry.add(job.id)  # stays for the batch: a later save of the row does not re-arm it
+                self._no_retry.add(row[0])  # stays for the batch: a later save of the row does not re-arm it
         fut = loop.create_future()
-        self._waiters.append(_Waiter(fut, frozenset(j.id for j in jobs), whole=not retry))
+        self._waiters.append(_Waiter(fut, frozenset(r[0] for r in rows), whole=not retry))
         self._urgent |= urgent
         if not self._flushing:
             if urgent:
@@ -447,7 +468,12 @@ class Store:
     # -- reads --------------------------------------------------------------
 
     def max_id(self) -> int:
-        return self._r.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+        """The highest id ever given out and recorded: purged jobs included."""
+        return max(self._r.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0], self.purged_max_id())
+
+    def purged_max_id(self) -> int:
+        row = self._r.execute("SELECT value FROM meta WHERE key = 'purged_max_id'").fetchone()
+        return row[0] if row else 0
 
     def get(self, job_id: int) -> Job | None:
         if not 0 < job_id <= MAX_ID:
@@ -500,14 +526,47 @@ class Store:
 
     def accounting(self, uid: int | None, since: int, exclude: set[int]) -> list[tuple]:
         """(id, user, state, submit, start, end, cpu_usec, memory_peak, suspended_usec) of jobs submitted
-        at or after `since`, for schedd.stats; ids in exclude are skipped (memory has newer copies)."""
+        at or after `since`, for schedd.stats; ids in exclude are skipped (memory has newer copies).
+
+        Reads a whole history: call it in the background thread (`background()`), which has its own
+        connection, never on the loop."""
         sql = ("SELECT id, CASE user_name WHEN '' THEN CAST(uid AS TEXT) ELSE user_name END, state, submit_time, "
                "start_time, end_time, cpu_time_usec, memory_peak, suspended_usec FROM jobs WHERE submit_time >= ?")
         args: list[int] = [since]
         if uid is not None:
             sql += " AND uid = ?"
             args.append(uid)
-        return [r for r in self._r.execute(sql, args) if r[0] not in exclude]
+        return [r for r in self._bg().execute(sql, args) if r[0] not in exclude]
+
+    # -- the background thread: history reads and the purge, off the loop and beside the committer --
+
+    def background(self, fn, *args) -> asyncio.Future:
+        """Run fn(*args) in the store's one background thread (its own connections, not the committer's)."""
+        if self._bg_pool is None:
+            self._bg_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedd-store-bg")
+        return asyncio.get_running_loop().run_in_executor(self._bg_pool, fn, *args)
+
+    def _bg(self) -> sqlite3.Connection:
+        if self._bg_conn is None:
+            self._bg_conn = _connect(self.path)
+        return self._bg_conn
+
+    def purge_finished(self, ended_before_usec: int, limit: int) -> list[int]:
+        """Delete up to `limit` finished jobs that ended before the horizon; their ids (background thread).
+
+        One small transaction per call, so the group committer never waits long for the database."""
+        c = self._bg()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [r[0] for r in c.execute(PURGE_SQL, (ended_before_usec, *_TERMINAL, limit)).fetchall()]
+            if ids:
+                c.execute("INSERT INTO meta (key, value) VALUES ('purged_max_id', ?) ON CONFLICT (key) "
+                          "DO UPDATE SET value = max(value, excluded.value)", (max(ids),))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return ids
 
     def find_origin(self, origin_node: str, origin_id: int) -> Job | None:
         """The job run here for (origin node, its id there), if a forward of it ever arrived."""

@@ -195,3 +195,19 @@ def test_bad_toml_is_an_error(tmp_path: Path) -> None:
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load(tmp_path / "absent.toml", user_mode=False)
+
+
+def test_queued_bytes_cap_and_keep_finished(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, ""), user_mode=False)
+    assert cfg.max_queued_bytes_per_user == 1 << 30 and cfg.keep_finished_usec == 30 * 86_400_000_000
+    cfg = load(write(tmp_path, '[jobs]\nmax_queued_bytes_per_user = "64M"\nkeep_finished = "12h"\n'), user_mode=False)
+    assert cfg.max_queued_bytes_per_user == 64 << 20 and cfg.keep_finished_usec == 12 * 3_600_000_000
+    for forever in ('"infinity"', '"0"', "0"):
+        assert load(write(tmp_path, f"[jobs]\nkeep_finished = {forever}\n"), user_mode=False).keep_finished_usec == 0
+    for bad, words in (('max_queued_bytes_per_user = "lots"', "max_queued_bytes_per_user: not a size"),
+                       ("max_queued_bytes_per_user = 100", "at least 4K"),
+                       ('keep_finished = "soon"', "keep_finished: not a duration"),
+                       ('keep_finished = "10ms"', "at least 1s"),
+                       ("keep_finished = true", "a duration like '30d'")):
+        with pytest.raises(ConfigError, match=words):
+            load(write(tmp_path, f"[jobs]\n{bad}\n"), user_mode=False)
