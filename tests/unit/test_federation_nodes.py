@@ -17,6 +17,7 @@ from schedd.config import Config, HttpConfig, PeerConfig
 from schedd.engine import Caller, Engine
 from schedd.errors import AccessDenied, InvalidArgument
 from schedd.federation import Federation
+from prereq import unavailable
 from schedd.federation_api import FederationApi
 from schedd.model import JobState
 from schedd.placement import Need
@@ -30,7 +31,7 @@ def user() -> pwd.struct_passwd:
     for pw in pwd.getpwall():
         if pw.pw_uid not in (0, 65534):
             return pw
-    pytest.skip("no non-root user in /etc/passwd")
+    unavailable("no non-root user in /etc/passwd")
 
 
 def free_port() -> int:
