@@ -166,6 +166,18 @@ def running_schedd(sb: Sandbox, journal_file: str):
         sb.cleanup()
 
 
+@contextlib.contextmanager
+def extra_node(name: str, config: str, *, systemd_args: tuple[str, ...] = (), seed=None):
+    """A node of its own (another config, systemd options, or a state directory seeded by
+    seed(state_dir) before schedd first starts), for one test module."""
+    sb = Sandbox(f"{name}-{os.getpid()}", systemd_args=systemd_args)
+    sb.prepare(config=config)
+    if seed is not None:
+        seed(sb.state)
+    with running_schedd(sb, f"schedd-{name}-journal.txt"):
+        yield Node(sb)
+
+
 @pytest.fixture(scope="session")
 def sandbox_node(users):
     sb = Sandbox(f"it-{os.getpid()}")
