@@ -158,6 +158,7 @@ class Report:
         self.outcomes: Counter = Counter()
         self.violations: Counter = Counter()
         self.examples: dict[str, str] = {}
+        self.cases: dict[str, str] = {}  # what became of each catalogue case, for the failure message
 
     def violation(self, rule: str, detail) -> None:
         self.violations[rule] += 1
@@ -266,6 +267,7 @@ class Case:
     word: str = ""
     ends: tuple[str, ...] = ()
     never_reads: tuple[str, ...] = ("root:",)  # ReadOutput must never hand over these (/etc/passwd, shadow)
+    cannot_run: bool = False  # its output cannot be opened or its program run: COMPLETED would be forged
     extra: dict = field(default_factory=dict)
 
 
@@ -273,8 +275,8 @@ def cmd(*argv: str) -> dict:
     return {"Command": ("as", list(argv))}
 
 
-def refused(name: str, spec: dict, word: str, error: str = "InvalidArgument") -> Case:
-    return Case(name, spec, errors=(error,), word=word)
+def refused(name: str, spec: dict, word: str, error: str = "InvalidArgument", cannot_run: bool = False) -> Case:
+    return Case(name, spec, errors=(error,), word=word, cannot_run=cannot_run)
 
 
 def catalogue() -> list[Case]:
@@ -282,7 +284,8 @@ def catalogue() -> list[Case]:
     c = [
         # Control characters where the gate or a log line would carry them: refused, naming the key.
         refused("forged result in StdoutPath", {**cmd("false"), "WorkingDirectory": ("s", "/"),
-                                                "StdoutPath": ("s", f"/nonexistent-dir/x{FORGED}")}, "StdoutPath"),
+                                                "StdoutPath": ("s", f"/nonexistent-dir/x{FORGED}")}, "StdoutPath",
+                cannot_run=True),
         refused("CR in StderrPath", {**cmd("true"), "StderrPath": ("s", f"{WORK}/e\rstatus=0")}, "StderrPath"),
         refused("DEL in StdoutPath", {**cmd("true"), "StdoutPath": ("s", f"{WORK}/o\x7f")}, "StdoutPath"),
         refused("tab in StdoutPath", {**cmd("true"), "StdoutPath": ("s", f"{WORK}/o\tx")}, "StdoutPath"),
@@ -290,7 +293,8 @@ def catalogue() -> list[Case]:
                 "WorkingDirectory"),
         refused("ESC in Name", {**cmd("true"), "Name": ("s", "job\x1b[31m")}, "Name"),
         refused("DEL in Name", {**cmd("true"), "Name": ("s", "a\x7f")}, "Name"),
-        refused("forged result in Command[0]", {**cmd(f"/bin/true{FORGED}"), "Name": ("s", "forged")}, "Command"),
+        refused("forged result in Command[0]", {**cmd(f"/bin/true{FORGED}"), "Name": ("s", "forged")}, "Command",
+                cannot_run=True),
         refused("ESC in Command[0]", {**cmd("tr\x1bue"), "Name": ("s", "esc")}, "Command"),
         # Forged payloads where newlines are legitimate (arguments, environment, output): the job's
         # own exit status decides.
@@ -376,6 +380,7 @@ def judge(b: Bus, rep: Report, case: Case, outcome) -> None:
     """outcome: ("error", DBusError) or ("job", final GetJob dict, ReadOutput results)."""
     if outcome[0] == "error":
         e = outcome[1]
+        rep.cases[case.name] = f"{e.type.rsplit('.', 1)[1]}: {e.text[:100]}"
         if not rep.check_error(e, case.name):
             return
         if e.type.rsplit(".", 1)[1] not in case.errors:
@@ -384,6 +389,8 @@ def judge(b: Bus, rep: Report, case: Case, outcome) -> None:
             rep.violation(f"{case.name}: the error names {case.word}", e.text)
         return
     _, j, reads = outcome
+    rep.cases[case.name] = f"{j['State']}/{j['Reason']} exit {j['ExitCode']}; ReadOutput " + ", ".join(
+        f"{k} {v.type.rsplit('.', 1)[1] if isinstance(v, DBusError) else len(v)}" for k, v in reads.items())
     if not case.ends:
         rep.violation(f"{case.name}: {'/'.join(case.errors)} expected", ("accepted", j["State"], j["Reason"],
                                                                          j["ExitCode"]))
@@ -394,6 +401,8 @@ def judge(b: Bus, rep: Report, case: Case, outcome) -> None:
             rep.violation(f"{case.name}: {k} is {want}", j.get(k))
     if j["State"] == "COMPLETED" and j["ExitCode"] != 0:
         rep.violation("COMPLETED means exit code 0", (case.name, j["ExitCode"]))
+    if j["State"] == "COMPLETED" and (case.cannot_run or case.ends == ("FAILED",)):
+        rep.violation(f"{case.name}: never a forged success", (j["State"], j["Reason"], j["ExitCode"]))
     for stream, r in reads.items():
         if isinstance(r, DBusError):
             rep.check_error(r, (case.name, "ReadOutput", stream))
@@ -442,7 +451,7 @@ def main() -> None:
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
     print(json.dumps({"calls": sum(rep.outcomes.values()), **rep.outcomes,
-                      "violations": dict(rep.violations), "examples": rep.examples}))
+                      "violations": dict(rep.violations), "examples": rep.examples, "catalogue": rep.cases}))
 
 
 if __name__ == "__main__":

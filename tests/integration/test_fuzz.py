@@ -18,11 +18,12 @@ def digests(node: Node) -> str:
 def test_hostile_specs_are_refused_or_end_honestly_and_never_hurt_the_daemon(node: Node, users):
     before = node.daemon_pid_and_restarts()
     files = digests(node)
+    since = node.run(["date", "+@%s"]).stdout.strip()
     r = node.run([*client("fuzz_submit.py"), str(N)], user="schedd-alice", timeout=900)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    violations, examples = summary.pop("violations"), summary.pop("examples")
+    violations, examples, cases = summary.pop("violations"), summary.pop("examples"), summary.pop("catalogue")
     print(summary)
-    assert violations == {}, json.dumps(examples, indent=1)
+    assert violations == {}, json.dumps({"violations": examples, "catalogue": cases}, indent=1)
     assert summary["calls"] >= N
     assert summary.get("accepted", 0) > 100 and summary.get("InvalidArgument", 0) > 1000
     assert summary.get("AccessDenied", 0) > 0 and summary.get("Unsatisfiable", 0) > 0
@@ -30,7 +31,8 @@ def test_hostile_specs_are_refused_or_end_honestly_and_never_hurt_the_daemon(nod
     # Never a crash-loop: the same process, never restarted, and no traceback in its journal.
     assert node.daemon_pid_and_restarts() == before
     assert node.unit_property("schedd.service", "NRestarts") == "0"
-    assert "Traceback" not in node.sb.journal("schedd", 5000)
+    log = node.run(["journalctl", "--no-pager", "-u", "schedd", "--since", since, "-o", "cat"]).stdout
+    assert "Traceback" not in log, log[-3000:]
     # Nothing the user could not write was written.
     assert digests(node) == files
     assert node.run(["sh", "-c", "ls /etc | grep -c '^schedd-fuzz-' || true"]).stdout.strip() == "0"
