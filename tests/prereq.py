@@ -3,6 +3,8 @@
 A test that cannot run where it is supposed to run proves nothing; in CI (CI=true, as CI
 services set it and .ci/run does) a silent skip would hide a broken set-up, so there the
 same reason fails the test. Use `require(why)` wherever a test would otherwise skip.
+The hooks at the end are the safety net, loaded for every test by the repository's conftest.py:
+under CI=true a skip that bypassed require() (pytest.skip, a skipif mark) fails as well.
 """
 
 from __future__ import annotations
@@ -40,3 +42,30 @@ def requirement(why: str | None):
         require(why)
 
     return _prerequisite
+
+
+# -- the safety net: loaded for every test by the repository's conftest.py ---------------------------
+
+def _skip_reason(longrepr) -> str:
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a test skipped some other way (pytest.skip, a skipif mark) fails with its reason too;
+    an expected failure (xfail) stays what it is."""
+    outcome = yield
+    rep = outcome.get_result()
+    if in_ci() and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = f"CI=true but this test was skipped: {_skip_reason(rep.longrepr)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Likewise for a module that skips itself at import time."""
+    outcome = yield
+    rep = outcome.get_result()
+    if in_ci() and rep.skipped:
+        rep.outcome = "failed"
+        rep.longrepr = f"CI=true but this module was skipped: {_skip_reason(rep.longrepr)}"
