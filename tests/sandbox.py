@@ -70,7 +70,8 @@ mount --bind "$stage/state" /var/lib/schedd
 # A second checkout (git worktree) tests its own install: its venv replaces /opt/schedd/venv in here.
 if [ -n "${SCHEDD_SANDBOX_VENV:-}" ]; then mount --bind "$SCHEDD_SANDBOX_VENV" /opt/schedd/venv; fi
 export container=schedd-sandbox
-exec unshare --cgroup "$SYSTEMD_BIN" --system --unit=sandbox.target
+# SYSTEMD_ARGS: kernel command-line options for this systemd (in a container it reads its own argv).
+exec unshare --cgroup "$SYSTEMD_BIN" --system --unit=sandbox.target $SYSTEMD_ARGS
 """
 
 
@@ -114,9 +115,13 @@ class SandboxError(RuntimeError):
 class Sandbox:
     """One booted systemd. `run()` executes commands inside it (all its namespaces)."""
 
-    def __init__(self, name: str, *, base: Path | None = None, netns: str | None = None) -> None:
+    def __init__(self, name: str, *, base: Path | None = None, netns: str | None = None,
+                 systemd_args: tuple[str, ...] = ()) -> None:
+        """systemd_args: options systemd takes from the kernel command line, e.g.
+        systemd.unified_cgroup_hierarchy=1 (a cgroup v2-only sandbox on a hybrid host)."""
         self.name = name
         self.netns = netns
+        self.systemd_args = systemd_args
         self.dir = (base or STATE_ROOT) / name
         self.stage = self.dir / "stage"
         self.state = self.stage / "state"
@@ -190,7 +195,8 @@ class Sandbox:
             cmd = ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
         log = open(self.dir / "boot.log", "wb")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_BIN": SYSTEMD,
-               "SCHEDD_SANDBOX_VENV": os.environ.get("SCHEDD_SANDBOX_VENV", "")}
+               "SCHEDD_SANDBOX_VENV": os.environ.get("SCHEDD_SANDBOX_VENV", ""),
+               "SYSTEMD_ARGS": " ".join(self.systemd_args)}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout

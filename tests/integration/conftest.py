@@ -22,6 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sandbox import REPO, STATE_ROOT, Sandbox, SandboxError, ScheddCalls  # noqa: E402
+from prereq import require  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 USERS = ("schedd-alice", "schedd-bob")
@@ -55,24 +56,27 @@ def client(name: str) -> list[str]:
 def _why_not() -> str | None:
     if os.geteuid() != 0:
         return "needs root (boots a test systemd in private namespaces)"
-    for tool in ("unshare", "nsenter", "busctl", "gdbus", "setpriv"):
+    for tool in ("unshare", "nsenter", "busctl", "gdbus", "setpriv", "systemctl", "journalctl"):
         if shutil.which(tool) is None:
             return f"needs {tool} (see README: set-up installs it)"
     if not Path("/lib/systemd/systemd").exists():
         return "needs systemd installed (/lib/systemd/systemd)"
     if not Path("/usr/local/bin/schedd").exists():
         return "needs schedd installed: run packaging/install.sh"
+    if not Path("/opt/schedd/venv/bin/python").exists():
+        return "needs the venv /opt/schedd/venv (scripts/setup --with-tests makes it)"
     return None
 
 
-WHY_NOT = _why_not()
+SANDBOX_FIXTURES = {"node", "sandbox_node", "users"}  # every booted-sandbox fixture uses `users`
 
 
-def pytest_collection_modifyitems(items):
-    """Skip only what needs the booted sandbox; private-bus tests still run without root."""
-    for item in items:
-        if WHY_NOT and {"node", "sandbox_node", "users"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.skip(reason=WHY_NOT))
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """What needs the booted sandbox is skipped without root, systemd or a tool, and fails so in CI;
+    private-bus tests still run without root. Before any fixture: none boots for nothing."""
+    if SANDBOX_FIXTURES & set(getattr(item, "fixturenames", ())):
+        require(_why_not())
 
 
 class Node(ScheddCalls):
@@ -160,6 +164,18 @@ def running_schedd(sb: Sandbox, journal_file: str):
         (artifacts / journal_file).write_text(sb.journal("schedd", 2000) if sb.pid else "")
         sb.stop()
         sb.cleanup()
+
+
+@contextlib.contextmanager
+def extra_node(name: str, config: str, *, systemd_args: tuple[str, ...] = (), seed=None):
+    """A node of its own (another config, systemd options, or a state directory seeded by
+    seed(state_dir) before schedd first starts), for one test module."""
+    sb = Sandbox(f"{name}-{os.getpid()}", systemd_args=systemd_args)
+    sb.prepare(config=config)
+    if seed is not None:
+        seed(sb.state)
+    with running_schedd(sb, f"schedd-{name}-journal.txt"):
+        yield Node(sb)
 
 
 @pytest.fixture(scope="session")

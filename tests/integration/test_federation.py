@@ -13,6 +13,7 @@ import time
 import pytest
 from conftest import USERS
 
+from prereq import require, unavailable
 from netcluster import Cluster, ClusterNode, NodeSpec, netns_unavailable, wait_for
 from sandbox import REPO
 
@@ -27,10 +28,8 @@ SLOW_JOB = ["sh", "-c", f"if [ -e {SLOW_MARK} ]; then sleep 120; fi; echo ran"]
 @pytest.fixture(scope="module")
 def cluster(users):
     if shutil.which("ip") is None or shutil.which("curl") is None:
-        pytest.skip("needs ip (iproute2) and curl (scripts/setup installs them)")
-    why = netns_unavailable()
-    if why:
-        pytest.skip(why)
+        unavailable("needs ip (iproute2) and curl (scripts/setup installs them)")
+    require(netns_unavailable())
     gpu = GPU_DEV.format(index=0)
     if os.path.exists(gpu):
         os.unlink(gpu)

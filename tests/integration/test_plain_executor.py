@@ -15,11 +15,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import privatebus  # noqa: E402
+from prereq import requirement  # noqa: E402
 
 SCHEDD = shutil.which("schedd") or "/usr/local/bin/schedd"
 SCHEDCTL = shutil.which("schedctl") or "/usr/local/bin/schedctl"
-pytestmark = pytest.mark.skipif(not (shutil.which("dbus-daemon") and os.path.exists(SCHEDD)),
-                                reason="needs dbus-daemon and an installed schedd (scripts/setup)")
+_prerequisite = requirement(None if shutil.which("dbus-daemon") and os.path.exists(SCHEDD)
+                            else "needs dbus-daemon and an installed schedd (scripts/setup)")
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 import privatebus  # noqa: E402
+from prereq import requirement  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="needs dbus-daemon")
+_prerequisite = requirement(None if shutil.which("dbus-daemon") else "needs dbus-daemon (scripts/setup installs it)")
 
 SCHEDD_CONFIG = """
 [node]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import Node
+import pytest
+from conftest import CONFIG, Node, extra_node
+
+from prereq import require
 
 SECOND = 1_000_000
 
@@ -104,7 +107,10 @@ def test_suspended_job_is_stopped_keeps_its_cpus_and_its_time_limit_pauses(node:
     node.schedctl("suspend", str(jid))
     j = node.job(jid)
     assert j["State"] == "SUSPENDED" and j["AssignedCPUs"] == cpus
-    assert proc_states(node, pids) == {"T"}  # SIGSTOP (this host's systemd cannot freeze scopes)
+    if node.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"]).stdout.strip() == "cgroup2fs":
+        assert node.unit_property(unit, "FreezerState") == "frozen"  # FreezeUnit (test_freeze.py)
+    else:
+        assert proc_states(node, pids) == {"T"}  # SIGSTOP: a hybrid host's systemd cannot freeze scopes
     # Well past its 2 s limit in wall-clock time, but suspended: it must still be there.
     node.wait_for(lambda: node.job(jid)["SuspendedUSec"] > 3 * SECOND, "3 s of suspension", timeout=15)
     assert node.job(jid)["State"] == "SUSPENDED"
@@ -135,21 +141,41 @@ def test_requeue_keeps_the_id_and_counts_restarts(node: Node):
     assert r.returncode == 1 and "nothing to requeue" in r.stderr
 
 
-def test_backfill_starts_a_short_job_but_never_one_without_a_limit(node: Node):
-    ncpu = len(os.sched_getaffinity(0))
+TWO_CPUS = CONFIG.replace("[resources]\n", "[resources]\ncpus = 2\n")
+
+
+@pytest.fixture(scope="module")
+def two_cpu_node(users):
+    """Exactly 2 CPUs, whatever the machine offers beyond them: the backfill case below needs a
+    free CPU beside a blocked head job. resources.cpus may not exceed the machine's CPUs (a job
+    is pinned to real CPU ids), so a 1-CPU machine cannot host it."""
+    have = len(os.sched_getaffinity(0))
+    require(None if have >= 2 else f"backfill needs a node with 2 CPUs; this machine offers {have}")
+    with extra_node("backfill", TWO_CPUS) as n:
+        yield n
+
+
+def test_backfill_starts_a_short_job_but_never_one_without_a_limit(two_cpu_node: Node):
+    node = two_cpu_node
+    total = node.busctl("--json=short", "get-property", "org.schedd.Schedd1", "/org/schedd/Schedd1",
+                        "org.schedd.Schedd1.Manager", "TotalCPUs").stdout
+    assert json.loads(total)["data"] == 2
     go = "/run/schedd-test-backfill-go"
     node.run(["rm", "-f", go])
-    blocker = node.submit(wait_marker(go), CPUs=("u", max(1, ncpu - 1)), RuntimeMaxUSec=("t", 120 * SECOND))
-    node.wait(blocker, {"RUNNING"})
-    head = node.submit(["true"], CPUs=("u", ncpu), Priority=("i", 10), Name=("s", "head"))
+    blocker = node.submit(wait_marker(go), CPUs=("u", 1), RuntimeMaxUSec=("t", 120 * SECOND))
+    jb = node.wait(blocker, {"RUNNING"})
+    head = node.submit(["true"], CPUs=("u", 2), Priority=("i", 10), Name=("s", "head"))
     unlimited = node.submit(["true"], Name=("s", "unlimited"))
     short = node.submit(["true"], RuntimeMaxUSec=("t", 60 * SECOND), Name=("s", "short"))
-    if ncpu > 1:
-        # The short job ends (at the latest) before the blocker does, so it cannot delay the head.
-        assert node.wait(short)["State"] == "COMPLETED"
+    # The short job ends (at the latest) before the blocker does, so it cannot delay the head:
+    # it runs on the free CPU now. The unlimited one could run for ever ahead of the head: never.
+    js = node.wait(short)
+    assert js["State"] == "COMPLETED" and len(js["AssignedCPUs"]) == 1
+    assert not set(js["AssignedCPUs"]) & set(jb["AssignedCPUs"])
     assert node.job(head)["State"] == "PENDING"
-    assert node.job(unlimited)["State"] == "PENDING"  # would run for ever ahead of the head: never
+    assert node.job(unlimited)["State"] == "PENDING"
     node.run(["touch", go])
     jh, ju = node.wait(head), node.wait(unlimited)
     assert jh["State"] == ju["State"] == "COMPLETED"
+    assert sorted(jh["AssignedCPUs"]) == sorted(jb["AssignedCPUs"] + js["AssignedCPUs"])
     assert ju["StartTime"] >= jh["EndTime"]

@@ -15,6 +15,7 @@ from dbus_fast import Variant
 
 from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
 from schedd.engine import Caller, Engine
+from prereq import unavailable
 from schedd.errors import AccessDenied
 from schedd.federation import Federation
 from schedd.federation_api import OPENAPI, FederationApi
@@ -32,7 +33,7 @@ def someone() -> str:
     for pw in pwd.getpwall():
         if pw.pw_uid not in (0, 65534) and pw.pw_uid >= 1:
             return pw.pw_name
-    pytest.skip("no non-root user in /etc/passwd")
+    unavailable("no non-root user in /etc/passwd")
 
 
 USER = someone()

@@ -18,6 +18,7 @@ from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
 from schedd.engine import Caller, Engine
 from schedd.errors import AccessDenied, InvalidArgument
 from schedd.federation import Federation
+from prereq import unavailable
 from schedd.federation_api import FederationApi
 from schedd.model import JobState
 from schedd.placement import Need
@@ -32,7 +33,7 @@ def user() -> pwd.struct_passwd:
     for pw in pwd.getpwall():
         if pw.pw_uid not in (0, 65534):
             return pw
-    pytest.skip("no non-root user in /etc/passwd")
+    unavailable("no non-root user in /etc/passwd")
 
 
 def free_port() -> int:
@@ -146,7 +147,7 @@ async def test_a_peer_refuses_system_accounts_and_the_submitter_hears_access_den
     try:
         daemon = pwd.getpwuid(1)
     except KeyError:
-        pytest.skip("no uid 1 here")
+        unavailable("no uid 1 here")
     b.cfg.federation = FederationConfig(uid_min=1000, uid_max=60000)
     with pytest.raises(AccessDenied, match=rf"node b: .*{daemon.pw_name!r} is uid 1, a system account") as e:
         await a.engine.submit(held("b"), Caller(uid=1))

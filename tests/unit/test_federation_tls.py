@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from prereq import requirement
 from schedd.config import Config, HttpConfig, PeerConfig
 from schedd.engine import Engine
 from schedd.federation import Federation
@@ -18,7 +19,7 @@ from schedd.federation_api import FederationApi
 from schedd.store import Store
 from schedd.web import Web
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a cert")
+_prerequisite = requirement(None if shutil.which("openssl") else "needs the openssl command to make a cert")
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from prereq import require, unavailable
 from schedd.executor.gate import GATE_BINARY, PERL, GATE_SCRIPT, GateRunner
 from schedd.model import Job, JobSpec
 
@@ -23,7 +24,7 @@ def c_gate(tmp_path_factory) -> str:
         return str(GATE_BINARY)
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        pytest.skip("no C compiler: only gate.pl can be tested (scripts/setup installs gcc)")
+        unavailable("no C compiler: only gate.pl can be tested (scripts/setup installs gcc)")
     out = tmp_path_factory.mktemp("gate") / "schedd-gate"
     subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(GATE_BINARY.with_name("gate.c"))],
                    check=True)
@@ -112,8 +113,8 @@ async def test_aborted_gate_never_runs_the_command(runner, tmp_path):
     assert runner.read_status(j.id, status).lost
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
 async def test_runs_as_the_user_and_opens_output_with_their_rights(runner):
+    require(None if os.geteuid() == 0 else "dropping to another user needs root")
     nobody = pwd.getpwnam("nobody")
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:  # pytest's tmp_path is not reachable by nobody
         tmp_path = Path(d)

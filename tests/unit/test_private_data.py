@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prereq import unavailable
 from dbus_fast import Message, MessageType, Variant
 
 from schedd import JOB_IFACE, MANAGER_PATH, job_path
@@ -32,7 +33,7 @@ def _ordinary_uid() -> int:
     for pw in pwd.getpwall():
         if pw.pw_uid not in (0, 65534):
             return pw.pw_uid
-    pytest.skip("no non-root user in /etc/passwd")
+    unavailable("no non-root user in /etc/passwd")
 
 
 USER = _ordinary_uid()

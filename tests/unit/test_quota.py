@@ -11,6 +11,7 @@ import weakref
 from pathlib import Path
 
 import pytest
+from prereq import unavailable
 from dbus_fast import Variant
 
 from schedd.config import Config
@@ -26,7 +27,7 @@ def user() -> pwd.struct_passwd:
     for pw in pwd.getpwall():
         if pw.pw_uid not in (0, 65534):
             return pw
-    pytest.skip("no non-root user in /etc/passwd")
+    unavailable("no non-root user in /etc/passwd")
 
 
 class FakeExecutor(Executor):

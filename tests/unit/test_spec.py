@@ -14,6 +14,7 @@ from dbus_fast import Variant
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from prereq import require, unavailable
 from schedd.errors import AccessDenied, InvalidArgument, SchedError, Unsatisfiable
 from schedd.model import JobSpec
 from schedd.protocol import SPEC_KEYS
@@ -27,7 +28,7 @@ def _non_root_user() -> pwd.struct_passwd:
     for pw in pwd.getpwall():
         if pw.pw_uid != 0:
             return pw
-    pytest.skip("no non-root user in /etc/passwd")
+    unavailable("no non-root user in /etc/passwd")
 
 
 def _unused_uid() -> int:
@@ -619,9 +620,9 @@ def test_array_keys(limits: Limits) -> None:
         build({**cmd("true"), "ArrayMaxRunning": Variant("u", 2)}, limits)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: checks what a root daemon may look at for a user")
 def test_working_directory_is_looked_at_with_the_users_rights(limits: Limits) -> None:
     """A root daemon's stat must not tell a user what lies inside a directory they cannot enter."""
+    require(None if os.geteuid() == 0 else "needs root: checks what a root daemon may look at for a user")
     with tempfile.TemporaryDirectory(dir="/var/tmp") as top:  # /tmp/pytest-of-root is 0700
         os.chmod(top, 0o755)
         _check_locked(limits, Path(top) / "locked")

@@ -456,3 +456,36 @@ def test_the_live_writer_syncs_every_commit(store: Store) -> None:
     """Durable before ack needs WAL with synchronous=FULL (2) on the connection that writes, not just on a new one."""
     assert store._w.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._w.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+async def test_accounting_since_is_applied_by_the_sql(tmp_path: Path) -> None:
+    """GetStats' Since against a real SQLite file: jobs submitted long ago are not counted."""
+    from schedd import stats
+    from schedd.model import now_usec
+
+    day = 86_400_000_000
+    now = now_usec()
+    store = Store(tmp_path / "state" / "schedd.db")
+    try:
+        rows = []
+        for jid, age, uid in ((1, 7 * day, 1000), (2, 7 * day, 1000), (3, 7 * day, 2000),
+                              (4, day // 24, 1000), (5, day // 24, 2000)):
+            j = make_job(jid, JobState.COMPLETED, uid=uid)
+            j.submit_time, j.start_time, j.end_time = now - age, now - age + 1, now - age + 2
+            rows.append(j)
+        await store.save(*rows)
+        since = now - day
+        assert sorted(r[0] for r in store.accounting(None, since, set())) == [4, 5]
+        assert [r[0] for r in store.accounting(1000, since, set())] == [4]
+        assert sorted(r[0] for r in store.accounting(None, 0, set())) == [1, 2, 3, 4, 5]
+        assert [r[0] for r in store.accounting(None, now - day // 24, set())] == [4, 5]  # at or after
+
+        class Engine:  # what stats.collect reads: no live job in memory, the archive in the store
+            jobs: dict = {}
+
+        Engine.store = store
+        assert stats.collect(Engine(), None, since)["Total"]["Jobs"] == 2
+        assert stats.collect(Engine(), None, 0)["Total"]["Jobs"] == 5
+        assert set(stats.collect(Engine(), 2000, since)["Users"]) == {"u2000"}
+    finally:
+        store.close()
