@@ -130,7 +130,8 @@ class Client:
                 flt["User"] = Variant("u", uid)
             (page,) = await self.call("ListJobs", "a{sv}", [flt])
             jobs.extend(plain(page))
-            if len(page) < want or (limit is not None and len(jobs) >= limit):
+            # A short page is not the end: the daemon shortens pages of large rows (its reply budget).
+            if not page or (limit is not None and len(jobs) >= limit):
                 return jobs
             after = jobs[-1]["Id"]
 

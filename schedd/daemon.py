@@ -101,6 +101,7 @@ async def run(args: argparse.Namespace) -> int:
     await engine.recover(executor)
     bus = await dbus.connect(address, bus_class=ServiceBus)
     service = DBusService(engine, bus)
+    gc.collect()
     gc.freeze()  # what recovery loaded stays: keep it out of the cyclic collector's full passes (engine._Slicer)
     await service.take_name(args.replace)
     web = await _start_web(cfg, engine, service)

@@ -191,6 +191,27 @@ def _parse_filter(flt: dict[str, Variant], keys: dict[str, str] = LIST_FILTER_KE
 
 
 MAX_LIST = 10_000
+# Bytes one reply may carry: the system bus drops a connection that sends a message over 32 MiB
+# (dbus-daemon's max_message_size), which would end the daemon; a job's Command alone may be 1 MiB.
+REPLY_BUDGET = 16 << 20
+ROW_OVERHEAD = 1024  # a job row's fixed keys, names and signatures, marshalled
+
+
+def row_bytes(job: Job) -> int:
+    """About what a job's properties take in a reply: its strings plus the fixed part."""
+    s = job.spec
+    return (ROW_OVERHEAD + sum(len(a) for a in s.command) + len(s.working_directory) + len(s.stdout_path)
+            + len(s.stderr_path) + len(s.name) + 8 * (len(s.after) + len(job.assigned_cpus)))
+
+
+def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET) -> list[Job]:
+    """The longest head of jobs whose rows fit the reply budget (at least one job)."""
+    total = 0
+    for n, job in enumerate(jobs):
+        total += row_bytes(job)
+        if total > budget and n:
+            return jobs[:n]
+    return jobs
 
 
 class ManagerObject(ServiceInterface):
@@ -262,7 +283,9 @@ class ManagerObject(ServiceInterface):
         limit = f.get("Limit", MAX_LIST) or MAX_LIST
         if limit > MAX_LIST:
             raise InvalidArgument(f"Limit: at most {MAX_LIST} jobs per call; page with After (the last id you got)")
-        jobs = self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit)
+        # A page holds fewer than Limit rows when they are large (REPLY_BUDGET): page with After
+        # until an empty answer.
+        jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit))
         fed = self.engine.federation
         all_nodes = bool(f.get("AllNodes")) and fed is not None
         if all_nodes:
@@ -282,9 +305,14 @@ class ManagerObject(ServiceInterface):
                 user_name = pwd.getpwuid(f["User"]).pw_name
             except KeyError:
                 return out
+        budget = REPLY_BUDGET - sum(row_bytes(j) for j in jobs)
         for node, rec in await fed.list_cluster(f.get("States"), user_name, f.get("After", 0), limit):
             if not self.service.viewer_sees_name(rec.get("UserName"), my_name, viewer):
                 rec = redact_job(rec)
+            budget -= ROW_OVERHEAD + sum(len(str(v)) for v in rec.values() if isinstance(v, (str, list)))
+            if budget < 0:
+                log.info("ListJobs(AllNodes): the reply is full; %s's further rows are left out", node)
+                break
             try:
                 row = {k: Variant(sig, rec[k]) for k, sig in JOB_PROPERTIES.items() if k in rec}
             except (TypeError, ValueError, OverflowError):
@@ -526,7 +554,6 @@ class DBusService:
         finally:
             self._redispatch.pop(id(msg), None)
 
-
     MANAGED_MAX = 10_000  # job objects GetManagedObjects lists; its one reply is marshalled at once (~10 ms per 1,000)
 
     def _managed_objects(self, msg: Message) -> Message | bool | None:
@@ -537,10 +564,11 @@ class DBusService:
         covers_jobs = path == "/" or JOB_PATH_PREFIX.startswith(path.rstrip("/") + "/")
         if not covers_jobs or not self.objects:
             return None
-        if len(self.objects) > self.MANAGED_MAX:
+        if len(self.objects) > self.MANAGED_MAX or sum(row_bytes(o.job) for o in self.objects.values()) > REPLY_BUDGET:
             return Message.new_error(
                 msg, "org.freedesktop.DBus.Error.LimitsExceeded",
-                f"{len(self.objects)} job objects are exported; GetManagedObjects lists at most {self.MANAGED_MAX}: "
+                f"{len(self.objects)} job objects are exported; GetManagedObjects lists at most {self.MANAGED_MAX} "
+                f"(and {REPLY_BUDGET >> 20} MiB): "
                 f"use org.schedd.Schedd1.Manager.ListJobs (page with its After filter) and InterfacesAdded")
         if path not in (MANAGER_PATH, JOB_PATH_PREFIX.rstrip("/")):
             return None

@@ -61,8 +61,10 @@ class _Slicer:
     Every `freeze_every` items it also moves what is alive out of the cyclic garbage collector's
     sight (gc.freeze): CPython runs a full collection each time the heap grows by a quarter, and
     one walks every tracked object -- about a second with 150,000 jobs in memory, a stall for
-    every caller. Jobs, specs and their bus objects hold no reference cycles, so reference
-    counting frees them when they go; only what is cyclic and alive at a freeze is never collected.
+    every caller. Each freeze first collects what is not frozen yet (only the objects made since
+    the last freeze: cheap), so no garbage that exists then is pinned. Jobs, specs and their bus
+    objects hold no reference cycles, so reference counting frees them when they go; what stays
+    for ever is only a cycle alive at a freeze that becomes garbage later.
     """
 
     __slots__ = ("seconds", "until", "freeze_every", "items", "pause")
@@ -77,6 +79,7 @@ class _Slicer:
     async def tick(self) -> None:
         self.items += 1
         if self.items % self.freeze_every == 0:
+            gc.collect()
             gc.freeze()
         if time.monotonic() >= self.until:
             await asyncio.sleep(0)
@@ -405,48 +408,55 @@ class Engine:
         # program starts (and no one hears of the ids) until the records are durable.
         durable = asyncio.get_running_loop().create_future()
         rows = []
+        inserted: list[Job] = []
         self._unannounced.update(j.id for j in jobs)
-        for job, size in zip(jobs, sizes):
-            self.jobs[job.id] = job
-            self._by_state[job.state] += 1
-            r = held[job.uid]  # the reservation becomes the queued job's share
-            r[0] -= 1
-            r[1] -= size
-            self.quotas.unreserve(job.uid, 1, size)
-            self.quotas.enter(job.uid, size)
-            if job.state == JobState.PENDING:
-                if not job.spec.after:
-                    self._durable[job.id] = durable
-                    self._enqueue(job)
-            rows.append(job_to_row(job))
-            await sliced.tick()
-        self.kick()
         try:
-            await self.store.save_rows(rows, retry=False)
-        except Exception as e:
+            try:
+                for job, size in zip(jobs, sizes):
+                    self.jobs[job.id] = job
+                    self._by_state[job.state] += 1
+                    r = held[job.uid]  # the reservation becomes the queued job's share
+                    r[0] -= 1
+                    r[1] -= size
+                    self.quotas.unreserve(job.uid, 1, size)
+                    self.quotas.enter(job.uid, size)
+                    inserted.append(job)
+                    if job.state == JobState.PENDING:
+                        if not job.spec.after:
+                            self._durable[job.id] = durable
+                            self._enqueue(job)
+                    rows.append(job_to_row(job))
+                    await sliced.tick()
+                self.kick()
+                await self.store.save_rows(rows, retry=False)
+            except BaseException as e:
+                for job in inserted:
+                    self._forget_unrecorded(job)
+                durable.set_exception(e if isinstance(e, Exception) else SchedError("the submission was interrupted"))
+                durable.exception()  # retrieved: launches waiting on it abort quietly
+                if isinstance(e, Exception):
+                    raise self.store.write_error(e.__cause__ or e, "the jobs" if len(jobs) > 1 else "the job") from e
+                raise
+            finally:
+                self._unannounced.difference_update(j.id for j in jobs)
+            # Durable: announced before any of them starts (a start's signals never precede the job's object).
+            big = len(jobs) > self.LOG_EACH
             for job in jobs:
-                self._forget_unrecorded(job)
+                for l in self.listeners:
+                    l.job_added(job)
+                if not big:
+                    self._transition_log(job, "submitted")
+                if job.state == JobState.PENDING and job.spec.after:
+                    self._make_eligible(job)
                 await sliced.tick()
-            durable.set_exception(e)
-            durable.exception()  # retrieved: launches waiting on it abort quietly
-            raise self.store.write_error(e.__cause__ or e, "the jobs" if len(jobs) > 1 else "the job") from e
+            if big:
+                log.info("jobs %d-%d submitted (%d jobs in one batch): user=%s", first, jobs[-1].id, len(jobs),
+                         jobs[0].spec.owner)
         finally:
+            if not durable.done():
+                durable.set_result(None)  # recorded: whatever went wrong announcing them, they may run
             for job in jobs:
                 self._durable.pop(job.id, None)
-            self._unannounced.difference_update(j.id for j in jobs)
-        big = len(jobs) > self.LOG_EACH
-        for job in jobs:
-            for l in self.listeners:
-                l.job_added(job)
-            if not big:
-                self._transition_log(job, "submitted")
-            if job.state == JobState.PENDING and job.spec.after:
-                self._make_eligible(job)
-            await sliced.tick()
-        if big:
-            log.info("jobs %d-%d submitted (%d jobs in one batch): user=%s", first, jobs[-1].id, len(jobs),
-                     jobs[0].spec.owner)
-        durable.set_result(None)
         self._manager_changed({"PendingJobs"})
         self.kick()
         return jobs

@@ -353,3 +353,17 @@ async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusServi
     assert got[("p", 1)]["Command"].value == local_mine.spec.command
     assert got[("p", 2)]["Command"].value == [] and got[("p", 2)]["WorkingDirectory"].value == ""
     assert all(set(r) == set(JOB_PROPERTIES) | {"Origin"} for r in rows)
+
+
+def test_a_listing_reply_stays_within_the_bus_message_limit():
+    """40 jobs of 1 MiB command lines would make a 40 MiB reply: the bus would drop the daemon's connection."""
+    from schedd.dbus_service import REPLY_BUDGET, row_bytes, within_budget
+    from schedd.model import Job, JobSpec
+
+    big = [Job(id=i, spec=JobSpec(command=["true", "x" * 1_000_000], name="big", cpus=1, memory=1 << 20, uid=1000,
+                                  gid=1000, user_name="u", working_directory="/"))
+           for i in range(1, 41)]
+    page = within_budget(big)
+    assert 0 < len(page) < 40 and sum(row_bytes(j) for j in page) <= REPLY_BUDGET
+    assert [j.id for j in page] == list(range(1, len(page) + 1))  # the head, in order: After pages on
+    assert within_budget(big[:1], budget=10) == big[:1]  # one row always goes, whatever its size

@@ -333,11 +333,24 @@ async def test_list_jobs_pages_with_the_after_cursor(monkeypatch):
     monkeypatch.setattr(Client, "call", fake_call)
     c = Client(user=True, address="unix:path=/unused")
     assert [j["Id"] for j in await c.list_jobs(["PENDING"], 1000)] == list(range(1, 9))
-    assert [(f["After"], f["Limit"]) for f in calls] == [(0, 3), (3, 3), (6, 3)]
+    # A short page is not the end (the daemon shortens pages of large rows): only an empty one is.
+    assert [(f["After"], f["Limit"]) for f in calls] == [(0, 3), (3, 3), (6, 3), (8, 3)]
     assert calls[0]["States"] == ["PENDING"] and calls[0]["User"] == 1000
     calls.clear()
     assert [j["Id"] for j in await c.list_jobs(limit=4)] == [1, 2, 3, 4]
     assert [(f["After"], f["Limit"]) for f in calls] == [(0, 3), (3, 1)] and "States" not in calls[0]
+
+
+async def test_list_jobs_goes_on_after_a_page_the_daemon_shortened(monkeypatch):
+    store = [{"Id": Variant("t", i), "State": Variant("s", "PENDING")} for i in range(1, 6)]
+
+    async def fake_call(self, member, signature="", body=None):
+        flt = plain(body[0])
+        return [[j for j in store if j["Id"].value > flt["After"]][:2]]  # at most 2 rows fit its reply budget
+
+    monkeypatch.setattr(Client, "call", fake_call)
+    c = Client(user=True, address="unix:path=/unused")
+    assert [j["Id"] for j in await c.list_jobs()] == [1, 2, 3, 4, 5]
 
 
 class FakeClient:
