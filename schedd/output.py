@@ -10,7 +10,9 @@ The path is first opened with O_PATH|O_NOFOLLOW, which opens nothing behind it (
 device driver's open, no FIFO rendezvous, no controlling terminal); only once fstat
 shows a regular file of the job's user is it reopened for reading through
 /proc/self/fd. All of it runs on a small pool of threads, never on the event loop: a
-stalled mount blocks a thread, not the daemon.
+stalled mount blocks a thread, not the daemon, and each user's files (the job's user, who
+chose the path) may hold at most PER_USER of those threads, so one user's stalled mount
+leaves the others' reads their threads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
@@ -26,7 +29,9 @@ from .errors import AccessDenied, InvalidArgument, InvalidState
 MAX_CHUNK = 1 << 20  # bytes per call: D-Bus messages and HTTP answers stay small
 READ_TIMEOUT_S = 10.0  # a caller is answered by then even if the file system never answers
 # Its own threads: a read stuck on a dead mount must not take the loop's default executor with it.
-_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="schedd-output")
+_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="schedd-output")
+PER_USER = 2  # threads one user's output files may hold at once (counted until the read really ends)
+_in_flight: Counter[int] = Counter()  # uid of the files' owner -> reads under way (on the loop only)
 T = TypeVar("T")
 
 
@@ -99,10 +104,22 @@ def read_tail_blocking(path: str, uid: int, limit: int) -> bytes:
         os.close(fd)
 
 
-async def _off_loop(path: str, fn: Callable[..., T], *args: object) -> T:
+async def _off_loop(path: str, uid: int, fn: Callable[..., T], *args: object) -> T:
+    if _in_flight[uid] >= PER_USER:
+        raise InvalidState(f"{_in_flight[uid]} reads of uid {uid}'s output files are still under way (is their file "
+                           "system stalled?); try again later")
     loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(_POOL, fn, *args)
+    _in_flight[uid] += 1
+
+    def done(_f: asyncio.Future) -> None:
+        _in_flight[uid] -= 1
+        if _in_flight[uid] <= 0:
+            del _in_flight[uid]
+
+    fut.add_done_callback(done)
     try:
-        return await asyncio.wait_for(loop.run_in_executor(_POOL, fn, *args), READ_TIMEOUT_S)
+        return await asyncio.wait_for(asyncio.shield(fut), READ_TIMEOUT_S)
     except TimeoutError:
         raise InvalidState(f"reading {path} did not finish in {READ_TIMEOUT_S:g} s (is its file system "
                            "stalled?); try again later") from None
@@ -114,11 +131,11 @@ async def read_output(path: str, uid: int, offset: int, limit: int = MAX_CHUNK) 
         raise InvalidArgument(f"offset {offset} is not a position in a file")
     if not path:
         return b""
-    return await _off_loop(path, read_output_blocking, path, uid, offset, limit)
+    return await _off_loop(path, uid, read_output_blocking, path, uid, offset, limit)
 
 
 async def read_tail(path: str, uid: int, limit: int) -> bytes:
     """read_tail_blocking, off the event loop."""
     if not path:
         return b""
-    return await _off_loop(path, read_tail_blocking, path, uid, limit)
+    return await _off_loop(path, uid, read_tail_blocking, path, uid, limit)

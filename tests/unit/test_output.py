@@ -119,3 +119,30 @@ async def test_reads_run_off_the_loop_and_a_stalled_one_times_out(monkeypatch, t
         t.cancel()
     assert threads and threads[0] != threading.get_ident()
     assert ticks > 5  # the loop kept running while the read was stuck
+
+
+async def test_one_users_stalled_reads_leave_the_others_their_threads(monkeypatch, tmp_path: Path):
+    release = threading.Event()
+
+    def blocking(path: str, uid: int, offset: int, limit: int) -> bytes:
+        if path.startswith("/stalled/"):
+            release.wait(10)
+        return b"ok"
+
+    monkeypatch.setattr(output, "read_output_blocking", blocking)
+    monkeypatch.setattr(output, "READ_TIMEOUT_S", 0.3)
+    try:
+        for _ in range(output.PER_USER):
+            with pytest.raises(InvalidState, match="did not finish"):
+                await read_output("/stalled/fuse/out", 5001, 0)
+        # Its threads are still stuck: the same user is answered at once, others read on.
+        with pytest.raises(InvalidState, match="still under way"):
+            await read_output("/stalled/fuse/out", 5001, 0)
+        assert await asyncio.gather(*(read_output(f"/home/u{i}/out", 6000 + i, 0) for i in range(8))) == [b"ok"] * 8
+    finally:
+        release.set()
+    for _ in range(100):
+        if 5001 not in output._in_flight:
+            break
+        await asyncio.sleep(0.02)
+    assert await read_output("/stalled/fuse/out", 5001, 0) == b"ok"  # once they end, the user reads again
