@@ -406,6 +406,7 @@ class DBusService:
         self._tasks: set[asyncio.Task] = set()
         self._unsynced = 0  # signals sent since the last pacing round trip (drain)
         self._replies: set[asyncio.Task] = set()  # GetManagedObjects answers being built
+        self._budget_checked: set[int] = set()  # id(msg) of a GetManagedObjects whose reply fits its caller's view
         bus.add_message_handler(self._tap)
         if not engine.user_mode:
             engine.authorize_other = self.polkit_allows
@@ -564,18 +565,49 @@ class DBusService:
         covers_jobs = path == "/" or JOB_PATH_PREFIX.startswith(path.rstrip("/") + "/")
         if not covers_jobs or not self.objects:
             return None
-        if len(self.objects) > self.MANAGED_MAX or sum(row_bytes(o.job) for o in self.objects.values()) > REPLY_BUDGET:
-            return Message.new_error(
-                msg, "org.freedesktop.DBus.Error.LimitsExceeded",
-                f"{len(self.objects)} job objects are exported; GetManagedObjects lists at most {self.MANAGED_MAX} "
-                f"(and {REPLY_BUDGET >> 20} MiB): "
-                f"use org.schedd.Schedd1.Manager.ListJobs (page with its After filter) and InterfacesAdded")
+        if len(self.objects) > self.MANAGED_MAX:
+            return self._too_many(msg)
+        if id(msg) in self._budget_checked:
+            self._budget_checked.discard(id(msg))
+        elif sum(row_bytes(o.job) for o in self.objects.values()) > REPLY_BUDGET:
+            # Too big as root would see it: what this caller sees (others' private keys empty) may fit.
+            task = asyncio.get_running_loop().create_task(self._check_budget_and_dispatch(msg))
+            self._replies.add(task)
+            task.add_done_callback(self._replies.discard)
+            return True
         if path not in (MANAGER_PATH, JOB_PATH_PREFIX.rstrip("/")):
             return None
         task = asyncio.get_running_loop().create_task(self._answer_managed_objects(msg))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
         return True
+
+    def _too_many(self, msg: Message, size: int = 0) -> Message:
+        what = f"{size >> 20} MiB of job objects are" if size else f"{len(self.objects)} job objects are"
+        return Message.new_error(
+            msg, "org.freedesktop.DBus.Error.LimitsExceeded",
+            f"{what} exported; GetManagedObjects lists at most {self.MANAGED_MAX} (and {REPLY_BUDGET >> 20} MiB): "
+            "use org.schedd.Schedd1.Manager.ListJobs (page with its After filter) and InterfacesAdded")
+
+    async def _check_budget_and_dispatch(self, msg: Message) -> None:
+        try:
+            jobs = [o.job for o in self.objects.values()]
+            viewer = await self.viewer(await self._caller_of(msg.sender, False), jobs)
+        except Exception as e:  # noqa: BLE001 - answer the call, whatever went wrong
+            log.warning("cannot tell who lists the job objects (%s): %s", msg.sender, e)
+            self.bus.send(Message.new_error(msg, ERROR_PREFIX + "Failed", "cannot tell who is calling"))
+            return
+        size = sum(row_bytes(j) if self.viewer_sees(j, viewer) else ROW_OVERHEAD + len(j.spec.name) for j in jobs)
+        if size > REPLY_BUDGET:
+            self.bus.send(self._too_many(msg, size))
+            return
+        self._budget_checked.add(id(msg))
+        self._redispatch[id(msg)] = viewer
+        try:
+            self.bus._process_message(msg)  # through the tap again, the budget checked for this viewer
+        finally:
+            self._redispatch.pop(id(msg), None)
+            self._budget_checked.discard(id(msg))
 
     async def _answer_managed_objects(self, msg: Message) -> None:
         try:

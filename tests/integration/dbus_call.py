@@ -12,6 +12,7 @@ import sys
 from dbus_fast import Variant
 from dbus_fast.errors import DBusError
 
+from schedctl.client import plain
 from schedd import bus as dbus
 
 
@@ -24,14 +25,6 @@ def variants(x):
     return x
 
 
-def plain(x):
-    if isinstance(x, Variant):
-        return plain(x.value)
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    return x
 
 
 async def main() -> None:

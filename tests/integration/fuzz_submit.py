@@ -58,7 +58,7 @@ HOSTILE_WORDS = [
     "", "/", "/tmp", "tmp", "/nonexistent/dir", "/etc/shadow", "../..", "/root", "/var/tmp", "NAME=value", "=x",
     "A=", "true", "/bin/true", "sleep", "%j", "/run/x-%j.log", "/dev/null", "/dev/ptmx", "/dev/tty", "/dev/full",
     "/proc/self/environ", "/proc/self/fd/1", "/proc/self/cwd", "/proc/1/root/etc/shadow", ETC_LINK, SHADOW_LINK,
-    f"{ETC_LINK}/passwd", f"/nonexistent-dir/x{FORGED}", f"/var/tmp/x\rstatus=0", "\x1b[2J\x1b[31mred", "a\x7f",
+    f"{ETC_LINK}/passwd", f"/nonexistent-dir/x{FORGED}", "/var/tmp/x\rstatus=0", "\x1b[2J\x1b[31mred", "a\x7f",
     "LD_PRELOAD=/nonexistent.so", "PATH=", "HOME=/root", "SCHEDD_JOB_ID=1", "AWS_SECRET_ACCESS_KEY=AKIAIOSFODNN7",
     f"X={FORGED}",
 ]

@@ -8,13 +8,10 @@ finished jobs purged after [jobs] keep_finished, and what GetJob says of them af
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
-from conftest import CONFIG, Node, client
-from sandbox import Sandbox, SandboxError
+from conftest import CONFIG, Node, client, extra_node
 
 FLOOD = 150_000  # small held specs in one SubmitMany: about 10 MB, within the system bus's 32 MiB a message
 CAP = 200_000
@@ -28,18 +25,8 @@ ALICE, BOB = "schedd-alice", "schedd-bob"
 
 @pytest.fixture(scope="module")
 def flood_node(users):
-    sb = Sandbox(f"flood-{os.getpid()}")
-    sb.prepare(config=FLOOD_CONFIG)
-    sb.boot()
-    try:
-        sb.run(["systemctl", "start", "schedd"], timeout=60)
-        yield Node(sb)
-    except SandboxError:
-        print(sb.journal(), file=sys.stderr)
-        raise
-    finally:
-        sb.stop()
-        sb.cleanup()
+    with extra_node("flood", FLOOD_CONFIG) as n:
+        yield n
 
 
 def held(argv: list[str]) -> dict:

@@ -10,12 +10,10 @@ does not allow fails with EPERM ("Operation not permitted": the devices cgroup r
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
-from conftest import CONFIG, Node, SandboxError
+from conftest import CONFIG, Node, extra_node
 
-from sandbox import Sandbox
 
 DEVICES = [f"/dev/schedd-test-gpu{i}" for i in range(2)]
 GPU_CONFIG = CONFIG.replace('[resources]\n', '[resources]\ngpus = 2\ngpu_device = "/dev/schedd-test-gpu{index}"\n')
@@ -28,18 +26,10 @@ def gpu_node(users):
         if os.path.exists(path):
             os.unlink(path)
         os.mknod(path, 0o666 | 0o020000, os.makedev(195, 240 + i))
-    sb = Sandbox(f"gpu-{os.getpid()}")
-    sb.prepare(config=GPU_CONFIG)
-    sb.boot()
     try:
-        sb.run(["systemctl", "start", "schedd"], timeout=60)
-        yield Node(sb)
-    except SandboxError:
-        print(sb.journal(), file=sys.stderr)
-        raise
+        with extra_node("gpu", GPU_CONFIG) as n:
+            yield n
     finally:
-        sb.stop()
-        sb.cleanup()
         for path in DEVICES:
             if os.path.exists(path):
                 os.unlink(path)

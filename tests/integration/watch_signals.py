@@ -9,19 +9,12 @@ import json
 import os
 import sys
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Message, MessageType
 
+from schedctl.client import plain
 from schedd import bus as dbus
 
 
-def plain(x):
-    if isinstance(x, Variant):
-        return plain(x.value)
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    return x
 
 
 async def main() -> None:
