@@ -48,18 +48,6 @@ def parse_id_list(value: object, what: str) -> list[int]:
     return sorted(ids)
 
 
-def format_id_list(ids: list[int]) -> str:
-    """[0,1,2,5] -> '0-2,5' (the cpuset list format)."""
-    out, ids = [], sorted(set(ids))
-    i = 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(out)
-
 
 @dataclass
 class PeerConfig:

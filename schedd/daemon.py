@@ -1,4 +1,4 @@
-"""schedd: the daemon's entry point. One asyncio loop for D-Bus, child watching and (later) HTTP.
+"""schedd: the daemon's entry point. One asyncio loop for D-Bus, child watching and HTTP.
 
 Start-up order matters (Type=notify): recover the store and re-adopt running
 scopes first, then export the objects and take the bus name, then READY=1,
@@ -137,11 +137,9 @@ async def run(args: argparse.Namespace) -> int:
     return rc
 
 
-async def _start_web(cfg, engine: Engine, service: DBusService, peers=None):
-    """The HTTP server, when [http] listen is set; each feature adds its routes here.
-
-    `peers`: a callable giving ListNodes-style dicts of the peers (federation), for metrics and the dashboard.
-    """
+async def _start_web(cfg, engine: Engine, service: DBusService):
+    """The HTTP server, when [http] listen is set; each feature adds its routes here. With peers,
+    metrics and the dashboard get the federation's ListNodes-style rows of them."""
     if cfg.http.listen is None:
         return None
     from aiohttp import web as aioweb  # aiohttp is only imported by daemons that serve HTTP
@@ -151,13 +149,14 @@ async def _start_web(cfg, engine: Engine, service: DBusService, peers=None):
     from .web import Web
 
     web = Web(cfg.http, node_name=cfg.node_name)
+    peers = None
     if cfg.peers:
         from .federation import Federation
         from .federation_api import FederationApi
 
         web.federation = Federation(engine, cfg, web)
         FederationApi(web.federation, web)
-        peers = peers or web.federation.node_rows
+        peers = web.federation.node_rows
     metrics = Metrics(engine, peers)
 
     async def serve_metrics(_request):

@@ -29,6 +29,7 @@ from .errors import NotFound, SchedError
 from .metrics import safe_peers
 from .model import Job, JobState, now_usec
 from .output import read_tail
+from .protocol import PRIVATE_JOB_KEYS
 from .web import HttpError, Web
 
 log = logging.getLogger("schedd.dashboard")
@@ -40,7 +41,6 @@ RECENT_SHOWN = 30
 TAIL_BYTES = 16 << 10
 COALESCE_S = 0.1  # at most 10 pushes a second; a burst of transitions becomes one push
 # Shown only with the operators' token, like the output: a command line or path can carry what is not everyone's.
-PRIVATE_KEYS = ("Command", "WorkingDirectory", "StdoutPath", "StderrPath")
 KEEPALIVE_S = 15.0
 
 PeersFn = Callable[[], Iterable[dict[str, Any]]]
@@ -218,7 +218,7 @@ class Dashboard:
             raise HttpError(404, "not-found", e.message) from None
         out: dict[str, Any] = {k: get(job) for k, get in JOB_GETTERS.items()}
         if not self.web.is_admin(request):
-            for key in PRIVATE_KEYS:
+            for key in PRIVATE_JOB_KEYS:
                 out.pop(key, None)
             out["Output"] = None
             out["OutputNote"] = ("the output (and command line) are shown only with the operators' token"

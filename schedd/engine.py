@@ -1,9 +1,10 @@
 """The engine: owns the jobs, applies every transition, and keeps store, scheduler and executor in step.
 
-Front ends (D-Bus now, HTTP later) call the engine's methods with a Caller and
-listen to its events; they hold no job state of their own. The engine never
-reads the database to decide anything: live jobs are in memory, the store is
-the durable copy (and the archive of finished jobs).
+Front ends (D-Bus, the peer API, the dashboard) call the engine's methods with a
+Caller and listen to its events; they hold no job state of their own. Live jobs are
+in memory and decide scheduling; the store is the durable copy and the archive of
+finished jobs, which the engine reads only for jobs no longer in memory (a dependency
+on an archived job, GetJob or a listing of old ones).
 """
 
 from __future__ import annotations
@@ -305,9 +306,6 @@ class Engine:
         """(pending incl. held, running incl. suspended), as the Manager properties show them."""
         c = self._by_state
         return c[JobState.PENDING] + c[JobState.HELD], c[JobState.RUNNING] + c[JobState.SUSPENDED]
-
-    def queue_order(self) -> list[Job]:
-        return list(self.scheduler.ordered())
 
     # -- requests ---------------------------------------------------------------
 
@@ -1136,9 +1134,6 @@ class Engine:
             l.job_added(job)
         self._transition_log(job, "submitted" if not job.remote_id else f"submitted, runs on {job.remote_node}")
         self._manager_changed({"PendingJobs", "RunningJobs"})
-
-    MIRRORED = ("exit_code", "start_time", "end_time", "cpu_time_usec", "memory_peak", "assigned_cpus",
-                "assigned_gpus")
 
     def mirror(self, job: Job, state: JobState, reason: str, fields: dict[str, Any]) -> None:
         """A transition of a forwarded job, as its node reported it."""

@@ -73,7 +73,7 @@ class Federation:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
-        self.forwards = 0  # counters for metrics
+        self.forwards = 0  # counted for the journal and tests (forward_retries)
         self.forward_retries = 0
         self.node_listeners: list[Callable[[], None]] = []  # told when a peer's state or load changes
 

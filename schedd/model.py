@@ -32,7 +32,6 @@ TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCE
 class Reason(StrEnum):
     """Why a job is where it is; systemd's result words where they fit."""
 
-    NONE = ""
     SUCCESS = "success"
     EXIT_CODE = "exit-code"
     SIGNAL = "signal"

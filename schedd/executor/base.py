@@ -1,7 +1,7 @@
 """The executor seam (Nomad's task-driver interface): start, stop, exit events, recover.
 
 Nothing outside ``schedd.executor`` knows which implementation runs. Both
-implementations start the job through the same gate (``gate.pl``), so exit
+implementations start the job through the same gate (``gate.c``, or its twin ``gate.pl``), so exit
 statuses, accounting and setup errors look the same whichever one runs.
 """
 
@@ -41,12 +41,6 @@ class ExitInfo:
     aborted: bool = False  # the program never started (the gate was never released): safe to run again
     malformed: str = ""  # the status file is not one a gate writes (what is wrong, in words): the result is lost
 
-    @property
-    def signal_name(self) -> str:
-        try:
-            return _signal.Signals(self.signal).name
-        except ValueError:
-            return str(self.signal)
 
 
 ExitCallback = Callable[[int, ExitInfo], None]

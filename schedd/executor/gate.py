@@ -1,4 +1,4 @@
-"""Spawning and watching the gate: the small supervisor every job runs under (gate.pl).
+"""Spawning and watching the gate: the small supervisor every job runs under (gate.c, or gate.pl).
 
 The daemon never forks itself for a job: the gate is started with posix_spawn
 (vfork+exec), waits on a pipe until the executor has placed it, then forks the
@@ -192,9 +192,6 @@ class GateRunner:
             loop.remove_reader(pidfd)
             os.close(pidfd)
         self._watched.clear()
-
-    def is_watched(self, job_id: int) -> bool:
-        return job_id in self._watched
 
     def read_status(self, job_id: int, gate_wait_status: int | None = None, run: int = 0) -> ExitInfo:
         """How the job ended, from its status file; the gate's own wait status where it recorded nothing.

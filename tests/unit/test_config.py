@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schedd.config import Config, ConfigError, format_id_list, load, parse_id_list
+from schedd.config import Config, ConfigError, load, parse_id_list
+from schedd.protocol import format_ranges as format_id_list
 
 MiB, GiB = 1 << 20, 1 << 30
 MACHINE_CPUS = sorted(os.sched_getaffinity(0))
