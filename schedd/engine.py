@@ -565,8 +565,9 @@ class Engine:
                 await self.executor.stop(job)
             except ExecutorError as e:
                 # The job runs on: its later end must not read as this request's (a forged CANCELLED).
-                if self._flags.get(job.id) is flags:
-                    flags.cancel, flags.requeue = before
+                if self._flags.get(job.id) is flags:  # undo only what this call asked (not a concurrent Requeue's)
+                    flags.cancel = flags.cancel and (before[0] or not cancel)
+                    flags.requeue = flags.requeue and (before[1] or not requeue)
                     flags.waiters.remove(fut)
                 raise SchedError(str(e)) from e
         await fut
