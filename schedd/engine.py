@@ -389,10 +389,7 @@ class Engine:
         jobs = []
         jobs_dir = str(self.jobs_dir)
         for jid, spec in enumerate(built, first):
-            if not spec.stdout_path:
-                spec.stdout_path = f"{jobs_dir}/{jid}/output"
-            spec.stdout_path = spec.stdout_path.replace("%j", str(jid))
-            spec.stderr_path = (spec.stderr_path or spec.stdout_path).replace("%j", str(jid))
+            spec.expand_paths(jid, jobs_dir)
             job = Job(id=jid, spec=spec, submit_time=now, node=self.config.node_name,
                       state=JobState.HELD if spec.hold else JobState.PENDING,
                       reason=Reason.HELD if spec.hold else "")

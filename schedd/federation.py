@@ -377,13 +377,13 @@ class Federation:
             views = self.views()
 
     def _fill_paths(self, job: Job) -> None:
-        d = str(self.engine.jobs_dir / str(job.id) / "output")
+        """A job placed here after all: a default path another node chose for it is ours again."""
         s = job.spec
-        if not s.stdout_path or DEFAULT_OUTPUT.search(s.stdout_path):
-            s.stdout_path = d
-        s.stdout_path = s.stdout_path.replace("%j", str(job.id))
-        if not s.stderr_path or DEFAULT_OUTPUT.search(s.stderr_path):
-            s.stderr_path = s.stdout_path
+        if DEFAULT_OUTPUT.search(s.stdout_path):
+            s.stdout_path = ""
+        if DEFAULT_OUTPUT.search(s.stderr_path):
+            s.stderr_path = ""
+        s.expand_paths(job.id, str(self.engine.jobs_dir))
 
     async def _place_remote(self, job: Job, target: str) -> None:
         try:

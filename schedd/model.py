@@ -77,6 +77,14 @@ class JobSpec:
     array_task_id: int | None = None
     array_max_running: int = 0
 
+    def expand_paths(self, job_id: int, jobs_dir: str) -> None:
+        """The output paths the job runs with: the default file jobs_dir/<id>/output when none is
+        given, stderr with stdout when it has none, and %j in either as the job's id."""
+        if not self.stdout_path:
+            self.stdout_path = f"{jobs_dir}/{job_id}/output"
+        self.stdout_path = self.stdout_path.replace("%j", str(job_id))
+        self.stderr_path = (self.stderr_path or self.stdout_path).replace("%j", str(job_id))
+
     @property
     def owner(self) -> str:
         """Who it runs as, for people (logs, metrics labels, accounting): the name, else the uid."""
