@@ -15,9 +15,10 @@ from dbus_fast.errors import DBusError, DBusFastError
 
 from schedd import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
 from schedd import bus as dbus
+from schedd.protocol import LIST_LIMIT
 
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
-MAX_PAGE = 10_000  # the most jobs the daemon returns per ListJobs call
+MAX_PAGE = LIST_LIMIT  # the most jobs the daemon returns per ListJobs call
 
 JobChange = tuple[int, str, str, str]  # JobStateChanged: (id, object path, state, reason)
 

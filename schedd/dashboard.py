@@ -97,7 +97,7 @@ class Dashboard:
         for j in e.jobs.values():
             if j.state.active:
                 running.append(j)
-            elif j.state in (JobState.PENDING, JobState.HELD) and j.id not in queued:
+            elif j.state.queued and j.id not in queued:
                 waiting.append(j)
             elif j.state.terminal:
                 ended.append(j)

@@ -39,7 +39,7 @@ from .engine import MANAGE_ACTION, Caller, Engine
 from .errors import ERROR_PREFIX, InvalidArgument, SchedError
 from .model import Job, JobState, now_usec
 from .placement import ledger_load
-from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, NODE_KEYS, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, redact_job
+from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, NODE_KEYS, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, redact_job
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _parse_filter(flt: dict[str, Variant], keys: dict[str, str] = LIST_FILTER_KE
     return out
 
 
-MAX_LIST = 10_000
+MAX_LIST = LIST_LIMIT
 # Bytes one reply may carry: the system bus drops a connection that sends a message over 32 MiB
 # (dbus-daemon's max_message_size), which would end the daemon; a job's Command alone may be 1 MiB.
 REPLY_BUDGET = 16 << 20

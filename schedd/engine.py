@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 _START_PROPS = {"State", "Reason", "StartTime", "AssignedCPUs", "AssignedGPUs", "Node", "WaitUSec"}
 MANAGE_ACTION = "org.schedd.Schedd1.manage-jobs"  # polkit action for other users' jobs
 PRIORITY_ACTION = "org.schedd.Schedd1.set-priority"  # polkit action for a Priority above max_user_priority
-QUEUED = (JobState.PENDING, JobState.HELD)  # what max_pending_per_user and max_queued_bytes_per_user count
 _END_PROPS = {"State", "Reason", "ExitCode", "EndTime", "CPUTimeUSec", "MemoryPeak", "RunUSec"}
 
 
@@ -199,7 +198,7 @@ class Engine:
                     self._arm_limit(job)
                 else:
                     lost += 1
-            elif job.state in QUEUED:
+            elif job.state.queued:
                 self.quotas.enter(job.uid, exec_bytes(job.spec))
         # Units of jobs we do not track as running: a crash between start and its record, or strangers.
         active = {j.id for j in self.jobs.values() if j.state.active and not j.remote}
@@ -495,7 +494,7 @@ class Engine:
         """Undo a submission whose commit failed: as if it never came."""
         self.jobs.pop(job.id, None)
         self._by_state[job.state] -= 1
-        if job.state in QUEUED:
+        if job.state.queued:
             self.quotas.leave(job.uid, exec_bytes(job.spec))
         self._unqueue(job)
 
@@ -538,7 +537,7 @@ class Engine:
             return await self.federation.action(job, "cancel")
         if job.state.terminal:
             raise InvalidState(f"job {job_id} is already {job.state.value}; only pending, held or running jobs can be cancelled")
-        if job.state in (JobState.PENDING, JobState.HELD) and job.id not in self._starting:
+        if job.state.queued and job.id not in self._starting:
             self._unqueue(job)
             self._end(job, JobState.CANCELLED, Reason.CANCELLED)
             self.store.save(job)
@@ -683,7 +682,7 @@ class Engine:
         job = await self._owned(job_id, caller)
         if job.remote:
             return await self.federation.action(job, "requeue")
-        if job.state in (JobState.PENDING, JobState.HELD):
+        if job.state.queued:
             raise InvalidState(f"job {job_id} is {job.state.value}: it has not run, nothing to requeue")
         if job.state.active or job.id in self._starting:
             await self._stop_and_wait(job, requeue=True)
@@ -997,9 +996,9 @@ class Engine:
         job.reason = reason
         self._by_state[old] -= 1
         self._by_state[state] += 1
-        if old in QUEUED and state not in QUEUED:
+        if old.queued and not state.queued:
             self.quotas.leave(job.uid, exec_bytes(job.spec))
-        elif state in QUEUED and old not in QUEUED:
+        elif state.queued and not old.queued:
             self.quotas.enter(job.uid, exec_bytes(job.spec))
         self._transition_log(job, state.value.lower(), old)
         for l in self.listeners:
@@ -1118,14 +1117,14 @@ class Engine:
         """A job of ours that is not queued here (forwarded, or waiting for a node): durable, then announced."""
         self.jobs[job.id] = job
         self._by_state[job.state] += 1
-        if job.state in QUEUED:
+        if job.state.queued:
             self.quotas.enter(job.uid, exec_bytes(job.spec))
         try:
             await self.store.save(job, retry=False)
         except Exception as e:
             self.jobs.pop(job.id, None)
             self._by_state[job.state] -= 1
-            if job.state in QUEUED:
+            if job.state.queued:
                 self.quotas.leave(job.uid, exec_bytes(job.spec))
             raise self.store.write_error(e.__cause__ or e) from e
         for l in self.listeners:
@@ -1204,7 +1203,7 @@ class Engine:
         job = self.get(job_id)
         if job.state.terminal or job.id not in self.jobs:
             return job
-        if job.state in (JobState.PENDING, JobState.HELD) and job.id not in self._starting:
+        if job.state.queued and job.id not in self._starting:
             self._unqueue(job)
             self._end(job, JobState.CANCELLED, Reason.NODE_FAILURE)
             await self.store.save(job)

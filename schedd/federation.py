@@ -137,7 +137,7 @@ class Federation:
         when, pending, running = self._load
         now = time.monotonic()
         if now - when > 0.1:
-            pending = sum(1 for j in e.jobs.values() if j.state in (JobState.PENDING, JobState.HELD) and not j.remote)
+            pending = sum(1 for j in e.jobs.values() if j.state.queued and not j.remote)
             running = sum(1 for j in e.jobs.values() if j.state.active and not j.remote)
             self._load = (now, pending, running)
         return ledger_load(l, pending, running)

@@ -17,7 +17,7 @@ from .federation_wire import job_state_json, resolve_user
 from .model import JobState
 from .output import MAX_CHUNK, read_output
 from .placement import LOAD_FIELDS
-from .protocol import JOB_PROPERTIES, SPEC_KEYS
+from .protocol import JOB_PROPERTIES, LIST_LIMIT, SPEC_KEYS
 from .web import HttpError, Web, read_json
 
 API = "/api/v1"
@@ -167,7 +167,7 @@ class FederationApi:
             if bad:
                 raise _bad(f"states: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
         after = self._qint(q, "after", 0)
-        limit = self._qint(q, "limit", 10_000) or 10_000
+        limit = self._qint(q, "limit", LIST_LIMIT) or LIST_LIMIT
         uid = None
         if "user" in q:
             import pwd
@@ -176,7 +176,7 @@ class FederationApi:
                 uid = pwd.getpwnam(q["user"]).pw_uid
             except KeyError:
                 return web.json_response({"Jobs": []})
-        jobs = await self._list(states, uid, after, min(limit, 10_000))
+        jobs = await self._list(states, uid, after, min(limit, LIST_LIMIT))
         if q.get("own") == "1":
             jobs = [j for j in jobs if not j.origin_node]
         return web.json_response({"Jobs": [job_json(j) for j in jobs]})

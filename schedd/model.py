@@ -25,6 +25,11 @@ class JobState(StrEnum):
         """Holds an allocation (processes may exist)."""
         return self in (JobState.RUNNING, JobState.SUSPENDED)
 
+    @property
+    def queued(self) -> bool:
+        """Waits to run (pending or held): what the per-user caps count and PendingJobs shows."""
+        return self in (JobState.PENDING, JobState.HELD)
+
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 

@@ -95,6 +95,7 @@ STATS_FILTER_KEYS: dict[str, str] = {
     "Since": "t",
 }
 
+LIST_LIMIT = 10_000  # the most jobs one ListJobs call (or the peer API's job list) returns; page with After
 LIST_FILTER_KEYS: dict[str, str] = {
     "States": "as",
     "User": "u",
