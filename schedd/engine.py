@@ -1051,13 +1051,17 @@ class Engine:
         old = [j for j in self.jobs.values()
                if j.state.terminal and 0 < j.end_time < horizon and not self.store.unwritten(j.id)]
         for job in old:
-            del self.jobs[job.id]
-            self._by_state[job.state] -= 1
-            for l in self.listeners:
-                try:
-                    l.job_released(job)
-                except Exception:  # noqa: BLE001
-                    log.exception("job %d: releasing its object failed", job.id)
+            self._drop_finished(job)
+
+    def _drop_finished(self, job: Job) -> None:
+        """A finished job leaves memory and the bus (it lives on in the store, or was purged from it)."""
+        del self.jobs[job.id]
+        self._by_state[job.state] -= 1
+        for l in self.listeners:
+            try:
+                l.job_released(job)
+            except Exception:  # noqa: BLE001 - one listener's error must not keep the job (or stop a sweep)
+                log.exception("job %d: releasing its object failed", job.id)
 
     PURGE_BATCH = 500  # rows per purge transaction: the group committer never waits long behind one
 
@@ -1089,13 +1093,7 @@ class Engine:
             for jid in ids:
                 job = self.jobs.get(jid)
                 if job is not None and job.state.terminal:  # gone from the store: gone from the bus too
-                    del self.jobs[jid]
-                    self._by_state[job.state] -= 1
-                    for l in self.listeners:
-                        try:
-                            l.job_released(job)
-                        except Exception:  # noqa: BLE001 - one listener's error must not stop the purge
-                            log.exception("job %d: releasing its object failed", job.id)
+                    self._drop_finished(job)
             if len(ids) < self.PURGE_BATCH:
                 break
             await asyncio.sleep(0)
