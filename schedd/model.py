@@ -81,6 +81,8 @@ class JobSpec:
     # Array tasks: the task's index (None: not an array task) and the array's cap on running tasks.
     array_task_id: int | None = None
     array_max_running: int = 0
+    # Bytes of argv + environment as execve counts them (quota.exec_bytes), derived: 0 until counted.
+    exec_size: int = field(default=0, compare=False, repr=False)
 
     def expand_paths(self, job_id: int, jobs_dir: str) -> None:
         """The output paths the job runs with: the default file jobs_dir/<id>/output when none is

@@ -17,13 +17,13 @@ from .model import JobSpec
 
 
 def exec_bytes(spec: JobSpec) -> int:
-    """Bytes the job's argv and environment take (as execve counts them: each string and its NUL)."""
-    n = 0
-    for s in spec.command:
-        n += len(s.encode("utf-8", "surrogateescape")) + 1
-    for s in spec.environment:
-        n += len(s.encode("utf-8", "surrogateescape")) + 1
-    return n
+    """Bytes the job's argv and environment take (as execve counts them: each string and its NUL).
+
+    Counted once: build_spec records the sum it checks against max_argv_bytes; a spec loaded from
+    the store is counted at its first use. Every queued/unqueued transition asks again."""
+    if not spec.exec_size:
+        spec.exec_size = sum(len(s.encode("utf-8", "surrogateescape")) + 1 for s in (*spec.command, *spec.environment))
+    return spec.exec_size
 
 
 @dataclass(slots=True)

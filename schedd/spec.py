@@ -259,6 +259,7 @@ def build_spec(
         raise _bad("ArrayMaxRunning", "only array tasks (with ArrayTaskId) have a cap on running tasks")
 
     return JobSpec(
+        exec_size=argv_bytes,
         command=command,
         name=name,
         cpus=cpus,

@@ -269,3 +269,16 @@ async def test_get_stats_reads_the_archive_in_the_background_thread(engine: Engi
     assert threads and threads[0].startswith("schedd-store-bg")
     assert figures == stats.collect(engine)
     assert figures["Total"]["Jobs"] == 4 and figures["Total"]["States"] == {"CANCELLED": 1, "HELD": 3}
+
+
+def test_the_byte_count_validation_made_is_the_one_the_caps_use():
+    """build_spec counts argv + environment once; a spec from the store (not counted) gets the same sum."""
+    from schedd.model import JobSpec
+    from schedd.quota import exec_bytes
+
+    argv, env = ["sh", "-c", "echo é"], ["A=1", "B=ü"]
+    counted = JobSpec(command=argv, environment=env, name="x", cpus=1, memory=1 << 20, uid=1, gid=1,
+                      user_name="u", working_directory="/", exec_size=3 + 3 + 8 + 4 + 5)
+    fresh = JobSpec(command=argv, environment=env, name="x", cpus=1, memory=1 << 20, uid=1, gid=1,
+                    user_name="u", working_directory="/")
+    assert exec_bytes(fresh) == exec_bytes(counted) == 23
