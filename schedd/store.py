@@ -178,9 +178,14 @@ def _private(path: Path) -> None:
             pass
 
 
+def _sqlite_code(e: BaseException) -> int | None:
+    """SQLite's primary result code of an error it raised (extended codes carry it in the low byte)."""
+    return (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF if isinstance(e, sqlite3.Error) else None
+
+
 def disk_full(e: BaseException) -> bool:
     """The write failed because the file system is full (SQLite maps ENOSPC to SQLITE_FULL)."""
-    if isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL:
+    if _sqlite_code(e) == sqlite3.SQLITE_FULL:
         return True
     return isinstance(e, OSError) and e.errno == errno.ENOSPC
 
@@ -253,7 +258,7 @@ class Store:
         (growing -shm or a sync can fail with SQLITE_IOERR_* where a write would say FULL)."""
         if disk_full(e):
             return True
-        if isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_IOERR:
+        if _sqlite_code(e) == sqlite3.SQLITE_IOERR:
             try:
                 st = os.statvfs(self.path.parent)
             except OSError:
@@ -488,9 +493,8 @@ class Store:
 
     def load_live(self, finished_since_usec: int) -> list[Job]:
         """Jobs the daemon must hold in memory at start: unfinished ones, and recently finished ones."""
-        terminal = tuple(s.value for s in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED))
         rows = self._r.execute(
-            f"{_SELECT} WHERE state NOT IN (?, ?, ?) OR end_time >= ? ORDER BY id", (*terminal, finished_since_usec)
+            f"{_SELECT} WHERE state NOT IN (?, ?, ?) OR end_time >= ? ORDER BY id", (*_TERMINAL, finished_since_usec)
         ).fetchall()
         return [row_to_job(r) for r in rows]
 
