@@ -541,19 +541,27 @@ class DBusService:
             return None
         return uid, hit[0]
 
-    async def _resolve_and_dispatch(self, msg: Message, jobs: list[Job]) -> None:
+    async def _viewer_or_answer(self, msg: Message, jobs: list[Job]) -> tuple[int, bool] | None:
+        """Who reads these jobs through a held message; None after answering it with an error."""
         try:
-            caller = await self._caller_of(msg.sender, False)
-            viewer = await self.viewer(caller, jobs)
+            return await self.viewer(await self._caller_of(msg.sender, False), jobs)
         except Exception as e:  # noqa: BLE001 - answer the call, whatever went wrong
-            log.warning("cannot tell who reads job properties (%s): %s", msg.sender, e)
+            log.warning("cannot tell who reads job properties (%s %s): %s", msg.sender, msg.member, e)
             self.bus.send(Message.new_error(msg, ERROR_PREFIX + "Failed", "cannot tell who is calling"))
-            return
+            return None
+
+    def _dispatch_as(self, msg: Message, viewer: tuple[int, bool]) -> None:
+        """A held message through the tap again, which now knows its viewer."""
         self._redispatch[id(msg)] = viewer
         try:
-            self.bus._process_message(msg)  # through the tap again, which now knows the viewer
+            self.bus._process_message(msg)
         finally:
             self._redispatch.pop(id(msg), None)
+
+    async def _resolve_and_dispatch(self, msg: Message, jobs: list[Job]) -> None:
+        viewer = await self._viewer_or_answer(msg, jobs)
+        if viewer is not None:
+            self._dispatch_as(msg, viewer)
 
     MANAGED_MAX = 10_000  # job objects GetManagedObjects lists; its one reply is marshalled at once (~10 ms per 1,000)
 
@@ -590,32 +598,23 @@ class DBusService:
             "use org.schedd.Schedd1.Manager.ListJobs (page with its After filter) and InterfacesAdded")
 
     async def _check_budget_and_dispatch(self, msg: Message) -> None:
-        try:
-            jobs = [o.job for o in self.objects.values()]
-            viewer = await self.viewer(await self._caller_of(msg.sender, False), jobs)
-        except Exception as e:  # noqa: BLE001 - answer the call, whatever went wrong
-            log.warning("cannot tell who lists the job objects (%s): %s", msg.sender, e)
-            self.bus.send(Message.new_error(msg, ERROR_PREFIX + "Failed", "cannot tell who is calling"))
+        jobs = [o.job for o in self.objects.values()]
+        viewer = await self._viewer_or_answer(msg, jobs)
+        if viewer is None:
             return
         size = sum(row_bytes(j) if self.viewer_sees(j, viewer) else ROW_OVERHEAD + len(j.spec.name) for j in jobs)
         if size > REPLY_BUDGET:
             self.bus.send(self._too_many(msg, size))
             return
         self._budget_checked.add(id(msg))
-        self._redispatch[id(msg)] = viewer
         try:
-            self.bus._process_message(msg)  # through the tap again, the budget checked for this viewer
+            self._dispatch_as(msg, viewer)  # the budget checked for this viewer
         finally:
-            self._redispatch.pop(id(msg), None)
             self._budget_checked.discard(id(msg))
 
     async def _answer_managed_objects(self, msg: Message) -> None:
-        try:
-            caller = await self._caller_of(msg.sender, False)
-            viewer = await self.viewer(caller, [o.job for o in self.objects.values()])
-        except Exception as e:  # noqa: BLE001 - answer the call, whatever went wrong
-            log.warning("cannot tell who lists the job objects (%s): %s", msg.sender, e)
-            self.bus.send(Message.new_error(msg, ERROR_PREFIX + "Failed", "cannot tell who is calling"))
+        viewer = await self._viewer_or_answer(msg, [o.job for o in self.objects.values()])
+        if viewer is None:
             return
         result: dict[str, dict[str, dict[str, Variant]]] = {}
         deadline = time.monotonic() + 0.01
