@@ -227,15 +227,21 @@ class GateRunner:
 
 def _from_gate_exit(info: ExitInfo, wait_status: int) -> None:
     """Fill a lost result from the gate's own wait status (it mirrors the job's, or tells why it never ran)."""
-    if os.WIFSIGNALED(wait_status):
-        info.signal = os.WTERMSIG(wait_status)
-        info.exit_code = 128 + info.signal
-    elif os.WIFEXITED(wait_status):
+    _set_exit(info, wait_status)
+    if os.WIFEXITED(wait_status) and not info.malformed:
         code = os.WEXITSTATUS(wait_status)
-        info.exit_code = code
-        if not info.malformed:
-            info.aborted |= code == 121
-            info.error = info.error or _ABORT_CODES.get(code, "")
+        info.aborted |= code == 121
+        info.error = info.error or _ABORT_CODES.get(code, "")
+
+
+def _set_exit(info: ExitInfo, wait_status: int) -> None:
+    """exit_code (128+N for signal N, the shell's convention) and signal, from a wait status: any
+    low bits are a signal (a status file claiming 0x7f is no success)."""
+    if wait_status & 0x7F:
+        info.signal = wait_status & 0x7F
+        info.exit_code = 128 + info.signal
+    else:
+        info.exit_code = (wait_status >> 8) & 0xFF
 
 
 # -- the status file ------------------------------------------------------------
@@ -298,14 +304,9 @@ def parse_status(data: bytes) -> ExitInfo:
         raise StatusError("its keys are not in the gate's order")
     if values["end"] != 1:
         raise StatusError("end=0 is not the gate's end marker")
-    st = values["status"]
     info = ExitInfo(error=error, oom_killed=values["oom_kill"] > 0, cpu_usec=values["cpu_usec"],
                     memory_peak=values["peak"], stragglers=values["stragglers"])
-    if st & 0x7F:
-        info.signal = st & 0x7F
-        info.exit_code = 128 + info.signal
-    else:
-        info.exit_code = (st >> 8) & 0xFF
+    _set_exit(info, values["status"])
     return info
 
 
