@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Trace-driven simulation of the scheduling policies, driving the daemon's own scheduler
-module (schedd.scheduler + schedd.ledger) with a fake clock.
+module (schedd.core.scheduler + schedd.core.ledger) with a fake clock.
 
 The trace is synthetic but shaped like a batch cluster's: Poisson arrivals at ~95 % offered
 load, widths from 1 CPU to the whole node, log-normal run times, and time limits that
@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schedd.ledger import Ledger  # noqa: E402
-from schedd.model import Job, JobSpec  # noqa: E402
-from schedd.scheduler import Running, Scheduler  # noqa: E402
+from schedd.core.ledger import Ledger  # noqa: E402
+from schedd.core.model import Job, JobSpec  # noqa: E402
+from schedd.core.scheduler import Running, Scheduler  # noqa: E402
 
 S = 1_000_000  # µs
 GiB = 1 << 30

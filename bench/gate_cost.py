@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from schedd.executor.gate import GATE_BINARY, GATE_SCRIPT, PERL, GateRunner  # noqa: E402
-from schedd.model import Job, JobSpec  # noqa: E402
+from schedd.core.model import Job, JobSpec  # noqa: E402
 
 N = 300
 

@@ -13,7 +13,7 @@ import time
 from typing import Any, Iterable
 
 from schedd.protocol import PRIVATE_JOB_KEYS, TERMINAL, format_duration, format_ranges, format_size
-from schedd.stats import Record, aggregate
+from schedd.core.stats import Record, aggregate
 
 _COLOURS = {"RUNNING": "32", "COMPLETED": "32", "FAILED": "31", "CANCELLED": "33", "HELD": "33", "SUSPENDED": "33"}
 _ANSI = re.compile(r"\033\[[0-9;]*m")

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import platformdirs
 import psutil
 
-from .protocol import parse_duration, parse_size
+from schedd.protocol import parse_duration, parse_size
 
 SYSTEM_CONFIG = Path("/etc/schedd/schedd.toml")
 SYSTEM_STATE = Path("/var/lib/schedd")
@@ -179,7 +179,7 @@ def load(path: Path | None, user_mode: bool) -> Config:
 
 
 def _discover_gpus(cfg: Config) -> None:
-    from .gpus import discover
+    from schedd.core.gpus import discover
 
     found = discover()
     if cfg.gpu_source == "nvml" and not found:

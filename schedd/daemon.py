@@ -17,14 +17,14 @@ import socket
 import sys
 from pathlib import Path
 
-from . import __version__
-from . import bus as dbus
-from .config import ConfigError, load
-from .dbus_service import DBusService, ServiceBus
-from .engine import Engine
-from .gpus import device_paths
-from .executor import ExecutorError, make_executor
-from .store import Store, default_path
+from schedd import __version__
+from schedd import bus as dbus
+from schedd.config import ConfigError, load
+from schedd.api.dbus.service import DBusService, ServiceBus
+from schedd.core.engine import Engine
+from schedd.core.gpus import device_paths
+from schedd.executor import ExecutorError, make_executor
+from schedd.core.store import Store, default_path
 
 log = logging.getLogger("schedd")
 
@@ -144,15 +144,15 @@ async def _start_web(cfg, engine: Engine, service: DBusService):
         return None
     from aiohttp import web as aioweb  # aiohttp is only imported by daemons that serve HTTP
 
-    from .dashboard import Dashboard
-    from .metrics import CONTENT_TYPE, Metrics
-    from .web import Web
+    from schedd.api.http.dashboard import Dashboard
+    from schedd.api.http.metrics import CONTENT_TYPE, Metrics
+    from schedd.api.http.web import Web
 
     web = Web(cfg.http, node_name=cfg.node_name)
     peers = None
     if cfg.peers:
-        from .federation import Federation
-        from .federation_api import FederationApi
+        from schedd.cluster.federation import Federation
+        from schedd.cluster.api import FederationApi
 
         web.federation = Federation(engine, cfg, web)
         FederationApi(web.federation, web)

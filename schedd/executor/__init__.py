@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from .base import Executor, ExecutorError, ExitCallback, ExitInfo, StartWithdrawn
+from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo, StartWithdrawn
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ async def make_executor(
 ) -> Executor:
     """'systemd', 'plain', or 'auto': systemd where its manager answers on the bus, else plain."""
     if kind in ("systemd", "auto"):
-        from .systemd import SystemdExecutor
+        from schedd.executor.systemd import SystemdExecutor
 
         ex = SystemdExecutor(on_exit, address=address, status_dir=status_dir, kill_wait_usec=kill_wait_usec,
                              gpu_devices=gpu_devices)
@@ -30,7 +30,7 @@ async def make_executor(
             if kind == "systemd":
                 raise
             log.warning("%s; using the plain executor (no cgroup limits, no scopes)", e)
-    from .plain import PlainExecutor
+    from schedd.executor.plain import PlainExecutor
 
     ex = PlainExecutor(on_exit, status_dir=status_dir, kill_wait_usec=kill_wait_usec)
     await ex.open()

@@ -13,8 +13,8 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from ..ledger import Allocation
-from ..model import Job
+from schedd.core.ledger import Allocation
+from schedd.core.model import Job
 
 
 class ExecutorError(Exception):
@@ -104,7 +104,7 @@ class Executor(abc.ABC):
 
     async def find_unrecorded(self, job_id: int) -> tuple[dict, list[int]] | None:
         """A job found running without a record of its start: (its handle, the CPUs its gate is pinned to)."""
-        from .gate import proc_start_time
+        from schedd.executor.gate import proc_start_time
 
         starts = sorted((proc_start_time(p) or 0, p) for p in await self.adopt_pids(job_id))
         if not starts:

@@ -24,9 +24,9 @@ import signal as _signal
 from dataclasses import dataclass, field
 from typing import Awaitable
 
-from ..ledger import Allocation
-from ..model import Job
-from .base import Executor, ExecutorError, ExitCallback, ExitInfo
+from schedd.core.ledger import Allocation
+from schedd.core.model import Job
+from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo
 
 
 @dataclass(slots=True)

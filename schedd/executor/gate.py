@@ -20,8 +20,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model import Job
-from .base import ExitInfo
+from schedd.core.model import Job
+from schedd.executor.base import ExitInfo
 
 log = logging.getLogger(__name__)
 

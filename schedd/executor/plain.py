@@ -17,10 +17,10 @@ import signal
 from pathlib import Path
 from typing import Awaitable
 
-from ..ledger import Allocation
-from ..model import Job
-from .base import Executor, ExecutorError, ExitCallback, ExitInfo
-from .gate import GateRunner
+from schedd.core.ledger import Allocation
+from schedd.core.model import Job
+from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo
+from schedd.executor.gate import GateRunner
 
 log = logging.getLogger(__name__)
 

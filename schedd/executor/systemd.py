@@ -22,13 +22,13 @@ from typing import Awaitable, Callable
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.errors import DBusError
 
-from .. import bus as dbus
-from .. import faults
-from ..ledger import Allocation
-from ..model import Job
-from .base import Executor, ExecutorError, ExitCallback, ExitInfo
-from ..gpus import CONTROL_DEVICES
-from .gate import GateRunner
+from schedd import bus as dbus
+from schedd import faults
+from schedd.core.ledger import Allocation
+from schedd.core.model import Job
+from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo
+from schedd.core.gpus import CONTROL_DEVICES
+from schedd.executor.gate import GateRunner
 
 log = logging.getLogger(__name__)
 

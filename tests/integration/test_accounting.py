@@ -80,8 +80,8 @@ SEEDED = [(7 * DAY, "COMPLETED")] * 3 + [(DAY // 24, "FAILED")]
 
 
 def _seed(state_dir: Path) -> None:
-    from schedd.model import Job, JobSpec, JobState
-    from schedd.store import Store, default_path
+    from schedd.core.model import Job, JobSpec, JobState
+    from schedd.core.store import Store, default_path
 
     alice = pwd.getpwnam(ALICE)
     store = Store(default_path(state_dir))

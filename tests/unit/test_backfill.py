@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schedd.ledger import Allocation, Ledger
-from schedd.model import Job, JobSpec
-from schedd.scheduler import Running, Scheduler
+from schedd.core.ledger import Allocation, Ledger
+from schedd.core.model import Job, JobSpec
+from schedd.core.scheduler import Running, Scheduler
 
 GiB = 1 << 30
 S = 1_000_000  # µs per second

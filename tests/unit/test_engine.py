@@ -13,17 +13,17 @@ from typing import Callable
 import pytest
 from dbus_fast import Variant
 
-import schedd.engine as engine_mod
+import schedd.core.engine as engine_mod
 from schedd.config import Config
-from schedd.engine import Caller, Engine
+from schedd.core.engine import Caller, Engine
 from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError, Unsatisfiable
 from schedd.executor.base import ExitInfo
 from schedd.executor.fake import FakeExecutor, FakeHost
-from schedd.federation_wire import mirrored_fields
-from schedd.model import Job, JobState, Reason, now_usec
+from schedd.cluster.wire import mirrored_fields
+from schedd.core.model import Job, JobState, Reason, now_usec
 from schedd.protocol import SPEC_KEYS
-from schedd.spec import build_spec
-from schedd.store import Store
+from schedd.core.spec import build_spec
+from schedd.core.store import Store
 
 ME = os.getuid()
 CALLER = Caller(uid=ME, sender=":1.42")  # what the D-Bus adapter hands the engine
@@ -781,11 +781,11 @@ async def test_a_job_the_daemon_never_started_runs_once_after_a_restart(node):
 
 
 # -- federation hooks --------------------------------------------------------------------------
-# How schedd.federation drives the engine: jobs of ours placed on a peer are records here
+# How schedd.cluster.federation drives the engine: jobs of ours placed on a peer are records here
 # (add_record, placed_remote, mirror, requeue_away, hold_record, end_record, place_here); copies
 # run here for a peer are local jobs with an origin (submit_many(origin=...), fence).
 
-WAITING = "*"  # schedd.federation's remote_node of a job waiting for a node
+WAITING = "*"  # schedd.cluster.federation's remote_node of a job waiting for a node
 
 
 async def record(node: Node, **keys) -> Job:

@@ -11,11 +11,11 @@ import pytest
 from dbus_fast import Variant
 
 from schedd.config import Config
-from schedd.engine import Caller, Engine
+from schedd.core.engine import Caller, Engine
 from schedd.executor.base import Executor
 from schedd.executor.gate import GateRunner
-from schedd.model import JobState, Reason
-from schedd.store import Store
+from schedd.core.model import JobState, Reason
+from schedd.core.store import Store
 
 GOOD = b"status=0\noom_kill=0\npeak=4096\ncpu_usec=10\nstragglers=0\nend=1\n"
 FORGED = (b"error=cannot open /nonexistent-dir/x\nstatus=0\nend=1\n for writing: No such file or directory\n"

@@ -14,7 +14,7 @@ from dbus_fast.errors import DBusError
 
 from schedd.executor.base import ExecutorError
 from schedd.executor.systemd import SystemdExecutor
-from schedd.model import Job, JobSpec
+from schedd.core.model import Job, JobSpec
 
 # systemd 252's answer on a v1/hybrid host (unit.c: "Unit does not support freezing").
 NO_FREEZER = DBusError("org.freedesktop.DBus.Error.NotSupported", "Unit schedd-job-7.scope does not support freezing")

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from schedd.executor.plain import PlainExecutor
-from schedd.model import Job, JobSpec
+from schedd.core.model import Job, JobSpec
 
 
 def make_job(tmp_path: Path, command: list[str]) -> Job:
@@ -55,9 +55,9 @@ def test_the_exits_directory_is_root_only_even_if_made_before(tmp_path: Path) ->
 
 async def test_the_finished_job_sweeper_survives_errors(tmp_path: Path, caplog) -> None:
     from schedd.config import Config
-    from schedd.engine import Engine
-    from schedd.model import JobState
-    from schedd.store import Store
+    from schedd.core.engine import Engine
+    from schedd.core.model import JobState
+    from schedd.core.store import Store
 
     store = Store(tmp_path / "schedd.db")
     engine = Engine(Config(node_name="n", cpu_ids=[0], memory=1 << 30, state_dir=tmp_path), store)

@@ -14,15 +14,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from dbus_fast import Variant
 
 from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
-from schedd.engine import Caller, Engine
+from schedd.core.engine import Caller, Engine
 from prereq import unavailable
 from schedd.errors import AccessDenied
-from schedd.federation import Federation
-from schedd.federation_api import OPENAPI, FederationApi
-from schedd.output import read_output_blocking as read_output
-from schedd.placement import NodeView
-from schedd.store import Store
-from schedd.web import Web
+from schedd.cluster.federation import Federation
+from schedd.cluster.api import OPENAPI, FederationApi
+from schedd.core.output import read_output_blocking as read_output
+from schedd.cluster.placement import NodeView
+from schedd.core.store import Store
+from schedd.api.http.web import Web
 
 TOKEN = "peer-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -187,8 +187,8 @@ async def test_peers_may_act_only_on_jobs_they_forwarded_and_stale_mirrors_are_r
 
 
 async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
-    from schedd.federation import WAITING
-    from schedd.model import Job, JobSpec, JobState
+    from schedd.cluster.federation import WAITING
+    from schedd.core.model import Job, JobSpec, JobState
 
     engine = api.fed.engine
     job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
@@ -334,7 +334,7 @@ async def test_fuzzed_bodies_never_make_a_500(api):
 async def test_jobs_for_other_nodes_are_submitted_one_at_a_time(api):
     from dbus_fast import Variant
 
-    from schedd.engine import Caller
+    from schedd.core.engine import Caller
     from schedd.errors import InvalidArgument
 
     spec = {"Command": Variant("as", ["true"]), "Node": Variant("s", "any")}
@@ -345,7 +345,7 @@ async def test_jobs_for_other_nodes_are_submitted_one_at_a_time(api):
 async def test_jobs_that_must_stay_here_must_fit_here(api):
     from dbus_fast import Variant
 
-    from schedd.engine import Caller
+    from schedd.core.engine import Caller
     from schedd.errors import Unsatisfiable
 
     fed = api.fed
@@ -364,10 +364,10 @@ async def test_jobs_that_must_stay_here_must_fit_here(api):
 async def test_a_job_waiting_for_a_down_node_can_be_held_released_and_cancelled(api):
     from dbus_fast import Variant
 
-    from schedd.engine import Caller
+    from schedd.core.engine import Caller
     from schedd.errors import InvalidState
-    from schedd.federation import WAITING
-    from schedd.model import JobState
+    from schedd.cluster.federation import WAITING
+    from schedd.core.model import JobState
 
     fed, user = api.fed, Caller(uid=pwd.getpwnam(USER).pw_uid)
     job = await fed.engine.submit({"Command": Variant("as", ["true"]), "Node": Variant("s", "a")}, user)
@@ -386,8 +386,8 @@ async def test_a_job_waiting_for_a_down_node_can_be_held_released_and_cancelled(
 
 
 async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopted(api):
-    from schedd.federation import WAITING
-    from schedd.model import Job, JobSpec
+    from schedd.cluster.federation import WAITING
+    from schedd.core.model import Job, JobSpec
 
     engine = api.fed.engine
     job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,

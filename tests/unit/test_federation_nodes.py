@@ -15,15 +15,15 @@ from aiohttp import web
 from dbus_fast import Variant
 
 from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
-from schedd.engine import Caller, Engine
+from schedd.core.engine import Caller, Engine
 from schedd.errors import AccessDenied, InvalidArgument
-from schedd.federation import Federation
+from schedd.cluster.federation import Federation
 from prereq import unavailable
-from schedd.federation_api import FederationApi
-from schedd.model import JobState
-from schedd.placement import Need
-from schedd.store import Store
-from schedd.web import Web
+from schedd.cluster.api import FederationApi
+from schedd.core.model import JobState
+from schedd.cluster.placement import Need
+from schedd.core.store import Store
+from schedd.api.http.web import Web
 
 TOKEN = "nodes-token-0123456789abcdef"
 ANY_ACCOUNT = FederationConfig(uid_min=1, uid_max=2**32 - 2, deny_groups=())  # the tests' user may be a system one
@@ -176,7 +176,7 @@ async def test_a_peer_that_stops_beating_is_down_and_its_unstarted_jobs_are_plac
 
 
 async def test_what_queued_jobs_ask_for_is_not_free_for_placement(pair):
-    from schedd.model import Job, JobSpec
+    from schedd.core.model import Job, JobSpec
 
     a, _b = pair
     assert a.fed.views()[0].free_cpus == 1

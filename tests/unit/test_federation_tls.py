@@ -13,11 +13,11 @@ import pytest
 
 from prereq import requirement
 from schedd.config import Config, HttpConfig, PeerConfig
-from schedd.engine import Engine
-from schedd.federation import Federation
-from schedd.federation_api import FederationApi
-from schedd.store import Store
-from schedd.web import Web
+from schedd.core.engine import Engine
+from schedd.cluster.federation import Federation
+from schedd.cluster.api import FederationApi
+from schedd.core.store import Store
+from schedd.api.http.web import Web
 
 _prerequisite = requirement(None if shutil.which("openssl") else "needs the openssl command to make a cert")
 

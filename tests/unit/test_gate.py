@@ -14,7 +14,7 @@ import pytest
 
 from prereq import require, unavailable
 from schedd.executor.gate import GATE_BINARY, PERL, GATE_SCRIPT, GateRunner
-from schedd.model import Job, JobSpec
+from schedd.core.model import Job, JobSpec
 
 @pytest.fixture(scope="session")
 def c_gate(tmp_path_factory) -> str:

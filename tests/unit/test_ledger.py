@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schedd.ledger import Allocation, Ledger, LedgerConflict
+from schedd.core.ledger import Allocation, Ledger, LedgerConflict
 
 GiB = 1 << 30
 

@@ -13,17 +13,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from schedctl import render
-from schedd import stats
+from schedd.core import stats
 from schedd.config import HttpConfig
-from schedd.dashboard import Dashboard
+from schedd.api.http.dashboard import Dashboard
 from schedd.errors import AccessDenied
-from schedd.output import read_tail_blocking as read_tail
+from schedd.core.output import read_tail_blocking as read_tail
 from schedd.errors import InvalidState, NotFound
-from schedd.ledger import Ledger
-from schedd.metrics import Metrics
-from schedd.model import Job, JobSpec, JobState
-from schedd.scheduler import Scheduler
-from schedd.web import Web
+from schedd.core.ledger import Ledger
+from schedd.api.http.metrics import Metrics
+from schedd.core.model import Job, JobSpec, JobState
+from schedd.core.scheduler import Scheduler
+from schedd.api.http.web import Web
 
 GiB = 1 << 30
 S = 1_000_000

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from schedd import output
+from schedd.core import output
 from schedd.errors import AccessDenied, InvalidState
-from schedd.output import read_output, read_output_blocking, read_tail_blocking
+from schedd.core.output import read_output, read_output_blocking, read_tail_blocking
 
 ME = os.getuid()
 
@@ -63,7 +63,7 @@ def test_a_tty_never_becomes_the_daemons_controlling_terminal(tmp_path: Path):
     code = (
         "import os, sys\n"
         "from schedd.errors import AccessDenied\n"
-        "from schedd.output import read_output_blocking\n"
+        "from schedd.core.output import read_output_blocking\n"
         "master, slave = os.openpty()\n"
         "name = os.ttyname(slave)\n"
         "os.close(slave)\n"

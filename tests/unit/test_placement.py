@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schedd.errors import InvalidArgument, Unsatisfiable
-from schedd.placement import Need, NodeView, check_satisfiable, choose
+from schedd.cluster.placement import Need, NodeView, check_satisfiable, choose
 
 G = 1 << 30
 
@@ -95,8 +95,8 @@ def test_a_job_placed_here_after_all_gets_its_own_paths_with_percent_j_in_both()
     from pathlib import Path
     from types import SimpleNamespace
 
-    from schedd.federation import Federation
-    from schedd.model import Job, JobSpec
+    from schedd.cluster.federation import Federation
+    from schedd.core.model import Job, JobSpec
 
     fed = object.__new__(Federation)
     fed.engine = SimpleNamespace(jobs_dir=Path("/var/lib/schedd/jobs"))

@@ -17,12 +17,12 @@ from dbus_fast import Message, MessageType, Variant
 
 from schedd import JOB_IFACE, MANAGER_PATH, job_path
 from schedd.config import Config, ConfigError, load
-from schedd.dbus_service import JOB_GETTERS, DBusService, JobObject, ServiceBus, _viewer, job_variants
-from schedd.engine import MANAGE_ACTION, PRIORITY_ACTION, Caller, Engine
+from schedd.api.dbus.service import JOB_GETTERS, DBusService, JobObject, ServiceBus, _viewer, job_variants
+from schedd.core.engine import MANAGE_ACTION, PRIORITY_ACTION, Caller, Engine
 from schedd.errors import AccessDenied
-from schedd.model import Job, JobState
+from schedd.core.model import Job, JobState
 from schedd.protocol import JOB_PROPERTIES, PRIVATE_JOB_KEYS, redact_job
-from schedd.store import Store
+from schedd.core.store import Store
 from schedctl import render
 
 
@@ -173,7 +173,7 @@ class FakeBus:
 
 
 def a_job(uid: int = USER, job_id: int = 3) -> Job:
-    from schedd.model import JobSpec
+    from schedd.core.model import JobSpec
 
     s = JobSpec(command=["curl", "-H", "token: s3cret"], name="fetch", cpus=1, memory=1 << 30, gpus=0, priority=0,
                 working_directory="/home/alice/secret-project", environment=["API_TOKEN=s3cret"],
@@ -321,7 +321,7 @@ async def test_polkit_is_asked_once_per_uid_and_never_interactively(service: DBu
 
 async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusService):
     """ListJobs with AllNodes: local rows by uid, peers' rows by user name; every key stays."""
-    from schedd.dbus_service import ManagerObject, _sender
+    from schedd.api.dbus.service import ManagerObject, _sender
 
     me = pwd.getpwuid(USER).pw_name
     local_other = a_job(uid=USER + 1, job_id=4)
@@ -357,8 +357,8 @@ async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusServi
 
 def test_a_listing_reply_stays_within_the_bus_message_limit():
     """40 jobs of 1 MiB command lines would make a 40 MiB reply: the bus would drop the daemon's connection."""
-    from schedd.dbus_service import REPLY_BUDGET, row_bytes, within_budget
-    from schedd.model import Job, JobSpec
+    from schedd.api.dbus.service import REPLY_BUDGET, row_bytes, within_budget
+    from schedd.core.model import Job, JobSpec
 
     big = [Job(id=i, spec=JobSpec(command=["true", "x" * 1_000_000], name="big", cpus=1, memory=1 << 20, uid=1000,
                                   gid=1000, user_name="u", working_directory="/"))

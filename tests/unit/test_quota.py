@@ -15,12 +15,12 @@ from prereq import unavailable
 from dbus_fast import Variant
 
 from schedd.config import Config
-from schedd.engine import Caller, Engine
+from schedd.core.engine import Caller, Engine
 from schedd.errors import InvalidArgument, NotFound
 from schedd.executor import Executor, ExitInfo
-from schedd.model import Job, JobSpec, JobState, now_usec
-from schedd.quota import Quotas, exec_bytes
-from schedd.store import COLUMNS, PURGE_SQL, Store, job_to_row
+from schedd.core.model import Job, JobSpec, JobState, now_usec
+from schedd.core.quota import Quotas, exec_bytes
+from schedd.core.store import COLUMNS, PURGE_SQL, Store, job_to_row
 
 
 def user() -> pwd.struct_passwd:
@@ -231,7 +231,7 @@ def test_the_purge_query_deletes_only_old_finished_rows_in_batches(tmp_path: Pat
 
 
 async def test_a_released_job_object_is_freed_without_the_cyclic_collector():
-    from schedd.dbus_service import JobObject, ServiceBus
+    from schedd.api.dbus.service import JobObject, ServiceBus
 
     bus = ServiceBus(bus_address="unix:path=/nonexistent")
     bus._disconnected = True  # exports emit nothing
@@ -254,7 +254,7 @@ async def test_a_released_job_object_is_freed_without_the_cyclic_collector():
 async def test_get_stats_reads_the_archive_in_the_background_thread(engine: Engine, monkeypatch):
     import threading
 
-    from schedd import stats
+    from schedd.core import stats
 
     who = Caller(uid=user().pw_uid)
     jobs = await engine.submit_many([spec()] * 4, who)
@@ -273,8 +273,8 @@ async def test_get_stats_reads_the_archive_in_the_background_thread(engine: Engi
 
 def test_the_byte_count_validation_made_is_the_one_the_caps_use():
     """build_spec counts argv + environment once; a spec from the store (not counted) gets the same sum."""
-    from schedd.model import JobSpec
-    from schedd.quota import exec_bytes
+    from schedd.core.model import JobSpec
+    from schedd.core.quota import exec_bytes
 
     argv, env = ["sh", "-c", "echo é"], ["A=1", "B=ü"]
     counted = JobSpec(command=argv, environment=env, name="x", cpus=1, memory=1 << 20, uid=1, gid=1,

@@ -7,9 +7,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from schedd.ledger import Allocation, Ledger
-from schedd.model import Job, JobSpec
-from schedd.scheduler import Scheduler
+from schedd.core.ledger import Allocation, Ledger
+from schedd.core.model import Job, JobSpec
+from schedd.core.scheduler import Scheduler
 
 GiB = 1 << 30
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from prereq import require, unavailable
 from schedd.errors import AccessDenied, InvalidArgument, SchedError, Unsatisfiable
-from schedd.model import JobSpec
+from schedd.core.model import JobSpec
 from schedd.protocol import SPEC_KEYS
-from schedd.spec import Limits, build_spec
+from schedd.core.spec import Limits, build_spec
 
 MiB, GiB = 1 << 20, 1 << 30
 ROOT = 0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from schedd.model import Job, JobSpec, JobState
-from schedd.store import SCHEMA_VERSION, Store
+from schedd.core.model import Job, JobSpec, JobState
+from schedd.core.store import SCHEMA_VERSION, Store
 
 GiB = 1 << 30
 
@@ -309,7 +309,7 @@ async def test_integrity_check_ok(store: Store) -> None:
 
 
 async def test_ids_beyond_sqlite_integers_simply_do_not_exist(tmp_path) -> None:
-    from schedd.store import Store
+    from schedd.core.store import Store
 
     store = Store(tmp_path / "s.db")
     for huge in (2**63, 2**64 - 1):
@@ -460,8 +460,8 @@ def test_the_live_writer_syncs_every_commit(store: Store) -> None:
 
 async def test_accounting_since_is_applied_by_the_sql(tmp_path: Path) -> None:
     """GetStats' Since against a real SQLite file: jobs submitted long ago are not counted."""
-    from schedd import stats
-    from schedd.model import now_usec
+    from schedd.core import stats
+    from schedd.core.model import now_usec
 
     day = 86_400_000_000
     now = now_usec()

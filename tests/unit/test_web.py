@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from schedd.config import ConfigError, HttpConfig, _apply, Config, login_uid_range, read_token
-from schedd.web import HttpError, Web, read_json
+from schedd.api.http.web import HttpError, Web, read_json
 
 TOKEN = "s3cret-token-0123456789"
 

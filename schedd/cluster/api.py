@@ -12,13 +12,13 @@ from typing import Any
 from aiohttp import web
 from dbus_fast import Variant
 
-from .federation import Federation
-from .federation_wire import job_state_json, resolve_user
-from .model import JobState
-from .output import MAX_CHUNK, read_output
-from .placement import LOAD_FIELDS
-from .protocol import JOB_PROPERTIES, LIST_LIMIT, SPEC_KEYS
-from .web import HttpError, Web, read_json
+from schedd.cluster.federation import Federation
+from schedd.cluster.wire import job_state_json, resolve_user
+from schedd.core.model import JobState
+from schedd.core.output import MAX_CHUNK, read_output
+from schedd.cluster.placement import LOAD_FIELDS
+from schedd.protocol import JOB_PROPERTIES, LIST_LIMIT, SPEC_KEYS
+from schedd.api.http.web import HttpError, Web, read_json
 
 API = "/api/v1"
 U32, U64, I32 = 2**32 - 1, 2**63 - 1, 2**31 - 1
@@ -80,7 +80,7 @@ def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
 
 def job_json(job) -> dict[str, Any]:
     """A whole job (its D-Bus properties as JSON) plus where it came from."""
-    from .dbus_service import JOB_GETTERS
+    from schedd.api.dbus.service import JOB_GETTERS
 
     rec = {k: JOB_GETTERS[k](job) for k in JOB_PROPERTIES}
     rec.update(OriginNode=job.origin_node, OriginId=job.origin_id)
@@ -213,7 +213,7 @@ class FederationApi:
         job = self.fed.engine.get(job_id)
         if job.origin_node != origin:
             raise HttpError(403, "access-denied", f"job {job_id} was not forwarded here by {origin}")
-        from .engine import Caller
+        from schedd.core.engine import Caller
 
         await getattr(self.fed.engine, action)(job_id, Caller(uid=0))
         return web.json_response(job_state_json(self.fed.engine.get(job_id)))

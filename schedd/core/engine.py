@@ -18,17 +18,17 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import faults, unit_name
-from .config import Config
-from .errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
-from .executor import Executor, ExecutorError, ExitInfo, StartWithdrawn
-from .ledger import Allocation, Ledger, LedgerConflict
-from .model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
-from .quota import Quotas, exec_bytes
-from .scheduler import Running, Scheduler
-from .protocol import format_duration
-from .spec import Limits, build_spec
-from .store import Store, job_to_row
+from schedd import faults, unit_name
+from schedd.config import Config
+from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
+from schedd.executor import Executor, ExecutorError, ExitInfo, StartWithdrawn
+from schedd.core.ledger import Allocation, Ledger, LedgerConflict
+from schedd.core.model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
+from schedd.core.quota import Quotas, exec_bytes
+from schedd.core.scheduler import Running, Scheduler
+from schedd.protocol import format_duration
+from schedd.core.spec import Limits, build_spec
+from schedd.core.store import Store, job_to_row
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Engine:
         self.jobs: dict[int, Job] = {}
         self.listeners: list[Listener] = []
         self.authorize_other: Any = None  # async (Caller, action) -> bool, e.g. polkit
-        self.federation: Any = None  # schedd.federation.Federation when peers are configured
+        self.federation: Any = None  # schedd.cluster.federation.Federation when peers are configured
         self._allocs: dict[int, Allocation] = {}
         self._flags: dict[int, _Flags] = defaultdict(_Flags)
         self._blocked: dict[int, Job] = {}  # pending, waiting on dependencies

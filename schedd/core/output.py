@@ -24,7 +24,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from .errors import AccessDenied, InvalidArgument, InvalidState
+from schedd.errors import AccessDenied, InvalidArgument, InvalidState
 
 MAX_CHUNK = 1 << 20  # bytes per call: D-Bus messages and HTTP answers stay small
 READ_TIMEOUT_S = 10.0  # a caller is answered by then even if the file system never answers

@@ -58,7 +58,7 @@ def now_usec() -> int:
 
 @dataclass(slots=True)
 class JobSpec:
-    """A validated submission. Built in exactly one place: schedd.spec."""
+    """A validated submission. Built in exactly one place: schedd.core.spec."""
 
     command: list[str]
     name: str

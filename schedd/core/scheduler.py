@@ -26,8 +26,8 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from .ledger import Allocation, Ledger
-from .model import Job
+from schedd.core.ledger import Allocation, Ledger
+from schedd.core.model import Job
 
 POLICIES = ("strict", "first-fit", "backfill")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidArgument, Unsatisfiable
-from .protocol import format_size
+from schedd.errors import InvalidArgument, Unsatisfiable
+from schedd.protocol import format_size
 
 ANY = "any"
 

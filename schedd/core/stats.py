@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Job, now_usec
+from schedd.core.model import Job, now_usec
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,10 @@ from typing import Any
 import psutil
 from aiohttp import web
 
-from .config import ConfigError, HttpConfig, is_loopback_host, read_token
-from .errors import SchedError
+from schedd.config import ConfigError, HttpConfig, is_loopback_host, read_token
+from schedd.errors import SchedError
 
-log = logging.getLogger("schedd.web")
+log = logging.getLogger("schedd.api.http.web")
 
 
 class HttpError(Exception):
@@ -132,7 +132,7 @@ class Web:
         self.app = web.Application(middlewares=[_json_errors, self._guard], client_max_size=8 << 20)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.federation: Any = None  # schedd.federation.Federation when [[peers]] are configured
+        self.federation: Any = None  # schedd.cluster.federation.Federation when [[peers]] are configured
 
     # -- authentication ---------------------------------------------------------
 

@@ -9,7 +9,7 @@ Routes (all under the daemon's HTTP server):
   with the operators' token (`[http] admin_token_file`, as Bearer): no other viewer sees them.
 - `POST /ui/jobs/ID/{cancel,hold,release}` with the operators' token; the peers' token never
   works here, and without an operators' token the page is read-only.
-Who may read the page at all (off loopback) and which Host names it answers to: schedd.web.
+Who may read the page at all (off loopback) and which Host names it answers to: schedd.api.http.web.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import Any, Callable, Iterable
 
 from aiohttp import web
 
-from .engine import Caller
-from .errors import NotFound, SchedError
-from .metrics import safe_peers
-from .model import Job, JobState, now_usec
-from .output import read_tail
-from .protocol import PRIVATE_JOB_KEYS
-from .web import HttpError, Web
+from schedd.core.engine import Caller
+from schedd.errors import NotFound, SchedError
+from schedd.api.http.metrics import safe_peers
+from schedd.core.model import Job, JobState, now_usec
+from schedd.core.output import read_tail
+from schedd.protocol import PRIVATE_JOB_KEYS
+from schedd.api.http.web import HttpError, Web
 
-log = logging.getLogger("schedd.dashboard")
+log = logging.getLogger("schedd.api.http.dashboard")
 
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -209,7 +209,7 @@ class Dashboard:
         return int(text)
 
     async def job(self, request: web.Request) -> web.Response:
-        from .dbus_service import JOB_GETTERS  # the same keys as GetJob
+        from schedd.api.dbus.service import JOB_GETTERS  # the same keys as GetJob
 
         jid = self._job_id(request)
         try:

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NoSpace, SchedError
-from .model import Job, JobSpec, JobState
+from schedd.errors import NoSpace, SchedError
+from schedd.core.model import Job, JobSpec, JobState
 
 log = logging.getLogger(__name__)
 
@@ -530,7 +530,7 @@ class Store:
 
     def accounting(self, uid: int | None, since: int, exclude: set[int]) -> list[tuple]:
         """(id, user, state, submit, start, end, cpu_usec, memory_peak, suspended_usec) of jobs submitted
-        at or after `since`, for schedd.stats; ids in exclude are skipped (memory has newer copies).
+        at or after `since`, for schedd.core.stats; ids in exclude are skipped (memory has newer copies).
 
         Reads a whole history: call it in the background thread (`background()`), which has its own
         connection, never on the loop."""

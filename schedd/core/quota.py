@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import InvalidArgument
-from .model import JobSpec
+from schedd.errors import InvalidArgument
+from schedd.core.model import JobSpec
 
 
 def exec_bytes(spec: JobSpec) -> int:

@@ -32,14 +32,14 @@ from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_property, method
 from dbus_fast.service import signal as dbus_signal
 
-from . import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
-from . import bus as dbus
-from . import stats
-from .engine import MANAGE_ACTION, Caller, Engine
-from .errors import ERROR_PREFIX, InvalidArgument, SchedError
-from .model import Job, JobState, now_usec
-from .placement import ledger_load
-from .protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, NODE_KEYS, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, redact_job
+from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
+from schedd import bus as dbus
+from schedd.core import stats
+from schedd.core.engine import MANAGE_ACTION, Caller, Engine
+from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
+from schedd.core.model import Job, JobState, now_usec
+from schedd.cluster.placement import ledger_load
+from schedd.protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, NODE_KEYS, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, redact_job
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class ManagerObject(ServiceInterface):
         await self.engine.authorize(job, await self._caller())
         if job.remote:
             return await self.engine.federation.read_output(job, stderr, offset)
-        from .output import read_output
+        from schedd.core.output import read_output
 
         return await read_output(job.spec.stderr_path if stderr else job.spec.stdout_path, job.uid, offset)
 
@@ -343,7 +343,7 @@ class ManagerObject(ServiceInterface):
     @method()
     @_dbus_errors
     async def GetStats(self, filter: "a{sv}") -> "a{sv}":  # noqa: F821, F722
-        """Accounting totals and per-user figures (schedd.stats); filter keys User u, Since t."""
+        """Accounting totals and per-user figures (schedd.core.stats); filter keys User u, Since t."""
         f = _parse_filter(filter, STATS_FILTER_KEYS)
         figures = await stats.gather(self.engine, f.get("User"), f.get("Since", 0))
         return stats.to_variants(figures)

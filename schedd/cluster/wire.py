@@ -1,7 +1,7 @@
 """The federation's wire format: what peers send each other about jobs, and the errors of talking.
 
-Pure conversions (no network), shared by the client side (schedd.federation) and the
-server side (schedd.federation_api).
+Pure conversions (no network), shared by the client side (schedd.cluster.federation) and the
+server side (schedd.cluster.api).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pwd
 import re
 from typing import Any
 
-from .config import FederationConfig
-from .errors import AccessDenied, SchedError
-from .model import Job, JobSpec
+from schedd.config import FederationConfig
+from schedd.errors import AccessDenied, SchedError
+from schedd.core.model import Job, JobSpec
 
 DEFAULT_OUTPUT = re.compile(r"/jobs/\d+/output$")  # a node's default output path: never sent to another node
 

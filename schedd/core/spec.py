@@ -9,9 +9,9 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import AccessDenied, InvalidArgument, Unsatisfiable
-from .model import JobSpec
-from .protocol import SPEC_KEYS, format_duration, format_size
+from schedd.errors import AccessDenied, InvalidArgument, Unsatisfiable
+from schedd.core.model import JobSpec
+from schedd.protocol import SPEC_KEYS, format_duration, format_size
 
 MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
 MAX_NAME = 256
@@ -227,7 +227,7 @@ def build_spec(
             raise _bad("After", f"job {dep} does not exist")
     node = v.get("Node", "")
     if node not in ("", limits.node_name) and limits.cluster is not None:
-        from .placement import Need, check_satisfiable
+        from schedd.cluster.placement import Need, check_satisfiable
 
         check_satisfiable(node, Need(cpus, memory, gpus), list(limits.cluster()))
     elif node not in ("", "any", limits.node_name):

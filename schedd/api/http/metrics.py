@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram,
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .model import Job, JobState, now_usec
+from schedd.core.model import Job, JobState, now_usec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The HTTP server, the dashboard and Prometheus metrics; never imports the D-Bus adapter."""
