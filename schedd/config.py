@@ -179,7 +179,7 @@ def load(path: Path | None, user_mode: bool) -> Config:
 
 
 def _discover_gpus(cfg: Config) -> None:
-    from schedd.core.gpus import discover
+    from schedd.gpus import discover
 
     found = discover()
     if cfg.gpu_source == "nvml" and not found:

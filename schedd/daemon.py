@@ -22,7 +22,7 @@ from schedd import bus as dbus
 from schedd.config import ConfigError, load
 from schedd.api.dbus.service import DBusService, ServiceBus
 from schedd.core.engine import Engine
-from schedd.core.gpus import device_paths
+from schedd.gpus import device_paths
 from schedd.executor import ExecutorError, make_executor
 from schedd.core.store import Store, default_path
 

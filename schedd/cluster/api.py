@@ -16,7 +16,7 @@ from schedd.cluster.federation import Federation
 from schedd.cluster.wire import job_state_json, resolve_user
 from schedd.core.model import JobState
 from schedd.core.output import MAX_CHUNK, read_output
-from schedd.cluster.placement import LOAD_FIELDS
+from schedd.core.placement import LOAD_FIELDS
 from schedd.protocol import JOB_PROPERTIES, LIST_LIMIT, SPEC_KEYS
 from schedd.api.http.web import HttpError, Web, read_json
 

@@ -26,7 +26,7 @@ from schedd.core.engine import Engine
 from schedd.errors import BY_DBUS_NAME, AccessDenied, InvalidState, SchedError
 from schedd.core.model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
 from schedd.cluster.wire import DEFAULT_OUTPUT, PeerError, PeerRefused, job_state_json, mirrored_fields, spec_to_json
-from schedd.cluster.placement import ANY, Need, NodeView, choose, ledger_load
+from schedd.core.placement import ANY, Need, NodeView, choose, ledger_load
 from schedd.api.http.web import Web
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class Federation:
 
     def require_local_fit(self, spec: JobSpec, why: str) -> None:
         """Unsatisfiable unless this node could ever hold the job (it cannot go anywhere else)."""
-        from schedd.cluster.placement import check_satisfiable
+        from schedd.core.placement import check_satisfiable
 
         try:
             check_satisfiable("", Need(spec.cpus, spec.memory, spec.gpus), self.views())

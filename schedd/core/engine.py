@@ -22,6 +22,7 @@ from schedd import faults, unit_name
 from schedd.config import Config
 from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError
 from schedd.executor import Executor, ExecutorError, ExitInfo, StartWithdrawn
+from schedd.core.cluster import Cluster
 from schedd.core.ledger import Allocation, Ledger, LedgerConflict
 from schedd.core.model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
 from schedd.core.quota import Quotas, exec_bytes
@@ -123,7 +124,7 @@ class Engine:
         self.jobs: dict[int, Job] = {}
         self.listeners: list[Listener] = []
         self.authorize_other: Any = None  # async (Caller, action) -> bool, e.g. polkit
-        self.federation: Any = None  # schedd.cluster.federation.Federation when peers are configured
+        self.federation: Cluster | None = None  # set by the daemon when [[peers]] are configured
         self._allocs: dict[int, Allocation] = {}
         self._flags: dict[int, _Flags] = defaultdict(_Flags)
         self._blocked: dict[int, Job] = {}  # pending, waiting on dependencies

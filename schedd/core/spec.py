@@ -227,7 +227,7 @@ def build_spec(
             raise _bad("After", f"job {dep} does not exist")
     node = v.get("Node", "")
     if node not in ("", limits.node_name) and limits.cluster is not None:
-        from schedd.cluster.placement import Need, check_satisfiable
+        from schedd.core.placement import Need, check_satisfiable
 
         check_satisfiable(node, Need(cpus, memory, gpus), list(limits.cluster()))
     elif node not in ("", "any", limits.node_name):

@@ -27,7 +27,7 @@ from schedd import faults
 from schedd.core.ledger import Allocation
 from schedd.core.model import Job
 from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo
-from schedd.core.gpus import CONTROL_DEVICES
+from schedd.gpus import CONTROL_DEVICES
 from schedd.executor.gate import GateRunner
 
 log = logging.getLogger(__name__)

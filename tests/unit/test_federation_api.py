@@ -20,7 +20,7 @@ from schedd.errors import AccessDenied
 from schedd.cluster.federation import Federation
 from schedd.cluster.api import OPENAPI, FederationApi
 from schedd.core.output import read_output_blocking as read_output
-from schedd.cluster.placement import NodeView
+from schedd.core.placement import NodeView
 from schedd.core.store import Store
 from schedd.api.http.web import Web
 

@@ -21,7 +21,7 @@ from schedd.cluster.federation import Federation
 from prereq import unavailable
 from schedd.cluster.api import FederationApi
 from schedd.core.model import JobState
-from schedd.cluster.placement import Need
+from schedd.core.placement import Need
 from schedd.core.store import Store
 from schedd.api.http.web import Web
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schedd.errors import InvalidArgument, Unsatisfiable
-from schedd.cluster.placement import Need, NodeView, check_satisfiable, choose
+from schedd.core.placement import Need, NodeView, check_satisfiable, choose
 
 G = 1 << 30
 

@@ -38,7 +38,7 @@ from schedd.core import stats
 from schedd.core.engine import MANAGE_ACTION, Caller, Engine
 from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
 from schedd.core.model import Job, JobState, now_usec
-from schedd.cluster.placement import ledger_load
+from schedd.core.placement import ledger_load
 from schedd.protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, NODE_KEYS, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, redact_job
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,33 @@
+"""What the engine asks of the cluster, as a protocol: the core names no federation class.
+
+``schedd.cluster`` implements it; ``Engine.federation`` is None on a node without peers. The other
+direction (what the cluster asks of the engine: records of jobs placed elsewhere) is the engine's
+own public API.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from schedd.core.model import Job, JobSpec
+from schedd.core.placement import NodeView
+
+RemoteAction = Literal["cancel", "hold", "release", "suspend", "resume", "requeue"]
+
+
+class Cluster(Protocol):
+    def views(self) -> list[NodeView]:
+        """Every node this one knows, itself included, as placement sees them."""
+        ...
+
+    def require_local_fit(self, spec: JobSpec, why: str) -> None:
+        """Raise Unsatisfiable unless this node could ever hold the job (it may go nowhere else)."""
+        ...
+
+    async def submit(self, spec: JobSpec) -> Job | None:
+        """Place a job that names a Node: the record of a job sent elsewhere, or None for here."""
+        ...
+
+    async def action(self, job: Job, name: RemoteAction) -> None:
+        """Carry out a verb on a job of ours that another node holds or waits to place."""
+        ...
