@@ -24,7 +24,7 @@ import aiohttp
 from schedd.config import Config
 from schedd.core.engine import Engine
 from schedd.errors import BY_DBUS_NAME, AccessDenied, InvalidState, SchedError
-from schedd.core.model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
+from schedd.core.model import AWAITING_NODE, TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
 from schedd.cluster.wire import DEFAULT_OUTPUT, PeerError, PeerRefused, job_state_json, mirrored_fields, spec_to_json
 from schedd.core.placement import ANY, Need, NodeView, choose, ledger_load
 from schedd.api.http.web import Web
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 MAX_NODE_REQUEUES = 1  # a job is requeued after a node failure once (Requeue=false: never)
 FORWARD_TRIES = 3
-WAITING = "*"  # remote_node of a job of ours that waits for a node to take it
 
 
 @dataclass
@@ -90,7 +89,7 @@ class Federation:
         for job in self.engine.jobs.values():
             if job.origin_node:
                 self._by_origin[(job.origin_node, job.origin_id)] = job.id
-            if job.remote_node == WAITING and not job.state.terminal:
+            if job.awaiting_node and not job.state.terminal:
                 self.waiting[job.id] = job
             if job.origin_node in self.peers and job.origin_id:
                 self._dirty(job)  # the origin hears our state again
@@ -291,7 +290,7 @@ class Federation:
         e = self.engine
         job = Job(id=e.allocate_id(), spec=spec, submit_time=now_usec(),
                   state=JobState.HELD if spec.hold else JobState.PENDING,
-                  reason=Reason.HELD if spec.hold else "", remote_node=WAITING)
+                  reason=Reason.HELD if spec.hold else "", remote_node=AWAITING_NODE)
         await e.add_record(job)  # durable before any node runs it: a forward never outlives its origin's record
         if target is None:
             self.waiting[job.id] = job
@@ -339,7 +338,7 @@ class Federation:
         self.waiting.pop(job.id, None)
         if job.remote_node == target and job.remote_id == rec["Id"]:
             return  # the peer's first state push came first (and is newer than this answer)
-        if job.state.terminal or job.remote_node != WAITING:  # cancelled or placed elsewhere meanwhile
+        if job.state.terminal or not job.awaiting_node:  # cancelled or placed elsewhere meanwhile
             self._spawn(self._fence(peer, rec["Id"]))
             return
         self.engine.placed_remote(job, target, rec["Id"], mirrored_fields(rec))
@@ -456,7 +455,7 @@ class Federation:
             copy_done = rec["State"] in TERMINAL_STATES
             # (Never from a node that failed under it: after a restart of ours, which node that was is
             # forgotten, so a job requeued before adopts nothing.)
-            if (job is not None and job.remote_node == WAITING and not job.state.terminal and job.id in self.engine.jobs
+            if (job is not None and job.awaiting_node and not job.state.terminal and job.id in self.engine.jobs
                     and node not in self._avoid.get(job.id, ()) and (job.id in self._avoid or not job.node_failures)):
                 # Forwarded there, but the answer was lost (or has not arrived yet): that copy is the one.
                 self.waiting.pop(job.id, None)
@@ -538,7 +537,7 @@ class Federation:
 
     async def action(self, job: Job, name: str) -> None:
         """cancel/hold/release/suspend/resume/requeue of a job of ours that another node runs."""
-        if job.remote_node == WAITING:
+        if job.awaiting_node:
             if job.state.terminal:
                 raise InvalidState(f"job {job.id} is already {job.state.value}")
             if name == "cancel":

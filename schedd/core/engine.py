@@ -24,7 +24,7 @@ from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound,
 from schedd.executor import Executor, ExecutorError, ExitInfo, StartWithdrawn
 from schedd.core.cluster import Cluster
 from schedd.core.ledger import Allocation, Ledger, LedgerConflict
-from schedd.core.model import TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
+from schedd.core.model import AWAITING_NODE, TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
 from schedd.core.quota import Quotas, exec_bytes
 from schedd.core.scheduler import Running, Scheduler
 from schedd.protocol import format_duration
@@ -1178,7 +1178,7 @@ class Engine:
             job.restarts += 1
             job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
             job.assigned_cpus, job.assigned_gpus = [], []
-            job.remote_node, job.remote_id, job.node = "*", 0, ""
+            job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
             held = job.state == JobState.HELD
             self._set(job, JobState.HELD if held else JobState.PENDING, Reason.HELD if held else Reason.REQUEUED,
                       _END_PROPS | _START_PROPS | {"Restarts"})

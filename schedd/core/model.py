@@ -98,6 +98,9 @@ class JobSpec:
         return self.user_name or str(self.uid)
 
 
+AWAITING_NODE = "*"  # Job.remote_node of a job of ours that waits for some node to take it
+
+
 @dataclass(slots=True)
 class Job:
     """A job as the daemon tracks it; the store keeps a durable copy of every field."""
@@ -109,7 +112,7 @@ class Job:
     exit_code: int = 0
     assigned_cpus: list[int] = field(default_factory=list)
     assigned_gpus: list[int] = field(default_factory=list)
-    node: str = ""
+    node: str = ""  # where the current or last run is or was ("" until it starts); JobSpec.node is the request
     submit_time: int = 0
     start_time: int = 0
     end_time: int = 0
@@ -128,6 +131,11 @@ class Job:
     remote_node: str = ""
     remote_id: int = 0
     node_failures: int = 0  # how often a node running it went down (each may requeue it once)
+
+    @property
+    def awaiting_node(self) -> bool:
+        """Ours, to go to another node that is not chosen yet (every candidate was down or full)."""
+        return self.remote_node == AWAITING_NODE
 
     @property
     def remote(self) -> bool:

@@ -785,7 +785,7 @@ async def test_a_job_the_daemon_never_started_runs_once_after_a_restart(node):
 # (add_record, placed_remote, mirror, requeue_away, hold_record, end_record, place_here); copies
 # run here for a peer are local jobs with an origin (submit_many(origin=...), fence).
 
-WAITING = "*"  # schedd.cluster.federation's remote_node of a job waiting for a node
+from schedd.core.model import AWAITING_NODE as WAITING  # noqa: E402
 
 
 async def record(node: Node, **keys) -> Job:

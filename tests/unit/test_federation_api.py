@@ -187,7 +187,7 @@ async def test_peers_may_act_only_on_jobs_they_forwarded_and_stale_mirrors_are_r
 
 
 async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
-    from schedd.cluster.federation import WAITING
+    from schedd.core.model import AWAITING_NODE as WAITING
     from schedd.core.model import Job, JobSpec, JobState
 
     engine = api.fed.engine
@@ -366,7 +366,7 @@ async def test_a_job_waiting_for_a_down_node_can_be_held_released_and_cancelled(
 
     from schedd.core.engine import Caller
     from schedd.errors import InvalidState
-    from schedd.cluster.federation import WAITING
+    from schedd.core.model import AWAITING_NODE as WAITING
     from schedd.core.model import JobState
 
     fed, user = api.fed, Caller(uid=pwd.getpwnam(USER).pw_uid)
@@ -386,7 +386,7 @@ async def test_a_job_waiting_for_a_down_node_can_be_held_released_and_cancelled(
 
 
 async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopted(api):
-    from schedd.cluster.federation import WAITING
+    from schedd.core.model import AWAITING_NODE as WAITING
     from schedd.core.model import Job, JobSpec
 
     engine = api.fed.engine
