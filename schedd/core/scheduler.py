@@ -3,7 +3,7 @@
 Order: priority descending, then id ascending (ids are handed out in submit
 order, so this is FIFO within a priority, and a requeued job keeps its place).
 
-Policies:
+Policies (``[scheduler] policy``; backfill is the default):
 - ``strict`` (Slurm's sched/builtin): jobs start in queue order; when
   the head does not fit, nothing behind it starts. A big job is never starved
   by a stream of small ones.
