@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo, StartWithdrawn
+from schedd.executor.base import Executor
+from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo, StartWithdrawn
 
 log = logging.getLogger(__name__)
 

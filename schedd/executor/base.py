@@ -1,49 +1,19 @@
 """The executor seam (Nomad's task-driver interface): start, stop, exit events, recover.
 
-Nothing outside ``schedd.executor`` knows which implementation runs. Both
-implementations start the job through the same gate (``gate.c``, or its twin ``gate.pl``), so exit
-statuses, accounting and setup errors look the same whichever one runs.
+Nothing outside ``schedd.executor`` knows which implementation runs. This module imports no
+executor: the ones that run jobs under a gate share `schedd.executor.gated`, the fake one
+(`schedd.executor.fake`) implements the seam alone.
 """
 
 from __future__ import annotations
 
 import abc
-import os
 import signal as _signal
-from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable
 
 from schedd.core.ledger import Allocation
 from schedd.core.model import Job
-
-
-class ExecutorError(Exception):
-    """The job could not be started (the caller marks it failed and logs why)."""
-
-
-class StartWithdrawn(Exception):
-    """Raised by the awaitable start() is given: the job must not run after all (cancelled while it
-    was being started). The executor undoes what it did so far and lets it through."""
-
-
-@dataclass(slots=True)
-class ExitInfo:
-    """How a job's main process ended, as recorded inside its scope."""
-
-    exit_code: int = 0  # the exit code, or 128+N when killed by signal N (the shell's convention)
-    signal: int = 0
-    oom_killed: bool = False
-    cpu_usec: int = 0
-    memory_peak: int = 0
-    error: str = ""  # a setup failure (chdir, open output, exec), in words
-    lost: bool = False  # no status was recorded (the supervisor itself was killed)
-    stragglers: int = 0  # processes left in the job's cgroup after its main process ended
-    aborted: bool = False  # the program never started (the gate was never released): safe to run again
-    malformed: str = ""  # the status file is not one a gate writes (what is wrong, in words): the result is lost
-
-
-
-ExitCallback = Callable[[int, ExitInfo], None]
+from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo
 
 
 class Executor(abc.ABC):
@@ -98,32 +68,14 @@ class Executor(abc.ABC):
     async def reap_orphan(self, job_id: int) -> None:
         """Stop a job unit the daemon does not track."""
 
-    async def adopt_pids(self, job_id: int) -> list[int]:
-        """Processes of a job unit found running without a record of its start."""
-        return []
-
     async def find_unrecorded(self, job_id: int) -> tuple[dict, list[int]] | None:
-        """A job found running without a record of its start: (its handle, the CPUs its gate is pinned to)."""
-        from schedd.executor.gate import proc_start_time
-
-        starts = sorted((proc_start_time(p) or 0, p) for p in await self.adopt_pids(job_id))
-        if not starts:
-            return None
-        start, pid = starts[0]  # the gate entered the scope first
-        try:
-            cpus = sorted(os.sched_getaffinity(pid))
-        except OSError:
-            cpus = []
-        return {"pid": pid, "start": start}, cpus
+        """A job found running without a record of its start: (its handle, the CPUs it is pinned to)."""
+        return None
 
     def recorded_exit(self, job: Job) -> ExitInfo | None:
-        """How the job's current run ended, if its gate recorded it (it ran while its RUNNING record was
-        still in flight); never an earlier run's end: each run has its own status file."""
-        gates = getattr(self, "gates", None)
-        if gates is None or not gates.status_path(job.id, job.restarts).exists():
-            return None
-        info = gates.read_status(job.id, run=job.restarts)
-        return None if info.lost and not info.malformed else info
+        """How the job's current run ended, if the executor recorded it (it ran while its RUNNING record was
+        still in flight); never an earlier run's end."""
+        return None
 
     def forget(self, job_id: int, run: int = 0) -> None:
         """That run's end is durable (or superseded by a requeue): drop what the executor kept to report it."""

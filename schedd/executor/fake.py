@@ -10,6 +10,7 @@ engine on the same host. A `FakeExecutor` is one daemon's view of that host.
     ex.delay_starts()          # starts wait in the executor until ex.let_start(job_id)
     ex.exit(job_id, 3)         # the job's program exits with status 3
     ex.kill(job_id, SIGKILL)   # ... or is killed, OOM-killed (ex.oom), lost (ex.lose), ...
+    ex.gate_fails(job_id)      # ... or its supervisor fails before the program runs
 
 What the fake does on its own, like a real executor: `stop` ends a running job as killed by
 SIGTERM (soon after, from the event loop) unless told to ignore stops; SIGSTOP/SIGCONT mark a
@@ -26,7 +27,8 @@ from typing import Awaitable
 
 from schedd.core.ledger import Allocation
 from schedd.core.model import Job
-from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo
+from schedd.executor.base import Executor
+from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo
 
 
 @dataclass(slots=True)
@@ -191,6 +193,10 @@ class FakeExecutor(Executor):
     def abort(self, job_id: int) -> None:
         """The program never started (the gate was never released): safe to run again."""
         self.end(job_id, ExitInfo(lost=True, aborted=True))
+
+    def gate_fails(self, job_id: int, code: int = 123, error: str = "gate could not fork") -> None:
+        """The supervisor failed before the program ran or its end was recorded; `code` is its own exit code."""
+        self.end(job_id, ExitInfo(exit_code=code, lost=True, gate_failed=True, error=error))
 
     def malformed(self, job_id: int, why: str = "not a status file a gate writes") -> None:
         self.end(job_id, ExitInfo(lost=True, malformed=why))

@@ -1,4 +1,5 @@
 # schedd gate: the job's supervisor inside its scope (conmon's role, in ~2 ms of perl).
+# The perl twin of gate.c, run where schedd-gate was not built (or $SCHEDD_GATE_PERL is set).
 #
 # Started by the daemon with posix_spawn, as root, with an empty environment:
 #   fd 3  release pipe: "go\n" once the daemon has put us in the job's scope and

@@ -1,8 +1,11 @@
-"""Spawning and watching the gate: the small supervisor every job runs under (gate.c, or gate.pl).
+"""Spawning and watching the gate: the small supervisor every job runs under.
+
+The gate is ``schedd-gate``, compiled from gate.c at install time where a compiler was there;
+without it (or with $SCHEDD_GATE_PERL set) its twin gate.pl, the same protocol in perl, runs.
 
 The daemon never forks itself for a job: the gate is started with posix_spawn
 (vfork+exec), waits on a pipe until the executor has placed it, then forks the
-job, waits for it and records the status in ``<state>/exits/<id>``. Exits are
+job, waits for it and records the status in ``<state>/exits/<id>[.<run>]``. Exits are
 seen through a pidfd on the event loop, which works the same for our own
 children and for gates adopted after a restart.
 """
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schedd.core.model import Job
-from schedd.executor.base import ExitInfo
+from schedd.executor.exits import ExitInfo
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,11 @@ def gate_command() -> list[str]:
     if os.access(GATE_BINARY, os.X_OK) and not os.environ.get("SCHEDD_GATE_PERL"):
         return [str(GATE_BINARY)]
     return [PERL, "-e", GATE_SCRIPT]
-_ABORT_CODES = {120: "gate could not read its release pipe", 121: "released without go (daemon gave up)",
-                122: "gate could not open its status file", 123: "gate could not fork"}
+
+
+# The gate's own exit codes when it fails before the job's program runs (any other exit mirrors the job's).
+_GATE_FAILURES = {120: "gate could not read its release pipe", 121: "released without go (daemon gave up)",
+                  122: "gate could not open its status file", 123: "gate could not fork"}
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -95,7 +101,7 @@ class GateRunner:
         self.accounting = accounting
         status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(status_dir, 0o700)  # exit files name users' paths and errors: root only, also if made before
-        self._watched: dict[int, tuple[int, int]] = {}  # job id -> (pid, pidfd)
+        self._watched: dict[int, tuple[int, int, int]] = {}  # job id -> (pid, pidfd, run)
         self._root = os.geteuid() == 0
         self.gate = gate_command()
         self.kind = "c" if self.gate[0] == str(GATE_BINARY) else "perl"
@@ -231,7 +237,8 @@ def _from_gate_exit(info: ExitInfo, wait_status: int) -> None:
     if os.WIFEXITED(wait_status) and not info.malformed:
         code = os.WEXITSTATUS(wait_status)
         info.aborted |= code == 121
-        info.error = info.error or _ABORT_CODES.get(code, "")
+        info.gate_failed = code in _GATE_FAILURES
+        info.error = info.error or _GATE_FAILURES.get(code, "")
 
 
 def _set_exit(info: ExitInfo, wait_status: int) -> None:

@@ -19,24 +19,20 @@ from typing import Awaitable
 
 from schedd.core.ledger import Allocation
 from schedd.core.model import Job
-from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo
-from schedd.executor.gate import GateRunner
+from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo
+from schedd.executor.gated import GatedExecutor
 
 log = logging.getLogger(__name__)
 
 
-class PlainExecutor(Executor):
+class PlainExecutor(GatedExecutor):
     name = "plain"
 
     def __init__(self, on_exit: ExitCallback, *, status_dir: Path, kill_wait_usec: int) -> None:
-        super().__init__(on_exit)
+        super().__init__(on_exit, status_dir=status_dir, accounting=False)
         self.kill_wait = kill_wait_usec / 1e6
-        self.gates = GateRunner(status_dir, accounting=False)
         self._pids: dict[int, int] = {}
         self._ended: dict[int, asyncio.Event] = {}
-
-    async def close(self) -> None:
-        self.gates.unwatch_all()
 
     async def start(self, job: Job, alloc: Allocation, ready: Awaitable | None = None) -> dict:
         gate = self.gates.spawn(job, alloc.cpus)
@@ -100,6 +96,3 @@ class PlainExecutor(Executor):
             return True
         self.on_exit(job.id, self.gates.read_status(job.id, run=job.restarts))
         return False
-
-    def forget(self, job_id: int, run: int = 0) -> None:
-        self.gates.forget(job_id, run)

@@ -26,9 +26,9 @@ from schedd import bus as dbus
 from schedd import faults
 from schedd.core.ledger import Allocation
 from schedd.core.model import Job
-from schedd.executor.base import Executor, ExecutorError, ExitCallback, ExitInfo
+from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo
+from schedd.executor.gated import GatedExecutor
 from schedd.gpus import CONTROL_DEVICES
-from schedd.executor.gate import GateRunner
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,16 @@ def cpu_mask(cpus: tuple[int, ...] | list[int]) -> bytes:
     return bytes(mask)
 
 
-class SystemdExecutor(Executor):
+class SystemdExecutor(GatedExecutor):
     name = "systemd"
 
     def __init__(
         self, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int, in_flight: int = 16,
         gpu_devices: Callable[[list[int]], list[str]] | None = None,
     ) -> None:
-        super().__init__(on_exit)
+        super().__init__(on_exit, status_dir=status_dir, accounting=True)
         self.address = address
         self.kill_wait_usec = kill_wait_usec
-        self.gates = GateRunner(status_dir, accounting=True)
         self.gpu_devices = gpu_devices
         self._can_freeze: bool | None = None  # learnt at the first suspend
         self._sem = asyncio.Semaphore(in_flight)
@@ -90,7 +89,7 @@ class SystemdExecutor(Executor):
             raise ExecutorError(f"systemd is not reachable at {self.address}: {e}") from e
 
     async def close(self) -> None:
-        self.gates.unwatch_all()
+        await super().close()
         if self._bus is not None:
             self._bus.disconnect()
 
@@ -295,6 +294,3 @@ class SystemdExecutor(Executor):
 
     async def reap_orphan(self, job_id: int) -> None:
         await self._stop_unit(f"schedd-job-{job_id}.scope")
-
-    def forget(self, job_id: int, run: int = 0) -> None:
-        self.gates.forget(job_id, run)

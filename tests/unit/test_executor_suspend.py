@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dbus_fast.errors import DBusError
 
-from schedd.executor.base import ExecutorError
+from schedd.executor import ExecutorError
 from schedd.executor.systemd import SystemdExecutor
 from schedd.core.model import Job, JobSpec
 

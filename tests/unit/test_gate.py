@@ -110,7 +110,8 @@ async def test_aborted_gate_never_runs_the_command(runner, tmp_path):
     _, status = os.waitpid(gate.pid, 0)
     assert os.WEXITSTATUS(status) == 121
     assert not (tmp_path / "ran").exists()
-    assert runner.read_status(j.id, status).lost
+    info = runner.read_status(j.id, status)
+    assert info.lost and info.aborted and info.gate_failed
 
 
 async def test_runs_as_the_user_and_opens_output_with_their_rights(runner):

@@ -91,7 +91,21 @@ def test_malformed_files_are_lost_and_say_why(gates, caplog, data, why):
 
 def test_a_malformed_file_is_never_an_abort_even_if_the_gate_exited_121(gates):
     info = read(gates, b"aborted=1\naborted=1\n", wait_status=121 << 8)
-    assert info.lost and info.malformed and not info.aborted
+    assert info.lost and info.malformed and not info.aborted and not info.gate_failed
+
+
+@pytest.mark.parametrize("code, words", [(120, "release pipe"), (121, "without go"), (122, "status file"),
+                                         (123, "could not fork")])
+def test_the_gates_own_failure_is_flagged_not_taken_for_the_jobs_exit(gates, code, words):
+    info = read(gates, b"", wait_status=code << 8)
+    assert info.lost and info.gate_failed and info.exit_code == code and words in info.error
+    assert info.aborted == (code == 121)
+
+
+@pytest.mark.parametrize("wait_status", [0, 3 << 8, 124 << 8, 9])
+def test_a_gate_exit_that_mirrors_the_job_is_no_gate_failure(gates, wait_status):
+    assert not read(gates, b"", wait_status=wait_status).gate_failed
+    assert not read(gates, record(status=122 << 8), wait_status=wait_status).gate_failed  # the job exited 122
 
 
 def test_an_unreadable_status_file_is_lost(gates):
@@ -168,3 +182,4 @@ def test_read_status_never_raises_and_never_forges_a_success(gates, data, wait_s
         assert info.lost  # whatever it holds, it is not taken as the job's result
         assert info.malformed or data in (b"", b"aborted=1\n")  # nothing recorded, or the gate's abort record
         assert not info.aborted or not info.malformed
+    assert not info.gate_failed or (info.lost and not info.malformed and info.exit_code in range(120, 124))
