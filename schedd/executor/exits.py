@@ -9,7 +9,8 @@ from typing import Callable
 
 
 class ExecutorError(Exception):
-    """The job could not be started (the caller marks it failed and logs why)."""
+    """The executor could not reach what runs the jobs, or start, stop or signal a job; the message says
+    why (a start that raises it marks the job failed)."""
 
 
 class StartWithdrawn(Exception):
