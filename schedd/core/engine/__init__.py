@@ -3,8 +3,9 @@
 Front ends (D-Bus, the peer API, the dashboard) call the engine's methods with a Caller and
 listen to its events (events.py); they hold no job state of their own. Live jobs are in memory
 and decide scheduling; the store is the durable copy and the archive of finished jobs, which
-the engine reads for jobs no longer in memory: a dependency on an archived job (admission and
-submit's check that After names a job), GetJob, a listing of old ones, and Requeue of one.
+the engine reads for jobs no longer in memory: a dependency on an archived job (admission, and
+submit's check that After names a known job), GetJob, a listing of old ones, and a verb on one
+(Requeue runs it again; the others answer that it has finished).
 
 One Engine, one concern per module, each a mixin that owns its part of the state:
   table.py      the job table, the transition point (_set, _end), listener events

@@ -2,8 +2,10 @@
 
 Every job the engine holds in memory is in `jobs`; every change of state goes through `_set`
 (counts, per-user queue shares, the transition log line and the listeners, all in one place),
-every end through `_end`. Finished jobs leave memory later (sweep.py) and are then read from the
-store, which is the durable copy and the archive.
+every end this node stamps through `_end` (a mirrored end carries its node's end time). Beside
+the table: the requests waiting on a job's run (_Flags) and the coalesced manager facts.
+Finished jobs leave memory later (sweep.py) and are then read from the store, which is the
+durable copy and the archive.
 """
 
 from __future__ import annotations
