@@ -476,7 +476,7 @@ class Federation:
             self._by_origin[(job.origin_node, job.origin_id)] = job.id
         self._dirty(job)
 
-    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
+    def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
         self._dirty(job)
         if job.state != old_state and not job.remote and self.waiting:
             self.local_changed()
@@ -485,7 +485,7 @@ class Federation:
         if job.origin_node:
             self._by_origin.pop((job.origin_node, job.origin_id), None)
 
-    def manager_changed(self, props: set[str]) -> None:
+    def manager_changed(self, facts: frozenset[str]) -> None:
         pass
 
     def _dirty(self, job: Job) -> None:

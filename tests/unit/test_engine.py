@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ from dbus_fast import Variant
 import schedd.core.engine as engine_mod
 from schedd.config import Config
 from schedd.core.engine import Caller, Engine
+from schedd.core.engine.events import JOB_FIELDS, MANAGER_FACTS
 from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound, SchedError, Unsatisfiable
 from schedd.executor.base import ExitInfo
 from schedd.executor.fake import FakeExecutor, FakeHost
@@ -45,19 +47,26 @@ class Events:
     def __init__(self) -> None:
         self.transitions: list[tuple[int, JobState, JobState, str]] = []
         self.added: list[int] = []
+        self.changes: list[tuple[int, JobState, frozenset[str]]] = []  # (job, new state, fields)
 
     def job_added(self, job: Job) -> None:
         self.added.append(job.id)
 
-    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
+    def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
+        assert isinstance(fields, frozenset) and fields <= JOB_FIELDS, fields  # the engine's words, never D-Bus's
+        self.changes.append((job.id, job.state, fields))
         if old_state != job.state:
             self.transitions.append((job.id, old_state, job.state, job.reason))
 
     def job_released(self, job: Job) -> None:
         pass
 
-    def manager_changed(self, props: set[str]) -> None:
-        pass
+    def manager_changed(self, facts: frozenset[str]) -> None:
+        assert isinstance(facts, frozenset) and facts and facts <= MANAGER_FACTS, facts
+
+    def fields(self, jid: int, state: JobState) -> frozenset[str]:
+        """What the transitions of jid into state wrote, together."""
+        return frozenset().union(*(f for j, s, f in self.changes if j == jid and s == state))
 
     def states(self, jid: int) -> list[JobState]:
         return [new for j, _, new, _ in self.transitions if j == jid]
@@ -553,7 +562,9 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(engine_mod, "now_usec", c)
+    for name, mod in list(sys.modules.items()):  # every engine module that reads the clock
+        if name.startswith("schedd.core.engine") and hasattr(mod, "now_usec"):
+            monkeypatch.setattr(mod, "now_usec", c)
     return c
 
 
@@ -941,3 +952,36 @@ async def test_fence_of_a_copy_being_started(node):
     node.ex.let_start()
     await asyncio.wait_for(fence, 3)
     assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and not node.host.units
+
+
+# -- what listeners hear -------------------------------------------------------------------------
+
+
+async def test_listeners_hear_the_fields_each_transition_wrote(node):
+    """The engine names Job fields; the D-Bus adapter's mapping turns them into the properties
+    PropertiesChanged has always carried for a start, an end, a suspension and a requeue."""
+    from schedd.api.dbus.changes import job_properties
+
+    jid = await node.submit()
+    await node.running(jid)
+    assert job_properties(node.events.fields(jid, R)) >= {
+        "State", "Reason", "StartTime", "WaitUSec", "AssignedCPUs", "AssignedGPUs", "Node"}
+    await node.engine.suspend(jid, CALLER)
+    assert job_properties(node.events.fields(jid, S)) == {"State", "Reason", "SuspendedUSec"}
+    await node.engine.resume(jid, CALLER)
+    node.ex.exit(jid, 0)
+    assert job_properties(node.events.fields(jid, C)) == {
+        "State", "Reason", "ExitCode", "EndTime", "RunUSec", "CPUTimeUSec", "MemoryPeak"}
+    node.events.changes.clear()
+    await node.engine.requeue(jid, CALLER)
+    requeued = job_properties(node.events.fields(jid, P))
+    assert requeued >= {"State", "Reason", "Restarts", "StartTime", "WaitUSec", "EndTime", "RunUSec", "ExitCode",
+                        "CPUTimeUSec", "MemoryPeak", "AssignedCPUs", "AssignedGPUs", "SuspendedUSec"}
+
+
+async def test_the_end_of_a_suspended_job_names_its_suspended_time(node):
+    jid = await node.submit()
+    await node.running(jid)
+    await node.engine.suspend(jid, CALLER)
+    await node.engine.cancel(jid, CALLER)
+    assert {"suspended_usec", "suspend_time", "end_time", "state"} <= node.events.fields(jid, X)

@@ -231,17 +231,17 @@ def test_signals_carry_no_private_values(service: DBusService):
     job = a_job()
     service.objects[job.id] = JobObject(service, job)
     bus: FakeBus = service.bus  # type: ignore[assignment]
-    service.job_changed(job, {"StdoutPath", "State", "Command"}, JobState.HELD)
+    service.job_changed(job, frozenset({"spec.stdout_path", "state", "spec.command"}), JobState.HELD)
     (sig,) = bus.sent
     iface, changed, invalidated = sig.body
     assert iface == JOB_IFACE and set(changed) == {"State"} and invalidated == ["Command", "StdoutPath"]
     # Only private keys changed: nothing leaks through an empty list of names either.
     bus.sent.clear()
-    service.job_changed(job, {"StderrPath"}, JobState.HELD)
+    service.job_changed(job, frozenset({"spec.stderr_path"}), JobState.HELD)
     assert bus.sent[0].body[1] == {} and bus.sent[0].body[2] == ["StderrPath"]
     service.engine.config.private_data = False
     bus.sent.clear()
-    service.job_changed(job, {"StdoutPath"}, JobState.HELD)
+    service.job_changed(job, frozenset({"spec.stdout_path"}), JobState.HELD)
     assert bus.sent[0].body[1]["StdoutPath"].value == "/home/alice/out.log" and bus.sent[0].body[2] == []
 
 

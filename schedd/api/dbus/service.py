@@ -34,6 +34,7 @@ from dbus_fast.service import signal as dbus_signal
 
 from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
 from schedd import bus as dbus
+from schedd.api.dbus.changes import job_properties, manager_properties
 from schedd.core import stats
 from schedd.core.engine import MANAGE_ACTION, Caller, Engine
 from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
@@ -701,8 +702,9 @@ class DBusService:
         except Exception as e:  # noqa: BLE001 - pacing only: a failed round trip must not fail the batch
             log.debug("bus round trip for pacing failed: %s", e)
 
-    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
-        if job.id in self.objects:
+    def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
+        props = job_properties(fields)
+        if job.id in self.objects and props:
             # Signals reach every subscriber: a private key that changed is only named as
             # invalidated, and each reader Gets it with its own rights.
             hidden = [] if self.public_private_data else sorted(p for p in props if p in PRIVATE_JOB_KEYS)
@@ -718,7 +720,8 @@ class DBusService:
         if self.objects.pop(job.id, None) is not None:
             self.bus.unexport(job_path(job.id))
 
-    def manager_changed(self, props: set[str]) -> None:
+    def manager_changed(self, facts: frozenset[str]) -> None:
+        props = manager_properties(facts)
         e = self.engine
         pending, running = e.counts() if props & {"PendingJobs", "RunningJobs"} else (0, 0)
         values = {}

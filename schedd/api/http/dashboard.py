@@ -145,13 +145,13 @@ class Dashboard:
     def job_added(self, job: Job) -> None:
         self._changed()
 
-    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
+    def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
         self._changed()
 
     def job_released(self, job: Job) -> None:
         self._changed()
 
-    def manager_changed(self, props: set[str]) -> None:
+    def manager_changed(self, facts: frozenset[str]) -> None:
         self._changed()
 
     def nodes_changed(self) -> None:

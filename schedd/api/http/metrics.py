@@ -122,7 +122,7 @@ class Metrics:
         if job.state == JobState.PENDING:
             self._pending_since[job.id] = job.submit_time or now_usec()
 
-    def job_changed(self, job: Job, props: set[str], old_state: JobState) -> None:
+    def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
         state = job.state
         if state == old_state:
             return
@@ -145,5 +145,5 @@ class Metrics:
     def job_released(self, job: Job) -> None:
         self._pending_since.pop(job.id, None)
 
-    def manager_changed(self, props: set[str]) -> None:
+    def manager_changed(self, facts: frozenset[str]) -> None:
         pass

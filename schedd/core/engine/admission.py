@@ -1,0 +1,104 @@
+"""Admission: when a pending job may be handed to the scheduler.
+
+Two rules keep a pending job out of the scheduler's queue: dependencies (After) that have not
+completed yet -- the job is blocked, and fails when one of them fails -- and an array's cap on
+running tasks (ArrayMaxRunning) -- the task is parked until a sibling leaves. The scheduler
+itself only ever sees eligible jobs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from schedd.core.model import Job, JobState, Reason
+from schedd.core.scheduler import Scheduler
+from schedd.core.store import Store
+
+
+class Admission:
+    """Blocked jobs and their dependents, and the admitted and parked tasks of capped arrays."""
+
+    jobs: dict[int, Job]
+    store: Store
+    scheduler: Scheduler
+
+    def _init_admission(self) -> None:
+        self._blocked: dict[int, Job] = {}  # pending, waiting on dependencies
+        self._dependents: dict[int, set[int]] = defaultdict(set)
+        # Arrays with a cap on running tasks: which tasks are admitted (queued, starting or
+        # running) and which wait their turn outside the scheduler, in task order.
+        self._admitted: dict[int, set[int]] = defaultdict(set)
+        self._parked: dict[int, dict[int, Job]] = defaultdict(dict)
+
+    def _lookup(self, job_id: int) -> Job | None:
+        """A dependency, live or archived (the store is read only for one no longer in memory)."""
+        return self.jobs.get(job_id) or self.store.get(job_id)
+
+    def _make_eligible(self, job: Job) -> None:
+        """Queue a pending job, or park it until its dependencies complete."""
+        waiting = False
+        for dep in job.spec.after:
+            d = self._lookup(dep)
+            if d is None or d.state in (JobState.FAILED, JobState.CANCELLED):
+                self._end(job, JobState.FAILED, Reason.DEPENDENCY)
+                self.store.save(job)
+                return
+            if d.state != JobState.COMPLETED:
+                self._dependents[dep].add(job.id)
+                waiting = True
+        if waiting:
+            self._blocked[job.id] = job
+        else:
+            self._enqueue(job)
+
+    def _dependency_ended(self, dep: Job) -> None:
+        """dep ended: the jobs blocked on it fail (it did not complete) or, all theirs complete, queue."""
+        for jid in self._dependents.pop(dep.id, ()):
+            job = self._blocked.get(jid)
+            if job is None:
+                continue
+            if dep.state != JobState.COMPLETED:
+                del self._blocked[jid]
+                self._end(job, JobState.FAILED, Reason.DEPENDENCY)
+                self.store.save(job)
+            elif all(getattr(self._lookup(d), "state", None) == JobState.COMPLETED for d in job.spec.after):
+                del self._blocked[jid]
+                self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        """Hand a pending job to the scheduler, unless its array already has its cap of tasks admitted."""
+        aid, cap = job.array_job_id, job.spec.array_max_running
+        if aid and cap:
+            admitted = self._admitted[aid]
+            if job.id not in admitted and len(admitted) >= cap:
+                self._parked[aid][job.id] = job
+                return
+            admitted.add(job.id)
+        self.scheduler.enqueue(job)
+
+    def _unqueue(self, job: Job) -> None:
+        """Out of every queue (scheduler, blocked, parked): cancelled, held, fenced or lost."""
+        self.scheduler.dequeue(job.id)
+        self._blocked.pop(job.id, None)
+        self._leave_array(job)
+
+    def _leave_array(self, job: Job) -> None:
+        """A task stops counting against its array's cap (ended, cancelled, held): admit the next."""
+        aid, cap = job.array_job_id, job.spec.array_max_running
+        if not aid or not cap:
+            return
+        parked = self._parked.get(aid)
+        if parked:
+            parked.pop(job.id, None)
+        admitted = self._admitted.get(aid)
+        if admitted is None or job.id not in admitted:
+            return
+        admitted.discard(job.id)
+        while parked and len(admitted) < cap:
+            nxt = parked.pop(next(iter(parked)))
+            admitted.add(nxt.id)
+            self.scheduler.enqueue(nxt)
+        if not parked:
+            self._parked.pop(aid, None)
+        if not admitted:
+            self._admitted.pop(aid, None)

@@ -1,0 +1,115 @@
+"""What the federation calls: records of jobs of ours placed on a peer, and fencing.
+
+A job of ours placed on a peer is a record here, mirrored from there: no allocation, scope or
+scheduler entry, but the same table, transitions and listeners as a local job. A job run here
+for a peer is an ordinary local job that carries its origin; fence stops such a copy when its
+origin has placed the job elsewhere. schedd.cluster.federation is the only caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from schedd.core.engine.events import COUNTS
+from schedd.core.model import AWAITING_NODE, Job, JobState, Reason
+
+log = logging.getLogger("schedd.core.engine")
+
+# A mirrored field, as the job's node reports it: (field name, whether it lives on the JobSpec).
+_MIRRORED = (("exit_code", False), ("start_time", False), ("end_time", False), ("cpu_time_usec", False),
+             ("memory_peak", False), ("assigned_cpus", False), ("assigned_gpus", False),
+             ("stdout_path", True), ("stderr_path", True))
+
+
+class Records:
+    def allocate_id(self) -> int:
+        jid = self._next_id
+        self._next_id += 1
+        return jid
+
+    async def add_record(self, job: Job) -> None:
+        """A job of ours that is not queued here (forwarded, or waiting for a node): durable, then announced."""
+        self._insert(job)
+        try:
+            await self.store.save(job, retry=False)
+        except Exception as e:
+            self._remove(job)
+            raise self.store.write_error(e.__cause__ or e) from e
+        self._announce(job)
+        self._transition_log(job, "submitted" if not job.remote_id else f"submitted, runs on {job.remote_node}")
+        self._manager_changed(COUNTS)
+
+    def mirror(self, job: Job, state: JobState, reason: str, fields: dict[str, Any]) -> None:
+        """A transition of a forwarded job, as its node reported it."""
+        self._mirror(job, state, reason, fields, frozenset())
+
+    def _mirror(self, job: Job, state: JobState, reason: str, fields: dict[str, Any], changed: frozenset[str]) -> None:
+        for key, on_spec in _MIRRORED:
+            if key in fields:
+                target = job.spec if on_spec else job
+                if getattr(target, key) != fields[key]:
+                    setattr(target, key, fields[key])
+                    changed |= {f"spec.{key}" if on_spec else key}
+        if state != job.state or reason != job.reason:
+            self._set(job, state, reason, changed)
+            if state.terminal:
+                self._dependency_ended(job)
+        elif changed:
+            self._changed(job, changed)
+        self.store.save(job)
+
+    def placed_remote(self, job: Job, node: str, remote_id: int, fields: dict[str, Any]) -> None:
+        """A waiting (or requeued) job of ours was forwarded to node."""
+        job.remote_node, job.remote_id, job.node = node, remote_id, node
+        self._mirror(job, job.state, job.reason, fields, frozenset({"remote_node", "remote_id", "node"}))
+
+    def place_here(self, job: Job) -> None:
+        """A waiting (or requeued) job of ours runs on this node after all."""
+        job.remote_node, job.remote_id, job.node = "", 0, self.config.node_name
+        self._changed(job, {"remote_node", "remote_id", "node"})
+        self.store.save(job)
+        if job.state == JobState.PENDING:
+            self._make_eligible(job)
+            self.kick()
+
+    def requeue_away(self, job: Job, failed_node: str, *, requeue: bool) -> None:
+        """The node running a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED."""
+        job.node_failures += 1
+        if not requeue:
+            self._end(job, JobState.FAILED, Reason.NODE_FAILURE, {"node_failures"})
+        else:
+            job.restarts += 1
+            cleared = self._clear_run(job)
+            job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
+            held = job.state == JobState.HELD
+            self._set(job, JobState.HELD if held else JobState.PENDING, Reason.HELD if held else Reason.REQUEUED,
+                      cleared | {"restarts", "node_failures", "remote_node", "remote_id", "node"})
+        log.warning("job %d: node %s went down under it; %s", job.id, failed_node,
+                    "requeued elsewhere" if requeue else "failed (node-failure)")
+        self.store.save(job)
+
+    async def hold_record(self, job: Job, hold: bool) -> None:
+        """Hold or release a job of ours that waits for a node (no node has a copy to ask)."""
+        job.spec.hold = hold
+        self._set(job, JobState.HELD if hold else JobState.PENDING, Reason.HELD if hold else "", {"spec.hold"})
+        await self.store.save(job)
+
+    def end_record(self, job: Job, state: JobState, reason: str) -> None:
+        """End a job of ours that is not running anywhere (waiting for a node) or whose node is gone."""
+        self._end(job, state, reason)
+        self.store.save(job)
+
+    async def fence(self, job_id: int) -> Job:
+        """Stop a copy run here for a peer that has placed the job elsewhere since (no job runs twice)."""
+        job = self.get(job_id)
+        if job.state.terminal or job.id not in self.jobs:
+            return job
+        if job.state.queued and job.id not in self._starting:
+            self._unqueue(job)
+            self._end(job, JobState.CANCELLED, Reason.NODE_FAILURE)
+            await self.store.save(job)
+            return job
+        self._flags[job.id].fence = True
+        await self._stop_and_wait(job, cancel=True)
+        return job
