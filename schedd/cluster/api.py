@@ -130,7 +130,7 @@ class FederationApi:
         load = {}
         for key in LOAD_KEYS:
             load[key] = _int(key, body.get(key), 0, U64)
-        self.fed.heard(name, load)
+        self.fed.net.heard(name, load)
         return web.json_response({"Name": self.fed.name})
 
     async def nodes(self, request: web.Request) -> web.Response:
@@ -148,7 +148,7 @@ class FederationApi:
         props, user = spec_variants(body.get("Spec"))
         pw = resolve_user(user, self.fed.name, self.fed.cfg.federation)
         props["User"] = Variant("u", pw.pw_uid)
-        job = await self.fed.accept(origin, origin_id, props)
+        job = await self.fed.runnode.accept(origin, origin_id, props)
         return web.json_response(job_json(job) | job_state_json(job), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -159,7 +159,7 @@ class FederationApi:
             raise _bad(f"unknown query parameter {unknown[0]!r}; known: origin, own, states, user, after, limit")
         if "origin" in q:
             origin = self._peer("origin", q["origin"])
-            return web.json_response({"Jobs": [job_state_json(j) for j in self.fed.copies_for(origin)]})
+            return web.json_response({"Jobs": [job_state_json(j) for j in self.fed.runnode.copies_for(origin)]})
         states = None
         if "states" in q:
             states = [s for s in q["states"].split(",") if s]
@@ -209,7 +209,7 @@ class FederationApi:
         body = await read_json(request)
         origin = self._peer("Origin", body.get("Origin"))
         if action == "fence":
-            return web.json_response(await self.fed.fence_local(job_id, origin))
+            return web.json_response(await self.fed.runnode.fence_local(job_id, origin))
         job = self.fed.engine.get(job_id)
         if job.origin_node != origin:
             raise HttpError(403, "access-denied", f"job {job_id} was not forwarded here by {origin}")
@@ -245,7 +245,7 @@ class FederationApi:
         if not isinstance(jobs, list):
             raise _bad("Jobs must be an array of job states")
         recs = [self._mirror_rec(i, r) for i, r in enumerate(jobs)]
-        return web.json_response({"Stale": self.fed.receive_mirror(node, recs)})
+        return web.json_response({"Stale": self.fed.origin.receive_mirror(node, recs)})
 
     @staticmethod
     def _mirror_rec(i: int, r: Any) -> dict[str, Any]:

@@ -1,19 +1,20 @@
 """The federation's wire format: what peers send each other about jobs, and the errors of talking.
 
-Pure conversions (no network), shared by the client side (schedd.cluster.federation) and the
-server side (schedd.cluster.api).
+Pure conversions (no network), shared by the client side (schedd.cluster.peers, .origin, .runnode)
+and the server side (schedd.cluster.api).
 """
 
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import re
 from typing import Any
 
 from schedd.config import FederationConfig
-from schedd.errors import AccessDenied, SchedError
+from schedd.errors import BY_DBUS_NAME, AccessDenied, SchedError
 from schedd.core.model import Job, JobSpec
 
 DEFAULT_OUTPUT = re.compile(r"/jobs/\d+/output$")  # a node's default output path: never sent to another node
@@ -29,6 +30,24 @@ class PeerRefused(Exception):
     def __init__(self, error: SchedError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def refusal(node: str, status: int, text: str) -> PeerRefused:
+    """A peer's 4xx answer as the error it raised there: the class its body names by D-Bus name
+    (`schedd.api.http.web.error_body`), SchedError when it names none."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        name = body.get("dbus_error")
+        cls = BY_DBUS_NAME.get(name, SchedError) if isinstance(name, str) else SchedError
+        message = body.get("message", "")
+    else:
+        cls, message = SchedError, text
+    if status == 401:
+        message = f"{message} (is http.token_file the same on every node?)"
+    return PeerRefused(cls(f"node {node}: {message}"))
 
 
 def spec_to_json(spec: JobSpec) -> dict[str, Any]:

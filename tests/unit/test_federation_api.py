@@ -394,7 +394,7 @@ async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopte
                                                      user_name=USER), remote_node=WAITING)
     await engine.add_record(job)
     api.fed.waiting[job.id] = job
-    api.fed._avoid[job.id] = {"a"}  # requeued away from a when a went down
+    api.fed.origin._avoid[job.id] = {"a"}  # requeued away from a when a went down
     rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
            "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
            "StdoutPath": "", "StderrPath": ""}
