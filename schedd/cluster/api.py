@@ -14,11 +14,12 @@ from dbus_fast import Variant
 
 from schedd.cluster.federation import Federation
 from schedd.cluster.wire import job_state_json, resolve_user
-from schedd.core.model import JobState
+from schedd.core.model import Job, JobState
 from schedd.core.output import MAX_CHUNK, read_output
 from schedd.core.placement import LOAD_FIELDS
 from schedd.protocol import JOB_PROPERTIES, LIST_LIMIT, SPEC_KEYS
 from schedd.api.http.web import HttpError, Web, read_json
+from schedd.errors import AccessDenied, InvalidArgument, NotFound
 
 API = "/api/v1"
 U32, U64, I32 = 2**32 - 1, 2**63 - 1, 2**31 - 1
@@ -29,31 +30,27 @@ LOAD_KEYS = tuple(LOAD_FIELDS)
 ACTIONS = ("cancel", "hold", "release", "suspend", "resume", "requeue", "fence")
 
 
-def _bad(message: str) -> HttpError:
-    return HttpError(400, "invalid-argument", message)
-
-
 def _int(where: str, v: Any, lo: int, hi: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise _bad(f"{where} must be an integer from {lo} to {hi}")
+        raise InvalidArgument(f"{where} must be an integer from {lo} to {hi}")
     return v
 
 
 def _str(where: str, v: Any, empty: bool = False) -> str:
     if not isinstance(v, str) or (not v and not empty) or "\0" in v:
-        raise _bad(f"{where} must be a{'' if empty else ' non-empty'} string without NUL bytes")
+        raise InvalidArgument(f"{where} must be a{'' if empty else ' non-empty'} string without NUL bytes")
     return v
 
 
 def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
     """A forwarded spec (JSON) -> (Submit a{sv} without User, the user's name); 400 on anything malformed."""
     if not isinstance(spec, dict):
-        raise _bad("Spec must be a JSON object of Submit keys (plus UserName)")
+        raise InvalidArgument("Spec must be a JSON object of Submit keys (plus UserName)")
     unknown = sorted(k for k in spec if k not in FORWARD_SPEC_KEYS and k != "UserName")
     if unknown:
-        raise _bad(f"Spec: unknown key {unknown[0]!r}; valid keys: {', '.join(FORWARD_SPEC_KEYS)}, UserName")
+        raise InvalidArgument(f"Spec: unknown key {unknown[0]!r}; valid keys: {', '.join(FORWARD_SPEC_KEYS)}, UserName")
     if "UserName" not in spec:
-        raise _bad("Spec.UserName is required: jobs keep their user's name across nodes")
+        raise InvalidArgument("Spec.UserName is required: jobs keep their user's name across nodes")
     user = _str("Spec.UserName", spec["UserName"])
     out: dict[str, Variant] = {}
     for key, value in spec.items():
@@ -62,12 +59,12 @@ def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
         sig, where = FORWARD_SPEC_KEYS[key], f"Spec.{key}"
         if sig == "as":
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                raise _bad(f"{where} must be an array of strings")
+                raise InvalidArgument(f"{where} must be an array of strings")
         elif sig == "s":
             _str(where, value, empty=True)
         elif sig == "b":
             if not isinstance(value, bool):
-                raise _bad(f"{where} must be true or false")
+                raise InvalidArgument(f"{where} must be true or false")
         elif sig == "u":
             _int(where, value, 0, U32)
         elif sig == "t":
@@ -78,7 +75,7 @@ def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
     return out, user
 
 
-def job_json(job) -> dict[str, Any]:
+def job_json(job: Job) -> dict[str, Any]:
     """A whole job (its D-Bus properties as JSON) plus where it came from."""
     from schedd.api.dbus.service import JOB_GETTERS
 
@@ -108,14 +105,15 @@ class FederationApi:
         name = _str(where, name)
         if name not in self.fed.peers:
             raise HttpError(403, "unknown-node", f"{where} {name!r} is not a peer of node {self.fed.name} "
-                                                 f"(its [[peers]] list: {', '.join(self.fed.peers) or 'none'})")
+                                                 f"(its [[peers]] list: {', '.join(self.fed.peers) or 'none'})",
+                            AccessDenied.dbus_name)
         return name
 
     @staticmethod
     def _id(request: web.Request) -> int:
         text = request.match_info["id"]
         if not text.isdigit() or not 0 < int(text) <= U64:
-            raise _bad(f"job id {text!r} must be a positive integer")
+            raise InvalidArgument(f"job id {text!r} must be a positive integer")
         return int(text)
 
     # -- routes ---------------------------------------------------------------------
@@ -142,7 +140,7 @@ class FederationApi:
         body = await read_json(request)
         unknown = sorted(set(body) - {"Origin", "OriginId", "Spec"})
         if unknown:
-            raise _bad(f"unknown key {unknown[0]!r}; a forward is {{Origin, OriginId, Spec}}")
+            raise InvalidArgument(f"unknown key {unknown[0]!r}; a forward is {{Origin, OriginId, Spec}}")
         origin = self._peer("Origin", body.get("Origin"))
         origin_id = _int("OriginId", body.get("OriginId"), 1, U64)
         props, user = spec_variants(body.get("Spec"))
@@ -156,7 +154,8 @@ class FederationApi:
         q = request.query
         unknown = sorted(set(q) - {"origin", "own", "states", "user", "after", "limit"})
         if unknown:
-            raise _bad(f"unknown query parameter {unknown[0]!r}; known: origin, own, states, user, after, limit")
+            raise InvalidArgument(f"unknown query parameter {unknown[0]!r}; known: origin, own, states, user, "
+                                  f"after, limit")
         if "origin" in q:
             origin = self._peer("origin", q["origin"])
             return web.json_response({"Jobs": [job_state_json(j) for j in self.fed.runnode.copies_for(origin)]})
@@ -165,7 +164,7 @@ class FederationApi:
             states = [s for s in q["states"].split(",") if s]
             bad = [s for s in states if s not in JobState.__members__]
             if bad:
-                raise _bad(f"states: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
+                raise InvalidArgument(f"states: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
         after = self._qint(q, "after", 0)
         limit = self._qint(q, "limit", LIST_LIMIT) or LIST_LIMIT
         uid = None
@@ -189,7 +188,7 @@ class FederationApi:
         if key not in q:
             return default
         if not q[key].isdigit() or int(q[key]) > U64:
-            raise _bad(f"{key} must be a non-negative integer")
+            raise InvalidArgument(f"{key} must be a non-negative integer")
         return int(q[key])
 
     async def get_job(self, request: web.Request) -> web.Response:
@@ -204,7 +203,7 @@ class FederationApi:
         self.web.require_token(request)
         action = request.match_info["action"]
         if action not in ACTIONS:
-            raise HttpError(404, "not-found", f"no action {action!r}; actions: {', '.join(ACTIONS)}")
+            raise NotFound(f"no action {action!r}; actions: {', '.join(ACTIONS)}")
         job_id = self._id(request)
         body = await read_json(request)
         origin = self._peer("Origin", body.get("Origin"))
@@ -212,7 +211,7 @@ class FederationApi:
             return web.json_response(await self.fed.runnode.fence_local(job_id, origin))
         job = self.fed.engine.get(job_id)
         if job.origin_node != origin:
-            raise HttpError(403, "access-denied", f"job {job_id} was not forwarded here by {origin}")
+            raise AccessDenied(f"job {job_id} was not forwarded here by {origin}")
         from schedd.core.engine import Caller
 
         await getattr(self.fed.engine, action)(job_id, Caller(uid=0))
@@ -223,16 +222,15 @@ class FederationApi:
         q = request.query
         stream = q.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
-            raise _bad("stream must be stdout or stderr")
+            raise InvalidArgument("stream must be stdout or stderr")
         offset = self._qint(q, "offset", 0)
         limit = self._qint(q, "limit", MAX_CHUNK)
         if "origin" not in q:
-            raise _bad("origin is required: a node reads the output only of jobs it forwarded here")
+            raise InvalidArgument("origin is required: a node reads the output only of jobs it forwarded here")
         origin = self._peer("origin", q["origin"])
         job = self.fed.engine.get(self._id(request))
         if job.origin_node != origin:
-            raise HttpError(403, "access-denied", f"job {job.id} was not forwarded here by {origin}",
-                            "org.schedd.Schedd1.Error.AccessDenied")
+            raise AccessDenied(f"job {job.id} was not forwarded here by {origin}")
         path = job.spec.stderr_path if stream == "stderr" else job.spec.stdout_path
         data = await read_output(path, job.uid, offset, limit)
         return web.Response(body=data, content_type="application/octet-stream")
@@ -243,7 +241,7 @@ class FederationApi:
         node = self._peer("Node", body.get("Node"))
         jobs = body.get("Jobs")
         if not isinstance(jobs, list):
-            raise _bad("Jobs must be an array of job states")
+            raise InvalidArgument("Jobs must be an array of job states")
         recs = [self._mirror_rec(i, r) for i, r in enumerate(jobs)]
         return web.json_response({"Stale": self.fed.origin.receive_mirror(node, recs)})
 
@@ -251,14 +249,14 @@ class FederationApi:
     def _mirror_rec(i: int, r: Any) -> dict[str, Any]:
         where = f"Jobs[{i}]"
         if not isinstance(r, dict):
-            raise _bad(f"{where} must be an object")
+            raise InvalidArgument(f"{where} must be an object")
         for key in ("Id", "OriginId"):
             _int(f"{where}.{key}", r.get(key), 1, U64)
         for key in ("StartTime", "EndTime", "CPUTimeUSec", "MemoryPeak"):
             _int(f"{where}.{key}", r.get(key), 0, U64)
         _int(f"{where}.ExitCode", r.get("ExitCode"), -I32 - 1, I32)
         if r.get("State") not in JobState.__members__:
-            raise _bad(f"{where}.State must be one of {', '.join(JobState)}")
+            raise InvalidArgument(f"{where}.State must be one of {', '.join(JobState)}")
         _str(f"{where}.Reason", r.get("Reason"), empty=True)
         for key in ("StdoutPath", "StderrPath"):
             _str(f"{where}.{key}", r.get(key), empty=True)
@@ -266,7 +264,7 @@ class FederationApi:
             v = r.get(key)
             if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= U32
                                                   for x in v):
-                raise _bad(f"{where}.{key} must be an array of non-negative integers")
+                raise InvalidArgument(f"{where}.{key} must be an array of non-negative integers")
         return r
 
 

@@ -39,7 +39,8 @@ class Federation:
         self.net.on_heard = self.origin.peer_heard
         self.peers: dict[str, Peer] = self.net.peers
         self.waiting: dict[int, Job] = self.origin.waiting
-        self.node_listeners: list[Callable[[], None]] = self.net.node_listeners  # told when a peer's state or load changes
+        # Told when a peer's state or load changes:
+        self.node_listeners: list[Callable[[], None]] = self.net.node_listeners
 
     async def start(self) -> None:
         self.net.open()
