@@ -17,15 +17,13 @@ from typing import Any, Awaitable, Callable, Coroutine
 import aiohttp
 
 from schedd.api.http.web import Web
-from schedd.cluster.wire import PeerError, PeerRefused, refusal
+from schedd.cluster.wire import API, PeerError, PeerRefused, refusal
 from schedd.config import Config
 from schedd.core.engine import Engine
 from schedd.core.model import now_usec
 from schedd.core.placement import Need, NodeView, ledger_load
 
 log = logging.getLogger(__name__)
-
-API = "/api/v1"
 
 
 @dataclass

@@ -14,9 +14,17 @@ import re
 from typing import Any
 
 from schedd.config import FederationConfig
+from schedd.core.placement import LOAD_FIELDS
+from schedd.protocol import SPEC_KEYS
 from schedd.errors import BY_DBUS_NAME, AccessDenied, SchedError
 from schedd.core.model import Job, JobSpec
 
+API = "/api/v1"
+# Keys a forwarded spec may carry: the Submit keys minus what only means something on the origin.
+FORWARD_SPEC_KEYS = {k: v for k, v in SPEC_KEYS.items()
+                     if k not in ("User", "After", "Node", "ArrayTaskId", "ArrayMaxRunning")}
+LOAD_KEYS = tuple(LOAD_FIELDS)  # what a heartbeat reports
+ACTIONS = ("cancel", "hold", "release", "suspend", "resume", "requeue", "fence")  # POST /jobs/ID/ACTION
 DEFAULT_OUTPUT = re.compile(r"/jobs/\d+/output$")  # a node's default output path: never sent to another node
 
 

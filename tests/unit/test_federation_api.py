@@ -18,7 +18,8 @@ from schedd.core.engine import Caller, Engine
 from prereq import unavailable
 from schedd.errors import AccessDenied
 from schedd.cluster.federation import Federation
-from schedd.cluster.api import OPENAPI, FederationApi
+from schedd.cluster.api import FederationApi
+from schedd.cluster.openapi import OPENAPI
 from schedd.core.output import read_output_blocking as read_output
 from schedd.core.placement import NodeView
 from schedd.core.store import Store
