@@ -1,1 +1,1 @@
-"""Federation: peers over HTTP, placement across nodes, the wire format and the peer API."""
+"""Federation: peers over HTTP (peers, origin, runnode, composed by federation), the wire format and the peer API."""

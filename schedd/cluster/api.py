@@ -1,4 +1,4 @@
-"""The peer API under /api/v1/: aiohttp routes, JSON validation, the OpenAPI document.
+"""The peer API under /api/v1/: aiohttp routes and JSON validation (the document: schedd.cluster.openapi).
 
 Every route but the OpenAPI document needs the cluster's bearer token (checked before
 the body is even read: a wrong token changes nothing). Every body and query is
@@ -13,47 +13,38 @@ from aiohttp import web
 from dbus_fast import Variant
 
 from schedd.cluster.federation import Federation
-from schedd.cluster.wire import job_state_json, resolve_user
-from schedd.core.model import JobState
+from schedd.cluster.openapi import OPENAPI
+from schedd.cluster.wire import ACTIONS, API, FORWARD_SPEC_KEYS, LOAD_KEYS, job_state_json, resolve_user
+from schedd.core.model import Job, JobState
 from schedd.core.output import MAX_CHUNK, read_output
-from schedd.core.placement import LOAD_FIELDS
-from schedd.protocol import JOB_PROPERTIES, LIST_LIMIT, SPEC_KEYS
+from schedd.protocol import JOB_PROPERTIES, LIST_LIMIT
 from schedd.api.http.web import HttpError, Web, read_json
+from schedd.errors import AccessDenied, InvalidArgument, NotFound
 
-API = "/api/v1"
 U32, U64, I32 = 2**32 - 1, 2**63 - 1, 2**31 - 1
-# Keys a forwarded spec may carry: the Submit keys minus what only means something on the origin.
-FORWARD_SPEC_KEYS = {k: v for k, v in SPEC_KEYS.items()
-                     if k not in ("User", "After", "Node", "ArrayTaskId", "ArrayMaxRunning")}
-LOAD_KEYS = tuple(LOAD_FIELDS)
-ACTIONS = ("cancel", "hold", "release", "suspend", "resume", "requeue", "fence")
-
-
-def _bad(message: str) -> HttpError:
-    return HttpError(400, "invalid-argument", message)
 
 
 def _int(where: str, v: Any, lo: int, hi: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise _bad(f"{where} must be an integer from {lo} to {hi}")
+        raise InvalidArgument(f"{where} must be an integer from {lo} to {hi}")
     return v
 
 
 def _str(where: str, v: Any, empty: bool = False) -> str:
     if not isinstance(v, str) or (not v and not empty) or "\0" in v:
-        raise _bad(f"{where} must be a{'' if empty else ' non-empty'} string without NUL bytes")
+        raise InvalidArgument(f"{where} must be a{'' if empty else ' non-empty'} string without NUL bytes")
     return v
 
 
 def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
     """A forwarded spec (JSON) -> (Submit a{sv} without User, the user's name); 400 on anything malformed."""
     if not isinstance(spec, dict):
-        raise _bad("Spec must be a JSON object of Submit keys (plus UserName)")
+        raise InvalidArgument("Spec must be a JSON object of Submit keys (plus UserName)")
     unknown = sorted(k for k in spec if k not in FORWARD_SPEC_KEYS and k != "UserName")
     if unknown:
-        raise _bad(f"Spec: unknown key {unknown[0]!r}; valid keys: {', '.join(FORWARD_SPEC_KEYS)}, UserName")
+        raise InvalidArgument(f"Spec: unknown key {unknown[0]!r}; valid keys: {', '.join(FORWARD_SPEC_KEYS)}, UserName")
     if "UserName" not in spec:
-        raise _bad("Spec.UserName is required: jobs keep their user's name across nodes")
+        raise InvalidArgument("Spec.UserName is required: jobs keep their user's name across nodes")
     user = _str("Spec.UserName", spec["UserName"])
     out: dict[str, Variant] = {}
     for key, value in spec.items():
@@ -62,12 +53,12 @@ def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
         sig, where = FORWARD_SPEC_KEYS[key], f"Spec.{key}"
         if sig == "as":
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                raise _bad(f"{where} must be an array of strings")
+                raise InvalidArgument(f"{where} must be an array of strings")
         elif sig == "s":
             _str(where, value, empty=True)
         elif sig == "b":
             if not isinstance(value, bool):
-                raise _bad(f"{where} must be true or false")
+                raise InvalidArgument(f"{where} must be true or false")
         elif sig == "u":
             _int(where, value, 0, U32)
         elif sig == "t":
@@ -78,7 +69,7 @@ def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
     return out, user
 
 
-def job_json(job) -> dict[str, Any]:
+def job_json(job: Job) -> dict[str, Any]:
     """A whole job (its D-Bus properties as JSON) plus where it came from."""
     from schedd.api.dbus.service import JOB_GETTERS
 
@@ -108,14 +99,15 @@ class FederationApi:
         name = _str(where, name)
         if name not in self.fed.peers:
             raise HttpError(403, "unknown-node", f"{where} {name!r} is not a peer of node {self.fed.name} "
-                                                 f"(its [[peers]] list: {', '.join(self.fed.peers) or 'none'})")
+                                                 f"(its [[peers]] list: {', '.join(self.fed.peers) or 'none'})",
+                            AccessDenied.dbus_name)
         return name
 
     @staticmethod
     def _id(request: web.Request) -> int:
         text = request.match_info["id"]
         if not text.isdigit() or not 0 < int(text) <= U64:
-            raise _bad(f"job id {text!r} must be a positive integer")
+            raise InvalidArgument(f"job id {text!r} must be a positive integer")
         return int(text)
 
     # -- routes ---------------------------------------------------------------------
@@ -130,7 +122,7 @@ class FederationApi:
         load = {}
         for key in LOAD_KEYS:
             load[key] = _int(key, body.get(key), 0, U64)
-        self.fed.heard(name, load)
+        self.fed.net.heard(name, load)
         return web.json_response({"Name": self.fed.name})
 
     async def nodes(self, request: web.Request) -> web.Response:
@@ -142,13 +134,13 @@ class FederationApi:
         body = await read_json(request)
         unknown = sorted(set(body) - {"Origin", "OriginId", "Spec"})
         if unknown:
-            raise _bad(f"unknown key {unknown[0]!r}; a forward is {{Origin, OriginId, Spec}}")
+            raise InvalidArgument(f"unknown key {unknown[0]!r}; a forward is {{Origin, OriginId, Spec}}")
         origin = self._peer("Origin", body.get("Origin"))
         origin_id = _int("OriginId", body.get("OriginId"), 1, U64)
         props, user = spec_variants(body.get("Spec"))
         pw = resolve_user(user, self.fed.name, self.fed.cfg.federation)
         props["User"] = Variant("u", pw.pw_uid)
-        job = await self.fed.accept(origin, origin_id, props)
+        job = await self.fed.runnode.accept(origin, origin_id, props)
         return web.json_response(job_json(job) | job_state_json(job), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -156,16 +148,17 @@ class FederationApi:
         q = request.query
         unknown = sorted(set(q) - {"origin", "own", "states", "user", "after", "limit"})
         if unknown:
-            raise _bad(f"unknown query parameter {unknown[0]!r}; known: origin, own, states, user, after, limit")
+            raise InvalidArgument(f"unknown query parameter {unknown[0]!r}; known: origin, own, states, user, "
+                                  f"after, limit")
         if "origin" in q:
             origin = self._peer("origin", q["origin"])
-            return web.json_response({"Jobs": [job_state_json(j) for j in self.fed.copies_for(origin)]})
+            return web.json_response({"Jobs": [job_state_json(j) for j in self.fed.runnode.copies_for(origin)]})
         states = None
         if "states" in q:
             states = [s for s in q["states"].split(",") if s]
             bad = [s for s in states if s not in JobState.__members__]
             if bad:
-                raise _bad(f"states: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
+                raise InvalidArgument(f"states: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
         after = self._qint(q, "after", 0)
         limit = self._qint(q, "limit", LIST_LIMIT) or LIST_LIMIT
         uid = None
@@ -189,7 +182,7 @@ class FederationApi:
         if key not in q:
             return default
         if not q[key].isdigit() or int(q[key]) > U64:
-            raise _bad(f"{key} must be a non-negative integer")
+            raise InvalidArgument(f"{key} must be a non-negative integer")
         return int(q[key])
 
     async def get_job(self, request: web.Request) -> web.Response:
@@ -204,15 +197,15 @@ class FederationApi:
         self.web.require_token(request)
         action = request.match_info["action"]
         if action not in ACTIONS:
-            raise HttpError(404, "not-found", f"no action {action!r}; actions: {', '.join(ACTIONS)}")
+            raise NotFound(f"no action {action!r}; actions: {', '.join(ACTIONS)}")
         job_id = self._id(request)
         body = await read_json(request)
         origin = self._peer("Origin", body.get("Origin"))
         if action == "fence":
-            return web.json_response(await self.fed.fence_local(job_id, origin))
+            return web.json_response(await self.fed.runnode.fence_local(job_id, origin))
         job = self.fed.engine.get(job_id)
         if job.origin_node != origin:
-            raise HttpError(403, "access-denied", f"job {job_id} was not forwarded here by {origin}")
+            raise AccessDenied(f"job {job_id} was not forwarded here by {origin}")
         from schedd.core.engine import Caller
 
         await getattr(self.fed.engine, action)(job_id, Caller(uid=0))
@@ -223,16 +216,15 @@ class FederationApi:
         q = request.query
         stream = q.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
-            raise _bad("stream must be stdout or stderr")
+            raise InvalidArgument("stream must be stdout or stderr")
         offset = self._qint(q, "offset", 0)
         limit = self._qint(q, "limit", MAX_CHUNK)
         if "origin" not in q:
-            raise _bad("origin is required: a node reads the output only of jobs it forwarded here")
+            raise InvalidArgument("origin is required: a node reads the output only of jobs it forwarded here")
         origin = self._peer("origin", q["origin"])
         job = self.fed.engine.get(self._id(request))
         if job.origin_node != origin:
-            raise HttpError(403, "access-denied", f"job {job.id} was not forwarded here by {origin}",
-                            "org.schedd.Schedd1.Error.AccessDenied")
+            raise AccessDenied(f"job {job.id} was not forwarded here by {origin}")
         path = job.spec.stderr_path if stream == "stderr" else job.spec.stdout_path
         data = await read_output(path, job.uid, offset, limit)
         return web.Response(body=data, content_type="application/octet-stream")
@@ -243,22 +235,22 @@ class FederationApi:
         node = self._peer("Node", body.get("Node"))
         jobs = body.get("Jobs")
         if not isinstance(jobs, list):
-            raise _bad("Jobs must be an array of job states")
+            raise InvalidArgument("Jobs must be an array of job states")
         recs = [self._mirror_rec(i, r) for i, r in enumerate(jobs)]
-        return web.json_response({"Stale": self.fed.receive_mirror(node, recs)})
+        return web.json_response({"Stale": self.fed.origin.receive_mirror(node, recs)})
 
     @staticmethod
     def _mirror_rec(i: int, r: Any) -> dict[str, Any]:
         where = f"Jobs[{i}]"
         if not isinstance(r, dict):
-            raise _bad(f"{where} must be an object")
+            raise InvalidArgument(f"{where} must be an object")
         for key in ("Id", "OriginId"):
             _int(f"{where}.{key}", r.get(key), 1, U64)
         for key in ("StartTime", "EndTime", "CPUTimeUSec", "MemoryPeak"):
             _int(f"{where}.{key}", r.get(key), 0, U64)
         _int(f"{where}.ExitCode", r.get("ExitCode"), -I32 - 1, I32)
         if r.get("State") not in JobState.__members__:
-            raise _bad(f"{where}.State must be one of {', '.join(JobState)}")
+            raise InvalidArgument(f"{where}.State must be one of {', '.join(JobState)}")
         _str(f"{where}.Reason", r.get("Reason"), empty=True)
         for key in ("StdoutPath", "StderrPath"):
             _str(f"{where}.{key}", r.get(key), empty=True)
@@ -266,106 +258,5 @@ class FederationApi:
             v = r.get(key)
             if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= U32
                                                   for x in v):
-                raise _bad(f"{where}.{key} must be an array of non-negative integers")
+                raise InvalidArgument(f"{where}.{key} must be an array of non-negative integers")
         return r
-
-
-def _schema_for(sig: str) -> dict[str, Any]:
-    return {"as": {"type": "array", "items": {"type": "string"}}, "at": {"type": "array", "items": {"type": "integer"}},
-            "au": {"type": "array", "items": {"type": "integer"}}, "s": {"type": "string"},
-            "b": {"type": "boolean"}}.get(sig, {"type": "integer"})
-
-
-_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_JSON = lambda ref, desc="ok": {"description": desc, "content": {"application/json": {"schema": {"$ref": ref}}}}  # noqa: E731
-_ERRORS = {"400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "409": _ERR, "422": _ERR}
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "schedd peer API", "version": "1",
-             "description": "Federation between schedd nodes: heartbeats, forwarded jobs, state mirroring. Every "
-                            "operation but this document needs `Authorization: Bearer <token>` (http.token_file)."},
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {"type": "object", "required": ["error", "message"],
-                      "properties": {"error": {"type": "string"}, "message": {"type": "string"},
-                                     "dbus_error": {"type": "string"}}},
-            "Heartbeat": {"type": "object", "required": ["Name", *LOAD_KEYS],
-                          "properties": {"Name": {"type": "string"}, "URL": {"type": "string"},
-                                         **{k: {"type": "integer", "minimum": 0} for k in LOAD_KEYS}}},
-            "Spec": {"type": "object", "required": ["Command", "UserName"], "additionalProperties": False,
-                     "properties": {"UserName": {"type": "string"},
-                                    **{k: _schema_for(s) for k, s in FORWARD_SPEC_KEYS.items()}}},
-            "Forward": {"type": "object", "required": ["Origin", "OriginId", "Spec"], "additionalProperties": False,
-                        "properties": {"Origin": {"type": "string"}, "OriginId": {"type": "integer", "minimum": 1},
-                                       "Spec": {"$ref": "#/components/schemas/Spec"}}},
-            "Job": {"type": "object", "properties": {**{k: _schema_for(s) for k, s in JOB_PROPERTIES.items()},
-                                                     "OriginNode": {"type": "string"},
-                                                     "OriginId": {"type": "integer"}}},
-            "JobState": {"type": "object", "required": ["Id", "OriginId", "State", "Reason", "ExitCode", "StartTime",
-                                                        "EndTime", "CPUTimeUSec", "MemoryPeak", "AssignedCPUs",
-                                                        "AssignedGPUs", "StdoutPath", "StderrPath"],
-                         "properties": {"Id": {"type": "integer"}, "OriginNode": {"type": "string"},
-                                        "OriginId": {"type": "integer"}, "Node": {"type": "string"},
-                                        "State": {"type": "string", "enum": list(JobState)},
-                                        "Reason": {"type": "string"}, "ExitCode": {"type": "integer"},
-                                        "StartTime": {"type": "integer"}, "EndTime": {"type": "integer"},
-                                        "CPUTimeUSec": {"type": "integer"}, "MemoryPeak": {"type": "integer"},
-                                        "AssignedCPUs": {"type": "array", "items": {"type": "integer"}},
-                                        "AssignedGPUs": {"type": "array", "items": {"type": "integer"}},
-                                        "StdoutPath": {"type": "string"}, "StderrPath": {"type": "string"},
-                                        "Restarts": {"type": "integer"}}},
-            "Mirror": {"type": "object", "required": ["Node", "Jobs"],
-                       "properties": {"Node": {"type": "string"},
-                                      "Jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobState"}}}},
-        },
-    },
-    "security": [{"bearer": []}],
-    "paths": {
-        f"{API}/openapi.json": {"get": {"summary": "this document", "security": [],
-                                        "responses": {"200": {"description": "OpenAPI 3 document"}}}},
-        f"{API}/heartbeat": {"post": {
-            "summary": "a peer's capacity and load; marks it up",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Heartbeat"}}}},
-            "responses": {"200": {"description": "heard"}, **_ERRORS}}},
-        f"{API}/nodes": {"get": {"summary": "this node and its peers (ListNodes keys)",
-                                 "responses": {"200": {"description": "{Nodes: [...]}"}, **_ERRORS}}},
-        f"{API}/jobs": {
-            "post": {"summary": "run a peer's job here; a retry with the same (Origin, OriginId) returns the first copy",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"$ref": "#/components/schemas/Forward"}}}},
-                     "responses": {"201": _JSON("#/components/schemas/Job", "the job here (new or the existing copy)"),
-                                   **_ERRORS}},
-            "get": {"summary": "jobs of this node; origin=NODE: this node's copies of NODE's jobs (states only)",
-                    "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in (
-                        ("origin", "string"), ("own", "string"), ("states", "string"), ("user", "string"),
-                        ("after", "integer"), ("limit", "integer"))],
-                    "responses": {"200": {"description": "{Jobs: [...]}"}, **_ERRORS}}},
-        f"{API}/jobs/{{id}}": {"get": {"summary": "one job", "parameters": [_ID],
-                                       "responses": {"200": _JSON("#/components/schemas/Job"), **_ERRORS}}},
-        f"{API}/jobs/{{id}}/{{action}}": {"post": {
-            "summary": "cancel, hold, release, suspend, resume, requeue or fence (stop a stale copy) a forwarded job",
-            "parameters": [_ID, {"name": "action", "in": "path", "required": True,
-                                 "schema": {"type": "string", "enum": list(ACTIONS)}}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["Origin"], "properties": {"Origin": {"type": "string"}}}}}},
-            "responses": {"200": _JSON("#/components/schemas/JobState", "the job's state after it"), **_ERRORS}}},
-        f"{API}/jobs/{{id}}/output": {"get": {
-            "summary": "bytes of a job's output from offset (at most 1 MiB)",
-            "parameters": [_ID] + [{"name": n, "in": "query", "schema": s} for n, s in (
-                ("stream", {"type": "string", "enum": ["stdout", "stderr"]}), ("offset", {"type": "integer"}),
-                ("limit", {"type": "integer"}))] + [
-                {"name": "origin", "in": "query", "required": True, "schema": {"type": "string"},
-                 "description": "the node asking: only jobs it forwarded here are read"}],
-            "responses": {"200": {"description": "output bytes",
-                                  "content": {"application/octet-stream": {}}}, **_ERRORS}}},
-        f"{API}/mirror": {"post": {
-            "summary": "states of the origin's jobs that this peer runs; answers which copies are stale",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Mirror"}}}},
-            "responses": {"200": {"description": "{Stale: [ids]}: stop these copies"}, **_ERRORS}}},
-    },
-}

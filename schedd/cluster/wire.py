@@ -1,21 +1,30 @@
 """The federation's wire format: what peers send each other about jobs, and the errors of talking.
 
-Pure conversions (no network), shared by the client side (schedd.cluster.federation) and the
-server side (schedd.cluster.api).
+Pure conversions (no network), shared by the client side (schedd.cluster.peers, .origin, .runnode)
+and the server side (schedd.cluster.api).
 """
 
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import re
 from typing import Any
 
 from schedd.config import FederationConfig
-from schedd.errors import AccessDenied, SchedError
+from schedd.core.placement import LOAD_FIELDS
+from schedd.protocol import SPEC_KEYS
+from schedd.errors import BY_DBUS_NAME, AccessDenied, SchedError
 from schedd.core.model import Job, JobSpec
 
+API = "/api/v1"
+# Keys a forwarded spec may carry: the Submit keys minus what only means something on the origin.
+FORWARD_SPEC_KEYS = {k: v for k, v in SPEC_KEYS.items()
+                     if k not in ("User", "After", "Node", "ArrayTaskId", "ArrayMaxRunning")}
+LOAD_KEYS = tuple(LOAD_FIELDS)  # what a heartbeat reports
+ACTIONS = ("cancel", "hold", "release", "suspend", "resume", "requeue", "fence")  # POST /jobs/ID/ACTION
 DEFAULT_OUTPUT = re.compile(r"/jobs/\d+/output$")  # a node's default output path: never sent to another node
 
 
@@ -29,6 +38,24 @@ class PeerRefused(Exception):
     def __init__(self, error: SchedError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def refusal(node: str, status: int, text: str) -> PeerRefused:
+    """A peer's 4xx answer as the error it raised there: the class its body names by D-Bus name
+    (`schedd.api.http.web.error_body`), SchedError when it names none."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        name = body.get("dbus_error")
+        cls = BY_DBUS_NAME.get(name, SchedError) if isinstance(name, str) else SchedError
+        message = body.get("message", "")
+    else:
+        cls, message = SchedError, text
+    if status == 401:
+        message = f"{message} (is http.token_file the same on every node?)"
+    return PeerRefused(cls(f"node {node}: {message}"))
 
 
 def spec_to_json(spec: JobSpec) -> dict[str, Any]:

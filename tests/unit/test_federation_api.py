@@ -18,7 +18,8 @@ from schedd.core.engine import Caller, Engine
 from prereq import unavailable
 from schedd.errors import AccessDenied
 from schedd.cluster.federation import Federation
-from schedd.cluster.api import OPENAPI, FederationApi
+from schedd.cluster.api import FederationApi
+from schedd.cluster.openapi import OPENAPI
 from schedd.core.output import read_output_blocking as read_output
 from schedd.core.placement import NodeView
 from schedd.core.store import Store
@@ -394,7 +395,7 @@ async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopte
                                                      user_name=USER), remote_node=WAITING)
     await engine.add_record(job)
     api.fed.waiting[job.id] = job
-    api.fed._avoid[job.id] = {"a"}  # requeued away from a when a went down
+    api.fed.origin._avoid[job.id] = {"a"}  # requeued away from a when a went down
     rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
            "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
            "StdoutPath": "", "StderrPath": ""}

@@ -16,7 +16,7 @@ from dbus_fast import Variant
 
 from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
 from schedd.core.engine import Caller, Engine
-from schedd.errors import AccessDenied, InvalidArgument
+from schedd.errors import AccessDenied, InvalidArgument, InvalidState
 from schedd.cluster.federation import Federation
 from prereq import unavailable
 from schedd.cluster.api import FederationApi
@@ -114,7 +114,19 @@ async def test_a_forward_whose_answer_is_lost_is_retried_into_the_same_copy(pair
     copies = [j for j in b.engine.jobs.values() if j.origin_node == "a"]
     assert len(copies) == 1 and copies[0].origin_id == job.id
     assert (job.remote_node, job.remote_id, job.node, job.state) == ("b", copies[0].id, "b", JobState.HELD)
-    assert a.fed.forward_retries == 1
+    assert a.fed.origin.forward_retries == 1
+
+
+async def test_a_refusal_of_the_peer_reaches_the_origin_as_the_same_error(pair):
+    """The peer's error body names its D-Bus error: the origin's client gets InvalidState, not a generic one."""
+    a, b = pair
+    who = Caller(uid=user().pw_uid)
+    job = await a.engine.submit(held("b"), who)
+    with pytest.raises(InvalidState) as there:
+        await b.engine.suspend(job.remote_id, Caller(uid=0))
+    with pytest.raises(InvalidState) as here:
+        await a.engine.suspend(job.id, who)
+    assert here.value.message == f"node b: {there.value.message}"
 
 
 async def test_actions_through_the_origin_reach_the_copy_and_come_back(pair):
@@ -165,7 +177,7 @@ async def test_a_peer_that_stops_beating_is_down_and_its_unstarted_jobs_are_plac
     job = await a.engine.submit(held("b"), who)
     told: list[str] = []  # what the dashboard hears: it pushes the node table at once
     a.fed.node_listeners.append(lambda: told.append(a.fed.node_rows()[1]["State"]))
-    for t in b.fed._loops:
+    for t in b.fed.net.loops:
         t.cancel()  # b's daemon hangs: no more heartbeats
     await until(lambda: not a.fed.peers["b"].up, "a to see b down", timeout=2)
     assert told[-1] == "down"

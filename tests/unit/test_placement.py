@@ -93,18 +93,16 @@ def test_satisfiable_checks_pass_and_unknown_peers_decide_for_themselves():
 def test_a_job_placed_here_after_all_gets_its_own_paths_with_percent_j_in_both():
     """Node=any, waiting for a node, then run locally: %j in StderrPath is the id too (it stayed literal)."""
     from pathlib import Path
-    from types import SimpleNamespace
 
-    from schedd.cluster.federation import Federation
+    from schedd.cluster.origin import fill_paths
     from schedd.core.model import Job, JobSpec
 
-    fed = object.__new__(Federation)
-    fed.engine = SimpleNamespace(jobs_dir=Path("/var/lib/schedd/jobs"))
+    jobs_dir = Path("/var/lib/schedd/jobs")
     spec = JobSpec(command=["true"], name="t", cpus=1, memory=1 << 20, uid=1000, gid=1000, user_name="u",
                    working_directory="/", stdout_path="/home/u/out.%j", stderr_path="/home/u/err.%j")
-    fed._fill_paths(Job(id=12, spec=spec))
+    fill_paths(Job(id=12, spec=spec), jobs_dir)
     assert (spec.stdout_path, spec.stderr_path) == ("/home/u/out.12", "/home/u/err.12")
     spec = JobSpec(command=["true"], name="t", cpus=1, memory=1 << 20, uid=1000, gid=1000, user_name="u",
                    working_directory="/")
-    fed._fill_paths(Job(id=13, spec=spec))
+    fill_paths(Job(id=13, spec=spec), jobs_dir)
     assert spec.stdout_path == spec.stderr_path == "/var/lib/schedd/jobs/13/output"

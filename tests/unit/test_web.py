@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from schedd.config import ConfigError, HttpConfig, _apply, Config, login_uid_range, read_token
-from schedd.api.http.web import HttpError, Web, read_json
+from schedd.api.http.web import HttpError, Web, error_body, error_code, read_json
+from schedd.cluster.wire import refusal
+from schedd.errors import BY_DBUS_NAME, AccessDenied, SchedError
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -119,6 +122,8 @@ async def client(tmp_path: Path):
         body = await read_json(request)
         if "boom" in body:
             raise HttpError(409, "conflict", "boom")
+        if "refuse" in body:
+            raise AccessDenied("not yours")
         return web.json_response(body)
 
     async def crash(_request):
@@ -146,13 +151,30 @@ async def test_errors_are_json(client):
     r = await client.post("/echo", json=[1], headers=auth)
     assert r.status == 400 and "JSON object" in (await r.json())["message"]
     r = await client.post("/echo", json={"boom": 1}, headers=auth)
-    assert r.status == 409 and await r.json() == {"error": "conflict", "message": "boom"}
+    assert r.status == 409 and await r.json() == {"error": "conflict", "message": "boom",
+                                                  "dbus_error": "org.schedd.Schedd1.Error.InvalidState"}
+    r = await client.post("/echo", json={"refuse": 1}, headers=auth)
+    assert r.status == 403 and await r.json() == {"error": "access-denied", "message": "not yours",
+                                                  "dbus_error": "org.schedd.Schedd1.Error.AccessDenied"}
     r = await client.get("/nowhere")
-    assert r.status == 404 and (await r.json())["error"] == "not-found"
+    assert r.status == 404 and await r.json() == {"error": "not-found", "message": "404: Not Found",
+                                                  "dbus_error": "org.schedd.Schedd1.Error.NotFound"}
     r = await client.get("/echo")
     assert r.status == 405
     r = await client.get("/crash")
     assert r.status == 500 and (await r.json())["error"] == "internal"
+
+
+def test_one_error_code_per_error_class_and_back():
+    """Each SchedError has one code (its D-Bus name's last part, kebab case), and a peer's body decodes
+    to the class it names, with the peer's message."""
+    assert [error_code(c) for c in BY_DBUS_NAME.values()] == [
+        "failed", "invalid-argument", "not-found", "access-denied", "unsatisfiable", "invalid-state", "no-space"]
+    for cls in BY_DBUS_NAME.values():
+        e = HttpError.of(cls("no"))
+        got = refusal("b", e.status, json.dumps(error_body(e.status, e.code, e.message, e.dbus_error))).error
+        assert type(got) is cls and got.message == "node b: no"
+    assert type(refusal("b", 400, "<html>").error) is SchedError
 
 
 ADMIN = "admin-token-0123456789abc"

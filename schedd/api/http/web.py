@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import socket
 import ssl
 from typing import Any
@@ -33,7 +34,7 @@ import psutil
 from aiohttp import web
 
 from schedd.config import ConfigError, HttpConfig, is_loopback_host, read_token
-from schedd.errors import SchedError
+from schedd.errors import BY_DBUS_NAME, SchedError
 
 log = logging.getLogger("schedd.api.http.web")
 
@@ -50,12 +51,25 @@ class HttpError(Exception):
 
     @classmethod
     def of(cls, e: SchedError) -> "HttpError":
-        """A refusal of the engine, as HTTP: its status, its D-Bus name (short, and whole)."""
-        return cls(min(e.http_status, 500), e.dbus_name.rsplit(".", 1)[-1].lower(), e.message, e.dbus_name)
+        """A refusal of the engine, as HTTP: its status, its code and its D-Bus name."""
+        return cls(min(e.http_status, 500), error_code(type(e)), e.message, e.dbus_name)
 
 
-def error_body(code: str, message: str) -> dict[str, str]:
-    return {"error": code, "message": message}
+def error_code(error: type[SchedError]) -> str:
+    """The one spelling of an error's code: its D-Bus name's last part in kebab case (AccessDenied ->
+    access-denied), the style of every other code (not-found, bad-json, unauthorized)."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "-", error.dbus_name.rsplit(".", 1)[-1]).lower()
+
+
+_BY_STATUS = {c.http_status: c.dbus_name for c in BY_DBUS_NAME.values() if 400 <= c.http_status < 500}
+
+
+def error_body(status: int, code: str, message: str, dbus_error: str = "") -> dict[str, str]:
+    """Every error answer: a code, a sentence, and the D-Bus error a peer's origin re-raises for its own
+    clients (schedd.cluster.wire.refusal). Without one named, a 4xx that is some error's own status
+    is that error (400 InvalidArgument, 403 AccessDenied, ...); anything else is Failed."""
+    return {"error": code, "message": message,
+            "dbus_error": dbus_error or _BY_STATUS.get(status, SchedError.dbus_name)}
 
 
 @web.middleware
@@ -66,19 +80,17 @@ async def _json_errors(request: web.Request, handler):
         except SchedError as e:
             raise HttpError.of(e) from None
     except HttpError as e:
-        body = error_body(e.code, e.message)
-        if e.dbus_error:
-            body["dbus_error"] = e.dbus_error
-        return web.json_response(body, status=e.status, headers=e.headers)
+        return web.json_response(error_body(e.status, e.code, e.message, e.dbus_error), status=e.status,
+                                 headers=e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return web.json_response(error_body(e.reason.lower().replace(" ", "-"), e.text or e.reason),
+        return web.json_response(error_body(e.status, e.reason.lower().replace(" ", "-"), e.text or e.reason),
                                  status=e.status, headers={k: v for k, v in e.headers.items()
                                                            if k.lower() in ("allow", "www-authenticate")})
     except Exception:
         log.exception("HTTP %s %s failed", request.method, request.path)
-        return web.json_response(error_body("internal", "the daemon failed to answer; see its journal"),
+        return web.json_response(error_body(500, "internal", "the daemon failed to answer; see its journal"),
                                  status=500)
 
 

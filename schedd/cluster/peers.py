@@ -1,0 +1,245 @@
+"""The peer table: HTTP requests to peers, heartbeats, liveness, and every node as placement sees it.
+
+Heartbeats are pushed to every peer each interval; a peer silent for 3 intervals is down, and up
+again as soon as it is heard from. What that means for jobs is the origin's and the run node's
+business: they are told through `on_up`, `on_down` and `on_heard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Coroutine
+
+import aiohttp
+
+from schedd.api.http.web import Web
+from schedd.cluster.wire import API, PeerError, PeerRefused, refusal
+from schedd.config import Config
+from schedd.core.engine import Engine
+from schedd.core.model import now_usec
+from schedd.core.placement import Need, NodeView, ledger_load
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Peer:
+    name: str
+    url: str
+    up: bool = False
+    view: NodeView | None = None
+    last_seen_usec: int = 0
+    last_seen: float = 0.0  # monotonic
+    down_handled: bool = False  # its jobs were requeued since it was last heard from
+    refused: bool = False  # it answered our heartbeat with 4xx (logged once, not every beat)
+
+
+class Peers:
+    """The nodes this one knows and the connection to them; also owns the federation's tasks."""
+
+    def __init__(self, engine: Engine, cfg: Config, web: Web) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.web = web
+        self.name = cfg.node_name
+        self.interval = cfg.http.heartbeat_interval_usec / 1e6
+        self.peers: dict[str, Peer] = {p.name: Peer(p.name, p.url) for p in cfg.peers}
+        self.node_listeners: list[Callable[[], None]] = []  # told when a peer's state or load changes
+        # What a peer's state means for jobs (set by the Federation that composes the sides):
+        self.on_up: Callable[[Peer], Awaitable[None]] | None = None  # heard again after silence
+        self.on_down: Callable[[Peer], None] | None = None  # silent for 3 intervals
+        self.on_heard: Callable[[], None] | None = None  # a beat of a peer that was up: its load changed
+        self.loops: list[asyncio.Task] = []
+        self._load: tuple[float, int, int] = (-1.0, 0, 0)  # (when, pending, running): counted at most every 0.1 s
+        self._started = time.monotonic()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self.web.token}"},
+            connector=aiohttp.TCPConnector(ssl=self.web.client_ssl() or True, limit=64),
+        )
+        self._started = time.monotonic()
+
+    def start_loops(self) -> None:
+        self.keep("heartbeats", self._heartbeats)
+        self.keep("liveness", self._watch)
+
+    def keep(self, what: str, loop_fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Run one of the loops for ever, until stop()."""
+        self.loops.append(asyncio.get_running_loop().create_task(self._keep(what, loop_fn, *args)))
+
+    async def _keep(self, what: str, loop_fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """A bug in a pass is logged, and never ends heartbeats for good."""
+        while True:
+            try:
+                await loop_fn(*args)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("federation: %s failed; starting it again", what)
+                await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        for t in self.loops + list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self.loops, *self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("federation task failed", exc_info=task.exception())
+
+    # -- node views --------------------------------------------------------------------
+
+    def local_load(self) -> dict[str, int]:
+        """What this node itself runs and queues (records of jobs placed elsewhere do not count)."""
+        e, l = self.engine, self.engine.ledger
+        when, pending, running = self._load
+        now = time.monotonic()
+        if now - when > 0.1:
+            pending = sum(1 for j in e.jobs.values() if j.state.queued and not j.remote)
+            running = sum(1 for j in e.jobs.values() if j.state.active and not j.remote)
+            self._load = (now, pending, running)
+        return ledger_load(l, pending, running)
+
+    def views(self) -> list[NodeView]:
+        """This node and every peer, as placement sees them (for metrics too). What jobs queued here
+        ask for is not free for a newcomer: a burst of `any` jobs spills over instead of queueing here."""
+        local = NodeView.of_load(self.name, True, self.local_load(), local=True)
+        cpus = memory = gpus = 0
+        for job in self.engine.scheduler.queued():
+            cpus, memory, gpus = cpus + job.spec.cpus, memory + job.spec.memory, gpus + job.spec.gpus
+        if cpus:
+            local = dataclasses.replace(local, free_cpus=max(0, local.free_cpus - cpus),
+                                        free_memory=max(0, local.free_memory - memory),
+                                        free_gpus=max(0, local.free_gpus - gpus))
+        out = [local]
+        for p in self.peers.values():
+            out.append(dataclasses.replace(p.view, up=p.up) if p.view else NodeView(p.name, False, known=False))
+        return out
+
+    def count_sent(self, name: str, need: Need) -> None:
+        """Count a job just sent to a peer against its last view until its next heartbeat."""
+        p = self.peers[name]
+        if p.view is not None:
+            v = p.view
+            fits = v.fits_now(dataclasses.replace(need)) if p.up else False
+            p.view = dataclasses.replace(
+                v, free_cpus=max(0, v.free_cpus - need.cpus) if fits else v.free_cpus,
+                free_memory=max(0, v.free_memory - need.memory) if fits else v.free_memory,
+                free_gpus=max(0, v.free_gpus - need.gpus) if fits else v.free_gpus,
+                pending=v.pending + (0 if fits else 1), running=v.running + (1 if fits else 0))
+
+    def node_rows(self) -> list[dict[str, Any]]:
+        """ListNodes: DESIGN's keys, this node first."""
+        rows = [{"Name": self.name, "State": "up", "URL": self._own_url(), "Local": True, **self.local_load(),
+                 "LastSeenUSec": now_usec()}]
+        for p in self.peers.values():
+            v = p.view or NodeView(p.name, False, known=False)
+            rows.append({
+                "Name": p.name, "State": "up" if p.up else "down", "URL": p.url, "Local": False, **v.load(),
+                "LastSeenUSec": p.last_seen_usec,
+            })
+        return rows
+
+    def _own_url(self) -> str:
+        listen = self.cfg.http.listen
+        if listen is None:
+            return ""
+        host = f"[{listen[0]}]" if ":" in listen[0] else listen[0]
+        return f"{'https' if self.cfg.http.tls_cert else 'http'}://{host}:{listen[1]}"
+
+    # -- HTTP client ---------------------------------------------------------------------
+
+    async def request(self, peer: Peer, method: str, path: str, *, json: Any = None, params: dict | None = None,
+                      timeout: float = 10.0, raw: bool = False) -> Any:
+        """One call of a peer's API: its answer; PeerRefused for a 4xx, PeerError for the rest."""
+        assert self._session is not None
+        try:
+            async with self._session.request(method, peer.url + API + path, json=json, params=params,
+                                             timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                if r.status >= 500:
+                    raise PeerError(f"node {peer.name} answered {r.status}: {(await r.text())[:200]}")
+                if r.status >= 400:
+                    raise refusal(peer.name, r.status, await r.text())
+                return await r.read() if raw else await r.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            raise PeerError(f"node {peer.name} ({peer.url}) unreachable: {e or type(e).__name__}") from None
+
+    # -- heartbeats and liveness -----------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            body = {"Name": self.name, "URL": self._own_url(), **self.local_load()}
+            for p in self.peers.values():
+                self.spawn(self._beat(p, body))
+            await asyncio.sleep(self.interval)
+
+    async def _beat(self, peer: Peer, body: dict) -> None:
+        try:
+            await self.request(peer, "POST", "/heartbeat", json=body, timeout=max(0.5, self.interval))
+            if peer.refused:
+                peer.refused = False
+                log.info("heartbeats to %s are accepted again", peer.name)
+        except PeerRefused as e:
+            if not peer.refused:
+                peer.refused = True
+                log.warning("heartbeat to %s refused: %s", peer.name, e)
+        except PeerError:
+            pass  # our silence is what tells *it* we are down; its state is told by its own beats
+
+    def heard(self, name: str, load: dict[str, int]) -> None:
+        """A heartbeat arrived from a peer (validated by the API)."""
+        peer = self.peers[name]
+        peer.view = NodeView.of_load(name, True, load)
+        peer.last_seen = time.monotonic()
+        peer.last_seen_usec = now_usec()
+        peer.down_handled = False
+        self._nodes_changed()
+        if not peer.up:
+            peer.up = True
+            log.info("node %s is up", name)
+            if self.on_up is not None:
+                self.spawn(self.on_up(peer))
+        elif self.on_heard is not None:
+            self.on_heard()
+
+    async def _watch(self) -> None:
+        """Mark peers down after 3 silent intervals (checked four times an interval). A peer not heard
+        from since this daemon started counts as down as well once 3 intervals have passed: the jobs it
+        ran for us before a restart of ours must not wait for it for ever."""
+        while True:
+            await asyncio.sleep(self.interval / 4)
+            now = time.monotonic()
+            for p in self.peers.values():
+                silent = now - max(p.last_seen, self._started)
+                if silent <= 3 * self.interval or (not p.up and p.down_handled):
+                    continue
+                if p.up:
+                    log.warning("node %s is down: no heartbeat for %.1fs", p.name, silent)
+                else:
+                    log.warning("node %s has not been heard from since this node started", p.name)
+                p.up = False
+                p.down_handled = True
+                self._nodes_changed()
+                if self.on_down is not None:
+                    self.on_down(p)
+
+    def _nodes_changed(self) -> None:
+        for listener in self.node_listeners:
+            listener()
