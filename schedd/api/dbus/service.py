@@ -111,7 +111,8 @@ class ServiceBus(MessageBus):
 
 
 class JobObject(ServiceInterface):
-    """/org/schedd/Schedd1/job/<id>: read-only properties and Cancel()."""
+    """/org/schedd/Schedd1/job/<id>: Cancel() and the read-only properties of protocol.JOB_PROPERTIES
+    (set on the class below, one per row of schedd.api.jobview)."""
 
     def __init__(self, service: "DBusService", job: Job) -> None:
         super().__init__(JOB_IFACE)
@@ -182,7 +183,8 @@ def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET) -> list[Job]:
 
 
 class ManagerObject(ServiceInterface):
-    """/org/schedd/Schedd1: the manager."""
+    """/org/schedd/Schedd1: the manager. Its properties, protocol.MANAGER_PROPERTIES, are set on the
+    class below, read through MANAGER_GETTERS."""
 
     def __init__(self, service: "DBusService") -> None:
         super().__init__(MANAGER_IFACE)
@@ -321,6 +323,7 @@ class ManagerObject(ServiceInterface):
 
 
 def _load(key: str) -> Callable[[Engine], int]:
+    """A capacity or load figure, as this node's ListNodes row shows it."""
     return lambda e: ledger_load(e.ledger, *e.counts())[key]
 
 
@@ -611,7 +614,7 @@ class DBusService:
         return bool(authorized)
 
     def local_node(self) -> dict[str, Any]:
-        """This node's ListNodes row when it has no peers (then the federation builds the rows)."""
+        """This node's ListNodes row when it has no peers (with peers, Federation.node_rows builds every row)."""
         e = self.engine
         return node_row(e.config.node_name, True, "", True, ledger_load(e.ledger, *e.counts()), now_usec())
 
