@@ -34,8 +34,8 @@ from dbus_fast.service import signal as dbus_signal
 
 from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
 from schedd import bus as dbus
-from schedd.api.jobview import JOB_GETTERS
 from schedd.core import stats
+from schedd.api.jobview import JOB_GETTERS
 from schedd.core.engine import MANAGE_ACTION, Caller, Engine
 from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
 from schedd.core.model import Job, JobState, now_usec
