@@ -335,7 +335,10 @@ MANAGER_GETTERS: dict[str, Callable[[Engine], Any]] = {
     **{k: _load(k) for k in LOAD_KEYS},
 }
 assert MANAGER_GETTERS.keys() == MANAGER_PROPERTIES.keys()
-MANAGER_SIGNATURES = MANAGER_PROPERTIES  # the name manager_changed reads it by
+# The Manager properties that change while the daemon runs (the others are fixed when it starts),
+# with their signatures: what manager_changed signals.
+MANAGER_SIGNATURES = {k: MANAGER_PROPERTIES[k]
+                      for k in ("AvailableCPUs", "AvailableMemory", "AvailableGPUs", "PendingJobs", "RunningJobs")}
 
 for _name, _sig in MANAGER_PROPERTIES.items():
     setattr(ManagerObject, _name, _read_only(_name, _sig, lambda obj, get=MANAGER_GETTERS[_name]: get(obj.engine)))
