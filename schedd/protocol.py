@@ -1,8 +1,10 @@
 """The wire contract shared by daemon and clients (pueue's protocol crate, in Python).
 
-Key names and D-Bus signatures of submit specs, job and node records; the
-human units (sizes, durations) both sides parse and print; and the JSON job
-file format (seed 000) turned into a submit spec. Nothing here does I/O on the bus.
+Key names and D-Bus signatures of submit specs, job, manager and node records, declared once:
+the D-Bus service builds its objects from them and the shipped introspection XML (dbus/) is
+tested against those objects. Also the human units (sizes, durations) both sides parse and
+print, and the JSON job file format (seed 000) turned into a submit spec. Nothing here does I/O
+on the bus.
 """
 
 from __future__ import annotations
@@ -104,11 +106,8 @@ LIST_FILTER_KEYS: dict[str, str] = {
     "AllNodes": "b",
 }
 
-NODE_KEYS: dict[str, str] = {
-    "Name": "s",
-    "State": "s",
-    "URL": "s",
-    "Local": "b",
+# A node's capacity and load: in ListNodes rows and heartbeats, and the Manager's properties.
+LOAD_KEYS: dict[str, str] = {
     "TotalCPUs": "u",
     "AvailableCPUs": "u",
     "TotalMemory": "t",
@@ -117,8 +116,35 @@ NODE_KEYS: dict[str, str] = {
     "AvailableGPUs": "u",
     "PendingJobs": "u",
     "RunningJobs": "u",
+}
+
+# ListNodes rows -> D-Bus signature.
+NODE_KEYS: dict[str, str] = {
+    "Name": "s",
+    "State": "s",
+    "URL": "s",
+    "Local": "b",
+    **LOAD_KEYS,
     "LastSeenUSec": "t",
 }
+
+
+def node_row(name: str, up: bool, url: str, local: bool, load: dict[str, int], last_seen_usec: int) -> dict[str, Any]:
+    """A ListNodes row (NODE_KEYS), of this node or a peer."""
+    return {"Name": name, "State": "up" if up else "down", "URL": url, "Local": local, **load,
+            "LastSeenUSec": last_seen_usec}
+
+
+# Manager object properties -> D-Bus signature.
+MANAGER_PROPERTIES: dict[str, str] = {
+    "Version": "s",
+    "NodeName": "s",
+    "Executor": "s",
+    **LOAD_KEYS,
+}
+
+# What ListJobs with AllNodes adds to each row: the node the job was submitted to.
+ORIGIN_KEY, ORIGIN_SIGNATURE = "Origin", "s"
 
 STATES = ("PENDING", "HELD", "RUNNING", "SUSPENDED", "COMPLETED", "FAILED", "CANCELLED")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")

@@ -71,9 +71,9 @@ def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
 
 def job_json(job: Job) -> dict[str, Any]:
     """A whole job (its D-Bus properties as JSON) plus where it came from."""
-    from schedd.api.dbus.service import JOB_GETTERS
+    from schedd.api.jobview import job_record
 
-    rec = {k: JOB_GETTERS[k](job) for k in JOB_PROPERTIES}
+    rec = job_record(job)
     rec.update(OriginNode=job.origin_node, OriginId=job.origin_id)
     return rec
 

@@ -17,7 +17,8 @@ from dbus_fast import Message, MessageType, Variant
 
 from schedd import JOB_IFACE, MANAGER_PATH, job_path
 from schedd.config import Config, ConfigError, load
-from schedd.api.dbus.service import JOB_GETTERS, DBusService, JobObject, ServiceBus, _viewer, job_variants
+from schedd.api.dbus.service import DBusService, JobObject, ServiceBus, _viewer, job_variants
+from schedd.api.jobview import job_record
 from schedd.core.engine import MANAGE_ACTION, PRIORITY_ACTION, Caller, Engine
 from schedd.errors import AccessDenied
 from schedd.core.model import Job, JobState
@@ -188,7 +189,7 @@ def service(engine: Engine) -> DBusService:
 
 
 def test_redaction_keeps_every_key_and_type():
-    rec = {k: JOB_GETTERS[k](a_job()) for k in JOB_PROPERTIES}
+    rec = job_record(a_job())
     red = redact_job(rec)
     assert set(red) == set(rec)
     assert red["Command"] == [] and red["WorkingDirectory"] == red["StdoutPath"] == red["StderrPath"] == ""
@@ -284,12 +285,12 @@ def test_the_tap_knows_which_calls_read_job_properties(service: DBusService):
 
 
 def test_show_says_a_key_is_hidden():
-    rec = redact_job({k: JOB_GETTERS[k](a_job()) for k in JOB_PROPERTIES})
+    rec = redact_job(job_record(a_job()))
     plain = render.show(rec, human=False).splitlines()
     assert "Command=" in plain and "StdoutPath=" in plain and "Name=fetch" in plain
     human = render.show(rec, human=True)
     assert "Command=  # hidden: shown only to the job's owner and root" in human
-    assert "# hidden" not in render.show({k: JOB_GETTERS[k](a_job()) for k in JOB_PROPERTIES}, human=True)
+    assert "# hidden" not in render.show(job_record(a_job()), human=True)
 
 
 @pytest.mark.parametrize("viewer, name, sees", [
@@ -329,7 +330,7 @@ async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusServi
     service.engine.jobs.update({4: local_other, 5: local_mine})
 
     def peer_rec(user: str, jid: int) -> dict:
-        return {k: JOB_GETTERS[k](a_job(job_id=jid)) for k in JOB_PROPERTIES} | {"UserName": user}
+        return job_record(a_job(job_id=jid)) | {"UserName": user}
 
     class Fed:
         async def list_cluster(self, states, user_name, after, limit):

@@ -1,16 +1,26 @@
-"""Human units and the JSON job file (seed 000) shared by daemon and clients."""
+"""Human units, the JSON job file (seed 000) and the D-Bus contract shared by daemon and clients."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from schedd import JOB_IFACE, MANAGER_IFACE
+from schedd.core.model import Job, JobSpec
 from schedd.protocol import (
+    JOB_PROPERTIES,
+    LOAD_KEYS,
+    MANAGER_PROPERTIES,
+    NODE_KEYS,
     SPEC_KEYS,
     format_duration,
     format_size,
     job_file_to_spec,
+    node_row,
     parse_duration,
     parse_size,
 )
@@ -239,3 +249,57 @@ def test_parse_array_like_slurm():
     for bad in ("5-1", "a-b", "1-3%0", "1-3%x", "", "-1", "0-100000000"):
         with pytest.raises(ValueError):
             parse_array(bad)
+
+
+# -- the D-Bus contract: declared once, the rest derived or checked ----------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _members(iface) -> set[tuple]:
+    """An introspected interface as comparable facts: every method, signal and property with its types."""
+    return ({("method", m.name, tuple((a.name, a.signature) for a in m.in_args),
+              tuple(a.signature for a in m.out_args)) for m in iface.methods}
+            | {("signal", s.name, tuple(a.signature for a in s.args)) for s in iface.signals}
+            | {("property", p.name, p.signature, p.access.value) for p in iface.properties})
+
+
+@pytest.mark.parametrize("name", [MANAGER_IFACE, JOB_IFACE])
+def test_the_shipped_introspection_xml_is_what_the_service_exports(name: str) -> None:
+    """dbus/*.xml is installed for clients (/usr/share/dbus-1/interfaces): it must say what the daemon does."""
+    from dbus_fast import introspection as intr
+
+    from schedd.api.dbus.service import JobObject, ManagerObject
+
+    service = SimpleNamespace(engine=None)
+    live = (ManagerObject(service) if name == MANAGER_IFACE else JobObject(service, None)).introspect()
+    shipped = intr.Node.parse((REPO / "dbus" / f"{name}.xml").read_text())
+    (iface,) = [i for i in shipped.interfaces if i.name == name]
+    assert _members(iface) == _members(live)
+
+
+def test_the_job_and_manager_properties_are_the_contract() -> None:
+    from schedd.api.dbus.service import JobObject, ManagerObject
+
+    service = SimpleNamespace(engine=None)
+    assert {p.name: p.signature for p in JobObject(service, None).introspect().properties} == JOB_PROPERTIES
+    assert {p.name: p.signature for p in ManagerObject(service).introspect().properties} == MANAGER_PROPERTIES
+
+
+def test_each_job_property_names_the_job_fields_it_is_computed_from() -> None:
+    from schedd.api.jobview import JOB_KEYS
+
+    fields = {f.name for f in dataclasses.fields(Job)} | {f"spec.{f.name}" for f in dataclasses.fields(JobSpec)}
+    assert [k.name for k in JOB_KEYS] == list(JOB_PROPERTIES)
+    for key in JOB_KEYS:
+        assert key.fields and set(key.fields) <= fields, key.name
+    by_name = {k.name: k.fields for k in JOB_KEYS}
+    assert by_name["WaitUSec"] == ("submit_time", "start_time")
+    assert by_name["RunUSec"] == ("start_time", "end_time")
+
+
+def test_the_load_keys_are_the_placement_load_fields() -> None:
+    from schedd.core.placement import LOAD_FIELDS
+
+    assert LOAD_FIELDS.keys() == LOAD_KEYS.keys()
+    assert node_row("n", False, "", False, dict.fromkeys(LOAD_KEYS, 0), 0).keys() == NODE_KEYS.keys()

@@ -36,11 +36,13 @@ from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_
 from schedd import bus as dbus
 from schedd.api.dbus.changes import job_properties, manager_properties
 from schedd.core import stats
+from schedd.api.jobview import JOB_GETTERS
 from schedd.core.engine import MANAGE_ACTION, Caller, Engine
 from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
 from schedd.core.model import Job, JobState, now_usec
 from schedd.core.placement import ledger_load
-from schedd.protocol import JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, NODE_KEYS, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, redact_job
+from schedd.protocol import (JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, LOAD_KEYS, MANAGER_PROPERTIES, NODE_KEYS,
+                             ORIGIN_KEY, ORIGIN_SIGNATURE, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, node_row, redact_job)
 
 log = logging.getLogger(__name__)
 
@@ -53,47 +55,10 @@ OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 OPERATOR_TTL_S = 5.0  # how long polkit's answer about reading others' jobs is reused for a uid
 ALLOW_INTERACTIVE_AUTHORIZATION = 0x4  # message header flag
 
-JOB_GETTERS: dict[str, Callable[[Job], Any]] = {
-    "Id": lambda j: j.id,
-    "Name": lambda j: j.spec.name,
-    "Command": lambda j: j.spec.command,
-    "User": lambda j: j.spec.uid,
-    "UserName": lambda j: j.spec.user_name,
-    "State": lambda j: j.state.value,
-    "Reason": lambda j: j.reason,
-    "ExitCode": lambda j: j.exit_code,
-    "Priority": lambda j: j.spec.priority,
-    "CPUs": lambda j: j.spec.cpus,
-    "Memory": lambda j: j.spec.memory,
-    "GPUs": lambda j: j.spec.gpus,
-    "AssignedCPUs": lambda j: j.assigned_cpus,
-    "AssignedGPUs": lambda j: j.assigned_gpus,
-    "Unit": lambda j: j.unit,
-    "Node": lambda j: j.node,
-    "WorkingDirectory": lambda j: j.spec.working_directory,
-    "StdoutPath": lambda j: j.spec.stdout_path,
-    "StderrPath": lambda j: j.spec.stderr_path,
-    "SubmitTime": lambda j: j.submit_time,
-    "StartTime": lambda j: j.start_time,
-    "EndTime": lambda j: j.end_time,
-    "CPUTimeUSec": lambda j: j.cpu_time_usec,
-    "MemoryPeak": lambda j: j.memory_peak,
-    "RuntimeMaxUSec": lambda j: j.spec.runtime_max_usec,
-    "After": lambda j: j.spec.after,
-    "Restarts": lambda j: j.restarts,
-    "ArrayJobId": lambda j: j.array_job_id,
-    "ArrayTaskId": lambda j: j.spec.array_task_id or 0,
-    "ArrayMaxRunning": lambda j: j.spec.array_max_running,
-    "SuspendedUSec": lambda j: j.suspended_usec + (now_usec() - j.suspend_time if j.suspend_time else 0),
-    # Fixed once known (0 before, like the times): a property must not change without PropertiesChanged.
-    "WaitUSec": lambda j: stats.wait_usec(j.submit_time, j.start_time) if j.start_time else 0,
-    "RunUSec": lambda j: stats.run_usec(j.start_time, j.end_time) if j.end_time else 0,
-}
-assert JOB_GETTERS.keys() == JOB_PROPERTIES.keys()
-
 
 def job_variants(job: Job, names=None, *, private: bool = True) -> dict[str, Variant]:
-    """The job's properties; private=False: the private keys read as empty (protocol.PRIVATE_JOB_KEYS)."""
+    """The job's properties (schedd.api.jobview) as D-Bus values; private=False: the private keys
+    read as empty (protocol.PRIVATE_JOB_KEYS)."""
     return {n: Variant(JOB_PROPERTIES[n], JOB_GETTERS[n](job) if private or n not in PRIVATE_JOB_KEYS
                        else PRIVATE_JOB_KEYS[n]) for n in (JOB_PROPERTIES if names is None else names)}
 
@@ -147,7 +112,8 @@ class ServiceBus(MessageBus):
 
 
 class JobObject(ServiceInterface):
-    """/org/schedd/Schedd1/job/<id>: read-only properties and Cancel()."""
+    """/org/schedd/Schedd1/job/<id>: Cancel() and the read-only properties of protocol.JOB_PROPERTIES
+    (set on the class below, one per row of schedd.api.jobview)."""
 
     def __init__(self, service: "DBusService", job: Job) -> None:
         super().__init__(JOB_IFACE)
@@ -160,24 +126,27 @@ class JobObject(ServiceInterface):
         await self.service.engine.cancel(self.job.id, await self.service.caller())
 
 
-def _job_property(name: str, sig: str):
-    getter = JOB_GETTERS[name]
-    if name in PRIVATE_JOB_KEYS:
-        hidden = PRIVATE_JOB_KEYS[name]
+def _read_only(name: str, sig: str, read: Callable[[Any], Any]):
+    """A read-only D-Bus property of the given name and signature: read(interface) is its value."""
 
-        def prop(self) -> sig:
-            return getter(self.job) if self.service.viewer_sees(self.job, _viewer.get()) else hidden
-    else:
-        def prop(self) -> sig:
-            return getter(self.job)
+    def prop(self) -> sig:
+        return read(self)
 
     prop.__name__ = name
     prop.__annotations__ = {"return": sig}
     return dbus_property(access=PropertyAccess.READ, name=name)(prop)
 
 
+def _job_reader(name: str) -> Callable[[JobObject], Any]:
+    getter = JOB_GETTERS[name]
+    if name not in PRIVATE_JOB_KEYS:
+        return lambda obj: getter(obj.job)
+    hidden = PRIVATE_JOB_KEYS[name]
+    return lambda obj: getter(obj.job) if obj.service.viewer_sees(obj.job, _viewer.get()) else hidden
+
+
 for _name, _sig in JOB_PROPERTIES.items():
-    setattr(JobObject, _name, _job_property(_name, _sig))
+    setattr(JobObject, _name, _read_only(_name, _sig, _job_reader(_name)))
 
 
 def _parse_filter(flt: dict[str, Variant], keys: dict[str, str] = LIST_FILTER_KEYS) -> dict[str, Any]:
@@ -191,7 +160,6 @@ def _parse_filter(flt: dict[str, Variant], keys: dict[str, str] = LIST_FILTER_KE
     return out
 
 
-MAX_LIST = LIST_LIMIT
 # Bytes one reply may carry: the system bus drops a connection that sends a message over 32 MiB
 # (dbus-daemon's max_message_size), which would end the daemon; a job's Command alone may be 1 MiB.
 REPLY_BUDGET = 16 << 20
@@ -216,7 +184,8 @@ def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET) -> list[Job]:
 
 
 class ManagerObject(ServiceInterface):
-    """/org/schedd/Schedd1: the manager."""
+    """/org/schedd/Schedd1: the manager. Its properties, protocol.MANAGER_PROPERTIES, are set on the
+    class below, read through MANAGER_GETTERS."""
 
     def __init__(self, service: "DBusService") -> None:
         super().__init__(MANAGER_IFACE)
@@ -281,9 +250,9 @@ class ManagerObject(ServiceInterface):
     @_dbus_errors
     async def ListJobs(self, filter: "a{sv}") -> "aa{sv}":  # noqa: F821
         f = _parse_filter(filter)
-        limit = f.get("Limit", MAX_LIST) or MAX_LIST
-        if limit > MAX_LIST:
-            raise InvalidArgument(f"Limit: at most {MAX_LIST} jobs per call; page with After (the last id you got)")
+        limit = f.get("Limit", LIST_LIMIT) or LIST_LIMIT
+        if limit > LIST_LIMIT:
+            raise InvalidArgument(f"Limit: at most {LIST_LIMIT} jobs per call; page with After (the last id you got)")
         # A page holds fewer than Limit rows when they are large (REPLY_BUDGET): page with After
         # until an empty answer.
         jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit))
@@ -298,7 +267,7 @@ class ManagerObject(ServiceInterface):
             return [job_variants(j, private=sees(j, viewer)) for j in jobs]
         # The whole cluster: each job once, from its origin (copies run here for others are theirs).
         me = self.engine.config.node_name
-        out = [job_variants(j, private=sees(j, viewer)) | {"Origin": Variant("s", me)} for j in jobs]
+        out = [job_variants(j, private=sees(j, viewer)) | {ORIGIN_KEY: Variant(ORIGIN_SIGNATURE, me)} for j in jobs]
         my_name = self.service.user_name(caller.uid)
         user_name = None
         if "User" in f:
@@ -319,7 +288,7 @@ class ManagerObject(ServiceInterface):
             except (TypeError, ValueError, OverflowError):
                 log.warning("node %s sent a job record that does not fit the contract; skipped", node)
                 continue
-            out.append(row | {"Origin": Variant("s", node)})
+            out.append(row | {ORIGIN_KEY: Variant(ORIGIN_SIGNATURE, node)})
         return out
 
     @method()
@@ -349,46 +318,31 @@ class ManagerObject(ServiceInterface):
         figures = await stats.gather(self.engine, f.get("User"), f.get("Since", 0))
         return stats.to_variants(figures)
 
-    def _p(name: str, sig: str, fn):  # noqa: N805 - a class-body helper
-        def prop(self) -> sig:
-            return fn(self)
-
-        prop.__name__ = name
-        prop.__annotations__ = {"return": sig}
-        return dbus_property(access=PropertyAccess.READ, name=name)(prop)
-
-    Version = _p("Version", "s", lambda self: __version__)
-    NodeName = _p("NodeName", "s", lambda self: self.engine.config.node_name)
-    Executor = _p("Executor", "s", lambda self: self.engine.executor.name)
-    TotalCPUs = _p("TotalCPUs", "u", lambda self: self.engine.ledger.total_cpus)
-    TotalMemory = _p("TotalMemory", "t", lambda self: self.engine.ledger.total_memory)
-    TotalGPUs = _p("TotalGPUs", "u", lambda self: self.engine.ledger.total_gpus)
-    AvailableCPUs = _p("AvailableCPUs", "u", lambda self: self.engine.ledger.free_cpus)
-    AvailableMemory = _p("AvailableMemory", "t", lambda self: self.engine.ledger.free_memory)
-    AvailableGPUs = _p("AvailableGPUs", "u", lambda self: self.engine.ledger.free_gpus)
-    PendingJobs = _p("PendingJobs", "u", lambda self: self.engine.counts()[0])
-    RunningJobs = _p("RunningJobs", "u", lambda self: self.engine.counts()[1])
-    del _p
-
     @dbus_signal()
     def JobStateChanged(self, id, job, state, reason) -> "toss":  # noqa: F821
         return [id, job, state, reason]
 
 
-MANAGER_SIGNATURES = {"AvailableCPUs": "u", "AvailableMemory": "t", "AvailableGPUs": "u", "PendingJobs": "u",
-                      "RunningJobs": "u"}
-MANAGER_GETTERS: dict[str, Callable[[Engine], Any]] = {
-    "AvailableCPUs": lambda e: e.ledger.free_cpus,
-    "AvailableMemory": lambda e: e.ledger.free_memory,
-    "AvailableGPUs": lambda e: e.ledger.free_gpus,
-}
+def _load(key: str) -> Callable[[Engine], int]:
+    """A capacity or load figure, as this node's ListNodes row shows it."""
+    return lambda e: ledger_load(e.ledger, *e.counts())[key]
 
-# Methods and the argument signature each takes, to answer a wrong one precisely.
-_SIGNATURES = {
-    "Submit": "a{sv}", "SubmitMany": "aa{sv}", "Cancel": "t", "Hold": "t", "Release": "t", "Suspend": "t",
-    "Resume": "t", "Requeue": "t", "GetJob": "t", "ListJobs": "a{sv}", "ListNodes": "", "ReadOutput": "tbt",
-    "GetStats": "a{sv}",
+
+# Manager property -> its value (the signatures are protocol.MANAGER_PROPERTIES).
+MANAGER_GETTERS: dict[str, Callable[[Engine], Any]] = {
+    "Version": lambda e: __version__,
+    "NodeName": lambda e: e.config.node_name,
+    "Executor": lambda e: e.executor.name,
+    **{k: _load(k) for k in LOAD_KEYS},
 }
+assert MANAGER_GETTERS.keys() == MANAGER_PROPERTIES.keys()
+# The Manager properties that change while the daemon runs (the others are fixed when it starts),
+# with their signatures: what manager_changed signals.
+MANAGER_SIGNATURES = {k: MANAGER_PROPERTIES[k]
+                      for k in ("AvailableCPUs", "AvailableMemory", "AvailableGPUs", "PendingJobs", "RunningJobs")}
+
+for _name, _sig in MANAGER_PROPERTIES.items():
+    setattr(ManagerObject, _name, _read_only(_name, _sig, lambda obj, get=MANAGER_GETTERS[_name]: get(obj.engine)))
 
 
 class DBusService:
@@ -398,6 +352,8 @@ class DBusService:
         self.engine = engine
         self.bus = bus
         self.manager = ManagerObject(self)
+        # Manager method -> the argument signature it takes (from its annotations), to answer a wrong one precisely.
+        self._in_signatures = {m.name: "".join(a.signature for a in m.in_args) for m in self.manager.introspect().methods}
         self.objects: dict[int, JobObject] = {}
         self._uids: OrderedDict[str, int] = OrderedDict()
         # uid -> (polkit allows manage-jobs, until): per uid, so that a user opening many
@@ -452,8 +408,8 @@ class DBusService:
                 return True
             _viewer.set(viewer)
             return None
-        if msg.interface == MANAGER_IFACE and msg.member in _SIGNATURES and msg.signature != _SIGNATURES[msg.member]:
-            want = _SIGNATURES[msg.member]
+        want = self._in_signatures.get(msg.member) if msg.interface == MANAGER_IFACE else None
+        if want is not None and msg.signature != want:
             return Message.new_error(
                 msg, InvalidArgument.dbus_name,
                 f"{msg.member} takes ({want}) but was called with ({msg.signature})",
@@ -662,9 +618,9 @@ class DBusService:
         return bool(authorized)
 
     def local_node(self) -> dict[str, Any]:
+        """This node's ListNodes row when it has no peers (with peers, Federation.node_rows builds every row)."""
         e = self.engine
-        return {"Name": e.config.node_name, "State": "up", "URL": "", "Local": True,
-                **ledger_load(e.ledger, *e.counts()), "LastSeenUSec": now_usec()}
+        return node_row(e.config.node_name, True, "", True, ledger_load(e.ledger, *e.counts()), now_usec())
 
     # -- engine events -----------------------------------------------------------------
 

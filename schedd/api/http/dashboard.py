@@ -209,14 +209,14 @@ class Dashboard:
         return int(text)
 
     async def job(self, request: web.Request) -> web.Response:
-        from schedd.api.dbus.service import JOB_GETTERS  # the same keys as GetJob
+        from schedd.api.jobview import job_record  # the same keys as GetJob
 
         jid = self._job_id(request)
         try:
             job = self.engine.get(jid)
         except NotFound as e:
             raise HttpError(404, "not-found", e.message) from None
-        out: dict[str, Any] = {k: get(job) for k, get in JOB_GETTERS.items()}
+        out: dict[str, Any] = job_record(job)
         if not self.web.is_admin(request):
             for key in PRIVATE_JOB_KEYS:
                 out.pop(key, None)
