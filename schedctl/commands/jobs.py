@@ -103,4 +103,3 @@ async def cmd_action(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
     return 0 if all(r["Ok"] for r in results) else 1
-

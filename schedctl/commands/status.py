@@ -71,4 +71,3 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> int:
     props = await c.properties()
     emit(args, props, None if args.json else render.status(props, render.is_tty()))
     return 0
-

@@ -40,6 +40,7 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
     return n
 
+
 def wait_exit_code(jobs: list[dict[str, Any]]) -> int:
     """One job: 0 if COMPLETED, its ExitCode if FAILED with one, else 1 (CANCELLED, oom-kill with
     code 0...). Several: 0 if all COMPLETED, else 1."""
@@ -50,6 +51,7 @@ def wait_exit_code(jobs: list[dict[str, Any]]) -> int:
         code = job.get("ExitCode", 0)
         return code if job["State"] == "FAILED" and 0 < code < 256 else 1
     return 0 if all(j["State"] == "COMPLETED" for j in jobs) else 1
+
 
 class _Progress:
     """For several jobs: counts by state on stderr, redrawn as a bar on a terminal, else a plain line

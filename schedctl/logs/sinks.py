@@ -9,6 +9,8 @@ from typing import Protocol
 
 
 class Sink(Protocol):
+    """What a reader writes to: bytes as they are read, then finish once the reading is done."""
+
     def write(self, data: bytes) -> None: ...
 
     def finish(self) -> None: ...
