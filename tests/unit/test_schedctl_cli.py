@@ -14,7 +14,12 @@ import pytest
 from dbus_fast import Variant
 
 from schedctl import cli, render
-from schedctl.cli import UsageError, build_spec, parse, wait_exit_code
+from schedctl.cli import parse
+from schedctl.commands.jobs import prepare_queue
+from schedctl.commands.logs import _print_log, cmd_logs
+from schedctl.commands.submit import build_spec
+from schedctl.commands.wait import cmd_wait, wait_exit_code
+from schedctl.errors import Failure, UsageError
 from schedctl.client import Client, plain
 from schedd.protocol import JOB_PROPERTIES, SPEC_KEYS
 
@@ -166,17 +171,17 @@ def test_queue_user_filter_versus_the_session_bus():
     assert (a.owner, a.user_bus) == (None, True)
     a = parse(["--user", "list", "-u", "1000", "--all"])
     assert (a.owner, a.user_bus, a.all) == ("1000", True, True)
-    cli.prepare_queue(a)
+    prepare_queue(a)
     assert (a.uid, a.states) == (1000, None)
     b = parse(["queue"])
-    cli.prepare_queue(b)
+    prepare_queue(b)
     assert (b.uid, b.states) == (None, ["PENDING", "HELD", "RUNNING", "SUSPENDED"])
     c = parse(["queue", "--all", "--state", "running,failed", "--user", "root"])
-    cli.prepare_queue(c)
+    prepare_queue(c)
     assert (c.uid, c.states) == (0, ["RUNNING", "FAILED"])
     for bad in (["--state", "DONE"], ["--user", "no-such-user-here"], ["--limit", "0"]):
         with pytest.raises(UsageError):
-            cli.prepare_queue(parse(["queue", *bad]))
+            prepare_queue(parse(["queue", *bad]))
 
 
 @pytest.mark.parametrize("argv", [["cancel", "0"], ["cancel", "-1"], ["wait", "x"], ["logs"],
@@ -401,30 +406,30 @@ async def test_wait_sees_ends_in_any_order(capsys):
 
     c = FakeClient(jobs, [(0.01, 99, "RUNNING", None), (0.01, 3, "FAILED", fail3), (0.01, 1, "RUNNING", None),
                           (0.01, 1, "COMPLETED", None)])
-    assert await cli.cmd_wait(c, parse(["wait", "1", "2", "3", "2"])) == 1
+    assert await cmd_wait(c, parse(["wait", "1", "2", "3", "2"])) == 1
     assert capsys.readouterr().out.splitlines() == [
         "job 2 COMPLETED (success)", "job 3 FAILED (exit-code), status=4", "job 1 COMPLETED (-)"]
 
 
 async def test_wait_one_job_exit_status_and_json(capsys):
     c = FakeClient({5: job("RUNNING", Id=5)}, [(0.01, 5, "FAILED", lambda js: js[5].update(ExitCode=3))])
-    assert await cli.cmd_wait(c, parse(["--json", "wait", "5"])) == 3
+    assert await cmd_wait(c, parse(["--json", "wait", "5"])) == 3
     out = json.loads(capsys.readouterr().out)
     assert [(j["Id"], j["State"], j["ExitCode"]) for j in out] == [(5, "FAILED", 3)]
 
 
 async def test_wait_timeout_is_124(capsys):
     c = FakeClient({5: job("RUNNING", Id=5)})
-    assert await cli.cmd_wait(c, parse(["wait", "5", "--timeout", "0.05"])) == 124
+    assert await cmd_wait(c, parse(["wait", "5", "--timeout", "0.05"])) == 124
     assert "timed out" in capsys.readouterr().err
 
 
 async def test_wait_rechecks_when_a_signal_is_lost(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "RECHECK_S", 0.05)
+    monkeypatch.setattr("schedctl.commands.wait.RECHECK_S", 0.05)
     jobs = {5: job("RUNNING", Id=5)}
     c = FakeClient(jobs)
     asyncio.get_running_loop().call_later(0.02, lambda: jobs[5].update(State="COMPLETED"))  # no signal sent
-    assert await asyncio.wait_for(cli.cmd_wait(c, parse(["wait", "5"])), 5) == 0
+    assert await asyncio.wait_for(cmd_wait(c, parse(["wait", "5"])), 5) == 0
 
 
 async def test_logs_follow_prints_everything_up_to_the_end(tmp_path, capsysbinary):
@@ -439,7 +444,7 @@ async def test_logs_follow_prints_everything_up_to_the_end(tmp_path, capsysbinar
 
     c = FakeClient(jobs, [(0.05, 4, "RUNNING", write(b"line 1\n", "wb")), (0.15, 4, "RUNNING", write(b"line 2\n")),
                           (0.0, 4, "COMPLETED", write(b"last words"))])  # written just before the end
-    assert await cli.cmd_logs(c, parse(["logs", "-f", "4"])) == 0
+    assert await cmd_logs(c, parse(["logs", "-f", "4"])) == 0
     assert capsysbinary.readouterr().out == b"line 1\nline 2\nlast words"
 
 
@@ -450,7 +455,7 @@ async def test_logs_follow_starts_again_after_a_truncation(tmp_path, capsysbinar
     c = FakeClient(jobs, [(0.15, 4, "PENDING", lambda js: out.write_bytes(b"")),
                           (0.15, 4, "RUNNING", lambda js: out.write_bytes(b"again\n")),
                           (0.15, 4, "COMPLETED", None)])
-    assert await cli.cmd_logs(c, parse(["logs", "--follow", "4"])) == 0
+    assert await cmd_logs(c, parse(["logs", "--follow", "4"])) == 0
     assert capsysbinary.readouterr().out == b"first run, long output\nagain\n"
 
 
@@ -459,23 +464,23 @@ async def test_logs_of_a_job_on_another_node_come_through_read_output(capsysbina
     c = FakeClient(jobs)
     c.subscribed = True  # (a plain read needs no signals)
     c.output = {4: b"remote output\n"}
-    assert await cli.cmd_logs(c, parse(["logs", "4"])) == 0
+    assert await cmd_logs(c, parse(["logs", "4"])) == 0
     assert capsysbinary.readouterr().out == b"remote output\n"
     c = FakeClient(jobs, [(0.05, 4, "COMPLETED", None)])
     c.output = {4: b"remote output\n"}
-    assert await cli.cmd_logs(c, parse(["logs", "-f", "4"])) == 0
+    assert await cmd_logs(c, parse(["logs", "-f", "4"])) == 0
     assert capsysbinary.readouterr().out == b"remote output\n"
 
 
 def test_logs_reads_the_file_itself(tmp_path, capsys):
     out = tmp_path / "o"
     out.write_bytes("héllo\n".encode())
-    assert cli._print_log(job("COMPLETED", Id=2, StartTime=1), str(out), as_json=True) == 0
+    assert _print_log(job("COMPLETED", Id=2, StartTime=1), str(out), as_json=True) == 0
     assert json.loads(capsys.readouterr().out) == {"Id": 2, "Path": str(out), "Output": "héllo\n"}
-    assert cli._print_log(job("PENDING", Id=2), str(tmp_path / "none"), as_json=False) == 0
+    assert _print_log(job("PENDING", Id=2), str(tmp_path / "none"), as_json=False) == 0
     assert "has not started" in capsys.readouterr().err
-    with pytest.raises(cli.Failure, match="cannot read"):
-        cli._print_log(job("COMPLETED", Id=2, StartTime=1), str(tmp_path / "none"), as_json=False)
+    with pytest.raises(Failure, match="cannot read"):
+        _print_log(job("COMPLETED", Id=2, StartTime=1), str(tmp_path / "none"), as_json=False)
 
 
 def test_queue_folds_pending_array_tasks():

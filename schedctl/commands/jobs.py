@@ -1,0 +1,105 @@
+"""The job verbs: queue (list), show, and cancel/hold/release/suspend/resume/requeue, each
+one call per job or one listing, rendered by schedctl.render."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from dbus_fast.errors import DBusError
+
+from schedd.protocol import STATES
+from schedctl import render
+from schedctl.client import Client
+from schedctl.commands.common import emit, global_options, job_id, user_id
+from schedctl.errors import UsageError
+
+ACTIVE_STATES = ["PENDING", "HELD", "RUNNING", "SUSPENDED"]
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    q = sub.add_parser("queue", aliases=["list"], parents=[global_options(bus_user=False)], help="list jobs")
+    q.add_argument("--all", action="store_true", help="include finished jobs")
+    q.add_argument("--state", help="only these states, comma-separated (e.g. RUNNING,PENDING)")
+    q.add_argument("-u", "--user", dest="owner", nargs="?", const="", metavar="NAME|UID",
+                   help="only this user's jobs; without a value: the session bus, as before the command")
+    q.add_argument("--me", action="store_true", help="only my jobs")
+    q.add_argument("--limit", type=int, help="at most this many jobs")
+    q.add_argument("--all-nodes", action="store_true",
+                   help="the whole cluster: every node's own jobs (ids are per origin node: see Origin)")
+    q.add_argument("-r", "--array", dest="expand", action="store_true",
+                   help="one line per array task (pending tasks of an array are folded into one line by default)")
+    q.set_defaults(func=cmd_queue, prepare=prepare_queue)
+
+    sh = sub.add_parser("show", parents=[common], help="every property of jobs (Key=Value)",
+                        description="Key=Value lines per job. --json: one object for one ID, an array for several.")
+    sh.add_argument("ids", nargs="+", type=job_id, metavar="ID")
+    sh.add_argument("-p", "--property", action="append", metavar="NAME[,NAME]", help="only these properties")
+    sh.add_argument("--value", action="store_true", help="print values only (with -p)")
+    sh.set_defaults(func=cmd_show)
+
+    for name, what in (("cancel", "cancel jobs"), ("hold", "keep pending jobs from starting"),
+                       ("release", "let held jobs start"), ("suspend", "stop running jobs, keeping their resources"),
+                       ("resume", "continue suspended jobs"), ("requeue", "put jobs back in the queue")):
+        x = sub.add_parser(name, parents=[common], help=what)
+        x.add_argument("ids", nargs="+", type=job_id, metavar="ID")
+        x.set_defaults(func=cmd_action)
+
+
+def prepare_queue(args: argparse.Namespace) -> None:
+    """Which states and whose jobs (a name becomes a uid here, the daemon filters by uid)."""
+    args.states = None if args.all else ACTIVE_STATES
+    if args.state:
+        args.states = [s.strip().upper() for s in args.state.split(",") if s.strip()]
+        bad = [s for s in args.states if s not in STATES]
+        if bad or not args.states:
+            raise UsageError(f"--state {args.state!r}: states are {', '.join(STATES)}")
+    args.uid = os.getuid() if args.me else (user_id(args.owner) if args.owner else None)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+
+
+async def cmd_queue(c: Client, args: argparse.Namespace) -> int:
+    jobs = await c.list_jobs(args.states, args.uid, args.limit, all_nodes=args.all_nodes)
+    emit(args, jobs, None if args.json else render.queue(jobs, render.is_tty(), fold=not args.expand))
+    return 0
+
+
+async def cmd_show(c: Client, args: argparse.Namespace) -> int:
+    """Every property (or -p ones) of each job; a job that cannot be shown does not stop the others."""
+    props = [p for group in args.property or [] for p in group.split(",") if p] or None
+    jobs, failed = [], False
+    for job_id in args.ids:
+        try:
+            jobs.append(await c.get_job(job_id))
+        except DBusError as e:
+            print(f"schedctl: {e.text}", file=sys.stderr)
+            failed = True
+    if args.json:
+        picked = [{k: j[k] for k in props if k in j} if props else j for j in jobs]
+        if len(args.ids) > 1 or picked:
+            print(json.dumps(picked if len(args.ids) > 1 else picked[0]))
+    elif jobs:
+        human = render.is_tty()
+        sep = "\n" if args.value else "\n\n"
+        print(sep.join(render.show(j, human, props, args.value) for j in jobs))
+    return 1 if failed else 0
+
+
+async def cmd_action(c: Client, args: argparse.Namespace) -> int:
+    """cancel/hold/release/suspend/resume/requeue: one Manager call per id; a refusal does not stop the rest."""
+    member = args.command_name.capitalize()
+    results = []
+    for job_id in args.ids:
+        try:
+            await c.call(member, "t", [job_id])
+            results.append({"Id": job_id, "Ok": True})
+        except DBusError as e:
+            print(f"schedctl: {args.command_name} {job_id}: {e.text}", file=sys.stderr)
+            results.append({"Id": job_id, "Ok": False, "Error": e.type, "Message": e.text})
+    if args.json:
+        print(json.dumps(results))
+    return 0 if all(r["Ok"] for r in results) else 1
