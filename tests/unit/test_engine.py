@@ -183,7 +183,7 @@ async def node(make_node) -> Node:
     (lambda ex, j: ex.oom(j), F, Reason.OOM_KILL, 137),
     (lambda ex, j: ex.lose(j), F, Reason.LOST, 0),
     (lambda ex, j: ex.malformed(j), F, Reason.LOST, 0),
-    (lambda ex, j: ex.end(j, ExitInfo(exit_code=121, lost=True, error="cannot chdir")), F, Reason.LOST, 121),
+    (lambda ex, j: ex.gate_fails(j, 121, "cannot chdir"), F, Reason.LOST, 121),
 ], ids=["exit-0", "exit-3", "signal", "oom", "lost", "malformed", "setup-error"])
 async def test_each_way_a_job_ends_has_its_state_reason_and_exit_code(node, end, state, reason, code):
     jid = await node.submit(CPUs=2)

@@ -46,7 +46,7 @@ def _outcome(info: ExitInfo, flags: _Flags, overdue: bool) -> tuple[JobState, st
         return JobState.FAILED, Reason.OOM_KILL
     if info.signal and (flags.timeout or overdue):
         return JobState.FAILED, Reason.TIMEOUT
-    if info.lost and not info.signal and info.exit_code in (0, 120, 121, 122, 123):
+    if info.lost and not info.signal and (info.gate_failed or not info.exit_code):
         return JobState.FAILED, Reason.LOST
     if info.signal:
         return JobState.FAILED, Reason.SIGNAL
