@@ -18,7 +18,6 @@ from schedd import bus as dbus
 from schedd.protocol import LIST_LIMIT
 
 PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
-MAX_PAGE = LIST_LIMIT  # the most jobs the daemon returns per ListJobs call
 
 JobChange = tuple[int, str, str, str]  # JobStateChanged: (id, object path, state, reason)
 
@@ -113,7 +112,7 @@ class Client:
                         limit: int | None = None, all_nodes: bool = False) -> list[dict[str, Any]]:
         """Every matching job, oldest first, paging past the daemon's per-call cap with the After cursor."""
         if all_nodes:  # one page per node: ids are per origin, so no shared cursor
-            flt = {"AllNodes": Variant("b", True), "Limit": Variant("u", min(limit or MAX_PAGE, MAX_PAGE))}
+            flt = {"AllNodes": Variant("b", True), "Limit": Variant("u", min(limit or LIST_LIMIT, LIST_LIMIT))}
             if states is not None:
                 flt["States"] = Variant("as", states)
             if uid is not None:
@@ -123,7 +122,7 @@ class Client:
         jobs: list[dict[str, Any]] = []
         after = 0
         while True:
-            want = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(jobs))
+            want = LIST_LIMIT if limit is None else min(LIST_LIMIT, limit - len(jobs))
             flt: dict[str, Variant] = {"After": Variant("t", after), "Limit": Variant("u", want)}
             if states is not None:
                 flt["States"] = Variant("as", states)

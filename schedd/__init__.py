@@ -13,5 +13,9 @@ def job_path(job_id: int) -> str:
     return f"{JOB_PATH_PREFIX}{job_id}"
 
 
+UNIT_PREFIX, UNIT_SUFFIX = "schedd-job-", ".scope"
+
+
 def unit_name(job_id: int) -> str:
-    return f"schedd-job-{job_id}.scope"
+    """The transient scope a job runs in (the contract: schedd-job-<id>.scope)."""
+    return f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}"

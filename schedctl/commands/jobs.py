@@ -11,13 +11,13 @@ from typing import Any
 
 from dbus_fast.errors import DBusError
 
-from schedd.protocol import STATES
+from schedd.protocol import STATES, TERMINAL
 from schedctl import render
 from schedctl.client import Client
 from schedctl.commands.common import emit, global_options, job_id, user_id
 from schedctl.errors import UsageError
 
-ACTIVE_STATES = ["PENDING", "HELD", "RUNNING", "SUSPENDED"]
+ACTIVE_STATES = [s for s in STATES if s not in TERMINAL]
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

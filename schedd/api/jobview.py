@@ -22,7 +22,7 @@ from schedd.protocol import JOB_PROPERTIES
 class JobKey:
     name: str
     get: Callable[[Job], Any]
-    fields: tuple[str, ...]
+    fields: tuple[str, ...]  # the Job fields whose change can change the value
 
 
 def _field(name: str, field: str) -> JobKey:
@@ -69,8 +69,10 @@ JOB_KEYS: tuple[JobKey, ...] = (
     # Fixed once known (0 before, like the times): a property must not change without PropertiesChanged.
     JobKey("WaitUSec", lambda j: stats.wait_usec(j.submit_time, j.start_time) if j.start_time else 0,
            ("submit_time", "start_time")),
+    # Reads 0 until end_time is set, and every write of start_time after an end (a requeue)
+    # writes end_time too: end_time alone decides when it changes.
     JobKey("RunUSec", lambda j: stats.run_usec(j.start_time, j.end_time) if j.end_time else 0,
-           ("start_time", "end_time")),
+           ("end_time",)),
 )
 
 JOB_GETTERS: dict[str, Callable[[Job], Any]] = {k.name: k.get for k in JOB_KEYS}

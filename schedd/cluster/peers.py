@@ -22,6 +22,7 @@ from schedd.config import Config
 from schedd.core.engine import Engine
 from schedd.core.model import now_usec
 from schedd.core.placement import Need, NodeView, ledger_load
+from schedd.protocol import node_row
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +148,10 @@ class Peers:
 
     def node_rows(self) -> list[dict[str, Any]]:
         """ListNodes: DESIGN's keys, this node first."""
-        rows = [{"Name": self.name, "State": "up", "URL": self._own_url(), "Local": True, **self.local_load(),
-                 "LastSeenUSec": now_usec()}]
+        rows = [node_row(self.name, True, self._own_url(), True, self.local_load(), now_usec())]
         for p in self.peers.values():
             v = p.view or NodeView(p.name, False, known=False)
-            rows.append({
-                "Name": p.name, "State": "up" if p.up else "down", "URL": p.url, "Local": False, **v.load(),
-                "LastSeenUSec": p.last_seen_usec,
-            })
+            rows.append(node_row(p.name, p.up, p.url, False, v.load(), p.last_seen_usec))
         return rows
 
     def _own_url(self) -> str:

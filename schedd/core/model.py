@@ -6,6 +6,9 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from schedd import unit_name
+from schedd.protocol import STATES, TERMINAL
+
 
 class JobState(StrEnum):
     PENDING = "PENDING"
@@ -32,6 +35,8 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+# The typed view of the contract's state names (protocol, for clients that do not load the core).
+assert tuple(JobState) == STATES and {s.value for s in TERMINAL_STATES} == set(TERMINAL)
 
 
 class Reason(StrEnum):
@@ -150,7 +155,7 @@ class Job:
 
     @property
     def unit(self) -> str:
-        return f"schedd-job-{self.id}.scope"
+        return unit_name(self.id)
 
     @property
     def uid(self) -> int:

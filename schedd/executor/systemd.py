@@ -23,7 +23,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.errors import DBusError
 
 from schedd import bus as dbus
-from schedd import faults
+from schedd import UNIT_PREFIX, UNIT_SUFFIX, faults, unit_name
 from schedd.core.ledger import Allocation
 from schedd.core.model import Job
 from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo
@@ -36,7 +36,7 @@ SD_NAME = "org.freedesktop.systemd1"
 SD_PATH = "/org/freedesktop/systemd1"
 SD_MANAGER = "org.freedesktop.systemd1.Manager"
 SLICE = "schedd.slice"
-_UNIT_RE = re.compile(r"^schedd-job-(\d+)\.scope$")
+_UNIT_RE = re.compile(rf"^{re.escape(UNIT_PREFIX)}(\d+){re.escape(UNIT_SUFFIX)}$")
 
 
 def _freezing_unsupported(e: DBusError) -> bool:
@@ -209,7 +209,7 @@ class SystemdExecutor(GatedExecutor):
             self.on_exit(job_id, info)
 
     async def _end_stragglers(self, job_id: int, info: ExitInfo) -> None:
-        unit = f"schedd-job-{job_id}.scope"
+        unit = unit_name(job_id)
         log.info("%s: main process ended, stopping %d leftover process(es)", unit, info.stragglers)
         try:
             await self._stop_unit(unit)
@@ -281,7 +281,7 @@ class SystemdExecutor(GatedExecutor):
 
     async def orphans(self, known: set[int]) -> list[int]:
         (units,) = await self._manager("ListUnitsByPatterns", "asas", [["active", "activating", "deactivating"],
-                                                                       ["schedd-job-*.scope"]])
+                                                                       [f"{UNIT_PREFIX}*{UNIT_SUFFIX}"]])
         found = []
         for u in units:
             m = _UNIT_RE.match(u[0])
@@ -290,7 +290,7 @@ class SystemdExecutor(GatedExecutor):
         return found
 
     async def adopt_pids(self, job_id: int) -> list[int]:
-        return await self._unit_pids(f"schedd-job-{job_id}.scope")
+        return await self._unit_pids(unit_name(job_id))
 
     async def reap_orphan(self, job_id: int) -> None:
-        await self._stop_unit(f"schedd-job-{job_id}.scope")
+        await self._stop_unit(unit_name(job_id))

@@ -12,8 +12,7 @@ from dbus_fast import Variant
 
 from schedd.config import Config
 from schedd.core.engine import Caller, Engine
-from schedd.executor.base import Executor
-from schedd.executor.gate import GateRunner
+from schedd.executor.gated import GatedExecutor
 from schedd.core.model import JobState, Reason
 from schedd.core.store import Store
 
@@ -22,14 +21,13 @@ FORGED = (b"error=cannot open /nonexistent-dir/x\nstatus=0\nend=1\n for writing:
           b"status=53504\noom_kill=0\npeak=0\ncpu_usec=0\nstragglers=0\nend=1\n")
 
 
-class GateFiles(Executor):
+class GateFiles(GatedExecutor):
     """Runs nothing: a job 'ends' when a test writes its status file; the file is read by the real GateRunner."""
 
     name = "files"
 
     def __init__(self, on_exit, status_dir: Path) -> None:
-        super().__init__(on_exit)
-        self.gates = GateRunner(status_dir, accounting=False)
+        super().__init__(on_exit, status_dir=status_dir, accounting=False)
         self.broken: set[int] = set()  # recover() raises for these
 
     async def start(self, job, alloc, ready=None) -> dict:
@@ -49,9 +47,6 @@ class GateFiles(Executor):
     def end(self, job_id: int, data: bytes) -> None:
         self.gates.status_path(job_id).write_bytes(data)
         self.on_exit(job_id, self.gates.read_status(job_id))
-
-    def forget(self, job_id: int, run: int = 0) -> None:
-        self.gates.forget(job_id, run)
 
 
 def make(state: Path) -> tuple[Engine, Store, GateFiles]:

@@ -326,7 +326,7 @@ def test_plain_unwraps_nested_variants():
 
 
 async def test_list_jobs_pages_with_the_after_cursor(monkeypatch):
-    monkeypatch.setattr("schedctl.client.MAX_PAGE", 3)
+    monkeypatch.setattr("schedctl.client.LIST_LIMIT", 3)
     store = [{"Id": Variant("t", i), "State": Variant("s", "PENDING")} for i in range(1, 9)]
     calls = []
 

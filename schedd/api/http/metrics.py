@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: from a few ms (an idle node) to a day (a busy cluster).
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
-LIVE_STATES = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.SUSPENDED)
+LIVE_STATES = tuple(s for s in JobState if not s.terminal)
 
 PeersFn = Callable[[], Iterable[dict[str, Any]]]  # ListNodes-style dicts: Name, State, LastSeenUSec
 
