@@ -23,11 +23,12 @@ class JobKey:
     name: str
     get: Callable[[Job], Any]
     fields: tuple[str, ...]  # the Job fields whose change can change the value
+    direct: bool = False  # the value is its one field as it is (no conversion)
 
 
 def _field(name: str, field: str) -> JobKey:
     """A property that is one Job field as it is."""
-    return JobKey(name, attrgetter(field), (field,))
+    return JobKey(name, attrgetter(field), (field,), direct=True)
 
 
 def _suspended_usec(j: Job) -> int:

@@ -13,11 +13,13 @@ import pwd
 import re
 from typing import Any
 
+from schedd.api.jobview import JOB_KEYS
 from schedd.config import FederationConfig
-from schedd.core.placement import LOAD_FIELDS
-from schedd.protocol import SPEC_KEYS
-from schedd.errors import BY_DBUS_NAME, AccessDenied, SchedError
+from schedd.core.engine.records import MIRRORED_FIELDS
 from schedd.core.model import Job, JobSpec
+from schedd.core.placement import LOAD_FIELDS
+from schedd.errors import BY_DBUS_NAME, AccessDenied, SchedError
+from schedd.protocol import SPEC_KEYS
 
 API = "/api/v1"
 # Keys a forwarded spec may carry: the Submit keys minus what only means something on the origin.
@@ -88,13 +90,13 @@ def job_state_json(job: Job) -> dict[str, Any]:
     }
 
 
+# Job field -> the contract key that carries it as it is (from the job view's declaration).
+_KEY_OF_FIELD = {k.fields[0]: k.name for k in JOB_KEYS if k.direct}
+
+
 def mirrored_fields(rec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "exit_code": rec["ExitCode"], "start_time": rec["StartTime"], "end_time": rec["EndTime"],
-        "cpu_time_usec": rec["CPUTimeUSec"], "memory_peak": rec["MemoryPeak"],
-        "assigned_cpus": rec["AssignedCPUs"], "assigned_gpus": rec["AssignedGPUs"],
-        "stdout_path": rec["StdoutPath"], "stderr_path": rec["StderrPath"],
-    }
+    """A peer's record of a job of ours, as the fields the engine takes from it (Engine.mirror)."""
+    return {f: rec[_KEY_OF_FIELD[f]] for f in MIRRORED_FIELDS}
 
 
 def denied_groups(pw: pwd.struct_passwd, deny: tuple[str, ...]) -> list[str]:

@@ -16,10 +16,10 @@ from schedd.core.model import AWAITING_NODE, Job, JobState, Reason
 
 log = logging.getLogger("schedd.core.engine")
 
-# A mirrored field, as the job's node reports it: (field name, whether it lives on the JobSpec).
-_MIRRORED = (("exit_code", False), ("start_time", False), ("end_time", False), ("cpu_time_usec", False),
-             ("memory_peak", False), ("assigned_cpus", False), ("assigned_gpus", False),
-             ("stdout_path", True), ("stderr_path", True))
+# What the node running a job of ours may set on our record of it (events' field names); nothing
+# else a peer sends is applied. cluster.wire reads these from the peer's job record.
+MIRRORED_FIELDS = ("exit_code", "start_time", "end_time", "cpu_time_usec", "memory_peak",
+                   "assigned_cpus", "assigned_gpus", "spec.stdout_path", "spec.stderr_path")
 
 
 class Records:
@@ -45,12 +45,12 @@ class Records:
         self._mirror(job, state, reason, fields, frozenset())
 
     def _mirror(self, job: Job, state: JobState, reason: str, fields: dict[str, Any], changed: frozenset[str]) -> None:
-        for key, on_spec in _MIRRORED:
-            if key in fields:
-                target = job.spec if on_spec else job
-                if getattr(target, key) != fields[key]:
-                    setattr(target, key, fields[key])
-                    changed |= {f"spec.{key}" if on_spec else key}
+        for name in MIRRORED_FIELDS:
+            if name in fields:
+                target, attr = (job.spec, name[5:]) if name.startswith("spec.") else (job, name)
+                if getattr(target, attr) != fields[name]:
+                    setattr(target, attr, fields[name])
+                    changed |= {name}
         if state != job.state or reason != job.reason:
             self._set(job, state, reason, changed)
             if state.terminal:

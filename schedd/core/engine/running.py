@@ -55,6 +55,13 @@ def _outcome(info: ExitInfo, flags: _Flags, overdue: bool) -> tuple[JobState, st
     return JobState.COMPLETED, Reason.SUCCESS
 
 
+def _wake(waiters: list[asyncio.Future]) -> None:
+    """Answer the verbs that wait on a run's end (a waiter already cancelled is skipped)."""
+    for w in waiters:
+        if not w.done():
+            w.set_result(None)
+
+
 class Runs:
     """Allocations of jobs starting or running, the ids still starting, and the engine's tasks."""
 
@@ -219,9 +226,7 @@ class Runs:
             fut = self.store.save(job, urgent=False)
             fut.add_done_callback(lambda f, jid=job.id, run=job.restarts:
                                   f.exception() or self.executor.forget(jid, run))
-        for w in flags.waiters:
-            if not w.done():
-                w.set_result(None)
+        _wake(flags.waiters)
 
     def _fail_lost(self, job: Job, waiters: list[asyncio.Future] | None = None) -> None:
         """The last resort when a job's end cannot be processed: FAILED lost, its resources
@@ -237,14 +242,10 @@ class Runs:
         except Exception:
             log.exception("job %d: cannot mark it failed", job.id)
         finally:
-            for w in [*(waiters or ()), *self._flags.pop(job.id, _Flags()).waiters]:
-                if not w.done():
-                    w.set_result(None)
+            _wake([*(waiters or ()), *self._flags.pop(job.id, _Flags()).waiters])
 
     def _wake_waiters(self, job: Job) -> None:
-        for w in self._flags.pop(job.id, _Flags()).waiters:
-            if not w.done():
-                w.set_result(None)
+        _wake(self._flags.pop(job.id, _Flags()).waiters)
 
     def _release(self, job: Job) -> None:
         """Its allocation back to the ledger, and its place in a capped array to the next task."""

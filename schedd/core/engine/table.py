@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from schedd.config import Config
 from schedd.core.engine.events import COUNTS, RUN_FIELDS, TRANSITION, Listener
@@ -25,6 +25,17 @@ from schedd.errors import InvalidArgument, NotFound
 from schedd.protocol import format_duration
 
 log = logging.getLogger("schedd.core.engine")
+
+
+_QUEUED = tuple(s for s in JobState if s.queued)
+_ACTIVE = tuple(s for s in JobState if s.active)
+
+
+# (field, a maker of its value on a new Job) for each field a run leaves behind.
+_RUN_DEFAULTS = tuple(
+    (f.name, f.default_factory if f.default is MISSING else (lambda v=f.default: v))
+    for f in fields(Job) if f.name in RUN_FIELDS)
+assert len(_RUN_DEFAULTS) == len(RUN_FIELDS)
 
 
 @dataclass
@@ -98,7 +109,7 @@ class JobTable:
     def counts(self) -> tuple[int, int]:
         """(pending incl. held, running incl. suspended), as the Manager properties show them."""
         c = self._by_state
-        return c[JobState.PENDING] + c[JobState.HELD], c[JobState.RUNNING] + c[JobState.SUSPENDED]
+        return sum(c[s] for s in _QUEUED), sum(c[s] for s in _ACTIVE)
 
     # -- membership ---------------------------------------------------------------
 
@@ -154,11 +165,10 @@ class JobTable:
 
     @staticmethod
     def _clear_run(job: Job) -> frozenset[str]:
-        """Forget what the last run left (times, usage, exit, allocation, handle) so the job can run
-        again; the fields it cleared (the same for every way back to PENDING)."""
-        job.exit_code = job.start_time = job.end_time = job.cpu_time_usec = job.memory_peak = 0
-        job.suspended_usec = job.suspend_time = 0
-        job.assigned_cpus, job.assigned_gpus, job.handle = [], [], None
+        """Forget what the last run left (events.RUN_FIELDS, back to a new Job's values) so the job
+        can run again; the fields it cleared (the same for every way back to PENDING)."""
+        for name, fresh in _RUN_DEFAULTS:
+            setattr(job, name, fresh())
         return RUN_FIELDS
 
     def _transition_log(self, job: Job, what: str, old: JobState | None = None) -> None:
