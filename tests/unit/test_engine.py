@@ -918,18 +918,18 @@ async def test_a_record_that_cannot_be_made_durable_is_not_kept(node):
 
 
 async def test_a_copy_run_for_a_peer_carries_its_origin(node):
-    (copy,) = await node.engine.submit_many([spec()], CALLER, origin=("n2", 5))
+    (copy,) = await node.engine.submit_many([spec()], CALLER, origin=("n2", 5, 1))
     await node.running(copy.id)
     assert (copy.origin_node, copy.origin_id) == ("n2", 5)
     await node.store.drain()
-    assert node.store.find_origin("n2", 5).id == copy.id
+    assert node.store.find_origin("n2", 5, 1).id == copy.id
 
 
 async def test_fence_stops_a_copy_in_every_state(node):
-    running, = await node.engine.submit_many([spec(CPUs=4)], CALLER, origin=("n2", 1))
+    running, = await node.engine.submit_many([spec(CPUs=4)], CALLER, origin=("n2", 1, 1))
     await node.running(running.id)
-    pending, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2))
-    held, = await node.engine.submit_many([spec(Hold=True)], CALLER, origin=("n2", 3))
+    pending, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2, 1))
+    held, = await node.engine.submit_many([spec(Hold=True)], CALLER, origin=("n2", 3, 1))
 
     assert (await node.engine.fence(running.id)).state == X
     assert node.state(running.id) == (X, Reason.NODE_FAILURE) and node.ex.called("stop") == [running.id]
@@ -945,7 +945,7 @@ async def test_fence_stops_a_copy_in_every_state(node):
 
 async def test_fence_of_a_copy_being_started(node):
     node.ex.delay_starts()
-    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 9))
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 9, 1))
     await wait(lambda: node.ex.starting() == [copy.id], "the start under way")
     fence = asyncio.create_task(node.engine.fence(copy.id))
     await wait(lambda: requested(node, copy.id, "fence"), "the fence noted")

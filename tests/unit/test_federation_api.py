@@ -107,12 +107,15 @@ async def test_a_retried_forward_returns_the_first_copy(api):
     assert {(await r2.json())["Id"], (await r3.json())["Id"]} == {job["Id"]}
     assert len(api.fed.engine.jobs) == 1
     await api.fed.engine.store.drain()
-    assert api.fed.engine.store.find_origin("a", 7).id == job["Id"]
+    assert api.fed.engine.store.find_origin("a", 7, 1).id == job["Id"]
     r = await api.get("/api/v1/jobs", params={"origin": "a"}, headers=AUTH)
     assert [j["OriginId"] for j in (await r.json())["Jobs"]] == [7]
-    # Another origin id is another job.
+    # Another origin id is another job; so is another attempt of the same job (placed here again).
     r4 = await api.post("/api/v1/jobs", json=forward(8), headers=AUTH)
     assert (await r4.json())["Id"] != job["Id"]
+    r5 = await api.post("/api/v1/jobs", json=forward(7) | {"Attempt": 2}, headers=AUTH)
+    again = await r5.json()
+    assert r5.status == 201 and again["Id"] not in (job["Id"], (await r4.json())["Id"]) and again["Attempt"] == 2
 
 
 @pytest.mark.parametrize("body, status, words", [
@@ -193,10 +196,16 @@ async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
 
     engine = api.fed.engine
     job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
-                                                     user_name=USER), remote_node=WAITING)
+                                                     user_name=USER), remote_node=WAITING, attempt=2)
     await engine.add_record(job)
     api.fed.waiting[job.id] = job
-    rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
+    # A copy of an earlier attempt (a forward from before the job was requeued) is never adopted.
+    old = {"Id": 41, "OriginId": job.id, "Attempt": 1, "State": "PENDING", "Reason": "", "ExitCode": 0,
+           "StartTime": 0, "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [], "AssignedGPUs": [],
+           "StdoutPath": "", "StderrPath": ""}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [old]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": [41]} and job.awaiting_node
+    rec = {"Id": 42, "OriginId": job.id, "Attempt": 2, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
            "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
            "StdoutPath": "/x/jobs/42/output", "StderrPath": "/x/jobs/42/output"}
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
