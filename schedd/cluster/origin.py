@@ -117,7 +117,7 @@ class Origin:
                 if attempt == FORWARD_TRIES - 1 or not peer.up:
                     raise
                 self.forward_retries += 1
-                await asyncio.sleep(delay)
+                await self.net.sleep(delay)
                 delay *= 3
         self.waiting.pop(job.id, None)
         if job.remote_node == target and job.remote_id == rec["Id"]:

@@ -59,7 +59,9 @@ class Peers:
         # Our heartbeat to a peer was answered (True, with the time we sent it) or not (False):
         self.on_answer: Callable[[Peer, bool, dict], None] | None = None
         self.on_away: Callable[[], None] | None = None  # this node found its own loop had stalled
+        # The federation's time: what it reads and how it waits (a fault-injection test drives both).
         self.clock = boottime
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.loops: list[asyncio.Task] = []
         self._load: tuple[float, int, int] = (-1.0, 0, 0)  # (when, pending, running): counted at most every 0.1 s
         self.liveness = self._new_liveness()
@@ -96,7 +98,7 @@ class Peers:
                 raise
             except Exception:
                 log.exception("federation: %s failed; starting it again", what)
-                await asyncio.sleep(self.interval)
+                await self.sleep(self.interval)
 
     async def stop(self) -> None:
         for t in self.loops + list(self._tasks):
@@ -195,7 +197,7 @@ class Peers:
             body = {"Name": self.name, "URL": self._own_url(), **self.local_load()}
             for p in self.peers.values():
                 self.spawn(self._beat(p, body))
-            await asyncio.sleep(self.interval)
+            await self.sleep(self.interval)
 
     async def _beat(self, peer: Peer, body: dict) -> None:
         try:
@@ -242,7 +244,7 @@ class Peers:
         intervals have passed: the jobs it ran for us before a restart of ours must not wait for it
         for ever. A stall of ours restarts every count (schedd.cluster.liveness)."""
         while True:
-            await asyncio.sleep(self.interval / 4)
+            await self.sleep(self.interval / 4)
             now = self.clock()
             away, down = self.liveness.tick(now)
             if away:

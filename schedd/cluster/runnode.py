@@ -203,7 +203,7 @@ class RunNode:
                 box.entries = batch + box.entries  # in order, before what happened since
                 box.last = {rec["Id"]: rec for rec in box.entries}
                 log.debug("mirror to %s: %s", peer.name, e)
-                await asyncio.sleep(self.net.interval)
+                await self.net.sleep(self.net.interval)
                 box.wake.set()
                 continue
             sent = {rec["Id"] for rec in batch}
