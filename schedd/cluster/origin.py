@@ -205,10 +205,8 @@ class Origin:
             ran = job.state.active or job.start_time > 0 or job.start_granted
             allowed = not ran or (job.spec.requeue and job.node_failures < MAX_NODE_REQUEUES)
             stop.append(job.remote_id)
-            self.engine.requeue_away(job, peer.name, requeue=allowed)
+            self.engine.requeue_away(job, peer.name, requeue=allowed, ran=ran)
             if allowed:
-                if not ran:
-                    job.node_failures -= 1  # it never started there: placing it again costs it nothing
                 self._avoid.setdefault(job.id, set()).add(peer.name)
                 self.waiting[job.id] = job
         if stop:

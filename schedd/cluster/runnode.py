@@ -163,7 +163,15 @@ class RunNode:
             self._lapse(peer.name)
             return ["later"] * len(jobs)
         granted, stale = set(answer.get("Granted", [])), set(answer.get("Stale", []))
-        return ["go" if j.id in granted else "fenced" if j.id in stale else "later" for j in jobs]
+        verdicts: list[StartVerdict] = ["go" if j.id in granted else "fenced" if j.id in stale else "later"
+                                        for j in jobs]
+        if "later" in verdicts:  # it answers, but not for these yet (its record lags): ask again in a while
+            asyncio.get_running_loop().call_later(self.net.interval, self._ask_again, peer.name)
+        return verdicts
+
+    def _ask_again(self, origin: str) -> None:
+        if self.links[origin].ready:
+            self.engine.origin_back(origin)
 
     # -- mirror pushes -------------------------------------------------------------------------
 

@@ -848,7 +848,7 @@ async def test_requeue_away_when_the_running_node_goes_down(node):
     job = await record(node)
     node.engine.placed_remote(job, "n2", 7, peer_rec())
     node.engine.mirror(job, R, "", peer_rec(StartTime=now_usec(), AssignedCPUs=[0]))
-    node.engine.requeue_away(job, "n2", requeue=True)
+    node.engine.requeue_away(job, "n2", requeue=True, ran=True)
     assert node.state(job.id) == (P, Reason.REQUEUED)
     assert (job.restarts, job.node_failures, job.remote_node, job.remote_id, job.node) == (1, 1, WAITING, 0, "")
     assert job.assigned_cpus == [] and job.start_time == 0
@@ -858,7 +858,7 @@ async def test_requeue_away_when_the_running_node_goes_down(node):
     other = await record(node)
     dep = await node.submit(After=[other.id])
     node.engine.placed_remote(other, "n2", 8, peer_rec())
-    node.engine.requeue_away(other, "n2", requeue=False)
+    node.engine.requeue_away(other, "n2", requeue=False, ran=True)
     assert node.state(other.id) == (F, Reason.NODE_FAILURE) and other.end_time > 0
     assert node.state(dep) == (F, Reason.DEPENDENCY)
 
@@ -866,7 +866,7 @@ async def test_requeue_away_when_the_running_node_goes_down(node):
 async def test_requeue_away_keeps_a_held_job_held(node):
     job = await record(node, Hold=True)
     node.engine.placed_remote(job, "n2", 7, peer_rec())
-    node.engine.requeue_away(job, "n2", requeue=True)
+    node.engine.requeue_away(job, "n2", requeue=True, ran=True)
     assert node.state(job.id) == (H, Reason.HELD) and job.restarts == 1
 
 
@@ -952,6 +952,67 @@ async def test_fence_of_a_copy_being_started(node):
     node.ex.let_start()
     await asyncio.wait_for(fence, 3)
     assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and not node.host.units
+
+
+class OriginStub:
+    """The cluster as a copy's start sees it: whether its origin may be asked, and what it answers."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.verdicts: list[str] = []  # answered in order; then "go"
+        self.asked: list[int] = []
+
+    def origin_ready(self, origin: str) -> bool:
+        return self.ready
+
+    async def may_start(self, job: Job) -> str:
+        self.asked.append(job.id)
+        return self.verdicts.pop(0) if self.verdicts else "go"
+
+    def views(self):
+        return []
+
+
+async def test_a_copy_starts_only_with_its_origins_grant(node):
+    origin = node.engine.federation = OriginStub()
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 1, 1))
+    await node.durable(copy.id)
+    # Its origin cannot be asked: the copy waits, nothing spawned for it.
+    assert node.state(copy.id) == (P, "") and copy.id not in node.ex.called("start") and origin.asked == []
+    # Ready, but it cannot answer for this one yet ("later"): the program never ran, the copy waits again.
+    origin.ready, origin.verdicts = True, ["later"]
+    node.engine.origin_back("n2")
+    await wait(lambda: origin.asked == [copy.id] and copy.id not in node.engine._starting, "the first ask")
+    assert node.state(copy.id) == (P, "") and copy.id not in node.host.ran and copy.assigned_cpus == []
+    assert node.engine.ledger.free_cpus == 4  # its CPUs are back
+    # Asked again: granted, it runs.
+    node.engine.origin_back("n2")
+    await node.running(copy.id)
+    assert origin.asked == [copy.id, copy.id]
+
+
+async def test_a_copy_its_origin_calls_stale_is_fenced_before_its_program_runs(node):
+    origin = node.engine.federation = OriginStub()
+    origin.ready, origin.verdicts = True, ["fenced"]
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2, 1))
+    await wait(lambda: node.state(copy.id)[0] == X, "the copy fenced")
+    assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and copy.id not in node.host.ran  # it never ran
+
+
+async def test_copies_of_an_origin_that_lapses_leave_the_queue_and_come_back(node):
+    origin = node.engine.federation = OriginStub()
+    origin.ready = True
+    blocker = await node.submit(CPUs=4)
+    await node.running(blocker)
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 3, 1))
+    node.engine.origin_lost("n2")
+    origin.ready = False
+    node.ex.exit(blocker)
+    await node.reach(blocker, C)
+    assert node.state(copy.id) == (P, "") and origin.asked == []  # CPUs free, but it waits for its origin
+    origin.ready = True
+    node.engine.origin_back("n2")
+    await node.running(copy.id)
 
 
 # -- what listeners hear -------------------------------------------------------------------------

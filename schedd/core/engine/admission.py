@@ -74,7 +74,7 @@ class Admission:
         """Hand a pending job to the scheduler, unless its array already has its cap of tasks admitted
         (or its origin cannot grant its start now)."""
         if job.origin_node and self.federation is not None and not self.federation.origin_ready(job.origin_node):
-            self._away[job.origin_node][job.id] = job
+            self._park_for_origin(job)
             return
         aid, cap = job.array_job_id, job.spec.array_max_running
         if aid and cap:
@@ -92,6 +92,10 @@ class Admission:
         if job.origin_node:
             self._away.get(job.origin_node, {}).pop(job.id, None)
         self._leave_array(job)
+
+    def _park_for_origin(self, job: Job) -> None:
+        """A copy waits outside the scheduler until its origin says to ask it again (origin_back)."""
+        self._away[job.origin_node][job.id] = job
 
     def origin_lost(self, origin: str) -> None:
         """origin cannot grant starts now: its queued copies wait outside the scheduler."""

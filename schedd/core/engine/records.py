@@ -74,15 +74,16 @@ class Records:
             self._make_eligible(job)
             self.kick()
 
-    def requeue_away(self, job: Job, failed_node: str, *, requeue: bool) -> None:
-        """The node running a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED."""
-        job.node_failures += 1
+    def requeue_away(self, job: Job, failed_node: str, *, requeue: bool, ran: bool) -> None:
+        """The node holding a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED.
+        ran: it may have started there (a failure of a run: counted in node_failures and Restarts)."""
+        job.node_failures += ran
         job.start_granted = False
         job.attempt += 1  # that attempt failed: a late word of its copy is never taken for the next one's
         if not requeue:
             self._end(job, JobState.FAILED, Reason.NODE_FAILURE, {"node_failures"})
         else:
-            job.restarts += 1
+            job.restarts += ran
             cleared = self._clear_run(job)
             job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
             held = job.state == JobState.HELD

@@ -133,7 +133,7 @@ class Runs:
                 log.info("%s; it waits", e)
                 job.assigned_cpus, job.assigned_gpus = [], []
                 self.executor.forget(job.id, job.restarts)
-                self._enqueue(job)  # parked while its origin cannot be asked
+                self._park_for_origin(job)
                 self.kick()
                 return
             if flags is not None and flags.cancel:
