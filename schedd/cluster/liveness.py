@@ -5,8 +5,13 @@ When this node itself was away -- its loop did not run for longer than `stall` (
 pause, a suspended laptop, a swap storm, a long GC) -- the silence it slept through proves nothing
 about its peers: their heartbeats and pushes are still waiting in its sockets. So after a stall the
 count starts again from the moment it woke, and it hears its peers (and reconciles) before it
-judges anyone. Pure: the daemon feeds it a clock that counts suspend (CLOCK_BOOTTIME); the unit
-tests feed it virtual time.
+judges anyone.
+
+And a node that hears no majority of the cluster (itself included) judges nobody: when every peer
+falls silent at once, the likelier story is that this node's own link is cut, and the majority
+side -- which can still hear itself -- is the one to requeue. (A cluster of two has no majority
+to consult; there a silent peer is down as usual.) Pure: the daemon feeds it a clock that counts
+suspend (CLOCK_BOOTTIME); the unit tests feed it virtual time.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Liveness:
     up: set[str] = field(default_factory=set)
     judged: set[str] = field(default_factory=set)  # down, and already reported as such since last heard
     stalls: int = 0  # how often this node found it had been away
+    quorate: bool = True  # it hears a majority of the cluster (it judges peers only then)
 
     def __post_init__(self) -> None:
         self.awake_since = self.last_tick = self.now
@@ -53,15 +59,16 @@ class Liveness:
         if away:
             self.awake_since = now
             self.stalls += 1
+        silent = [n for n in self.names if self.silence(n, now) > self.threshold]
+        heard = 1 + len(self.names) - len(silent)  # this node and the peers it hears
+        self.quorate = len(self.names) < 2 or 2 * heard > len(self.names) + 1
         down = []
-        for name in self.names:
-            if name in self.judged:
-                continue
-            silent = now - max(self.last_heard.get(name, self.now), self.awake_since)
-            if silent > self.threshold:
-                down.append(name)
-                self.judged.add(name)
-                self.up.discard(name)
+        if self.quorate:
+            for name in silent:
+                if name not in self.judged:
+                    down.append(name)
+                    self.judged.add(name)
+                    self.up.discard(name)
         return away, down
 
     def silence(self, name: str, now: float) -> float:

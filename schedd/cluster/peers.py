@@ -246,7 +246,14 @@ class Peers:
         while True:
             await self.sleep(self.interval / 4)
             now = self.clock()
+            quorate = self.liveness.quorate
             away, down = self.liveness.tick(now)
+            if quorate != self.liveness.quorate:
+                if quorate:
+                    log.warning("this node hears no majority of its cluster: it judges no peer down until it does "
+                                "(its own link is the likelier fault)")
+                else:
+                    log.info("this node hears a majority of its cluster again")
             if away:
                 log.warning("this node was away (its loop did not run for over %.1fs): it hears its peers again "
                             "before it judges any of them", self.interval)

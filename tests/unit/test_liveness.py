@@ -40,8 +40,8 @@ def test_a_silent_peer_is_down_after_three_intervals_and_reported_once():
 
 def test_a_peer_never_heard_is_judged_from_this_nodes_start():
     live = detector(now=100.0)
-    assert run(live, 100.25, 103.0) == []
-    assert sorted(run(live, 103.25, 104.0)) == ["b", "c"]
+    assert run(live, 100.25, 103.0, {"b": 200.0}) == []
+    assert run(live, 103.25, 104.0, {"b": 200.0}) == ["c"]
 
 
 def test_this_nodes_own_stall_is_not_its_peers_death():
@@ -86,3 +86,20 @@ def test_no_peer_is_judged_on_less_than_three_intervals_of_awake_silence(events)
             woke = t
         if "b" in down:
             assert t - max(heard, woke) > 3 * INTERVAL
+
+
+def test_a_node_that_hears_no_majority_judges_nobody():
+    """Three nodes: when both peers fall silent at once, this node is the likelier one cut off."""
+    live = detector()
+    live.heard("b", 0.0)
+    live.heard("c", 0.0)
+    assert run(live, 0.25, 10.0) == [] and not live.quorate
+    # One peer heard again: two of three, a majority; the other silent one is judged now.
+    live.heard("b", 10.1)
+    assert run(live, 10.25, 10.5, {"b": 20.0}) == ["c"] and live.quorate
+
+
+def test_in_a_cluster_of_two_a_silent_peer_is_down():
+    live = Liveness(["b"], threshold=3 * INTERVAL, stall=INTERVAL, now=0.0)
+    live.heard("b", 0.0)
+    assert run(live, 0.25, 3.5) == ["b"]
