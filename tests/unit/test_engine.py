@@ -917,43 +917,6 @@ async def test_a_record_that_cannot_be_made_durable_is_not_kept(node):
     node.store = node.engine.store = Store(node.state_dir / "schedd.db")  # for the teardown
 
 
-async def test_a_copy_run_for_a_peer_carries_its_origin(node):
-    (copy,) = await node.engine.submit_many([spec()], CALLER, origin=("n2", 5, 1))
-    await node.running(copy.id)
-    assert (copy.origin_node, copy.origin_id) == ("n2", 5)
-    await node.store.drain()
-    assert node.store.find_origin("n2", 5, 1).id == copy.id
-
-
-async def test_fence_stops_a_copy_in_every_state(node):
-    running, = await node.engine.submit_many([spec(CPUs=4)], CALLER, origin=("n2", 1, 1))
-    await node.running(running.id)
-    pending, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2, 1))
-    held, = await node.engine.submit_many([spec(Hold=True)], CALLER, origin=("n2", 3, 1))
-
-    assert (await node.engine.fence(running.id)).state == X
-    assert node.state(running.id) == (X, Reason.NODE_FAILURE) and node.ex.called("stop") == [running.id]
-    await node.reach(pending.id, R)  # the CPUs are free: the next copy started
-    for job in (pending, held):
-        await node.engine.fence(job.id)
-        assert node.state(job.id) == (X, Reason.NODE_FAILURE)
-    assert held.id not in node.ex.called("start")
-    again = await node.engine.fence(running.id)  # already over: nothing happens
-    assert (again.state, again.reason) == (X, Reason.NODE_FAILURE) and node.ex.called("stop").count(running.id) == 1
-    assert (await node.durable(held.id)).reason == Reason.NODE_FAILURE
-
-
-async def test_fence_of_a_copy_being_started(node):
-    node.ex.delay_starts()
-    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 9, 1))
-    await wait(lambda: node.ex.starting() == [copy.id], "the start under way")
-    fence = asyncio.create_task(node.engine.fence(copy.id))
-    await wait(lambda: requested(node, copy.id, "fence"), "the fence noted")
-    node.ex.let_start()
-    await asyncio.wait_for(fence, 3)
-    assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and not node.host.units
-
-
 class OriginStub:
     """The cluster as a copy's start sees it: whether its origin may be asked, and what it answers."""
 
@@ -973,6 +936,53 @@ class OriginStub:
         return []
 
 
+def granting(node: Node) -> OriginStub:
+    """Copies run here for "n2", which grants every start."""
+    origin = node.engine.federation = OriginStub()
+    origin.ready = True
+    return origin
+
+
+async def test_a_copy_run_for_a_peer_carries_its_origin(node):
+    granting(node)
+    (copy,) = await node.engine.submit_many([spec()], CALLER, origin=("n2", 5, 1))
+    await node.running(copy.id)
+    assert (copy.origin_node, copy.origin_id) == ("n2", 5)
+    await node.store.drain()
+    assert node.store.find_origin("n2", 5, 1).id == copy.id
+
+
+async def test_fence_stops_a_copy_in_every_state(node):
+    granting(node)
+    running, = await node.engine.submit_many([spec(CPUs=4)], CALLER, origin=("n2", 1, 1))
+    await node.running(running.id)
+    pending, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2, 1))
+    held, = await node.engine.submit_many([spec(Hold=True)], CALLER, origin=("n2", 3, 1))
+
+    assert (await node.engine.fence(running.id)).state == X
+    assert node.state(running.id) == (X, Reason.NODE_FAILURE) and node.ex.called("stop") == [running.id]
+    await node.reach(pending.id, R)  # the CPUs are free: the next copy started
+    for job in (pending, held):
+        await node.engine.fence(job.id)
+        assert node.state(job.id) == (X, Reason.NODE_FAILURE)
+    assert held.id not in node.ex.called("start")
+    again = await node.engine.fence(running.id)  # already over: nothing happens
+    assert (again.state, again.reason) == (X, Reason.NODE_FAILURE) and node.ex.called("stop").count(running.id) == 1
+    assert (await node.durable(held.id)).reason == Reason.NODE_FAILURE
+
+
+async def test_fence_of_a_copy_being_started(node):
+    granting(node)
+    node.ex.delay_starts()
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 9, 1))
+    await wait(lambda: node.ex.starting() == [copy.id], "the start under way")
+    fence = asyncio.create_task(node.engine.fence(copy.id))
+    await wait(lambda: requested(node, copy.id, "fence"), "the fence noted")
+    node.ex.let_start()
+    await asyncio.wait_for(fence, 3)
+    assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and not node.host.units
+
+
 async def test_a_copy_starts_only_with_its_origins_grant(node):
     origin = node.engine.federation = OriginStub()
     copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 1, 1))
@@ -989,6 +999,20 @@ async def test_a_copy_starts_only_with_its_origins_grant(node):
     node.engine.origin_back("n2")
     await node.running(copy.id)
     assert origin.asked == [copy.id, copy.id]
+
+
+async def test_a_recovered_copy_waits_for_its_origin_not_for_the_federation_to_come_up(node):
+    """A daemon recovers its store before its federation starts: a pending copy must not start in
+    between (its origin may have placed the job elsewhere while we were down)."""
+    node.engine.federation = OriginStub()
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 4, 1))
+    await node.durable(copy.id)
+    node = await node.restart()
+    await node.engine.store.drain()
+    assert node.state(copy.id) == (P, "") and copy.id not in node.ex.called("start")
+    granting(node)
+    node.engine.origin_back("n2")
+    await node.running(copy.id)
 
 
 async def test_a_copy_its_origin_calls_stale_is_fenced_before_its_program_runs(node):

@@ -73,7 +73,7 @@ class Admission:
     def _enqueue(self, job: Job) -> None:
         """Hand a pending job to the scheduler, unless its array already has its cap of tasks admitted
         (or its origin cannot grant its start now)."""
-        if job.origin_node and self.federation is not None and not self.federation.origin_ready(job.origin_node):
+        if job.origin_node and (self.federation is None or not self.federation.origin_ready(job.origin_node)):
             self._park_for_origin(job)
             return
         aid, cap = job.array_job_id, job.spec.array_max_running

@@ -171,8 +171,8 @@ class Runs:
         flags = self._flags.get(job.id)
         if flags is not None and flags.cancel:
             raise StartWithdrawn(f"job {job.id} was cancelled while it was being started")
-        if job.origin_node and self.federation is not None:
-            verdict = await self.federation.may_start(job)
+        if job.origin_node:  # a copy run for another node: never without its origin's grant
+            verdict = await self.federation.may_start(job) if self.federation is not None else "later"
             flags = self._flags[job.id]
             if verdict == "fenced":
                 flags.cancel = flags.fence = True
