@@ -84,7 +84,9 @@ class Origin:
             log.info("job %d waits for a node (%s)", job.id, "none fits now" if spec.node == ANY else f"{spec.node} is down")
             return job
         try:
-            await self._forward(job, target)
+            # The Submit is answered within one forward's timeout whatever the peer does (the job is
+            # durable here; if no answer comes it waits and is placed again after the next beat).
+            await self._forward(job, target, once=True)
         except PeerRefused as err:
             e.end_record(job, JobState.FAILED, Reason.RESOURCES)
             raise err.error from None
@@ -100,8 +102,9 @@ class Origin:
         except SchedError as e:
             raise type(e)(f"{e.message} ({why})") from None
 
-    async def _forward(self, job: Job, target: str) -> None:
-        """Send the job to target (retrying: the peer's idempotency makes that safe) and mirror its answer."""
+    async def _forward(self, job: Job, target: str, *, once: bool = False) -> None:
+        """Send the job to target (retrying: the peer's idempotency makes that safe) and mirror its answer.
+        once: all tries together within one try's timeout (a Submit waits on it)."""
         peer = self.net.peers[target]
         body = {"Origin": self.name, "OriginId": job.id, "Attempt": job.attempt, "Spec": spec_to_json(job.spec)}
         self.net.count_sent(target, Need(job.spec.cpus, job.spec.memory, job.spec.gpus))
@@ -109,12 +112,14 @@ class Origin:
         # A forward is one durable insert there: milliseconds. Waiting longer than two heartbeats keeps a
         # Submit hanging on a node that is going down; a retry after a lost answer finds the first copy.
         timeout = max(1.5, 2 * self.net.interval)
+        deadline = self.net.clock() + timeout
         for attempt in range(FORWARD_TRIES):
+            left = deadline - self.net.clock() if once else timeout
             try:
-                rec = await self.net.request(peer, "POST", "/jobs", json=body, timeout=timeout)
+                rec = await self.net.request(peer, "POST", "/jobs", json=body, timeout=left)
                 break
             except PeerError:
-                if attempt == FORWARD_TRIES - 1 or not peer.up:
+                if attempt == FORWARD_TRIES - 1 or not peer.up or (once and deadline - self.net.clock() < delay + 0.1):
                     raise
                 self.forward_retries += 1
                 await self.net.sleep(delay)

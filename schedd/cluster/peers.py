@@ -188,7 +188,7 @@ class Peers:
                     raise refusal(peer.name, r.status, await r.text())
                 return await r.read() if raw else await r.json()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
-            raise PeerError(f"node {peer.name} ({peer.url}) unreachable: {e or type(e).__name__}") from None
+            raise PeerError(f"node {peer.name} ({peer.url}) unreachable: {str(e) or type(e).__name__}") from None
 
     # -- heartbeats and liveness -----------------------------------------------------------
 
