@@ -70,8 +70,9 @@ class Submitter(threading.Thread):
     acknowledged; one that failed or timed out (origin stalled or restarting) is not, though the
     origin may carry it out later: those are found in its job list afterwards."""
 
-    def __init__(self, cluster: Cluster, label: str, log: Path) -> None:
+    def __init__(self, cluster: Cluster, label: str, log: Path, interval: float = INTERVAL) -> None:
         super().__init__(daemon=True)
+        self.interval = interval
         self.origin = cluster.nodes["a"]
         self.label, self.log = label, log
         self.intents: dict[str, tuple[str, bool]] = {}  # token -> (Node, Requeue), for every attempt
@@ -104,7 +105,7 @@ class Submitter(threading.Thread):
         while not self.halt.is_set():
             self.submit(TARGETS[i % len(TARGETS)], i % 2 == 0, SHORT_S)
             i += 1
-            self.halt.wait(INTERVAL)  # the pace of submissions, not a synchronisation
+            self.halt.wait(self.interval)  # the pace of submissions, not a synchronisation
 
     def stop(self) -> None:
         self.halt.set()
@@ -188,27 +189,40 @@ def evidence(cluster: Cluster, label: str, nodes: tuple[str, ...]) -> str:
     return "\n".join(out)
 
 
+def waiting_on(cluster: Cluster, name: str) -> int:
+    """How many copies of a's jobs wait (PENDING) on node `name` (a asks, over the peer API)."""
+    a, node = cluster.nodes["a"], cluster.nodes[name]
+    code, text = a.http("GET", f"{node.url}/api/v1/jobs?origin=a")
+    assert code == 200, text
+    return sum(1 for r in json.loads(text)["Jobs"] if r["State"] == "PENDING")
+
+
 def exercise(cluster: Cluster, label: str, failed: str, inject: Callable[[], None],
-             heal: Callable[[], None] | None, long_on: str = "b") -> Verdict:
-    """Submit continuously; once jobs run (one long job on long_on among them), inject the fault,
-    keep it FAULT_S (heal None: inject is the whole fault, e.g. a restart), go on submitting AFTER_S,
-    then wait for every job to end and judge the run log."""
+             heal: Callable[[], None] | None, interval: float = INTERVAL) -> Verdict:
+    """Submit continuously; once jobs run and wait everywhere (a long job on b, a burst that fills the
+    node to fail so it holds waiting copies too), inject the fault, keep it FAULT_S (heal None: inject
+    is the whole fault, e.g. a restart), go on submitting AFTER_S, then wait for every job to end and
+    judge the run log."""
     healthy(cluster)
     log = LOGDIR / f"{label.replace(':', '-')}.log"
     log.touch()
     os.chown(log, *(lambda p: (p.st_uid, p.st_gid))(LOGDIR.stat()))
-    sub = Submitter(cluster, label, log)
+    sub = Submitter(cluster, label, log, interval)
     long_token = f"{label}:1"
-    assert sub.submit(long_on, True, LONG_S) is not None
+    assert sub.submit("b", True, LONG_S) is not None
+    for i, target in enumerate(("b", "c", "b", "c") if failed == "a" else (failed,) * 4):
+        sub.submit(target, i % 2 == 0, SHORT_S)
     sub.start()
     fault_ran = False
     try:
         def started():
             runs = parse_log(log.read_text())
             short = [r for t, rs in runs.items() if t != long_token for r in rs]
-            busy = failed == "a" or any(r.node == failed and r.end is None for r in short)
+            busy = failed == "a" or (any(r.node == failed and r.end is None for r in short)
+                                     and waiting_on(cluster, failed) > 0)
             return long_token in runs and len(short) >= 3 and busy
-        wait_for(started, "the long job and three others to start (one running on the node to fail)", timeout=40)
+        wait_for(started, "the long job and three others to start (one running on the node to fail, which "
+                          "holds waiting copies too)", timeout=40)
         t0 = time.time()
         fault_ran = True
         inject()
@@ -268,7 +282,7 @@ def test_a_one_way_partition_10s(cluster: Cluster, round_: int):
 @ROUNDS
 def test_the_origin_restarted_with_forwards_in_flight(cluster: Cluster, round_: int):
     """`systemctl restart schedd` on a while it forwards: no run node failed, so every job runs once."""
-    exercise(cluster, f"origin-restart{round_}", "a", lambda: cluster.restart_daemon("a"), None)
+    exercise(cluster, f"origin-restart{round_}", "a", lambda: cluster.restart_daemon("a"), None, interval=0.15)
 
 
 @ROUNDS
