@@ -92,6 +92,7 @@ class FederationApi:
         r.add_post(f"{API}/jobs/{{id}}/{{action}}", self.act)
         r.add_get(f"{API}/jobs/{{id}}/output", self.output)
         r.add_post(f"{API}/mirror", self.mirror)
+        r.add_post(f"{API}/starts", self.starts)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -132,15 +133,16 @@ class FederationApi:
     async def submit(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
         body = await read_json(request)
-        unknown = sorted(set(body) - {"Origin", "OriginId", "Spec"})
+        unknown = sorted(set(body) - {"Origin", "OriginId", "Attempt", "Spec"})
         if unknown:
-            raise InvalidArgument(f"unknown key {unknown[0]!r}; a forward is {{Origin, OriginId, Spec}}")
+            raise InvalidArgument(f"unknown key {unknown[0]!r}; a forward is {{Origin, OriginId, Attempt, Spec}}")
         origin = self._peer("Origin", body.get("Origin"))
         origin_id = _int("OriginId", body.get("OriginId"), 1, U64)
+        attempt = _int("Attempt", body.get("Attempt", 1), 1, U64)
         props, user = spec_variants(body.get("Spec"))
         pw = resolve_user(user, self.fed.name, self.fed.cfg.federation)
         props["User"] = Variant("u", pw.pw_uid)
-        job = await self.fed.runnode.accept(origin, origin_id, props)
+        job = await self.fed.runnode.accept(origin, origin_id, attempt, props)
         return web.json_response(job_json(job) | job_state_json(job), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -230,14 +232,23 @@ class FederationApi:
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def mirror(self, request: web.Request) -> web.Response:
+        node, recs = await self._states(request)
+        return web.json_response({"Stale": self.fed.origin.receive_mirror(node, recs)})
+
+    async def starts(self, request: web.Request) -> web.Response:
+        """A run node asks to start copies of our jobs: {Granted: [its ids], Stale: [its ids to stop]}."""
+        node, recs = await self._states(request)
+        return web.json_response(await self.fed.origin.grant(node, recs))
+
+    async def _states(self, request: web.Request) -> tuple[str, list[dict[str, Any]]]:
+        """{Node, Jobs: [copy states]}: from a peer, validated."""
         self.web.require_token(request)
         body = await read_json(request)
         node = self._peer("Node", body.get("Node"))
         jobs = body.get("Jobs")
         if not isinstance(jobs, list):
             raise InvalidArgument("Jobs must be an array of job states")
-        recs = [self._mirror_rec(i, r) for i, r in enumerate(jobs)]
-        return web.json_response({"Stale": self.fed.origin.receive_mirror(node, recs)})
+        return node, [self._mirror_rec(i, r) for i, r in enumerate(jobs)]
 
     @staticmethod
     def _mirror_rec(i: int, r: Any) -> dict[str, Any]:
@@ -246,6 +257,7 @@ class FederationApi:
             raise InvalidArgument(f"{where} must be an object")
         for key in ("Id", "OriginId"):
             _int(f"{where}.{key}", r.get(key), 1, U64)
+        _int(f"{where}.Attempt", r.setdefault("Attempt", 1), 0, U64)
         for key in ("StartTime", "EndTime", "CPUTimeUSec", "MemoryPeak"):
             _int(f"{where}.{key}", r.get(key), 0, U64)
         _int(f"{where}.ExitCode", r.get("ExitCode"), -I32 - 1, I32)

@@ -17,7 +17,7 @@ from schedd.cluster.origin import Origin
 from schedd.cluster.peers import Peer, Peers
 from schedd.cluster.runnode import RunNode
 from schedd.config import Config
-from schedd.core.cluster import RemoteAction
+from schedd.core.cluster import RemoteAction, StartVerdict
 from schedd.core.engine import Engine
 from schedd.core.model import Job, JobSpec, JobState
 from schedd.core.placement import NodeView
@@ -37,6 +37,8 @@ class Federation:
         self.net.on_up = self._reconnected
         self.net.on_down = self.origin.node_down
         self.net.on_heard = self.origin.peer_heard
+        self.net.on_answer = lambda peer, ok, answer: self.runnode.answered(peer, ok)
+        self.net.on_away = self.runnode.away
         self.peers: dict[str, Peer] = self.net.peers
         self.waiting: dict[int, Job] = self.origin.waiting
         # Told when a peer's state or load changes:
@@ -74,6 +76,12 @@ class Federation:
 
     async def action(self, job: Job, name: RemoteAction) -> None:
         await self.origin.action(job, name)
+
+    def origin_ready(self, origin: str) -> bool:
+        return self.runnode.origin_ready(origin)
+
+    async def may_start(self, job: Job) -> StartVerdict:
+        return await self.runnode.may_start(job)
 
     # -- the engine's listener --------------------------------------------------------------
 

@@ -39,6 +39,9 @@ OPENAPI: dict[str, Any] = {
                                     **{k: _schema_for(s) for k, s in FORWARD_SPEC_KEYS.items()}}},
             "Forward": {"type": "object", "required": ["Origin", "OriginId", "Spec"], "additionalProperties": False,
                         "properties": {"Origin": {"type": "string"}, "OriginId": {"type": "integer", "minimum": 1},
+                                       "Attempt": {"type": "integer", "minimum": 1, "default": 1,
+                                                   "description": "the origin's forward of this job it is (a "
+                                                                  "retry repeats it; a new one makes a new copy)"},
                                        "Spec": {"$ref": "#/components/schemas/Spec"}}},
             "Job": {"type": "object", "properties": {**{k: _schema_for(s) for k, s in JOB_PROPERTIES.items()},
                                                      "OriginNode": {"type": "string"},
@@ -47,7 +50,8 @@ OPENAPI: dict[str, Any] = {
                                                         "EndTime", "CPUTimeUSec", "MemoryPeak", "AssignedCPUs",
                                                         "AssignedGPUs", "StdoutPath", "StderrPath"],
                          "properties": {"Id": {"type": "integer"}, "OriginNode": {"type": "string"},
-                                        "OriginId": {"type": "integer"}, "Node": {"type": "string"},
+                                        "OriginId": {"type": "integer"}, "Attempt": {"type": "integer"},
+                                        "Node": {"type": "string"},
                                         "State": {"type": "string", "enum": list(JobState)},
                                         "Reason": {"type": "string"}, "ExitCode": {"type": "integer"},
                                         "StartTime": {"type": "integer"}, "EndTime": {"type": "integer"},
@@ -73,7 +77,8 @@ OPENAPI: dict[str, Any] = {
         f"{API}/nodes": {"get": {"summary": "this node and its peers (ListNodes keys)",
                                  "responses": {"200": {"description": "{Nodes: [...]}"}, **_ERRORS}}},
         f"{API}/jobs": {
-            "post": {"summary": "run a peer's job here; a retry with the same (Origin, OriginId) returns the first copy",
+            "post": {"summary": "run a peer's job here; a retry with the same (Origin, OriginId, Attempt) returns the "
+                             "first copy",
                      "requestBody": {"required": True, "content": {"application/json": {
                          "schema": {"$ref": "#/components/schemas/Forward"}}}},
                      "responses": {"201": _JSON("#/components/schemas/Job", "the job here (new or the existing copy)"),
@@ -106,5 +111,11 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Mirror"}}}},
             "responses": {"200": {"description": "{Stale: [ids]}: stop these copies"}, **_ERRORS}}},
+        f"{API}/starts": {"post": {
+            "summary": "the run node asks its origin to grant the start of these copies (no copy starts without)",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Mirror"}}}},
+            "responses": {"200": {"description": "{Granted: [ids]: start these, Stale: [ids]: stop these}; "
+                                                 "the rest ask again later"}, **_ERRORS}}},
     },
 }

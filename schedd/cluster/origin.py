@@ -5,7 +5,10 @@
   on every transition; on reconnect we pull the peer's copies again (reconcile) and fence any
   copy we have since placed elsewhere.
 - When a peer goes down, we requeue what ran there for us (once, unless `Requeue` is false:
-  then FAILED `node-failure`).
+  then FAILED `node-failure`), and tell it at once to stop those copies (it may still hear us).
+- A copy's program starts only with our grant (POST /starts, schedd.cluster.runnode): we grant
+  only the copy we have placed there now, and record the grant durably before answering -- so a
+  node failure counts as a failure of a run exactly for the jobs that may have started there.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ class Origin:
         e = self.engine
         job = Job(id=e.allocate_id(), spec=spec, submit_time=now_usec(),
                   state=JobState.HELD if spec.hold else JobState.PENDING,
-                  reason=Reason.HELD if spec.hold else "", remote_node=AWAITING_NODE)
+                  reason=Reason.HELD if spec.hold else "", remote_node=AWAITING_NODE,
+                  attempt=0 if target is None else 1)
         await e.add_record(job)  # durable before any node runs it: a forward never outlives its origin's record
         if target is None:
             self.waiting[job.id] = job
@@ -99,7 +103,7 @@ class Origin:
     async def _forward(self, job: Job, target: str) -> None:
         """Send the job to target (retrying: the peer's idempotency makes that safe) and mirror its answer."""
         peer = self.net.peers[target]
-        body = {"Origin": self.name, "OriginId": job.id, "Spec": spec_to_json(job.spec)}
+        body = {"Origin": self.name, "OriginId": job.id, "Attempt": job.attempt, "Spec": spec_to_json(job.spec)}
         self.net.count_sent(target, Need(job.spec.cpus, job.spec.memory, job.spec.gpus))
         delay = 0.1
         # A forward is one durable insert there: milliseconds. Waiting longer than two heartbeats keeps a
@@ -113,7 +117,7 @@ class Origin:
                 if attempt == FORWARD_TRIES - 1 or not peer.up:
                     raise
                 self.forward_retries += 1
-                await asyncio.sleep(delay)
+                await self.net.sleep(delay)
                 delay *= 3
         self.waiting.pop(job.id, None)
         if job.remote_node == target and job.remote_id == rec["Id"]:
@@ -157,6 +161,9 @@ class Origin:
 
     async def _place_remote(self, job: Job, target: str) -> None:
         try:
+            await self.engine.new_attempt(job)
+            if job.state != JobState.PENDING or not job.awaiting_node:
+                return  # cancelled or held while the attempt was recorded
             await self._forward(job, target)
         except PeerRefused as e:
             log.warning("job %d: %s", job.id, e)
@@ -190,19 +197,46 @@ class Origin:
     # -- node failure and reconnect --------------------------------------------------------------
 
     def node_down(self, peer: Peer) -> None:
+        stop: list[int] = []
         for job in list(self.engine.jobs.values()):
             if job.remote_node != peer.name or job.state.terminal:
                 continue
-            ran = job.state.active or job.start_time > 0
+            # It may have run there only if we granted its start (or heard it started).
+            ran = job.state.active or job.start_time > 0 or job.start_granted
             allowed = not ran or (job.spec.requeue and job.node_failures < MAX_NODE_REQUEUES)
-            self.engine.requeue_away(job, peer.name, requeue=allowed)
+            stop.append(job.remote_id)
+            self.engine.requeue_away(job, peer.name, requeue=allowed, ran=ran)
             if allowed:
-                if not ran:
-                    job.node_failures -= 1  # it never started there: placing it again costs it nothing
                 self._avoid.setdefault(job.id, set()).add(peer.name)
                 self.waiting[job.id] = job
+        if stop:
+            # It may still hear us (only its way to us may be cut): its copies stop now, not when it is back.
+            self.net.spawn(self._fence_all(peer, stop))
         if self.waiting:
             self.place_waiting()
+
+    async def _fence_all(self, peer: Peer, remote_ids: list[int]) -> None:
+        for rid in remote_ids:
+            if not await self._fence(peer, rid, quiet=True):
+                return  # unreachable: the rest are fenced when it is back (reconcile)
+
+    async def grant(self, node: str, recs: list[dict[str, Any]]) -> dict[str, list[int]]:
+        """A run node asks to start these copies: grant those that are our current placement there
+        (recorded durably first), and name the ones it must stop instead."""
+        stale = self.receive_mirror(node, recs)
+        granted: list[int] = []
+        ids: list[int] = []
+        for rec in recs:
+            job = self.engine.jobs.get(rec["OriginId"])
+            if (rec["Id"] in stale or job is None or job.remote_node != node or job.remote_id != rec["Id"]
+                    or job.state != JobState.PENDING):
+                continue
+            self.engine.grant_start(job)
+            granted.append(rec["Id"])
+            ids.append(job.id)
+        if ids:
+            await self.engine.store.drain(*ids)
+        return {"Granted": granted, "Stale": stale}
 
     async def reconcile(self, peer: Peer) -> None:
         """Pull its copies of our jobs: mirror what matches, fence what we placed elsewhere meanwhile."""
@@ -217,12 +251,16 @@ class Origin:
         if self.waiting:
             self.place_waiting()
 
-    async def _fence(self, peer: Peer, remote_id: int) -> None:
+    async def _fence(self, peer: Peer, remote_id: int, quiet: bool = False) -> bool:
         try:
-            await self.net.request(peer, "POST", f"/jobs/{remote_id}/fence", json={"Origin": self.name})
+            await self.net.request(peer, "POST", f"/jobs/{remote_id}/fence", json={"Origin": self.name},
+                                   timeout=max(1.5, 2 * self.net.interval))
             log.info("fenced job %d on %s (this node placed it elsewhere)", remote_id, peer.name)
+            return True
         except (PeerError, PeerRefused) as e:
-            log.warning("fencing job %d on %s: %s (retried at the next reconnect)", remote_id, peer.name, e)
+            if not quiet:
+                log.warning("fencing job %d on %s: %s (retried at the next reconnect)", remote_id, peer.name, e)
+            return False
 
     def receive_mirror(self, node: str, recs: list[dict[str, Any]]) -> list[int]:
         """States a peer reports for our jobs; returns its job ids that must stop (stale copies)."""
@@ -230,10 +268,9 @@ class Origin:
         for rec in recs:
             job = self.engine.jobs.get(rec["OriginId"]) or self.engine.store.get(rec["OriginId"])
             copy_done = rec["State"] in TERMINAL_STATES
-            # (Never from a node that failed under it: after a restart of ours, which node that was is
-            # forgotten, so a job requeued before adopts nothing.)
+            # Only a copy of the attempt now under way (a copy of an earlier one is stale).
             if (job is not None and job.awaiting_node and not job.state.terminal and job.id in self.engine.jobs
-                    and node not in self._avoid.get(job.id, ()) and (job.id in self._avoid or not job.node_failures)):
+                    and job.attempt and rec.get("Attempt") == job.attempt):
                 # Forwarded there, but the answer was lost (or has not arrived yet): that copy is the one.
                 self.waiting.pop(job.id, None)
                 self.engine.placed_remote(job, node, rec["Id"], mirrored_fields(rec))

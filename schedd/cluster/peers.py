@@ -1,8 +1,11 @@
 """The peer table: HTTP requests to peers, heartbeats, liveness, and every node as placement sees it.
 
-Heartbeats are pushed to every peer each interval; a peer silent for 3 intervals is down, and up
-again as soon as it is heard from. What that means for jobs is the origin's and the run node's
-business: they are told through `on_up`, `on_down` and `on_heard`.
+Heartbeats are pushed to every peer each interval; a peer silent for 3 intervals of this node's own
+waking time is down (schedd.cluster.liveness: a stall of ours is not our peers' death), and up again
+as soon as it is heard from. A heartbeat's answer is the other half: a peer that answers ours can
+take our requests (the run node asks its origins for start grants only then). What that means for
+jobs is the origin's and the run node's business: they are told through `on_up`, `on_down`,
+`on_heard`, `on_answer` and `on_away`.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
 import aiohttp
 
 from schedd.api.http.web import Web
+from schedd.cluster.liveness import Liveness, boottime
 from schedd.cluster.wire import API, PeerError, PeerRefused, refusal
 from schedd.config import Config
 from schedd.core.engine import Engine
@@ -34,8 +37,7 @@ class Peer:
     up: bool = False
     view: NodeView | None = None
     last_seen_usec: int = 0
-    last_seen: float = 0.0  # monotonic
-    down_handled: bool = False  # its jobs were requeued since it was last heard from
+    answering: bool = False  # its answer to our last heartbeat came back
     refused: bool = False  # it answered our heartbeat with 4xx (logged once, not every beat)
 
 
@@ -54,9 +56,15 @@ class Peers:
         self.on_up: Callable[[Peer], Awaitable[None]] | None = None  # heard again after silence
         self.on_down: Callable[[Peer], None] | None = None  # silent for 3 intervals
         self.on_heard: Callable[[], None] | None = None  # a beat of a peer that was up: its load changed
+        # Our heartbeat to a peer was answered (True, with the time we sent it) or not (False):
+        self.on_answer: Callable[[Peer, bool, dict], None] | None = None
+        self.on_away: Callable[[], None] | None = None  # this node found its own loop had stalled
+        # The federation's time: what it reads and how it waits (a fault-injection test drives both).
+        self.clock = boottime
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.loops: list[asyncio.Task] = []
         self._load: tuple[float, int, int] = (-1.0, 0, 0)  # (when, pending, running): counted at most every 0.1 s
-        self._started = time.monotonic()
+        self.liveness = self._new_liveness()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -67,7 +75,11 @@ class Peers:
             headers={"Authorization": f"Bearer {self.web.token}"},
             connector=aiohttp.TCPConnector(ssl=self.web.client_ssl() or True, limit=64),
         )
-        self._started = time.monotonic()
+        self.liveness = self._new_liveness()
+
+    def _new_liveness(self) -> Liveness:
+        # Checked four times an interval; a tick a whole interval late means this node was away.
+        return Liveness(list(self.peers), threshold=3 * self.interval, stall=self.interval, now=self.clock())
 
     def start_loops(self) -> None:
         self.keep("heartbeats", self._heartbeats)
@@ -86,7 +98,7 @@ class Peers:
                 raise
             except Exception:
                 log.exception("federation: %s failed; starting it again", what)
-                await asyncio.sleep(self.interval)
+                await self.sleep(self.interval)
 
     async def stop(self) -> None:
         for t in self.loops + list(self._tasks):
@@ -111,7 +123,7 @@ class Peers:
         """What this node itself runs and queues (records of jobs placed elsewhere do not count)."""
         e, l = self.engine, self.engine.ledger
         when, pending, running = self._load
-        now = time.monotonic()
+        now = self.clock()
         if now - when > 0.1:
             pending = sum(1 for j in e.jobs.values() if j.state.queued and not j.remote)
             running = sum(1 for j in e.jobs.values() if j.state.active and not j.remote)
@@ -185,11 +197,11 @@ class Peers:
             body = {"Name": self.name, "URL": self._own_url(), **self.local_load()}
             for p in self.peers.values():
                 self.spawn(self._beat(p, body))
-            await asyncio.sleep(self.interval)
+            await self.sleep(self.interval)
 
     async def _beat(self, peer: Peer, body: dict) -> None:
         try:
-            await self.request(peer, "POST", "/heartbeat", json=body, timeout=max(0.5, self.interval))
+            answer = await self.request(peer, "POST", "/heartbeat", json=body, timeout=max(0.5, self.interval))
             if peer.refused:
                 peer.refused = False
                 log.info("heartbeats to %s are accepted again", peer.name)
@@ -197,18 +209,28 @@ class Peers:
             if not peer.refused:
                 peer.refused = True
                 log.warning("heartbeat to %s refused: %s", peer.name, e)
+            self._answered(peer, False, {})
         except PeerError:
-            pass  # our silence is what tells *it* we are down; its state is told by its own beats
+            # Our silence is what tells *it* we are down; its state is told by its own beats. That it
+            # cannot take our requests now is ours to know.
+            self._answered(peer, False, {})
+        else:
+            self._answered(peer, True, answer if isinstance(answer, dict) else {})
+
+    def _answered(self, peer: Peer, ok: bool, answer: dict) -> None:
+        changed = peer.answering != ok
+        peer.answering = ok
+        if self.on_answer is not None and (changed or ok):
+            self.on_answer(peer, ok, answer)
 
     def heard(self, name: str, load: dict[str, int]) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
         peer = self.peers[name]
         peer.view = NodeView.of_load(name, True, load)
-        peer.last_seen = time.monotonic()
         peer.last_seen_usec = now_usec()
-        peer.down_handled = False
+        was_down = self.liveness.heard(name, self.clock())
         self._nodes_changed()
-        if not peer.up:
+        if was_down or not peer.up:
             peer.up = True
             log.info("node %s is up", name)
             if self.on_up is not None:
@@ -217,22 +239,35 @@ class Peers:
             self.on_heard()
 
     async def _watch(self) -> None:
-        """Mark peers down after 3 silent intervals (checked four times an interval). A peer not heard
-        from since this daemon started counts as down as well once 3 intervals have passed: the jobs it
-        ran for us before a restart of ours must not wait for it for ever."""
+        """Mark peers down after 3 silent intervals of our own waking time (checked four times an
+        interval). A peer not heard from since this daemon started counts as down as well once 3
+        intervals have passed: the jobs it ran for us before a restart of ours must not wait for it
+        for ever. A stall of ours restarts every count (schedd.cluster.liveness)."""
         while True:
-            await asyncio.sleep(self.interval / 4)
-            now = time.monotonic()
-            for p in self.peers.values():
-                silent = now - max(p.last_seen, self._started)
-                if silent <= 3 * self.interval or (not p.up and p.down_handled):
-                    continue
+            await self.sleep(self.interval / 4)
+            now = self.clock()
+            quorate = self.liveness.quorate
+            away, down = self.liveness.tick(now)
+            if quorate != self.liveness.quorate:
+                if quorate:
+                    log.warning("this node hears no majority of its cluster: it judges no peer down until it does "
+                                "(its own link is the likelier fault)")
+                else:
+                    log.info("this node hears a majority of its cluster again")
+            if away:
+                log.warning("this node was away (its loop did not run for over %.1fs): it hears its peers again "
+                            "before it judges any of them", self.interval)
+                for p in self.peers.values():
+                    p.answering = False
+                if self.on_away is not None:
+                    self.on_away()
+            for name in down:
+                p = self.peers[name]
                 if p.up:
-                    log.warning("node %s is down: no heartbeat for %.1fs", p.name, silent)
+                    log.warning("node %s is down: no heartbeat for %.1fs", p.name, self.liveness.silence(name, now))
                 else:
                     log.warning("node %s has not been heard from since this node started", p.name)
                 p.up = False
-                p.down_handled = True
                 self._nodes_changed()
                 if self.on_down is not None:
                     self.on_down(p)

@@ -1,8 +1,16 @@
 """The run node's side: jobs other nodes forwarded here, and their states pushed back to them.
 
-A forward is accepted once per (origin node, origin id), however often it is retried; every
-transition of such a copy is pushed to its origin in order; a copy its origin placed elsewhere
-meanwhile is fenced (stopped) when the origin says so.
+A forward is accepted once per (origin node, origin id, attempt), however often it is retried;
+every transition of such a copy is pushed to its origin in order; a copy its origin placed
+elsewhere meanwhile is fenced (stopped) when the origin says so.
+
+No copy's program starts without its origin's grant (`may_start`, asked in batches through
+POST /starts just before the program is released): the origin owns the job and answers only for
+the copy it currently has placed here, recording the grant durably first -- so a copy the origin
+has given up on (this node was judged down, the job placed elsewhere or cancelled) never starts,
+whatever the timing. An origin is asked only while it is *ready*: it answers our heartbeats and,
+since it last did not (or since this node was itself away, or started), it has heard all our
+copies' states again and we have fenced what it called stale. Until then its copies wait parked.
 """
 
 from __future__ import annotations
@@ -14,12 +22,23 @@ from typing import Any
 
 from schedd.cluster.peers import Peer, Peers
 from schedd.cluster.wire import PeerError, PeerRefused, job_state_json
+from schedd.core.cluster import StartVerdict
 from schedd.core.engine import Caller, Engine
 from schedd.core.model import Job
 from schedd.core.model import now_usec
 from schedd.errors import AccessDenied
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class OriginLink:
+    """This node's standing with one origin: whether its copies may ask it for start grants."""
+
+    ready: bool = False  # it answers us and has heard every copy's state since it last did not
+    resync: bool = True  # push every live copy's state before asking it anything again
+    asks: list[tuple[Job, asyncio.Future]] = field(default_factory=list)  # grants to ask in the next batch
+    flushing: bool = False
 
 
 @dataclass
@@ -38,14 +57,16 @@ class RunNode:
         self.net = net
         self.name = net.name
         self.outboxes: dict[str, Outbox] = {name: Outbox() for name in net.peers}
-        self._inflight: dict[tuple[str, int], asyncio.Future] = {}  # forwards being recorded here
-        self._by_origin: dict[tuple[str, int], int] = {}  # (origin node, its id) -> our copy's id
+        self.links: dict[str, OriginLink] = {name: OriginLink() for name in net.peers}
+        self._inflight: dict[tuple[str, int, int], asyncio.Future] = {}  # forwards being recorded here
+        self._by_origin: dict[tuple[str, int, int], int] = {}  # (origin node, its id, attempt) -> our copy's id
+        self.grants_asked = 0  # copies whose start was put to their origin (tests read it)
 
     def recover(self) -> None:
         """After a restart: index our copies by origin, and tell each origin their states again."""
         for job in self.engine.jobs.values():
             if job.origin_node:
-                self._by_origin[(job.origin_node, job.origin_id)] = job.id
+                self._by_origin[(job.origin_node, job.origin_id, job.attempt)] = job.id
             if job.origin_node in self.net.peers and job.origin_id:
                 self.dirty(job)
 
@@ -63,12 +84,94 @@ class RunNode:
 
     def job_added(self, job: Job) -> None:
         if job.origin_node:
-            self._by_origin[(job.origin_node, job.origin_id)] = job.id
+            self._by_origin[(job.origin_node, job.origin_id, job.attempt)] = job.id
         self.dirty(job)
 
     def job_released(self, job: Job) -> None:
         if job.origin_node:
-            self._by_origin.pop((job.origin_node, job.origin_id), None)
+            self._by_origin.pop((job.origin_node, job.origin_id, job.attempt), None)
+
+    # -- standing with each origin --------------------------------------------------------------
+
+    def origin_ready(self, origin: str) -> bool:
+        link = self.links.get(origin)
+        return link is not None and link.ready
+
+    def answered(self, peer: Peer, ok: bool) -> None:
+        """Our heartbeat to peer was answered, or not: its copies may ask it again once it has
+        heard their states; until then they wait, parked."""
+        link = self.links[peer.name]
+        if not ok:
+            self._lapse(peer.name)
+        elif not link.ready and link.resync:
+            self.outboxes[peer.name].wake.set()  # the pusher resyncs, then makes it ready
+
+    def away(self) -> None:
+        """This node was itself away: every origin may have given up on us meanwhile."""
+        for name in self.links:
+            self._lapse(name)
+
+    def _lapse(self, origin: str) -> None:
+        link = self.links[origin]
+        link.resync = True
+        if link.ready:
+            link.ready = False
+            log.info("origin %s does not answer: its copies here wait until it does and has heard them again",
+                     origin)
+            self.engine.origin_lost(origin)
+
+    async def may_start(self, job: Job) -> StartVerdict:
+        """The engine is about to release a copy's program: ask its origin (batched with the others
+        starting now). go: granted; fenced: the origin placed it elsewhere or ended it; later: it
+        cannot be asked now (the copy waits, parked, until it can)."""
+        link = self.links.get(job.origin_node)
+        if link is None or not link.ready:
+            return "later"
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        link.asks.append((job, fut))
+        if not link.flushing:
+            link.flushing = True
+            self.net.spawn(self._ask(job.origin_node))
+        return await fut
+
+    async def _ask(self, origin: str) -> None:
+        """One POST /starts for every grant asked since the last one went out."""
+        link, peer = self.links[origin], self.net.peers[origin]
+        try:
+            while link.asks and link.ready:
+                asks, link.asks = link.asks, []
+                self.grants_asked += len(asks)
+                verdicts = await self._grants(peer, [job for job, _ in asks])
+                for (job, fut), verdict in zip(asks, verdicts):
+                    if not fut.done():
+                        fut.set_result(verdict)
+        finally:
+            link.flushing = False
+            for _, fut in link.asks:  # asked while the last batch failed: ask again later
+                if not fut.done():
+                    fut.set_result("later")
+            link.asks = []
+
+    async def _grants(self, peer: Peer, jobs: list[Job]) -> list[StartVerdict]:
+        timeout = max(1.5, 2 * self.net.interval)
+        try:
+            answer = await self.net.request(peer, "POST", "/starts",
+                                            json={"Node": self.name, "Jobs": [job_state_json(j) for j in jobs]},
+                                            timeout=timeout)
+        except (PeerError, PeerRefused) as e:
+            log.warning("start grants from %s: %s; its copies wait", peer.name, e)
+            self._lapse(peer.name)
+            return ["later"] * len(jobs)
+        granted, stale = set(answer.get("Granted", [])), set(answer.get("Stale", []))
+        verdicts: list[StartVerdict] = ["go" if j.id in granted else "fenced" if j.id in stale else "later"
+                                        for j in jobs]
+        if "later" in verdicts:  # it answers, but not for these yet (its record lags): ask again in a while
+            asyncio.get_running_loop().call_later(self.net.interval, self._ask_again, peer.name)
+        return verdicts
+
+    def _ask_again(self, origin: str) -> None:
+        if self.links[origin].ready:
+            self.engine.origin_back(origin)
 
     # -- mirror pushes -------------------------------------------------------------------------
 
@@ -87,11 +190,19 @@ class RunNode:
 
     async def _pusher(self, peer: Peer) -> None:
         """Push our copies' states to their origin, batched; kept and retried while it is unreachable."""
-        box = self.outboxes[peer.name]
+        box, link = self.outboxes[peer.name], self.links[peer.name]
         while True:
             await box.wake.wait()
             box.wake.clear()
+            resync = link.resync and peer.answering
+            if resync:
+                for job in list(self.engine.jobs.values()):
+                    if job.origin_node == peer.name and not job.state.terminal:
+                        self.dirty(job)
+                box.wake.clear()
             if not box.entries:
+                if resync:
+                    self._ready(peer.name, 0)
                 continue
             batch, box.entries, box.last = box.entries, [], {}
             try:
@@ -100,13 +211,31 @@ class RunNode:
                 box.entries = batch + box.entries  # in order, before what happened since
                 box.last = {rec["Id"]: rec for rec in box.entries}
                 log.debug("mirror to %s: %s", peer.name, e)
-                await asyncio.sleep(self.net.interval)
+                await self.net.sleep(self.net.interval)
                 box.wake.set()
                 continue
             sent = {rec["Id"] for rec in batch}
-            for rid in set(answer.get("Stale", [])):
-                if rid in sent:
+            stale = [rid for rid in set(answer.get("Stale", [])) if rid in sent]
+            if not resync:
+                for rid in stale:
                     self.net.spawn(self.fence_local(rid, peer.name))
+                continue
+            # Every copy it no longer counts on is stopped before any other of its copies may start.
+            done = await asyncio.gather(*(self.fence_local(rid, peer.name) for rid in stale), return_exceptions=True)
+            failed = [d for d in done if isinstance(d, BaseException)]
+            if failed:
+                log.error("fencing stale copies of %s's jobs: %s; asked again at its next answer", peer.name,
+                          failed[0])
+                continue
+            if link.resync and peer.answering:
+                self._ready(peer.name, len(stale))
+
+    def _ready(self, origin: str, fenced: int) -> None:
+        link = self.links[origin]
+        link.resync, link.ready = False, True
+        log.info("origin %s has heard every copy's state again%s: its copies may start", origin,
+                 f" ({fenced} stale ones stopped)" if fenced else "")
+        self.engine.origin_back(origin)
 
     async def fence_local(self, job_id: int, origin: str) -> dict[str, Any]:
         job = self.engine.get(job_id)
@@ -120,10 +249,10 @@ class RunNode:
 
     # -- forwards arriving ---------------------------------------------------------------------
 
-    async def accept(self, origin: str, origin_id: int, props: dict) -> Job:
+    async def accept(self, origin: str, origin_id: int, attempt: int, props: dict) -> Job:
         """A peer forwards one of its jobs: run it here, once, however often the forward is retried."""
-        key = (origin, origin_id)
-        existing = self._find_origin(origin, origin_id)
+        key = (origin, origin_id, attempt)
+        existing = self._find_origin(key)
         if existing is not None:
             return existing
         fut = self._inflight.get(key)
@@ -142,11 +271,11 @@ class RunNode:
         finally:
             del self._inflight[key]
 
-    def _find_origin(self, origin: str, origin_id: int) -> Job | None:
-        jid = self._by_origin.get((origin, origin_id))
+    def _find_origin(self, key: tuple[str, int, int]) -> Job | None:
+        jid = self._by_origin.get(key)
         if jid is not None and jid in self.engine.jobs:
             return self.engine.jobs[jid]
-        return self.engine.store.find_origin(origin, origin_id)
+        return self.engine.store.find_origin(*key)
 
     def copies_for(self, origin: str) -> list[Job]:
         """Our copies of origin's jobs: live ones from memory, older ones from the store."""

@@ -82,7 +82,8 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
 def job_state_json(job: Job) -> dict[str, Any]:
     """The mirrored part of a job: what its origin keeps in step."""
     return {
-        "Id": job.id, "OriginNode": job.origin_node, "OriginId": job.origin_id, "Node": job.node,
+        "Id": job.id, "OriginNode": job.origin_node, "OriginId": job.origin_id, "Attempt": job.attempt,
+        "Node": job.node,
         "State": job.state.value, "Reason": job.reason, "ExitCode": job.exit_code, "StartTime": job.start_time,
         "EndTime": job.end_time, "CPUTimeUSec": job.cpu_time_usec, "MemoryPeak": job.memory_peak,
         "AssignedCPUs": job.assigned_cpus, "AssignedGPUs": job.assigned_gpus,

@@ -13,6 +13,9 @@ from schedd.core.model import Job, JobSpec
 from schedd.core.placement import NodeView
 
 RemoteAction = Literal["cancel", "hold", "release", "suspend", "resume", "requeue"]
+# What a copy's origin says when the engine is about to release the copy's program: go (granted),
+# fenced (it placed the job elsewhere or ended it: the copy stops), later (it cannot be asked now).
+StartVerdict = Literal["go", "fenced", "later"]
 
 
 class Cluster(Protocol):
@@ -30,4 +33,12 @@ class Cluster(Protocol):
 
     async def action(self, job: Job, name: RemoteAction) -> None:
         """Carry out a verb on a job of ours that another node holds or waits to place."""
+        ...
+
+    def origin_ready(self, origin: str) -> bool:
+        """Whether the copies of origin's jobs may ask it for their start now (else they wait, parked)."""
+        ...
+
+    async def may_start(self, job: Job) -> StartVerdict:
+        """Ask a copy's origin whether its program may start now (no copy starts without a grant)."""
         ...

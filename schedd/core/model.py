@@ -136,6 +136,12 @@ class Job:
     remote_node: str = ""
     remote_id: int = 0
     node_failures: int = 0  # how often a node running it went down (each may requeue it once)
+    # Ours: how often it was forwarded (each forward is one attempt; retries of one share it). A copy:
+    # the origin's attempt it is the copy of (a later attempt is a new copy, not a retried forward).
+    attempt: int = 0
+    # Ours: the node running its copy was granted the start (so it may be running there, whatever
+    # the last state push said): a node failure then counts as a failure of a run.
+    start_granted: bool = False
 
     @property
     def awaiting_node(self) -> bool:

@@ -94,6 +94,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_submit ON jobs(submit_time);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    # 5: federation attempts. Each forward of a job is one attempt: a copy is unique per (origin node,
+    # origin id, attempt), so a job placed again on a node it left gets a new copy there. An origin
+    # records that it granted a copy's start (start_granted): from then on it may have run.
+    """
+    ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN start_granted INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_origin;
+    CREATE UNIQUE INDEX jobs_origin ON jobs(origin_node, origin_id, attempt) WHERE origin_node != '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; a D-Bus 't' can name ids beyond it, which never exist
@@ -104,7 +113,7 @@ COLUMNS = (
     "environment", "stdout_path", "stderr_path", "runtime_max_usec", "hold", "after", "target_node",
     "requeue", "restarts", "submit_time", "start_time", "end_time", "cpu_time_usec", "memory_peak",
     "handle", "array_job_id", "array_task_id", "array_max_running", "suspended_usec", "suspend_time",
-    "origin_node", "origin_id", "remote_node", "remote_id", "node_failures",
+    "origin_node", "origin_id", "remote_node", "remote_id", "node_failures", "attempt", "start_granted",
 )
 _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -126,7 +135,8 @@ def job_to_row(job: Job) -> tuple:
         int(s.requeue), job.restarts, job.submit_time, job.start_time, job.end_time, job.cpu_time_usec,
         job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
         job.array_job_id, s.array_task_id, s.array_max_running, job.suspended_usec, job.suspend_time,
-        job.origin_node, job.origin_id, job.remote_node, job.remote_id, job.node_failures,
+        job.origin_node, job.origin_id, job.remote_node, job.remote_id, job.node_failures, job.attempt,
+        int(job.start_granted),
     )
 
 
@@ -148,7 +158,8 @@ def row_to_job(row: tuple) -> Job:
         handle=json.loads(r["handle"]) if r["handle"] else None,
         array_job_id=r["array_job_id"], suspended_usec=r["suspended_usec"], suspend_time=r["suspend_time"],
         origin_node=r["origin_node"], origin_id=r["origin_id"], remote_node=r["remote_node"],
-        remote_id=r["remote_id"], node_failures=r["node_failures"],
+        remote_id=r["remote_id"], node_failures=r["node_failures"], attempt=r["attempt"],
+        start_granted=bool(r["start_granted"]),
     )
 
 
@@ -572,11 +583,12 @@ class Store:
             raise
         return ids
 
-    def find_origin(self, origin_node: str, origin_id: int) -> Job | None:
-        """The job run here for (origin node, its id there), if a forward of it ever arrived."""
-        if not 0 < origin_id <= MAX_ID:
+    def find_origin(self, origin_node: str, origin_id: int, attempt: int) -> Job | None:
+        """The job run here for (origin node, its id there, the attempt), if that forward ever arrived."""
+        if not 0 < origin_id <= MAX_ID or not 0 <= attempt <= MAX_ID:
             return None
-        row = self._r.execute(f"{_SELECT} WHERE origin_node = ? AND origin_id = ?", (origin_node, origin_id)).fetchone()
+        row = self._r.execute(f"{_SELECT} WHERE origin_node = ? AND origin_id = ? AND attempt = ?",
+                              (origin_node, origin_id, attempt)).fetchone()
         return row_to_job(row) if row else None
 
     def by_origin(self, origin_node: str, since_usec: int) -> list[Job]:

@@ -848,7 +848,7 @@ async def test_requeue_away_when_the_running_node_goes_down(node):
     job = await record(node)
     node.engine.placed_remote(job, "n2", 7, peer_rec())
     node.engine.mirror(job, R, "", peer_rec(StartTime=now_usec(), AssignedCPUs=[0]))
-    node.engine.requeue_away(job, "n2", requeue=True)
+    node.engine.requeue_away(job, "n2", requeue=True, ran=True)
     assert node.state(job.id) == (P, Reason.REQUEUED)
     assert (job.restarts, job.node_failures, job.remote_node, job.remote_id, job.node) == (1, 1, WAITING, 0, "")
     assert job.assigned_cpus == [] and job.start_time == 0
@@ -858,7 +858,7 @@ async def test_requeue_away_when_the_running_node_goes_down(node):
     other = await record(node)
     dep = await node.submit(After=[other.id])
     node.engine.placed_remote(other, "n2", 8, peer_rec())
-    node.engine.requeue_away(other, "n2", requeue=False)
+    node.engine.requeue_away(other, "n2", requeue=False, ran=True)
     assert node.state(other.id) == (F, Reason.NODE_FAILURE) and other.end_time > 0
     assert node.state(dep) == (F, Reason.DEPENDENCY)
 
@@ -866,7 +866,7 @@ async def test_requeue_away_when_the_running_node_goes_down(node):
 async def test_requeue_away_keeps_a_held_job_held(node):
     job = await record(node, Hold=True)
     node.engine.placed_remote(job, "n2", 7, peer_rec())
-    node.engine.requeue_away(job, "n2", requeue=True)
+    node.engine.requeue_away(job, "n2", requeue=True, ran=True)
     assert node.state(job.id) == (H, Reason.HELD) and job.restarts == 1
 
 
@@ -917,19 +917,47 @@ async def test_a_record_that_cannot_be_made_durable_is_not_kept(node):
     node.store = node.engine.store = Store(node.state_dir / "schedd.db")  # for the teardown
 
 
+class OriginStub:
+    """The cluster as a copy's start sees it: whether its origin may be asked, and what it answers."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.verdicts: list[str] = []  # answered in order; then "go"
+        self.asked: list[int] = []
+
+    def origin_ready(self, origin: str) -> bool:
+        return self.ready
+
+    async def may_start(self, job: Job) -> str:
+        self.asked.append(job.id)
+        return self.verdicts.pop(0) if self.verdicts else "go"
+
+    def views(self):
+        return []
+
+
+def granting(node: Node) -> OriginStub:
+    """Copies run here for "n2", which grants every start."""
+    origin = node.engine.federation = OriginStub()
+    origin.ready = True
+    return origin
+
+
 async def test_a_copy_run_for_a_peer_carries_its_origin(node):
-    (copy,) = await node.engine.submit_many([spec()], CALLER, origin=("n2", 5))
+    granting(node)
+    (copy,) = await node.engine.submit_many([spec()], CALLER, origin=("n2", 5, 1))
     await node.running(copy.id)
     assert (copy.origin_node, copy.origin_id) == ("n2", 5)
     await node.store.drain()
-    assert node.store.find_origin("n2", 5).id == copy.id
+    assert node.store.find_origin("n2", 5, 1).id == copy.id
 
 
 async def test_fence_stops_a_copy_in_every_state(node):
-    running, = await node.engine.submit_many([spec(CPUs=4)], CALLER, origin=("n2", 1))
+    granting(node)
+    running, = await node.engine.submit_many([spec(CPUs=4)], CALLER, origin=("n2", 1, 1))
     await node.running(running.id)
-    pending, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2))
-    held, = await node.engine.submit_many([spec(Hold=True)], CALLER, origin=("n2", 3))
+    pending, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2, 1))
+    held, = await node.engine.submit_many([spec(Hold=True)], CALLER, origin=("n2", 3, 1))
 
     assert (await node.engine.fence(running.id)).state == X
     assert node.state(running.id) == (X, Reason.NODE_FAILURE) and node.ex.called("stop") == [running.id]
@@ -944,14 +972,71 @@ async def test_fence_stops_a_copy_in_every_state(node):
 
 
 async def test_fence_of_a_copy_being_started(node):
+    granting(node)
     node.ex.delay_starts()
-    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 9))
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 9, 1))
     await wait(lambda: node.ex.starting() == [copy.id], "the start under way")
     fence = asyncio.create_task(node.engine.fence(copy.id))
     await wait(lambda: requested(node, copy.id, "fence"), "the fence noted")
     node.ex.let_start()
     await asyncio.wait_for(fence, 3)
     assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and not node.host.units
+
+
+async def test_a_copy_starts_only_with_its_origins_grant(node):
+    origin = node.engine.federation = OriginStub()
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 1, 1))
+    await node.durable(copy.id)
+    # Its origin cannot be asked: the copy waits, nothing spawned for it.
+    assert node.state(copy.id) == (P, "") and copy.id not in node.ex.called("start") and origin.asked == []
+    # Ready, but it cannot answer for this one yet ("later"): the program never ran, the copy waits again.
+    origin.ready, origin.verdicts = True, ["later"]
+    node.engine.origin_back("n2")
+    await wait(lambda: origin.asked == [copy.id] and copy.id not in node.engine._starting, "the first ask")
+    assert node.state(copy.id) == (P, "") and copy.id not in node.host.ran and copy.assigned_cpus == []
+    assert node.engine.ledger.free_cpus == 4  # its CPUs are back
+    # Asked again: granted, it runs.
+    node.engine.origin_back("n2")
+    await node.running(copy.id)
+    assert origin.asked == [copy.id, copy.id]
+
+
+async def test_a_recovered_copy_waits_for_its_origin_not_for_the_federation_to_come_up(node):
+    """A daemon recovers its store before its federation starts: a pending copy must not start in
+    between (its origin may have placed the job elsewhere while we were down)."""
+    node.engine.federation = OriginStub()
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 4, 1))
+    await node.durable(copy.id)
+    node = await node.restart()
+    await node.engine.store.drain()
+    assert node.state(copy.id) == (P, "") and copy.id not in node.ex.called("start")
+    granting(node)
+    node.engine.origin_back("n2")
+    await node.running(copy.id)
+
+
+async def test_a_copy_its_origin_calls_stale_is_fenced_before_its_program_runs(node):
+    origin = node.engine.federation = OriginStub()
+    origin.ready, origin.verdicts = True, ["fenced"]
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 2, 1))
+    await wait(lambda: node.state(copy.id)[0] == X, "the copy fenced")
+    assert node.state(copy.id) == (X, Reason.NODE_FAILURE) and copy.id not in node.host.ran  # it never ran
+
+
+async def test_copies_of_an_origin_that_lapses_leave_the_queue_and_come_back(node):
+    origin = node.engine.federation = OriginStub()
+    origin.ready = True
+    blocker = await node.submit(CPUs=4)
+    await node.running(blocker)
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 3, 1))
+    node.engine.origin_lost("n2")
+    origin.ready = False
+    node.ex.exit(blocker)
+    await node.reach(blocker, C)
+    assert node.state(copy.id) == (P, "") and origin.asked == []  # CPUs free, but it waits for its origin
+    origin.ready = True
+    node.engine.origin_back("n2")
+    await node.running(copy.id)
 
 
 # -- what listeners hear -------------------------------------------------------------------------

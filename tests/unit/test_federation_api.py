@@ -107,12 +107,15 @@ async def test_a_retried_forward_returns_the_first_copy(api):
     assert {(await r2.json())["Id"], (await r3.json())["Id"]} == {job["Id"]}
     assert len(api.fed.engine.jobs) == 1
     await api.fed.engine.store.drain()
-    assert api.fed.engine.store.find_origin("a", 7).id == job["Id"]
+    assert api.fed.engine.store.find_origin("a", 7, 1).id == job["Id"]
     r = await api.get("/api/v1/jobs", params={"origin": "a"}, headers=AUTH)
     assert [j["OriginId"] for j in (await r.json())["Jobs"]] == [7]
-    # Another origin id is another job.
+    # Another origin id is another job; so is another attempt of the same job (placed here again).
     r4 = await api.post("/api/v1/jobs", json=forward(8), headers=AUTH)
     assert (await r4.json())["Id"] != job["Id"]
+    r5 = await api.post("/api/v1/jobs", json=forward(7) | {"Attempt": 2}, headers=AUTH)
+    again = await r5.json()
+    assert r5.status == 201 and again["Id"] not in (job["Id"], (await r4.json())["Id"]) and again["Attempt"] == 2
 
 
 @pytest.mark.parametrize("body, status, words", [
@@ -193,10 +196,16 @@ async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
 
     engine = api.fed.engine
     job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
-                                                     user_name=USER), remote_node=WAITING)
+                                                     user_name=USER), remote_node=WAITING, attempt=2)
     await engine.add_record(job)
     api.fed.waiting[job.id] = job
-    rec = {"Id": 42, "OriginId": job.id, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
+    # A copy of an earlier attempt (a forward from before the job was requeued) is never adopted.
+    old = {"Id": 41, "OriginId": job.id, "Attempt": 1, "State": "PENDING", "Reason": "", "ExitCode": 0,
+           "StartTime": 0, "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [], "AssignedGPUs": [],
+           "StdoutPath": "", "StderrPath": ""}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [old]}, headers=AUTH)
+    assert (await r.json()) == {"Stale": [41]} and job.awaiting_node
+    rec = {"Id": 42, "OriginId": job.id, "Attempt": 2, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
            "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
            "StdoutPath": "/x/jobs/42/output", "StderrPath": "/x/jobs/42/output"}
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
@@ -402,3 +411,59 @@ async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopte
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
     assert (await r.json()) == {"Stale": [42]}
     assert job.remote_node == WAITING
+
+
+async def test_start_grants_go_only_to_the_copy_placed_there_and_are_durable_first(api):
+    """POST /starts: a run node asks before it lets a copy's program run. Granted: the copy this
+    origin has placed there now (recorded before the answer); Stale: any other (stop it); a job
+    held here is neither (ask again later)."""
+    from schedd.core.model import Job, JobSpec, JobState
+
+    engine = api.fed.engine
+
+    def ours(**kw) -> Job:
+        return Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=1,
+                                                         user_name=USER), attempt=1, **kw)
+
+    placed, moved, held = ours(remote_node="a", remote_id=50), ours(remote_node="c", remote_id=9), \
+        ours(remote_node="a", remote_id=52, state=JobState.HELD)
+    for job in (placed, moved, held):
+        await engine.add_record(job)
+
+    def copy(rid: int, job: Job, state: str = "PENDING") -> dict:
+        return {"Id": rid, "OriginId": job.id, "Attempt": 1, "State": state, "Reason": "", "ExitCode": 0,
+                "StartTime": 0, "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [],
+                "AssignedGPUs": [], "StdoutPath": "", "StderrPath": ""}
+
+    r = await api.post("/api/v1/starts", json={"Node": "a", "Jobs": [copy(50, placed), copy(51, moved),
+                                                                     copy(52, held, "HELD")]}, headers=AUTH)
+    assert r.status == 200, await r.text()
+    assert await r.json() == {"Granted": [50], "Stale": [51]}
+    assert placed.start_granted and not moved.start_granted and not held.start_granted
+    assert engine.store.get(placed.id).start_granted  # durable before the run node heard "go"
+    # A node failure now counts as a failure of a run (it may have started): Requeue=false ends it.
+    placed.spec.requeue = False
+    api.fed.origin.node_down(api.fed.peers["a"])
+    assert (placed.state, placed.reason) == (JobState.FAILED, "node-failure")
+    # Once that placement is over, its copy is stale: never granted again.
+    r = await api.post("/api/v1/starts", json={"Node": "a", "Jobs": [copy(50, placed)]}, headers=AUTH)
+    assert await r.json() == {"Granted": [], "Stale": [50]}
+    # Garbage is a 400 with a sentence, nothing granted.
+    r = await api.post("/api/v1/starts", json={"Node": "a", "Jobs": [{"Id": "x"}]}, headers=AUTH)
+    body = await r.json()
+    assert r.status == 400 and "Jobs[0].Id" in body["message"], body
+
+
+async def test_a_pending_copy_that_was_never_granted_costs_no_restart_when_its_node_fails(api):
+    from schedd.core.model import Job, JobSpec, JobState
+
+    engine = api.fed.engine
+    job = Job(id=engine.allocate_id(), spec=JobSpec(command=["true"], name="t", cpus=2, memory=1 << 28, uid=1,
+                                                     user_name=USER, requeue=False), remote_node="a", remote_id=60,
+              attempt=1)
+    await engine.add_record(job)
+    api.fed.origin.node_down(api.fed.peers["a"])
+    # It never started there (no grant): placed again (2 CPUs: only on a peer), not failed, no restart
+    # counted, and its next copy is a new attempt.
+    assert (job.state, job.restarts, job.node_failures, job.attempt) == (JobState.PENDING, 0, 0, 2)
+    assert job.awaiting_node and job.id in api.fed.waiting

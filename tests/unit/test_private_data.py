@@ -108,9 +108,9 @@ async def test_a_peer_cannot_raise_priority_above_this_nodes_cap(engine: Engine)
     """The origin checked its own rules; here the job is clamped to this node's max_user_priority."""
     engine.config.max_user_priority = 5
     (job,) = await engine.submit_many([spec(Priority=("i", 2**31 - 1), User=("u", USER))], Caller(0),
-                                      origin=("a", 7))
+                                      origin=("a", 7, 1))
     assert job.spec.priority == 5 and job.origin_node == "a"
-    (low,) = await engine.submit_many([spec(Priority=("i", -3), User=("u", USER))], Caller(0), origin=("a", 8))
+    (low,) = await engine.submit_many([spec(Priority=("i", -3), User=("u", USER))], Caller(0), origin=("a", 8, 1))
     assert low.spec.priority == -3
 
 

@@ -1,15 +1,18 @@
 """Admission: when a pending job may be handed to the scheduler.
 
-Two rules keep a pending job out of the scheduler's queue: dependencies (After) that have not
-completed yet -- the job is blocked, and fails when one of them fails -- and an array's cap on
-running tasks (ArrayMaxRunning) -- the task is parked until a sibling leaves. The scheduler
-itself only ever sees eligible jobs.
+Three rules keep a pending job out of the scheduler's queue: dependencies (After) that have not
+completed yet -- the job is blocked, and fails when one of them fails -- an array's cap on
+running tasks (ArrayMaxRunning) -- the task is parked until a sibling leaves -- and, for a copy
+run here for another node, an origin that cannot grant its start now (schedd.cluster.runnode) --
+the copy waits, parked, until its origin is ready again. The scheduler itself only ever sees
+eligible jobs.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from schedd.core.cluster import Cluster
 from schedd.core.model import Job, JobState, Reason
 from schedd.core.scheduler import Scheduler
 from schedd.core.store import Store
@@ -21,6 +24,7 @@ class Admission:
     jobs: dict[int, Job]
     store: Store
     scheduler: Scheduler
+    federation: Cluster | None
 
     def _init_admission(self) -> None:
         self._blocked: dict[int, Job] = {}  # pending, waiting on dependencies
@@ -29,6 +33,7 @@ class Admission:
         # running) and which wait their turn outside the scheduler, in task order.
         self._admitted: dict[int, set[int]] = defaultdict(set)
         self._parked: dict[int, dict[int, Job]] = defaultdict(dict)
+        self._away: dict[str, dict[int, Job]] = defaultdict(dict)  # origin -> its copies waiting for it
 
     def _lookup(self, job_id: int) -> Job | None:
         """A dependency, live or archived (the store is read only for one no longer in memory)."""
@@ -66,7 +71,11 @@ class Admission:
                 self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:
-        """Hand a pending job to the scheduler, unless its array already has its cap of tasks admitted."""
+        """Hand a pending job to the scheduler, unless its array already has its cap of tasks admitted
+        (or its origin cannot grant its start now)."""
+        if job.origin_node and (self.federation is None or not self.federation.origin_ready(job.origin_node)):
+            self._park_for_origin(job)
+            return
         aid, cap = job.array_job_id, job.spec.array_max_running
         if aid and cap:
             admitted = self._admitted[aid]
@@ -80,7 +89,26 @@ class Admission:
         """Out of every queue (scheduler, blocked, parked): cancelled, held, fenced or lost."""
         self.scheduler.dequeue(job.id)
         self._blocked.pop(job.id, None)
+        if job.origin_node:
+            self._away.get(job.origin_node, {}).pop(job.id, None)
         self._leave_array(job)
+
+    def _park_for_origin(self, job: Job) -> None:
+        """A copy waits outside the scheduler until its origin says to ask it again (origin_back)."""
+        self._away[job.origin_node][job.id] = job
+
+    def origin_lost(self, origin: str) -> None:
+        """origin cannot grant starts now: its queued copies wait outside the scheduler."""
+        for job in [j for j in self.scheduler.queued() if j.origin_node == origin]:
+            self.scheduler.dequeue(job.id)
+            self._away[origin][job.id] = job
+
+    def origin_back(self, origin: str) -> None:
+        """origin can grant starts again: its copies are queued again."""
+        for job in self._away.pop(origin, {}).values():
+            if job.state == JobState.PENDING and job.id in self.jobs:
+                self.scheduler.enqueue(job)
+        self.kick()
 
     def _leave_array(self, job: Job) -> None:
         """A task stops counting against its array's cap (ended, cancelled, held): admit the next."""

@@ -62,6 +62,7 @@ class Records:
     def placed_remote(self, job: Job, node: str, remote_id: int, fields: dict[str, Any]) -> None:
         """A waiting (or requeued) job of ours was forwarded to node."""
         job.remote_node, job.remote_id, job.node = node, remote_id, node
+        job.start_granted = False
         self._mirror(job, job.state, job.reason, fields, frozenset({"remote_node", "remote_id", "node"}))
 
     def place_here(self, job: Job) -> None:
@@ -73,13 +74,16 @@ class Records:
             self._make_eligible(job)
             self.kick()
 
-    def requeue_away(self, job: Job, failed_node: str, *, requeue: bool) -> None:
-        """The node running a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED."""
-        job.node_failures += 1
+    def requeue_away(self, job: Job, failed_node: str, *, requeue: bool, ran: bool) -> None:
+        """The node holding a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED.
+        ran: it may have started there (a failure of a run: counted in node_failures and Restarts)."""
+        job.node_failures += ran
+        job.start_granted = False
+        job.attempt += 1  # that attempt failed: a late word of its copy is never taken for the next one's
         if not requeue:
             self._end(job, JobState.FAILED, Reason.NODE_FAILURE, {"node_failures"})
         else:
-            job.restarts += 1
+            job.restarts += ran
             cleared = self._clear_run(job)
             job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
             held = job.state == JobState.HELD
@@ -88,6 +92,18 @@ class Records:
         log.warning("job %d: node %s went down under it; %s", job.id, failed_node,
                     "requeued elsewhere" if requeue else "failed (node-failure)")
         self.store.save(job)
+
+    def grant_start(self, job: Job) -> None:
+        """The node with our job's copy may start it (durable before it hears so: from now on a
+        failure of that node is a failure of a run)."""
+        job.start_granted = True
+        self.store.save(job)
+
+    async def new_attempt(self, job: Job) -> None:
+        """Our job is about to be forwarded again: a new attempt, durable before any node hears of it
+        (a copy of an earlier attempt is never taken for this one's)."""
+        job.attempt += 1
+        await self.store.save(job)
 
     async def hold_record(self, job: Job, hold: bool) -> None:
         """Hold or release a job of ours that waits for a node (no node has a copy to ask)."""

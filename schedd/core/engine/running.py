@@ -23,6 +23,10 @@ from schedd.executor import Executor, ExecutorError, ExitInfo, StartWithdrawn
 log = logging.getLogger("schedd.core.engine")
 
 
+class _StartDeferred(StartWithdrawn):
+    """A copy's origin could not be asked for its start: it waits, pending, until it can."""
+
+
 class _Lazy:
     """An awaitable that makes its coroutine only when awaited (an executor whose start fails early
     never awaits it, and an unawaited coroutine would warn)."""
@@ -125,6 +129,13 @@ class Runs:
                 return
             self._release(job)
             flags = self._flags.get(job.id)
+            if isinstance(e, _StartDeferred) and not (flags is not None and flags.cancel):
+                log.info("%s; it waits", e)
+                job.assigned_cpus, job.assigned_gpus = [], []
+                self.executor.forget(job.id, job.restarts)
+                self._park_for_origin(job)
+                self.kick()
+                return
             if flags is not None and flags.cancel:
                 # Cancelled (or fenced) while starting: its program never ran, whatever stopped the start.
                 log.info("job %d: cancelled while it was being started; its program did not run", job.id)
@@ -160,6 +171,15 @@ class Runs:
         flags = self._flags.get(job.id)
         if flags is not None and flags.cancel:
             raise StartWithdrawn(f"job {job.id} was cancelled while it was being started")
+        if job.origin_node:  # a copy run for another node: never without its origin's grant
+            verdict = await self.federation.may_start(job) if self.federation is not None else "later"
+            flags = self._flags[job.id]
+            if verdict == "fenced":
+                flags.cancel = flags.fence = True
+            if flags.cancel:
+                raise StartWithdrawn(f"job {job.id} was cancelled while it was being started")
+            if verdict == "later":
+                raise _StartDeferred(f"job {job.id}: its origin {job.origin_node} cannot grant its start now")
 
     def _prepare_output(self, job: Job) -> None:
         """The default output directory jobs/<id>: the job's user's, mode 0700, so no one else reads it.

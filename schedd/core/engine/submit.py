@@ -68,13 +68,13 @@ class Submission:
     async def submit(self, props: dict, caller: Caller) -> Job:
         return (await self.submit_many([props], caller))[0]
 
-    async def submit_many(self, specs: list[dict], caller: Caller, *, origin: tuple[str, int] | None = None) -> list[Job]:
+    async def submit_many(self, specs: list[dict], caller: Caller, *, origin: tuple[str, int, int] | None = None) -> list[Job]:
         """Validate all, then queue all; answers once every one of them is durable.
 
         A big batch is worked in slices with yields to the loop between them (other callers are
         answered meanwhile); its share of the per-user caps is reserved first, so submits that run
-        while it yields see it. origin: (node, id) of a job another node forwarded here, recorded
-        with it (idempotency key).
+        while it yields see it. origin: (node, id, attempt) of a job another node forwarded here,
+        recorded with it (idempotency key).
         """
         # The count cap before anything is built: an over-cap batch costs nothing.
         upfront = caller.uid if caller.uid != 0 or not any("User" in p for p in specs) else None
@@ -187,7 +187,7 @@ class Submission:
 
     # -- create and commit ----------------------------------------------------------------
 
-    async def _create(self, built: list[JobSpec], origin: tuple[str, int] | None, sliced: _Slicer) -> list[Job]:
+    async def _create(self, built: list[JobSpec], origin: tuple[str, int, int] | None, sliced: _Slicer) -> list[Job]:
         """The jobs, with one block of ids: nothing submitted meanwhile takes one of them."""
         now = now_usec()
         first = self._next_id
@@ -201,7 +201,7 @@ class Submission:
                       state=JobState.HELD if spec.hold else JobState.PENDING,
                       reason=Reason.HELD if spec.hold else "")
             if origin is not None:
-                job.origin_node, job.origin_id = origin
+                job.origin_node, job.origin_id, job.attempt = origin
             if array:
                 job.array_job_id = first  # Slurm's convention: the array is named by its first job
             jobs.append(job)
