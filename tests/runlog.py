@@ -39,6 +39,8 @@ class Outcome:
     node: str = ""  # where the origin says it ran
     copy_state: str | None = None  # its current copy on `node` (None: none found, or node is the origin)
     acknowledged: bool = True  # Submit returned its id (else: a timed-out Submit the origin carried out later)
+    origin_id: int = 0
+    copies: tuple[str, ...] = ()  # every copy of it, as "NODE#ID/attempt STATE reason" (for the message)
 
 
 @dataclass
@@ -100,8 +102,10 @@ def judge(outcomes: list[Outcome], runs: dict[str, list[Run]], fault: Fault, ori
         bad = v.problems.append
 
         def say(what: str) -> None:
-            bad(f"{o.token} ({'requeue' if o.requeue else 'no-requeue'}, {o.state} {o.reason}, node {o.node or '-'}, "
-                f"restarts {o.restarts}, runs {[(r.node, round(r.start - fault.start, 2), None if r.end is None else round(r.end - fault.start, 2)) for r in rs]}): {what}")
+            seen = [(r.node, round(r.start - fault.start, 2), None if r.end is None else round(r.end - fault.start, 2))
+                    for r in rs]
+            bad(f"{o.token} (a#{o.origin_id}, {'requeue' if o.requeue else 'no-requeue'}, {o.state} {o.reason}, node "
+                f"{o.node or '-'}, restarts {o.restarts}, runs {seen}, copies {list(o.copies)}): {what}")
 
         if o.state not in TERMINAL:
             say("never ended (lost)")

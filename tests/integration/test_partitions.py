@@ -167,9 +167,15 @@ def outcomes(sub: Submitter, rows: dict[str, dict], cps: dict[int, list]) -> lis
             if token in sub.acked:
                 out.append(Outcome(token, requeue, "MISSING"))
             continue  # a Submit that never reached the origin
-        mine = [c for n, c in cps.get(row["Id"], []) if n == row["Node"]]
+        every = cps.get(row["Id"], [])
+        # Its current copy: on the node its origin names, the one whose start the origin mirrors (a node may
+        # hold a copy per attempt: one fenced before it started, another that ran), else the latest attempt.
+        mine = sorted((c for n, c in every if n == row["Node"]),
+                      key=lambda c: (row["StartTime"] > 0 and c["StartTime"] == row["StartTime"], c.get("Attempt", 0),
+                                     c["Id"]))
         out.append(Outcome(token, requeue, row["State"], row["Reason"], row["Restarts"], row["Node"],
-                           mine[-1]["State"] if mine else None, token in sub.acked))
+                           mine[-1]["State"] if mine else None, token in sub.acked, row["Id"],
+                           tuple(f"{n}#{c['Id']}/{c.get('Attempt', '-')} {c['State']} {c['Reason']}" for n, c in every)))
     return out
 
 
