@@ -41,6 +41,7 @@ class Outcome:
     acknowledged: bool = True  # Submit returned its id (else: a timed-out Submit the origin carried out later)
     origin_id: int = 0
     copies: tuple[str, ...] = ()  # every copy of it, as "NODE#ID/attempt STATE reason" (for the message)
+    stale_end: float | None = None  # when its stale copy on the failed node ended there (its EndTime), if any
 
 
 @dataclass
@@ -92,7 +93,8 @@ def judge(outcomes: list[Outcome], runs: dict[str, list[Run]], fault: Fault, ori
     - it runs twice only if its first run was on the failed node (not the origin), started before
       the fault, Requeue=true and Restarts >= 1, and that stale run wrote no `end` later than
       `grace` s after the fault ended (its program was stopped once its node was heard again);
-      never three times; a job started again after an `end` line is only ever that case;
+      never three times; a job started again after an `end` line is only ever that case; and the
+      failed node starts no other job after the fault began before that stale copy ended there;
     - a Requeue=false job running on the failed node when it failed runs once and ends FAILED
       node-failure (or COMPLETED, when its origin truly learnt that it did)."""
     v = Verdict(jobs=len(outcomes), acknowledged=sum(o.acknowledged for o in outcomes))
@@ -148,6 +150,10 @@ def judge(outcomes: list[Outcome], runs: dict[str, list[Run]], fault: Fault, ori
             cause = "run again but Restarts=0"
         elif first.end is not None and first.end > fault.end + grace:
             cause = f"stale copy on {first.node} not stopped: it ended {first.end - fault.end:.1f}s after the fault"
+        elif o.stale_end is not None and (early := [t for t, other in runs.items() if t != o.token for r in other
+                                                      if r.node == fault.node and fault.start <= r.start < o.stale_end]):
+            cause = (f"{fault.node} started {len(early)} other job(s) ({early[0]}, ...) after the fault began, before "
+                     f"it stopped this stale copy")
         else:
             v.doubles.append(f"{o.token}: requeued from {fault.node}, where it was running (allowed)")
             continue

@@ -159,7 +159,7 @@ def settle(cluster: Cluster, sub: Submitter, timeout: float) -> tuple[dict[str, 
         time.sleep(0.2)
 
 
-def outcomes(sub: Submitter, rows: dict[str, dict], cps: dict[int, list]) -> list[Outcome]:
+def outcomes(sub: Submitter, rows: dict[str, dict], cps: dict[int, list], failed: str) -> list[Outcome]:
     out = []
     for token, (_target, requeue) in sub.intents.items():
         row = rows.get(token)
@@ -173,9 +173,12 @@ def outcomes(sub: Submitter, rows: dict[str, dict], cps: dict[int, list]) -> lis
         mine = sorted((c for n, c in every if n == row["Node"]),
                       key=lambda c: (row["StartTime"] > 0 and c["StartTime"] == row["StartTime"], c.get("Attempt", 0),
                                      c["Id"]))
+        stale = [c["EndTime"] / 1e6 for n, c in every
+                 if n == failed and c["StartTime"] > 0 and c["EndTime"] > 0 and (not mine or c is not mine[-1])]
         out.append(Outcome(token, requeue, row["State"], row["Reason"], row["Restarts"], row["Node"],
                            mine[-1]["State"] if mine else None, token in sub.acked, row["Id"],
-                           tuple(f"{n}#{c['Id']}/{c.get('Attempt', '-')} {c['State']} {c['Reason']}" for n, c in every)))
+                           tuple(f"{n}#{c['Id']}/{c.get('Attempt', '-')} {c['State']} {c['Reason']}" for n, c in every),
+                           max(stale) if stale else None))
     return out
 
 
@@ -247,7 +250,7 @@ def exercise(cluster: Cluster, label: str, failed: str, inject: Callable[[], Non
     text = log.read_text()
     (REPO / "artifacts").mkdir(exist_ok=True)
     shutil.copyfile(log, REPO / "artifacts" / f"partitions-{label.replace(':', '-')}.log")
-    v = judge(outcomes(sub, rows, cps), parse_log(text), Fault(failed, t0, t1), origin="a", grace=GRACE)
+    v = judge(outcomes(sub, rows, cps, failed), parse_log(text), Fault(failed, t0, t1), origin="a", grace=GRACE)
     v.problems += problems
     print(v.line(label) + f"; fault {t1 - t0:.1f}s; Submits that failed {sub.failed}, "
           f"slowest Submit {sub.slowest:.1f}s")

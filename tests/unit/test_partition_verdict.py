@@ -56,3 +56,12 @@ def test_lost_and_false_completions_are_problems():
     assert "never started" in verdict("", Outcome("t:1", True, "COMPLETED", "success", 0, "c", "COMPLETED")).problems[0]
     mismatch = verdict("start t:1 c 101\nend t:1 c 103\n", Outcome("t:1", True, "CANCELLED", "", 0, "c", "COMPLETED"))
     assert "copy on c says COMPLETED" in mismatch.problems[0]
+
+
+def test_the_failed_node_must_stop_a_stale_copy_before_it_starts_anything_else():
+    log = "start t:1 b 99\nstart t:1 c 103.5\nend t:1 c 105.5\nstart t:2 b 110.2\nend t:2 b 112.2\n"
+    stale = Outcome("t:1", True, "COMPLETED", "success", 1, "c", "COMPLETED", stale_end=110.5)
+    other = Outcome("t:2", True, "COMPLETED", "success", 0, "b", "COMPLETED")
+    assert "before it stopped this stale copy" in verdict(log, stale, other).problems[0]
+    stopped_first = Outcome("t:1", True, "COMPLETED", "success", 1, "c", "COMPLETED", stale_end=110.1)
+    assert verdict(log, stopped_first, other).problems == []
