@@ -188,8 +188,8 @@ class Cluster:
         _, before = self._daemon(name)
         if not restart:
             # stop cancels the restart systemd schedules 1 s after the kill: down for as long as the test says
-            node.run(["sh", "-c", "systemctl kill -s KILL schedd; systemctl stop schedd; systemctl reset-failed schedd"],
-                     check=False)
+            node.run(["sh", "-c", "systemctl kill -s KILL schedd; systemctl stop schedd; "
+                                  "systemctl reset-failed schedd"], check=False)
             state, _ = self._daemon(name)
             if state not in ("inactive", "failed"):
                 raise RuntimeError(f"schedd on {name} is {state} after kill -9 and stop")

@@ -150,8 +150,9 @@ def judge(outcomes: list[Outcome], runs: dict[str, list[Run]], fault: Fault, ori
             cause = "run again but Restarts=0"
         elif first.end is not None and first.end > fault.end + grace:
             cause = f"stale copy on {first.node} not stopped: it ended {first.end - fault.end:.1f}s after the fault"
-        elif o.stale_end is not None and (early := [t for t, other in runs.items() if t != o.token for r in other
-                                                      if r.node == fault.node and fault.start <= r.start < o.stale_end]):
+        elif o.stale_end is not None and (early := [
+                t for t, other in runs.items() if t != o.token
+                for r in other if r.node == fault.node and fault.start <= r.start < o.stale_end]):
             cause = (f"{fault.node} started {len(early)} other job(s) ({early[0]}, ...) after the fault began, before "
                      f"it stopped this stale copy")
         else:

@@ -256,8 +256,8 @@ def exercise(cluster: Cluster, label: str, failed: str, inject: Callable[[], Non
           f"slowest Submit {sub.slowest:.1f}s")
     if v.problems:
         msg = "\n".join(v.problems[:40])
-        pytest.fail(f"{v.line(label)}\n{msg}\n{evidence(cluster, label, ('a', failed) if failed != 'a' else ('a', 'b'))}",
-                    pytrace=False)
+        nodes = ("a", failed) if failed != "a" else ("a", "b")
+        pytest.fail(f"{v.line(label)}\n{msg}\n{evidence(cluster, label, nodes)}", pytrace=False)
     return v
 
 
