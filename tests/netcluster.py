@@ -148,6 +148,62 @@ class Cluster:
     def link(self, name: str, up: bool) -> None:
         ip("-n", self.bridge_ns, "link", "set", f"v-{name}", "up" if up else "down")
 
+    # -- faults (tests/integration/test_partitions.py) ---------------------------------------------
+
+    def freeze(self, name: str) -> None:
+        """Stop the node's daemon as a VM pause or a swap storm would (SIGSTOP): its jobs, in their own
+        scopes, keep running; its sockets keep taking connections the kernel queues."""
+        self.nodes[name].run(["systemctl", "kill", "-s", "STOP", "schedd"])
+
+    def thaw(self, name: str) -> None:
+        self.nodes[name].run(["systemctl", "kill", "-s", "CONT", "schedd"])
+
+    def block_outgoing(self, name: str, on: bool) -> None:
+        """A one-way partition: every packet the node sends to a peer's API port is dropped (nftables in
+        its namespace), so its own connections, new or pooled keep-alive ones, get nowhere; its answers
+        on connections others open to it (source port PORT) still go out. Dropping only `ct state new`
+        would leave its established keep-alive connections working: not a partition at all."""
+        ns = self.nodes[name].netns
+        if on:
+            rules = (f"add table inet schedd_partition\n"
+                     f"add chain inet schedd_partition out {{ type filter hook output priority 0; policy accept; }}\n"
+                     f'add rule inet schedd_partition out oifname "eth0" tcp dport {PORT} drop\n')
+            argv, text = ["nft", "-f", "-"], rules
+        else:
+            argv, text = ["nft", "delete", "table", "inet", "schedd_partition"], None
+        r = subprocess.run(["ip", "netns", "exec", ns, *argv], input=text, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"nft in {ns}: {r.stderr.strip() or r.returncode}")
+
+    def _daemon(self, name: str) -> tuple[str, str]:
+        """(ActiveState, MainPID) of the node's schedd.service."""
+        out = self.nodes[name].run(["systemctl", "show", "-p", "ActiveState,MainPID", "schedd"], check=False).stdout
+        props = dict(line.partition("=")[::2] for line in out.splitlines())
+        return props.get("ActiveState", ""), props.get("MainPID", "")
+
+    def kill_daemon(self, name: str, restart: bool = True, timeout: float = 30.0) -> None:
+        """SIGKILL the node's daemon (its jobs' scopes and its SQLite stay). restart: wait until systemd
+        (Restart=on-failure) has it running again; else it stays down until start_daemon()."""
+        node = self.nodes[name]
+        _, before = self._daemon(name)
+        if not restart:
+            # stop cancels the restart systemd schedules 1 s after the kill: down for as long as the test says
+            node.run(["sh", "-c", "systemctl kill -s KILL schedd; systemctl stop schedd; "
+                                  "systemctl reset-failed schedd"], check=False)
+            state, _ = self._daemon(name)
+            if state not in ("inactive", "failed"):
+                raise RuntimeError(f"schedd on {name} is {state} after kill -9 and stop")
+            return
+        node.run(["systemctl", "kill", "-s", "KILL", "schedd"])
+        wait_for(lambda: (s := self._daemon(name))[0] == "active" and s[1] not in ("", "0", before),
+                 f"systemd to restart schedd on {name}", timeout=timeout)
+
+    def start_daemon(self, name: str) -> None:
+        self.nodes[name].run(["systemctl", "start", "schedd"], timeout=60)
+
+    def restart_daemon(self, name: str) -> None:
+        self.nodes[name].run(["systemctl", "restart", "schedd"], timeout=60)
+
     def down(self, keep_journals: Path | None = None) -> None:
         for node in self.nodes.values():
             if keep_journals is not None and node.sb.pid:
