@@ -14,7 +14,7 @@ from dbus_fast import Variant
 
 from schedd.cluster.federation import Federation
 from schedd.cluster.openapi import OPENAPI
-from schedd.cluster.wire import ACTIONS, API, FORWARD_SPEC_KEYS, LOAD_KEYS, job_state_json, resolve_user
+from schedd.cluster.wire import ACTIONS, API, FORWARD_SPEC_KEYS, LOAD_KEYS, job_state_json, resolve_user, stale_json
 from schedd.core.model import Job, JobState
 from schedd.core.output import MAX_CHUNK, read_output
 from schedd.protocol import JOB_PROPERTIES, LIST_LIMIT
@@ -204,7 +204,10 @@ class FederationApi:
         body = await read_json(request)
         origin = self._peer("Origin", body.get("Origin"))
         if action == "fence":
-            return web.json_response(await self.fed.runnode.fence_local(job_id, origin))
+            failed = body.get("Failed", False)
+            if not isinstance(failed, bool):
+                raise InvalidArgument("Failed must be true or false")
+            return web.json_response(await self.fed.runnode.fence_local(job_id, origin, failed))
         job = self.fed.engine.get(job_id)
         if job.origin_node != origin:
             raise AccessDenied(f"job {job_id} was not forwarded here by {origin}")
@@ -233,7 +236,7 @@ class FederationApi:
 
     async def mirror(self, request: web.Request) -> web.Response:
         node, recs = await self._states(request)
-        return web.json_response({"Stale": self.fed.origin.receive_mirror(node, recs)})
+        return web.json_response(stale_json(self.fed.origin.receive_mirror(node, recs)))
 
     async def starts(self, request: web.Request) -> web.Response:
         """A run node asks to start copies of our jobs: {Granted: [its ids], Stale: [its ids to stop]}."""

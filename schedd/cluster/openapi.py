@@ -95,7 +95,11 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_ID, {"name": "action", "in": "path", "required": True,
                                  "schema": {"type": "string", "enum": list(ACTIONS)}}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["Origin"], "properties": {"Origin": {"type": "string"}}}}}},
+                "type": "object", "required": ["Origin"], "properties": {
+                    "Origin": {"type": "string"},
+                    "Failed": {"type": "boolean", "default": False,
+                               "description": "fence: the origin counts this run as failed (Requeue=false on a "
+                                              "node judged down): the copy ends FAILED, else CANCELLED"}}}}}},
             "responses": {"200": _JSON("#/components/schemas/JobState", "the job's state after it"), **_ERRORS}}},
         f"{API}/jobs/{{id}}/output": {"get": {
             "summary": "bytes of a job's output from offset (at most 1 MiB)",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from schedd.cluster.peers import Peer, Peers
-from schedd.cluster.wire import DEFAULT_OUTPUT, PeerError, PeerRefused, mirrored_fields, spec_to_json
+from schedd.cluster.wire import DEFAULT_OUTPUT, PeerError, PeerRefused, mirrored_fields, spec_to_json, stale_json
 from schedd.core.cluster import RemoteAction
 from schedd.core.engine import Engine
 from schedd.core.model import AWAITING_NODE, TERMINAL_STATES, Job, JobSpec, JobState, Reason, now_usec
@@ -202,14 +202,14 @@ class Origin:
     # -- node failure and reconnect --------------------------------------------------------------
 
     def node_down(self, peer: Peer) -> None:
-        stop: list[int] = []
+        stop: list[tuple[int, bool]] = []
         for job in list(self.engine.jobs.values()):
             if job.remote_node != peer.name or job.state.terminal:
                 continue
             # It may have run there only if we granted its start (or heard it started).
             ran = job.state.active or job.start_time > 0 or job.start_granted
             allowed = not ran or (job.spec.requeue and job.node_failures < MAX_NODE_REQUEUES)
-            stop.append(job.remote_id)
+            stop.append((job.remote_id, not allowed))
             self.engine.requeue_away(job, peer.name, requeue=allowed, ran=ran)
             if allowed:
                 self._avoid.setdefault(job.id, set()).add(peer.name)
@@ -220,9 +220,9 @@ class Origin:
         if self.waiting:
             self.place_waiting()
 
-    async def _fence_all(self, peer: Peer, remote_ids: list[int]) -> None:
-        for rid in remote_ids:
-            if not await self._fence(peer, rid, quiet=True):
+    async def _fence_all(self, peer: Peer, copies: list[tuple[int, bool]]) -> None:
+        for rid, failed in copies:
+            if not await self._fence(peer, rid, failed=failed, quiet=True):
                 return  # unreachable: the rest are fenced when it is back (reconcile)
 
     async def grant(self, node: str, recs: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -241,7 +241,7 @@ class Origin:
             ids.append(job.id)
         if ids:
             await self.engine.store.drain(*ids)
-        return {"Granted": granted, "Stale": stale}
+        return {"Granted": granted, **stale_json(stale)}
 
     async def reconcile(self, peer: Peer) -> None:
         """Pull its copies of our jobs: mirror what matches, fence what we placed elsewhere meanwhile."""
@@ -251,14 +251,15 @@ class Origin:
             log.warning("reconcile with %s: %s", peer.name, e)
             return
         stale = self.receive_mirror(peer.name, recs.get("Jobs", []))
-        for rid in stale:
-            await self._fence(peer, rid)
+        for rid, failed in stale.items():
+            await self._fence(peer, rid, failed=failed)
         if self.waiting:
             self.place_waiting()
 
-    async def _fence(self, peer: Peer, remote_id: int, quiet: bool = False) -> bool:
+    async def _fence(self, peer: Peer, remote_id: int, *, failed: bool = False, quiet: bool = False) -> bool:
         try:
-            await self.net.request(peer, "POST", f"/jobs/{remote_id}/fence", json={"Origin": self.name},
+            await self.net.request(peer, "POST", f"/jobs/{remote_id}/fence",
+                                   json={"Origin": self.name, "Failed": failed},
                                    timeout=max(1.5, 2 * self.net.interval))
             log.info("fenced job %d on %s (this node placed it elsewhere)", remote_id, peer.name)
             return True
@@ -267,9 +268,10 @@ class Origin:
                 log.warning("fencing job %d on %s: %s (retried at the next reconnect)", remote_id, peer.name, e)
             return False
 
-    def receive_mirror(self, node: str, recs: list[dict[str, Any]]) -> list[int]:
-        """States a peer reports for our jobs; returns its job ids that must stop (stale copies)."""
-        stale: list[int] = []
+    def receive_mirror(self, node: str, recs: list[dict[str, Any]]) -> dict[int, bool]:
+        """States a peer reports for our jobs; returns its copies that must stop, each with whether it
+        ends as a failed run (True) or as a stale copy (False)."""
+        stale: dict[int, bool] = {}
         for rec in recs:
             job = self.engine.jobs.get(rec["OriginId"]) or self.engine.store.get(rec["OriginId"])
             copy_done = rec["State"] in TERMINAL_STATES
@@ -280,9 +282,19 @@ class Origin:
                 self.waiting.pop(job.id, None)
                 self.engine.placed_remote(job, node, rec["Id"], mirrored_fields(rec))
                 log.info("job %d: adopted its copy %d on %s", job.id, rec["Id"], node)
-            if job is None or job.remote_node != node or job.remote_id != rec["Id"] or job.state.terminal:
-                if not copy_done and rec["Id"] not in stale:
-                    stale.append(rec["Id"])
+            current = job is not None and job.remote_node == node and job.remote_id == rec["Id"]
+            if current and job.state == JobState.FAILED and job.reason == Reason.NODE_FAILURE:
+                # Given up for failed when its node was judged down (Requeue=false), this very copy: it
+                # stops as a failed run, or, if it ended meanwhile, its end is the job's true end.
+                if not copy_done:
+                    stale[rec["Id"]] = True
+                elif rec["State"] != job.state.value and job.id in self.engine.jobs:
+                    log.info("job %d: its copy %d on %s ended %s after all", job.id, rec["Id"], node, rec["State"])
+                    self._apply(job, rec)
+                continue
+            if not current or job.state.terminal:
+                if not copy_done:
+                    stale.setdefault(rec["Id"], False)
                 continue
             if job.id in self.engine.jobs:
                 self._apply(job, rec)

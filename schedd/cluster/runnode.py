@@ -122,8 +122,8 @@ class RunNode:
 
     async def may_start(self, job: Job) -> StartVerdict:
         """The engine is about to release a copy's program: ask its origin (batched with the others
-        starting now). go: granted; fenced: the origin placed it elsewhere or ended it; later: it
-        cannot be asked now (the copy waits, parked, until it can)."""
+        starting now). go: granted; fenced: the origin placed it elsewhere or ended it; failed: it
+        counts this run as failed; later: it cannot be asked now (the copy waits, parked, until it can)."""
         link = self.links.get(job.origin_node)
         if link is None or not link.ready:
             return "later"
@@ -162,9 +162,9 @@ class RunNode:
             log.warning("start grants from %s: %s; its copies wait", peer.name, e)
             self._lapse(peer.name)
             return ["later"] * len(jobs)
-        granted, stale = set(answer.get("Granted", [])), set(answer.get("Stale", []))
-        verdicts: list[StartVerdict] = ["go" if j.id in granted else "fenced" if j.id in stale else "later"
-                                        for j in jobs]
+        granted, stale, failed = (set(answer.get(k, [])) for k in ("Granted", "Stale", "Failed"))
+        verdicts: list[StartVerdict] = ["go" if j.id in granted else "failed" if j.id in failed
+                                        else "fenced" if j.id in stale else "later" for j in jobs]
         if "later" in verdicts:  # it answers, but not for these yet (its record lags): ask again in a while
             asyncio.get_running_loop().call_later(self.net.interval, self._ask_again, peer.name)
         return verdicts
@@ -216,16 +216,18 @@ class RunNode:
                 continue
             sent = {rec["Id"] for rec in batch}
             stale = [rid for rid in set(answer.get("Stale", [])) if rid in sent]
+            failed = set(answer.get("Failed", []))
             if not resync:
                 for rid in stale:
-                    self.net.spawn(self.fence_local(rid, peer.name))
+                    self.net.spawn(self.fence_local(rid, peer.name, rid in failed))
                 continue
             # Every copy it no longer counts on is stopped before any other of its copies may start.
-            done = await asyncio.gather(*(self.fence_local(rid, peer.name) for rid in stale), return_exceptions=True)
-            failed = [d for d in done if isinstance(d, BaseException)]
-            if failed:
+            done = await asyncio.gather(*(self.fence_local(rid, peer.name, rid in failed) for rid in stale),
+                                        return_exceptions=True)
+            errors = [d for d in done if isinstance(d, BaseException)]
+            if errors:
                 log.error("fencing stale copies of %s's jobs: %s; asked again at its next answer", peer.name,
-                          failed[0])
+                          errors[0])
                 continue
             if link.resync and peer.answering:
                 self._ready(peer.name, len(stale))
@@ -237,14 +239,16 @@ class RunNode:
                  f" ({fenced} stale ones stopped)" if fenced else "")
         self.engine.origin_back(origin)
 
-    async def fence_local(self, job_id: int, origin: str) -> dict[str, Any]:
+    async def fence_local(self, job_id: int, origin: str, failed: bool = False) -> dict[str, Any]:
+        """Stop a copy its origin no longer counts on: placed elsewhere or ended (CANCELLED), or its run
+        given up for failed (failed: FAILED, as the origin recorded it); reason node-failure either way."""
         job = self.engine.get(job_id)
         if job.origin_node != origin:
             raise AccessDenied(f"job {job_id} was not forwarded here by {origin}")
         if not job.state.terminal:
-            log.warning("job %d (job %d of %s): its origin placed it elsewhere; stopping this copy", job.id,
-                        job.origin_id, origin)
-        job = await self.engine.fence(job_id)
+            log.warning("job %d (job %d of %s): %s; stopping this copy", job.id, job.origin_id, origin,
+                        "its origin counts this run as failed" if failed else "its origin placed it elsewhere")
+        job = await self.engine.fence(job_id, failed=failed)
         return job_state_json(job)
 
     # -- forwards arriving ---------------------------------------------------------------------

@@ -91,6 +91,11 @@ def job_state_json(job: Job) -> dict[str, Any]:
     }
 
 
+def stale_json(stale: dict[int, bool]) -> dict[str, list[int]]:
+    """An origin's word on copies that must stop: {Stale: ids, Failed: those that end as failed runs}."""
+    return {"Stale": list(stale), "Failed": [rid for rid, failed in stale.items() if failed]}
+
+
 # Job field -> the contract key that carries it as it is (from the job view's declaration).
 _KEY_OF_FIELD = {k.fields[0]: k.name for k in JOB_KEYS if k.direct}
 

@@ -14,8 +14,9 @@ from schedd.core.placement import NodeView
 
 RemoteAction = Literal["cancel", "hold", "release", "suspend", "resume", "requeue"]
 # What a copy's origin says when the engine is about to release the copy's program: go (granted),
-# fenced (it placed the job elsewhere or ended it: the copy stops), later (it cannot be asked now).
-StartVerdict = Literal["go", "fenced", "later"]
+# fenced (it placed the job elsewhere or ended it: the copy stops), failed (it counts this run as
+# failed: the copy ends FAILED node-failure, unrun), later (it cannot be asked now).
+StartVerdict = Literal["go", "fenced", "failed", "later"]
 
 
 class Cluster(Protocol):

@@ -185,9 +185,9 @@ async def test_peers_may_act_only_on_jobs_they_forwarded_and_stale_mirrors_are_r
            "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [0], "AssignedGPUs": [], "StdoutPath": "",
            "StderrPath": ""}
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
-    assert (await r.json()) == {"Stale": [5]}  # b has no job 1234 placed on a: that copy must stop
+    assert (await r.json()) == {"Stale": [5], "Failed": []}  # b has no job 1234 placed on a: that copy must stop
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec | {"State": "COMPLETED"}]}, headers=AUTH)
-    assert (await r.json()) == {"Stale": []}
+    assert (await r.json()) == {"Stale": [], "Failed": []}
 
 
 async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
@@ -204,17 +204,17 @@ async def test_a_copy_whose_forward_answer_was_lost_is_adopted_not_fenced(api):
            "StartTime": 0, "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [], "AssignedGPUs": [],
            "StdoutPath": "", "StderrPath": ""}
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [old]}, headers=AUTH)
-    assert (await r.json()) == {"Stale": [41]} and job.awaiting_node
+    assert (await r.json()) == {"Stale": [41], "Failed": []} and job.awaiting_node
     rec = {"Id": 42, "OriginId": job.id, "Attempt": 2, "State": "RUNNING", "Reason": "", "ExitCode": 0, "StartTime": 5,
            "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
            "StdoutPath": "/x/jobs/42/output", "StderrPath": "/x/jobs/42/output"}
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
-    assert (await r.json()) == {"Stale": []}
+    assert (await r.json()) == {"Stale": [], "Failed": []}
     assert (job.remote_node, job.remote_id, job.node, job.state) == ("a", 42, "a", JobState.RUNNING)
     assert job.id not in api.fed.waiting
     # A second copy of the same job elsewhere is stale.
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec | {"Id": 43}]}, headers=AUTH)
-    assert (await r.json()) == {"Stale": [43]}
+    assert (await r.json()) == {"Stale": [43], "Failed": []}
 
 
 async def test_forwards_of_system_accounts_and_privileged_group_members_are_refused(api, monkeypatch):
@@ -409,7 +409,7 @@ async def test_a_copy_on_the_node_that_failed_under_the_job_is_fenced_not_adopte
            "EndTime": 0, "CPUTimeUSec": 0, "MemoryPeak": 0, "AssignedCPUs": [1], "AssignedGPUs": [],
            "StdoutPath": "", "StderrPath": ""}
     r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [rec]}, headers=AUTH)
-    assert (await r.json()) == {"Stale": [42]}
+    assert (await r.json()) == {"Stale": [42], "Failed": []}
     assert job.remote_node == WAITING
 
 
@@ -438,16 +438,20 @@ async def test_start_grants_go_only_to_the_copy_placed_there_and_are_durable_fir
     r = await api.post("/api/v1/starts", json={"Node": "a", "Jobs": [copy(50, placed), copy(51, moved),
                                                                      copy(52, held, "HELD")]}, headers=AUTH)
     assert r.status == 200, await r.text()
-    assert await r.json() == {"Granted": [50], "Stale": [51]}
+    assert await r.json() == {"Granted": [50], "Stale": [51], "Failed": []}
     assert placed.start_granted and not moved.start_granted and not held.start_granted
     assert engine.store.get(placed.id).start_granted  # durable before the run node heard "go"
     # A node failure now counts as a failure of a run (it may have started): Requeue=false ends it.
     placed.spec.requeue = False
     api.fed.origin.node_down(api.fed.peers["a"])
     assert (placed.state, placed.reason) == (JobState.FAILED, "node-failure")
-    # Once that placement is over, its copy is stale: never granted again.
+    # That run is over for good: its copy is never granted again, and stops as a failed run (the job's
+    # end at the origin), unless it ended meanwhile: then its end is the job's.
     r = await api.post("/api/v1/starts", json={"Node": "a", "Jobs": [copy(50, placed)]}, headers=AUTH)
-    assert await r.json() == {"Granted": [], "Stale": [50]}
+    assert await r.json() == {"Granted": [], "Stale": [50], "Failed": [50]}
+    r = await api.post("/api/v1/mirror", json={"Node": "a", "Jobs": [copy(50, placed, "COMPLETED")]}, headers=AUTH)
+    assert await r.json() == {"Stale": [], "Failed": []}
+    assert placed.state == JobState.COMPLETED
     # Garbage is a 400 with a sentence, nothing granted.
     r = await api.post("/api/v1/starts", json={"Node": "a", "Jobs": [{"Id": "x"}]}, headers=AUTH)
     body = await r.json()

@@ -116,16 +116,19 @@ class Records:
         self._end(job, state, reason)
         self.store.save(job)
 
-    async def fence(self, job_id: int) -> Job:
-        """Stop a copy run here for a peer that has placed the job elsewhere since (no job runs twice)."""
+    async def fence(self, job_id: int, *, failed: bool = False) -> Job:
+        """Stop a copy run here for a peer that has placed the job elsewhere since (no job runs twice),
+        or given this run up for failed (failed: it ends FAILED node-failure, as its origin recorded it)."""
         job = self.get(job_id)
         if job.state.terminal or job.id not in self.jobs:
             return job
+        flags = self._flags[job.id]
+        flags.fence, flags.failed = True, failed
         if job.state.queued and job.id not in self._starting:
             self._unqueue(job)
-            self._end(job, JobState.CANCELLED, Reason.NODE_FAILURE)
+            self._end(job, *flags.stopped())
+            self._wake_waiters(job)  # and forget its flags
             await self.store.save(job)
             return job
-        self._flags[job.id].fence = True
         await self._stop_and_wait(job, cancel=True)
         return job

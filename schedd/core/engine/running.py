@@ -43,7 +43,7 @@ class _Lazy:
 def _outcome(info: ExitInfo, flags: _Flags, overdue: bool) -> tuple[JobState, str]:
     """How a run that ended (not aborted, not requeued) is recorded: its final state and reason."""
     if flags.cancel:
-        return JobState.CANCELLED, Reason.NODE_FAILURE if flags.fence else Reason.CANCELLED
+        return flags.stopped()
     if info.malformed:
         return JobState.FAILED, Reason.LOST
     if info.oom_killed:
@@ -139,7 +139,7 @@ class Runs:
             if flags is not None and flags.cancel:
                 # Cancelled (or fenced) while starting: its program never ran, whatever stopped the start.
                 log.info("job %d: cancelled while it was being started; its program did not run", job.id)
-                self._end(job, JobState.CANCELLED, Reason.NODE_FAILURE if flags.fence else Reason.CANCELLED)
+                self._end(job, *flags.stopped())
             else:
                 log.error("job %d: cannot start: %s", job.id, e)
                 self._end(job, JobState.FAILED, Reason.RESOURCES)
@@ -174,8 +174,9 @@ class Runs:
         if job.origin_node:  # a copy run for another node: never without its origin's grant
             verdict = await self.federation.may_start(job) if self.federation is not None else "later"
             flags = self._flags[job.id]
-            if verdict == "fenced":
+            if verdict in ("fenced", "failed"):
                 flags.cancel = flags.fence = True
+                flags.failed = verdict == "failed"
             if flags.cancel:
                 raise StartWithdrawn(f"job {job.id} was cancelled while it was being started")
             if verdict == "later":

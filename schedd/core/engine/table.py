@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from schedd.config import Config
 from schedd.core.engine.events import COUNTS, RUN_FIELDS, TRANSITION, Listener
-from schedd.core.model import TERMINAL_STATES, Job, JobState, now_usec
+from schedd.core.model import TERMINAL_STATES, Job, JobState, Reason, now_usec
 from schedd.core.quota import Quotas, exec_bytes
 from schedd.core.store import Store
 from schedd.errors import InvalidArgument, NotFound
@@ -46,6 +46,13 @@ class _Flags:
     requeue: bool = False
     timeout: bool = False  # stopped by the daemon because its time limit ran out
     fence: bool = False  # stopped because its origin placed it elsewhere (node failure)
+    failed: bool = False  # fenced as a run its origin counts as failed (Requeue=false): FAILED, not CANCELLED
+
+    def stopped(self) -> tuple[JobState, str]:
+        """How a job cancelled or fenced is recorded."""
+        if not self.fence:
+            return JobState.CANCELLED, Reason.CANCELLED
+        return (JobState.FAILED if self.failed else JobState.CANCELLED), Reason.NODE_FAILURE
     waiters: list[asyncio.Future] = field(default_factory=list)
 
 
