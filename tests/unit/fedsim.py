@@ -121,12 +121,12 @@ class Episode:
 
 
 def random_plan(rng: random.Random, names: list[str]) -> list[Episode]:
-    """2-4 faults within the first 2 s: stalls of an origin or a run node, cut links (one way or
+    """2-4 faults within the first 2.3 s: stalls of an origin or a run node, cut links (one way or
     both), delays that reorder messages, lost answers of forwards."""
     plan: list[Episode] = []
     for _ in range(rng.randint(2, 4)):
         kind = rng.choice(["stall", "stall", "cut", "cut2", "delay", "delay", "lose-answer"])
-        at, length = rng.uniform(0.2, 1.2), rng.uniform(0.5, 1.5)
+        at, length = rng.uniform(0.2, 1.0), rng.uniform(0.5, 1.3)
         src, dst = rng.sample(names, 2)
         if kind == "stall":
             plan.append(Episode(at, length, "stall", node=rng.choice(names)))
@@ -164,6 +164,10 @@ class SimExecutor(FakeExecutor):
         handle = await super()._start(job, alloc, thaw_then_ready())
         self.node.started(job)
         return handle
+
+    def end(self, job_id: int, info) -> None:
+        super().end(job_id, info)
+        self.node.sim.ends[(self.node.name, job_id)] = self.node.sim.now()
 
 
 class SimNode:
@@ -306,6 +310,7 @@ class Sim:
         self.msg_rng = random.Random(self.seed * 7919 + 1)  # per message: drops and delays
         self.nodes: dict[str, SimNode] = {}
         self.starts: dict[Key, list[Start]] = defaultdict(list)
+        self.ends: dict[tuple[str, int], float] = {}  # (node, local id) -> when that program ended
         self.downs: list[Down] = []
         self.jobs: dict[Key, Submitted] = {}
         self.refused: list[str] = []
@@ -494,6 +499,25 @@ class Sim:
                     bad.append(f"{k} started again on {late[0].node} at {late[0].t:.3f}s after {where} had its "
                                f"completion at {done:.3f}s")
         bad.extend(self.own_stall_downs())
+        bad.extend(self.stale_first())
+        return bad
+
+    def stale_first(self) -> list[str]:
+        """After an origin judged a node down, that node starts no other job of that origin's while a
+        copy the origin gave up on (running there at the judgment) still runs."""
+        bad = []
+        for d in self.downs:
+            stale = [s for k, ss in self.starts.items() if k[0] == d.judge and k[1] in d.granted
+                     for s in ss if s.node == d.peer and s.t <= d.t]
+            for s in stale:
+                ended = self.ends.get((s.node, s.local_id), float("inf"))
+                if ended <= d.t:
+                    continue
+                later = [n for k, ss in self.starts.items() if k[0] == d.judge for n in ss
+                         if n.node == d.peer and d.t < n.t < ended]
+                if later:
+                    bad.append(f"{d.peer} started {later[0].key} at {later[0].t:.3f}s while its stale copy of "
+                               f"{s.key} (given up on by {d.judge} at {d.t:.3f}s) ran until {ended:.3f}s")
         return bad
 
     def why_twice(self, key: Key, starts: list[Start], job: Job) -> str | None:

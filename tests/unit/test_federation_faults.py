@@ -124,3 +124,24 @@ async def test_a_forward_whose_answer_is_lost_is_adopted_and_runs_once(tmp_path:
         assert len([j for j in sim.nodes["b"].engine.jobs.values() if j.origin_node == "a"]) == 1
     finally:
         await sim.stop()
+
+
+async def test_a_job_without_requeue_on_a_node_judged_down_ends_the_same_at_origin_and_node(tmp_path: Path):
+    """Requeue=false, running on b when b stalls: a judges b down and fails the job (node-failure);
+    when b is back, the job's one run must be recorded alike on both nodes."""
+    sim = Sim(tmp_path, 0)
+    await sim.start()
+    sim.watch_completions()
+    try:
+        sim.runtimes[("a", 1)] = 1.0
+        await sim.submit("a", "b", False, user_uid())
+        (key,) = sim.jobs
+        await until(lambda: sim.starts.get(key), "the job started on b", 5.0)
+        sim.plan = [Episode(sim.now(), 0.8, "stall", node="b")]
+        await sim.run_plan()
+        await finish(sim)
+        job = sim.record(key)
+        assert job.reason == "node-failure" and job.restarts == 0  # the same state on b: finish() checked it
+        assert len(sim.starts[key]) == 1
+    finally:
+        await sim.stop()
