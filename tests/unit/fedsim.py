@@ -190,9 +190,8 @@ class SimNode:
         self.fed = Federation(self.engine, self.cfg, self.web)
         FederationApi(self.fed, self.web)
         self.web.app.middlewares.append(self._frozen_middleware)
-        self._awake = asyncio.Event()
-        self._awake.set()
-        self._ends_held: list[Callable[[], None]] = []
+        self._stalled = False
+        self._held: list[asyncio.Future] = []  # what waits for the thaw: sleeps, requests, starts, ends
         # The seams: requests, sleeps, node-down judgments.
         self._request = self.fed.net.request
         self.fed.net.request = self._send
@@ -219,22 +218,30 @@ class SimNode:
 
     @property
     def stalled(self) -> bool:
-        return not self._awake.is_set()
+        return self._stalled
 
     async def thawed(self) -> None:
-        if not self._awake.is_set():
-            await self._awake.wait()
+        if self._stalled:
+            fut = asyncio.get_running_loop().create_future()
+            self._held.append(fut)
+            await fut
 
     def stall(self) -> None:
         self.sim.log(f"{self.name} stalls")
-        self._awake.clear()
+        self._stalled = True
 
     def thaw(self) -> None:
-        self.sim.log(f"{self.name} thaws")
-        self._awake.set()
-        held, self._ends_held = self._ends_held, []
-        for end in held:
-            asyncio.get_running_loop().call_soon(end)
+        """Everything that waited goes on, in a seeded random order: after a SIGCONT, which of the
+        timers, sockets and child exits the daemon reads first is not ours to choose."""
+        if not self._stalled:
+            return
+        self._stalled = False
+        held, self._held = self._held, []
+        self.sim.rng.shuffle(held)
+        self.sim.log(f"{self.name} thaws ({len(held)} waiting)")
+        for fut in held:
+            if not fut.done():
+                fut.set_result(None)
 
     @web.middleware
     async def _frozen_middleware(self, request: web.Request, handler):
@@ -265,7 +272,9 @@ class SimNode:
 
     def _end(self, job_id: int, run: int) -> None:
         if self.stalled:
-            self._ends_held.append(lambda: self._end(job_id, run))
+            fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda _: self._end(job_id, run))
+            self._held.append(fut)
             return
         unit = self.ex.host.units.get(job_id)
         if unit is not None and unit.run == run and job_id in self.ex.watched:
@@ -327,7 +336,7 @@ class Sim:
         self.events.append(f"{self.now():7.3f} {what}")
 
     def runtime(self, key: Key) -> float:
-        return self.runtimes.setdefault(key, self.rng.uniform(0.05, 0.4))
+        return self.runtimes.setdefault(key, self.rng.uniform(0.05, 0.45))
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -471,9 +480,13 @@ class Sim:
         return True
 
     async def settle(self, timeout: float) -> None:
-        await until(self.terminal, "every job terminal at its origin", timeout, self.describe)
-        await until(self.agreed, "every origin's final state on the node that ran its current copy", 3.0,
-                    self.describe)
+        """Until every job has ended at its origin and on its node (or the deadlines pass: then `check`
+        says which did not)."""
+        for pred, limit in ((self.terminal, timeout), (self.agreed, 3.0)):
+            try:
+                await until(pred, "", limit)
+            except AssertionError:
+                return
 
     def check(self) -> list[str]:
         """The issue's rules; returns what broke (empty: all held)."""

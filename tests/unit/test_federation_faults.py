@@ -26,7 +26,7 @@ from fedsim import MIB, Episode, Sim, random_plan, until, user_uid
 from schedd.core.engine import Caller
 from schedd.core.model import JobState
 
-SEEDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+SEEDS = [1, 2, 3, 4, 5, 6, 7, 8]
 if os.environ.get("SCHEDD_FEDSIM_SEED"):
     SEEDS = [int(s) for s in os.environ["SCHEDD_FEDSIM_SEED"].split(",")]
 SEEDS += [1000 + i for i in range(int(os.environ.get("SCHEDD_FEDSIM_SEEDS", "0") or 0))]
@@ -43,13 +43,13 @@ async def finish(sim: Sim, timeout: float = 12.0) -> None:
         await sim.settle(timeout)
         bad = sim.check()
     finally:
-        print(sim.summary())
+        print(sim.describe() if os.environ.get("SCHEDD_FEDSIM_VERBOSE") else sim.summary())
     assert not bad, "\n".join(bad) + "\n" + sim.describe()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_random_faults_keep_the_rules(tmp_path: Path, seed: int):
-    sim = Sim(tmp_path, seed)
+    sim = Sim(tmp_path, seed, cpus=1)  # one CPU a node: copies wait, and a stall finds some waiting
     sim.plan = random_plan(sim.rng, sim.names)
     await sim.start()
     sim.watch_completions()
