@@ -554,8 +554,8 @@ class Sim:
                 if not end <= d.t <= end + THRESHOLD + 0.1:
                     continue
                 peer_faulty = any(
-                    (e.kind == "stall" and e.node == d.peer) or (e.kind in ("cut", "delay") and e.src == d.peer
-                                                                 and e.dst == d.judge)
+                    (e.kind == "stall" and e.node == d.peer)
+                    or (e.kind in ("cut", "delay") and e.matches(d.peer, d.judge, "POST", "/heartbeat"))
                     for e in self.plan if e.at < d.t and e.end > at - THRESHOLD)
                 if not peer_faulty:
                     bad.append(f"{d.judge} judged {d.peer} down at {d.t:.3f}s, {d.t - end:.3f}s after its own stall "

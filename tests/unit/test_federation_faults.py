@@ -55,7 +55,7 @@ async def test_random_faults_keep_the_rules(tmp_path: Path, seed: int):
     sim.watch_completions()
     try:
         sim.t0 = asyncio.get_running_loop().time()
-        await asyncio.gather(sim.run_plan(), sim.submit_random(count=14, within=1.6))
+        await asyncio.gather(sim.run_plan(), sim.submit_random(count=12, within=1.4))
         await finish(sim)
     finally:
         await sim.stop()
