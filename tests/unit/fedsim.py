@@ -42,6 +42,7 @@ from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
 from schedd.core.engine import Caller, Engine
 from schedd.core.model import Job, JobState
 from schedd.core.store import Store
+from schedd.executor.exits import ExitInfo
 from schedd.executor.fake import FakeExecutor, FakeHost
 
 TOKEN = "fedsim-token-0123456789abcdef"
@@ -112,8 +113,8 @@ class Episode:
 
     def __str__(self) -> str:
         span = f"{self.at:.2f}+{self.length:.2f}s"
-        if self.kind == "stall":
-            return f"stall({self.node} {span})"
+        if self.kind in ("stall", "restart"):
+            return f"{self.kind}({self.node} {span})"
         what = f"{self.src}->{self.dst}"
         paths = f" {'|'.join(self.paths)}" if self.paths else ""
         extra = f" <= {self.max_delay:.2f}s" if self.kind == "delay" else ""
@@ -125,11 +126,12 @@ def random_plan(rng: random.Random, names: list[str]) -> list[Episode]:
     both), delays that reorder messages, lost answers of forwards."""
     plan: list[Episode] = []
     for _ in range(rng.randint(2, 4)):
-        kind = rng.choice(["stall", "stall", "cut", "cut2", "delay", "delay", "lose-answer"])
+        kind = rng.choice(["stall", "stall", "cut", "cut2", "delay", "delay", "lose-answer", "restart"])
         at, length = rng.uniform(0.2, 1.0), rng.uniform(0.5, 1.3)
         src, dst = rng.sample(names, 2)
-        if kind == "stall":
-            plan.append(Episode(at, length, "stall", node=rng.choice(names)))
+        if kind in ("stall", "restart"):
+            plan.append(Episode(at, length if kind == "stall" else rng.uniform(0.1, 0.8), kind,
+                                node=rng.choice(names)))
         elif kind in ("cut", "cut2"):
             p = rng.choice([1.0, 1.0, 0.7])
             paths = rng.choice([(), (), ("POST /mirror",), ("POST /heartbeat",)])
@@ -151,8 +153,8 @@ def random_plan(rng: random.Random, names: list[str]) -> list[Episode]:
 class SimExecutor(FakeExecutor):
     """The fake executor, counting every program start, frozen while its daemon is."""
 
-    def __init__(self, node: "SimNode") -> None:
-        super().__init__(node.engine.on_exit, FakeHost())
+    def __init__(self, node: "SimNode", host: FakeHost) -> None:
+        super().__init__(node.engine.on_exit, host)
         self.node = node
 
     async def _start(self, job: Job, alloc, ready):
@@ -171,10 +173,12 @@ class SimExecutor(FakeExecutor):
 
 
 class SimNode:
-    def __init__(self, sim: "Sim", name: str, port: int, peers: dict[str, int], cpus: int) -> None:
-        self.sim, self.name = sim, name
+    def __init__(self, sim: "Sim", name: str, port: int, peers: dict[str, int], cpus: int,
+                 host: FakeHost | None = None) -> None:
+        self.sim, self.name, self.port, self.peer_ports, self.cpus = sim, name, port, peers, cpus
+        self.host = host if host is not None else FakeHost()  # the machine: its programs outlive a daemon
         d = sim.tmp / name
-        d.mkdir()
+        d.mkdir(exist_ok=True)
         tok = d / "token"
         tok.write_text(TOKEN)
         os.chmod(tok, 0o600)
@@ -185,12 +189,13 @@ class SimNode:
                           federation=ANY_ACCOUNT)
         self.store = Store(d / "schedd.db")
         self.engine = Engine(self.cfg, self.store)
-        self.ex = SimExecutor(self)
+        self.ex = SimExecutor(self, self.host)
         self.web = Web(self.cfg.http)
         self.fed = Federation(self.engine, self.cfg, self.web)
         FederationApi(self.fed, self.web)
         self.web.app.middlewares.append(self._frozen_middleware)
         self._stalled = False
+        self.down = False
         self._held: list[asyncio.Future] = []  # what waits for the thaw: sleeps, requests, starts, ends
         # The seams: requests, sleeps, node-down judgments.
         self._request = self.fed.net.request
@@ -271,14 +276,21 @@ class SimNode:
         loop.call_later(self.sim.runtime(key), self._end, job.id, run)
 
     def _end(self, job_id: int, run: int) -> None:
-        if self.stalled:
+        """The program ends on the machine; the daemon running there now (if any) hears of it."""
+        node = self.sim.nodes[self.name]  # after a restart: the new daemon
+        if node.stalled:
             fut = asyncio.get_running_loop().create_future()
-            fut.add_done_callback(lambda _: self._end(job_id, run))
-            self._held.append(fut)
+            fut.add_done_callback(lambda _: node._end(job_id, run))
+            node._held.append(fut)
             return
-        unit = self.ex.host.units.get(job_id)
-        if unit is not None and unit.run == run and job_id in self.ex.watched:
-            self.ex.exit(job_id, 0)
+        unit = self.host.units.get(job_id)
+        if unit is None or unit.run != run:
+            return
+        if job_id in node.ex.watched and not node.down:
+            node.ex.exit(job_id, 0)
+        else:
+            self.host.end(job_id, ExitInfo(exit_code=0))  # recorded for the daemon that recovers it
+            self.sim.ends[(self.name, job_id)] = self.sim.now()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -289,11 +301,36 @@ class SimNode:
         await self.fed.start()
 
     async def stop(self) -> None:
+        if self.down:
+            return
+        self.down = True
         self.thaw()
         await self.fed.stop()
         await self.web.stop()
         await self.engine.shutdown()
         self.store.close()
+
+    async def crash(self) -> None:
+        """kill -9: nothing more of this daemon runs (starts under way never finish); its programs go on.
+        (Its store is drained, not cut off: rows already handed to the committer land, as most would.)"""
+        self.sim.log(f"{self.name} is killed")
+        self.down = True
+        self.ex.crash()
+        for t in self.fed.net.loops + list(self.fed.net._tasks) + list(self.engine._tasks):
+            t.cancel()
+        self.thaw()
+        await self.fed.stop()
+        await self.web.stop()
+        await self.engine.shutdown()
+        self.store.close()
+
+    async def restarted(self) -> "SimNode":
+        """A new daemon on the same machine and state directory."""
+        node = SimNode(self.sim, self.name, self.port, self.peer_ports, self.cpus, self.host)
+        self.sim.nodes[self.name] = node
+        await node.start()
+        self.sim.log(f"{self.name} restarted")
+        return node
 
 
 # -- the simulation ----------------------------------------------------------------------------
@@ -406,14 +443,20 @@ class Sim:
         return answer
 
     async def run_plan(self) -> None:
-        """Stalls start and end as planned (link faults are read by `send` as time goes)."""
+        """Stalls and restarts start and end as planned (link faults are read by `send` as time goes)."""
         loop = asyncio.get_running_loop()
-        marks = sorted([(e.at, 1, e) for e in self.plan if e.kind == "stall"]
-                       + [(e.end, 0, e) for e in self.plan if e.kind == "stall"], key=lambda m: (m[0], m[1]))
+        timed = [e for e in self.plan if e.kind in ("stall", "restart")]
+        marks = sorted([(e.at, 1, e) for e in timed] + [(e.end, 0, e) for e in timed], key=lambda m: (m[0], m[1]))
         depth: dict[str, int] = defaultdict(int)
         for at, begin, e in marks:
             await asyncio.sleep(max(0.0, at - self.now()))
             node = self.nodes[e.node]
+            if e.kind == "restart":
+                if begin and not node.down:
+                    await node.crash()
+                elif not begin and node.down:
+                    await node.restarted()
+                continue
             if begin:
                 depth[e.node] += 1
                 if depth[e.node] == 1:
@@ -433,12 +476,13 @@ class Sim:
     # -- jobs -----------------------------------------------------------------------------
 
     async def submit(self, origin: str, node: str, requeue: bool, uid: int) -> None:
+        await until(lambda: not self.nodes[origin].down, f"{origin} running again", 10.0)
         o = self.nodes[origin]
         await o.thawed()  # a stopped daemon answers no D-Bus call until it runs again
         props = {"Command": Variant("as", ["true"]), "Memory": Variant("t", 64 * MIB),
                  "Node": Variant("s", node), "Requeue": Variant("b", requeue)}
         try:
-            job = await o.engine.submit(props, Caller(uid=uid))
+            job = await asyncio.wait_for(o.engine.submit(props, Caller(uid=uid)), 10.0)
         except Exception as e:  # noqa: BLE001 - a refused submission is not acknowledged: not a job to check
             self.refused.append(f"{origin} Node={node}: {type(e).__name__}: {e}")
             return
@@ -554,7 +598,7 @@ class Sim:
                 if not end <= d.t <= end + THRESHOLD + 0.1:
                     continue
                 peer_faulty = any(
-                    (e.kind == "stall" and e.node == d.peer)
+                    (e.kind in ("stall", "restart") and e.node == d.peer)
                     or (e.kind in ("cut", "delay") and e.matches(d.peer, d.judge, "POST", "/heartbeat"))
                     for e in self.plan if e.at < d.t and e.end > at - THRESHOLD)
                 if not peer_faulty:

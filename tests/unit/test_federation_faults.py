@@ -145,3 +145,25 @@ async def test_a_job_without_requeue_on_a_node_judged_down_ends_the_same_at_orig
         assert len(sim.starts[key]) == 1
     finally:
         await sim.stop()
+
+
+async def test_a_run_node_killed_and_brought_back_with_its_state_runs_nothing_else_twice(tmp_path: Path):
+    """b is killed (its programs go on) while it runs two copies and holds others; a judges it down and
+    places them elsewhere. The daemon comes back on the same machine and state: only the two that ran
+    may run again elsewhere, and b's stale copies stop before it starts anything else of a's."""
+    sim = Sim(tmp_path, 0, cpus=2)
+    await sim.start()
+    sim.watch_completions()
+    try:
+        uid = user_uid()
+        sim.runtimes.update({("a", i): 0.6 for i in range(1, 9)})
+        for _ in range(6):
+            await sim.submit("a", "b", True, uid)
+        await until(lambda: len(sim.nodes["b"].host.units) == 2, "b runs two copies", 5.0)
+        sim.plan = [Episode(sim.now(), 0.7, "restart", node="b")]
+        await sim.run_plan()
+        await finish(sim)
+        assert [d.peer for d in sim.downs if d.judge == "a"] == ["b"]
+        assert len([k for k, s in sim.starts.items() if len(s) > 1]) <= 2
+    finally:
+        await sim.stop()
