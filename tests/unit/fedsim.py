@@ -42,6 +42,7 @@ from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
 from schedd.core.engine import Caller, Engine
 from schedd.core.model import Job, JobState
 from schedd.core.store import Store
+from schedd.errors import SchedError
 from schedd.executor.exits import ExitInfo
 from schedd.executor.fake import FakeExecutor, FakeHost
 
@@ -535,10 +536,21 @@ class Sim:
     def check(self) -> list[str]:
         """The issue's rules; returns what broke (empty: all held)."""
         bad: list[str] = []
-        for k, sub in self.jobs.items():
-            job = self.record(k)
+        # A submission that raised (its daemon was killed under it) may still have left a job: it is
+        # not owed an end, but it may not run twice either.
+        unacked = {k for k in self.starts if k not in self.jobs}
+        for k in sorted(self.jobs.keys() | unacked):
+            try:
+                job = self.record(k)
+            except SchedError:
+                bad.append(f"{k}: its program ran, but its origin has no record of it")
+                continue
             copy = self.copy_of(job)
             starts = self.starts.get(k, [])
+            if k in unacked:
+                if len(starts) > 1 and self.why_twice(k, starts, job) is not None:
+                    bad.append(f"(unacknowledged) {self.why_twice(k, starts, job)}")
+                continue
             if not job.state.terminal:
                 bad.append(f"{k} lost: still {job.state.value} at its origin")
             elif copy is not None and copy.state != job.state:
@@ -583,9 +595,9 @@ class Sim:
         for first, second in zip(starts, starts[1:]):
             downs = [d for d in self.downs if d.judge == key[0] and d.peer == first.node
                      and key[1] in d.granted and first.t <= d.t + 0.05 and d.t <= second.t]
-            if not downs or not self.jobs[key].requeue or job.restarts < 1:
+            if not downs or not job.spec.requeue or job.restarts < 1:
                 return (f"{key} ran twice: on {first.node} at {first.t:.3f}s and on {second.node} at "
-                        f"{second.t:.3f}s (Requeue={self.jobs[key].requeue}, Restarts={job.restarts}, "
+                        f"{second.t:.3f}s (Requeue={job.spec.requeue}, Restarts={job.restarts}, "
                         f"{first.node} judged down by the origin with it granted: {bool(downs)})")
         return None
 
@@ -637,7 +649,14 @@ class Sim:
     def summary(self) -> str:
         runs = sum(len(s) for s in self.starts.values())
         twice = {k: s for k, s in self.starts.items() if len(s) > 1}
-        why = ", ".join(f"{k[0]}{k[1]}: {s[0].node} judged down -> {s[1].node}" for k, s in sorted(twice.items()))
+        def why(k: Key, s: list[Start]) -> str:
+            try:
+                allowed = self.why_twice(k, s, self.record(k)) is None
+            except SchedError:
+                allowed = False
+            return f"{k[0]}{k[1]}: {s[0].node} {'judged down' if allowed else 'NOT judged down with it granted'} -> {s[1].node}"
+
+        why = ", ".join(why(k, s) for k, s in sorted(twice.items()))
         states = defaultdict(int)
         for k in self.jobs:
             states[self.record(k).state.value] += 1
