@@ -1,5 +1,7 @@
 """The federation protocol under faults (issue 18): three real nodes in one process on loopback, jobs on
-fake executors, stalls and lying links injected at the seams (tests/unit/fedsim.py).
+fake executors, stalls, kills and restarts, and lying links injected at the seams (tests/unit/fedsim.py).
+Time is real (100 ms heartbeats): a seed fixes the fault plan and every per-message choice, not the
+interleaving, so a replay reproduces the plan and most often the outcome.
 
 Seeded random scenarios (SCHEDD_FEDSIM_SEEDS=N runs N more than the fixed list) and hand-written
 cases; each checks, from the program starts the executors saw:
