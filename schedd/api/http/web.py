@@ -88,6 +88,10 @@ async def _json_errors(request: web.Request, handler):
         return web.json_response(error_body(e.status, e.reason.lower().replace(" ", "-"), e.text or e.reason),
                                  status=e.status, headers={k: v for k, v in e.headers.items()
                                                            if k.lower() in ("allow", "www-authenticate")})
+    except ConnectionResetError:
+        # The client gave up before we could answer (a peer's timeout while this node was stalled).
+        log.debug("HTTP %s %s: the client went away before the answer", request.method, request.path)
+        raise
     except Exception:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return web.json_response(error_body(500, "internal", "the daemon failed to answer; see its journal"),
