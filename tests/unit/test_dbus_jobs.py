@@ -335,3 +335,22 @@ def test_job_ids_are_read_as_job_path_writes_them():
     assert [job_id(job_path(i)) for i in (0, 1, 42, 10**12)] == [0, 1, 42, 10**12]
     for bad in (JOB_ROOT, JOB_ROOT + "/", JOB_ROOT + "/03", JOB_ROOT + "/3/x", JOB_ROOT + "/x", MANAGER_PATH):
         assert job_id(bad) is None
+
+
+async def test_jobs_recovered_at_start_answer_at_once_without_a_signal_each(engine: Engine):
+    """At start the daemon does not own its bus name yet: nobody subscribed to the name could hear a
+    signal per recovered job, which cost seconds at 100,000 jobs. Their paths answer all the same."""
+    for i in (3, 4):
+        engine.jobs[i] = a_job(i)
+    engine.executor = SimpleNamespace(name="systemd")
+    rec = Recorder()
+    service = DBusService(engine, rec.bus)
+    service._uids.update(SENDERS)
+    assert rec.sent == [] and list(service.objects) == [3, 4]
+    (reply,) = rec.ask(call(job_path(4), PROPS, "Get", "ss", [JOB_IFACE, "Command"]))
+    assert reply.body == [Variant("as", ["curl", "-H", "token: s3cret"])]
+    (root,) = rec.ask(call(JOB_ROOT, INTRO, "Introspect"))
+    assert [n.name for n in intr.Node.parse(root.body[0]).nodes] == ["3", "4"]
+    rec.sent.clear()
+    service.job_added(a_job(5))  # from now on, each new job is announced
+    assert [m.member for m in rec.sent] == ["InterfacesAdded", "JobStateChanged"]

@@ -84,23 +84,15 @@ def children_xml(path: str, names) -> str:
 
 class JobPaths(dict):
     """Job id -> Job for every job whose path answers on the bus (what was exported before): the
-    jobs the engine announced (job_added) and has not released. `version` moves with every change,
-    so that the child list of the job subtree is built once per change, not once per Introspect.
-    A JobObject stored here stands for its job (the per-job objects of before)."""
-
-    version = 0
+    jobs the engine announced (job_added) and has not released. A JobObject stored here stands for
+    its job (the per-job objects of before; tools and tests may still hand one)."""
 
     def __setitem__(self, job_id: int, job: Any) -> None:
-        self.version += 1
         super().__setitem__(job_id, getattr(job, "job", job))
 
-    def pop(self, job_id: int, *default: Any) -> Any:
-        self.version += 1
-        return super().pop(job_id, *default)
-
-    def __delitem__(self, job_id: int) -> None:
-        self.version += 1
-        super().__delitem__(job_id)
+    def load(self, jobs: dict[int, Job]) -> None:
+        """Many jobs at once (the daemon's start), at the speed of dict.update."""
+        self.update(jobs)
 
 
 class Service(Protocol):
@@ -134,7 +126,6 @@ class JobTree:
         self._all = [p.name for p in job_iface.properties]
         manager_node.nodes = [intr.Node("job")]
         self._manager_xml = manager_node.tostring()
-        self._children: tuple[int, str] | None = None  # (objects.version, the job root's XML)
 
     def answer(self, msg: Message) -> Message | bool | None:
         """The reply (a Message, or True once answered or being answered), or None for dbus-fast to answer."""
@@ -172,19 +163,16 @@ class JobTree:
         return f'{head}<node name="{path}">{tail}'
 
     def _job_root(self, msg: Message) -> str | Message:
-        longest = len(str(max(self.objects))) if self.objects else 0
+        """The job subtree's children: every job's id. Refused, like GetManagedObjects, when the list
+        would pass the reply budget (about 650,000 jobs), before anything is built."""
+        longest = len(str(max(self.objects)))
         if len(self.objects) * (longest + 18) > self.reply_budget:  # "\n    <node name=\"ID\" />"
             return Message.new_error(
                 msg, "org.freedesktop.DBus.Error.LimitsExceeded",
                 f"{len(self.objects)} jobs are under {JOB_ROOT}: their list passes the "
                 f"{self.reply_budget >> 20} MiB a reply may carry; use org.schedd.Schedd1.Manager.ListJobs "
                 "(page with its After filter)")
-        version = self.objects.version
-        if self._children is not None and self._children[0] == version:
-            return self._children[1]
-        xml = children_xml(JOB_ROOT, self.objects)
-        self._children = (version, xml)
-        return xml
+        return children_xml(JOB_ROOT, self.objects)  # 100,000 jobs: ~20 ms
 
     # -- Properties ------------------------------------------------------------------
 

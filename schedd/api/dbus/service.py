@@ -1,15 +1,16 @@
-"""The D-Bus front end: the Manager object and one object per job, exactly as DESIGN.md fixes them.
+"""The D-Bus front end: the Manager object and a path per job, exactly as DESIGN.md fixes them.
 
 It holds no job state: every method is one engine call, every signal comes
 from an engine event. The caller's uid comes from the bus
 (GetConnectionUnixUser on the message's sender, cached per unique name,
 which the bus never reuses), never from anything the caller says.
+Job paths are not exported objects: the tap hands the job subtree to jobs.JobTree,
+which answers from the engine's jobs as an exported object did.
 
 With [jobs] private_data (the default) a job's Command and paths are its owner's,
 root's and polkit manage-jobs holders': everyone else reads them as empty, in method
-answers, in property reads (Properties.Get/GetAll, GetManagedObjects: the tap finds out
-who reads before dbus-fast's synchronous handlers run) and in signals, which every
-subscriber receives.
+answers, in property reads (Properties.Get/GetAll, GetManagedObjects: who reads is
+found out before the answer is built) and in signals, which every subscriber receives.
 """
 
 from __future__ import annotations
@@ -348,8 +349,11 @@ class DBusService:
         manager_node = intr.Node.default(MANAGER_PATH)
         manager_node.interfaces.append(self.manager.introspect())
         self.tree = JobTree(self, JobObject(self, None).introspect(), manager_node, REPLY_BUDGET)
-        for job in engine.jobs.values():
-            self.job_added(job)
+        # The jobs recovered at start are on the bus at once, without a signal each: this connection
+        # does not own the bus name yet (take_name comes later), so no client subscribed to the name
+        # would hear them, and 100,000 jobs' InterfacesAdded and JobStateChanged took ~10 s and
+        # ~135 MB of buffers to send. Clients re-read when the name's owner changes (NameOwnerChanged).
+        self.objects.load(engine.jobs)
         engine.listeners.append(self)
 
     async def take_name(self, replace: bool = False) -> None:
