@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 import pwd
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -78,6 +80,15 @@ def _dbus_errors(fn):
 class ServiceBus(MessageBus):
     """InterfacesAdded/Removed from the ObjectManager's path (the manager), where GLib clients look;
     none for the manager itself. Jobs are not exported (jobs.py): DBusService sends theirs."""
+
+    def _make_method_handler(self, interface: ServiceInterface, method: Any) -> Callable:
+        """dbus-fast's handler holds its interface, and the interface keeps its handlers after
+        unexport: a reference cycle per object, left to the cyclic collector (whose full passes over
+        a big heap stall the loop; the daemon freezes its heap instead, see engine._Slicer). A
+        JobObject, should one be exported, is held weakly, so reference counting frees it."""
+        if isinstance(interface, JobObject) and inspect.iscoroutinefunction(method.fn):
+            interface = weakref.proxy(interface)
+        return super()._make_method_handler(interface, method)
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected or not isinstance(interface, JobObject):
