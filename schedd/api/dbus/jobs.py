@@ -75,7 +75,8 @@ def job_id(path: str) -> int | None:
 
 def children_xml(path: str, names) -> str:
     """Introspection XML of a node with no interfaces and these children, as dbus-fast's
-    Node.tostring writes it, without building an element per child (100,000 of them: 1.4 s)."""
+    Node.tostring writes it, without an XML element per child (with one object per job, the
+    Introspect of 100,000 children took 1.4 s; this, ~40 ms)."""
     names = [f'<node name="{n}" />' for n in names]
     if not names:
         return f'{XML_HEADER}<node name="{path}" />'
