@@ -282,3 +282,60 @@ def test_shipped_introspection_xml_matches_the_daemon(node: Node):
     sigs = {n: args for t, n, _, _, args in _members(shipped, "org.schedd.Schedd1.Manager") if t == "method"}
     assert sigs["Submit"] == (("in", "a{sv}"), ("out", "(to)"))
     assert sigs["SubmitMany"] == (("in", "aa{sv}"), ("out", "at"))
+
+
+def _job_call(node: Node, path: str, iface: str, member: str, *args: str, user: str | None = None):
+    """gdbus, which prints the D-Bus error's name, on any object path."""
+    return node.sb.run(["gdbus", "call", "--system", "--dest", "org.schedd.Schedd1", "--object-path", path,
+                        "--method", f"{iface}.{member}", *args], user=user, check=False)
+
+
+def test_every_job_path_answers_as_its_object_did(node: Node, users):
+    """Job paths are resolved when asked (no object exported per job): each still answers Properties,
+    Introspect, Peer and Cancel (with the caller's rights), and an id that is no job answers as a path
+    with no object does -- for every job of a queue, not only the last one submitted."""
+    from schedd.protocol import JOB_PROPERTIES
+
+    alice = "schedd-alice"
+    ids = [node.submit(["true"], user=alice, Hold=("b", True)) for _ in range(3)]
+    for jid in ids:
+        path = f"/org/schedd/Schedd1/job/{jid}"
+        got = json.loads(node.busctl("--json=short", "call", "org.schedd.Schedd1", path,
+                                     "org.freedesktop.DBus.Properties", "GetAll", "s", "org.schedd.Schedd1.Job").stdout)
+        props = {k: v["data"] for k, v in got["data"][0].items()}
+        assert set(props) == set(JOB_PROPERTIES) and (props["Id"], props["State"]) == (jid, "HELD")
+        state = node.busctl("get-property", "org.schedd.Schedd1", path, "org.schedd.Schedd1.Job", "State")
+        assert state.stdout.strip() == 's "HELD"'
+        intro = node.busctl("introspect", "org.schedd.Schedd1", path).stdout
+        for member in ("org.schedd.Schedd1.Job", ".Cancel", ".State", "org.freedesktop.DBus.Peer"):
+            assert member in intro
+        node.busctl("call", "org.schedd.Schedd1", path, "org.freedesktop.DBus.Peer", "Ping")
+    path = f"/org/schedd/Schedd1/job/{ids[1]}"
+    r = _job_call(node, path, "org.freedesktop.DBus.Properties", "Set", "org.schedd.Schedd1.Job", "State",
+                  "<'RUNNING'>")
+    assert "org.freedesktop.DBus.Error.PropertyReadOnly" in r.stderr, r
+    # The whole tree, as desktop tools walk it.
+    tree = node.busctl("tree", "org.schedd.Schedd1").stdout
+    assert all(f"/org/schedd/Schedd1/job/{jid}" in tree for jid in ids)
+    recurse = node.run(["gdbus", "introspect", "--system", "--dest", "org.schedd.Schedd1", "--object-path",
+                        "/org/schedd/Schedd1", "--recurse"]).stdout
+    assert all(f"node /org/schedd/Schedd1/job/{jid} " in recurse for jid in ids), recurse[:2000]
+    assert "readonly s State = 'HELD';" in recurse
+    # Cancel on the job's own path: the owner may, another user may not.
+    r = _job_call(node, path, "org.schedd.Schedd1.Job", "Cancel", user="schedd-bob")
+    assert "org.schedd.Schedd1.Error.AccessDenied" in r.stderr, r
+    assert node.job(ids[1])["State"] == "HELD"
+    r = _job_call(node, path, "org.schedd.Schedd1.Job", "Cancel", user=alice)
+    assert r.returncode == 0, r.stderr
+    assert node.job(ids[1])["State"] == "CANCELLED"
+    state = node.busctl("get-property", "org.schedd.Schedd1", path, "org.schedd.Schedd1.Job", "State")
+    assert state.stdout.strip() == 's "CANCELLED"'  # a finished job's path stays
+    # No such job: as before, no object there.
+    nothing = "/org/schedd/Schedd1/job/987654321"
+    r = _job_call(node, nothing, "org.freedesktop.DBus.Properties", "Get", "org.schedd.Schedd1.Job", "State")
+    assert "org.freedesktop.DBus.Error.UnknownObject" in r.stderr, r
+    r = _job_call(node, nothing, "org.schedd.Schedd1.Job", "Cancel")
+    assert "org.freedesktop.DBus.Error.UnknownMethod" in r.stderr, r
+    assert "org.schedd.Schedd1.Job" not in node.busctl("introspect", "org.schedd.Schedd1", nothing).stdout
+    for jid in ids:
+        node.manager_call("Cancel", "t", str(jid), check=False)

@@ -253,3 +253,36 @@ def test_private_data_false_shows_command_but_never_environment(node: Node, user
         conf.write_text(before)
         node.run(["systemctl", "restart", "schedd"])
         node.wait_for(lambda: node.unit_property("schedd.service", "ActiveState") == "active", "schedd active")
+
+
+def test_the_job_subtree_shows_private_keys_to_their_readers_only(node: Node, users):
+    """Each private key read alone through the job's path (each busctl a new connection: the daemon
+    finds out who reads before it answers), GetManagedObjects above the manager, and gdbus's
+    recursive introspection (which reads every property): secrets for alice and root, none for bob."""
+    jid = alice_job(node)
+    path = f"/org/schedd/Schedd1/job/{jid}"
+    empty = {"Command": [], "WorkingDirectory": "", "StdoutPath": "", "StderrPath": ""}
+    for key in PRIVATE:
+        bob = json.loads(node.busctl("--json=short", "get-property", "org.schedd.Schedd1", path, JOB, key,
+                                     user=BOB).stdout)["data"]
+        assert bob == empty[key], key
+        for who in (ALICE, None):
+            seen = json.loads(node.busctl("--json=short", "get-property", "org.schedd.Schedd1", path, JOB, key,
+                                          user=who).stdout)["data"]
+            assert seen != empty[key] and (SECRET_ARG in str(seen) or SECRET_DIR in str(seen)), (who, key, seen)
+    for at in ("/", "/org/schedd"):
+        for who, sees in ((BOB, False), (ALICE, True), (None, True)):
+            out = node.busctl("--json=short", "call", "org.schedd.Schedd1", at, "org.freedesktop.DBus.ObjectManager",
+                              "GetManagedObjects", user=who).stdout
+            objs = json.loads(out)["data"][0]
+            assert "/org/schedd/Schedd1" in objs and path in objs, (at, who)
+            assert (SECRET_ARG in out) is sees and (SECRET_DIR in out) is sees, (at, who)
+            assert SECRET_ENV not in out
+    recurse = ["gdbus", "introspect", "--system", "--dest", "org.schedd.Schedd1", "--object-path",
+               "/org/schedd/Schedd1", "--recurse"]
+    bob = node.run(recurse, user=BOB).stdout
+    assert f"node {path} " in bob and "readonly as Command = [];" in bob
+    assert not any(s in bob for s in (SECRET_ARG, SECRET_ENV, SECRET_DIR))
+    alice = node.run(recurse, user=ALICE).stdout
+    assert SECRET_ARG in alice and SECRET_ENV not in alice
+    node.manager_call("Cancel", "t", str(jid))

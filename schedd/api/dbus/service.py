@@ -1,15 +1,16 @@
-"""The D-Bus front end: the Manager object and one object per job, exactly as DESIGN.md fixes them.
+"""The D-Bus front end: the Manager object and a path per job, exactly as DESIGN.md fixes them.
 
 It holds no job state: every method is one engine call, every signal comes
 from an engine event. The caller's uid comes from the bus
 (GetConnectionUnixUser on the message's sender, cached per unique name,
 which the bus never reuses), never from anything the caller says.
+Job paths are not exported objects: the tap hands the job subtree to jobs.JobTree,
+which answers from the engine's jobs as an exported object did.
 
 With [jobs] private_data (the default) a job's Command and paths are its owner's,
 root's and polkit manage-jobs holders': everyone else reads them as empty, in method
-answers, in property reads (Properties.Get/GetAll, GetManagedObjects: the tap finds out
-who reads before dbus-fast's synchronous handlers run) and in signals, which every
-subscriber receives.
+answers, in property reads (Properties.Get/GetAll, GetManagedObjects: who reads is
+found out before the answer is built) and in signals, which every subscriber receives.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from dbus_fast import Message, MessageType, NameFlag, RequestNameReply, Variant
+from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.errors import DBusError
@@ -35,6 +37,7 @@ from dbus_fast.service import signal as dbus_signal
 from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
 from schedd import bus as dbus
 from schedd.api.dbus.changes import job_properties, manager_properties
+from schedd.api.dbus.jobs import JobPaths, JobTree, interfaces_added, interfaces_removed, job_id, job_variants
 from schedd.core import stats
 from schedd.api.jobview import JOB_GETTERS
 from schedd.core.engine import MANAGE_ACTION, Caller, Engine
@@ -56,13 +59,6 @@ OPERATOR_TTL_S = 5.0  # how long polkit's answer about reading others' jobs is r
 ALLOW_INTERACTIVE_AUTHORIZATION = 0x4  # message header flag
 
 
-def job_variants(job: Job, names=None, *, private: bool = True) -> dict[str, Variant]:
-    """The job's properties (schedd.api.jobview) as D-Bus values; private=False: the private keys
-    read as empty (protocol.PRIVATE_JOB_KEYS)."""
-    return {n: Variant(JOB_PROPERTIES[n], JOB_GETTERS[n](job) if private or n not in PRIVATE_JOB_KEYS
-                       else PRIVATE_JOB_KEYS[n]) for n in (JOB_PROPERTIES if names is None else names)}
-
-
 def _dbus_errors(fn):
     """SchedError -> its D-Bus error; anything else is a bug: logged, answered, never fatal."""
 
@@ -82,13 +78,14 @@ def _dbus_errors(fn):
 
 
 class ServiceBus(MessageBus):
-    """InterfacesAdded/Removed from the ObjectManager's path (the manager), where GLib clients look."""
+    """InterfacesAdded/Removed from the ObjectManager's path (the manager), where GLib clients look;
+    none for the manager itself. Jobs are not exported (jobs.py): DBusService sends theirs."""
 
     def _make_method_handler(self, interface: ServiceInterface, method: Any) -> Callable:
         """dbus-fast's handler holds its interface, and the interface keeps its handlers after
-        unexport: a reference cycle per job object, left to the cyclic collector (whose full passes
-        over a big queue stall the loop; the daemon freezes its heap instead, see engine._Slicer).
-        A job object's handlers hold it weakly, so reference counting frees it once released."""
+        unexport: a reference cycle per object, left to the cyclic collector (whose full passes over
+        a big heap stall the loop; the daemon freezes its heap instead, see engine._Slicer). A
+        JobObject, should one be exported, is held weakly, so reference counting frees it."""
         if isinstance(interface, JobObject) and inspect.iscoroutinefunction(method.fn):
             interface = weakref.proxy(interface)
         return super()._make_method_handler(interface, method)
@@ -96,24 +93,18 @@ class ServiceBus(MessageBus):
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected or not isinstance(interface, JobObject):
             return
-        self.send(Message.new_signal(
-            path=MANAGER_PATH, interface="org.freedesktop.DBus.ObjectManager", member="InterfacesAdded",
-            signature="oa{sa{sv}}",
-            body=[path, {JOB_IFACE: job_variants(interface.job, private=interface.service.public_private_data)}],
-        ))
+        self.send(interfaces_added(interface.job, interface.service.public_private_data))
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         if self._disconnected or not path.startswith(JOB_PATH_PREFIX):
             return
-        self.send(Message.new_signal(
-            path=MANAGER_PATH, interface="org.freedesktop.DBus.ObjectManager", member="InterfacesRemoved",
-            signature="oas", body=[path, removed_interfaces],
-        ))
+        self.send(interfaces_removed(path, removed_interfaces))
 
 
 class JobObject(ServiceInterface):
-    """/org/schedd/Schedd1/job/<id>: Cancel() and the read-only properties of protocol.JOB_PROPERTIES
-    (set on the class below, one per row of schedd.api.jobview)."""
+    """org.schedd.Schedd1.Job as dbus-fast declares it: Cancel() and the read-only properties of
+    protocol.JOB_PROPERTIES (set on the class below, one per row of schedd.api.jobview). Not exported
+    per job: jobs.JobTree answers every job's path, with this class's introspection and rules."""
 
     def __init__(self, service: "DBusService", job: Job) -> None:
         super().__init__(JOB_IFACE)
@@ -354,22 +345,26 @@ class DBusService:
         self.manager = ManagerObject(self)
         # Manager method -> the argument signature it takes (from its annotations), to answer a wrong one precisely.
         self._in_signatures = {m.name: "".join(a.signature for a in m.in_args) for m in self.manager.introspect().methods}
-        self.objects: dict[int, JobObject] = {}
+        self.objects = JobPaths()  # the jobs whose paths answer (jobs.py), by id
         self._uids: OrderedDict[str, int] = OrderedDict()
         # uid -> (polkit allows manage-jobs, until): per uid, so that a user opening many
         # connections costs polkit one question per OPERATOR_TTL_S, not one per connection.
         self._operators: OrderedDict[int, tuple[bool, float]] = OrderedDict()
-        self._redispatch: dict[int, tuple[int, bool]] = {}  # id(msg) -> its viewer, while it is re-dispatched
         self._tasks: set[asyncio.Task] = set()
         self._unsynced = 0  # signals sent since the last pacing round trip (drain)
         self._replies: set[asyncio.Task] = set()  # GetManagedObjects answers being built
-        self._budget_checked: set[int] = set()  # id(msg) of a GetManagedObjects whose reply fits its caller's view
         bus.add_message_handler(self._tap)
         if not engine.user_mode:
             engine.authorize_other = self.polkit_allows
         bus.export(MANAGER_PATH, self.manager)
-        for job in engine.jobs.values():
-            self.job_added(job)
+        manager_node = intr.Node.default(MANAGER_PATH)
+        manager_node.interfaces.append(self.manager.introspect())
+        self.tree = JobTree(self, JobObject(self, None).introspect(), manager_node, REPLY_BUDGET)
+        # The jobs recovered at start are on the bus at once, without a signal each: this connection
+        # does not own the bus name yet (take_name comes later), so no client subscribed to the name
+        # would hear them, and 100,000 jobs' InterfacesAdded and JobStateChanged took ~10 s and
+        # ~135 MB of buffers to send. Clients re-read when the name's owner changes (NameOwnerChanged).
+        self.objects.load(engine.jobs)
         engine.listeners.append(self)
 
     async def take_name(self, replace: bool = False) -> None:
@@ -385,10 +380,9 @@ class DBusService:
     def _tap(self, msg: Message):
         """Runs before dispatch: remember who calls (the method's task copies this context).
 
-        Property reads of job objects are answered by dbus-fast synchronously, with no caller:
-        the tap works out who reads (uid, and polkit when it matters) before letting them
-        through, and when that needs a bus round trip it holds the message, asks, and
-        dispatches it again.
+        Calls on the job subtree go to jobs.JobTree, which reads the job table (no object per
+        job) and works out who reads private keys, asking the bus or polkit first when it must.
+        GetManagedObjects is answered here too (in slices, within the reply budget).
         """
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
@@ -398,16 +392,10 @@ class DBusService:
                 return answered
         _sender.set((msg.sender, bool(msg.flags.value & ALLOW_INTERACTIVE_AUTHORIZATION)))
         _viewer.set(None)
-        jobs = self._jobs_read(msg)
-        if jobs is not None:
-            viewer = self._redispatch.pop(id(msg), None) or self._known_viewer(msg.sender, jobs)
-            if viewer is None:
-                task = asyncio.get_running_loop().create_task(self._resolve_and_dispatch(msg, jobs))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                return True
-            _viewer.set(viewer)
-            return None
+        if msg.path.startswith(MANAGER_PATH):  # the job subtree, and the manager's Introspect that names it
+            answered = self.tree.answer(msg)
+            if answered is not None:
+                return answered
         want = self._in_signatures.get(msg.member) if msg.interface == MANAGER_IFACE else None
         if want is not None and msg.signature != want:
             return Message.new_error(
@@ -475,13 +463,13 @@ class DBusService:
     def _jobs_read(self, msg: Message) -> list[Job] | None:
         """The jobs whose properties this call reads (Properties.Get/GetAll, GetManagedObjects), else None."""
         if msg.interface == PROPERTIES_IFACE and (msg.member, msg.signature) in (("Get", "ss"), ("GetAll", "s")):
-            if msg.body[0] != JOB_IFACE or not msg.path.startswith(JOB_PATH_PREFIX):
+            if msg.body[0] != JOB_IFACE:
                 return None
-            tail = msg.path[len(JOB_PATH_PREFIX):]
-            obj = self.objects.get(int(tail)) if tail.isdigit() else None
-            return None if obj is None else [obj.job]
+            jid = job_id(msg.path)
+            job = None if jid is None else self.objects.get(jid)
+            return None if job is None else [job]
         if msg.interface == OBJECT_MANAGER_IFACE and msg.member == "GetManagedObjects":
-            return [o.job for o in self.objects.values()]
+            return list(self.objects.values())
         return None
 
     def _known_viewer(self, sender: str, jobs: list[Job]) -> tuple[int, bool] | None:
@@ -507,42 +495,22 @@ class DBusService:
             self.bus.send(Message.new_error(msg, ERROR_PREFIX + "Failed", "cannot tell who is calling"))
             return None
 
-    def _dispatch_as(self, msg: Message, viewer: tuple[int, bool]) -> None:
-        """A held message through the tap again, which now knows its viewer."""
-        self._redispatch[id(msg)] = viewer
-        try:
-            self.bus._process_message(msg)
-        finally:
-            self._redispatch.pop(id(msg), None)
-
-    async def _resolve_and_dispatch(self, msg: Message, jobs: list[Job]) -> None:
-        viewer = await self._viewer_or_answer(msg, jobs)
-        if viewer is not None:
-            self._dispatch_as(msg, viewer)
-
     MANAGED_MAX = 10_000  # job objects GetManagedObjects lists; its one reply is marshalled at once (~10 ms per 1,000)
 
     def _managed_objects(self, msg: Message) -> Message | bool | None:
         """GetManagedObjects without a stall: over MANAGED_MAX job objects it is refused (the one reply
-        would hold the loop for seconds, and soon pass the bus's 32 MiB a message); at the manager's
-        path (where the ObjectManager is) the answer is built in slices. Elsewhere dbus-fast answers."""
+        would hold the loop for seconds, and soon pass the bus's 32 MiB a message); at a path above the
+        job subtree (the manager's, where the ObjectManager is, or its parents) the answer is built in
+        slices. Elsewhere dbus-fast answers (nothing is exported below a job's path)."""
         path = msg.path or "/"
         covers_jobs = path == "/" or JOB_PATH_PREFIX.startswith(path.rstrip("/") + "/")
         if not covers_jobs or not self.objects:
             return None
         if len(self.objects) > self.MANAGED_MAX:
             return self._too_many(msg)
-        if id(msg) in self._budget_checked:
-            self._budget_checked.discard(id(msg))
-        elif sum(row_bytes(o.job) for o in self.objects.values()) > REPLY_BUDGET:
-            # Too big as root would see it: what this caller sees (others' private keys empty) may fit.
-            task = asyncio.get_running_loop().create_task(self._check_budget_and_dispatch(msg))
-            self._replies.add(task)
-            task.add_done_callback(self._replies.discard)
-            return True
-        if path not in (MANAGER_PATH, JOB_PATH_PREFIX.rstrip("/")):
-            return None
-        task = asyncio.get_running_loop().create_task(self._answer_managed_objects(msg))
+        # Too big as root would see it: what this caller sees (others' private keys empty) may fit.
+        check = sum(row_bytes(j) for j in self.objects.values()) > REPLY_BUDGET
+        task = asyncio.get_running_loop().create_task(self._answer_managed_objects(msg, check))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
         return True
@@ -554,30 +522,38 @@ class DBusService:
             f"{what} exported; GetManagedObjects lists at most {self.MANAGED_MAX} (and {REPLY_BUDGET >> 20} MiB): "
             "use org.schedd.Schedd1.Manager.ListJobs (page with its After filter) and InterfacesAdded")
 
-    async def _check_budget_and_dispatch(self, msg: Message) -> None:
-        jobs = [o.job for o in self.objects.values()]
+    def _manager_entry(self) -> dict[str, dict[str, Variant]]:
+        """The manager's row of GetManagedObjects, as dbus-fast lists an exported object."""
+        got: list[tuple[dict[str, Variant], Exception | None]] = []
+        ServiceInterface._get_all_property_values(self.manager, lambda _i, values, _d, e: got.append((values, e)))
+        ((values, error),) = got  # its getters are synchronous: answered at once
+        if error is not None:
+            raise error
+        return {MANAGER_IFACE: values}
+
+    async def _answer_managed_objects(self, msg: Message, check_budget: bool) -> None:
+        jobs = list(self.objects.values())
         viewer = await self._viewer_or_answer(msg, jobs)
         if viewer is None:
             return
-        size = sum(row_bytes(j) if self.viewer_sees(j, viewer) else ROW_OVERHEAD + len(j.spec.name) for j in jobs)
-        if size > REPLY_BUDGET:
-            self.bus.send(self._too_many(msg, size))
-            return
-        self._budget_checked.add(id(msg))
-        try:
-            self._dispatch_as(msg, viewer)  # the budget checked for this viewer
-        finally:
-            self._budget_checked.discard(id(msg))
-
-    async def _answer_managed_objects(self, msg: Message) -> None:
-        viewer = await self._viewer_or_answer(msg, [o.job for o in self.objects.values()])
-        if viewer is None:
-            return
+        if check_budget:  # the reply as this caller sees it
+            size = sum(row_bytes(j) if self.viewer_sees(j, viewer) else ROW_OVERHEAD + len(j.spec.name) for j in jobs)
+            if size > REPLY_BUDGET:
+                self.bus.send(self._too_many(msg, size))
+                return
         result: dict[str, dict[str, dict[str, Variant]]] = {}
+        if MANAGER_PATH.startswith((msg.path or "/").rstrip("/") + "/"):  # above the manager: listed first
+            try:
+                result[MANAGER_PATH] = self._manager_entry()
+            except Exception as e:  # noqa: BLE001 - answered as dbus-fast answered a getter's failure
+                log.exception("GetManagedObjects: reading the manager's properties failed")
+                self.bus.send(Message.new_error(msg, "org.freedesktop.DBus.Error.ServiceError",
+                                                f"The service interface raised an error: {type(e).__name__}"))
+                return
         deadline = time.monotonic() + 0.01
-        for jid, obj in list(self.objects.items()):
-            if self.objects.get(jid) is obj:  # still exported
-                result[job_path(jid)] = {JOB_IFACE: job_variants(obj.job, private=self.viewer_sees(obj.job, viewer))}
+        for jid, job in list(self.objects.items()):
+            if self.objects.get(jid) is job:  # still on the bus
+                result[job_path(jid)] = {JOB_IFACE: job_variants(job, private=self.viewer_sees(job, viewer))}
             if time.monotonic() >= deadline:
                 await asyncio.sleep(0)
                 deadline = time.monotonic() + 0.01
@@ -635,9 +611,9 @@ class DBusService:
     def job_added(self, job: Job) -> None:
         if job.id in self.objects:
             return
-        obj = JobObject(self, job)
-        self.objects[job.id] = obj
-        self.bus.export(job_path(job.id), obj)  # InterfacesAdded
+        self.objects[job.id] = job  # its path answers from now on (jobs.JobTree)
+        if not getattr(self.bus, "_disconnected", False):
+            self.bus.send(interfaces_added(job, self.public_private_data))
         self._unsynced += 1
         if not job.state.terminal:
             self._job_state_changed(job)
@@ -673,8 +649,8 @@ class DBusService:
             self._job_state_changed(job)
 
     def job_released(self, job: Job) -> None:
-        if self.objects.pop(job.id, None) is not None:
-            self.bus.unexport(job_path(job.id))
+        if self.objects.pop(job.id, None) is not None and not getattr(self.bus, "_disconnected", False):
+            self.bus.send(interfaces_removed(job_path(job.id), [JOB_IFACE]))
 
     def manager_changed(self, facts: frozenset[str]) -> None:
         props = manager_properties(facts)
