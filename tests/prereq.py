@@ -27,6 +27,18 @@ def unavailable(why: str) -> NoReturn:
     pytest.skip(why, allow_module_level=True)  # also at import time, for a module that cannot load
 
 
+def ordinary_uid() -> int:
+    """A caller that is not root: ourselves if we are not, else some account with a passwd entry."""
+    import pwd
+
+    if os.getuid() != 0:
+        return os.getuid()
+    for pw in pwd.getpwall():
+        if pw.pw_uid not in (0, 65534):
+            return pw.pw_uid
+    unavailable("no non-root user in /etc/passwd")
+
+
 def require(why: str | None) -> None:
     """Nothing when why is None (the prerequisite is there); else unavailable(why)."""
     if why is not None:

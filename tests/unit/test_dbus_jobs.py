@@ -9,8 +9,6 @@ introspection XML byte for byte), for the job's owner, another user, a polkit op
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +16,7 @@ import pytest
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.errors import DBusError
-from prereq import unavailable
+from prereq import ordinary_uid
 
 from schedd import JOB_IFACE, MANAGER_IFACE, MANAGER_PATH, job_path
 from schedd.api.dbus.jobs import JOB_ROOT, children_xml, job_id
@@ -33,16 +31,7 @@ PROPS = "org.freedesktop.DBus.Properties"
 INTRO = "org.freedesktop.DBus.Introspectable"
 
 
-def _ordinary_uid() -> int:
-    if os.getuid() != 0:
-        return os.getuid()
-    for pw in pwd.getpwall():
-        if pw.pw_uid not in (0, 65534):
-            return pw.pw_uid
-    unavailable("no non-root user in /etc/passwd")
-
-
-OWNER = _ordinary_uid()
+OWNER = ordinary_uid()
 OTHER, OPERATOR = OWNER + 1, OWNER + 2
 SENDERS = {":1.10": OWNER, ":1.11": OTHER, ":1.12": OPERATOR, ":1.13": 0}
 VIEWERS = {":1.10": (OWNER, False), ":1.11": (OTHER, False), ":1.12": (OPERATOR, True), ":1.13": (0, False)}

@@ -49,6 +49,22 @@ async def finish(sim: Sim, timeout: float = 12.0) -> None:
     assert not bad, "\n".join(bad) + "\n" + sim.describe()
 
 
+async def b_busy(tmp_path: Path) -> Sim:
+    """Six 0.6 s jobs of a for b, which has 2 CPUs: it runs two copies and holds four waiting."""
+    sim = Sim(tmp_path, 0, cpus=2)
+    await sim.start()
+    try:
+        sim.watch_completions()
+        sim.runtimes.update({("a", i): 0.6 for i in range(1, 9)})
+        for _ in range(6):
+            await sim.submit("a", "b", True, user_uid())
+        await until(lambda: len(sim.nodes["b"].host.units) == 2, "b runs two copies", 5.0)
+    except BaseException:
+        await sim.stop()
+        raise
+    return sim
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_random_faults_keep_the_rules(tmp_path: Path, seed: int):
     sim = Sim(tmp_path, seed, cpus=1)  # one CPU a node: copies wait, and a stall finds some waiting
@@ -87,15 +103,8 @@ async def test_the_origin_stalled_while_its_copies_run_elsewhere_runs_nothing_tw
 async def test_a_run_node_stalled_with_waiting_copies_never_starts_them_after_the_thaw(tmp_path: Path):
     """Issue 18, case 2: b stops while it runs two copies and holds others waiting; a judges it down and
     places the waiting ones elsewhere. After the thaw b must not start its stale copies."""
-    sim = Sim(tmp_path, 0, cpus=2)
-    await sim.start()
-    sim.watch_completions()
+    sim = await b_busy(tmp_path)
     try:
-        uid = user_uid()
-        sim.runtimes.update({("a", i): 0.6 for i in range(1, 9)})
-        for _ in range(6):
-            await sim.submit("a", "b", True, uid)
-        await until(lambda: len(sim.nodes["b"].ex.host.units) == 2, "b runs two copies", 5.0)
         b_copies = {j.id for j in sim.nodes["b"].engine.jobs.values() if j.state == JobState.PENDING}
         assert len(b_copies) == 4
         sim.plan = [Episode(sim.now(), 1.2, "stall", node="b")]
@@ -153,15 +162,8 @@ async def test_a_run_node_killed_and_brought_back_with_its_state_runs_nothing_el
     """b is killed (its programs go on) while it runs two copies and holds others; a judges it down and
     places them elsewhere. The daemon comes back on the same machine and state: only the two that ran
     may run again elsewhere, and b's stale copies stop before it starts anything else of a's."""
-    sim = Sim(tmp_path, 0, cpus=2)
-    await sim.start()
-    sim.watch_completions()
+    sim = await b_busy(tmp_path)
     try:
-        uid = user_uid()
-        sim.runtimes.update({("a", i): 0.6 for i in range(1, 9)})
-        for _ in range(6):
-            await sim.submit("a", "b", True, uid)
-        await until(lambda: len(sim.nodes["b"].host.units) == 2, "b runs two copies", 5.0)
         sim.plan = [Episode(sim.now(), 0.7, "restart", node="b")]
         await sim.run_plan()
         await finish(sim)

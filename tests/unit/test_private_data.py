@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prereq import unavailable
+from prereq import ordinary_uid
 from dbus_fast import Message, MessageType, Variant
 
 from schedd import JOB_IFACE, MANAGER_PATH, job_path
@@ -27,17 +27,7 @@ from schedd.core.store import Store
 from schedctl import render
 
 
-def _ordinary_uid() -> int:
-    """A caller that is not root: ourselves if we are not, else some account with a passwd entry."""
-    if os.getuid() != 0:
-        return os.getuid()
-    for pw in pwd.getpwall():
-        if pw.pw_uid not in (0, 65534):
-            return pw.pw_uid
-    unavailable("no non-root user in /etc/passwd")
-
-
-USER = _ordinary_uid()
+USER = ordinary_uid()
 
 
 def spec(**extra: Any) -> dict[str, Variant]:
