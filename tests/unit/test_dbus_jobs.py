@@ -60,17 +60,6 @@ class Recorder:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path):
-    cfg = Config(node_name="n", cpu_ids=[0], memory=4 << 30, state_dir=tmp_path)
-    store = Store(tmp_path / "schedd.db")
-    e = Engine(cfg, store)
-    e.jobs_dir.mkdir()
-    yield e
-    await store.drain()
-    store.close()
-
-
-@pytest.fixture
 async def lazy(engine: Engine):
     """The service under test: the tap answers job paths from its table."""
     rec = Recorder()

@@ -37,17 +37,6 @@ def spec(**extra: Any) -> dict[str, Variant]:
     return out
 
 
-@pytest.fixture
-async def engine(tmp_path: Path):
-    cfg = Config(node_name="n", cpu_ids=[0], memory=4 << 30, state_dir=tmp_path)
-    store = Store(tmp_path / "schedd.db")
-    e = Engine(cfg, store)
-    e.jobs_dir.mkdir()
-    yield e
-    await store.drain()
-    store.close()
-
-
 # -- item 9: priority ------------------------------------------------------------------------
 
 
