@@ -21,10 +21,8 @@ from prereq import ordinary_uid
 from schedd import JOB_IFACE, MANAGER_IFACE, MANAGER_PATH, job_path
 from schedd.api.dbus.jobs import JOB_ROOT, children_xml, job_id
 from schedd.api.dbus.service import DBusService, JobObject, ManagerObject, ServiceBus, _viewer
-from schedd.config import Config
 from schedd.core.engine import Caller, Engine
 from schedd.core.model import Job, JobSpec, JobState
-from schedd.core.store import Store
 from schedd.protocol import JOB_PROPERTIES, PRIVATE_JOB_KEYS
 
 PROPS = "org.freedesktop.DBus.Properties"
