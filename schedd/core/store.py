@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
+from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,15 +512,23 @@ class Store:
         return [row_to_job(r) for r in rows]
 
     def query(
-        self, states: Iterable[str] | None, uid: int | None, after: int, limit: int, exclude: set[int]
+        self, states: Iterable[str] | None, uid: int | None, after: int, limit: int, exclude: Container[int]
     ) -> list[Job]:
-        """Jobs by id > after, oldest first, skipping ids in exclude (the daemon's in-memory copies win)."""
+        """Jobs by id > after, oldest first, skipping ids in exclude (the daemon's in-memory copies win).
+
+        With states, one walk per state along its index (state, id): a page reads about `limit`
+        rows per state, never the rows of the other states before it."""
         after = min(after, MAX_ID)
-        where, args = ["id > ?"], [after]
-        if states is not None:
-            states = list(states)
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            args.extend(states)
+        if states is None:
+            return self._query([], [], uid, after, limit, exclude)
+        per_state = [self._query(["state = ?"], [st], uid, after, limit, exclude) for st in dict.fromkeys(states)]
+        if len(per_state) == 1:
+            return per_state[0]
+        return heapq_merge_jobs(per_state, limit)
+
+    def _query(self, where: list[str], args: list, uid: int | None, after: int, limit: int,
+               exclude: Container[int]) -> list[Job]:
+        where, args = ["id > ?", *where], [after, *args]
         if uid is not None:
             where.append("uid = ?")
             args.append(uid)
@@ -600,6 +610,11 @@ class Store:
 
     def integrity_check(self) -> str:
         return self._r.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def heapq_merge_jobs(lists: list[list[Job]], limit: int) -> list[Job]:
+    """The first `limit` jobs of lists each sorted by id, in id order."""
+    return list(islice(heapq.merge(*lists, key=lambda j: j.id), limit))
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
