@@ -83,3 +83,17 @@ async def test_a_hidden_batch_is_not_listed(engine: Engine):
     engine._unannounced.add(2)  # a batch not yet durable
     assert [j.id for j in engine.list(None, None, 0, 10)] == [1]
     assert [j.id for j in engine.list(["HELD"], 1000, 0, 10)] == [1]
+
+
+async def test_loaded_and_submitted_jobs_share_no_list_they_may_change(engine: Engine, tmp_path: Path):
+    """Empty list fields share one list (memory per job); a job's non-empty ones are its own."""
+    from schedd.core import model
+    from schedd.core.store import row_to_job, job_to_row
+
+    a, b = job(1, 1000, JobState.HELD), job(2, 1000, JobState.HELD)
+    b.spec.environment = ["A=1"]
+    la, lb = row_to_job(job_to_row(a)), row_to_job(job_to_row(b))
+    assert la.assigned_cpus is model.EMPTY and la.spec.after is model.EMPTY
+    assert lb.spec.environment == ["A=1"] and lb.spec.command is not la.spec.command
+    assert (la.spec.stderr_path, lb.spec.command) == (a.spec.stderr_path, ["true"])
+    assert model.EMPTY == []
