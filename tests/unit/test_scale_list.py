@@ -97,3 +97,17 @@ async def test_loaded_and_submitted_jobs_share_no_list_they_may_change(engine: E
     assert lb.spec.environment == ["A=1"] and lb.spec.command is not la.spec.command
     assert (la.spec.stderr_path, lb.spec.command) == (a.spec.stderr_path, ["true"])
     assert model.EMPTY == []
+
+
+async def test_a_bulk_load_indexes_as_inserts_one_by_one(engine: Engine, tmp_path: Path):
+    rng = random.Random(5)
+    loaded = [job(i, rng.choice((1000, 1001)), rng.choice(list(JobState))) for i in range(1, 5000, 2)]
+    engine._insert_loaded(loaded)
+    other = Engine(engine.config, engine.store)
+    for j in loaded:
+        other._insert(j)
+    assert engine._by_state == other._by_state and dict(engine.quotas.queued) == dict(other.quotas.queued)
+    for filt in (None, ["HELD"], ["RUNNING", "COMPLETED"]):
+        for uid in (None, 1001):
+            assert engine.list(filt, uid, 777, 3000) == other.list(filt, uid, 777, 3000)
+    assert {k: list(v) for k, v in engine._user_ids.items()} == {k: list(v) for k, v in other._user_ids.items()}

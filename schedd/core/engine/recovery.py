@@ -57,8 +57,8 @@ class Recovery:
         finally:
             if was_enabled:
                 gc.enable()
+        self._insert_loaded(loaded)
         for job in loaded:
-            self._insert(job)
             if job.state.active and not job.remote:
                 alloc = Allocation(tuple(job.assigned_cpus), job.spec.memory, tuple(job.assigned_gpus))
                 try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import MISSING, dataclass, field, fields
@@ -52,6 +52,16 @@ class SortedIds:
         self._chunks: list[list[int]] = []
         self._maxes: list[int] = []
         self._len = 0
+
+    @classmethod
+    def from_sorted(cls, ids: list[int]) -> "SortedIds":
+        """The set of ids, given ascending and distinct."""
+        out = cls()
+        n = cls.CHUNK
+        out._chunks = [ids[k:k + n] for k in range(0, len(ids), n)]
+        out._maxes = [c[-1] for c in out._chunks]
+        out._len = len(ids)
+        return out
 
     def __len__(self) -> int:
         return self._len
@@ -260,6 +270,31 @@ class JobTable:
         self._index_add(job, job.state)
         if job.state.queued:
             self.quotas.enter(job.uid, exec_bytes(job.spec))
+
+    def _insert_loaded(self, loaded: list[Job]) -> None:
+        """_insert of every job recovery loaded into an empty table, in one sweep: the store gives
+        them in id order, so each index is built by appending (no search per job)."""
+        if self.jobs or any(a.id >= b.id for a, b in zip(loaded, loaded[1:])):
+            for job in loaded:  # not the start-up case: one at a time
+                self._insert(job)
+            return
+        by_key: dict[JobState | tuple[int, JobState], list[int]] = defaultdict(list)
+        jobs, counts, enter = self.jobs, self._by_state, self.quotas.enter
+        for job in loaded:
+            jid, state = job.id, job.state
+            jobs[jid] = job
+            counts[state] += 1
+            by_key[state].append(jid)
+            if not state.terminal:
+                by_key[(job.spec.uid, state)].append(jid)
+                if state.queued:
+                    enter(job.spec.uid, exec_bytes(job.spec))
+        for key, ids in by_key.items():
+            idx = SortedIds.from_sorted(ids)
+            if isinstance(key, tuple):
+                self._user_ids[key] = idx
+            else:
+                self._ids[key] = idx
 
     def _remove(self, job: Job) -> None:
         """Out of the table without a word to the listeners (what _insert did, undone)."""
