@@ -137,15 +137,15 @@ def build_spec(
     limits: Limits,
     job_known: Callable[[int], bool] = lambda _id: False,
     daemon_uid: int | None = None,
-    users: dict[int, tuple[pwd.struct_passwd, str]] | None = None,
+    users: dict[int, list] | None = None,
 ) -> JobSpec:
     """Check every key of a Submit spec and return the JobSpec, or raise a SchedError.
 
     Type checks come first (wrong D-Bus type → InvalidArgument), then values,
     then whether any node could ever hold it (→ Unsatisfiable).
 
-    users: a cache of (passwd entry, default working directory) by uid that the caller keeps for
-    one batch, so a SubmitMany asks NSS and stats the home directory once per user, not per spec.
+    users: a cache of [passwd entry, default working directory or None] by uid that the caller keeps
+    for one batch, so a SubmitMany asks NSS and stats the home directory once per user, not per spec.
     """
     if not isinstance(props, dict):
         raise InvalidArgument("the spec must be a dictionary a{sv}")
@@ -211,10 +211,10 @@ def build_spec(
         except KeyError:
             raise (_bad("User", f"uid {uid} does not exist on this node") if "User" in v
                    else AccessDenied(f"your uid {uid} has no passwd entry on this node")) from None
-        known = (pw, pw.pw_dir if os.path.isdir(pw.pw_dir) else "/")
+        known = [pw, None]
         if users is not None:
             users[uid] = known
-    pw, home = known
+    pw = known[0]
 
     if "WorkingDirectory" in v:
         cwd = _check_path("WorkingDirectory", v["WorkingDirectory"])
@@ -226,7 +226,9 @@ def build_spec(
             if not stat.S_ISDIR(st.st_mode):
                 raise _bad("WorkingDirectory", f"{cwd} is not a directory")
     else:
-        cwd = home
+        if known[1] is None:
+            known[1] = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
+        cwd = known[1]
 
     stdout_path = _check_path("StdoutPath", v["StdoutPath"]) if "StdoutPath" in v else ""
     stderr_path = _check_path("StderrPath", v["StderrPath"]) if "StderrPath" in v else ""
