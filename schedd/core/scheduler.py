@@ -69,6 +69,12 @@ class Scheduler:
         self._heap: list[tuple[int, int]] = []
         self._queued: dict[int, Job] = {}
         self._entries: set[tuple[int, int]] = set()  # what is in the heap, live or stale
+        # Backfill: the inputs of the last pass behind a blocked head that started nothing. The same
+        # inputs later start nothing either (time only makes fewer jobs end before the shadow), so
+        # passes after events that change none of them (a job held, a job ending elsewhere) skip
+        # the walk through the queue.
+        self._version = 0  # bumped whenever the queue changes
+        self._idle: tuple | None = None
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -82,6 +88,7 @@ class Scheduler:
 
     def dequeue(self, job_id: int) -> Job | None:
         """Forget a queued job (cancel, hold); its heap entry is dropped lazily."""
+        self._version += 1
         return self._queued.pop(job_id, None)
 
     def _live(self, entry: tuple[int, int]) -> Job | None:
@@ -119,6 +126,7 @@ class Scheduler:
             self._entries.discard(heapq.heappop(self._heap))
         # else: the entry stays in the heap, stale, and is dropped when it reaches the top
         del self._queued[job.id]
+        self._version += 1
 
     def reservation(self, head: Job, now: int, started: Iterable[tuple[Job, Allocation]] = ()) -> tuple[int, _Vec] | None:
         """(shadow time, what is left over then) for the blocked head job, or None when unknowable."""
@@ -145,6 +153,11 @@ class Scheduler:
         if planned is None:
             return []
         shadow, extra = planned
+        led = self.ledger
+        key = (head.id, shadow, extra.cpus, extra.memory, extra.gpus, led.free_cpus, led.free_memory, led.free_gpus,
+               self._version)
+        if key == self._idle:
+            return []
         out: list[tuple[Job, Allocation]] = []
         for entry in sorted(self._heap):
             job = self._live(entry)
@@ -165,10 +178,12 @@ class Scheduler:
             out.append((job, alloc))
             if not self.ledger.free_cpus:
                 break
+        self._idle = None if out else key
         return out
 
     def enqueue(self, job: Job) -> None:
         self._queued[job.id] = job
+        self._version += 1
         entry = (-job.spec.priority, job.id)
         if entry not in self._entries:  # a held-then-released job may still have its old entry
             self._entries.add(entry)

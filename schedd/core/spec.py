@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from schedd.errors import AccessDenied, InvalidArgument, Unsatisfiable
-from schedd.core.model import JobSpec
+from schedd.core.model import EMPTY, JobSpec
 from schedd.protocol import SPEC_KEYS, format_duration, format_size
 
 MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
@@ -137,11 +137,15 @@ def build_spec(
     limits: Limits,
     job_known: Callable[[int], bool] = lambda _id: False,
     daemon_uid: int | None = None,
+    users: dict[int, list] | None = None,
 ) -> JobSpec:
     """Check every key of a Submit spec and return the JobSpec, or raise a SchedError.
 
     Type checks come first (wrong D-Bus type → InvalidArgument), then values,
     then whether any node could ever hold it (→ Unsatisfiable).
+
+    users: a cache of [passwd entry, default working directory or None] by uid that the caller keeps
+    for one batch, so a SubmitMany asks NSS and stats the home directory once per user, not per spec.
     """
     if not isinstance(props, dict):
         raise InvalidArgument("the spec must be a dictionary a{sv}")
@@ -161,7 +165,7 @@ def build_spec(
     argv_bytes = sum(_exec_string("Command", f"argument {i}", arg) for i, arg in enumerate(command))
     _refuse_control("Command", command[0], "the program (argument 0)")
 
-    env = list(v.get("Environment", []))
+    env = list(v["Environment"]) if v.get("Environment") else EMPTY
     if len(env) > limits.max_env_entries:
         raise _bad("Environment", f"{len(env)} entries; this daemon accepts at most {limits.max_env_entries}")
     for i, entry in enumerate(env):
@@ -200,11 +204,17 @@ def build_spec(
         uid = v["User"]
     if daemon_uid is not None and daemon_uid != 0 and uid != daemon_uid:
         raise AccessDenied(f"this is a per-user daemon of uid {daemon_uid}; it runs jobs only as that user")
-    try:
-        pw = pwd.getpwuid(uid)
-    except KeyError:
-        raise (_bad("User", f"uid {uid} does not exist on this node") if "User" in v
-               else AccessDenied(f"your uid {uid} has no passwd entry on this node")) from None
+    known = users.get(uid) if users is not None else None
+    if known is None:
+        try:
+            pw = pwd.getpwuid(uid)
+        except KeyError:
+            raise (_bad("User", f"uid {uid} does not exist on this node") if "User" in v
+                   else AccessDenied(f"your uid {uid} has no passwd entry on this node")) from None
+        known = [pw, None]
+        if users is not None:
+            users[uid] = known
+    pw = known[0]
 
     if "WorkingDirectory" in v:
         cwd = _check_path("WorkingDirectory", v["WorkingDirectory"])
@@ -216,12 +226,14 @@ def build_spec(
             if not stat.S_ISDIR(st.st_mode):
                 raise _bad("WorkingDirectory", f"{cwd} is not a directory")
     else:
-        cwd = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
+        if known[1] is None:
+            known[1] = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
+        cwd = known[1]
 
     stdout_path = _check_path("StdoutPath", v["StdoutPath"]) if "StdoutPath" in v else ""
     stderr_path = _check_path("StderrPath", v["StderrPath"]) if "StderrPath" in v else ""
 
-    after = list(v.get("After", []))
+    after = list(v["After"]) if v.get("After") else EMPTY
     for dep in after:
         if not job_known(dep):
             raise _bad("After", f"job {dep} does not exist")

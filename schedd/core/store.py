@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+import sys
+from collections.abc import Container, Iterable
+from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from schedd.errors import NoSpace, SchedError
-from schedd.core.model import Job, JobSpec, JobState
+from schedd.core.model import EMPTY, Job, JobSpec, JobState
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +128,18 @@ PURGE_SQL = ("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_
              "end_time < ? AND state IN (?, ?, ?) LIMIT ?) RETURNING id")
 
 
+def _list_json(x: list) -> str:
+    """A list column as JSON; most are empty (a held job has no CPUs, environment or dependencies)."""
+    return json.dumps(x) if x else "[]"
+
+
 def job_to_row(job: Job) -> tuple:
     s = job.spec
     return (
-        job.id, s.name, json.dumps(s.command), s.uid, s.gid, s.user_name, job.state.value, job.reason,
-        job.exit_code, s.priority, s.cpus, s.memory, s.gpus, json.dumps(job.assigned_cpus),
-        json.dumps(job.assigned_gpus), job.node, s.working_directory, json.dumps(s.environment),
-        s.stdout_path, s.stderr_path, s.runtime_max_usec, int(s.hold), json.dumps(s.after), s.node,
+        job.id, s.name, _list_json(s.command), s.uid, s.gid, s.user_name, job.state.value, job.reason,
+        job.exit_code, s.priority, s.cpus, s.memory, s.gpus, _list_json(job.assigned_cpus),
+        _list_json(job.assigned_gpus), job.node, s.working_directory, _list_json(s.environment),
+        s.stdout_path, s.stderr_path, s.runtime_max_usec, int(s.hold), _list_json(s.after), s.node,
         int(s.requeue), job.restarts, job.submit_time, job.start_time, job.end_time, job.cpu_time_usec,
         job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
         job.array_job_id, s.array_task_id, s.array_max_running, job.suspended_usec, job.suspend_time,
@@ -140,27 +148,54 @@ def job_to_row(job: Job) -> tuple:
     )
 
 
+_loads = json.loads
+_COMMANDS: dict[str, tuple[str, ...]] = {}  # argv JSON -> its strings, shared by the jobs that run the same program
+_COMMANDS_MAX = 4096
+
+
+def _list_col(text: str) -> list:
+    return EMPTY if text == "[]" else _loads(text)
+
+
+def _command(text: str) -> list[str]:
+    """A job's argv from its JSON; jobs of one array or script share the strings (each job its own list)."""
+    argv = _COMMANDS.get(text)
+    if argv is None:
+        if len(_COMMANDS) >= _COMMANDS_MAX:
+            _COMMANDS.clear()
+        argv = _COMMANDS[text] = tuple(_loads(text))
+    return list(argv)
+_intern = sys.intern  # names, users, directories and nodes repeat across jobs: one string each in memory
+
+
 def row_to_job(row: tuple) -> Job:
-    r = dict(zip(COLUMNS, row))
+    (id_, name, command, uid, gid, user_name, state, reason, exit_code, priority, cpus, memory, gpus,
+     assigned_cpus, assigned_gpus, node, working_directory, environment, stdout_path, stderr_path,
+     runtime_max_usec, hold, after, target_node, requeue, restarts, submit_time, start_time, end_time,
+     cpu_time_usec, memory_peak, handle, array_job_id, array_task_id, array_max_running, suspended_usec,
+     suspend_time, origin_node, origin_id, remote_node, remote_id, node_failures, attempt, start_granted) = row
     spec = JobSpec(
-        command=json.loads(r["command"]), name=r["name"], cpus=r["cpus"], memory=r["memory"], gpus=r["gpus"],
-        priority=r["priority"], working_directory=r["working_directory"],
-        environment=json.loads(r["environment"]), stdout_path=r["stdout_path"], stderr_path=r["stderr_path"],
-        runtime_max_usec=r["runtime_max_usec"], hold=bool(r["hold"]), uid=r["uid"], gid=r["gid"],
-        user_name=r["user_name"], after=json.loads(r["after"]), node=r["target_node"], requeue=bool(r["requeue"]),
-        array_task_id=r["array_task_id"], array_max_running=r["array_max_running"],
+        command=_command(command), name=_intern(name), cpus=cpus, memory=memory, gpus=gpus, priority=priority,
+        working_directory=_intern(working_directory), environment=_list_col(environment), stdout_path=stdout_path,
+        stderr_path=stdout_path if stderr_path == stdout_path else stderr_path, runtime_max_usec=runtime_max_usec,
+        hold=bool(hold), uid=uid, gid=gid, user_name=_intern(user_name), after=_list_col(after),
+        node=_intern(target_node), requeue=bool(requeue), array_task_id=array_task_id,
+        array_max_running=array_max_running,
     )
     return Job(
-        id=r["id"], spec=spec, state=JobState(r["state"]), reason=r["reason"], exit_code=r["exit_code"],
-        assigned_cpus=json.loads(r["assigned_cpus"]), assigned_gpus=json.loads(r["assigned_gpus"]),
-        node=r["node"], submit_time=r["submit_time"], start_time=r["start_time"], end_time=r["end_time"],
-        cpu_time_usec=r["cpu_time_usec"], memory_peak=r["memory_peak"], restarts=r["restarts"],
-        handle=json.loads(r["handle"]) if r["handle"] else None,
-        array_job_id=r["array_job_id"], suspended_usec=r["suspended_usec"], suspend_time=r["suspend_time"],
-        origin_node=r["origin_node"], origin_id=r["origin_id"], remote_node=r["remote_node"],
-        remote_id=r["remote_id"], node_failures=r["node_failures"], attempt=r["attempt"],
-        start_granted=bool(r["start_granted"]),
+        id=id_, spec=spec, state=JobState[state], reason=_intern(reason), exit_code=exit_code,
+        assigned_cpus=_list_col(assigned_cpus), assigned_gpus=_list_col(assigned_gpus),
+        node=_intern(node), submit_time=submit_time, start_time=start_time, end_time=end_time,
+        cpu_time_usec=cpu_time_usec, memory_peak=memory_peak, restarts=restarts,
+        handle=json.loads(handle) if handle else None,
+        array_job_id=array_job_id, suspended_usec=suspended_usec, suspend_time=suspend_time,
+        origin_node=_intern(origin_node), origin_id=origin_id, remote_node=_intern(remote_node),
+        remote_id=remote_id, node_failures=node_failures, attempt=attempt, start_granted=bool(start_granted),
     )
+
+
+# row_to_job unpacks the columns by position: it names them in COLUMNS' order.
+assert row_to_job.__code__.co_varnames[1:1 + len(COLUMNS)] == ("id_", *COLUMNS[1:]), "row_to_job: columns out of order"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -510,15 +545,23 @@ class Store:
         return [row_to_job(r) for r in rows]
 
     def query(
-        self, states: Iterable[str] | None, uid: int | None, after: int, limit: int, exclude: set[int]
+        self, states: Iterable[str] | None, uid: int | None, after: int, limit: int, exclude: Container[int]
     ) -> list[Job]:
-        """Jobs by id > after, oldest first, skipping ids in exclude (the daemon's in-memory copies win)."""
+        """Jobs by id > after, oldest first, skipping ids in exclude (the daemon's in-memory copies win).
+
+        With states, one walk per state along its index (state, id): a page reads about `limit`
+        rows per state, never the rows of the other states before it."""
         after = min(after, MAX_ID)
-        where, args = ["id > ?"], [after]
-        if states is not None:
-            states = list(states)
-            where.append(f"state IN ({', '.join('?' * len(states))})")
-            args.extend(states)
+        if states is None:
+            return self._query([], [], uid, after, limit, exclude)
+        per_state = [self._query(["state = ?"], [st], uid, after, limit, exclude) for st in dict.fromkeys(states)]
+        if len(per_state) == 1:
+            return per_state[0]
+        return heapq_merge_jobs(per_state, limit)
+
+    def _query(self, where: list[str], args: list, uid: int | None, after: int, limit: int,
+               exclude: Container[int]) -> list[Job]:
+        where, args = ["id > ?", *where], [after, *args]
         if uid is not None:
             where.append("uid = ?")
             args.append(uid)
@@ -600,6 +643,11 @@ class Store:
 
     def integrity_check(self) -> str:
         return self._r.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def heapq_merge_jobs(lists: list[list[Job]], limit: int) -> list[Job]:
+    """The first `limit` jobs of lists each sorted by id, in id order."""
+    return list(islice(heapq.merge(*lists, key=lambda j: j.id), limit))
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -15,6 +15,7 @@ import pytest
 from dbus_fast import Variant
 
 import schedd.core.engine as engine_mod
+import schedd.core.model as model
 from schedd.config import Config
 from schedd.core.engine import Caller, Engine
 from schedd.core.engine.events import JOB_FIELDS, MANAGER_FACTS
@@ -166,6 +167,7 @@ async def make_node(tmp_path: Path):
     yield make
     for node in nodes:
         await node.close()
+    assert model.EMPTY == [], "a job's shared empty list was changed in place"
 
 
 @pytest.fixture

@@ -306,7 +306,8 @@ async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusServi
     me = pwd.getpwuid(USER).pw_name
     local_other = a_job(uid=USER + 1, job_id=4)
     local_mine = a_job(uid=USER, job_id=5)
-    service.engine.jobs.update({4: local_other, 5: local_mine})
+    for j in (local_other, local_mine):
+        service.engine._insert(j)
 
     def peer_rec(user: str, jid: int) -> dict:
         return job_record(a_job(job_id=jid)) | {"UserName": user}

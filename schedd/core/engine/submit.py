@@ -17,7 +17,7 @@ import time
 
 from schedd.core.engine.access import PRIORITY_ACTION, Caller
 from schedd.core.engine.events import COUNTS
-from schedd.core.model import Job, JobSpec, JobState, Reason, now_usec
+from schedd.core.model import EMPTY, Job, JobSpec, JobState, Reason, now_usec
 from schedd.core.quota import exec_bytes
 from schedd.core.spec import build_spec
 from schedd.core.store import job_to_row
@@ -63,7 +63,7 @@ class _Slicer:
 
 class Submission:
     SLICE = 0.01  # seconds of batch work between yields: what one big request may delay other callers
-    LOG_EACH = 1000  # a bigger batch is one journal line, not one per job
+    LOG_EACH = 64  # a bigger batch is one journal line (its id range), not one per job
 
     async def submit(self, props: dict, caller: Caller) -> Job:
         return (await self.submit_many([props], caller))[0]
@@ -104,10 +104,11 @@ class Submission:
         known = lambda i: i in self.jobs or self.store.exists(i)  # noqa: E731 - After may name an archived job
         built: list[JobSpec] = []
         sizes: list[int] = []
+        users: dict = {}  # passwd entries of this batch's users: looked up once per batch
         for n, props in enumerate(specs):
             try:
                 spec = build_spec(props, caller_uid=caller.uid, limits=limits, job_known=known,
-                                  daemon_uid=daemon_uid)
+                                  daemon_uid=daemon_uid, users=users)
             except SchedError as e:
                 if len(specs) > 1:
                     e.message = f"spec {n}: {e.message}"
@@ -195,9 +196,10 @@ class Submission:
         array = bool(built) and built[0].array_task_id is not None
         jobs = []
         jobs_dir = str(self.jobs_dir)
+        node = self.config.node_name
         for jid, spec in enumerate(built, first):
             spec.expand_paths(jid, jobs_dir)
-            job = Job(id=jid, spec=spec, submit_time=now, node=self.config.node_name,
+            job = Job(id=jid, spec=spec, submit_time=now, node=node, assigned_cpus=EMPTY, assigned_gpus=EMPTY,
                       state=JobState.HELD if spec.hold else JobState.PENDING,
                       reason=Reason.HELD if spec.hold else "")
             if origin is not None:

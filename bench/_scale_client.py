@@ -1,0 +1,153 @@
+"""Scale benchmark client: runs inside the booted test systemd, as root, next to the schedd under test.
+
+Submits N held jobs by SubmitMany (batches of 1,000), measures the listing, lookup, the CLI's
+queue, memory and a restart, plus the raw floors of the same run; prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from dbus_fast import Variant
+
+from schedd import bus as dbus
+
+SCHEDD = ("org.schedd.Schedd1", "/org/schedd/Schedd1", "org.schedd.Schedd1.Manager")
+BATCH = 1000
+
+
+def held_spec() -> dict:
+    return {"Command": Variant("as", ["true"]), "Memory": Variant("t", 64 << 20), "Hold": Variant("b", True)}
+
+
+def main_pid() -> int:
+    return int(subprocess.run(["systemctl", "show", "-P", "MainPID", "schedd"], capture_output=True, text=True,
+                              check=True).stdout.strip())
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def timed(coro_fn, times: int) -> float:
+    """Median ms of `times` awaits of coro_fn()."""
+    xs = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        await coro_fn()
+        xs.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(xs)
+
+
+def sqlite_floor(n: int) -> float:
+    """Rows/s of the daemon's own upsert of N job rows, 1,000 per commit, synchronous=FULL, same disk."""
+    from schedd.core.model import Job, JobSpec, JobState
+    from schedd.core.store import Store, job_to_row
+
+    with tempfile.TemporaryDirectory(dir="/var/lib/schedd") as d:
+        store = Store(__import__("pathlib").Path(d) / "floor.db")
+        spec = JobSpec(command=["true"], name="true", cpus=1, memory=64 << 20, hold=True, working_directory="/root",
+                       stdout_path="/var/lib/schedd/jobs/1/output", stderr_path="/var/lib/schedd/jobs/1/output")
+        rows = [job_to_row(Job(id=i, spec=spec, state=JobState.HELD, reason="held", submit_time=1))
+                for i in range(1, n + 1)]
+        t0 = time.perf_counter()
+        for k in range(0, n, BATCH):
+            store._transaction(rows[k:k + BATCH])
+        dt = time.perf_counter() - t0
+        store.close()
+    return n / dt
+
+
+def restart_floor() -> float:
+    """What any restart pays: the daemon's imports in a fresh interpreter and one read of every row."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import schedd.daemon"], check=True)
+    conn = sqlite3.connect("file:/var/lib/schedd/schedd.db?mode=ro", uri=True)
+    conn.execute("SELECT * FROM jobs").fetchall()
+    conn.close()
+    return time.perf_counter() - t0
+
+
+async def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    res: dict = {"n": n, "cpus": len(os.sched_getaffinity(0))}
+    bus = await dbus.connect(dbus.bus_address(False))
+
+    async def call(member: str, sig: str = "", body: list | None = None) -> list:
+        return await dbus.call(bus, *SCHEDD, member, sig, body)
+
+    async def ping() -> None:
+        await dbus.call(bus, SCHEDD[0], SCHEDD[1], "org.freedesktop.DBus.Peer", "Ping", "", [])
+
+    # SubmitMany
+    ids: list[int] = []
+    t0 = time.perf_counter()
+    for k in range(0, n, BATCH):
+        (batch,) = await call("SubmitMany", "aa{sv}", [[held_spec() for _ in range(min(BATCH, n - k))]])
+        ids.extend(batch)
+    res["submit_rate"] = n / (time.perf_counter() - t0)
+    pid = main_pid()
+    res["rss_mib"] = rss_mib(pid)
+    res["floor_ping_ms"] = await timed(ping, 200)
+
+    # listing and lookup
+    first, mid = ids[0], ids[len(ids) // 2]
+    res["list100_ms"] = await timed(lambda: call("ListJobs", "a{sv}", [{"Limit": Variant("u", 100)}]), 20)
+    res["list100_deep_ms"] = await timed(
+        lambda: call("ListJobs", "a{sv}", [{"Limit": Variant("u", 100), "After": Variant("t", mid)}]), 20)
+    rows = []
+
+    async def default_page() -> None:
+        (page,) = await call("ListJobs", "a{sv}", [{}])
+        rows.append(len(page))
+
+    res["list_default_ms"] = ms = await timed(default_page, 5)
+    res["list_default_rows"] = rows[0] / (ms / 1000)
+    res["list_default_page_rows"] = rows[0]
+    res["getjob_ms"] = await timed(lambda: call("GetJob", "t", [ids[len(ids) * 3 // 4]]), 200)
+    del first
+
+    # the CLI
+    t0 = time.perf_counter()
+    q = subprocess.run(["/opt/schedd/venv/bin/schedctl", "queue"], capture_output=True, check=True)
+    res["queue_s"] = time.perf_counter() - t0
+    res["queue_bytes"] = len(q.stdout)
+    res["queue_lines"] = q.stdout.count(b"\n")
+
+    # floors that touch the disk, before the restart (the daemon idles meanwhile)
+    res["floor_sqlite_rows"] = sqlite_floor(n)
+    res["floor_restart_s"] = restart_floor()
+
+    # restart to the bus
+    bus.disconnect()
+    t0 = time.perf_counter()
+    subprocess.run(["systemctl", "restart", "schedd"], check=True)
+    res["restart_ready_s"] = time.perf_counter() - t0
+    bus = await dbus.connect(dbus.bus_address(False))
+    probe = ids[-1]
+    while True:
+        try:
+            await dbus.call(bus, *SCHEDD, "GetJob", "t", [probe])
+            break
+        except Exception:  # noqa: BLE001 - not on the bus yet
+            await asyncio.sleep(0.01)
+    res["restart_s"] = time.perf_counter() - t0
+    res["rss_after_restart_mib"] = rss_mib(main_pid())
+    bus.disconnect()
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""schedd at scale: N held jobs on one node, each figure of issue 13's table with its goal.
+
+Boots a test systemd (tests/sandbox.py; needs root), starts the schedd of this checkout there
+(SCHEDD_SANDBOX_VENV: a worktree's venv replaces /opt/schedd/venv inside) with `systemctl
+start schedd`, and runs bench/_scale_client.py inside as root. The checkout must be reachable
+inside the sandbox: anywhere but under /tmp (the sandbox has a private /tmp).
+
+Usage: sudo bench/scale.py [N ...]   (N held jobs, default 100000; several N: one sandbox each)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from sandbox import Sandbox  # noqa: E402
+
+CONFIG = """
+[node]
+name = "bench"
+[jobs]
+default_memory = "64M"
+max_pending_per_user = 10000000
+max_queued_bytes_per_user = "64G"
+"""
+
+# (key, label, unit, goal text, is the goal met(value) or None, floor key or None)
+ROWS = [
+    ("submit_rate", "SubmitMany, batches of 1,000 held specs", "specs/s", ">= 20,000", lambda v: v >= 20_000,
+     "floor_sqlite_rows"),
+    ("rss_mib", "daemon RSS (VmRSS of MainPID)", "MiB", "< 200", lambda v: v < 200, None),
+    ("list100_ms", "ListJobs {Limit: 100}, first page", "ms", "< 20", lambda v: v < 20, "floor_ping_ms"),
+    ("list100_deep_ms", "ListJobs {Limit: 100, After: N/2}", "ms", "< 20", lambda v: v < 20, "floor_ping_ms"),
+    ("list_default_rows", "ListJobs {} (default page, rows/s)", "rows/s", ">= 100,000", lambda v: v >= 100_000, None),
+    ("list_default_ms", "ListJobs {} (default page, one call)", "ms", "-", None, None),
+    ("getjob_ms", "GetJob", "ms", "< 1", lambda v: v < 1, "floor_ping_ms"),
+    ("queue_s", "schedctl queue (as root)", "s", "< 2", lambda v: v < 2, None),
+    ("restart_s", "restart to the bus (until GetJob answers)", "s", "< 2", lambda v: v < 2, "floor_restart_s"),
+]
+FLOORS = {
+    "floor_sqlite_rows": ("raw SQLite executemany of the same rows, 1,000/commit", "rows/s"),
+    "floor_ping_ms": ("raw D-Bus round trip to schedd (Peer.Ping)", "ms"),
+    "floor_restart_s": ("python imports + SELECT of every row (no Job objects)", "s"),
+}
+
+
+def run_one(n: int) -> dict:
+    sb = Sandbox(f"scale-{os.getpid()}-{n}")
+    sb.prepare(config=CONFIG)
+    sb.boot()
+    try:
+        sb.run(["systemctl", "start", "schedd"])
+        py = "/opt/schedd/venv/bin/python"
+        r = sb.run([py, str(REPO / "bench/_scale_client.py"), str(n)], timeout=3600, cwd=str(REPO), check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"client failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n"
+                               f"{sb.journal('schedd', 40)}")
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        res["restarts"] = sb.run(["systemctl", "show", "-P", "NRestarts", "schedd"]).stdout.strip()
+    finally:
+        sb.stop()
+        sb.cleanup()
+    return res
+
+
+def report(n: int, res: dict) -> None:
+    print(f"\nschedd at scale: {n:,} held jobs, {res['cpus']} CPUs (daemon restarts during the run: {res['restarts']})")
+    print(f"{'measure':48} {'value':>12} {'unit':7} {'goal':>10}  met")
+    for key, label, unit, goal, ok, floor in ROWS:
+        v = res[key]
+        met = "-" if ok is None else ("yes" if ok(v) else "NO")
+        print(f"{label:48} {v:12,.2f} {unit:7} {goal:>10}  {met}")
+    print(f"{'  schedctl queue output':48} {res['queue_bytes']:12,d} bytes   ({res['queue_lines']:,} lines)")
+    print(f"{'  restart: systemctl restart returned after':48} {res['restart_ready_s']:12,.2f} s")
+    print("reference floors measured in the same run:")
+    for key, (label, unit) in FLOORS.items():
+        print(f"  {label:46} {res[key]:12,.2f} {unit}")
+
+
+def main() -> int:
+    sizes = [int(a) for a in sys.argv[1:]] or [100_000]
+    results = {n: run_one(n) for n in sizes}
+    for n, res in results.items():
+        report(n, res)
+    if len(sizes) > 1:
+        a, b = sizes[0], sizes[-1]
+        print(f"\ngrowth from {a:,} to {b:,} jobs (x{b / a:g} jobs): cost ratio per figure (1.0: independent of N)")
+        for key, label, unit, *_ in ROWS:
+            ra, rb = results[a][key], results[b][key]
+            ratio = (ra / rb) if unit.endswith("/s") else (rb / ra if ra else float("inf"))
+            print(f"  {label:46} x{ratio:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
