@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import socket
 import sys
 from asyncio import selector_events
 from collections import defaultdict
@@ -31,7 +32,7 @@ for p in (REPO, REPO / "tests" / "unit"):
 import aiohttp  # noqa: E402
 import fedsim  # noqa: E402
 import schedd.cluster.peers as peers_mod  # noqa: E402
-from fedsim import Sim, SimNode, free_port, until  # noqa: E402
+from fedsim import Sim, SimNode, until  # noqa: E402
 from schedd.core.model import Job, JobState  # noqa: E402
 
 
@@ -112,6 +113,18 @@ class _ShortKeepalive:
         return aiohttp.TCPConnector(keepalive_timeout=self._keepalive, **kw)
 
 
+def distinct_ports(n: int) -> list[int]:
+    """n free ports, all different (fedsim.free_port, called n times, may give one twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def fd_budget(n: int) -> bool:
     """Whether N nodes' keep-alive connections (both ends of N(N-1) links) fit this process's fd limit."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -175,7 +188,7 @@ class Cluster:
         """Start every node; returns seconds until every node had every other up, answering and ready."""
         sim = self.sim
         sim.t0 = asyncio.get_running_loop().time()
-        ports = {n: free_port() for n in self.names}
+        ports = dict(zip(self.names, distinct_ports(self.n)))
         for name in self.names:
             sim.nodes[name] = self._node(name, ports[name], ports)
         # SimNode.start in two passes: every listener is bound before any node connects anywhere
@@ -190,9 +203,13 @@ class Cluster:
             await node.fed.start()
             await asyncio.sleep(self.interval / self.n)
         started = sim.now()
-        await poll(self.all_ready, "every node up, answering and ready at every other", 20 + 6 * self.interval,
+        await poll(self.all_ready, "every node up, answering and ready at every other", 20 + 4 * self.interval,
                    every=min(0.5, self.interval / 10))
         return sim.now() - started
+
+    def ready_links(self) -> int:
+        return sum(p.up and p.answering and n.fed.runnode.links[p.name].ready
+                   for n in self.nodes.values() for p in n.fed.peers.values())
 
     def all_ready(self) -> bool:
         return all(p.up and p.answering and n.fed.runnode.links[p.name].ready
