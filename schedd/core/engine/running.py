@@ -118,9 +118,14 @@ class Runs:
 
     async def _launch(self, job: Job, alloc: Allocation) -> None:
         job.assigned_cpus, job.assigned_gpus = list(alloc.cpus), list(alloc.gpus)
+        grant = None
+        if job.origin_node and self.federation is not None:
+            # A copy's grant is asked while its scope is made: the round trip to its origin overlaps the start.
+            grant = asyncio.ensure_future(self.federation.may_start(job))
+            grant.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             self._prepare_output(job)
-            job.handle = await self.executor.start(job, alloc, _Lazy(lambda: self._go(job)))
+            job.handle = await self.executor.start(job, alloc, _Lazy(lambda: self._go(job, grant)))
         except Exception as e:
             self._starting.discard(job.id)
             if job.id not in self.jobs:  # its submission was never recorded
@@ -161,7 +166,7 @@ class Runs:
             except ExecutorError as e:
                 log.error("job %d: cannot stop: %s", job.id, e)
 
-    async def _go(self, job: Job) -> None:
+    async def _go(self, job: Job, grant: asyncio.Future | None = None) -> None:
         """What the executor awaits before it lets the job's program run: the record is durable and
         nobody cancelled the job meanwhile (the executor releases the program right after, with no
         await in between, so a cancel that came during the start never lets it run)."""
@@ -172,7 +177,7 @@ class Runs:
         if flags is not None and flags.cancel:
             raise StartWithdrawn(f"job {job.id} was cancelled while it was being started")
         if job.origin_node:  # a copy run for another node: never without its origin's grant
-            verdict = await self.federation.may_start(job) if self.federation is not None else "later"
+            verdict = await grant if grant is not None else "later"
             flags = self._flags[job.id]
             if verdict in ("fenced", "failed"):
                 flags.cancel = flags.fence = True
