@@ -149,12 +149,14 @@ async def test_a_big_batch_leaves_the_loop_to_other_callers(engine: Engine):
     engine.config.max_pending_per_user = engine.config.max_queued_bytes_per_user = 1 << 40
     worst, stop = 0.0, False
 
+    # The loop thread's own CPU time between two turns: how long the batch held the loop without
+    # yielding, not how long a busy machine left this process off its CPUs.
     async def ticker():
         nonlocal worst
-        last = time.monotonic()
+        last = time.thread_time()
         while not stop:
             await asyncio.sleep(0)
-            now = time.monotonic()
+            now = time.thread_time()
             worst, last = max(worst, now - last), now
 
     # As the daemon does after recovery (daemon.py): what the process holds already is frozen, so a
@@ -169,9 +171,9 @@ async def test_a_big_batch_leaves_the_loop_to_other_callers(engine: Engine):
     finally:
         gc.unfreeze()
     assert len(jobs) == 20_000
-    # Slices are 10 ms; the bound is generous for a loaded CI machine yet far below the seconds
-    # one unsliced batch of this size takes.
-    assert worst < 0.5, worst
+    # Slices are 10 ms; the bound is generous yet far below the second one unsliced batch of this
+    # size takes.
+    assert worst < 0.25, worst
 
 
 async def test_a_batch_is_invisible_until_it_is_durable(engine: Engine):
