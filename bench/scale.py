@@ -11,14 +11,11 @@ Usage: sudo bench/scale.py [N ...]   (N held jobs, default 100000; several N: on
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from sandbox import Sandbox  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sandbox_run import run_client  # noqa: E402
 
 CONFIG = """
 [node]
@@ -50,22 +47,7 @@ FLOORS = {
 
 
 def run_one(n: int) -> dict:
-    sb = Sandbox(f"scale-{os.getpid()}-{n}")
-    sb.prepare(config=CONFIG)
-    sb.boot()
-    try:
-        sb.run(["systemctl", "start", "schedd"])
-        py = "/opt/schedd/venv/bin/python"
-        r = sb.run([py, str(REPO / "bench/_scale_client.py"), str(n)], timeout=3600, cwd=str(REPO), check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"client failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}\n"
-                               f"{sb.journal('schedd', 40)}")
-        res = json.loads(r.stdout.strip().splitlines()[-1])
-        res["restarts"] = sb.run(["systemctl", "show", "-P", "NRestarts", "schedd"]).stdout.strip()
-    finally:
-        sb.stop()
-        sb.cleanup()
-    return res
+    return run_client(f"scale-{n}", CONFIG, "_scale_client.py", str(n))
 
 
 def report(n: int, res: dict) -> None:

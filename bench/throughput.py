@@ -16,14 +16,11 @@ Usage: sudo bench/throughput.py [N]   (N jobs per throughput phase, default 1000
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from sandbox import Sandbox  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sandbox_run import run_client  # noqa: E402
 
 CONFIG = """
 [node]
@@ -36,18 +33,8 @@ max_pending_per_user = 1000000
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    sb = Sandbox(f"bench-{os.getpid()}")
-    sb.prepare(config=CONFIG)
-    sb.boot()
-    try:
-        sb.run(["systemctl", "start", "schedd"])
-        py = "/opt/schedd/venv/bin/python"
-        r = sb.run([py, str(REPO / "bench/_client.py"), str(n)], timeout=1200, cwd=str(REPO))
-        res = json.loads(r.stdout.strip().splitlines()[-1])
-        restarts = sb.run(["systemctl", "show", "-P", "NRestarts", "schedd"]).stdout.strip()
-    finally:
-        sb.stop()
-        sb.cleanup()
+    res = run_client("bench", CONFIG, "_client.py", str(n), timeout=1200)
+    restarts = res["restarts"]
     fm, f16 = res["floor_matched"], res["floor_16"]
     print(f"schedd benchmark: {n} jobs per phase, {res['cpus']} CPUs, executor systemd (daemon restarts: {restarts})")
     print(f"{'measure':52} {'value':>12}  ratio")
