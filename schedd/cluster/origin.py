@@ -109,9 +109,8 @@ class Origin:
         body = {"Origin": self.name, "OriginId": job.id, "Attempt": job.attempt, "Spec": spec_to_json(job.spec)}
         self.net.count_sent(target, Need(job.spec.cpus, job.spec.memory, job.spec.gpus))
         delay = 0.1
-        # A forward is one durable insert there: milliseconds. Waiting longer than two heartbeats keeps a
-        # Submit hanging on a node that is going down; a retry after a lost answer finds the first copy.
-        timeout = max(1.5, 2 * self.net.interval)
+        # A retry after a lost answer finds the first copy.
+        timeout = self.net.call_timeout
         deadline = self.net.clock() + timeout
         for attempt in range(FORWARD_TRIES):
             left = deadline - self.net.clock() if once else timeout
@@ -260,7 +259,7 @@ class Origin:
         try:
             await self.net.request(peer, "POST", f"/jobs/{remote_id}/fence",
                                    json={"Origin": self.name, "Failed": failed},
-                                   timeout=max(1.5, 2 * self.net.interval))
+                                   timeout=self.net.call_timeout)
             log.info("fenced job %d on %s (this node placed it elsewhere)", remote_id, peer.name)
             return True
         except (PeerError, PeerRefused) as e:

@@ -77,6 +77,13 @@ class Peers:
         )
         self.liveness = self._new_liveness()
 
+    @property
+    def call_timeout(self) -> float:
+        """How long one request of the federation's own (a forward, a grant, a fence) may take: one
+        durable write there, milliseconds; two heartbeats at least, never so long a node going down
+        keeps its caller hanging."""
+        return max(1.5, 2 * self.interval)
+
     def _new_liveness(self) -> Liveness:
         # Checked four times an interval; a tick a whole interval late means this node was away.
         return Liveness(list(self.peers), threshold=3 * self.interval, stall=self.interval, now=self.clock())

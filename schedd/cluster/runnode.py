@@ -153,11 +153,10 @@ class RunNode:
             link.asks = []
 
     async def _grants(self, peer: Peer, jobs: list[Job]) -> list[StartVerdict]:
-        timeout = max(1.5, 2 * self.net.interval)
         try:
             answer = await self.net.request(peer, "POST", "/starts",
                                             json={"Node": self.name, "Jobs": [job_state_json(j) for j in jobs]},
-                                            timeout=timeout)
+                                            timeout=self.net.call_timeout)
         except (PeerError, PeerRefused) as e:
             log.warning("start grants from %s: %s; its copies wait", peer.name, e)
             self._lapse(peer.name)

@@ -101,7 +101,7 @@ class Admission:
         """origin cannot grant starts now: its queued copies wait outside the scheduler."""
         for job in [j for j in self.scheduler.queued() if j.origin_node == origin]:
             self.scheduler.dequeue(job.id)
-            self._away[origin][job.id] = job
+            self._park_for_origin(job)
 
     def origin_back(self, origin: str) -> None:
         """origin can grant starts again: its copies are queued again."""
