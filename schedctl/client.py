@@ -8,6 +8,7 @@ system bus allows a client 512: never one per job).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
@@ -110,8 +111,8 @@ class Client:
 
     async def list_jobs(self, states: list[str] | None = None, uid: int | None = None,
                         limit: int | None = None, all_nodes: bool = False) -> list[dict[str, Any]]:
-        """Every matching job, oldest first, paging past the daemon's per-call cap with the After cursor."""
-        if all_nodes:  # one page per node: ids are per origin, so no shared cursor
+        """Every matching job, oldest first (all_nodes: one page per node, ids are per origin)."""
+        if all_nodes:
             flt = {"AllNodes": Variant("b", True), "Limit": Variant("u", min(limit or LIST_LIMIT, LIST_LIMIT))}
             if states is not None:
                 flt["States"] = Variant("as", states)
@@ -119,21 +120,28 @@ class Client:
                 flt["User"] = Variant("u", uid)
             (page,) = await self.call("ListJobs", "a{sv}", [flt])
             return plain(page)
-        jobs: list[dict[str, Any]] = []
-        after = 0
-        while True:
-            want = LIST_LIMIT if limit is None else min(LIST_LIMIT, limit - len(jobs))
+        return [j async for page in self.job_pages(states, uid, limit) for j in page]
+
+    async def job_pages(self, states: list[str] | None = None, uid: int | None = None,
+                        limit: int | None = None, page_size: int | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+        """The matching jobs, oldest first, a page at a time (the After cursor), so a caller can
+        show or write each page before asking for the next and never holds the whole queue."""
+        after, seen, page_size = 0, 0, page_size or LIST_LIMIT
+        while limit is None or seen < limit:
+            want = page_size if limit is None else min(page_size, limit - seen)
             flt: dict[str, Variant] = {"After": Variant("t", after), "Limit": Variant("u", want)}
             if states is not None:
                 flt["States"] = Variant("as", states)
             if uid is not None:
                 flt["User"] = Variant("u", uid)
             (page,) = await self.call("ListJobs", "a{sv}", [flt])
-            jobs.extend(plain(page))
             # A short page is not the end: the daemon shortens pages of large rows (its reply budget).
-            if not page or (limit is not None and len(jobs) >= limit):
-                return jobs
-            after = jobs[-1]["Id"]
+            if not page:
+                return
+            rows = plain(page)
+            seen += len(rows)
+            after = rows[-1]["Id"]
+            yield rows
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         (nodes,) = await self.call("ListNodes")

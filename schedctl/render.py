@@ -39,19 +39,7 @@ def _width(cell: str) -> int:
 
 def table(headers: list[str], rows: list[list[str]], right: Iterable[int] = ()) -> str:
     """Aligned columns, two spaces apart; `right` holds the numeric columns' indexes."""
-    right = set(right)
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, _width(c)) for w, c in zip(widths, row)]
-
-    def line(cells: list[str]) -> str:
-        out = []
-        for i, c in enumerate(cells):
-            pad = " " * (widths[i] - _width(c))
-            out.append(pad + c if i in right else c + pad)
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
+    return StreamTable(headers, right).page(rows)
 
 
 def elapsed(job: dict[str, Any], now: int | None = None) -> str:
@@ -95,18 +83,63 @@ def fold_arrays(jobs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def queue(jobs: list[dict[str, Any]], tty: bool, now: int | None = None, fold: bool = False) -> str:
+def queue_rows(jobs: list[dict[str, Any]], tty: bool, now: int | None = None, fold: bool = False) -> list[list[str]]:
     now = now_usec() if now is None else now
     ids = fold_arrays(jobs) if fold else [(str(j["Id"]), j) for j in jobs]
     # The whole cluster (queue --all-nodes): ids are per origin node, so say whose: 'b:12'.
     ids = [(f"{j['Origin']}:{ident}" if j.get("Origin") else ident, j) for ident, j in ids]
-    rows = [[ident, _clip(j.get("Name") or "-", 24), j.get("UserName") or str(j.get("User", "?")),
+    return [[ident, _clip(j.get("Name") or "-", 24), j.get("UserName") or str(j.get("User", "?")),
              colour(j["State"], tty), j.get("Reason") or "-", str(j.get("CPUs", 0)), format_size(j.get("Memory", 0)),
              str(j.get("Priority", 0)), elapsed(j, now), j.get("Node") or "-"] for ident, j in ids]
-    footer = f"{plural(len(jobs), 'job')} listed."
+
+
+QUEUE_RIGHT = frozenset({0, 5, 6, 7, 8})
+
+
+def queue(jobs: list[dict[str, Any]], tty: bool, now: int | None = None, fold: bool = False,
+          footer: str | None = None) -> str:
+    rows = queue_rows(jobs, tty, now, fold)
+    footer = footer or f"{plural(len(jobs), 'job')} listed."
     if not rows:
         return footer
-    return f"{table(QUEUE_HEADERS, rows, right={0, 5, 6, 7, 8})}\n\n{footer}"
+    return f"{table(QUEUE_HEADERS, rows, right=QUEUE_RIGHT)}\n\n{footer}"
+
+
+def head_footer(running: int, shown: int, waiting: int | None) -> str:
+    """The footer of the default queue view, which lists every running job but only the head of
+    the queue: how many wait beyond it (None: more, count unknown) and how to see them."""
+    listed = f"{plural(running + shown, 'job')} listed"
+    if waiting is not None and waiting <= shown:
+        return f"{listed}."
+    more = "more" if waiting is None else f"{waiting - shown:,} more"
+    return (f"{listed}: {running:,} running, the first {shown:,} waiting, {more} waiting. "
+            "--all lists every job, --state PENDING,HELD every waiting one.")
+
+
+class StreamTable:
+    """A table written a page at a time, so listing a million jobs never holds them all: the
+    widths are the header's and the first page's and only grow when a later cell is wider
+    (a later page may then sit wider than the ones before it; systemctl pages the same way)."""
+
+    def __init__(self, headers: list[str], right: Iterable[int] = ()) -> None:
+        self.headers, self.right = headers, set(right)
+        self.widths: list[int] | None = None
+
+    def page(self, rows: list[list[str]]) -> str:
+        first = self.widths is None
+        widths = [len(h) for h in self.headers] if first else self.widths
+        for row in rows:
+            widths = [max(w, _width(c)) for w, c in zip(widths, row)]
+        self.widths = widths
+
+        def line(cells: list[str]) -> str:
+            out = []
+            for i, c in enumerate(cells):
+                pad = " " * (widths[i] - _width(c))
+                out.append(pad + c if i in self.right else c + pad)
+            return "  ".join(out).rstrip()
+
+        return "\n".join(([line(self.headers)] if first else []) + [line(r) for r in rows])
 
 
 def _clip(text: str, n: int) -> str:

@@ -62,10 +62,57 @@ def prepare_queue(args: argparse.Namespace) -> None:
         raise UsageError("--limit must be at least 1")
 
 
+HEAD = 50  # waiting jobs the default view shows: the head of the queue, whatever its length
+RUNNING_STATES = ["RUNNING", "SUSPENDED"]
+WAITING_STATES = ["PENDING", "HELD"]
+
+
 async def cmd_queue(c: Client, args: argparse.Namespace) -> int:
-    jobs = await c.list_jobs(args.states, args.uid, args.limit, all_nodes=args.all_nodes)
-    emit(args, jobs, None if args.json else render.queue(jobs, render.is_tty(), fold=not args.expand))
+    """The default view is every running job and the head of the queue (a million pending jobs
+    are no reading for a person); --all, --state and --limit list exactly what they select, and
+    --json streams every selected job, a page at a time."""
+    if args.all_nodes:
+        jobs = await c.list_jobs(args.states, args.uid, args.limit, all_nodes=True)
+        emit(args, jobs, None if args.json else render.queue(jobs, render.is_tty(), fold=not args.expand))
+    elif args.json:
+        await _stream_json(c, args)
+    elif args.all or args.state or args.limit is not None:
+        await _stream_table(c, args)
+    else:
+        await _head(c, args)
     return 0
+
+
+async def _head(c: Client, args: argparse.Namespace) -> None:
+    running = [j async for page in c.job_pages(RUNNING_STATES, args.uid) for j in page]
+    waiting = [j async for page in c.job_pages(WAITING_STATES, args.uid, HEAD + 1) for j in page]
+    count: int | None = len(waiting)
+    if count > HEAD:
+        waiting = waiting[:HEAD]
+        # The Manager counts every user's waiting jobs; a per-user count would need a scan.
+        count = None if args.uid is not None else max(HEAD + 1, (await c.properties())["PendingJobs"])
+    footer = render.head_footer(len(running), len(waiting), count)
+    print(render.queue(running + waiting, render.is_tty(), fold=not args.expand, footer=footer))
+
+
+async def _stream_table(c: Client, args: argparse.Namespace) -> None:
+    out, tty, n = render.StreamTable(render.QUEUE_HEADERS, render.QUEUE_RIGHT), render.is_tty(), 0
+    async for page in c.job_pages(args.states, args.uid, args.limit):
+        n += len(page)
+        sys.stdout.write(out.page(render.queue_rows(page, tty, fold=not args.expand)) + "\n")
+        sys.stdout.flush()
+    print(("\n" if n else "") + f"{render.plural(n, 'job')} listed.")
+
+
+async def _stream_json(c: Client, args: argparse.Namespace) -> None:
+    """The same JSON array a single dump would print, written as the pages come."""
+    sep = "["
+    async for page in c.job_pages(args.states, args.uid, args.limit):
+        for j in page:
+            sys.stdout.write(sep + json.dumps(j))
+            sep = ", "
+        sys.stdout.flush()
+    sys.stdout.write("[]\n" if sep == "[" else "]\n")
 
 
 async def cmd_show(c: Client, args: argparse.Namespace) -> int:

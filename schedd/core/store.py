@@ -122,6 +122,10 @@ _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+# Queued jobs that only this node's scheduler knows of (no federation, no array cap): the bulk of
+# a long queue, read after start-up (engine/loading.py) instead of before the daemon answers.
+DEFERRED_SQL = ("state IN ('PENDING', 'HELD') AND origin_node = '' AND remote_node = '' AND target_node = '' "
+                "AND NOT (array_job_id > 0 AND array_max_running > 0)")
 _TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 # Finished jobs that ended before a horizon, by the end-time index (the state index would walk the whole history).
 PURGE_SQL = ("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_end WHERE end_time > 0 AND "
@@ -234,6 +238,20 @@ def disk_full(e: BaseException) -> bool:
     if _sqlite_code(e) == sqlite3.SQLITE_FULL:
         return True
     return isinstance(e, OSError) and e.errno == errno.ENOSPC
+
+
+@dataclass(slots=True)
+class RowReader:
+    """Rows of one query, read a slice at a time on a connection of their own."""
+
+    conn: sqlite3.Connection
+    cursor: sqlite3.Cursor
+
+    def fetch(self, size: int) -> list[tuple]:
+        return self.cursor.fetchmany(size)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 @dataclass(slots=True)
@@ -527,10 +545,13 @@ class Store:
         return row[0] if row else 0
 
     def get(self, job_id: int) -> Job | None:
+        row = self.get_row(job_id)
+        return None if row is None else row_to_job(row)
+
+    def get_row(self, job_id: int) -> tuple | None:
         if not 0 < job_id <= MAX_ID:
             return None
-        row = self._r.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
-        return row_to_job(row) if row else None
+        return self._r.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
 
     def exists(self, job_id: int) -> bool:
         if not 0 < job_id <= MAX_ID:
@@ -538,11 +559,25 @@ class Store:
         return self._r.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
     def load_live(self, finished_since_usec: int) -> list[Job]:
-        """Jobs the daemon must hold in memory at start: unfinished ones, and recently finished ones."""
+        """Jobs the daemon must hold in memory before it answers: unfinished ones but the deferred
+        (DEFERRED_SQL: read later, deferred_rows), and recently finished ones."""
         rows = self._r.execute(
-            f"{_SELECT} WHERE state NOT IN (?, ?, ?) OR end_time >= ? ORDER BY id", (*_TERMINAL, finished_since_usec)
-        ).fetchall()
+            f"{_SELECT} WHERE (state NOT IN (?, ?, ?) OR end_time >= ?) AND NOT ({DEFERRED_SQL}) ORDER BY id",
+            (*_TERMINAL, finished_since_usec)).fetchall()
         return [row_to_job(r) for r in rows]
+
+    def deferred_usage(self) -> list[tuple[str, int, int, int]]:
+        """(state, uid, jobs, bytes) of the deferred jobs, bytes as deferred_bytes counts them."""
+        return self._r.execute(
+            f"SELECT state, uid, count(*), sum(length(command) + length(environment)) FROM jobs "
+            f"WHERE {DEFERRED_SQL} GROUP BY state, uid").fetchall()
+
+    def deferred_reader(self, state: str) -> "RowReader":
+        """The deferred jobs of one state by id (no sort: the scheduler waits for all of them), on a
+        connection of its own: its snapshot is the start's, which is what a deferred row is until
+        the engine loads the job (a change to a job loads it first)."""
+        conn = _connect(self.path)
+        return RowReader(conn, conn.execute(f"{_SELECT} WHERE state = ? AND {DEFERRED_SQL} ORDER BY id", (state,)))
 
     def query(
         self, states: Iterable[str] | None, uid: int | None, after: int, limit: int, exclude: Container[int]

@@ -771,6 +771,45 @@ async def test_recovery_of_jobs_caught_between_start_and_their_record(node):
     assert node.state(p) == (C, Reason.SUCCESS)
 
 
+async def test_a_long_queue_loads_after_start_and_answers_meanwhile(node):
+    """Restart reads running jobs first; queued ones come after, and until then the store answers
+    for them exactly: they are counted, listed, readable and can be acted on."""
+    blocker = await node.submit(CPUs=4)
+    await node.running(blocker)
+    held = [await node.submit(Hold=True) for _ in range(5)]
+    pending = [await node.submit() for _ in range(3)]
+    await node.close()
+    node.host.end(blocker, ExitInfo(exit_code=0))  # its CPUs are free when the daemon comes back
+    node = Node(node.state_dir, node.host, node.registry, **node.config)
+    e, gate, load_state = node.engine, asyncio.Event(), node.engine._load_state
+    e.LOAD_ROWS = 2
+
+    async def gated(state):  # the test says when loading may go on
+        await gate.wait()
+        await load_state(state)
+
+    e._load_state = gated
+    await node.ex.open()
+    await e.recover(node.ex)
+    assert not set(held + pending) & set(e.jobs) and e.loading_pending
+    assert e.counts() == (8, 0) and e.quotas.jobs(ME) == 8
+    listed = e.list(["HELD", "PENDING"], ME, 0, 100)
+    assert [j.id for j in listed] == sorted(held + pending)
+    assert [j.id for j in e.list(["HELD"], None, held[1], 2)] == held[2:4]
+    await e.cancel(held[0], CALLER)  # acting on one loads it first: nothing acts on a stale copy
+    assert held[0] in e.jobs and node.state(held[0]) == (JobState.CANCELLED, Reason.CANCELLED)
+    assert e.counts() == (7, 0) and e.quotas.jobs(ME) == 7
+    for _ in range(20):  # turns of the loop in which a wrongly scheduled start would be made
+        await asyncio.sleep(0)
+    assert not node.ex.called("start")  # nothing starts until every pending job is loaded
+    gate.set()
+    await e._loader
+    assert set(held + pending) <= set(e.jobs) and not +e._deferred and not e.quotas.reserved
+    assert e.counts()[0] + e.counts()[1] == 7 and e.quotas.jobs(ME) == 4
+    await node.running(*pending[:1])
+    assert [j.id for j in e.list(["HELD"], None, 0, 100)] == held[1:]
+
+
 async def test_recovery_fails_a_job_whose_unit_cannot_be_looked_at(node):
     a, b = await node.submit(), await node.submit()
     await node.running(a, b)

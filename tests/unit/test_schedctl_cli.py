@@ -242,6 +242,69 @@ def test_queue_table_is_aligned_counted_and_plain_off_a_tty():
     assert "\033[32mRUNNING\033[0m" in render.queue(rows, tty=True, now=NOW)
 
 
+class _Queue:
+    """A fake client holding a queue: pages by id with the After cursor, as the daemon serves them."""
+
+    def __init__(self, jobs: list[dict]) -> None:
+        self.jobs, self.calls = jobs, 0
+
+    async def job_pages(self, states=None, uid=None, limit=None, page_size=3):
+        picked = [j for j in self.jobs if (states is None or j["State"] in states) and uid in (None, j["User"])]
+        picked = picked[:limit]
+        for k in range(0, len(picked), page_size):
+            self.calls += 1
+            yield picked[k:k + page_size]
+
+    async def properties(self) -> dict:
+        return {"PendingJobs": sum(j["State"] in ("PENDING", "HELD") for j in self.jobs)}
+
+
+def run_queue(fake: _Queue, argv: list[str], capsys) -> str:
+    from schedctl.commands.jobs import cmd_queue
+    a = parse(["queue", *argv])
+    prepare_queue(a)
+    assert asyncio.run(cmd_queue(fake, a)) == 0
+    return capsys.readouterr().out
+
+
+def test_queue_shows_the_running_and_the_head_of_a_long_queue(capsys):
+    from schedctl.commands.jobs import HEAD
+    jobs = [job("PENDING" if i % 7 else "HELD", Id=i) for i in range(1, 1001)]
+    jobs[500:503] = [job("RUNNING", Id=i) for i in (501, 502, 503)]
+    jobs.append(job("COMPLETED", Id=1001))
+    out = run_queue(_Queue(jobs), [], capsys).splitlines()
+    listed = [int(line.split()[0]) for line in out[1:-2]]
+    assert listed == [501, 502, 503, *range(1, HEAD + 1)]  # every running job, then the head
+    assert out[-1].startswith(f"{HEAD + 3} jobs listed: 3 running, the first {HEAD} waiting, {997 - HEAD:,} more waiting.")
+    assert "--all" in out[-1]
+    small = run_queue(_Queue(jobs[:4] + jobs[500:501]), [], capsys).splitlines()
+    assert small[-1] == "5 jobs listed."  # nothing left out: no note
+    mine = run_queue(_Queue(jobs + [job("PENDING", Id=2000, User=1001)]), ["--user", "1001"], capsys).splitlines()
+    assert mine[-1] == "1 job listed." and mine[1].split()[0] == "2000"
+
+
+def test_queue_all_and_json_stream_every_job_page_by_page(capsys):
+    jobs = [job("PENDING", Id=i, Name="x" * (i % 30)) for i in range(1, 101)] + [job("COMPLETED", Id=101)]
+    fake = _Queue(jobs)
+    out = run_queue(fake, ["--all", "--array"], capsys).splitlines()
+    assert fake.calls == 34 and [int(line.split()[0]) for line in out[1:-2]] == list(range(1, 102))
+    assert out[-1] == "101 jobs listed."
+    assert out[0].index("USER") <= out[1].index("alice")  # a page may widen, never overlap
+    active = [j for j in jobs if j["State"] != "COMPLETED"]
+    assert run_queue(_Queue(jobs), ["--json"], capsys) == json.dumps(active) + "\n"
+    assert run_queue(_Queue([]), ["--json"], capsys) == "[]\n"
+    assert run_queue(_Queue(jobs), ["--limit", "5", "--json"], capsys) == json.dumps(active[:5]) + "\n"
+    assert run_queue(_Queue([]), ["--all"], capsys) == "0 jobs listed.\n"
+
+
+def test_stream_table_widths_only_grow():
+    t = render.StreamTable(["ID", "NAME"], right={0})
+    first = t.page([["1", "ab"], ["22", "c"]]).splitlines()
+    assert first == ["ID  NAME", " 1  ab", "22  c"]
+    assert t.page([["333", "d"]]).splitlines() == ["333  d"]
+    assert t.page([["4", "e"]]).splitlines() == ["  4  e"]
+
+
 def test_elapsed_by_state():
     assert render.elapsed(job("PENDING", SubmitTime=NOW - 3_000_000), NOW) == "3s"
     assert render.elapsed(job("SUSPENDED", SubmitTime=NOW - 9e6, StartTime=NOW - 4_000_000), NOW) == "4s"

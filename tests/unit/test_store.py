@@ -267,9 +267,19 @@ async def test_load_live_returns_unfinished_and_recently_finished(store: Store) 
         make_job(7, JobState.CANCELLED, end_time=cutoff + 5),
         make_job(8, JobState.COMPLETED, end_time=10),
     )
+    federated = make_job(9, JobState.PENDING)
+    federated.origin_node, federated.origin_id = "peer", 4
+    await store.save(federated, make_job(10, JobState.HELD, uid=1001))
     live = store.load_live(cutoff)
-    assert [j.id for j in live] == [1, 2, 3, 4, 6, 7]
-    assert live[1].state is JobState.RUNNING
+    # Plain queued jobs are deferred (read after start-up); one the federation tracks is not.
+    assert [j.id for j in live] == [2, 4, 6, 7, 9]
+    assert live[0].state is JobState.RUNNING
+    usage = sorted(store.deferred_usage())
+    assert [(st, uid, n) for st, uid, n, _ in usage] == [("HELD", 1000, 1), ("HELD", 1001, 1), ("PENDING", 1000, 1)]
+    assert usage[0][3] == len('["/bin/echo", "3"]') + len("[]")  # argv and environment as JSON
+    reader = store.deferred_reader("HELD")
+    assert [r[0] for r in reader.fetch(1)] + [r[0] for r in reader.fetch(5)] == [3, 10] and reader.fetch(5) == []
+    reader.close()
 
 
 def test_newer_schema_version_is_refused(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ One Engine, one concern per module, each a mixin that owns its part of the state
   limits.py     time limits
   verbs.py      cancel, hold, release, suspend, resume, requeue
   recovery.py   start-up: reload and re-adopt
+  loading.py    the bulk of a long queue, read after start-up
   records.py    what the federation calls: records of jobs placed on peers, fencing
   sweep.py      finished jobs leaving memory and the store
 """
@@ -30,6 +31,7 @@ from schedd.core.engine.access import MANAGE_ACTION, PRIORITY_ACTION, Access, Ca
 from schedd.core.engine.admission import Admission
 from schedd.core.engine.events import COUNTS, RESOURCES, Listener
 from schedd.core.engine.limits import TimeLimits
+from schedd.core.engine.loading import Loading
 from schedd.core.engine.records import Records
 from schedd.core.engine.recovery import Recovery
 from schedd.core.engine.running import Runs
@@ -47,7 +49,7 @@ from schedd.executor import Executor
 __all__ = ["COUNTS", "MANAGE_ACTION", "PRIORITY_ACTION", "RESOURCES", "Caller", "Engine", "Listener", "_Slicer"]
 
 
-class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, Recovery, Records, Sweep):
+class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, Recovery, Loading, Records, Sweep):
     def __init__(self, config: Config, store: Store, *, user_mode: bool = False) -> None:
         self.config = config
         self.store = store
@@ -63,6 +65,7 @@ class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, R
         self._init_admission()
         self._init_runs()
         self._init_limits()
+        self._init_loading()
         self.scheduler = Scheduler(self.ledger, config.policy, running=self._running)
 
     def limits(self) -> Limits:
@@ -82,6 +85,8 @@ class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, R
             self._sweeper.cancel()
         if getattr(self, "_purger", None):
             self._purger.cancel()
+        if self._loader is not None:
+            self._loader.cancel()
         await self.store.drain()
         if self.executor is not None:
             await self.executor.close()

@@ -58,6 +58,7 @@ class Recovery:
             if was_enabled:
                 gc.enable()
         self._insert_loaded(loaded)
+        self._count_deferred()  # the rest of the queue: loading.py reads it once the daemon answers
         for job in loaded:
             if job.state.active and not job.remote:
                 alloc = Allocation(tuple(job.assigned_cpus), job.spec.memory, tuple(job.assigned_gpus))
@@ -84,7 +85,7 @@ class Recovery:
         # Units of jobs we do not track as running: a crash between start and its record, or strangers.
         active = {j.id for j in self.jobs.values() if j.state.active and not j.remote}
         for jid in await executor.orphans(active):
-            job = self.jobs.get(jid)
+            job = self.jobs.get(jid) or self._load_now(jid, queue=False)
             if job is not None and job.state == JobState.PENDING and not job.remote:
                 try:
                     await self._adopt_unrecorded(job)
@@ -98,20 +99,26 @@ class Recovery:
                 await executor.reap_orphan(jid)
         for job in sorted(self.jobs.values(), key=lambda j: j.id):
             if job.state == JobState.PENDING and job.id not in self._allocs and not job.remote:
-                try:
-                    info = self.executor.recorded_exit(job)
-                    if info is not None:
-                        self._finish(job, info)
-                    else:
-                        self._make_eligible(job)
-                except Exception:
-                    log.exception("job %d: cannot recover it", job.id)
-                    self._fail_lost(job)
-        log.info("recovered %d live jobs (next id %d): %d running re-adopted, %d ended while down",
-                 len(self.jobs), self._next_id, adopted, lost)
+                self._revive_pending(job)
+        log.info("recovered %d live jobs (next id %d): %d running re-adopted, %d ended while down; "
+                 "%d queued jobs load from now on", len(self.jobs), self._next_id, adopted, lost, self._deferred.total())
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_finished())
         self._purger = asyncio.get_running_loop().create_task(self._purge_finished())
+        self._start_loading()
         self.kick()
+
+    def _revive_pending(self, job: Job) -> None:
+        """A pending job back from the store: it may have run meanwhile (its gate's status file
+        says how it ended), else it queues again."""
+        try:
+            info = self.executor.recorded_exit(job)
+            if info is not None:
+                self._finish(job, info)
+            else:
+                self._make_eligible(job)
+        except Exception:
+            log.exception("job %d: cannot recover it", job.id)
+            self._fail_lost(job)
 
     async def _adopt_unrecorded(self, job: Job) -> None:
         """A PENDING job whose unit runs: the daemon died after starting it, before its RUNNING row."""

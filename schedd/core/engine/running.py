@@ -83,8 +83,9 @@ class Runs:
     # -- scheduling ---------------------------------------------------------------
 
     def kick(self) -> None:
-        """Something changed (submit, exit, release): run one scheduling pass soon, once."""
-        if not self._kick_scheduled:
+        """Something changed (submit, exit, release): run one scheduling pass soon, once (not
+        while pending jobs are still being loaded: loading.py kicks when they are)."""
+        if not self._kick_scheduled and not self.loading_pending:
             self._kick_scheduled = True
             asyncio.get_running_loop().call_soon(self._schedule)
 

@@ -175,7 +175,10 @@ class JobTable:
 
     def get(self, job_id: int) -> Job:
         """The job: from memory while it is live, else from the archive; NotFound if neither has it."""
-        job = None if job_id in self._unannounced else self.jobs.get(job_id) or self.store.get(job_id)
+        if job_id in self._unannounced:
+            job = None
+        else:
+            job = self.jobs.get(job_id) or (self._load_now(job_id) if +self._deferred else self.store.get(job_id))
         if job is None:
             raise self._not_found(job_id)
         return job
@@ -201,8 +204,8 @@ class JobTable:
                 raise InvalidArgument(f"States: unknown state {bad[0]!r}; states are {', '.join(JobState)}")
         wanted = list(JobState) if states is None else [JobState(s) for s in dict.fromkeys(states)]
         mem = self._list_memory(wanted, uid, after, limit)
-        # Only finished jobs are in the archive and not in memory (every unfinished one is loaded).
-        db_states = [s.value for s in wanted if s in TERMINAL_STATES]
+        # Only finished jobs are in the archive and not in memory, and queued ones not loaded yet (loading.py).
+        db_states = [s.value for s in wanted if s in TERMINAL_STATES or self._deferred[s]]
         if not db_states:
             return mem
         db = self.store.query(db_states, uid, after, limit, exclude=self.jobs)
@@ -265,8 +268,8 @@ class JobTable:
 
     def counts(self) -> tuple[int, int]:
         """(pending incl. held, running incl. suspended), as the Manager properties show them."""
-        c = self._by_state
-        return sum(c[s] for s in _QUEUED), sum(c[s] for s in _ACTIVE)
+        c, d = self._by_state, self._deferred
+        return sum(c[s] + d[s] for s in _QUEUED), sum(c[s] for s in _ACTIVE)
 
     # -- membership ---------------------------------------------------------------
 
