@@ -95,6 +95,12 @@ class Federation:
     def job_released(self, job: Job) -> None:
         self.runnode.job_released(job)
 
+    def job_loaded(self, job: Job) -> None:
+        pass  # only jobs the federation has no part in leave memory (store.DEFERRED_SQL)
+
+    def job_unloaded(self, job: Job) -> None:
+        pass
+
     def manager_changed(self, facts: frozenset[str]) -> None:
         pass
 

@@ -49,13 +49,30 @@ class Quotas:
         self.caps = caps
         self.queued: dict[int, Usage] = defaultdict(Usage)
         self.reserved: dict[int, Usage] = defaultdict(Usage)
+        # Queued jobs kept on disk (engine/loading.py), their bytes counted from their stored JSON
+        # (never less than what loading them counts exactly).
+        self.on_disk: dict[int, Usage] = defaultdict(Usage)
 
     def jobs(self, uid: int) -> int:
-        """Queued jobs of uid, those of its batches being submitted included."""
-        return self.queued.get(uid, _NONE).jobs + self.reserved.get(uid, _NONE).jobs
+        """Queued jobs of uid, those on disk and those of its batches being submitted included."""
+        return (self.queued.get(uid, _NONE).jobs + self.on_disk.get(uid, _NONE).jobs
+                + self.reserved.get(uid, _NONE).jobs)
 
     def bytes(self, uid: int) -> int:
-        return self.queued.get(uid, _NONE).bytes + self.reserved.get(uid, _NONE).bytes
+        return (self.queued.get(uid, _NONE).bytes + self.on_disk.get(uid, _NONE).bytes
+                + self.reserved.get(uid, _NONE).bytes)
+
+    def to_disk(self, uid: int, jobs: int, nbytes: int) -> None:
+        d = self.on_disk[uid]
+        d.jobs += jobs
+        d.bytes += nbytes
+
+    def from_disk(self, uid: int, jobs: int, nbytes: int) -> None:
+        d = self.on_disk[uid]
+        d.jobs -= jobs
+        d.bytes -= nbytes
+        if d.jobs <= 0 and d.bytes <= 0:
+            del self.on_disk[uid]
 
     # -- queued jobs (the engine calls these on every transition into or out of PENDING/HELD) --
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from schedd.errors import NoSpace, SchedError
 from schedd.core.model import EMPTY, Job, JobSpec, JobState
+from schedd.core.quota import exec_bytes
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_origin;
     CREATE UNIQUE INDEX jobs_origin ON jobs(origin_node, origin_id, attempt) WHERE origin_node != '';
     """,
+    # 6: what a queued job's argv and environment weigh against its owner's byte cap (quota.exec_bytes),
+    # kept so that jobs left on disk are counted exactly without reading them (0: a row from before).
+    """
+    ALTER TABLE jobs ADD COLUMN exec_size INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; a D-Bus 't' can name ids beyond it, which never exist
@@ -117,6 +123,7 @@ COLUMNS = (
     "requeue", "restarts", "submit_time", "start_time", "end_time", "cpu_time_usec", "memory_peak",
     "handle", "array_job_id", "array_task_id", "array_max_running", "suspended_usec", "suspend_time",
     "origin_node", "origin_id", "remote_node", "remote_id", "node_failures", "attempt", "start_granted",
+    "exec_size",
 )
 _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -126,6 +133,9 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 # a long queue, read after start-up (engine/loading.py) instead of before the daemon answers.
 DEFERRED_SQL = ("state IN ('PENDING', 'HELD') AND origin_node = '' AND remote_node = '' AND target_node = '' "
                 "AND NOT (array_job_id > 0 AND array_max_running > 0)")
+# What a job on disk holds of its owner's byte cap; a row from before exec_size: its JSON's length
+# (never less than the exact count, which its loading puts in place).
+DISK_BYTES_SQL = "CASE WHEN exec_size > 0 THEN exec_size ELSE length(command) + length(environment) END"
 _TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value)
 # Finished jobs that ended before a horizon, by the end-time index (the state index would walk the whole history).
 PURGE_SQL = ("DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_end WHERE end_time > 0 AND "
@@ -148,7 +158,7 @@ def job_to_row(job: Job) -> tuple:
         job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
         job.array_job_id, s.array_task_id, s.array_max_running, job.suspended_usec, job.suspend_time,
         job.origin_node, job.origin_id, job.remote_node, job.remote_id, job.node_failures, job.attempt,
-        int(job.start_granted),
+        int(job.start_granted), exec_bytes(s),
     )
 
 
@@ -177,14 +187,15 @@ def row_to_job(row: tuple) -> Job:
      assigned_cpus, assigned_gpus, node, working_directory, environment, stdout_path, stderr_path,
      runtime_max_usec, hold, after, target_node, requeue, restarts, submit_time, start_time, end_time,
      cpu_time_usec, memory_peak, handle, array_job_id, array_task_id, array_max_running, suspended_usec,
-     suspend_time, origin_node, origin_id, remote_node, remote_id, node_failures, attempt, start_granted) = row
+     suspend_time, origin_node, origin_id, remote_node, remote_id, node_failures, attempt, start_granted,
+     exec_size) = row
     spec = JobSpec(
         command=_command(command), name=_intern(name), cpus=cpus, memory=memory, gpus=gpus, priority=priority,
         working_directory=_intern(working_directory), environment=_list_col(environment), stdout_path=stdout_path,
         stderr_path=stdout_path if stderr_path == stdout_path else stderr_path, runtime_max_usec=runtime_max_usec,
         hold=bool(hold), uid=uid, gid=gid, user_name=_intern(user_name), after=_list_col(after),
         node=_intern(target_node), requeue=bool(requeue), array_task_id=array_task_id,
-        array_max_running=array_max_running,
+        array_max_running=array_max_running, exec_size=exec_size,
     )
     return Job(
         id=id_, spec=spec, state=JobState[state], reason=_intern(reason), exit_code=exit_code,
@@ -567,9 +578,9 @@ class Store:
         return [row_to_job(r) for r in rows]
 
     def deferred_usage(self) -> list[tuple[str, int, int, int]]:
-        """(state, uid, jobs, bytes) of the deferred jobs, bytes as deferred_bytes counts them."""
+        """(state, uid, jobs, bytes) of the deferred jobs (bytes: DISK_BYTES_SQL, as loading.deferred_bytes)."""
         return self._r.execute(
-            f"SELECT state, uid, count(*), sum(length(command) + length(environment)) FROM jobs "
+            f"SELECT state, uid, count(*), sum({DISK_BYTES_SQL}) FROM jobs "
             f"WHERE {DEFERRED_SQL} GROUP BY state, uid").fetchall()
 
     def deferred_reader(self, state: str) -> "RowReader":

@@ -631,6 +631,8 @@ class Sim:
 
             def job_added(self, job: Job) -> None: pass
             def job_released(self, job: Job) -> None: pass
+            def job_loaded(self, job: Job) -> None: pass
+            def job_unloaded(self, job: Job) -> None: pass
             def manager_changed(self, facts) -> None: pass
 
             def job_changed(self, job: Job, fields, old_state: JobState) -> None:

@@ -62,6 +62,12 @@ class Events:
     def job_released(self, job: Job) -> None:
         pass
 
+    def job_loaded(self, job: Job) -> None:
+        pass
+
+    def job_unloaded(self, job: Job) -> None:
+        pass
+
     def manager_changed(self, facts: frozenset[str]) -> None:
         assert isinstance(facts, frozenset) and facts and facts <= MANAGER_FACTS, facts
 
@@ -91,6 +97,7 @@ class Node:
     async def open(self) -> "Node":
         await self.ex.open()
         await self.engine.recover(self.ex)
+        await self.engine.loaded()  # what recovery leaves to loading.py (its own test looks between)
         return self
 
     async def close(self) -> None:
@@ -691,12 +698,12 @@ async def test_max_pending_per_user_counts_queued_jobs_only(make_node):
     with pytest.raises(InvalidArgument, match="2 queued jobs"):
         await node.engine.submit_many([spec(), spec()], CALLER)
     await node.engine.cancel(b, CALLER)
-    before = set(node.engine.jobs)
+    before = node.engine.list(None, None, 0, 100)
     with pytest.raises(InvalidArgument, match="max_pending_per_user"):
         await node.engine.submit_many([spec(), spec()], CALLER)  # one would fit, two do not: none is queued
-    assert set(node.engine.jobs) == before
+    assert node.engine.list(None, None, 0, 100) == before
     await node.submit(Hold=True)
-    assert node.engine.counts() == (2, 1) and c in node.engine.jobs
+    assert node.engine.counts() == (2, 1) and node.state(c) == (H, Reason.HELD)
 
 
 # -- priority ----------------------------------------------------------------------------------
@@ -803,11 +810,14 @@ async def test_a_long_queue_loads_after_start_and_answers_meanwhile(node):
         await asyncio.sleep(0)
     assert not node.ex.called("start")  # nothing starts until every pending job is loaded
     gate.set()
-    await e._loader
-    assert set(held + pending) <= set(e.jobs) and not +e._deferred and not e.quotas.reserved
-    assert e.counts()[0] + e.counts()[1] == 7 and e.quotas.jobs(ME) == 4
+    await e.loaded()
+    assert set(pending) <= set(e.jobs) and not set(held[1:]) & set(e.jobs)  # held jobs stay on disk
+    assert e.counts()[0] + e.counts()[1] == 7 and e.quotas.jobs(ME) == 4 and e.quotas.on_disk[ME].jobs == 4
     await node.running(*pending[:1])
     assert [j.id for j in e.list(["HELD"], None, 0, 100)] == held[1:]
+    assert node.state(held[1]) == (H, Reason.HELD) and held[1] not in e.jobs  # read from the store
+    await e.release(held[1], CALLER)  # loaded, then released: now the scheduler's
+    assert held[1] in e.jobs and e.quotas.on_disk[ME].jobs == 3 and node.state(held[1])[0] in (P, R)
 
 
 async def test_recovery_fails_a_job_whose_unit_cannot_be_looked_at(node):

@@ -207,6 +207,8 @@ async def test_the_origin_hears_every_transition_even_of_a_short_job(pair):
     class Watch:
         def job_added(self, job): pass
         def job_released(self, job): pass
+        def job_loaded(self, job): pass
+        def job_unloaded(self, job): pass
         def manager_changed(self, props): pass
 
         def job_changed(self, job, props, old_state):

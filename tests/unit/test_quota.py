@@ -111,7 +111,7 @@ async def test_queued_bytes_go_up_on_submit_and_down_on_start_cancel_and_end(eng
     with pytest.raises(InvalidArgument, match=r"^uid \d+ holds 9000 bytes .* and asks for 2000 or more; this daemon "
                                               r"holds at most 10000 bytes per user \(max_queued_bytes_per_user\)"):
         await engine.submit_many([spec(argv)] * 2, who)
-    assert engine.quotas.bytes(who.uid) == 9000 and len(engine.jobs) == 9  # all or nothing, nothing reserved
+    assert engine.quotas.bytes(who.uid) == 9000 and engine.counts()[0] == 9  # all or nothing, nothing reserved
     await engine.cancel(jobs[0].id, who)
     assert engine.quotas.bytes(who.uid) == 8000
     await engine.release(jobs[1].id, who)  # HELD -> PENDING: still queued

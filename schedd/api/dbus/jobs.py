@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from dbus_fast import Message, Variant
@@ -86,10 +87,31 @@ def children_xml(path: str, names) -> str:
 class JobPaths(dict):
     """Job id -> Job for every job whose path answers on the bus (what was exported before): the
     jobs the engine announced (job_added) and has not released. A JobObject stored here stands for
-    its job (the per-job objects of before; tools and tests may still hand one)."""
+    its job (the per-job objects of before; tools and tests may still hand one). A live job the
+    engine keeps on disk only (engine/loading.py) is not held here: on_disk reads it when asked,
+    so its path answers like the others (the count and the list of children are the ones here)."""
+
+    def __init__(self, on_disk: Callable[[int], Job | None] = lambda job_id: None) -> None:
+        super().__init__()
+        self.on_disk = on_disk
 
     def __setitem__(self, job_id: int, job: Any) -> None:
         super().__setitem__(job_id, getattr(job, "job", job))
+
+    def __missing__(self, job_id: int) -> Job:
+        job = self.on_disk(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
+
+    def __contains__(self, job_id: object) -> bool:
+        return super().__contains__(job_id) or (isinstance(job_id, int) and self.on_disk(job_id) is not None)
+
+    def get(self, job_id: int, default: Any = None) -> Any:
+        try:
+            return self[job_id]
+        except KeyError:
+            return default
 
     def load(self, jobs: dict[int, Job]) -> None:
         """Many jobs at once (the daemon's start), at the speed of dict.update."""

@@ -345,7 +345,7 @@ class DBusService:
         self.manager = ManagerObject(self)
         # Manager method -> the argument signature it takes (from its annotations), to answer a wrong one precisely.
         self._in_signatures = {m.name: "".join(a.signature for a in m.in_args) for m in self.manager.introspect().methods}
-        self.objects = JobPaths()  # the jobs whose paths answer (jobs.py), by id
+        self.objects = JobPaths(engine.on_disk)  # the jobs whose paths answer (jobs.py), by id
         self._uids: OrderedDict[str, int] = OrderedDict()
         # uid -> (polkit allows manage-jobs, until): per uid, so that a user opening many
         # connections costs polkit one question per OPERATOR_TTL_S, not one per connection.
@@ -647,6 +647,12 @@ class DBusService:
             ))
         if old_state != job.state:
             self._job_state_changed(job)
+
+    def job_unloaded(self, job: Job) -> None:
+        self.objects.pop(job.id, None)  # its path answers from the store now (JobPaths.on_disk)
+
+    def job_loaded(self, job: Job) -> None:
+        self.objects[job.id] = job
 
     def job_released(self, job: Job) -> None:
         if self.objects.pop(job.id, None) is not None and not getattr(self.bus, "_disconnected", False):

@@ -151,6 +151,12 @@ class Dashboard:
     def job_released(self, job: Job) -> None:
         self._changed()
 
+    def job_loaded(self, job: Job) -> None:
+        pass
+
+    def job_unloaded(self, job: Job) -> None:
+        pass
+
     def manager_changed(self, facts: frozenset[str]) -> None:
         self._changed()
 

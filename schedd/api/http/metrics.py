@@ -145,5 +145,12 @@ class Metrics:
     def job_released(self, job: Job) -> None:
         self._pending_since.pop(job.id, None)
 
+    def job_loaded(self, job: Job) -> None:
+        if job.state == JobState.PENDING:  # as for the jobs in memory at start
+            self._pending_since.setdefault(job.id, job.submit_time)
+
+    def job_unloaded(self, job: Job) -> None:
+        self._pending_since.pop(job.id, None)
+
     def manager_changed(self, facts: frozenset[str]) -> None:
         pass

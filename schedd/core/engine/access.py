@@ -51,7 +51,9 @@ class Access:
             raise
 
     async def _owned(self, job_id: int, caller: Caller) -> Job:
-        """The job (live or archived), if it exists and the caller may change it."""
-        job = self.get(job_id)
+        """The job (live or archived), if it exists and the caller may change it; one kept on disk
+        (loading.py) is loaded first, so the change is made to the live job."""
+        live = None if job_id in self._unannounced else self.jobs.get(job_id) or self._load_now(job_id)
+        job = live or self.get(job_id)  # NotFound, in its words
         await self.authorize(job, caller)
         return job

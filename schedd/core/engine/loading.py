@@ -1,13 +1,16 @@
-"""The bulk of a long queue, loaded after start-up.
+"""Queued jobs kept on disk: the bulk of a long queue, out of memory until needed.
 
-Restart reads what the daemon needs before it answers (recovery.py): running jobs, recently
-finished ones, and queued jobs the federation or an array cap tracks. The other queued jobs
-(store.DEFERRED_SQL: a million held tasks, say) are read afterwards, in slices on the loop,
-pending ones first in the scheduler's order. Until a job is loaded the store answers for it:
-its row is exact, because nothing changes a deferred job without loading it first (`get`
-loads it), so GetJob, a job's path and ListJobs read it there, and the Manager's counts and
-the per-user caps include it. The scheduler starts nothing until every pending job is loaded:
-no job overtakes an older one of its priority that is still on disk.
+A held job waits for its owner and a pending one for the scheduler; only the second needs
+to be in memory. So held jobs of the plain kind (store.DEFERRED_SQL: no federation, no array
+cap) leave memory once durable (a million held tasks cost their rows, not a million objects),
+and restart reads what the daemon needs before it answers (recovery.py) -- running jobs,
+recently finished ones, the queued jobs the federation or an array cap tracks -- then the
+plain pending ones in slices on the loop. The scheduler starts nothing until every pending
+job is loaded: no job overtakes an older one of its priority that is still on disk.
+
+A job on disk is exact in the store, because nothing changes it without loading it first
+(`_load_now`, from every verb): GetJob, its path and ListJobs read it there, and the
+Manager's counts and the per-user caps include it.
 """
 
 from __future__ import annotations
@@ -19,17 +22,16 @@ from collections import Counter
 
 from schedd.core.model import Job, JobState
 from schedd.core.quota import Quotas
-from schedd.core.store import Store, row_to_job
+from schedd.core.store import COLUMNS, Store, row_to_job
 
 log = logging.getLogger("schedd.core.engine")
 
-_COMMAND, _ENVIRONMENT, _UID = 2, 17, 3  # columns of a row (store.COLUMNS) deferred_bytes reads
+_COMMAND, _ENVIRONMENT, _EXEC_SIZE = (COLUMNS.index(c) for c in ("command", "environment", "exec_size"))
 
 
 def deferred_bytes(row: tuple) -> int:
-    """What a deferred job holds of its owner's byte cap until it is loaded: the length of its
-    argv and environment as JSON, never less than the exact count its loading puts in place."""
-    return len(row[_COMMAND]) + len(row[_ENVIRONMENT])
+    """What a job on disk holds of its owner's byte cap (store.DISK_BYTES_SQL, from its row)."""
+    return row[_EXEC_SIZE] or len(row[_COMMAND]) + len(row[_ENVIRONMENT])
 
 
 class Loading:
@@ -48,34 +50,34 @@ class Loading:
         self.loading_pending = False  # pending jobs are still on disk: the scheduler waits for them
 
     def _count_deferred(self) -> None:
-        """Count what stays on disk (one GROUP BY), charged to its owners' caps as a reservation
-        that each job's loading gives back."""
+        """Count what stays on disk (one GROUP BY), charged to its owners' caps until loaded."""
         for state, uid, n, nbytes in self.store.deferred_usage():
             self._deferred[JobState[state]] += n
-            r = self.quotas.reserved[uid]
-            r.jobs += n
-            r.bytes += nbytes
+            self.quotas.to_disk(uid, n, nbytes)
         self.loading_pending = self._deferred[JobState.PENDING] > 0
 
+    async def loaded(self) -> None:
+        """Every pending job is in memory (at once but while a start-up's loading runs)."""
+        if self._loader is not None:
+            await asyncio.shield(self._loader)
+
     def _start_loading(self) -> None:
-        if +self._deferred:
+        if self.loading_pending:
             self._loader = asyncio.get_running_loop().create_task(self._load_deferred())
 
     async def _load_deferred(self) -> None:
         try:
-            for state in (JobState.PENDING, JobState.HELD):
-                if self._deferred[state]:
-                    await self._load_state(state)
-                if state == JobState.PENDING:
-                    self.loading_pending = False
-                    self.kick()  # before the held ones: they cannot run anyway
+            if self._deferred[JobState.PENDING]:
+                await self._load_state(JobState.PENDING)
+                gc.freeze()  # as the daemon does with what recovery loaded
+                log.info("loaded the queue: %d jobs in memory, %d held on disk",
+                         len(self.jobs), self._deferred[JobState.HELD])
         except Exception:
-            log.exception("loading the queue failed: %s jobs stay on disk until the next start", self._deferred.total())
+            log.exception("loading the queue failed: %d pending jobs stay on disk until the next start",
+                          self._deferred[JobState.PENDING])
         finally:
             self.loading_pending = False  # a failed load must not stop the scheduler for the loaded jobs
             self.kick()
-        gc.freeze()  # as the daemon does with what recovery loaded
-        log.info("loaded the deferred queue: %d jobs in memory", len(self.jobs))
 
     async def _load_state(self, state: JobState) -> None:
         reader = self.store.deferred_reader(state.value)
@@ -106,9 +108,29 @@ class Loading:
             self._adopt_deferred(row, job, queue)
         return job
 
+    def on_disk(self, job_id: int) -> Job | None:
+        """The job if it is live but kept on disk (its path answers from this)."""
+        if not +self._deferred or job_id in self.jobs:
+            return None
+        job = self.store.get(job_id)
+        return job if job is not None and job.state.queued else None
+
     def _adopt_deferred(self, row: tuple, job: Job, queue: bool = True) -> None:
         self._deferred[job.state] -= 1
-        self.quotas.unreserve(job.uid, 1, deferred_bytes(row))
+        self.quotas.from_disk(job.uid, 1, deferred_bytes(row))
         self._insert(job)
+        for l in self.listeners:
+            l.job_loaded(job)
         if queue and job.state == JobState.PENDING:
             self._revive_pending(job)
+
+    def _unload_held(self, jobs: list[Job], rows: list[tuple]) -> None:
+        """Held jobs just made durable leave memory (rows: theirs, as written)."""
+        for job, row in zip(jobs, rows):
+            if (job.state == JobState.HELD and not job.origin_node and not job.remote_node and not job.spec.node
+                    and not (job.array_job_id and job.spec.array_max_running) and job.id in self.jobs):
+                self._remove(job)
+                self._deferred[JobState.HELD] += 1
+                self.quotas.to_disk(job.uid, 1, deferred_bytes(row))
+                for l in self.listeners:
+                    l.job_unloaded(job)

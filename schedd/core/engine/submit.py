@@ -258,6 +258,7 @@ class Submission:
             if big:
                 log.info("jobs %d-%d submitted (%d jobs in one batch): user=%s", jobs[0].id, jobs[-1].id, len(jobs),
                          jobs[0].spec.owner)
+            self._unload_held(jobs, rows)
         finally:
             if not durable.done():
                 durable.set_result(None)  # recorded: whatever went wrong announcing them, they may run

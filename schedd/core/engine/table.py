@@ -175,10 +175,7 @@ class JobTable:
 
     def get(self, job_id: int) -> Job:
         """The job: from memory while it is live, else from the archive; NotFound if neither has it."""
-        if job_id in self._unannounced:
-            job = None
-        else:
-            job = self.jobs.get(job_id) or (self._load_now(job_id) if +self._deferred else self.store.get(job_id))
+        job = None if job_id in self._unannounced else self.jobs.get(job_id) or self.store.get(job_id)
         if job is None:
             raise self._not_found(job_id)
         return job
