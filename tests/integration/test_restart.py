@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from conftest import Node
 
 
@@ -102,3 +104,37 @@ def test_time_limit_that_runs_out_while_the_daemon_is_down_is_enforced_at_restar
     node.run(["systemctl", "start", "schedd"])
     j = node.wait(jid)  # ...and the restarted daemon stops it at once, as a timeout
     assert (j["State"], j["Reason"]) == ("FAILED", "timeout")
+
+
+def test_a_long_queue_on_disk_answers_as_if_in_memory(node: Node):
+    """Held jobs leave memory once durable and pending ones are read after a restart: every one
+    still answers on its path, in listings and counts, and a verb on one acts on the live job."""
+    spec = {"Command": ["as", ["true"]], "Memory": ["t", 64 << 20], "Hold": ["b", True]}
+    (r,) = node.calls([{"member": "SubmitMany", "signature": "aa{sv}", "body": [[spec] * 300]}], user="schedd-alice")
+    held = r["ok"][0]
+    pending = [node.submit(["sleep", "0.1"], user="schedd-alice") for _ in range(3)]
+    path = f"/org/schedd/Schedd1/job/{held[150]}"
+    get = ["get-property", "org.schedd.Schedd1", path, "org.schedd.Schedd1.Job", "State"]
+    assert node.busctl(*get).stdout == 's "HELD"\n'
+    node.run(["systemctl", "restart", "schedd"])
+    assert node.busctl(*get).stdout == 's "HELD"\n'
+    assert "org.schedd.Schedd1.Job" in node.busctl("introspect", "org.schedd.Schedd1", path).stdout
+    props = node.busctl("--json=short", "call", "org.schedd.Schedd1", path, "org.freedesktop.DBus.Properties",
+                        "GetAll", "s", "org.schedd.Schedd1.Job").stdout
+    assert json.loads(props)["data"][0]["Id"]["data"] == held[150]
+    listed = json.loads(node.schedctl("--json", "queue", "--state", "HELD", user="schedd-alice").stdout)
+    assert [j["Id"] for j in listed] == held
+    pending_jobs = node.busctl("get-property", "org.schedd.Schedd1", "/org/schedd/Schedd1",
+                               "org.schedd.Schedd1.Manager", "PendingJobs").stdout.split()[1]
+    assert int(pending_jobs) >= 300
+    head = node.schedctl("queue", user="schedd-alice").stdout.splitlines()
+    assert "more waiting" in head[-1] and len(head) < 60  # the head of the queue, not 300 lines
+    for jid in pending:
+        assert node.wait(jid)["State"] == "COMPLETED"  # the pending ones were read and ran
+    node.schedctl("release", str(held[150]), user="schedd-alice")
+    assert node.wait(held[150])["State"] == "COMPLETED"
+    r = node.schedctl("cancel", str(held[0]), user="schedd-bob", check=False)
+    assert r.returncode != 0 and "belongs to" in r.stderr and node.job(held[0])["State"] == "HELD"
+    node.calls([{"member": "Cancel", "signature": "t", "body": [i]} for i in held if i != held[150]],
+               user="schedd-alice")
+    assert {node.job(i)["State"] for i in held[:150] + held[151:]} == {"CANCELLED"}
