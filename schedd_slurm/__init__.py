@@ -1,0 +1,6 @@
+"""Slurm's command-line interface on schedd: sbatch, squeue, scancel, sacct, sinfo, scontrol, srun,
+sacctmgr and sshare, one entry point (`schedd-slurm`) dispatching on the name it is called by.
+
+Each command is a thin D-Bus client (schedctl.client) that prints what Slurm prints, so that
+tools written for Slurm (submitit, dask-jobqueue, Snakemake, Parsl...) run unchanged.
+"""

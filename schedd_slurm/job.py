@@ -1,0 +1,188 @@
+"""The launcher a batch job runs (`python -I -m schedd_slurm.job CONFIG`): sets Slurm's environment,
+opens the -o/-e files as the job's user, and runs the copied script from a memfd.
+
+It stays the script's parent so that `--signal=SIG@secs` can reach the steps (or with B: the batch
+shell) that long before the time limit, and exits with the script's status (a signal death is
+re-raised on itself so schedd records it as one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from schedd_slurm import common, procs
+from schedd_slurm.patterns import expand
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
+             signal.SIGCONT)
+
+
+async def _job_record(job_id: int, user_bus: bool) -> dict[str, Any]:
+    from schedctl.client import Client
+
+    async with Client(user_bus) as c:
+        return await asyncio.wait_for(c.get_job(job_id), 10)
+
+
+def job_record(job_id: int, user_bus: bool) -> dict[str, Any]:
+    """This job as schedd tells it (Restarts, Node): {} if schedd does not answer (the job still runs)."""
+    try:
+        return asyncio.run(_job_record(job_id, user_bus))
+    except Exception as e:  # noqa: BLE001 -- a job must not fail because the bus was slow
+        print(f"schedd-slurm: could not read job {job_id} from schedd ({e}); SLURM_RESTART_COUNT=0", file=sys.stderr)
+        return {}
+
+
+async def _wait_jobs(ids: list[int], started_only: bool, user_bus: bool) -> None:
+    from schedctl.client import Client
+
+    async with Client(user_bus) as c:
+        for jid in ids:
+            while True:
+                j = await c.get_job(jid)
+                if j["State"] in ("COMPLETED", "FAILED", "CANCELLED") or (started_only and j["StartTime"]):
+                    break
+                await asyncio.sleep(1.0)  # a poll with no deadline of its own: dependencies may take days
+
+
+def slurm_env(cfg: dict[str, Any], env: dict[str, str], job: dict[str, Any]) -> dict[str, str]:
+    """The environment the script sees: the submitter's (inherited SLURM_* dropped) plus Slurm's own."""
+    out = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    jid = env.get("SCHEDD_JOB_ID", "0")
+    node = job.get("Node") or cfg.get("submit_host", "localhost")
+    cpus = str(len([c for c in env.get("SCHEDD_CPUS", "").split(",") if c]) or cfg.get("cpus", 1))
+    ntasks = str(cfg.get("ntasks") or 1)
+    s = {
+        "SLURM_JOB_ID": jid, "SLURM_JOBID": jid, "SLURM_JOB_NAME": env.get("SCHEDD_JOB_NAME", ""),
+        "SLURM_SUBMIT_DIR": cfg.get("submit_dir", ""), "SLURM_SUBMIT_HOST": cfg.get("submit_host", ""),
+        "SLURM_CPUS_ON_NODE": cpus, "SLURM_JOB_CPUS_PER_NODE": cpus, "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": node, "SLURM_NODELIST": node, "SLURMD_NODENAME": node,
+        "SLURM_NTASKS": ntasks, "SLURM_NPROCS": ntasks, "SLURM_NTASKS_PER_NODE": str(cfg.get("ntasks_per_node") or ntasks),
+        "SLURM_TASKS_PER_NODE": ntasks, "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+        "SLURM_RESTART_COUNT": str(job.get("Restarts", 0)), "SLURM_CLUSTER_NAME": common.CLUSTER,
+        "SLURM_JOB_PARTITION": common.CLUSTER, "SLURM_JOB_USER": env.get("USER", ""),
+        "SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_GID": str(os.getgid()), "SLURM_GTIDS": "0",
+        "SLURM_JOB_ACCOUNT": "", "SLURM_JOB_QOS": "normal",
+    }
+    if cfg.get("cpus_per_task"):
+        s["SLURM_CPUS_PER_TASK"] = str(cfg["cpus_per_task"])
+    if cfg.get("mem"):
+        s["SLURM_MEM_PER_NODE"] = str(cfg["mem"] >> 20)
+    if env.get("CUDA_VISIBLE_DEVICES"):
+        gpus = env["CUDA_VISIBLE_DEVICES"]
+        s["SLURM_JOB_GPUS"] = s["SLURM_STEP_GPUS"] = gpus
+        s["SLURM_GPUS_ON_NODE"] = str(len(gpus.split(",")))
+    if env.get("SCHEDD_ARRAY_JOB_ID") and cfg.get("array"):
+        a = cfg["array"]
+        s.update({"SLURM_ARRAY_JOB_ID": env["SCHEDD_ARRAY_JOB_ID"], "SLURM_ARRAY_TASK_ID": env["SCHEDD_ARRAY_TASK_ID"],
+                  "SLURM_ARRAY_TASK_MIN": str(a["min"]), "SLURM_ARRAY_TASK_MAX": str(a["max"]),
+                  "SLURM_ARRAY_TASK_STEP": str(a["step"]), "SLURM_ARRAY_TASK_COUNT": str(a["count"])})
+    out.update(s)
+    return out
+
+
+def output_path(pattern: str, env: dict[str, str], workdir: str) -> str:
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    path = expand(pattern, job_id=int(env["SLURM_JOB_ID"]), array_job_id=int(env.get("SLURM_ARRAY_JOB_ID") or 0),
+                  task_id=int(task) if task else None, name=env["SLURM_JOB_NAME"], user=env.get("USER", ""),
+                  node=env["SLURM_JOB_NODELIST"])
+    return os.path.join(workdir, path)
+
+
+def _open(path: str, append: bool) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    return os.open(path, flags, 0o644)
+
+
+def redirect(cfg: dict[str, Any], env: dict[str, str]) -> None:
+    """stdout (and stderr, with it unless -e) to the Slurm files; stdin from -i or /dev/null."""
+    cwd = os.getcwd()
+    append = bool(cfg.get("append"))
+    out = output_path(cfg["output"], env, cwd)
+    fd = _open(out, append)
+    efd = _open(output_path(cfg["error"], env, cwd), append) if cfg.get("error") else fd
+    os.dup2(fd, 1)
+    os.dup2(efd, 2)
+    inp = os.open(output_path(cfg["input"], env, cwd) if cfg.get("input") else os.devnull, os.O_RDONLY)
+    os.dup2(inp, 0)
+    for f in {fd, efd, inp}:
+        if f > 2:
+            os.close(f)
+
+
+def _deliver(sig: int, batch_pid: int, batch: bool) -> None:
+    """--signal: the steps (srun processes, which pass it on to their tasks), or with B: the batch shell."""
+    if batch:
+        targets = [batch_pid]
+    else:
+        targets = [p for p in procs.descendants(os.getpid()) if procs.is_srun(p)]
+    for p in targets:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+
+
+def main(argv: list[str]) -> int:
+    cfg = json.loads(argv[0])
+    env = dict(os.environ)
+    job_id = int(env.get("SCHEDD_JOB_ID", "0"))
+    job = job_record(job_id, bool(cfg.get("user_bus"))) if job_id else {}
+    waits = cfg.get("waits") or {}
+    if waits:
+        asyncio.run(_wait_jobs(waits.get("afterany", []), False, bool(cfg.get("user_bus"))))
+        asyncio.run(_wait_jobs(waits.get("after", []), True, bool(cfg.get("user_bus"))))
+    if cfg.get("begin"):
+        while time.time() < cfg["begin"]:
+            time.sleep(min(60.0, cfg["begin"] - time.time()))
+    senv = slurm_env(cfg, env, job)
+    try:
+        redirect(cfg, senv)
+    except OSError as e:
+        print(f"slurmstepd: error: cannot open output: {e}", file=sys.stderr)
+        return 1
+    script = cfg["script"].encode("utf-8", "surrogateescape")
+    mfd = os.memfd_create("slurm_script", 0)  # not CLOEXEC: the kernel hands /dev/fd/N to the #! interpreter
+    os.write(mfd, script)
+    os.lseek(mfd, 0, os.SEEK_SET)
+    for s in FORWARDED:
+        signal.signal(s, signal.SIG_IGN)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for s in FORWARDED:
+                signal.signal(s, signal.SIG_DFL)
+            os.execve(f"/proc/self/fd/{mfd}", [f"/proc/self/fd/{mfd}", *cfg.get("args", [])], senv)
+        except OSError as e:
+            os.write(2, f"slurmstepd: error: execve(): {cfg.get('script', '')[:60].splitlines()[0]}: {e.strerror}\n".encode())
+            os._exit(127)
+    os.close(mfd)
+    sig = cfg.get("signal")
+    limit = int(cfg.get("time") or 0)
+    if sig and limit:
+        delay = limit - sig["secs"]
+        signal.signal(signal.SIGALRM, lambda *_: _deliver(sig["sig"], pid, sig["batch"]))
+        signal.setitimer(signal.ITIMER_REAL, max(delay, 0.01))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return 1
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    if os.WIFSIGNALED(status):
+        s = os.WTERMSIG(status)
+        signal.signal(s, signal.SIG_DFL)
+        os.kill(os.getpid(), s)
+        return 128 + s
+    return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

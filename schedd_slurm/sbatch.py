@@ -1,0 +1,344 @@
+"""sbatch: a batch script (file, stdin, /dev/stdin or --wrap) becomes a schedd job whose Command is the
+launcher (schedd_slurm.job) with the script's body copied in, so the file may go right after."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+from dbus_fast import Variant
+from dbus_fast.errors import DBusError
+
+from schedd.protocol import parse_array
+from schedd_slurm import common
+from schedd_slurm.options import NONE, OPTIONAL, Opt, Parsed, SlurmUsage, Table, check_script, parse_script_and_cli
+from schedd_slurm.timespec import parse_date, parse_mem, parse_time
+
+PROG = "sbatch"
+
+# Options with no meaning on one box: accepted (as Slurm would) and not acted on.
+IGNORED = ("account", "acctg-freq", "bb", "bbf", "batch", "cluster-constraint", "clusters", "comment", "constraint",
+           "container", "contiguous", "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "deadline",
+           "delay-boot", "distribution", "exclude", "exclusive", "extra-node-info", "get-user-env", "gpu-bind",
+           "gpu-freq", "gres-flags", "hint", "ignore-pbs", "kill-on-invalid-dep", "licenses", "mail-type",
+           "mail-user", "mcs-label", "mem-bind", "network", "no-kill", "nodefile", "ntasks-per-core",
+           "ntasks-per-gpu", "ntasks-per-socket", "overcommit", "oversubscribe", "partition", "power", "prefer",
+           "profile", "propagate", "qos", "quiet", "reboot", "reservation", "sockets-per-node", "spread-job",
+           "switches", "thread-spec", "threads-per-core", "time-min", "tmp", "use-min-nodes", "verbose", "wckey",
+           "wait-all-nodes", "export-file", "gpus-per-socket")
+
+_FLAGS = {"batch", "contiguous", "hold", "ignore-pbs", "no-requeue", "overcommit", "oversubscribe", "parsable",
+          "quiet", "reboot", "requeue", "spread-job", "test-only", "use-min-nodes", "verbose", "version", "wait",
+          "help", "usage"}
+_OPTIONAL = {"exclusive", "get-user-env", "nice", "no-kill", "propagate", "kill-on-invalid-dep"}
+_SHORT = {"array": "a", "account": "A", "begin": "b", "chdir": "D", "clusters": "M", "constraint": "C",
+          "core-spec": "S", "cpus-per-task": "c", "dependency": "d", "distribution": "m", "error": "e",
+          "exclude": "x", "extra-node-info": "B", "nodefile": "F", "gpus": "G", "hold": "H", "input": "i",
+          "job-name": "J", "licenses": "L", "no-kill": "k", "nodelist": "w", "nodes": "N", "ntasks": "n",
+          "output": "o", "overcommit": "O", "oversubscribe": "s", "partition": "p", "qos": "q", "quiet": "Q",
+          "time": "t", "verbose": "v", "version": "V", "wait": "W", "help": "h"}
+_VALUED = ("chdir", "cpus-per-task", "dependency", "error", "export", "gid", "gpus", "gpus-per-node", "gpus-per-task",
+           "gres", "input", "job-name", "mem", "mem-per-cpu", "mem-per-gpu", "mincpus", "nice", "nodelist",
+           "nodes", "ntasks", "ntasks-per-node", "open-mode", "output", "priority", "signal", "time", "uid", "wrap",
+           "array", "begin")
+
+
+def table(prog: str = PROG) -> Table:
+    names = sorted(set(IGNORED) | _FLAGS | _OPTIONAL | set(_VALUED))
+    return Table(prog, [Opt(n, _SHORT.get(n, ""), NONE if n in _FLAGS else OPTIONAL if n in _OPTIONAL else 1)
+                        for n in names])
+
+
+USAGE = "Usage: sbatch [OPTIONS(0)...] [ : [OPTIONS(N)...]] script(0) [args(0)...]"
+
+
+def read_script(p: Parsed) -> tuple[str, list[str], str]:
+    """(body, the script's arguments, the default job name)."""
+    if p.get("wrap") is not None:
+        if p.args:
+            raise SlurmUsage("Script arguments not permitted with --wrap option")
+        return f"#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{p.get('wrap')}\n", [], "wrap"
+    if p.args:
+        path = p.args[0]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SlurmUsage(f"Unable to open file {path}") from None
+        name = "sbatch" if path in ("-", "/dev/stdin") else os.path.basename(path)
+        return data.decode("utf-8", "surrogateescape"), p.args[1:], name
+    if sys.stdin.isatty():
+        raise SlurmUsage("script arguments not permitted... give a script file, or pipe one in")
+    return sys.stdin.buffer.read().decode("utf-8", "surrogateescape"), [], "sbatch"
+
+
+def _int(p: Parsed, name: str, default: int | None = None, minimum: int = 1) -> int | None:
+    v = p.get(name)
+    if v is None:
+        return default
+    try:
+        n = int(str(v))
+    except ValueError:
+        raise SlurmUsage(f"Invalid numeric value \"{v}\" for --{name}.") from None
+    if n < minimum:
+        raise SlurmUsage(f"Invalid --{name} specification")
+    return n
+
+
+def gpu_count(text: str, option: str) -> int:
+    """--gpus [type:]N, --gres gpu[:type][:N] (comma lists; other gres ignored)."""
+    total = 0
+    for item in str(text).split(","):
+        parts = item.split(":")
+        if option == "--gres":
+            if parts[0] not in ("gpu", "gpus"):
+                continue
+            parts = parts[1:] or ["1"]
+        last = parts[-1]
+        if not last.isdigit():
+            if option == "--gres" and len(parts) == 1:
+                last = "1"  # gpu:type
+            else:
+                raise SlurmUsage(f"Invalid {option} specification")
+        total += int(last)
+    return total
+
+
+def parse_signal(text: str) -> dict[str, Any]:
+    """--signal=[{R|B}:]SIG[@secs] -> {sig, secs, batch}."""
+    from schedd_slurm.sigs import signal_number
+
+    t = str(text)
+    batch = False
+    if len(t) > 2 and t[1] == ":" and t[0] in "RBrb":
+        batch = t[0] in "Bb"
+        t = t[2:]
+    sig, _, secs = t.partition("@")
+    try:
+        num = signal_number(sig)
+        s = int(secs) if secs else 60
+    except (ValueError, SlurmUsage):
+        raise SlurmUsage("Invalid --signal specification") from None
+    if not 0 <= s <= 65535:
+        raise SlurmUsage("Invalid --signal specification")
+    return {"sig": num, "secs": s, "batch": batch}
+
+
+def environment(export: str | None, environ: dict[str, str]) -> list[str]:
+    """--export: ALL (default), NONE, or NAME[=VALUE] entries with or without ALL."""
+    if export is None or export.upper() == "ALL":
+        env = dict(environ)
+    else:
+        words = [w for w in export.split(",") if w]
+        env = dict(environ) if words and words[0].upper() == "ALL" else {}
+        for w in words:
+            if w.upper() in ("ALL", "NONE", "NIL"):
+                continue
+            k, sep, v = w.partition("=")
+            if sep:
+                env[k] = v
+            elif k in environ:
+                env[k] = environ[k]
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+async def dependencies(c, text: str) -> tuple[list[int], dict[str, list[int]]]:
+    """--dependency -> (After ids for afterok, {afterany/after: ids} the launcher waits for)."""
+    after: list[int] = []
+    waits: dict[str, list[int]] = {}
+    sep = "?" if "?" in text else ","
+    for clause in text.split(sep):
+        kind, _, ids = clause.partition(":")
+        kind = kind.strip().lower()
+        if kind == "singleton" or kind not in ("afterok", "afterany", "after", "afternotok", "aftercorr"):
+            raise SlurmUsage(f"Batch job submission failed: Job dependency problem ({kind or clause!r} is not "
+                             f"supported here: use afterok, afterany or after)")
+        if kind in ("afternotok", "aftercorr"):
+            raise SlurmUsage(f"Batch job submission failed: Job dependency problem ({kind} is not supported by "
+                             f"schedd: use afterok, afterany or after)")
+        refs = common.parse_refs([r.split("+")[0] for r in ids.split(":") if r], PROG)
+        if not refs:
+            raise SlurmUsage("Batch job submission failed: Job dependency problem")
+        jobs, missing = await common.resolve(c, refs)
+        if missing:
+            raise SlurmUsage("Batch job submission failed: Job dependency problem")
+        ids_ = [j["Id"] for j in jobs]
+        if kind == "afterok":
+            after.extend(ids_)
+        else:
+            waits.setdefault(kind, []).extend(ids_)
+    return after, waits
+
+
+def build(p: Parsed, body: str, script_args: list[str], default_name: str, environ: dict[str, str],
+          cwd: str) -> tuple[dict[str, Any], dict[str, Any], list[int] | None, int]:
+    """(spec values, launcher config, array task ids or None, array cap) -- everything but dependencies."""
+    check_script(body)
+    nodes = str(p.get("nodes") or "1")
+    lo, _, hi = nodes.partition("-")
+    if not lo.isdigit() or (hi and not hi.isdigit()):
+        raise SlurmUsage("Invalid node count specification")
+    if int(lo) > 1:
+        raise SlurmUsage("Batch job submission failed: Requested node configuration is not available")
+    ntasks_per_node = _int(p, "ntasks-per-node")
+    ntasks = _int(p, "ntasks", ntasks_per_node or 1)
+    cpt = _int(p, "cpus-per-task")
+    cpus = max(ntasks * (cpt or 1), _int(p, "mincpus") or 1)
+    values: dict[str, Any] = {"CPUs": cpus}
+    gpus = 0
+    for opt in ("gpus", "gpus-per-node"):
+        if p.get(opt) is not None:
+            gpus = max(gpus, gpu_count(p.get(opt), f"--{opt}"))
+    if p.get("gpus-per-task") is not None:
+        gpus = max(gpus, gpu_count(p.get("gpus-per-task"), "--gpus-per-task") * ntasks)
+    if p.get("gres") is not None:
+        gpus = max(gpus, gpu_count(p.get("gres"), "--gres"))
+    if gpus:
+        values["GPUs"] = gpus
+    mem = None
+    if p.get("mem") is not None:
+        mem = parse_mem(str(p.get("mem")), "--mem")
+    elif p.get("mem-per-cpu") is not None:
+        mem = parse_mem(str(p.get("mem-per-cpu")), "--mem-per-cpu") * cpus
+    elif p.get("mem-per-gpu") is not None:
+        mem = parse_mem(str(p.get("mem-per-gpu")), "--mem-per-gpu") * max(gpus, 1)
+    if mem:  # --mem=0: the node's default (Slurm: all of it)
+        values["Memory"] = mem
+    limit = parse_time(str(p.get("time")), "--time") if p.get("time") is not None else 0
+    if limit:
+        values["RuntimeMaxUSec"] = limit * 1_000_000
+    name = str(p.get("job-name") or default_name)
+    values["Name"] = name
+    workdir = os.path.normpath(os.path.join(cwd, str(p.get("chdir")))) if p.get("chdir") else cwd
+    values["WorkingDirectory"] = workdir
+    values["Environment"] = environment(p.get("export"), environ)  # type: ignore[arg-type]
+    if p.get("hold"):
+        values["Hold"] = True
+    if p.get("no-requeue"):
+        values["Requeue"] = False
+    elif p.get("requeue"):
+        values["Requeue"] = True
+    prio = 0
+    if p.get("nice") is not None:
+        nice = 100 if p.get("nice") is True else _int(p, "nice", minimum=-2147483645)
+        prio -= int(nice)  # type: ignore[arg-type]
+    if p.get("priority") is not None:
+        prio = _int(p, "priority", minimum=0)  # type: ignore[assignment]
+    if prio:
+        values["Priority"] = prio
+    if p.get("nodelist"):
+        values["Node"] = str(p.get("nodelist")).split(",")[0]
+    if p.get("uid") is not None:
+        values["User"] = common.uid_of(str(p.get("uid")))
+    tasks, cap = None, 0
+    if p.get("array") is not None:
+        try:
+            tasks, cap = parse_array(str(p.get("array")))
+        except ValueError:
+            raise SlurmUsage("Invalid job array specification") from None
+    output = str(p.get("output") or ("slurm-%A_%a.out" if tasks is not None else "slurm-%j.out"))
+    open_mode = str(p.get("open-mode") or "truncate").lower()
+    if open_mode not in ("append", "truncate", "a", "t"):
+        raise SlurmUsage("Invalid --open-mode specification")
+    config: dict[str, Any] = {
+        "script": body, "args": script_args, "output": output, "error": p.get("error"),
+        "input": p.get("input"), "append": open_mode.startswith("a"), "submit_dir": cwd,
+        "submit_host": socket.gethostname().split(".")[0], "ntasks": ntasks, "ntasks_per_node": ntasks_per_node,
+        "cpus_per_task": cpt, "mem": mem, "time": limit, "user_bus": common.user_bus(), "cpus": cpus,
+    }
+    if p.get("signal") is not None:
+        config["signal"] = parse_signal(p.get("signal"))
+    if p.get("begin") is not None:
+        config["begin"] = parse_date(str(p.get("begin")), "--begin")
+    if tasks is not None:
+        steps = {b - a for a, b in zip(tasks, tasks[1:])}
+        config["array"] = {"min": tasks[0], "max": tasks[-1], "count": len(tasks),
+                           "step": steps.pop() if len(steps) == 1 else 1}
+    return values, config, tasks, cap
+
+
+def launcher_command(config: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-I", "-m", "schedd_slurm.job", json.dumps(config, separators=(",", ":"))]
+
+
+def typed(values: dict[str, Any]) -> dict[str, Variant]:
+    from schedctl.commands.submit import typed_spec
+
+    return typed_spec(values)
+
+
+async def submit(c, values: dict[str, Any], config: dict[str, Any], tasks: list[int] | None, cap: int) -> int:
+    """Queue it; the id Slurm's clients read (an array's first task's id is the array's id)."""
+    values = {**values, "Command": launcher_command(config)}
+    spec = typed(values)
+    try:
+        if tasks is None:
+            jid, _path = await c.submit(spec)
+            return jid
+        extra = {"ArrayMaxRunning": Variant("u", cap)} if cap else {}
+        (ids,) = await c.call("SubmitMany", "aa{sv}", [[{**spec, "ArrayTaskId": Variant("u", t), **extra}
+                                                        for t in tasks]])
+        return ids[0]
+    except DBusError as e:
+        raise SlurmUsage(f"Batch job submission failed: {e.text}") from None
+
+
+async def wait_for(c, jid: int) -> int:
+    """-W/--wait: until the job (every task of an array) ends; its exit code, as sbatch -W exits."""
+    await c.subscribe()
+    code = 0
+    jobs, _ = await common.resolve(c, [common.JobRef(jid)])
+    for j in jobs:
+        state = j["State"]
+        while state not in ("COMPLETED", "FAILED", "CANCELLED"):
+            try:
+                cid, _p, new, _r = await c.next_change(5.0)
+                if cid == j["Id"]:
+                    state = new
+            except TimeoutError:
+                state = (await c.get_job(j["Id"]))["State"]
+        final = await c.get_job(j["Id"])
+        code = max(code, final["ExitCode"] if final["State"] != "CANCELLED" else 1, 0 if final["State"] == "COMPLETED" else 1)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    t = table()
+
+    async def body() -> int:
+        cli = t.parse(argv, stop_at_positional=True)
+        if cli.get("help") or cli.get("usage"):
+            print(USAGE)
+            return 0
+        if cli.get("version"):
+            print("slurm 22.05.8")
+            return 0
+        script, args, name = read_script(cli)
+        p = parse_script_and_cli(t, script, cli)
+        cwd = os.getcwd()
+        values, config, tasks, cap = build(p, script, args, name, dict(os.environ), cwd)
+        async with common.connect() as c:
+            if p.get("dependency"):
+                after, waits = await dependencies(c, str(p.get("dependency")))
+                if after:
+                    values["After"] = after
+                if waits:
+                    config["waits"] = waits
+            if p.get("test-only"):
+                props = await c.properties()
+                print(f"sbatch: Job 0 to start at now using {values['CPUs']} processors on nodes "
+                      f"{props.get('NodeName')} in partition {common.CLUSTER}", file=sys.stderr)
+                return 0
+            jid = await submit(c, values, config, tasks, cap)
+            if p.get("parsable"):
+                print(jid, flush=True)
+            else:
+                print(f"Submitted batch job {jid}", flush=True)
+            if p.get("wait"):
+                return await wait_for(c, jid)
+        return 0
+
+    return common.run(PROG, body)
