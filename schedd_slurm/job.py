@@ -142,11 +142,12 @@ def main(argv: list[str]) -> int:
         while time.time() < cfg["begin"]:
             time.sleep(min(60.0, cfg["begin"] - time.time()))
     senv = slurm_env(cfg, env, job)
-    try:
-        redirect(cfg, senv)
-    except OSError as e:
-        print(f"slurmstepd: error: cannot open output: {e}", file=sys.stderr)
-        return 1
+    if not cfg.get("direct"):  # srun outside a job: the daemon's own output file, which srun streams
+        try:
+            redirect(cfg, senv)
+        except OSError as e:
+            print(f"slurmstepd: error: cannot open output: {e}", file=sys.stderr)
+            return 1
     script = cfg["script"].encode("utf-8", "surrogateescape")
     mfd = os.memfd_create("slurm_script", 0)  # not CLOEXEC: the kernel hands /dev/fd/N to the #! interpreter
     os.write(mfd, script)

@@ -1,0 +1,307 @@
+"""squeue's -o codes and sacct's --format fields: what each prints, its header, width and alignment."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from schedd.protocol import format_ranges
+from schedd_slurm.common import CLUSTER, slurm_id
+from schedd_slurm.options import SlurmUsage
+from schedd_slurm.states import CODES, slurm_reason, slurm_state
+from schedd_slurm.timespec import format_date, format_elapsed, format_limit
+
+Job = dict[str, Any]
+
+
+def _now_usec() -> int:
+    return time.time_ns() // 1000
+
+
+def state(j: Job) -> str:
+    return slurm_state(j["State"], j.get("Reason", ""))
+
+
+def elapsed_s(j: Job) -> int:
+    if not j.get("StartTime"):
+        return 0
+    if j.get("RunUSec"):
+        return j["RunUSec"] // 1_000_000
+    end = j.get("EndTime") or _now_usec()
+    return max(0, (end - j["StartTime"] - j.get("SuspendedUSec", 0)) // 1_000_000)
+
+
+def limit_s(j: Job) -> int:
+    return j.get("RuntimeMaxUSec", 0) // 1_000_000
+
+
+def time_left(j: Job) -> str:
+    lim = limit_s(j)
+    if not lim:
+        return "UNLIMITED"
+    return format_elapsed(max(0, lim - elapsed_s(j)))
+
+
+def mem_text(j: Job) -> str:
+    mib = j.get("Memory", 0) >> 20
+    return f"{mib // 1024}G" if mib and mib % 1024 == 0 else f"{mib}M"
+
+
+def node_or_reason(j: Job) -> str:
+    if j["State"] in ("RUNNING", "SUSPENDED"):
+        return j.get("Node", "")
+    return f"({slurm_reason(j['State'], j.get('Reason', ''))})"
+
+
+def exit_code(j: Job) -> str:
+    """sacct's ExitCode `code:signal`."""
+    code = j.get("ExitCode", 0)
+    if j.get("Reason") in ("signal", "oom-kill", "timeout", "cancelled") and code > 128:
+        return f"0:{code - 128}"
+    if j.get("Reason") == "cancelled":
+        return "0:15"
+    return f"{max(code, 0)}:0"
+
+
+def gres(j: Job) -> str:
+    return f"gres/gpu:{j['GPUs']}" if j.get("GPUs") else "N/A"
+
+
+def tres(j: Job) -> str:
+    t = f"billing={j.get('CPUs', 1)},cpu={j.get('CPUs', 1)},mem={mem_text(j)},node=1"
+    return t + (f",gres/gpu={j['GPUs']}" if j.get("GPUs") else "")
+
+
+# -- squeue ------------------------------------------------------------------------------------
+
+SQUEUE: dict[str, tuple[str, Callable[[Job], str]]] = {
+    "i": ("JOBID", lambda j: j.get("_row_id") or slurm_id(j)),
+    "A": ("JOBID", lambda j: str(j["Id"])),
+    "F": ("ARRAY_JOB_ID", lambda j: str(j.get("ArrayJobId") or j["Id"])),
+    "K": ("ARRAY_TASK_ID", lambda j: j.get("_row_tasks") or (str(j["ArrayTaskId"]) if j.get("ArrayJobId") else "N/A")),
+    "j": ("NAME", lambda j: j.get("Name", "")),
+    "t": ("ST", lambda j: CODES.get(state(j), "?")),
+    "T": ("STATE", state),
+    "M": ("TIME", lambda j: format_elapsed(elapsed_s(j))),
+    "L": ("TIME_LEFT", time_left),
+    "l": ("TIME_LIMIT", lambda j: format_limit(limit_s(j))),
+    "D": ("NODES", lambda j: "1"),
+    "C": ("CPUS", lambda j: str(j.get("CPUs", 1))),
+    "c": ("MIN_CPUS", lambda j: str(j.get("CPUs", 1))),
+    "m": ("MIN_MEMORY", mem_text),
+    "b": ("TRES_PER_NODE", gres),
+    "R": ("NODELIST(REASON)", node_or_reason),
+    "N": ("NODELIST", lambda j: j.get("Node", "") if j["State"] in ("RUNNING", "SUSPENDED") else ""),
+    "r": ("REASON", lambda j: slurm_reason(j["State"], j.get("Reason", ""))),
+    "P": ("PARTITION", lambda j: CLUSTER),
+    "u": ("USER", lambda j: j.get("UserName") or str(j.get("User", ""))),
+    "U": ("UID", lambda j: str(j.get("User", ""))),
+    "S": ("START_TIME", lambda j: format_date(j.get("StartTime", 0)) if j.get("StartTime") else "N/A"),
+    "V": ("SUBMIT_TIME", lambda j: format_date(j.get("SubmitTime", 0))),
+    "e": ("END_TIME", lambda j: format_date(j.get("EndTime", 0)) if j.get("EndTime") else "N/A"),
+    "Q": ("PRIORITY", lambda j: str(j.get("Priority", 0))),
+    "p": ("PRIORITY", lambda j: f"{j.get('Priority', 0):.8f}"),
+    "y": ("NICE", lambda j: str(-j.get("Priority", 0))),
+    "q": ("QOS", lambda j: "normal"),
+    "a": ("ACCOUNT", lambda j: ""),
+    "o": ("COMMAND", lambda j: j.get("Name", "")),
+    "Z": ("WORK_DIR", lambda j: j.get("WorkingDirectory", "")),
+    "k": ("COMMENT", lambda j: "(null)"),
+    "E": ("DEPENDENCY", lambda j: ",".join(f"afterok:{a}(unfulfilled)" for a in j.get("After", [])) or "(null)"),
+    "h": ("OVER_SUBSCRIBE", lambda j: "OK"),
+    "f": ("FEATURES", lambda j: "(null)"),
+    "g": ("GROUP", lambda j: j.get("UserName", "")),
+    "n": ("REQ_NODES", lambda j: ""),
+    "x": ("EXC_NODES", lambda j: ""),
+    "v": ("RESERVATION", lambda j: "(null)"),
+    "w": ("WCKEY", lambda j: "(null)"),
+    "B": ("EXEC_HOST", lambda j: j.get("Node", "") or "n/a"),
+    "O": ("CONTIGUOUS", lambda j: "0"),
+    "z": ("S:C:T", lambda j: "*:*:*"),
+}
+
+SQUEUE_DEFAULT = "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"
+_SQ = re.compile(r"%(\.?)(\d*)([A-Za-z])")
+
+
+@dataclass(frozen=True)
+class Column:
+    literal: str  # text before the field
+    code: str
+    width: int | None
+    right: bool
+
+
+def parse_squeue_format(fmt: str) -> tuple[list[Column], str]:
+    cols: list[Column] = []
+    pos = 0
+    for m in _SQ.finditer(fmt):
+        if m.group(3) not in SQUEUE:
+            raise SlurmUsage(f"Invalid job format specification: {m.group(0)}")
+        cols.append(Column(fmt[pos:m.start()], m.group(3), int(m.group(2)) if m.group(2) else None, bool(m.group(1))))
+        pos = m.end()
+    return cols, fmt[pos:]
+
+
+def _fit(text: str, width: int | None, right: bool) -> str:
+    if width is None:
+        return text
+    text = text[:width]
+    return text.rjust(width) if right else text.ljust(width)
+
+
+def squeue_line(cols: list[Column], tail: str, row: Job | None) -> str:
+    """One line: the header (row None) or a job's."""
+    out = []
+    for c in cols:
+        text = SQUEUE[c.code][0] if row is None else SQUEUE[c.code][1](row)
+        out.append(c.literal + _fit(text, c.width, c.right))
+    return "".join(out) + tail
+
+
+def collapse_pending_arrays(jobs: list[Job]) -> list[Job]:
+    """Pending tasks of one array as one row `A_[2-4,7%25]`, as squeue shows them (without -r)."""
+    out: list[Job] = []
+    groups: dict[int, list[Job]] = {}
+    for j in jobs:
+        if j.get("ArrayJobId") and j["State"] in ("PENDING",):
+            if j["ArrayJobId"] not in groups:
+                groups[j["ArrayJobId"]] = []
+                out.append({"_group": j["ArrayJobId"]})
+            groups[j["ArrayJobId"]].append(j)
+        else:
+            out.append(j)
+    rows: list[Job] = []
+    for r in out:
+        if "_group" not in r:
+            rows.append(r)
+            continue
+        g = groups[r["_group"]]
+        if len(g) == 1:
+            rows.append(g[0])
+            continue
+        cap = g[0].get("ArrayMaxRunning") or 0
+        ranges = format_ranges([t["ArrayTaskId"] for t in g]) + (f"%{cap}" if cap else "")
+        rows.append({**g[0], "_row_id": f"{r['_group']}_[{ranges}]", "_row_tasks": ranges})
+    return rows
+
+
+# -- sacct ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    width: int
+    right: bool
+    get: Callable[[Job], str]
+
+
+def _step(j: Job) -> str:
+    return j.get("_step", "")
+
+
+def _sid(j: Job) -> str:
+    return slurm_id(j) + (f".{_step(j)}" if _step(j) else "")
+
+
+_FIELDS = [
+    Field("JobID", 12, False, _sid),
+    Field("JobIDRaw", 12, False, lambda j: str(j["Id"]) + (f".{_step(j)}" if _step(j) else "")),
+    Field("JobName", 10, True, lambda j: _step(j) or j.get("Name", "")),
+    Field("Partition", 10, True, lambda j: "" if _step(j) else CLUSTER),
+    Field("Account", 10, True, lambda j: ""),
+    Field("AllocCPUS", 10, True, lambda j: str(j.get("CPUs", 1)) if j.get("StartTime") else "0"),
+    Field("NCPUS", 10, True, lambda j: str(j.get("CPUs", 1)) if j.get("StartTime") else "0"),
+    Field("ReqCPUS", 8, True, lambda j: str(j.get("CPUs", 1))),
+    Field("State", 10, True, state),
+    Field("ExitCode", 8, True, exit_code),
+    Field("DerivedExitCode", 15, True, exit_code),
+    Field("Elapsed", 10, True, lambda j: format_elapsed(elapsed_s(j), short=False)),
+    Field("ElapsedRaw", 10, True, lambda j: str(elapsed_s(j))),
+    Field("Start", 19, True, lambda j: format_date(j.get("StartTime", 0))),
+    Field("End", 19, True, lambda j: format_date(j.get("EndTime", 0))),
+    Field("Submit", 19, True, lambda j: format_date(j.get("SubmitTime", 0))),
+    Field("Eligible", 19, True, lambda j: format_date(j.get("SubmitTime", 0))),
+    Field("NodeList", 15, True, lambda j: j.get("Node", "") if j.get("StartTime") else "None assigned"),
+    Field("NNodes", 8, True, lambda j: "1"),
+    Field("ReqMem", 10, True, mem_text),
+    Field("MaxRSS", 10, True, lambda j: f"{j.get('MemoryPeak', 0) >> 10}K" if j.get("MemoryPeak") else ""),
+    Field("TotalCPU", 10, True, lambda j: format_elapsed(j.get("CPUTimeUSec", 0) // 1_000_000, short=False)),
+    Field("CPUTime", 10, True, lambda j: format_elapsed(elapsed_s(j) * j.get("CPUs", 1), short=False)),
+    Field("CPUTimeRAW", 10, True, lambda j: str(elapsed_s(j) * j.get("CPUs", 1))),
+    Field("Timelimit", 10, True, lambda j: "" if _step(j) else format_limit(limit_s(j), short=False)),
+    Field("TimelimitRaw", 10, True, lambda j: str(limit_s(j) // 60) if limit_s(j) else "UNLIMITED"),
+    Field("User", 9, True, lambda j: "" if _step(j) else (j.get("UserName") or str(j.get("User", "")))),
+    Field("UID", 6, True, lambda j: str(j.get("User", ""))),
+    Field("Group", 9, True, lambda j: j.get("UserName", "")),
+    Field("Comment", 10, True, lambda j: ""),
+    Field("WorkDir", 10, True, lambda j: j.get("WorkingDirectory", "")),
+    Field("Reason", 10, True, lambda j: slurm_reason(j["State"], j.get("Reason", ""))),
+    Field("Priority", 10, True, lambda j: str(j.get("Priority", 0))),
+    Field("AllocTRES", 10, True, tres),
+    Field("ReqTRES", 10, True, tres),
+    Field("Cluster", 10, True, lambda j: CLUSTER),
+    Field("QOS", 10, True, lambda j: "normal"),
+    Field("Suspended", 10, True, lambda j: format_elapsed(j.get("SuspendedUSec", 0) // 1_000_000, short=False)),
+    Field("Reserved", 10, True, lambda j: format_elapsed(j.get("WaitUSec", 0) // 1_000_000, short=False)),
+    Field("Planned", 10, True, lambda j: format_elapsed(j.get("WaitUSec", 0) // 1_000_000, short=False)),
+    Field("ArrayJobID", 12, True, lambda j: str(j.get("ArrayJobId") or j["Id"])),
+    Field("ArrayTaskID", 12, True, lambda j: str(j["ArrayTaskId"]) if j.get("ArrayJobId") else ""),
+    Field("AveRSS", 10, True, lambda j: ""),
+    Field("MaxVMSize", 10, True, lambda j: ""),
+    Field("AveCPU", 10, True, lambda j: ""),
+    Field("Layout", 10, True, lambda j: ""),
+    Field("WCKey", 10, True, lambda j: ""),
+    Field("Constraints", 19, True, lambda j: ""),
+]
+SACCT_FIELDS = {f.name.lower(): f for f in _FIELDS}
+SACCT_DEFAULT = "JobID,JobName,Partition,Account,AllocCPUS,State,ExitCode"
+
+
+@dataclass(frozen=True)
+class SacctColumn:
+    field: Field
+    width: int
+    right: bool
+
+
+def parse_sacct_format(text: str) -> list[SacctColumn]:
+    cols = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, width = item.partition("%")
+        f = SACCT_FIELDS.get(name.lower())
+        if f is None:
+            raise SlurmUsage(f"Invalid field requested: \"{name}\"")
+        if width:
+            try:
+                w = int(width)
+            except ValueError:
+                raise SlurmUsage(f"Invalid field requested: \"{item}\"") from None
+            cols.append(SacctColumn(f, abs(w), f.right and w >= 0 and not width.startswith("-")))
+        else:
+            cols.append(SacctColumn(f, f.width, f.right))
+    return cols
+
+
+def sacct_lines(cols: list[SacctColumn], rows: list[Job], *, header: bool, sep: str | None,
+                trailing: bool) -> list[str]:
+    """sep None: fixed columns (header, dashes line); '|' for -P (trailing=False) / -p (trailing=True)."""
+    lines = []
+    if sep is None:
+        if header:
+            lines.append(" ".join(_fit(c.field.name, c.width, c.right) for c in cols) + " ")
+            lines.append(" ".join("-" * c.width for c in cols) + " ")
+        for r in rows:
+            lines.append(" ".join(_fit(c.field.get(r), c.width, c.right) for c in cols) + " ")
+        return lines
+    end = sep if trailing else ""
+    if header:
+        lines.append(sep.join(c.field.name for c in cols) + end)
+    for r in rows:
+        lines.append(sep.join(c.field.get(r) for c in cols) + end)
+    return lines
