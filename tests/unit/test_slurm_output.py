@@ -1,0 +1,112 @@
+"""What Slurm's commands print for schedd jobs: state words, squeue codes, sacct fields, the job's environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from schedd_slurm import formats
+from schedd_slurm.job import slurm_env
+from schedd_slurm.states import parse_states, slurm_state
+from schedd_slurm.options import SlurmUsage
+
+
+@pytest.mark.parametrize("state,reason,word", [
+    ("PENDING", "", "PENDING"), ("HELD", "held", "PENDING"), ("RUNNING", "", "RUNNING"),
+    ("SUSPENDED", "", "SUSPENDED"), ("COMPLETED", "success", "COMPLETED"), ("FAILED", "exit-code", "FAILED"),
+    ("FAILED", "signal", "FAILED"), ("FAILED", "timeout", "TIMEOUT"), ("FAILED", "oom-kill", "OUT_OF_MEMORY"),
+    ("FAILED", "node-failure", "NODE_FAIL"), ("CANCELLED", "cancelled", "CANCELLED"),
+])
+def test_state_words(state, reason, word):
+    assert slurm_state(state, reason) == word
+
+
+def test_state_filters():
+    assert parse_states("PD,r", "squeue") == {"PENDING", "RUNNING"}
+    assert "TIMEOUT" in parse_states("all", "squeue")
+    with pytest.raises(SlurmUsage, match="Invalid job state"):
+        parse_states("SLEEPING", "squeue")
+
+
+def job(**kw):
+    base = {"Id": 7, "Name": "hello", "User": 1000, "UserName": "alice", "State": "RUNNING", "Reason": "",
+            "ExitCode": 0, "CPUs": 2, "Memory": 2 << 30, "GPUs": 0, "Node": "box", "StartTime": 1_000_000,
+            "EndTime": 0, "SubmitTime": 500_000, "RuntimeMaxUSec": 3600 * 10**6, "ArrayJobId": 0, "ArrayTaskId": 0,
+            "RunUSec": 0, "SuspendedUSec": 0, "Priority": 0}
+    base.update(kw)
+    return base
+
+
+def test_squeue_default_header_and_row():
+    cols, tail = formats.parse_squeue_format(formats.SQUEUE_DEFAULT)
+    header = formats.squeue_line(cols, tail, None)
+    assert header.split() == ["JOBID", "PARTITION", "NAME", "USER", "ST", "TIME", "NODES", "NODELIST(REASON)"]
+    assert len(header.split("NODELIST")[0]) == 18 + 1 + 9 + 1 + 8 + 1 + 8 + 1 + 2 + 1 + 10 + 1 + 6 + 1
+    row = formats.squeue_line(cols, tail, job(EndTime=0)).split()
+    assert row[0] == "7" and row[4] == "R" and row[-1] == "box"
+
+
+def test_squeue_codes_simple_slurm_reads():
+    cols, tail = formats.parse_squeue_format('"%i","%j","%t","%M","%L","%D","%C","%m","%b","%R"')
+    assert formats.squeue_line(cols, tail, None) == ('"JOBID","NAME","ST","TIME","TIME_LEFT","NODES","CPUS",'
+                                                    '"MIN_MEMORY","TRES_PER_NODE","NODELIST(REASON)"')
+    pending = job(State="PENDING", StartTime=0, Node="")
+    assert formats.squeue_line(cols, tail, pending) == '"7","hello","PD","0:00","1:00:00","1","2","2G","N/A","(None)"'
+    held = job(State="HELD", Reason="held", StartTime=0, GPUs=1)
+    assert formats.squeue_line(cols, tail, held).endswith('"gres/gpu:1","(JobHeldUser)"')
+    with pytest.raises(SlurmUsage, match="Invalid job format"):
+        formats.parse_squeue_format("%i %W")
+
+
+def test_squeue_widths_truncate_and_align():
+    cols, tail = formats.parse_squeue_format("%.4i|%6j|%3j|%.6j|")
+    assert formats.squeue_line(cols, tail, job(Name="abcd")) == "   7|abcd  |abc|  abcd|"
+
+
+def test_array_rows_collapse_while_pending():
+    tasks = [job(Id=10 + i, ArrayJobId=10, ArrayTaskId=i, State="PENDING", StartTime=0, ArrayMaxRunning=2)
+             for i in range(4)]
+    running = job(Id=14, ArrayJobId=10, ArrayTaskId=4)
+    rows = formats.collapse_pending_arrays(tasks + [running])
+    cols, tail = formats.parse_squeue_format("%i")
+    assert [formats.squeue_line(cols, tail, r) for r in rows] == ["10_[0-3%2]", "10_4"]
+
+
+def test_sacct_parsable_and_fixed():
+    cols = formats.parse_sacct_format("JobID,State,NodeList")
+    done = job(State="CANCELLED", Reason="cancelled", EndTime=2_000_000)
+    assert formats.sacct_lines(cols, [done], header=True, sep="|", trailing=False) == [
+        "JobID|State|NodeList", "7|CANCELLED|box"]
+    assert formats.sacct_lines(cols, [done], header=False, sep="|", trailing=True) == ["7|CANCELLED|box|"]
+    fixed = formats.sacct_lines(formats.parse_sacct_format("jobid,state%20"), [done], header=True, sep=None,
+                                trailing=False)
+    assert fixed[0] == "JobID" + " " * 7 + " " + "State".rjust(20) + " "
+    assert fixed[1] == "-" * 12 + " " + "-" * 20 + " "
+    assert fixed[2].split() == ["7", "CANCELLED"]
+    assert formats.parse_sacct_format("nodelist%-256")[0].width == 256
+    with pytest.raises(SlurmUsage, match="Invalid field requested"):
+        formats.parse_sacct_format("JobID,Nope")
+
+
+def test_sacct_exit_codes_and_array_ids():
+    cols = formats.parse_sacct_format("JobID,JobIDRaw,ExitCode,State")
+    rows = [job(Id=12, ArrayJobId=10, ArrayTaskId=2, State="FAILED", Reason="exit-code", ExitCode=3),
+            job(Id=13, State="FAILED", Reason="timeout", ExitCode=143),
+            job(Id=14, State="FAILED", Reason="oom-kill", ExitCode=137)]
+    assert formats.sacct_lines(cols, rows, header=False, sep="|", trailing=False) == [
+        "10_2|12|3:0|FAILED", "13|13|0:15|TIMEOUT", "14|14|0:9|OUT_OF_MEMORY"]
+
+
+def test_job_environment():
+    cfg = {"submit_dir": "/w", "submit_host": "h", "ntasks": 2, "cpus_per_task": 3, "mem": 1 << 30,
+           "array": {"min": 0, "max": 9, "step": 1, "count": 10}}
+    env = {"SCHEDD_JOB_ID": "12", "SCHEDD_JOB_NAME": "nm", "SCHEDD_CPUS": "0,1,2,3,4,5", "USER": "alice",
+           "SLURM_ARRAY_TASK_ID": "stale", "SLURM_JOB_ID": "999", "KEEP": "1"}
+    e = slurm_env(cfg, env, {"Restarts": 2, "Node": "box"})
+    assert (e["SLURM_JOB_ID"], e["SLURM_JOBID"], e["SLURM_JOB_NAME"]) == ("12", "12", "nm")
+    assert (e["SLURM_CPUS_ON_NODE"], e["SLURM_CPUS_PER_TASK"], e["SLURM_MEM_PER_NODE"]) == ("6", "3", "1024")
+    assert (e["SLURM_NTASKS"], e["SLURM_RESTART_COUNT"], e["SLURM_JOB_NODELIST"]) == ("2", "2", "box")
+    assert "SLURM_ARRAY_TASK_ID" not in e  # not an array task: the submitter's stale value is dropped
+    assert e["KEEP"] == "1" and e["SLURM_CLUSTER_NAME"]
+    arr = slurm_env(cfg, {**env, "SCHEDD_ARRAY_JOB_ID": "10", "SCHEDD_ARRAY_TASK_ID": "2"}, {})
+    assert (arr["SLURM_ARRAY_JOB_ID"], arr["SLURM_ARRAY_TASK_ID"], arr["SLURM_ARRAY_TASK_MIN"],
+            arr["SLURM_ARRAY_TASK_COUNT"]) == ("10", "2", "0", "10")

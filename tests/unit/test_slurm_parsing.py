@@ -1,0 +1,181 @@
+"""Slurm's command-line pieces that need no daemon: #SBATCH parsing, value formats, patterns."""
+
+from __future__ import annotations
+
+import pytest
+
+from schedd_slurm import sbatch
+from schedd_slurm.options import SlurmUsage, check_script, directive_words, parse_script_and_cli
+from schedd_slurm.patterns import expand
+from schedd_slurm.scontrol import expand_hostlist
+from schedd_slurm.sigs import signal_number
+from schedd_slurm.timespec import parse_date, parse_mem, parse_time
+
+T = sbatch.table()
+
+
+def parse(script: str, *cli: str):
+    c = T.parse(list(cli) + ["job.sh"], stop_at_positional=True)
+    return parse_script_and_cli(T, script, c)
+
+
+def test_directives_short_long_equals_space_and_prefixes():
+    p = parse("#!/bin/bash\n#SBATCH -J first\n#SBATCH --cpus-per-task=4\n#SBATCH --mem 2G\n"
+              "#SBATCH -n2 --time=10\n#SBATCH --job=name  # a comment\n#SBATCH --parsable\n")
+    assert p.get("job-name") == "name"  # --job: the unique prefix of --job-name; the later one wins
+    assert (p.get("cpus-per-task"), p.get("mem"), p.get("ntasks"), p.get("time")) == ("4", "2G", "2", "10")
+    assert p.get("parsable") is True
+
+
+def test_directive_quotes_and_stop_at_first_command():
+    body = '#!/bin/sh\n#SBATCH --comment="two words" -o \'out %j.log\'\n\n# plain comment\necho hi\n#SBATCH -J late\n'
+    p = parse(body)
+    assert p.get("comment") == "two words" and p.get("output") == "out %j.log"
+    assert p.get("job-name") is None  # after `echo hi`: not read
+
+
+def test_directive_must_start_in_column_zero():
+    assert directive_words("#!/bin/sh\n  #SBATCH -J indented\n#SBATCHX -J no\n") == []
+
+
+def test_command_line_overrides_script():
+    p = parse("#!/bin/sh\n#SBATCH -J script --time=5\n", "--job-name=cli")
+    assert p.get("job-name") == "cli" and p.get("time") == "5"
+
+
+def test_unknown_and_ambiguous_options_are_refused():
+    with pytest.raises(SlurmUsage, match="unrecognized option '--bogus'"):
+        T.parse(["--bogus", "x"])
+    with pytest.raises(SlurmUsage, match="ambiguous"):
+        T.parse(["--mem-per=1G", "x"])  # --mem-per-cpu or --mem-per-gpu
+    with pytest.raises(SlurmUsage, match="unrecognized"):
+        parse("#!/bin/sh\n#SBATCH --no-such-thing\n")
+
+
+def test_script_checks():
+    with pytest.raises(SlurmUsage, match="DOS line breaks"):
+        check_script("#!/bin/sh\r\necho\r\n")
+    with pytest.raises(SlurmUsage, match="must start with #!"):
+        check_script("echo hi\n")
+    with pytest.raises(SlurmUsage, match="empty"):
+        check_script("")
+    check_script("#!/bin/sh\necho ok\n")
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("10", 600), ("10:30", 630), ("1:02:03", 3723), ("2-3", 2 * 86400 + 3 * 3600),
+    ("2-3:04", 2 * 86400 + 3 * 3600 + 240), ("1-02:03:04", 93784), ("UNLIMITED", 0), ("infinite", 0),
+])
+def test_time_forms(text, seconds):
+    assert parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["1:2:3:4", "ten", "1h", "-5", ""])
+def test_bad_time(bad):
+    with pytest.raises(SlurmUsage, match="Invalid time limit specification"):
+        parse_time(bad)
+
+
+@pytest.mark.parametrize("text,size", [("100", 100 << 20), ("4G", 4 << 30), ("4gb", 4 << 30), ("512K", 512 << 10),
+                                       ("1.5G", 3 << 29), ("2T", 2 << 40), ("14G", 14 << 30), ("4GB", 4 << 30)])
+def test_mem_forms(text, size):
+    assert parse_mem(text) == size
+
+
+@pytest.mark.parametrize("bad", ["lots", "4X", "G", "-1G"])
+def test_bad_mem(bad):
+    with pytest.raises(SlurmUsage, match="Invalid --mem specification"):
+        parse_mem(bad)
+
+
+def test_dates():
+    now = 1_800_000_000.0
+    assert parse_date("now", "-S", now) == now
+    assert parse_date("now-2hours", "-S", now) == now - 7200
+    assert parse_date("now+30", "--begin", now) == now + 30
+    assert parse_date("2026-12-03T10:00", "-S", now) == parse_date("2026-12-03T10:00:00", "-S", now)
+    with pytest.raises(SlurmUsage):
+        parse_date("yesterday-ish", "--starttime", now)
+
+
+def test_filename_patterns():
+    kw = dict(job_id=42, array_job_id=40, task_id=2, name="nm", user="alice", node="box")
+    assert expand("slurm-%j.out", **kw) == "slurm-42.out"
+    assert expand("%A_%a_%x_%u_%N_%%.log", **kw) == "40_2_nm_alice_box_%.log"
+    assert expand("%j_%t_log.out", rank=3, **kw) == "42_3_log.out"
+    assert expand("%4a-%J", **kw) == "0002-42.batch"
+    assert expand("%A-%a", job_id=7) == "7-4294967294"  # outside an array, as Slurm
+
+
+def test_signals():
+    assert signal_number("USR2") == signal_number("SIGUSR2") == signal_number("12") == 12
+    with pytest.raises(SlurmUsage):
+        signal_number("NOPE")
+    assert sbatch.parse_signal("B:USR2@90") == {"sig": 12, "secs": 90, "batch": True}
+    assert sbatch.parse_signal("TERM") == {"sig": 15, "secs": 60, "batch": False}
+    with pytest.raises(SlurmUsage, match="Invalid --signal"):
+        sbatch.parse_signal("USR2@soon")
+
+
+def test_hostlists():
+    assert expand_hostlist("node[01-03,7],gpu") == ["node01", "node02", "node03", "node7", "gpu"]
+    assert expand_hostlist("box") == ["box"]
+
+
+def test_gpu_requests():
+    assert sbatch.gpu_count("2", "--gpus") == 2
+    assert sbatch.gpu_count("a100:3", "--gpus") == 3
+    assert sbatch.gpu_count("gpu:a100:2,tmpdisk:10", "--gres") == 2
+    assert sbatch.gpu_count("gpu", "--gres") == 1
+
+
+def test_export_forms():
+    env = {"A": "1", "B": "2"}
+    assert sorted(sbatch.environment(None, env)) == ["A=1", "B=2"]
+    assert sbatch.environment("NONE", env) == []
+    assert sorted(sbatch.environment("ALL,C=3", env)) == ["A=1", "B=2", "C=3"]
+    assert sbatch.environment("B,C=3", env) == ["B=2", "C=3"]
+
+
+def build(script: str, *cli: str, env=None):
+    p = parse(script, *cli)
+    return sbatch.build(p, script, [], "job.sh", env or {"HOME": "/h"}, "/work/dir")
+
+
+def test_build_resources_and_launcher_config():
+    values, cfg, tasks, cap = build("#!/bin/sh\n#SBATCH -n 2 --cpus-per-task=3 --mem-per-cpu=100M -t 1:00:00\n"
+                                    "#SBATCH --gres=gpu:1 -J nm -o out/%j.txt --open-mode=append\n"
+                                    "#SBATCH --signal=USR2@90 --requeue --nice=5 -A acct -p part --qos=q\n")
+    assert values["CPUs"] == 6 and values["Memory"] == 600 << 20 and values["GPUs"] == 1
+    assert values["RuntimeMaxUSec"] == 3600 * 10**6 and values["Name"] == "nm" and values["Priority"] == -5
+    assert values["WorkingDirectory"] == "/work/dir" and values["Requeue"] is True
+    assert cfg["output"] == "out/%j.txt" and cfg["append"] and cfg["signal"]["sig"] == 12
+    assert cfg["ntasks"] == 2 and cfg["cpus_per_task"] == 3 and tasks is None and cap == 0
+
+
+def test_build_arrays_and_defaults():
+    values, cfg, tasks, cap = build("#!/bin/sh\n#SBATCH --array=0-19%4\n")
+    assert tasks == list(range(20)) and cap == 4 and cfg["output"] == "slurm-%A_%a.out"
+    assert cfg["array"] == {"min": 0, "max": 19, "count": 20, "step": 1}
+    _, cfg2, tasks2, _ = build("#!/bin/sh\n#SBATCH --array 3-14:2\n")
+    assert tasks2 == [3, 5, 7, 9, 11, 13] and cfg2["array"]["step"] == 2
+    values3, cfg3, _, _ = build("#!/bin/sh\n")
+    assert cfg3["output"] == "slurm-%j.out" and values3["CPUs"] == 1 and "Memory" not in values3
+
+
+def test_build_refuses_what_one_box_cannot_mean():
+    with pytest.raises(SlurmUsage, match="Requested node configuration is not available"):
+        build("#!/bin/sh\n#SBATCH -N 2\n")
+    build("#!/bin/sh\n#SBATCH --nodes=1\n")
+    with pytest.raises(SlurmUsage, match="Invalid --mem specification"):
+        build("#!/bin/sh\n#SBATCH --mem=lots\n")
+    with pytest.raises(SlurmUsage, match="Invalid job array"):
+        build("#!/bin/sh\n#SBATCH --array=5-1\n")
+    with pytest.raises(SlurmUsage, match="Invalid --open-mode"):
+        build("#!/bin/sh\n#SBATCH --open-mode=sideways\n")
+
+
+def test_wrap_makes_a_sh_script():
+    c = T.parse(["--wrap", "echo hi"], stop_at_positional=True)
+    body, args, name = sbatch.read_script(c)
+    assert body.startswith("#!/bin/sh\n") and "echo hi" in body and name == "wrap" and args == []
