@@ -166,7 +166,7 @@ def collapse_pending_arrays(jobs: list[Job]) -> list[Job]:
     out: list[Job] = []
     groups: dict[int, list[Job]] = {}
     for j in jobs:
-        if j.get("ArrayJobId") and j["State"] in ("PENDING",):
+        if j.get("ArrayJobId") and j["State"] in ("PENDING", "HELD"):
             if j["ArrayJobId"] not in groups:
                 groups[j["ArrayJobId"]] = []
                 out.append({"_group": j["ArrayJobId"]})

@@ -64,9 +64,12 @@ def read_script(p: Parsed) -> tuple[str, list[str], str]:
     if p.args:
         path = p.args[0]
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
+            if path in ("-", "/dev/stdin"):  # fd 0 itself: a pipe made by another user cannot be reopened
+                data = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+        except OSError:
             raise SlurmUsage(f"Unable to open file {path}") from None
         name = "sbatch" if path in ("-", "/dev/stdin") else os.path.basename(path)
         return data.decode("utf-8", "surrogateescape"), p.args[1:], name
