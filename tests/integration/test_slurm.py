@@ -15,16 +15,19 @@ from conftest import Node
 USER = "schedd-alice"
 HOME = f"/var/tmp/{USER}"
 LINKS = f"/var/tmp/schedd-slurm-links-{os.getpid()}"
+WORK = f"{HOME}/slurm-test-{os.getpid()}"  # the user's home outlives the sandbox: each run its own directory
 
 
 @pytest.fixture(scope="module")
-def links(sandbox_node: Node) -> str:
+def links(sandbox_node: Node):
     sandbox_node.run(["/opt/schedd/venv/bin/schedd-slurm", "install-links", LINKS])
     sandbox_node.run(["chmod", "755", LINKS])
-    return LINKS
+    sandbox_node.sb.run(["mkdir", "-p", WORK], user=USER)
+    yield LINKS
+    sandbox_node.run(["rm", "-rf", LINKS, WORK], check=False)
 
 
-def slurm(node: Node, *argv: str, input: str | None = None, check: bool = True, cwd: str = HOME,
+def slurm(node: Node, *argv: str, input: str | None = None, check: bool = True, cwd: str = WORK,
           user: str = USER, timeout: float = 60) -> subprocess.CompletedProcess:
     """One command as the user types it, the links first on PATH (never a real Slurm's)."""
     return node.sb.run(["env", f"PATH={LINKS}:/usr/local/bin:/usr/bin:/bin", *argv], user=user, cwd=cwd,
@@ -85,16 +88,16 @@ def test_sbatch_runs_the_copied_script_with_slurm_environment(node: Node, links:
               'echo "dir=$SLURM_SUBMIT_DIR pwd=$(pwd) ntasks=$SLURM_NTASKS procid=$SLURM_PROCID restarts=$SLURM_RESTART_COUNT"\n'
               'echo "array=${SLURM_ARRAY_TASK_ID-unset} cluster=$SLURM_CLUSTER_NAME nodes=$SLURM_JOB_NODELIST"\n'
               "echo args: \"$@\"\n")
-    write(node, f"{HOME}/env.sh", script)
+    write(node, f"{WORK}/env.sh", script)
     # The file is gone right after sbatch answers (dask-jobqueue does this): the job still runs it.
     r = slurm(node, "sh", "-c", "sbatch env.sh one two && rm env.sh")
     jid = submitted(r.stdout)
     assert wait_state(node, str(jid), DONE) == "COMPLETED"
-    out = read(node, f"{HOME}/slurm-{jid}.out").splitlines()
+    out = read(node, f"{WORK}/slurm-{jid}.out").splitlines()
     uid = node.sb.run(["id", "-u"], user=USER).stdout.strip()
     assert out[0] == f"id={jid} jobid={jid} name=envjob uid={uid}"
     assert out[1] == "cpus=2 pertask=2 mem=300"
-    assert out[2] == f"dir={HOME} pwd={HOME} ntasks=1 procid=0 restarts=0"
+    assert out[2] == f"dir={WORK} pwd={WORK} ntasks=1 procid=0 restarts=0"
     assert out[3].startswith("array=unset cluster=") and "nodes=testnode" in out[3]
     assert out[4] == "args: one two"
     j = node.job(jid)
@@ -106,15 +109,15 @@ def test_parsable_stdin_wrap_and_output_patterns(node: Node, links: str):
     jid = int(r.stdout.strip())
     assert r.stdout == f"{jid}\n"
     wait_state(node, str(jid), DONE)
-    assert read(node, f"{HOME}/wrap-wr-{jid}-{USER}.log") == "wrapped\n"
+    assert read(node, f"{WORK}/wrap-wr-{jid}-{USER}.log") == "wrapped\n"
     r = slurm(node, "sbatch", "-e", "err-%j.txt", input="#!/bin/sh\necho out; echo err >&2\n")
     sid = submitted(r.stdout)
     wait_state(node, str(sid), DONE)
-    assert read(node, f"{HOME}/slurm-{sid}.out") == "out\n" and read(node, f"{HOME}/err-{sid}.txt") == "err\n"
+    assert read(node, f"{WORK}/slurm-{sid}.out") == "out\n" and read(node, f"{WORK}/err-{sid}.txt") == "err\n"
     r = slurm(node, "sbatch", "/dev/stdin", input="#!/bin/sh\n#SBATCH --parsable\necho piped\n")
     pid_ = int(r.stdout)
     wait_state(node, str(pid_), DONE)
-    assert read(node, f"{HOME}/slurm-{pid_}.out") == "piped\n"
+    assert read(node, f"{WORK}/slurm-{pid_}.out") == "piped\n"
 
 
 def test_squeue_scancel_sacct_round_trip(node: Node, links: str):
@@ -168,7 +171,7 @@ def test_exit_codes_and_failure_words(node: Node, links: str):
 
 
 def test_scontrol_show_job_keys_requeue_keeps_the_id(node: Node, links: str):
-    write(node, f"{HOME}/rq.sh", "#!/bin/sh\necho run $SLURM_RESTART_COUNT\n"
+    write(node, f"{WORK}/rq.sh", "#!/bin/sh\necho run $SLURM_RESTART_COUNT\n"
                                  "[ \"$SLURM_RESTART_COUNT\" = 0 ] && exec sleep 300\nexit 0\n")
     jid = submitted(slurm(node, "sbatch", "--open-mode=append", "rq.sh").stdout)
     wait_state(node, str(jid), {"RUNNING"})
@@ -184,7 +187,7 @@ def test_scontrol_show_job_keys_requeue_keeps_the_id(node: Node, links: str):
         assert time.monotonic() < deadline, node.job(jid)
         time.sleep(0.1)
     assert sacct_state(node, str(jid)) == "COMPLETED"
-    assert read(node, f"{HOME}/slurm-{jid}.out") == "run 0\nrun 1\n"  # the stored script ran again, appended
+    assert read(node, f"{WORK}/slurm-{jid}.out") == "run 0\nrun 1\n"  # the stored script ran again, appended
 
 
 def test_arrays_rows_and_task_environment(node: Node, links: str):
@@ -202,7 +205,7 @@ def test_arrays_rows_and_task_environment(node: Node, links: str):
         time.sleep(0.2)
     assert sorted(rows) == [f"{aid}_{i}" for i in range(6)]
     for i in range(6):
-        assert read(node, f"{HOME}/arr-{aid}_{i}.out") == f"{aid} {i} 0 5 6\n"
+        assert read(node, f"{WORK}/arr-{aid}_{i}.out") == f"{aid} {i} 0 5 6\n"
     assert sacct_state(node, f"{aid}_3") == "COMPLETED"
     held = submitted(slurm(node, "sbatch", "-H", "--array=1-3,7", "--wrap", "true").stdout)
     assert slurm(node, "squeue", "-h", "-o", "%i %t", "-j", str(held)).stdout == f"{held}_[1-3,7] PD\n"
@@ -217,7 +220,7 @@ def test_srun_steps_inside_a_job_and_in_the_foreground(node: Node, links: str):
                           "srun -l sh -c 'echo rank $SLURM_PROCID of $SLURM_NTASKS'; "
                           "srun -n1 sh -c 'exit 4'; echo after $?").stdout)
     wait_state(node, str(jid), DONE)
-    lines = read(node, f"{HOME}/slurm-{jid}.out").splitlines()
+    lines = read(node, f"{WORK}/slurm-{jid}.out").splitlines()
     assert sorted(lines[:2]) == ["0: rank 0 of 2", "1: rank 1 of 2"]
     assert lines[2] == "after 4"
     r = slurm(node, "srun", "-c", "1", "sh", "-c", "echo in $SLURM_JOB_ID; exit 5", check=False, timeout=90)
@@ -229,7 +232,7 @@ def test_signal_before_the_time_limit_reaches_the_batch_shell(node: Node, links:
               "trap 'echo got USR1; exit 0' USR1\nsleep 120 & wait\n")
     jid = submitted(slurm(node, "sbatch", input=script).stdout)
     assert wait_state(node, str(jid), DONE, timeout=40) == "COMPLETED"
-    assert read(node, f"{HOME}/slurm-{jid}.out") == "got USR1\n"
+    assert read(node, f"{WORK}/slurm-{jid}.out") == "got USR1\n"
 
 
 def test_sinfo_and_stubs(node: Node, links: str):

@@ -10,14 +10,14 @@ import textwrap
 import pytest
 
 from conftest import Node
-from test_slurm import DONE, HOME, LINKS, USER, links, slurm, wait_state, write  # noqa: F401 (links: the fixture)
+from test_slurm import DONE, WORK, LINKS, USER, links, slurm, wait_state, write  # noqa: F401 (links: the fixture)
 
 PY = "/opt/schedd/venv/bin/python"
 
 
 def client(node: Node, name: str, code: str, timeout: float = 240) -> dict:
     """Run a client program as the user (links first on PATH); the JSON it prints last."""
-    path = f"{HOME}/{name}.py"
+    path = f"{WORK}/{name}.py"
     write(node, path, textwrap.dedent(code))
     r = slurm(node, PY, path, check=False, timeout=timeout)
     assert r.returncode == 0, f"{name} -> {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr[-6000:]}"
@@ -64,7 +64,7 @@ try:
     out["raised"] = None
 except Exception as e:
     out["raised"] = repr(e)
-out["bad_state"] = bad.state
+out["bad_id"] = bad.job_id
 e = ex.submit(env).result()
 out["env"] = {k: e.get(k) for k in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID")}
 print(json.dumps(out))
@@ -79,7 +79,7 @@ def test_submitit_result_map_array_and_exceptions(node: Node, links: str):
     first = out["array_ids"][0].split("_")[0]
     assert out["array_ids"] == [f"{first}_{i}" for i in range(20)]
     assert out["raised"] and "ValueError" in out["raised"] and "no good" in out["raised"]
-    assert out["bad_state"] in ("RUNNING", "COMPLETED", "FAILED")  # the exception is in submitit's result file
+    assert wait_state(node, out["bad_id"], DONE) == "FAILED"
     assert out["env"]["SLURM_PROCID"] == "0" and out["env"]["SLURM_ARRAY_TASK_ID"] is None
     # the tasks' rows as sacct prints them for submitit
     r = slurm(node, "sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j", first)
