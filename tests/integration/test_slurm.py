@@ -267,3 +267,31 @@ def test_dependency_afterok_waits(node: Node, links: str):
     assert slurm(node, "squeue", "-h", "-o", "%i %r", "-j", str(second)).stdout.split()[1] in ("Dependency", "None")
     assert wait_state(node, str(second), DONE) == "COMPLETED"
     assert node.job(second)["StartTime"] >= node.job(first)["EndTime"]
+
+
+def test_walltime_kill_reads_timeout_and_wait_returns_the_code(node: Node, links: str):
+    jid = submitted(slurm(node, "sbatch", "--time=0:02", "--wrap", "sleep 120").stdout)  # M:S: two seconds
+    assert wait_state(node, str(jid), DONE, timeout=60) == "TIMEOUT"
+    r = slurm(node, "sbatch", "--wait", "--wrap", "exit 6", check=False, timeout=90)
+    assert r.returncode == 6 and r.stdout.startswith("Submitted batch job ")
+
+
+def test_scancel_signal_reaches_the_steps_not_the_batch_shell(node: Node, links: str):
+    write(node, f"{WORK}/sig.sh", "#!/bin/bash\n"
+          "trap 'echo batch got USR1' USR1\n"
+          "srun bash -c 'trap \"echo step got USR1; exit 0\" USR1; echo ready > step.ready; sleep 100 & wait'\n"
+          "echo batch after step $?\n")
+    jid = submitted(slurm(node, "sbatch", "sig.sh").stdout)
+    node.wait_for(lambda: node.run(["cat", f"{WORK}/step.ready"], check=False).stdout == "ready\n", "the step",
+                  timeout=60)
+    slurm(node, "scancel", "--signal=USR1", str(jid))
+    assert wait_state(node, str(jid), DONE) == "COMPLETED"
+    assert read(node, f"{WORK}/slurm-{jid}.out") == "step got USR1\nbatch after step 0\n"
+
+
+def test_afterany_dependency_runs_after_a_failure(node: Node, links: str):
+    first = submitted(slurm(node, "sbatch", "--wrap", "sleep 1; exit 1").stdout)
+    second = submitted(slurm(node, "sbatch", f"--dependency=afterany:{first}", "--wrap", "echo second").stdout)
+    assert wait_state(node, str(first), DONE) == "FAILED"
+    assert wait_state(node, str(second), DONE) == "COMPLETED"
+    assert read(node, f"{WORK}/slurm-{second}.out") == "second\n"
