@@ -61,7 +61,7 @@ def exit_code(j: Job) -> str:
     if j.get("Reason") in ("signal", "oom-kill", "timeout", "cancelled") and code > 128:
         return f"0:{code - 128}"
     if j.get("Reason") == "cancelled":
-        return "0:15"
+        return "0:15" if j.get("StartTime") else "0:0"
     return f"{max(code, 0)}:0"
 
 

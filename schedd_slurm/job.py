@@ -165,9 +165,11 @@ def main(argv: list[str]) -> int:
             os._exit(127)
     os.close(mfd)
     sig = cfg.get("signal")
-    limit = int(cfg.get("time") or 0)
+    # The limit schedd enforces (also a configured default), counted from the scope's start.
+    limit = (job.get("RuntimeMaxUSec") or 0) / 1e6 or float(cfg.get("time") or 0)
     if sig and limit:
-        delay = limit - sig["secs"]
+        started = (job.get("StartTime") or 0) / 1e6 or time.time()
+        delay = limit - sig["secs"] - max(0.0, time.time() - started)
         signal.signal(signal.SIGALRM, lambda *_: _deliver(sig["sig"], pid, sig["batch"]))
         signal.setitimer(signal.ITIMER_REAL, max(delay, 0.01))
     while True:

@@ -74,7 +74,7 @@ def read_script(p: Parsed) -> tuple[str, list[str], str]:
         name = "sbatch" if path in ("-", "/dev/stdin") else os.path.basename(path)
         return data.decode("utf-8", "surrogateescape"), p.args[1:], name
     if sys.stdin.isatty():
-        raise SlurmUsage("script arguments not permitted... give a script file, or pipe one in")
+        raise SlurmUsage("no batch script: name a script file, pipe one in, or give --wrap=COMMAND")
     return sys.stdin.buffer.read().decode("utf-8", "surrogateescape"), [], "sbatch"
 
 
@@ -290,10 +290,11 @@ async def submit(c, values: dict[str, Any], config: dict[str, Any], tasks: list[
 
 
 async def wait_for(c, jid: int) -> int:
-    """-W/--wait: until the job (every task of an array) ends; its exit code, as sbatch -W exits."""
-    await c.subscribe()
-    code = 0
+    """-W/--wait: until the job (every task of an array) ends; sbatch -W exits with the highest exit
+    code (a cancelled job: 1)."""
+    await c.subscribe()  # before reading the states: an end in between still arrives
     jobs, _ = await common.resolve(c, [common.JobRef(jid)])
+    code = 0
     for j in jobs:
         state = j["State"]
         while state not in ("COMPLETED", "FAILED", "CANCELLED"):
@@ -301,10 +302,13 @@ async def wait_for(c, jid: int) -> int:
                 cid, _p, new, _r = await c.next_change(5.0)
                 if cid == j["Id"]:
                     state = new
-            except TimeoutError:
+            except TimeoutError:  # a missed signal costs at most 5 s
                 state = (await c.get_job(j["Id"]))["State"]
         final = await c.get_job(j["Id"])
-        code = max(code, final["ExitCode"] if final["State"] != "CANCELLED" else 1, 0 if final["State"] == "COMPLETED" else 1)
+        if final["State"] == "FAILED":
+            code = max(code, final["ExitCode"] or 1)
+        elif final["State"] == "CANCELLED":
+            code = max(code, 1)
     return code
 
 
