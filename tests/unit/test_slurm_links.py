@@ -32,3 +32,19 @@ def test_dispatch_by_name_and_usage(monkeypatch, capsys):
     assert entry.main() == 2 and "install-links" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["/x/schedd-slurm", "scontrol", "show", "hostnames", "a[1-2]"])
     assert entry.main() == 0 and capsys.readouterr().out == "a1\na2\n"
+
+
+def test_the_commands_are_clients_only():
+    """schedd_slurm speaks D-Bus through schedctl's client: it never imports the daemon's insides."""
+    import ast
+    from pathlib import Path
+
+    import schedd_slurm
+
+    forbidden = ("schedd.core", "schedd.executor", "schedd.api", "schedd.daemon", "schedd.cluster", "dbus_fast.aio")
+    for path in Path(schedd_slurm.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(forbidden), f"{path.name} imports {name}"
