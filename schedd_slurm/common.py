@@ -15,7 +15,7 @@ from dbus_fast.errors import DBusError
 
 from schedctl.client import Client, Unreachable
 from schedd.protocol import parse_array
-from schedd_slurm.options import SlurmUsage
+from schedd_slurm.options import GetoptError, SlurmUsage
 
 CLUSTER = "schedd"
 NOT_FOUND = "org.schedd.Schedd1.Error.NotFound"
@@ -152,6 +152,9 @@ def run(prog: str, body: Callable[[], Awaitable[int]]) -> int:
     """Run one command's coroutine with Slurm's error wording: `prog: error: ...`, exit 1."""
     try:
         return asyncio.run(body())
+    except GetoptError as e:
+        print(f"{prog}: {e}\nTry \"{prog} --help\" for more information", file=sys.stderr)
+        return 1
     except SlurmUsage as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1

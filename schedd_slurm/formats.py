@@ -220,7 +220,7 @@ _FIELDS = [
     Field("DerivedExitCode", 15, True, exit_code),
     Field("Elapsed", 10, True, lambda j: format_elapsed(elapsed_s(j), short=False)),
     Field("ElapsedRaw", 10, True, lambda j: str(elapsed_s(j))),
-    Field("Start", 19, True, lambda j: format_date(j.get("StartTime", 0))),
+    Field("Start", 19, True, lambda j: format_date(j.get("StartTime", 0)) if j.get("StartTime") else "None"),
     Field("End", 19, True, lambda j: format_date(j.get("EndTime", 0))),
     Field("Submit", 19, True, lambda j: format_date(j.get("SubmitTime", 0))),
     Field("Eligible", 19, True, lambda j: format_date(j.get("SubmitTime", 0))),
@@ -238,7 +238,7 @@ _FIELDS = [
     Field("Group", 9, True, lambda j: j.get("UserName", "")),
     Field("Comment", 10, True, lambda j: ""),
     Field("WorkDir", 10, True, lambda j: j.get("WorkingDirectory", "")),
-    Field("Reason", 10, True, lambda j: slurm_reason(j["State"], j.get("Reason", ""))),
+    Field("Reason", 10, True, lambda j: slurm_reason(j["State"], j.get("Reason", ""), j.get("ExitCode", 0))),
     Field("Priority", 10, True, lambda j: str(j.get("Priority", 0))),
     Field("AllocTRES", 10, True, tres),
     Field("ReqTRES", 10, True, tres),
@@ -288,16 +288,23 @@ def parse_sacct_format(text: str) -> list[SacctColumn]:
     return cols
 
 
+def _fit_sacct(text: str, width: int, right: bool) -> str:
+    """sacct's fixed columns: a value too long ends in '+'."""
+    if len(text) > width:
+        text = text[:max(width - 1, 0)] + "+"
+    return text.rjust(width) if right else text.ljust(width)
+
+
 def sacct_lines(cols: list[SacctColumn], rows: list[Job], *, header: bool, sep: str | None,
                 trailing: bool) -> list[str]:
     """sep None: fixed columns (header, dashes line); '|' for -P (trailing=False) / -p (trailing=True)."""
     lines = []
     if sep is None:
         if header:
-            lines.append(" ".join(_fit(c.field.name, c.width, c.right) for c in cols) + " ")
+            lines.append(" ".join(_fit_sacct(c.field.name, c.width, c.right) for c in cols) + " ")
             lines.append(" ".join("-" * c.width for c in cols) + " ")
         for r in rows:
-            lines.append(" ".join(_fit(c.field.get(r), c.width, c.right) for c in cols) + " ")
+            lines.append(" ".join(_fit_sacct(c.field.get(r), c.width, c.right) for c in cols) + " ")
         return lines
     end = sep if trailing else ""
     if header:

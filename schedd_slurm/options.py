@@ -15,6 +15,10 @@ class SlurmUsage(Exception):
     """Bad input on the command line or in a script: printed as `<cmd>: error: <message>`, exit 1."""
 
 
+class GetoptError(SlurmUsage):
+    """What getopt itself says (glibc's words): `<cmd>: <message>` and a `Try "<cmd> --help"` line."""
+
+
 NONE, REQUIRED, OPTIONAL = 0, 1, 2
 
 
@@ -47,16 +51,16 @@ class Table:
         self.by_long = {o.long: o for o in opts}
         self.by_short = {o.short: o for o in opts if o.short}
 
-    def lookup_long(self, name: str) -> Opt:
+    def lookup_long(self, name: str, word: str = "") -> Opt:
         if name in self.by_long:
             return self.by_long[name]
         matches = [o for n, o in self.by_long.items() if n.startswith(name)]
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise SlurmUsage(f"unrecognized option '--{name}'")
-        names = ", ".join(f"'--{o.long}'" for o in sorted(matches, key=lambda o: o.long))
-        raise SlurmUsage(f"option '--{name}' is ambiguous; possibilities: {names}")
+            raise GetoptError(f"unrecognized option '{word or '--' + name}'")
+        names = " ".join(f"'--{o.long}'" for o in sorted(matches, key=lambda o: o.long))
+        raise GetoptError(f"option '{word or '--' + name}' is ambiguous; possibilities: {names}")
 
     def _store(self, out: Parsed, opt: Opt, value: object) -> None:
         if opt.repeat:
@@ -76,10 +80,10 @@ class Table:
                 break
             if a.startswith("--"):
                 name, eq, val = a[2:].partition("=")
-                opt = self.lookup_long(name)
+                opt = self.lookup_long(name, a)
                 if opt.arg == NONE:
                     if eq:
-                        raise SlurmUsage(f"option '--{opt.long}' doesn't allow an argument")
+                        raise GetoptError(f"option '--{opt.long}' doesn't allow an argument")
                     self._store(out, opt, True)
                 elif eq:
                     self._store(out, opt, val)
@@ -87,7 +91,7 @@ class Table:
                     self._store(out, opt, True)
                 else:
                     if i + 1 >= len(argv):
-                        raise SlurmUsage(f"option '--{opt.long}' requires an argument")
+                        raise GetoptError(f"option '--{opt.long}' requires an argument")
                     i += 1
                     self._store(out, opt, argv[i])
             elif a.startswith("-") and len(a) > 1:
@@ -96,7 +100,7 @@ class Table:
                     c = a[j]
                     opt = self.by_short.get(c)
                     if opt is None:
-                        raise SlurmUsage(f"invalid option -- '{c}'")
+                        raise GetoptError(f"invalid option -- '{c}'")
                     rest = a[j + 1:]
                     if opt.arg == NONE:
                         self._store(out, opt, True)
@@ -108,7 +112,7 @@ class Table:
                         self._store(out, opt, True)
                     else:
                         if i + 1 >= len(argv):
-                            raise SlurmUsage(f"option requires an argument -- '{c}'")
+                            raise GetoptError(f"option requires an argument -- '{c}'")
                         i += 1
                         self._store(out, opt, argv[i])
                     break

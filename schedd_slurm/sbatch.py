@@ -72,6 +72,7 @@ def read_script(p: Parsed) -> tuple[str, list[str], str]:
         except OSError:
             raise SlurmUsage(f"Unable to open file {path}") from None
         name = "sbatch" if path in ("-", "/dev/stdin") else os.path.basename(path)
+        p.values["_path"] = None if path in ("-", "/dev/stdin") else os.path.abspath(path)
         return data.decode("utf-8", "surrogateescape"), p.args[1:], name
     if sys.stdin.isatty():
         raise SlurmUsage("no batch script: name a script file, pipe one in, or give --wrap=COMMAND")
@@ -241,7 +242,7 @@ def build(p: Parsed, body: str, script_args: list[str], default_name: str, envir
         try:
             tasks, cap = parse_array(str(p.get("array")))
         except ValueError:
-            raise SlurmUsage("Invalid job array specification") from None
+            raise SlurmUsage("Batch job submission failed: Invalid job array specification") from None
     output = str(p.get("output") or ("slurm-%A_%a.out" if tasks is not None else "slurm-%j.out"))
     open_mode = str(p.get("open-mode") or "truncate").lower()
     if open_mode not in ("append", "truncate", "a", "t"):
@@ -251,6 +252,7 @@ def build(p: Parsed, body: str, script_args: list[str], default_name: str, envir
         "input": p.get("input"), "append": open_mode.startswith("a"), "submit_dir": cwd,
         "submit_host": socket.gethostname().split(".")[0], "ntasks": ntasks, "ntasks_per_node": ntasks_per_node,
         "cpus_per_task": cpt, "mem": mem, "time": limit, "user_bus": common.user_bus(), "cpus": cpus,
+        "path": p.get("_path"),
     }
     if p.get("signal") is not None:
         config["signal"] = parse_signal(p.get("signal"))

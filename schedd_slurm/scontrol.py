@@ -3,6 +3,7 @@ partition/node, requeue (same id, the stored script reruns), hold, release, susp
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import sys
 from dbus_fast.errors import DBusError
 
 from schedd_slurm import common, formats
+from schedd_slurm.patterns import expand
 from schedd_slurm.options import SlurmUsage
 from schedd_slurm.states import slurm_reason
 from schedd_slurm.timespec import format_date, format_elapsed, format_limit
@@ -21,38 +23,78 @@ VERBS = {"requeue": "Requeue", "hold": "Hold", "uhold": "Hold", "release": "Rele
          "resume": "Resume"}
 
 
+def _launcher_config(j: dict) -> dict:
+    """The sbatch launcher's settings from the job's Command (empty for other jobs, or when hidden)."""
+    cmd = j.get("Command") or []
+    if len(cmd) >= 5 and cmd[-2] == "schedd_slurm.job":
+        try:
+            return json.loads(cmd[-1])
+        except ValueError:
+            return {}
+    return {}
+
+
+def _slurm_path(j: dict, cfg: dict, key: str) -> str:
+    pattern = cfg.get(key) or (cfg.get("output") if key == "error" else None)
+    if not pattern:
+        return j.get("StdoutPath" if key == "output" else "StderrPath", "")
+    path = expand(pattern, job_id=j["Id"], array_job_id=j.get("ArrayJobId") or 0,
+                  task_id=j.get("ArrayTaskId") if j.get("ArrayJobId") else None, name=j.get("Name", ""),
+                  user=j.get("UserName", ""), node=j.get("Node", ""))
+    return os.path.join(j.get("WorkingDirectory", ""), path)
+
+
 def show_job(j: dict) -> str:
+    """scontrol show job's Key=Value layout (Slurm 22.05's lines and order)."""
     st = formats.state(j)
-    cmd = (j.get("Command") or [""])
-    fields = [
+    cfg = _launcher_config(j)
+    host = socket.gethostname().split(".")[0]
+    started = bool(j.get("StartTime"))
+    limit = formats.limit_s(j)
+    end = j.get("EndTime") or (j["StartTime"] + limit * 1_000_000 if started and limit else 0)
+    user = f"{j.get('UserName', '')}({j.get('User', '')})"
+    node = j.get("Node", "") if started else "(null)"
+    cpt = cfg.get("cpus_per_task") or 1
+    lines = [
         [("JobId", j["Id"]), ("JobName", j.get("Name", ""))],
-        [("UserId", f"{j.get('UserName', '')}({j.get('User', '')})"), ("GroupId", f"{j.get('UserName', '')}({j.get('User', '')})"),
-         ("MCS_label", "N/A")],
+        [("UserId", user), ("GroupId", user), ("MCS_label", "N/A")],
         [("Priority", j.get("Priority", 0)), ("Nice", 0), ("Account", "(null)"), ("QOS", "normal")],
-        [("JobState", st), ("Reason", slurm_reason(j["State"], j.get("Reason", ""))), ("Dependency", "(null)")],
-        [("Requeue", 1), ("Restarts", j.get("Restarts", 0)), ("BatchFlag", 1), ("Reboot", 0),
+        [("JobState", st), ("Reason", slurm_reason(j["State"], j.get("Reason", ""), j.get("ExitCode", 0))),
+         ("Dependency", ",".join(f"afterok:{a}" for a in j.get("After", [])) or "(null)")],
+        [("Requeue", 1), ("Restarts", j.get("Restarts", 0)), ("BatchFlag", 1 if cfg else 0), ("Reboot", 0),
          ("ExitCode", formats.exit_code(j))],
         [("RunTime", format_elapsed(formats.elapsed_s(j), short=False)),
-         ("TimeLimit", format_limit(formats.limit_s(j), short=False)), ("TimeMin", "N/A")],
+         ("TimeLimit", format_limit(limit, short=False)), ("TimeMin", "N/A")],
         [("SubmitTime", format_date(j.get("SubmitTime", 0))), ("EligibleTime", format_date(j.get("SubmitTime", 0)))],
         [("AccrueTime", format_date(j.get("SubmitTime", 0)))],
-        [("StartTime", format_date(j.get("StartTime", 0))), ("EndTime", format_date(j.get("EndTime", 0))),
-         ("Deadline", "N/A")],
-        [("Partition", common.CLUSTER), ("AllocNode:Sid", f"{socket.gethostname().split('.')[0]}:0")],
-        [("NodeList", j.get("Node", "") if j.get("StartTime") else "(null)")],
-        [("NumNodes", 1), ("NumCPUs", j.get("CPUs", 1)), ("NumTasks", 1), ("CPUs/Task", 1), ("ReqB:S:C:T", "0:0:*:*")],
-        [("TRES", formats.tres(j))],
+        [("StartTime", format_date(j.get("StartTime", 0))), ("EndTime", format_date(end)), ("Deadline", "N/A")],
+        [("SuspendTime", "None"), ("SecsPreSuspend", 0), ("LastSchedEval", format_date(j.get("StartTime", 0))),
+         ("Scheduler", "Main")],
+        [("Partition", common.CLUSTER), ("AllocNode:Sid", f"{host}:0")],
+        [("ReqNodeList", "(null)"), ("ExcNodeList", "(null)")],
+        [("NodeList", node)],
+        [("BatchHost", node)],
+        [("NumNodes", 1), ("NumCPUs", j.get("CPUs", 1)), ("NumTasks", cfg.get("ntasks") or 1), ("CPUs/Task", cpt),
+         ("ReqB:S:C:T", "0:0:*:*")],
+        [("TRES", f"cpu={j.get('CPUs', 1)},mem={formats.mem_text(j)},node=1,billing={j.get('CPUs', 1)}"
+                  + (f",gres/gpu={j['GPUs']}" if j.get("GPUs") else ""))],
+        [("Socks/Node", "*"), ("NtasksPerN:B:S:C", "0:0:*:*"), ("CoreSpec", "*")],
         [("MinCPUsNode", j.get("CPUs", 1)), ("MinMemoryNode", formats.mem_text(j)), ("MinTmpDiskNode", 0)],
+        [("Features", "(null)"), ("DelayBoot", "00:00:00")],
         [("OverSubscribe", "OK"), ("Contiguous", 0), ("Licenses", "(null)"), ("Network", "(null)")],
-        [("Command", cmd[0] if len(cmd) < 4 or "schedd_slurm.job" not in cmd else "(batch script)")],
+        [("Command", cfg.get("path") or "(null)" if cfg else " ".join(j.get("Command") or []) or "(null)")],
         [("WorkDir", j.get("WorkingDirectory", ""))],
-        [("StdErr", j.get("StderrPath", ""))], [("StdIn", "/dev/null")], [("StdOut", j.get("StdoutPath", ""))],
+        [("StdErr", _slurm_path(j, cfg, "error"))],
+        [("StdIn", cfg.get("input") or "/dev/null")],
+        [("StdOut", _slurm_path(j, cfg, "output"))],
+        [("Power", "")],
     ]
     if j.get("ArrayJobId"):
-        fields[0][:1] = [("JobId", j["Id"]), ("ArrayJobId", j["ArrayJobId"]), ("ArrayTaskId", j["ArrayTaskId"])]
+        lines[0] = [("JobId", j["Id"]), ("ArrayJobId", j["ArrayJobId"]), ("ArrayTaskId", j["ArrayTaskId"]),
+                    ("JobName", j.get("Name", ""))]
     if j.get("GPUs"):
-        fields.append([("TresPerNode", f"gres:gpu:{j['GPUs']}")])
-    return "\n".join("   " + " ".join(f"{k}={v}" for k, v in line) for line in fields).lstrip() + "\n"
+        lines.insert(-1, [("TresPerNode", f"gres:gpu:{j['GPUs']}")])
+    return "\n".join("   " + " ".join(f"{k}={v}" for k, v in line) for line in lines).lstrip() + "\n"
 
 
 def expand_hostlist(text: str) -> list[str]:

@@ -59,6 +59,10 @@ def main(argv: list[str]) -> int:
         if not p.get("array"):
             jobs = formats.collapse_pending_arrays(jobs)
         out = sys.stdout
+        if p.get("long"):
+            import time
+
+            out.write(time.strftime("%a %b %d %H:%M:%S %Y") + "\n")
         if not p.get("noheader"):
             out.write(formats.squeue_line(cols, tail, None) + "\n")
         for j in jobs:

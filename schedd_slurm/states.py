@@ -37,15 +37,24 @@ def slurm_state(state: str, reason: str) -> str:
     return "UNKNOWN"
 
 
-def slurm_reason(state: str, reason: str) -> str:
-    """squeue's %r / NODELIST(REASON) for a job not running; 'None' otherwise."""
+def slurm_reason(state: str, reason: str, exit_code: int = 0) -> str:
+    """squeue's %r / NODELIST(REASON) and scontrol's Reason: why it waits, or why it ended badly."""
     if state == "HELD":
         return "JobHeldUser"
     if state == "PENDING":
         return {"dependency": "Dependency", "requeued": "BeginTime"}.get(reason, "Resources" if reason == "resources"
                                                                            else "Priority" if reason else "None")
-    if state == "FAILED" and reason == "dependency":
-        return "DependencyNeverSatisfied"
+    if state == "FAILED":
+        if reason == "signal" and exit_code > 128:
+            import signal
+
+            try:
+                name = signal.Signals(exit_code - 128).name[3:].capitalize()
+            except ValueError:
+                name = "Unknown"
+            return f"RaisedSignal:{exit_code - 128}({name})"
+        return {"dependency": "DependencyNeverSatisfied", "timeout": "TimeLimit", "oom-kill": "OutOfMemory",
+                "node-failure": "NodeDown"}.get(reason, "NonZeroExitCode")
     return "None"
 
 

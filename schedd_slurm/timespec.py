@@ -21,7 +21,7 @@ def parse_time(text: str, option: str = "--time") -> int:
         return UNLIMITED
     m = _TIME.match(t)
     if not m:
-        raise SlurmUsage(f"Invalid time limit specification")
+        raise SlurmUsage(f"Invalid {option} specification")
     days, a, b, c = m.groups()
     a_i, b_i, c_i = int(a), int(b or 0), int(c or 0)
     if days is not None:  # D-H[:M[:S]]

@@ -249,7 +249,7 @@ def test_sinfo_and_stubs(node: Node, links: str):
 
 @pytest.mark.parametrize("argv,stdin,message", [
     (["sbatch", "--bogus", "--wrap", "true"], None, "unrecognized option '--bogus'"),
-    (["sbatch", "--time=soon", "--wrap", "true"], None, "Invalid time limit specification"),
+    (["sbatch", "--time=soon", "--wrap", "true"], None, "Invalid --time specification"),
     (["sbatch", "--mem=lots", "--wrap", "true"], None, "Invalid --mem specification"),
     (["sbatch"], "#!/bin/sh\r\necho\r\n", "DOS line breaks"),
     (["sbatch"], "echo no interpreter\n", "must start with #!"),

@@ -110,3 +110,38 @@ def test_job_environment():
     arr = slurm_env(cfg, {**env, "SCHEDD_ARRAY_JOB_ID": "10", "SCHEDD_ARRAY_TASK_ID": "2"}, {})
     assert (arr["SLURM_ARRAY_JOB_ID"], arr["SLURM_ARRAY_TASK_ID"], arr["SLURM_ARRAY_TASK_MIN"],
             arr["SLURM_ARRAY_TASK_COUNT"]) == ("10", "2", "0", "10")
+
+
+# scontrol show job of a finished --wrap job on Debian's Slurm 22.05 (tools/real-slurm), keys in order.
+REAL_SHOW_JOB_KEYS = (
+    "JobId JobName UserId GroupId MCS_label Priority Nice Account QOS JobState Reason Dependency Requeue Restarts "
+    "BatchFlag Reboot ExitCode RunTime TimeLimit TimeMin SubmitTime EligibleTime AccrueTime StartTime EndTime "
+    "Deadline SuspendTime SecsPreSuspend LastSchedEval Scheduler Partition AllocNode:Sid ReqNodeList ExcNodeList "
+    "NodeList BatchHost NumNodes NumCPUs NumTasks CPUs/Task ReqB:S:C:T TRES Socks/Node NtasksPerN:B:S:C CoreSpec "
+    "MinCPUsNode MinMemoryNode MinTmpDiskNode Features DelayBoot OverSubscribe Contiguous Licenses Network Command "
+    "WorkDir StdErr StdIn StdOut Power").split()
+
+
+def test_scontrol_show_job_has_slurms_keys_in_order():
+    import re
+
+    from schedd_slurm.scontrol import show_job
+
+    cfg = '{"output":"slurm-%j.out","error":null,"ntasks":1,"path":null}'
+    j = job(State="FAILED", Reason="exit-code", ExitCode=3, EndTime=2_000_000, WorkingDirectory="/w",
+            Command=["/py", "-I", "-m", "schedd_slurm.job", cfg])
+    text = show_job(j)
+    assert re.findall(r"(?:^|\s)([^\s=]+)=", text) == REAL_SHOW_JOB_KEYS
+    assert "JobState=FAILED Reason=NonZeroExitCode" in text and "ExitCode=3:0" in text
+    assert "StdOut=/w/slurm-7.out" in text and "StdErr=/w/slurm-7.out" in text and "Command=(null)" in text
+    assert text.splitlines()[1] == "   UserId=alice(1000) GroupId=alice(1000) MCS_label=N/A"
+
+
+def test_getopt_errors_in_glibcs_words(capsys):
+    from schedd_slurm import sbatch
+
+    assert sbatch.main(["--bogus", "x.sh"]) == 1
+    assert capsys.readouterr().err == "sbatch: unrecognized option '--bogus'\nTry \"sbatch --help\" for more information\n"
+    assert sbatch.main(["--mem-per=1G", "x.sh"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "sbatch: option '--mem-per=1G' is ambiguous; possibilities: '--mem-per-cpu' '--mem-per-gpu'\n")

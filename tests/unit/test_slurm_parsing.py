@@ -72,7 +72,7 @@ def test_time_forms(text, seconds):
 
 @pytest.mark.parametrize("bad", ["1:2:3:4", "ten", "1h", "-5", ""])
 def test_bad_time(bad):
-    with pytest.raises(SlurmUsage, match="Invalid time limit specification"):
+    with pytest.raises(SlurmUsage, match="Invalid --time specification"):
         parse_time(bad)
 
 
