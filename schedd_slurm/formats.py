@@ -58,10 +58,10 @@ def node_or_reason(j: Job) -> str:
 def exit_code(j: Job) -> str:
     """sacct's ExitCode `code:signal`."""
     code = j.get("ExitCode", 0)
-    if j.get("Reason") in ("signal", "oom-kill", "timeout", "cancelled") and code > 128:
+    if j.get("Reason") in ("signal", "oom-kill", "timeout") and code > 128:
         return f"0:{code - 128}"
     if j.get("Reason") == "cancelled":
-        return "0:15" if j.get("StartTime") else "0:0"
+        return "0:0"  # as Slurm 22.05's sacct shows a cancelled job's own row
     return f"{max(code, 0)}:0"
 
 
