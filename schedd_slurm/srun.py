@@ -205,7 +205,12 @@ def main(argv: list[str]) -> int:
     if not p.args:
         print(f"{PROG}: fatal: No command given to execute.", file=sys.stderr)
         return 1
-    if os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID"):
+    inside = bool(os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID"))
+    if p.get("pty") and not inside:
+        print(f"{PROG}: error: --pty: schedd runs no interactive sessions; submit a batch job (sbatch) instead",
+              file=sys.stderr)
+        return 1
+    if inside:
         try:
             return step(p, p.args)
         except SlurmUsage as e:
