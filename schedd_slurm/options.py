@@ -178,8 +178,8 @@ def parse_script_and_cli(table: Table, body: str, cli: Parsed) -> Parsed:
         raise SlurmUsage(f"#SBATCH: unexpected word {from_script.args[0]!r} (options only)")
     merged = Parsed(dict(from_script.values), list(cli.args))
     for k, v in cli.values.items():
-        opt = table.by_long[k]
-        if opt.repeat and k in merged.values:
+        opt = table.by_long.get(k)  # None: a value the command keeps beside the options (sbatch's script path)
+        if opt is not None and opt.repeat and k in merged.values:
             merged.values[k] = list(merged.values[k]) + list(v)  # type: ignore[arg-type]
         else:
             merged.values[k] = v

@@ -179,3 +179,13 @@ def test_wrap_makes_a_sh_script():
     c = T.parse(["--wrap", "echo hi"], stop_at_positional=True)
     body, args, name = sbatch.read_script(c)
     assert body.startswith("#!/bin/sh\n") and "echo hi" in body and name == "wrap" and args == []
+
+
+def test_script_file_read_then_directives(tmp_path):
+    f = tmp_path / "job.sh"
+    f.write_text("#!/bin/sh\n#SBATCH -J fromfile\necho hi\n")
+    cli = T.parse(["-t", "5", str(f), "arg1"], stop_at_positional=True)
+    body, args, name = sbatch.read_script(cli)
+    p = parse_script_and_cli(T, body, cli)
+    values, cfg, _, _ = sbatch.build(p, body, args, name, {}, str(tmp_path))
+    assert (values["Name"], values["RuntimeMaxUSec"], cfg["args"], cfg["path"]) == ("fromfile", 300 * 10**6, ["arg1"], str(f))
