@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 
 from schedd_slurm import common
 from schedd_slurm.options import NONE, Opt, SlurmUsage, Table

@@ -5,8 +5,8 @@ stream its output in the foreground and exit with its code."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -176,7 +176,7 @@ async def allocate_and_run(p, argv: list[str]) -> int:
         job = await c.get_job(jid)
         try:
             await _follow(c, jid, job["State"], Tail(job["StdoutPath"]), Raw())
-        except (KeyboardInterrupt, asyncio_cancelled()):
+        except asyncio.CancelledError:  # Ctrl-C: the job goes with srun, as Slurm's does
             await c.call("Cancel", "t", [jid])
             raise
         final = await c.get_job(jid)
@@ -185,12 +185,6 @@ async def allocate_and_run(p, argv: list[str]) -> int:
     if final["State"] == "CANCELLED":
         print(f"srun: error: job {jid} was cancelled", file=sys.stderr)
     return final.get("ExitCode") or 1
-
-
-def asyncio_cancelled():
-    import asyncio
-
-    return asyncio.CancelledError
 
 
 def main(argv: list[str]) -> int:

@@ -4,13 +4,12 @@ dask-jobqueue drive schedd exactly as they drive a Slurm cluster."""
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import pytest
 
 from conftest import Node
-from test_slurm import DONE, WORK, LINKS, USER, links, slurm, wait_state, write  # noqa: F401 (links: the fixture)
+from test_slurm import DONE, WORK, links, slurm, wait_state, write  # noqa: F401 (links: the fixture)
 
 PY = "/opt/schedd/venv/bin/python"
 
