@@ -181,8 +181,9 @@ def main(argv: list[str]) -> int:
     signal.setitimer(signal.ITIMER_REAL, 0)
     if os.WIFSIGNALED(status):
         s = os.WTERMSIG(status)
-        signal.signal(s, signal.SIG_DFL)
-        os.kill(os.getpid(), s)
+        if s not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(s, signal.SIG_DFL)
+        os.kill(os.getpid(), s)  # die of the same signal: schedd records `signal`, sacct 0:N
         return 128 + s
     return os.waitstatus_to_exitcode(status)
 
