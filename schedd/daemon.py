@@ -131,6 +131,7 @@ async def run(args: argparse.Namespace) -> int:
             await web.federation.stop()
         await web.stop()
     await engine.shutdown()
+    await dbus.flush(bus)  # the last signals, queued for the end of the loop's turn
     bus.disconnect()
     store.close()
     log.info("stopped; running jobs continue in their scopes and will be re-adopted")
