@@ -75,7 +75,7 @@ class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, R
             node_name=c.node_name, total_cpus=self.ledger.total_cpus, total_memory=self.ledger.total_memory,
             total_gpus=self.ledger.total_gpus, default_memory=c.default_memory, min_memory=c.min_memory,
             max_argv_bytes=c.max_argv_bytes, max_env_entries=c.max_env_entries,
-            default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec,
+            default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec, max_array_tasks=c.max_array_tasks,
             cluster=self.federation.views if self.federation is not None else None,
         )
 
