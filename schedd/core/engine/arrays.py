@@ -271,11 +271,17 @@ class Arrays:
 
     def _persist(self, rec: ArrayRec) -> asyncio.Future:
         """The record as it stands now (or its deletion once every task is a job)."""
-        if not rec.left and rec.state != JobState.CANCELLED:
-            self._drop_record(rec)
-            fut = self.store.delete_array(rec.id)
-        else:
-            fut = self.store.put_array(self._array_row(rec))
+        try:
+            if not rec.left and rec.state != JobState.CANCELLED:
+                self._drop_record(rec)
+                fut = self.store.delete_array(rec.id)
+            else:
+                fut = self.store.put_array(self._array_row(rec))
+        except RuntimeError as e:  # the store is closing (shutdown): recovery re-derives the record
+            log.warning("array %d: not recorded (%s); recovery re-derives it from the jobs rows", rec.id, e)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
         fut.add_done_callback(lambda f: f.cancelled() or not f.exception() or log.error(
             "array %d: cannot record it: %s (recovery re-derives it from the jobs rows)", rec.id, f.exception()))
         return fut
