@@ -248,7 +248,7 @@ class _Queue:
     def __init__(self, jobs: list[dict]) -> None:
         self.jobs, self.calls = jobs, 0
 
-    async def job_pages(self, states=None, uid=None, limit=None, page_size=3):
+    async def job_pages(self, states=None, uid=None, limit=None, page_size=3, fold=False):
         picked = [j for j in self.jobs if (states is None or j["State"] in states) and uid in (None, j["User"])]
         picked = picked[:limit]
         for k in range(0, len(picked), page_size):
@@ -565,3 +565,26 @@ def test_queue_of_the_whole_cluster_names_each_jobs_origin():
     lines = text.splitlines()
     assert lines[1].split()[0] == "a:3" and lines[1].split()[-1] == "b"
     assert lines[2].split()[0] == "b:3"
+
+
+def test_queue_shows_an_arrays_folded_row_as_slurm_does():
+    from schedctl.render import fold_arrays
+
+    def j(i, state, task=0, folded=None):
+        row = {"Id": i, "State": state, "ArrayJobId": 12, "ArrayTaskId": task, "ArrayMaxRunning": 8}
+        return row | ({"ArrayTasks": folded} if folded else {})
+
+    jobs = [j(12, "RUNNING", 1), j(13, "PENDING", 2), j(16, "PENDING", 5, "5-1000000%8")]
+    assert [label for label, _ in fold_arrays(jobs)] == ["12 (12_1)", "12_[2,5-1000000%8]"]
+    assert [label for label, _ in fold_arrays([j(12, "HELD", 1, "1-9")])] == ["12_[1-9]"]
+
+
+def test_cancel_of_an_array_target_calls_the_array_verb():
+    from schedctl.commands.jobs import array_target
+
+    assert array_target("12") == (12, False)
+    assert array_target("12_*") == (12, True) and array_target("12_[*]") == (12, True)
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="ARRAY_"):
+        array_target("12_5")
