@@ -123,11 +123,13 @@ class Arrays:
     """The records, and where they stand in for jobs: submit, reads, verbs, counts, the scheduler's feed."""
 
     MIN_WINDOW = 4  # tasks of an array without a cap made jobs ahead of a free CPU, at least
+    PERSIST_DELAY = 0.2  # seconds a record may lag behind its tasks' jobs rows (see _persist_soon)
 
     def _init_arrays(self) -> None:
         self._arrays: dict[int, ArrayRec] = {}
         self._array_firsts: list[int] = []  # the records' ids, ascending (ids are given out increasing)
         self._array_left: Counter[JobState] = Counter()  # tasks not made into jobs, of queued records
+        self._array_dirty: set[int] = set()  # records with a write due (_persist_soon)
 
     # -- finding -------------------------------------------------------------------
 
@@ -350,10 +352,24 @@ class Arrays:
         for job in jobs:
             self._durable.pop(job.id, None)
             self._announce(job)
-        log.info("array %d: %s made job%s %s", rec.id,
+        log.debug("array %d: %s made job%s %s", rec.id,
                  rec.tasks.format([(p, p + 1) for p in positions], cap=False),
-                 "s" if len(jobs) > 1 else "", ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
-        self._persist(rec)
+                  "s" if len(jobs) > 1 else "", ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
+        self._persist_soon(rec)
+
+    def _persist_soon(self, rec: ArrayRec) -> None:
+        """The record after tasks became jobs, written at most every PERSIST_DELAY per array: their
+        rows are durable already, and recovery drops the positions that have rows, so a record a
+        moment behind loses and repeats nothing (one fsync per task would cap an array's rate)."""
+        if rec.id in self._array_dirty:
+            return
+        self._array_dirty.add(rec.id)
+
+        def flush() -> None:
+            self._array_dirty.discard(rec.id)
+            if self._arrays.get(rec.id) is rec:
+                self._persist(rec)
+        asyncio.get_running_loop().call_later(self.PERSIST_DELAY, flush)
 
     def _schedule(self) -> None:
         """Before each pass, each pending array tops up its window of jobs waiting to start."""
