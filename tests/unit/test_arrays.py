@@ -221,3 +221,43 @@ async def test_the_old_per_spec_array_still_works(node):
     assert node.job(ids[1]).state == P and node.job(ids[2]).array_job_id == ids[0]
     await node.engine.cancel_array(ids[0], CALLER)
     await wait(lambda: all(node.job(i).state == X for i in ids), "the SubmitMany array cancelled")
+
+
+class ArraySignals:
+    """A listener that hears the record's one signal per whole-array change (as the D-Bus adapter does)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, JobState, int]] = []
+
+    def array_changed(self, job, tasks: int) -> None:
+        self.calls.append((job.id, job.state, tasks))
+
+    def __getattr__(self, name):  # every other event: nothing to do here
+        return lambda *a, **k: None
+
+
+async def test_cancelling_a_million_tasks_is_one_signal_and_fast(make_node):
+    node = await make_node(max_pending_per_user=2_000_000)
+    heard = ArraySignals()
+    node.engine.listeners.append(heard)
+    aid = await submit_array(node, "1-1000000%1")
+    await node.running(aid)
+    t0 = time.perf_counter()
+    await node.engine.cancel_array(aid, CALLER)
+    took = time.perf_counter() - t0
+    assert took < 1.0, f"CancelArray of 1M tasks took {took:.2f}s"
+    first_left = min(i for i in range(aid, aid + 10) if i not in node.engine.jobs)
+    assert heard.calls == [(first_left, X, 1_000_000 - (first_left - aid))]
+    await wait(lambda: node.job(aid).state == X, "the running task cancelled")
+    assert node.events.transitions.count((aid, R, X, "cancelled")) == 1  # a job's own signal, as ever
+    assert node.engine.counts() == (0, 0)
+
+
+async def test_array_tasks_wait_for_their_dependencies(node):
+    dep = await node.submit()
+    await node.running(dep)
+    aid = await submit_array(node, "0-9%2", After=[dep])
+    await wait(lambda: jobs_of(node, aid), "tasks made jobs")
+    assert all(j.state == P for j in jobs_of(node, aid)) and not node.ex.called("start")[1:]
+    node.ex.exit(dep, 0)
+    await wait(lambda: all(j.state == R for j in jobs_of(node, aid) if j.id in (aid, aid + 1)), "tasks running")

@@ -319,7 +319,8 @@ class Arrays:
             if job.state == JobState.PENDING:
                 self._durable[job.id] = durable
                 rec.live.add(job.id)
-                self._enqueue(job)
+                if not job.spec.after:
+                    self._enqueue(job)  # with After: once announced (_make_eligible), as a submit does
             rows.append(job_to_row(job))
         k = len(jobs)
         self._array_left[rec.state] -= k
@@ -352,6 +353,8 @@ class Arrays:
         for job in jobs:
             self._durable.pop(job.id, None)
             self._announce(job)
+            if job.state == JobState.PENDING and job.spec.after and job.id in self.jobs:
+                self._make_eligible(job)
         log.debug("array %d: %s made job%s %s", rec.id,
                  rec.tasks.format([(p, p + 1) for p in positions], cap=False),
                   "s" if len(jobs) > 1 else "", ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
@@ -524,6 +527,10 @@ class Arrays:
                 rec.left_n = sum(hi - lo for lo, hi in rec.left)
             except Exception:
                 log.exception("array %d: its record cannot be read; its tasks that were not jobs are lost", aid)
+                continue
+            keep = self.config.keep_finished_usec
+            if rec.state == JobState.CANCELLED and keep and rec.end_time < now_usec() - keep:
+                self.store.delete_array(aid)  # its tasks ended longer ago than keep_finished, as purged jobs
                 continue
             stale = False
             if rec.state.queued and rec.left:
