@@ -67,3 +67,19 @@ def test_a_million_task_array_is_one_submit_runs_and_cancels_as_one(anode: Node)
     assert anode.job(aid + 500_000)["State"] == "CANCELLED"
     assert get_all(anode, aid + 999_999, ALICE)["State"] == "CANCELLED"
     assert f"{aid}_[" not in anode.schedctl("queue", user=ALICE).stdout
+
+
+def test_an_array_goes_on_across_a_daemon_restart_without_losing_or_repeating_a_task(anode: Node):
+    log = "/run/schedd-test-array-restart.log"
+    anode.run(["rm", "-f", log])
+    anode.run(["sh", "-c", f"touch {log} && chmod 666 {log}"])
+    out = json.loads(anode.schedctl("--json", "submit", "--array", "1-40%2", "--", "sh", "-c",
+                                    f'echo "$SCHEDD_ARRAY_TASK_ID" >> {log}', user=ALICE).stdout)
+    aid = out["id"]
+    anode.wait_for(lambda: len(anode.run(["cat", log]).stdout.split()) >= 5, "a few tasks to run", timeout=60)
+    anode.run(["systemctl", "restart", "schedd"])
+    for k in range(40):
+        anode.wait(aid + k, timeout=60)
+    ran = sorted(int(t) for t in anode.run(["cat", log]).stdout.split())
+    assert ran == list(range(1, 41))  # each task once, none lost, none twice
+    assert all(anode.job(aid + k)["State"] == "COMPLETED" for k in range(40))

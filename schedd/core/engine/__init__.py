@@ -84,6 +84,7 @@ class Engine(Arrays, JobTable, Access, Submission, Admission, Runs, TimeLimits, 
 
     async def shutdown(self) -> None:
         """Stop watching; running jobs go on in their scopes and are re-adopted at the next start."""
+        self.begin_shutdown()
         if getattr(self, "_sweeper", None):
             self._sweeper.cancel()
         if getattr(self, "_purger", None):
