@@ -261,3 +261,45 @@ async def test_array_tasks_wait_for_their_dependencies(node):
     assert all(j.state == P for j in jobs_of(node, aid)) and not node.ex.called("start")[1:]
     node.ex.exit(dep, 0)
     await wait(lambda: all(j.state == R for j in jobs_of(node, aid) if j.id in (aid, aid + 1)), "tasks running")
+
+
+# -- through the D-Bus adapter (unconnected bus, as test_dbus_jobs) ------------------------------
+
+
+async def test_the_bus_answers_for_tasks_folds_them_and_acts_on_the_array(engine):
+    from dbus_fast import MessageType
+
+    from schedd import MANAGER_IFACE, MANAGER_PATH, job_path
+    from types import SimpleNamespace
+
+    from schedd.api.dbus.service import DBusService
+    from test_dbus_jobs import OWNER, PROPS, SENDERS, Recorder, _settle, call
+
+    rec = Recorder()
+    engine.executor = SimpleNamespace(name="systemd")
+    svc = DBusService(engine, rec.bus)
+    svc._uids.update(SENDERS)
+    svc._operators.update({u: (False, float("inf")) for u in SENDERS.values() if u})
+    engine.authorize_other = None
+    aid = (await engine.submit(spec(ArrayTasks="0-99999%4", Hold=True, WorkingDirectory="/"), Caller(OWNER))).id
+
+    async def ask(msg):
+        rec.sent.clear()
+        rec.bus._process_message(msg)
+        (reply,) = await _settle(rec)
+        return reply
+
+    reply = await ask(call(job_path(aid + 99_999), PROPS, "GetAll", "s", ["org.schedd.Schedd1.Job"]))
+    props = {k: v.value for k, v in reply.body[0].items()}
+    assert (props["Id"], props["State"], props["ArrayTaskId"], props["ArrayJobId"]) == (aid + 99_999, "HELD", 99_999, aid)
+    reply = await ask(call(MANAGER_PATH, MANAGER_IFACE, "ListJobs", "a{sv}", [{"FoldArrays": Variant("b", True)}]))
+    assert [(r["Id"].value, r["ArrayTasks"].value) for r in reply.body[0]] == [(aid, "0-99999%4")]
+    reply = await ask(call(MANAGER_PATH, MANAGER_IFACE, "ListJobs", "a{sv}", [{"Limit": Variant("u", 5)}]))
+    assert [r["ArrayTaskId"].value for r in reply.body[0]] == [0, 1, 2, 3, 4] and "ArrayTasks" not in reply.body[0][0]
+    denied = await ask(call(MANAGER_PATH, MANAGER_IFACE, "CancelArray", "t", [aid], sender=":1.11"))
+    assert denied.error_name == "org.schedd.Schedd1.Error.AccessDenied"
+    done = await ask(call(MANAGER_PATH, MANAGER_IFACE, "CancelArray", "t", [aid]))
+    assert done.message_type == MessageType.METHOD_RETURN
+    signals = [m.body for m in rec.sent if m.member == "JobStateChanged"]
+    assert signals == [[aid, job_path(aid), "CANCELLED", "cancelled"]]  # one for the 100,000 tasks
+    assert engine.counts() == (0, 0)

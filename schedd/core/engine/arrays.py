@@ -355,6 +355,7 @@ class Arrays:
             self._announce(job)
             if job.state == JobState.PENDING and job.spec.after and job.id in self.jobs:
                 self._make_eligible(job)
+                self.kick()
         log.debug("array %d: %s made job%s %s", rec.id,
                  rec.tasks.format([(p, p + 1) for p in positions], cap=False),
                   "s" if len(jobs) > 1 else "", ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
