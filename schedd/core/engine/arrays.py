@@ -238,7 +238,10 @@ class Arrays:
         tasks = array_tasks_of(props, limits)
         await self._check_priority([spec], caller, False)
         n, size = tasks.count, exec_bytes(spec)
-        self.quotas.reserve(spec.uid, n, size)  # the caps count every task as a queued job
+        try:
+            self.quotas.reserve(spec.uid, n, size)  # the caps count every task as a queued job
+        except InvalidArgument as e:
+            raise InvalidArgument(f"ArrayTasks: {tasks.count} tasks, each counted as a queued job: {e.message}") from None
         try:
             first = self._next_id
             self._next_id += n
