@@ -303,3 +303,13 @@ async def test_the_bus_answers_for_tasks_folds_them_and_acts_on_the_array(engine
     signals = [m.body for m in rec.sent if m.member == "JobStateChanged"]
     assert signals == [[aid, job_path(aid), "CANCELLED", "cancelled"]]  # one for the 100,000 tasks
     assert engine.counts() == (0, 0)
+
+
+async def test_release_array_reaches_held_tasks_kept_on_disk(node):
+    jobs = await node.engine.submit_many([spec(ArrayTaskId=t, Hold=True) for t in range(3)], CALLER)
+    ids = [j.id for j in jobs]
+    assert not any(i in node.engine.jobs for i in ids)  # plain held jobs leave memory (loading.py)
+    await node.engine.release_array(ids[0], CALLER)
+    await node.running(*ids)
+    with pytest.raises(NotFound, match="no array"):
+        await node.engine.cancel_array(ids[-1] + 100, CALLER)

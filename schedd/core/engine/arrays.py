@@ -432,7 +432,8 @@ class Arrays:
             await self.authorize(self._task_job(rec, 0), caller)
             for fut in list(rec.busy.values()):
                 await asyncio.gather(fut, return_exceptions=True)
-        ids = set(self.store.array_job_ids(array_id, array_id, [s.value for s in _LIVE]))
+        # Live jobs are in memory but for queued ones kept on disk (loading.py): the store only then.
+        ids = set(self.store.array_job_ids(array_id, array_id, [s.value for s in _LIVE])) if +self._deferred else set()
         last = rec.last_id if rec is not None else None
         for s in _LIVE:
             for jid in self._ids[s].after(array_id - 1):
