@@ -145,8 +145,9 @@ def build_spec(
     Type checks come first (wrong D-Bus type → InvalidArgument), then values,
     then whether any node could ever hold it (→ Unsatisfiable).
 
-    users: a cache of [passwd entry, default working directory or None] by uid that the caller keeps
-    for one batch, so a SubmitMany asks NSS and stats the home directory once per user, not per spec.
+    users: a cache of [passwd entry, default working directory or None, working directories found
+    searchable] by uid that the caller keeps for one batch, so a SubmitMany asks NSS and stats a
+    directory once per user, not per spec.
     """
     if not isinstance(props, dict):
         raise InvalidArgument("the spec must be a dictionary a{sv}")
@@ -212,20 +213,23 @@ def build_spec(
         except KeyError:
             raise (_bad("User", f"uid {uid} does not exist on this node") if "User" in v
                    else AccessDenied(f"your uid {uid} has no passwd entry on this node")) from None
-        known = [pw, None]
+        known = [pw, None, set()]
         if users is not None:
             users[uid] = known
     pw = known[0]
 
     if "WorkingDirectory" in v:
         cwd = _check_path("WorkingDirectory", v["WorkingDirectory"])
-        if _user_may_search(pw, cwd):
+        if cwd in known[2]:
+            pass  # checked for this user earlier in the batch
+        elif _user_may_search(pw, cwd):
             try:
                 st = os.stat(cwd)
             except OSError as e:
                 raise _bad("WorkingDirectory", f"{cwd}: {e.strerror}") from None
             if not stat.S_ISDIR(st.st_mode):
                 raise _bad("WorkingDirectory", f"{cwd} is not a directory")
+            known[2].add(cwd)
     else:
         if known[1] is None:
             known[1] = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"

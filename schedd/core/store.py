@@ -624,11 +624,18 @@ class Store:
             (*_TERMINAL, finished_since_usec)).fetchall()
         return [row_to_job(r) for r in rows]
 
-    def deferred_usage(self) -> list[tuple[str, int, int, int]]:
-        """(state, uid, jobs, bytes) of the deferred jobs (bytes: DISK_BYTES_SQL, as loading.deferred_bytes)."""
+    def deferred_usage(self) -> list[tuple[str, int, str, int, int]]:
+        """(state, uid, owner, jobs, bytes) of the deferred jobs (owner: JobSpec.owner; bytes:
+        DISK_BYTES_SQL, as loading.deferred_bytes)."""
         return self._r.execute(
-            f"SELECT state, uid, count(*), sum({DISK_BYTES_SQL}) FROM jobs "
-            f"WHERE {DEFERRED_SQL} GROUP BY state, uid").fetchall()
+            "SELECT state, uid, CASE WHEN user_name != '' THEN user_name ELSE CAST(uid AS TEXT) END AS owner, "
+            f"count(*), sum({DISK_BYTES_SQL}) FROM jobs WHERE {DEFERRED_SQL} GROUP BY state, uid, owner").fetchall()
+
+    def live_ids(self, states: Iterable[str], exclude: Container[int]) -> list[int]:
+        """The ids of the jobs in these states, by id, skipping those in exclude (in memory)."""
+        marks = ",".join("?" * len(states := list(states)))
+        rows = self._r.execute(f"SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+        return [i for (i,) in rows if i not in exclude]
 
     def deferred_reader(self, state: str) -> "RowReader":
         """The deferred jobs of one state by id (no sort: the scheduler waits for all of them), on a

@@ -181,12 +181,14 @@ class Arrays:
         pending, running = super().counts()
         return pending + self._array_left[JobState.PENDING] + self._array_left[JobState.HELD], running
 
-    def array_usage(self) -> Counter[tuple[str, str]]:
-        """(state, owner) -> tasks not made into jobs yet, of queued arrays (for metrics)."""
-        out: Counter[tuple[str, str]] = Counter()
+    def on_disk_by_owner(self) -> Counter[tuple[JobState, str]]:
+        """The queue kept out of memory by owner (metrics' schedd_jobs): jobs on disk and the tasks
+        of arrays that are no jobs yet. (The job subtree's children and GetManagedObjects list jobs,
+        not such tasks: their paths answer when asked, as systemd's units that are not loaded.)"""
+        out = super().on_disk_by_owner()
         for rec in self._arrays.values():
             if rec.state.queued and rec.left_n:
-                out[(rec.state.value, rec.template.owner)] += rec.left_n
+                out[rec.state, rec.template.owner] += rec.left_n
         return out
 
     def folded(self, job_id: int) -> str | None:
