@@ -292,6 +292,9 @@ async def test_the_bus_answers_for_tasks_folds_them_and_acts_on_the_array(engine
     reply = await ask(call(job_path(aid + 99_999), PROPS, "GetAll", "s", ["org.schedd.Schedd1.Job"]))
     props = {k: v.value for k, v in reply.body[0].items()}
     assert (props["Id"], props["State"], props["ArrayTaskId"], props["ArrayJobId"]) == (aid + 99_999, "HELD", 99_999, aid)
+    (intro,) = rec.ask(call(job_path(aid + 5), "org.freedesktop.DBus.Introspectable", "Introspect"))
+    assert 'interface name="org.schedd.Schedd1.Job"' in intro.body[0]
+    assert engine.on_disk_by_owner()[JobState.HELD, props["UserName"]] == 100_000  # schedd_jobs counts them
     reply = await ask(call(MANAGER_PATH, MANAGER_IFACE, "ListJobs", "a{sv}", [{"FoldArrays": Variant("b", True)}]))
     assert [(r["Id"].value, r["ArrayTasks"].value) for r in reply.body[0]] == [(aid, "0-99999%4")]
     reply = await ask(call(MANAGER_PATH, MANAGER_IFACE, "ListJobs", "a{sv}", [{"Limit": Variant("u", 5)}]))
