@@ -43,6 +43,8 @@ ROWS = [
     ("array_rss_delta_mib", "  daemon RSS added by the 1M-task array", "MiB", "~0", None, None),
     ("array_getjob_ms", "  GetJob of its last task (no job yet)", "ms", "< 1", lambda v: v < 1, "floor_ping_ms"),
     ("array_cancel_ms", "CancelArray of the 1M-task array", "ms", "-", None, None),
+    ("array_run_tasks_per_s", "1M-task array %2 of true, running: tasks/s", "tasks/s", "-", None, None),
+    ("array_run_rss_delta_mib", "  daemon RSS added after 5 s of it running", "MiB", "-", None, None),
 ]
 FLOORS = {
     "floor_sqlite_rows": ("raw SQLite executemany of the same rows, 1,000/commit", "rows/s"),
