@@ -316,3 +316,18 @@ async def test_release_array_reaches_held_tasks_kept_on_disk(node):
     await node.running(*ids)
     with pytest.raises(NotFound, match="no array"):
         await node.engine.cancel_array(ids[-1] + 100, CALLER)
+
+
+async def test_records_survive_a_restart_held_and_cancelled(make_node):
+    node = await make_node(max_pending_per_user=2_000_000)
+    held = await submit_array(node, "1-1000000", Hold=True)
+    gone = await submit_array(node, "0-9", Hold=True)
+    await node.engine.cancel_array(gone, CALLER)
+    node = await node.restart()
+    e = node.engine
+    assert e.counts() == (1_000_000, 0) and e.quotas.jobs(ME) == 1_000_000
+    assert e.get(held + 999_999).state == H and e.get(gone + 9).state == X
+    assert (await node.engine.submit(spec(), CALLER)).id == gone + 10  # no id of a block given out again
+    await e.release_array(held, CALLER)
+    await wait(lambda: any(j.state == C or j.id in node.host.units for j in jobs_of(node, held)), "a task running")
+    assert e.counts()[0] >= 999_990
