@@ -45,7 +45,8 @@ from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
 from schedd.core.model import Job, JobState, now_usec
 from schedd.core.placement import ledger_load
 from schedd.protocol import (ARRAY_TASKS_KEY, ARRAY_TASKS_SIGNATURE, JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT,
-                             LOAD_KEYS, MANAGER_PROPERTIES, NODE_KEYS, ORIGIN_KEY, ORIGIN_SIGNATURE, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, node_row, redact_job)
+                             LOAD_KEYS, MANAGER_PROPERTIES, NODE_KEYS, ORIGIN_KEY, ORIGIN_SIGNATURE, PRIVATE_JOB_KEYS,
+                             STATS_FILTER_KEYS, node_row, redact_job)
 
 log = logging.getLogger(__name__)
 

@@ -243,7 +243,8 @@ class Arrays:
         try:
             self.quotas.reserve(spec.uid, n, size)  # the caps count every task as a queued job
         except InvalidArgument as e:
-            raise InvalidArgument(f"ArrayTasks: {tasks.count} tasks, each counted as a queued job: {e.message}") from None
+            raise InvalidArgument(f"ArrayTasks: {tasks.count} tasks, each counted as a queued job: "
+                                  f"{e.message}") from None
         try:
             first = self._next_id
             self._next_id += n
@@ -363,7 +364,8 @@ class Arrays:
                 self.kick()
         log.debug("array %d: %s made job%s %s", rec.id,
                  rec.tasks.format([(p, p + 1) for p in positions], cap=False),
-                  "s" if len(jobs) > 1 else "", ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
+                  "s" if len(jobs) > 1 else "",
+                  ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
         self._persist_soon(rec)
 
     def _persist_soon(self, rec: ArrayRec) -> None:
@@ -449,7 +451,8 @@ class Arrays:
         if rec is None:
             first = self.jobs.get(array_id) or self.store.get(array_id)
             if first is None or first.array_job_id != array_id:
-                raise NotFound(f"no array {array_id}" + ("" if first is None else f": job {array_id} is not an array's first job"))
+                raise NotFound(f"no array {array_id}"
+                               + ("" if first is None else f": job {array_id} is not an array's first job"))
             await self.authorize(first, caller)
         return rec, sorted(ids)
 
