@@ -588,3 +588,42 @@ def test_cancel_of_an_array_target_calls_the_array_verb():
 
     with pytest.raises(argparse.ArgumentTypeError, match="ARRAY_"):
         array_target("12_5")
+
+
+class _Calls:
+    """A client that records the Manager calls a command makes (Submit answers with job 12)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    async def submit(self, spec):
+        self.calls.append(("Submit", spec))
+        return 12, "/org/schedd/Schedd1/job/12"
+
+    async def call(self, member, signature="", body=None):
+        self.calls.append((member, *(body or [])))
+        return []
+
+
+def test_submit_array_is_one_submit_of_the_ranges(capsys, tmp_path, monkeypatch):
+    from schedctl.commands.jobs import cmd_action
+    from schedctl.commands.submit import cmd_submit, prepare_submit
+
+    monkeypatch.chdir(tmp_path)
+    c = _Calls()
+    a = parse(["--json", "submit", "--array", "1-1000000%8", "--", "true"])
+    prepare_submit(a)
+    assert asyncio.run(cmd_submit(c, a)) == 0
+    ((member, spec),) = c.calls
+    assert member == "Submit" and spec["ArrayTasks"] == Variant("s", "1-1000000%8") and "ArrayTaskId" not in spec
+    out = json.loads(capsys.readouterr().out)
+    assert (out["id"], out["Tasks"], out["LastId"]) == (12, 1_000_000, 1_000_011) and "ids" not in out
+    for argv, want in ((["cancel", "12_*"], ("CancelArray", 12)), (["hold", "--array", "12"], ("HoldArray", 12)),
+                       (["release", "12"], ("Release", 12))):
+        c.calls.clear()
+        a = parse(argv)
+        a.command_name = argv[0]
+        assert asyncio.run(cmd_action(c, a)) == 0
+        assert c.calls == [want]
+    with pytest.raises(UsageError, match="--array"):
+        prepare_submit(parse(["submit", "--array", "1-5,3-4", "--", "true"]))
