@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: (engine.begin_shutdown(), stop.set()))  # no start from now on
     watchdog = _start_watchdog(loop)
     disconnected = loop.create_task(bus.wait_for_disconnect())
     stopping = loop.create_task(stop.wait())

@@ -216,17 +216,17 @@ class JobTree:
 
     def _introspect(self, msg: Message) -> str | Message | None:
         path = msg.path
+        jid = job_id(path)
+        if jid is not None and jid in self.objects:  # also a task of an array that is no job yet (counted in no total)
+            head, tail = self._job_xml
+            return f'{head}<node name="{path}">{tail}'
         if not self.objects.total():
             return None  # nothing under the subtree: dbus-fast's answers are right
         if path == MANAGER_PATH:
             return self._manager_xml
         if path == JOB_ROOT:
             return self._job_root(msg)
-        jid = job_id(path)
-        if jid is None or jid not in self.objects:
-            return None
-        head, tail = self._job_xml
-        return f'{head}<node name="{path}">{tail}'
+        return None
 
     def _job_root(self, msg: Message) -> str | Message:
         """The job subtree's children: every job's id. Refused, like GetManagedObjects, when the list

@@ -44,8 +44,9 @@ from schedd.core.engine import MANAGE_ACTION, Caller, Engine
 from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
 from schedd.core.model import Job, JobState, now_usec
 from schedd.core.placement import ledger_load
-from schedd.protocol import (JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, LOAD_KEYS, MANAGER_PROPERTIES, NODE_KEYS,
-                             ORIGIN_KEY, ORIGIN_SIGNATURE, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, node_row, redact_job)
+from schedd.protocol import (ARRAY_TASKS_KEY, ARRAY_TASKS_SIGNATURE, JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT,
+                             LOAD_KEYS, MANAGER_PROPERTIES, NODE_KEYS, ORIGIN_KEY, ORIGIN_SIGNATURE, PRIVATE_JOB_KEYS,
+                             STATS_FILTER_KEYS, node_row, redact_job)
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,22 @@ class ManagerObject(ServiceInterface):
     async def Release(self, id: "t") -> "":  # noqa: F821, F722
         await self.engine.release(id, await self._caller())
 
+    # Arrays (an ArrayTasks submit, or the tasks of a SubmitMany array): id is the array's first job id.
+    @method()
+    @_dbus_errors
+    async def CancelArray(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.cancel_array(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def HoldArray(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.hold_array(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def ReleaseArray(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.release_array(id, await self._caller())
+
     @method()
     @_dbus_errors
     async def Suspend(self, id: "t") -> "":  # noqa: F821, F722
@@ -246,7 +263,8 @@ class ManagerObject(ServiceInterface):
             raise InvalidArgument(f"Limit: at most {LIST_LIMIT} jobs per call; page with After (the last id you got)")
         # A page holds fewer than Limit rows when they are large (REPLY_BUDGET): page with After
         # until an empty answer.
-        jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit))
+        fold = bool(f.get("FoldArrays"))
+        jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit, fold=fold))
         fed = self.engine.federation
         all_nodes = bool(f.get("AllNodes")) and fed is not None
         if all_nodes:
@@ -255,7 +273,12 @@ class ManagerObject(ServiceInterface):
         viewer = await self.service.viewer(caller, jobs, any_remote=all_nodes)
         sees = self.service.viewer_sees
         if not all_nodes:
-            return [job_variants(j, private=sees(j, viewer)) for j in jobs]
+            rows = [job_variants(j, private=sees(j, viewer)) for j in jobs]
+            if fold:  # an array's tasks that are no jobs yet: one row, at the first of them
+                for j, row in zip(jobs, rows):
+                    if (text := self.engine.folded(j.id)) is not None:
+                        row[ARRAY_TASKS_KEY] = Variant(ARRAY_TASKS_SIGNATURE, text)
+            return rows
         # The whole cluster: each job once, from its origin (copies run here for others are theirs).
         me = self.engine.config.node_name
         out = [job_variants(j, private=sees(j, viewer)) | {ORIGIN_KEY: Variant(ORIGIN_SIGNATURE, me)} for j in jobs]
@@ -649,6 +672,11 @@ class DBusService:
             ))
         if old_state != job.state:
             self._job_state_changed(job)
+
+    def array_changed(self, job: Job, tasks: int) -> None:
+        """An array's tasks that are no jobs yet changed state together: one JobStateChanged, for the
+        first of them (job), stands for all `tasks` of them (engine/arrays.py)."""
+        self._job_state_changed(job)
 
     def job_unloaded(self, job: Job) -> None:
         self.objects.pop(job.id, None)  # its path answers from the store now (JobPaths.on_disk)
