@@ -1,7 +1,8 @@
 """Scale benchmark client: runs inside the booted test systemd, as root, next to the schedd under test.
 
 Submits N held jobs by SubmitMany (batches of 1,000), measures the listing, lookup, the CLI's
-queue, memory and a restart, plus the raw floors of the same run; prints one JSON object.
+queue, memory and a restart, a 1M-task array (Submit, GetJob of a task, CancelArray), plus the raw
+floors of the same run; prints one JSON object.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from schedd import bus as dbus
 
 SCHEDD = ("org.schedd.Schedd1", "/org/schedd/Schedd1", "org.schedd.Schedd1.Manager")
 BATCH = 1000
+ARRAY_TASKS = 1_000_000
+RUN_S = 5.0
 
 
 def held_spec() -> dict:
@@ -145,6 +148,28 @@ async def main() -> None:
             await asyncio.sleep(0.01)
     res["restart_s"] = time.perf_counter() - t0
     res["rss_after_restart_mib"] = rss_mib(main_pid())
+
+    # a 1M-task array: one Submit (ArrayTasks), one record; then CancelArray of all of it
+    before = rss_mib(main_pid())
+    array = {**held_spec(), "ArrayTasks": Variant("s", f"1-{ARRAY_TASKS}")}
+    t0 = time.perf_counter()
+    ((aid, _),) = await call("Submit", "a{sv}", [array])
+    res["array_submit_ms"] = (time.perf_counter() - t0) * 1000
+    res["array_rss_delta_mib"] = rss_mib(main_pid()) - before
+    res["array_getjob_ms"] = await timed(lambda: call("GetJob", "t", [aid + ARRAY_TASKS - 1]), 50)
+    t0 = time.perf_counter()
+    await call("CancelArray", "t", [aid])
+    res["array_cancel_ms"] = (time.perf_counter() - t0) * 1000
+
+    # the same array running (%2 of `true`) for a few seconds: memory holds its window, not its tasks
+    before = rss_mib(main_pid())
+    running = {k: v for k, v in array.items() if k != "Hold"} | {"ArrayTasks": Variant("s", f"1-{ARRAY_TASKS}%2")}
+    ((aid, _),) = await call("Submit", "a{sv}", [running])
+    await asyncio.sleep(RUN_S)  # a measurement window, not a synchronisation
+    (done,) = await call("ListJobs", "a{sv}", [{"States": Variant("as", ["COMPLETED"]), "After": Variant("t", aid - 1)}])
+    res["array_run_tasks_per_s"] = len(done) / RUN_S
+    res["array_run_rss_delta_mib"] = rss_mib(main_pid()) - before
+    await call("CancelArray", "t", [aid])
     bus.disconnect()
     print(json.dumps(res))
 

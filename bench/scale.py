@@ -38,6 +38,13 @@ ROWS = [
     ("getjob_ms", "GetJob", "ms", "< 1", lambda v: v < 1, "floor_ping_ms"),
     ("queue_s", "schedctl queue (as root)", "s", "< 2", lambda v: v < 2, None),
     ("restart_s", "restart to the bus (until GetJob answers)", "s", "< 2", lambda v: v < 2, "floor_restart_s"),
+    ("array_submit_ms", "1M-task array Submit (ArrayTasks, held)", "ms", "< 1,000", lambda v: v < 1000,
+     "floor_ping_ms"),
+    ("array_rss_delta_mib", "  daemon RSS added by the 1M-task array", "MiB", "~0", None, None),
+    ("array_getjob_ms", "  GetJob of its last task (no job yet)", "ms", "< 1", lambda v: v < 1, "floor_ping_ms"),
+    ("array_cancel_ms", "CancelArray of the 1M-task array", "ms", "-", None, None),
+    ("array_run_tasks_per_s", "1M-task array %2 of true, running: tasks/s", "tasks/s", "-", None, None),
+    ("array_run_rss_delta_mib", "  daemon RSS added after 5 s of it running", "MiB", "-", None, None),
 ]
 FLOORS = {
     "floor_sqlite_rows": ("raw SQLite executemany of the same rows, 1,000/commit", "rows/s"),

@@ -123,9 +123,11 @@ class Client:
         return [j async for page in self.job_pages(states, uid, limit) for j in page]
 
     async def job_pages(self, states: list[str] | None = None, uid: int | None = None,
-                        limit: int | None = None, page_size: int | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+                        limit: int | None = None, page_size: int | None = None,
+                        fold: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
         """The matching jobs, oldest first, a page at a time (the After cursor), so a caller can
-        show or write each page before asking for the next and never holds the whole queue."""
+        show or write each page before asking for the next and never holds the whole queue.
+        fold: an array's tasks that are no jobs yet come as one row (its ArrayTasks key says which)."""
         after, seen, page_size = 0, 0, page_size or LIST_LIMIT
         while limit is None or seen < limit:
             want = page_size if limit is None else min(page_size, limit - seen)
@@ -134,6 +136,8 @@ class Client:
                 flt["States"] = Variant("as", states)
             if uid is not None:
                 flt["User"] = Variant("u", uid)
+            if fold:
+                flt["FoldArrays"] = Variant("b", True)
             (page,) = await self.call("ListJobs", "a{sv}", [flt])
             # A short page is not the end: the daemon shortens pages of large rows (its reply budget).
             if not page:

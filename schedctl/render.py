@@ -61,8 +61,9 @@ QUEUE_HEADERS = ["ID", "NAME", "USER", "STATE", "REASON", "CPUS", "MEM", "PRIO",
 
 
 def fold_arrays(jobs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(ID text, job) rows: each array's pending tasks become one row like squeue's '12_[5-1000%8]';
-    its other tasks keep their own rows, shown as 'ID (12_3)'."""
+    """(ID text, job) rows: each array's pending tasks become one row like squeue's '12_[5-1000%8]'
+    (with the daemon's folded row of its tasks not yet jobs, ArrayTasks, in it); its other tasks
+    keep their own rows, shown as 'ID (12_3)'."""
     pending: dict[int, list[dict[str, Any]]] = {}
     for j in jobs:
         if j.get("ArrayJobId") and j["State"] == "PENDING":
@@ -72,14 +73,22 @@ def fold_arrays(jobs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         aid = j.get("ArrayJobId")
         if not aid:
             rows.append((str(j["Id"]), j))
-        elif j["State"] != "PENDING":
+        elif j["State"] != "PENDING" and not j.get("ArrayTasks"):
             rows.append((f"{j['Id']} ({aid}_{j.get('ArrayTaskId', 0)})", j))
+        elif j["State"] != "PENDING":  # a held or cancelled array's folded row
+            rows.append((f"{aid}_[{j['ArrayTasks']}]", j))
         elif aid not in done:
             done.add(aid)
             tasks = pending[aid]
+            folded = [t["ArrayTasks"] for t in tasks if t.get("ArrayTasks")]
+            jobs_ = [t.get("ArrayTaskId", 0) for t in tasks if not t.get("ArrayTasks")]
             cap = f"%{j['ArrayMaxRunning']}" if j.get("ArrayMaxRunning") else ""
-            label = f"{aid}_[{format_ranges([t.get('ArrayTaskId', 0) for t in tasks])}{cap}]"
-            rows.append((label if len(tasks) > 1 else f"{j['Id']} ({aid}_{j.get('ArrayTaskId', 0)})", j))
+            if folded:
+                text = ",".join(([format_ranges(jobs_)] if jobs_ else []) + folded)
+                rows.append((f"{aid}_[{text}]", j))
+            else:
+                label = f"{aid}_[{format_ranges(jobs_)}{cap}]"
+                rows.append((label if len(tasks) > 1 else f"{j['Id']} ({aid}_{j.get('ArrayTaskId', 0)})", j))
     return rows
 
 

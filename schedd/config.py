@@ -128,12 +128,13 @@ class Config:
     executor: str = "auto"  # auto | systemd | plain
     max_argv_bytes: int = 1 << 20
     max_env_entries: int = 10_000
-    max_pending_per_user: int = 100_000
+    max_pending_per_user: int = 1_000_000  # queued jobs are rows on disk (engine/loading.py): a 1M-task array fits
+    max_array_tasks: int = 1_000_000  # tasks in one ArrayTasks array (Slurm's MaxArraySize); they count as jobs
     max_user_priority: int = 0  # the highest Priority an ordinary user may ask for (Slurm: users only lower)
     private_data: bool = True  # others' Command and paths read as empty (Slurm's PrivateData=jobs, narrower)
     # argv + environment bytes one user may hold in PENDING/HELD jobs: 1 GiB, a tenth of a small
     # node's memory, is far more than any real queue needs (100,000 jobs of 10 KiB) yet bounds what
-    # one user can pin in the daemon (max_pending_per_user x max_argv_bytes would be ~100 GiB).
+    # one user can pin in the daemon (max_pending_per_user x max_argv_bytes would be ~1 TiB).
     max_queued_bytes_per_user: int = 1 << 30
     # Finished jobs are deleted from the store this long after they end (Slurm purges its
     # accounting after a set age too); 0: kept for ever.
@@ -199,7 +200,7 @@ def _apply(cfg: Config, data: dict) -> None:
     keys = {
         "node": {"name"}, "resources": {"cpus", "memory", "gpus", "gpu_device"},
         "jobs": {"default_memory", "kill_wait", "max_argv_bytes", "max_env_entries", "max_pending_per_user",
-                 "default_time", "max_time", "max_user_priority", "private_data", "max_queued_bytes_per_user",
+                 "max_array_tasks", "default_time", "max_time", "max_user_priority", "private_data", "max_queued_bytes_per_user",
                  "keep_finished"},
         "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
         "http": {"listen", "token_file", "admin_token_file", "read_token_file", "public", "allow_insecure_peers",
@@ -255,7 +256,7 @@ def _apply(cfg: Config, data: dict) -> None:
             setattr(cfg, f"{key}_usec", parse_duration(jobs[key]))
     if cfg.max_time_usec and cfg.default_time_usec > cfg.max_time_usec:
         raise ConfigError("jobs.default_time is longer than jobs.max_time")
-    for key in ("max_argv_bytes", "max_env_entries", "max_pending_per_user"):
+    for key in ("max_argv_bytes", "max_env_entries", "max_pending_per_user", "max_array_tasks"):
         if key in jobs:
             setattr(cfg, key, int(jobs[key]))
     if "max_user_priority" in jobs:

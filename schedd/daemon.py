@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: (engine.begin_shutdown(), stop.set()))  # no start from now on
     watchdog = _start_watchdog(loop)
     disconnected = loop.create_task(bus.wait_for_disconnect())
     stopping = loop.create_task(stop.wait())
@@ -131,6 +131,7 @@ async def run(args: argparse.Namespace) -> int:
             await web.federation.stop()
         await web.stop()
     await engine.shutdown()
+    await dbus.flush(bus)  # the last signals, queued for the end of the loop's turn
     bus.disconnect()
     store.close()
     log.info("stopped; running jobs continue in their scopes and will be re-adopted")

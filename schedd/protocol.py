@@ -9,6 +9,10 @@ on the bus.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 import re
 import shlex
 from decimal import Decimal
@@ -34,6 +38,7 @@ SPEC_KEYS: dict[str, str] = {
     "Requeue": "b",
     "ArrayTaskId": "u",
     "ArrayMaxRunning": "u",
+    "ArrayTasks": "s",
 }
 
 # Job object properties (and GetJob/ListJobs keys) -> D-Bus signature.
@@ -104,7 +109,10 @@ LIST_FILTER_KEYS: dict[str, str] = {
     "Limit": "u",
     "After": "t",
     "AllNodes": "b",
+    "FoldArrays": "b",
 }
+# A FoldArrays row of an array's tasks that have not started yet: their ids, Slurm's way ('5-1000000%8').
+ARRAY_TASKS_KEY, ARRAY_TASKS_SIGNATURE = "ArrayTasks", "s"
 
 # A node's capacity and load: in ListNodes rows and heartbeats, and the Manager's properties.
 LOAD_KEYS: dict[str, str] = {
@@ -325,3 +333,125 @@ def format_ranges(ids: list[int]) -> str:
         out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
         i = j + 1
     return ",".join(out)
+
+
+Range = tuple[int, int, int]  # (start, last, step): start, start+step, ... up to last (last is in the range)
+
+
+def _range_len(r: Range) -> int:
+    return (r[1] - r[0]) // r[2] + 1
+
+
+def _range_text(r: Range) -> str:
+    start, last, step = r
+    if start == last:
+        return str(start)
+    return f"{start}-{last}" + (f":{step}" if step > 1 else "")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRanges:
+    """An array's task ids as Slurm writes them ('1-1000000%8', '0,3,5-7', '0-15:4'), kept as ranges:
+    nothing here ever lists the ids, so a million tasks cost a few tuples. Tasks are numbered by
+    their position (index 0..count-1, in ascending task id): an array's task at index i is job
+    first_id + i."""
+
+    ranges: tuple[Range, ...]
+    cap: int = 0  # at most this many tasks run at once; 0: no cap
+    _ends: tuple[int, ...] = field(default=(), compare=False, repr=False)  # cumulative counts
+
+    def __post_init__(self) -> None:
+        ends, n = [], 0
+        for r in self.ranges:
+            n += _range_len(r)
+            ends.append(n)
+        object.__setattr__(self, "_ends", tuple(ends))
+
+    @classmethod
+    def parse(cls, text: str, max_tasks: int = 0) -> "TaskRanges":
+        """ValueError with a sentence on bad syntax, overlapping ranges or more than max_tasks (0: any)."""
+        body, _, cap_text = text.replace(" ", "").partition("%")
+        cap = 0
+        if cap_text:
+            if not cap_text.isdigit() or int(cap_text) < 1 or int(cap_text) >= 2**32:
+                raise ValueError(f"{text!r}: after % give how many tasks may run at once, e.g. 1-100%8")
+            cap = int(cap_text)
+        if not body:
+            raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)")
+        out: list[Range] = []
+        for part in body.split(","):
+            rng, colon, step_text = part.partition(":")
+            lo, dash, hi = rng.partition("-")
+            try:
+                start = int(lo)
+                end = int(hi) if dash else start
+                step = int(step_text) if colon else 1
+            except ValueError:
+                raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)") from None
+            if start < 0 or end < start or step < 1 or end >= 2**32 or not lo.isdigit():
+                raise ValueError(f"{text!r}: {part!r} is not a range of task ids from low to high (0 to {2**32 - 1})")
+            out.append((start, start + (end - start) // step * step, step))
+        out.sort()
+        for a, b in zip(out, out[1:]):
+            if b[0] <= a[1]:
+                raise ValueError(f"{text!r}: {_range_text(a)} and {_range_text(b)} overlap; name each task once")
+        tasks = cls(tuple(out), cap)
+        if max_tasks and tasks.count > max_tasks:
+            raise ValueError(f"{text!r}: {tasks.count} tasks; one array has at most {max_tasks} "
+                             f"(max_array_tasks in schedd.toml)")
+        return tasks
+
+    @property
+    def count(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def task_at(self, index: int) -> int:
+        """The task id at a position (IndexError outside 0..count-1)."""
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        k = bisect_right(self._ends, index)
+        before = self._ends[k - 1] if k else 0
+        start, _, step = self.ranges[k]
+        return start + (index - before) * step
+
+    def index_of(self, task: int) -> int | None:
+        """The position of a task id, None if the array has no such task."""
+        k = bisect_right(self.ranges, (task, 2**64, 2**64)) - 1
+        if k < 0:
+            return None
+        start, last, step = self.ranges[k]
+        if task > last or (task - start) % step:
+            return None
+        return (self._ends[k - 1] if k else 0) + (task - start) // step
+
+    def slice_ranges(self, lo: int, hi: int) -> list[Range]:
+        """The task ids at positions lo..hi-1, as ranges (O(ranges), not O(tasks))."""
+        out: list[Range] = []
+        hi = min(hi, self.count)
+        before = 0
+        for r, end in zip(self.ranges, self._ends):
+            if end > lo and before < hi:
+                a, b = max(lo, before) - before, min(hi, end) - before - 1
+                out.append((r[0] + a * r[2], r[0] + b * r[2], r[2]))
+            before = end
+            if before >= hi:
+                break
+        return out
+
+    def format(self, positions: list[tuple[int, int]] | None = None, cap: bool = True) -> str:
+        """Slurm's text of the tasks (or of those at the half-open position ranges given): '5-1000000%8'."""
+        rs = list(self.ranges) if positions is None else [r for lo, hi in positions for r in self.slice_ranges(lo, hi)]
+        merged: list[Range] = []
+        for r in rs:  # neighbours of step 1 written as one range
+            if merged and r[2] == 1 and merged[-1][2] == 1 and merged[-1][1] + 1 == r[0]:
+                merged[-1] = (merged[-1][0], r[1], 1)
+            elif merged and r[0] == r[1] and merged[-1][0] == merged[-1][1] and r[0] == merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], r[1], 1)
+            else:
+                merged.append(r)
+        text = ",".join(_range_text(r) for r in merged)
+        return text + (f"%{self.cap}" if cap and self.cap else "")
+
+    def __iter__(self) -> Iterator[int]:
+        for start, last, step in self.ranges:
+            yield from range(start, last + 1, step)

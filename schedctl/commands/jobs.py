@@ -45,8 +45,27 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                        ("release", "let held jobs start"), ("suspend", "stop running jobs, keeping their resources"),
                        ("resume", "continue suspended jobs"), ("requeue", "put jobs back in the queue")):
         x = sub.add_parser(name, parents=[common], help=what)
-        x.add_argument("ids", nargs="+", type=job_id, metavar="ID")
+        if name in ARRAY_VERBS:
+            x.add_argument("ids", nargs="+", type=array_target, metavar="ID|ARRAY_*")
+            x.add_argument("--array", dest="whole", action="store_true",
+                           help="each ID names an array (its first job id): act on every task of it, "
+                                "also those not started (as ID_* or ID_[*] does)")
+        else:
+            x.add_argument("ids", nargs="+", type=job_id, metavar="ID")
         x.set_defaults(func=cmd_action)
+
+
+ARRAY_VERBS = ("cancel", "hold", "release")
+
+
+def array_target(text: str) -> tuple[int, bool]:
+    """'12' -> (12, False): that job; '12_*' or '12_[*]' -> (12, True): the whole array 12, as
+    Slurm's scancel 12 does (here 12 alone stays the one job, which is also the array's first task)."""
+    head, sep, tail = text.partition("_")
+    if sep and tail not in ("*", "[*]"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a job id, or ARRAY_* for every task of an array (a task is named by its own job id)")
+    return job_id(head), bool(sep)
 
 
 def prepare_queue(args: argparse.Namespace) -> None:
@@ -84,8 +103,9 @@ async def cmd_queue(c: Client, args: argparse.Namespace) -> int:
 
 
 async def _head(c: Client, args: argparse.Namespace) -> None:
+    fold = not args.expand
     running = [j async for page in c.job_pages(RUNNING_STATES, args.uid) for j in page]
-    waiting = [j async for page in c.job_pages(WAITING_STATES, args.uid, HEAD + 1) for j in page]
+    waiting = [j async for page in c.job_pages(WAITING_STATES, args.uid, HEAD + 1, fold=fold) for j in page]
     count: int | None = len(waiting)
     if count > HEAD:
         waiting = waiting[:HEAD]
@@ -97,7 +117,7 @@ async def _head(c: Client, args: argparse.Namespace) -> None:
 
 async def _stream_table(c: Client, args: argparse.Namespace) -> None:
     out, tty, n = render.StreamTable(render.QUEUE_HEADERS, render.QUEUE_RIGHT), render.is_tty(), 0
-    async for page in c.job_pages(args.states, args.uid, args.limit):
+    async for page in c.job_pages(args.states, args.uid, args.limit, fold=not args.expand):
         n += len(page)
         sys.stdout.write(out.page(render.queue_rows(page, tty, fold=not args.expand)) + "\n")
         sys.stdout.flush()
@@ -137,12 +157,15 @@ async def cmd_show(c: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_action(c: Client, args: argparse.Namespace) -> int:
-    """cancel/hold/release/suspend/resume/requeue: one Manager call per id; a refusal does not stop the rest."""
+    """cancel/hold/release/suspend/resume/requeue: one Manager call per id; a refusal does not stop the rest.
+    With --array or ID_* (cancel, hold, release): CancelArray/HoldArray/ReleaseArray of each array."""
     member = args.command_name.capitalize()
     results = []
-    for job_id in args.ids:
+    for target in args.ids:
+        job_id, whole = target if isinstance(target, tuple) else (target, False)
+        whole = whole or getattr(args, "whole", False)
         try:
-            await c.call(member, "t", [job_id])
+            await c.call(f"{member}Array" if whole else member, "t", [job_id])
             results.append({"Id": job_id, "Ok": True})
         except DBusError as e:
             print(f"schedctl: {args.command_name} {job_id}: {e.text}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """`schedctl submit`: the Submit a{sv} built from a job file, the options and the caller's
-environment, checked before the first call; --array turns it into one SubmitMany."""
+environment, checked before the first call; --array makes it one Submit with ArrayTasks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Callable
 from dbus_fast import Variant
 from dbus_fast.errors import DBusFastError
 
-from schedd.protocol import SPEC_KEYS, job_file_to_spec, parse_array, parse_duration, parse_size
+from schedd.protocol import SPEC_KEYS, TaskRanges, job_file_to_spec, parse_duration, parse_size
 from schedctl.client import Client
 from schedctl.commands.common import emit
 from schedctl.errors import UsageError
@@ -176,28 +176,31 @@ def prepare_submit(args: argparse.Namespace) -> None:
     except OSError as e:
         raise UsageError(f"cannot tell the current directory ({e.strerror}); give --chdir") from None
     args.spec = build_spec(args, dict(os.environ), cwd)
-    args.tasks, args.cap = _convert_array(args.array) if args.array else (None, 0)
+    args.tasks = _convert_array(args.array) if args.array else None
 
 
-def _convert_array(text: str) -> tuple[list[int], int]:
+def _convert_array(text: str) -> TaskRanges:
+    """Checked here (the daemon checks again, with its max_array_tasks), never expanded."""
     try:
-        return parse_array(text)
+        return TaskRanges.parse(text)
     except ValueError as e:
         raise UsageError(f"--array {e}") from None
 
 
-def array_specs(spec: dict[str, Variant], tasks: list[int], cap: int) -> list[dict[str, Variant]]:
-    """One spec per task, for a single all-or-nothing SubmitMany."""
-    extra = {"ArrayMaxRunning": Variant("u", cap)} if cap else {}
-    return [{**spec, "ArrayTaskId": Variant("u", t), **extra} for t in tasks]
+IDS_IN_JSON = 10_000  # --json lists the ids of an array up to this many tasks (they are first..last anyway)
 
 
 async def cmd_submit(c: Client, args: argparse.Namespace) -> int:
     if args.tasks is not None:
-        (ids,) = await c.call("SubmitMany", "aa{sv}", [array_specs(args.spec, args.tasks, args.cap)])
-        cap = f", at most {args.cap} running at once" if args.cap else ""
-        emit(args, {"id": ids[0], "ArrayJobId": ids[0], "ids": ids},
-             f"Submitted array job {ids[0]}: {len(ids)} tasks (jobs {ids[0]}-{ids[-1]}){cap}")
+        # One Submit for the whole array (ArrayTasks): the daemon keeps it as one record and makes
+        # tasks into jobs as they can start; task i (in id order) is job first + i.
+        first, _ = await c.submit({**args.spec, "ArrayTasks": Variant("s", args.tasks.format())})
+        n = args.tasks.count
+        cap = f", at most {args.tasks.cap} running at once" if args.tasks.cap else ""
+        out = {"id": first, "ArrayJobId": first, "Tasks": n, "LastId": first + n - 1}
+        if n <= IDS_IN_JSON:
+            out["ids"] = list(range(first, first + n))
+        emit(args, out, f"Submitted array job {first}: {n} tasks (jobs {first}-{first + n - 1}){cap}")
         return 0
     job_id, path = await c.submit(args.spec)
     emit(args, {"id": job_id, "path": path}, f"Submitted job {job_id}")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from schedd.errors import AccessDenied, InvalidArgument, Unsatisfiable
 from schedd.core.model import EMPTY, JobSpec
-from schedd.protocol import SPEC_KEYS, format_duration, format_size
+from schedd.protocol import SPEC_KEYS, TaskRanges, format_duration, format_size
 
 MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
 MAX_NAME = 256
@@ -37,6 +37,7 @@ class Limits:
     max_env_entries: int
     default_time_usec: int = 0
     max_time_usec: int = 0
+    max_array_tasks: int = 1_000_000
     # Federation: () -> every node this one knows (placement.NodeView), this one included; None alone.
     # A callable: only a spec with a Node pays for looking at the cluster.
     cluster: Callable[[], list] | None = None
@@ -144,8 +145,9 @@ def build_spec(
     Type checks come first (wrong D-Bus type → InvalidArgument), then values,
     then whether any node could ever hold it (→ Unsatisfiable).
 
-    users: a cache of [passwd entry, default working directory or None] by uid that the caller keeps
-    for one batch, so a SubmitMany asks NSS and stats the home directory once per user, not per spec.
+    users: a cache of [passwd entry, default working directory or None, working directories found
+    searchable] by uid that the caller keeps for one batch, so a SubmitMany asks NSS and stats a
+    directory once per user, not per spec.
     """
     if not isinstance(props, dict):
         raise InvalidArgument("the spec must be a dictionary a{sv}")
@@ -211,20 +213,23 @@ def build_spec(
         except KeyError:
             raise (_bad("User", f"uid {uid} does not exist on this node") if "User" in v
                    else AccessDenied(f"your uid {uid} has no passwd entry on this node")) from None
-        known = [pw, None]
+        known = [pw, None, set()]
         if users is not None:
             users[uid] = known
     pw = known[0]
 
     if "WorkingDirectory" in v:
         cwd = _check_path("WorkingDirectory", v["WorkingDirectory"])
-        if _user_may_search(pw, cwd):
+        if cwd in known[2]:
+            pass  # checked for this user earlier in the batch
+        elif _user_may_search(pw, cwd):
             try:
                 st = os.stat(cwd)
             except OSError as e:
                 raise _bad("WorkingDirectory", f"{cwd}: {e.strerror}") from None
             if not stat.S_ISDIR(st.st_mode):
                 raise _bad("WorkingDirectory", f"{cwd} is not a directory")
+            known[2].add(cwd)
     else:
         if known[1] is None:
             known[1] = pw.pw_dir if os.path.isdir(pw.pw_dir) else "/"
@@ -269,6 +274,8 @@ def build_spec(
     array_max = v.get("ArrayMaxRunning", 0)
     if "ArrayMaxRunning" in v and array_task is None:
         raise _bad("ArrayMaxRunning", "only array tasks (with ArrayTaskId) have a cap on running tasks")
+    if "ArrayTasks" in v:
+        _check_array_tasks(v, limits)
 
     return JobSpec(
         exec_size=argv_bytes,
@@ -293,3 +300,29 @@ def build_spec(
         array_task_id=array_task,
         array_max_running=array_max,
     )
+
+
+# -- ArrayTasks: one Submit for a whole array (engine/arrays.py) ---------------------------------
+
+def _check_array_tasks(v: dict[str, Any], limits: Limits) -> None:
+    """ArrayTasks goes alone: not with the per-task keys of the SubmitMany way, nor to another node."""
+    clash = [k for k in ("ArrayTaskId", "ArrayMaxRunning") if k in v]
+    if clash:
+        raise _bad("ArrayTasks", f"names the whole array (with its %N cap); do not give {clash[0]} with it")
+    if v.get("Node", "") not in ("", limits.node_name):
+        raise _bad("ArrayTasks", "an array runs on the node it is submitted to; drop Node")
+    array_tasks_of({"ArrayTasks": v["ArrayTasks"]}, limits)
+
+
+def array_tasks_of(props: dict[str, Any], limits: Limits) -> TaskRanges | None:
+    """The ArrayTasks of a spec (plain values or Variants), None without; InvalidArgument if bad."""
+    if "ArrayTasks" not in props:
+        return None
+    raw = props["ArrayTasks"]
+    text = getattr(raw, "value", raw)
+    if not isinstance(text, str):
+        raise _bad("ArrayTasks", "must be a string like 1-1000000, 0,3,5-7 or 0-15:4, with %N to cap")
+    try:
+        return TaskRanges.parse(text, limits.max_array_tasks)
+    except ValueError as e:
+        raise _bad("ArrayTasks", str(e)) from None

@@ -112,8 +112,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN exec_size INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: arrays as one record (engine/arrays.py). An ArrayTasks submit reserves the ids id..id+count-1
+    # and keeps here its template (a job row as JSON), its tasks (Slurm's text), and the positions of
+    # the tasks not made into jobs yet (`left`: JSON [[lo, hi), ...]); a task becomes a jobs row when
+    # it is about to run (or a verb names it). state: PENDING, HELD, or CANCELLED (the left tasks
+    # ended cancelled without a row, at end_time).
+    """
+    CREATE TABLE arrays (
+        id INTEGER PRIMARY KEY,
+        template TEXT NOT NULL,
+        tasks TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        left TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        submit_time INTEGER NOT NULL,
+        end_time INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+ARRAY_COLUMNS = ("id", "template", "tasks", "count", "left", "uid", "state", "submit_time", "end_time")
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; a D-Bus 't' can name ids beyond it, which never exist
 
 COLUMNS = (
@@ -548,8 +567,36 @@ class Store:
     # -- reads --------------------------------------------------------------
 
     def max_id(self) -> int:
-        """The highest id ever given out and recorded: purged jobs included."""
-        return max(self._r.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0], self.purged_max_id())
+        """The highest id ever given out and recorded: purged jobs and the ids arrays reserved included."""
+        arrays = self._r.execute("SELECT COALESCE(MAX(id + count - 1), 0) FROM arrays").fetchone()[0]
+        return max(self._r.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0], self.purged_max_id(),
+                   arrays)
+
+    # -- arrays (engine/arrays.py): one row per array, written by the background thread ---------
+
+    def put_array(self, row: tuple) -> asyncio.Future:
+        """Write an array's record (ARRAY_COLUMNS' order); resolves once durable."""
+        return self.background(self._put_array, row)
+
+    def _put_array(self, row: tuple) -> None:
+        c = self._bg()
+        c.execute(f"INSERT OR REPLACE INTO arrays ({', '.join(ARRAY_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(ARRAY_COLUMNS))})", row)
+
+    def delete_array(self, array_id: int) -> asyncio.Future:
+        return self.background(lambda: self._bg().execute("DELETE FROM arrays WHERE id = ?", (array_id,)))
+
+    def load_arrays(self) -> list[tuple]:
+        return self._r.execute(f"SELECT {', '.join(ARRAY_COLUMNS)} FROM arrays ORDER BY id").fetchall()
+
+    def array_job_ids(self, array_id: int, from_id: int = 0, states: Iterable[str] | None = None) -> list[int]:
+        """Ids of the array's tasks that are jobs rows (from from_id on; of those states)."""
+        sql, args = "SELECT id FROM jobs WHERE array_job_id = ? AND id >= ?", [array_id, from_id]
+        if states is not None:
+            states = list(states)
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            args += states
+        return [r[0] for r in self._r.execute(sql + " ORDER BY id", args)]
 
     def purged_max_id(self) -> int:
         row = self._r.execute("SELECT value FROM meta WHERE key = 'purged_max_id'").fetchone()
@@ -577,11 +624,18 @@ class Store:
             (*_TERMINAL, finished_since_usec)).fetchall()
         return [row_to_job(r) for r in rows]
 
-    def deferred_usage(self) -> list[tuple[str, int, int, int]]:
-        """(state, uid, jobs, bytes) of the deferred jobs (bytes: DISK_BYTES_SQL, as loading.deferred_bytes)."""
+    def deferred_usage(self) -> list[tuple[str, int, str, int, int]]:
+        """(state, uid, owner, jobs, bytes) of the deferred jobs (owner: JobSpec.owner; bytes:
+        DISK_BYTES_SQL, as loading.deferred_bytes)."""
         return self._r.execute(
-            f"SELECT state, uid, count(*), sum({DISK_BYTES_SQL}) FROM jobs "
-            f"WHERE {DEFERRED_SQL} GROUP BY state, uid").fetchall()
+            "SELECT state, uid, CASE WHEN user_name != '' THEN user_name ELSE CAST(uid AS TEXT) END AS owner, "
+            f"count(*), sum({DISK_BYTES_SQL}) FROM jobs WHERE {DEFERRED_SQL} GROUP BY state, uid, owner").fetchall()
+
+    def live_ids(self, states: Iterable[str], exclude: Container[int]) -> list[int]:
+        """The ids of the jobs in these states, by id, skipping those in exclude (in memory)."""
+        marks = ",".join("?" * len(states := list(states)))
+        rows = self._r.execute(f"SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+        return [i for (i,) in rows if i not in exclude]
 
     def deferred_reader(self, state: str) -> "RowReader":
         """The deferred jobs of one state by id (no sort: the scheduler waits for all of them), on a

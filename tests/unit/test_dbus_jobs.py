@@ -307,6 +307,48 @@ async def test_get_managed_objects_lists_what_dbus_fast_listed(lazy, exported, p
         assert set(new.body[0][MANAGER_PATH]) == {MANAGER_IFACE}
 
 
+class Disk:
+    """Jobs the engine keeps on disk only (engine/loading.py), as JobPaths reads them."""
+
+    def __init__(self, *jobs: Job) -> None:
+        self.jobs = {j.id: j for j in jobs}
+
+    def on_disk(self, job_id: int) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def on_disk_count(self) -> int:
+        return len(self.jobs)
+
+    def on_disk_jobs(self, after: int, limit: int) -> list[Job]:
+        return [self.jobs[i] for i in sorted(self.jobs) if i > after][:limit]
+
+    def on_disk_ids(self) -> list[int]:
+        return sorted(self.jobs)
+
+
+async def test_jobs_on_disk_are_listed_with_the_others(lazy):
+    """A held job out of memory is still one of the manager's objects: in the subtree's children,
+    in GetManagedObjects (with its private keys for its owner only), and counted against the limit."""
+    svc = lazy.service  # type: ignore[attr-defined]
+    svc.job_added(a_job(3))
+    svc.objects.disk = Disk(*(a_job(i, uid=OWNER if i == 5 else OTHER) for i in (5, 6)))
+    (root,) = lazy.ask(call(JOB_ROOT, INTRO, "Introspect"))
+    assert [n.name for n in intr.Node.parse(root.body[0]).nodes] == ["3", "5", "6"]
+    lazy.sent.clear()
+    lazy.bus._process_message(call(MANAGER_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"))
+    (reply,) = await _settle(lazy)
+    assert [p for p in reply.body[0]] == [job_path(i) for i in (3, 5, 6)]
+    assert reply.body[0][job_path(5)][JOB_IFACE]["Command"].value == ["curl", "-H", "token: s3cret"]
+    assert reply.body[0][job_path(6)][JOB_IFACE]["Command"].value == []  # another's job
+    svc.MANAGED_MAX = 2  # three objects: one over, the ones on disk counted
+    lazy.sent.clear()
+    (err,) = lazy.ask(call(MANAGER_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"))
+    assert err.error_name == "org.freedesktop.DBus.Error.LimitsExceeded" and "3 job objects" in err.body[0]
+    svc.objects.clear()  # only jobs on disk: the subtree still answers for them
+    (root,) = lazy.ask(call(JOB_ROOT, INTRO, "Introspect"))
+    assert [n.name for n in intr.Node.parse(root.body[0]).nodes] == ["5", "6"]
+
+
 def test_job_ids_are_read_as_job_path_writes_them():
     assert [job_id(job_path(i)) for i in (0, 1, 42, 10**12)] == [0, 1, 42, 10**12]
     for bad in (JOB_ROOT, JOB_ROOT + "/", JOB_ROOT + "/03", JOB_ROOT + "/3/x", JOB_ROOT + "/x", MANAGER_PATH):

@@ -800,6 +800,11 @@ async def test_a_long_queue_loads_after_start_and_answers_meanwhile(node):
     await e.recover(node.ex)
     assert not set(held + pending) & set(e.jobs) and e.loading_pending
     assert e.counts() == (8, 0) and e.quotas.jobs(ME) == 8
+    # What lists every live job (GetManagedObjects, the subtree's Introspect, metrics, dashboard) sees them.
+    assert e.on_disk_count() == 8 and e.on_disk_ids() == sorted(held + pending)
+    assert [j.id for j in e.on_disk_jobs(held[0], 3)] == sorted(held + pending)[1:4]
+    owner = node.engine.store.get(held[0]).spec.owner
+    assert e.on_disk_by_owner() == {(H, owner): len(held), (P, owner): len(pending)}
     listed = e.list(["HELD", "PENDING"], ME, 0, 100)
     assert [j.id for j in listed] == sorted(held + pending)
     assert [j.id for j in e.list(["HELD"], None, held[1], 2)] == held[2:4]
@@ -818,6 +823,7 @@ async def test_a_long_queue_loads_after_start_and_answers_meanwhile(node):
     assert node.state(held[1]) == (H, Reason.HELD) and held[1] not in e.jobs  # read from the store
     await e.release(held[1], CALLER)  # loaded, then released: now the scheduler's
     assert held[1] in e.jobs and e.quotas.on_disk[ME].jobs == 3 and node.state(held[1])[0] in (P, R)
+    assert e.on_disk_ids() == held[2:] and e.on_disk_by_owner() == {(H, owner): 3}
 
 
 async def test_recovery_fails_a_job_whose_unit_cannot_be_looked_at(node):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -50,6 +51,12 @@ class FakeEngine:
         self.store = SimpleNamespace(accounting=lambda uid, since, exclude: [
             r for r in self.archive if r[0] not in exclude and r[3] >= since])
         self.calls: list[tuple[str, int]] = []
+
+    def on_disk_by_owner(self) -> Counter:
+        return Counter()
+
+    def on_disk_jobs(self, after: int, limit: int) -> list[Job]:
+        return []
 
     def counts(self) -> tuple[int, int]:
         c = [j.state for j in self.jobs.values()]

@@ -248,7 +248,7 @@ class _Queue:
     def __init__(self, jobs: list[dict]) -> None:
         self.jobs, self.calls = jobs, 0
 
-    async def job_pages(self, states=None, uid=None, limit=None, page_size=3):
+    async def job_pages(self, states=None, uid=None, limit=None, page_size=3, fold=False):
         picked = [j for j in self.jobs if (states is None or j["State"] in states) and uid in (None, j["User"])]
         picked = picked[:limit]
         for k in range(0, len(picked), page_size):
@@ -565,3 +565,65 @@ def test_queue_of_the_whole_cluster_names_each_jobs_origin():
     lines = text.splitlines()
     assert lines[1].split()[0] == "a:3" and lines[1].split()[-1] == "b"
     assert lines[2].split()[0] == "b:3"
+
+
+def test_queue_shows_an_arrays_folded_row_as_slurm_does():
+    from schedctl.render import fold_arrays
+
+    def j(i, state, task=0, folded=None):
+        row = {"Id": i, "State": state, "ArrayJobId": 12, "ArrayTaskId": task, "ArrayMaxRunning": 8}
+        return row | ({"ArrayTasks": folded} if folded else {})
+
+    jobs = [j(12, "RUNNING", 1), j(13, "PENDING", 2), j(16, "PENDING", 5, "5-1000000%8")]
+    assert [label for label, _ in fold_arrays(jobs)] == ["12 (12_1)", "12_[2,5-1000000%8]"]
+    assert [label for label, _ in fold_arrays([j(12, "HELD", 1, "1-9")])] == ["12_[1-9]"]
+
+
+def test_cancel_of_an_array_target_calls_the_array_verb():
+    from schedctl.commands.jobs import array_target
+
+    assert array_target("12") == (12, False)
+    assert array_target("12_*") == (12, True) and array_target("12_[*]") == (12, True)
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="ARRAY_"):
+        array_target("12_5")
+
+
+class _Calls:
+    """A client that records the Manager calls a command makes (Submit answers with job 12)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    async def submit(self, spec):
+        self.calls.append(("Submit", spec))
+        return 12, "/org/schedd/Schedd1/job/12"
+
+    async def call(self, member, signature="", body=None):
+        self.calls.append((member, *(body or [])))
+        return []
+
+
+def test_submit_array_is_one_submit_of_the_ranges(capsys, tmp_path, monkeypatch):
+    from schedctl.commands.jobs import cmd_action
+    from schedctl.commands.submit import cmd_submit, prepare_submit
+
+    monkeypatch.chdir(tmp_path)
+    c = _Calls()
+    a = parse(["--json", "submit", "--array", "1-1000000%8", "--", "true"])
+    prepare_submit(a)
+    assert asyncio.run(cmd_submit(c, a)) == 0
+    ((member, spec),) = c.calls
+    assert member == "Submit" and spec["ArrayTasks"] == Variant("s", "1-1000000%8") and "ArrayTaskId" not in spec
+    out = json.loads(capsys.readouterr().out)
+    assert (out["id"], out["Tasks"], out["LastId"]) == (12, 1_000_000, 1_000_011) and "ids" not in out
+    for argv, want in ((["cancel", "12_*"], ("CancelArray", 12)), (["hold", "--array", "12"], ("HoldArray", 12)),
+                       (["release", "12"], ("Release", 12))):
+        c.calls.clear()
+        a = parse(argv)
+        a.command_name = argv[0]
+        assert asyncio.run(cmd_action(c, a)) == 0
+        assert c.calls == [want]
+    with pytest.raises(UsageError, match="--array"):
+        prepare_submit(parse(["submit", "--array", "1-5,3-4", "--", "true"]))

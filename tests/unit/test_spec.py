@@ -92,7 +92,8 @@ def test_every_key_with_its_dbus_type(limits: Limits, tmp_path: Path) -> None:
         "ArrayTaskId": Variant("u", 4),
         "ArrayMaxRunning": Variant("u", 8),
     }
-    assert set(props) == set(SPEC_KEYS)  # the test covers the whole contract
+    # the test covers the whole contract; ArrayTasks goes without the per-task keys (test_arrays.py)
+    assert set(props) | {"ArrayTasks"} == set(SPEC_KEYS)
     spec = build(props, limits, caller_uid=ROOT)
     assert spec == JobSpec(
         command=["/usr/bin/python3", "train.py", "--epochs", "3"],
@@ -526,6 +527,8 @@ _GOOD = {
     "Requeue": _variant("b", st.booleans()),
     "ArrayTaskId": _variant("u", st.one_of(st.integers(0, 1000), _SIG_VALUES["u"])),
     "ArrayMaxRunning": _variant("u", st.one_of(st.integers(0, 8), _SIG_VALUES["u"])),
+    "ArrayTasks": _variant("s", st.one_of(st.sampled_from(["1-10", "0,3,5-7%2", "0-15:4", "1-2000000", "x", "5-3", ""]),
+                                          _SIG_VALUES["s"])),
 }
 assert set(_GOOD) == set(SPEC_KEYS)
 

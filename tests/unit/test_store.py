@@ -275,10 +275,11 @@ async def test_load_live_returns_unfinished_and_recently_finished(store: Store) 
     assert [j.id for j in live] == [2, 4, 6, 7, 9]
     assert live[0].state is JobState.RUNNING
     usage = sorted(store.deferred_usage())
-    assert [(st, uid, n) for st, uid, n, _ in usage] == [("HELD", 1000, 1), ("HELD", 1001, 1), ("PENDING", 1000, 1)]
-    assert usage[0][3] == len("/bin/echo") + 1 + len("3") + 1  # argv and environment as execve counts them
+    assert [(st, uid, n) for st, uid, _, n, _ in usage] == [("HELD", 1000, 1), ("HELD", 1001, 1), ("PENDING", 1000, 1)]
+    assert [owner for _, _, owner, _, _ in usage] == ["u1000", "u1001", "u1000"]  # JobSpec.owner
+    assert usage[0][4] == len("/bin/echo") + 1 + len("3") + 1  # argv and environment as execve counts them
     store._w.execute("UPDATE jobs SET exec_size = 0 WHERE id = 3")  # a row written before exec_size
-    assert sorted(store.deferred_usage())[0][3] == len('["/bin/echo", "3"]') + len("[]")  # its JSON's length
+    assert sorted(store.deferred_usage())[0][4] == len('["/bin/echo", "3"]') + len("[]")  # its JSON's length
     reader = store.deferred_reader("HELD")
     assert [r[0] for r in reader.fetch(1)] + [r[0] for r in reader.fetch(5)] == [3, 10] and reader.fetch(5) == []
     reader.close()
@@ -300,7 +301,7 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
 def test_new_database_is_migrated_to_current_version(store: Store) -> None:
     assert fresh_rows(store.path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert fresh_rows(store.path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") == [
-        ("jobs",), ("meta",)]
+        ("arrays",), ("jobs",), ("meta",)]
 
 
 def test_reopening_does_not_migrate_again(tmp_path: Path) -> None:

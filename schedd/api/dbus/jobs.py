@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from dbus_fast import Message, Variant
@@ -84,28 +84,52 @@ def children_xml(path: str, names) -> str:
     return f'{XML_HEADER}<node name="{path}">\n  ' + "\n    ".join(names) + "\n    </node>"
 
 
+class OnDisk(Protocol):
+    """What JobPaths reads of the live jobs the engine keeps on disk only (engine/loading.py)."""
+
+    def on_disk(self, job_id: int) -> Job | None: ...
+    def on_disk_count(self) -> int: ...
+    def on_disk_jobs(self, after: int, limit: int) -> list[Job]: ...
+    def on_disk_ids(self) -> list[int]: ...
+
+
+class _NothingOnDisk:
+    def on_disk(self, job_id: int) -> Job | None:
+        return None
+
+    def on_disk_count(self) -> int:
+        return 0
+
+    def on_disk_jobs(self, after: int, limit: int) -> list[Job]:
+        return []
+
+    def on_disk_ids(self) -> list[int]:
+        return []
+
+
 class JobPaths(dict):
     """Job id -> Job for every job whose path answers on the bus (what was exported before): the
     jobs the engine announced (job_added) and has not released. A JobObject stored here stands for
     its job (the per-job objects of before; tools and tests may still hand one). A live job the
-    engine keeps on disk only (engine/loading.py) is not held here: on_disk reads it when asked,
-    so its path answers like the others (the count and the list of children are the ones here)."""
+    engine keeps on disk only (engine/loading.py) is not held here: `disk` reads it when asked, so
+    its path answers like the others, and it is counted and listed with them (total, all_ids,
+    all_jobs: GetManagedObjects and the subtree's Introspect)."""
 
-    def __init__(self, on_disk: Callable[[int], Job | None] = lambda job_id: None) -> None:
+    def __init__(self, disk: OnDisk | None = None) -> None:
         super().__init__()
-        self.on_disk = on_disk
+        self.disk: OnDisk = disk if disk is not None else _NothingOnDisk()
 
     def __setitem__(self, job_id: int, job: Any) -> None:
         super().__setitem__(job_id, getattr(job, "job", job))
 
     def __missing__(self, job_id: int) -> Job:
-        job = self.on_disk(job_id)
+        job = self.disk.on_disk(job_id)
         if job is None:
             raise KeyError(job_id)
         return job
 
     def __contains__(self, job_id: object) -> bool:
-        return super().__contains__(job_id) or (isinstance(job_id, int) and self.on_disk(job_id) is not None)
+        return super().__contains__(job_id) or (isinstance(job_id, int) and self.disk.on_disk(job_id) is not None)
 
     def get(self, job_id: int, default: Any = None) -> Any:
         try:
@@ -116,6 +140,25 @@ class JobPaths(dict):
     def load(self, jobs: dict[int, Job]) -> None:
         """Many jobs at once (the daemon's start), at the speed of dict.update."""
         self.update(jobs)
+
+    def total(self) -> int:
+        """Every job whose path answers: in memory and on disk."""
+        return len(self) + self.disk.on_disk_count()
+
+    def all_ids(self) -> list[int]:
+        ids = list(self)
+        return ids + self.disk.on_disk_ids() if self.disk.on_disk_count() else ids
+
+    def all_jobs(self) -> list[Job]:
+        """Every job: those in memory, then those on disk."""
+        return [*self.values(), *self.disk_jobs()]
+
+    def disk_jobs(self, page: int = 1000) -> Iterator[Job]:
+        """The jobs on disk, read a page at a time."""
+        after = 0
+        while self.disk.on_disk_count() and (jobs := self.disk.on_disk_jobs(after, page)):
+            yield from jobs
+            after = jobs[-1].id
 
 
 class Service(Protocol):
@@ -173,29 +216,29 @@ class JobTree:
 
     def _introspect(self, msg: Message) -> str | Message | None:
         path = msg.path
-        if not self.objects:
+        jid = job_id(path)
+        if jid is not None and jid in self.objects:  # also a task of an array that is no job yet (counted in no total)
+            head, tail = self._job_xml
+            return f'{head}<node name="{path}">{tail}'
+        if not self.objects.total():
             return None  # nothing under the subtree: dbus-fast's answers are right
         if path == MANAGER_PATH:
             return self._manager_xml
         if path == JOB_ROOT:
             return self._job_root(msg)
-        jid = job_id(path)
-        if jid is None or jid not in self.objects:
-            return None
-        head, tail = self._job_xml
-        return f'{head}<node name="{path}">{tail}'
+        return None
 
     def _job_root(self, msg: Message) -> str | Message:
         """The job subtree's children: every job's id. Refused, like GetManagedObjects, when the list
         would pass the reply budget (about 650,000 jobs), before anything is built."""
-        longest = len(str(max(self.objects)))
-        if len(self.objects) * (longest + 18) > self.reply_budget:  # "\n    <node name=\"ID\" />"
+        ids = self.objects.all_ids()
+        if len(ids) * (len(str(max(ids, default=0))) + 18) > self.reply_budget:  # "\n    <node name=\"ID\" />"
             return Message.new_error(
                 msg, "org.freedesktop.DBus.Error.LimitsExceeded",
-                f"{len(self.objects)} jobs are under {JOB_ROOT}: their list passes the "
+                f"{len(ids)} jobs are under {JOB_ROOT}: their list passes the "
                 f"{self.reply_budget >> 20} MiB a reply may carry; use org.schedd.Schedd1.Manager.ListJobs "
                 "(page with its After filter)")
-        return children_xml(JOB_ROOT, self.objects)  # 100,000 jobs: ~20 ms
+        return children_xml(JOB_ROOT, ids)  # 100,000 jobs: ~20 ms
 
     # -- Properties ------------------------------------------------------------------
 

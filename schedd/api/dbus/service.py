@@ -44,8 +44,9 @@ from schedd.core.engine import MANAGE_ACTION, Caller, Engine
 from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
 from schedd.core.model import Job, JobState, now_usec
 from schedd.core.placement import ledger_load
-from schedd.protocol import (JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT, LOAD_KEYS, MANAGER_PROPERTIES, NODE_KEYS,
-                             ORIGIN_KEY, ORIGIN_SIGNATURE, PRIVATE_JOB_KEYS, STATS_FILTER_KEYS, node_row, redact_job)
+from schedd.protocol import (ARRAY_TASKS_KEY, ARRAY_TASKS_SIGNATURE, JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT,
+                             LOAD_KEYS, MANAGER_PROPERTIES, NODE_KEYS, ORIGIN_KEY, ORIGIN_SIGNATURE, PRIVATE_JOB_KEYS,
+                             STATS_FILTER_KEYS, node_row, redact_job)
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,22 @@ class ManagerObject(ServiceInterface):
     async def Release(self, id: "t") -> "":  # noqa: F821, F722
         await self.engine.release(id, await self._caller())
 
+    # Arrays (an ArrayTasks submit, or the tasks of a SubmitMany array): id is the array's first job id.
+    @method()
+    @_dbus_errors
+    async def CancelArray(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.cancel_array(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def HoldArray(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.hold_array(id, await self._caller())
+
+    @method()
+    @_dbus_errors
+    async def ReleaseArray(self, id: "t") -> "":  # noqa: F821, F722
+        await self.engine.release_array(id, await self._caller())
+
     @method()
     @_dbus_errors
     async def Suspend(self, id: "t") -> "":  # noqa: F821, F722
@@ -246,7 +263,8 @@ class ManagerObject(ServiceInterface):
             raise InvalidArgument(f"Limit: at most {LIST_LIMIT} jobs per call; page with After (the last id you got)")
         # A page holds fewer than Limit rows when they are large (REPLY_BUDGET): page with After
         # until an empty answer.
-        jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit))
+        fold = bool(f.get("FoldArrays"))
+        jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit, fold=fold))
         fed = self.engine.federation
         all_nodes = bool(f.get("AllNodes")) and fed is not None
         if all_nodes:
@@ -255,7 +273,12 @@ class ManagerObject(ServiceInterface):
         viewer = await self.service.viewer(caller, jobs, any_remote=all_nodes)
         sees = self.service.viewer_sees
         if not all_nodes:
-            return [job_variants(j, private=sees(j, viewer)) for j in jobs]
+            rows = [job_variants(j, private=sees(j, viewer)) for j in jobs]
+            if fold:  # an array's tasks that are no jobs yet: one row, at the first of them
+                for j, row in zip(jobs, rows):
+                    if (text := self.engine.folded(j.id)) is not None:
+                        row[ARRAY_TASKS_KEY] = Variant(ARRAY_TASKS_SIGNATURE, text)
+            return rows
         # The whole cluster: each job once, from its origin (copies run here for others are theirs).
         me = self.engine.config.node_name
         out = [job_variants(j, private=sees(j, viewer)) | {ORIGIN_KEY: Variant(ORIGIN_SIGNATURE, me)} for j in jobs]
@@ -345,7 +368,7 @@ class DBusService:
         self.manager = ManagerObject(self)
         # Manager method -> the argument signature it takes (from its annotations), to answer a wrong one precisely.
         self._in_signatures = {m.name: "".join(a.signature for a in m.in_args) for m in self.manager.introspect().methods}
-        self.objects = JobPaths(engine.on_disk)  # the jobs whose paths answer (jobs.py), by id
+        self.objects = JobPaths(engine)  # the jobs whose paths answer (jobs.py), by id
         self._uids: OrderedDict[str, int] = OrderedDict()
         # uid -> (polkit allows manage-jobs, until): per uid, so that a user opening many
         # connections costs polkit one question per OPERATOR_TTL_S, not one per connection.
@@ -469,7 +492,7 @@ class DBusService:
             job = None if jid is None else self.objects.get(jid)
             return None if job is None else [job]
         if msg.interface == OBJECT_MANAGER_IFACE and msg.member == "GetManagedObjects":
-            return list(self.objects.values())
+            return self.objects.all_jobs()
         return None
 
     def _known_viewer(self, sender: str, jobs: list[Job]) -> tuple[int, bool] | None:
@@ -504,19 +527,17 @@ class DBusService:
         slices. Elsewhere dbus-fast answers (nothing is exported below a job's path)."""
         path = msg.path or "/"
         covers_jobs = path == "/" or JOB_PATH_PREFIX.startswith(path.rstrip("/") + "/")
-        if not covers_jobs or not self.objects:
+        if not covers_jobs or not self.objects.total():
             return None
-        if len(self.objects) > self.MANAGED_MAX:
+        if self.objects.total() > self.MANAGED_MAX:
             return self._too_many(msg)
-        # Too big as root would see it: what this caller sees (others' private keys empty) may fit.
-        check = sum(row_bytes(j) for j in self.objects.values()) > REPLY_BUDGET
-        task = asyncio.get_running_loop().create_task(self._answer_managed_objects(msg, check))
+        task = asyncio.get_running_loop().create_task(self._answer_managed_objects(msg))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
         return True
 
     def _too_many(self, msg: Message, size: int = 0) -> Message:
-        what = f"{size >> 20} MiB of job objects are" if size else f"{len(self.objects)} job objects are"
+        what = f"{size >> 20} MiB of job objects are" if size else f"{self.objects.total()} job objects are"
         return Message.new_error(
             msg, "org.freedesktop.DBus.Error.LimitsExceeded",
             f"{what} exported; GetManagedObjects lists at most {self.MANAGED_MAX} (and {REPLY_BUDGET >> 20} MiB): "
@@ -531,12 +552,15 @@ class DBusService:
             raise error
         return {MANAGER_IFACE: values}
 
-    async def _answer_managed_objects(self, msg: Message, check_budget: bool) -> None:
-        jobs = list(self.objects.values())
+    async def _answer_managed_objects(self, msg: Message) -> None:
+        mem = list(self.objects.values())
+        disk = list(self.objects.disk_jobs())  # with mem, at most MANAGED_MAX: ~50 ms of reads
+        jobs = mem + disk
         viewer = await self._viewer_or_answer(msg, jobs)
         if viewer is None:
             return
-        if check_budget:  # the reply as this caller sees it
+        # Too big as root would see it: what this caller sees (others' private keys empty) may fit.
+        if sum(row_bytes(j) for j in jobs) > REPLY_BUDGET:
             size = sum(row_bytes(j) if self.viewer_sees(j, viewer) else ROW_OVERHEAD + len(j.spec.name) for j in jobs)
             if size > REPLY_BUDGET:
                 self.bus.send(self._too_many(msg, size))
@@ -551,9 +575,10 @@ class DBusService:
                                                 f"The service interface raised an error: {type(e).__name__}"))
                 return
         deadline = time.monotonic() + 0.01
-        for jid, job in list(self.objects.items()):
-            if self.objects.get(jid) is job:  # still on the bus
-                result[job_path(jid)] = {JOB_IFACE: job_variants(job, private=self.viewer_sees(job, viewer))}
+        for i, job in enumerate(jobs):
+            # Still on the bus: one in memory not released meanwhile; one on disk is (a change loads it first).
+            if i >= len(mem) or dict.get(self.objects, job.id) is job:
+                result[job_path(job.id)] = {JOB_IFACE: job_variants(job, private=self.viewer_sees(job, viewer))}
             if time.monotonic() >= deadline:
                 await asyncio.sleep(0)
                 deadline = time.monotonic() + 0.01
@@ -647,6 +672,11 @@ class DBusService:
             ))
         if old_state != job.state:
             self._job_state_changed(job)
+
+    def array_changed(self, job: Job, tasks: int) -> None:
+        """An array's tasks that are no jobs yet changed state together: one JobStateChanged, for the
+        first of them (job), stands for all `tasks` of them (engine/arrays.py)."""
+        self._job_state_changed(job)
 
     def job_unloaded(self, job: Job) -> None:
         self.objects.pop(job.id, None)  # its path answers from the store now (JobPaths.on_disk)

@@ -102,6 +102,7 @@ class Dashboard:
             elif j.state.terminal:
                 ended.append(j)
         running.sort(key=lambda j: j.start_time)
+        waiting += e.on_disk_jobs(0, QUEUE_SHOWN)  # the held jobs kept on disk (engine/loading.py)
         waiting = heapq.nsmallest(QUEUE_SHOWN, waiting, key=lambda j: j.id)
         failures = heapq.nlargest(RECENT_SHOWN, (j for j in ended if j.state == JobState.FAILED),
                                   key=lambda j: (j.end_time, j.id))

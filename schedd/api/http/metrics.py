@@ -54,6 +54,8 @@ class _StateCollector(Collector):
                                  "schedd_jobs_finished_total)", labels=["state", "user"])
         counts: Counter[tuple[str, str]] = Counter(
             (j.state.value, j.spec.owner) for j in e.jobs.values() if j.state in LIVE_STATES)
+        for (state, owner), n in e.on_disk_by_owner().items():  # the queue kept on disk (engine/loading.py)
+            counts[state.value, owner] += n
         for state in LIVE_STATES:  # every state present even when zero, so queries need no `or vector(0)`
             if not any(s == state.value for s, _ in counts):
                 jobs.add_metric([state.value, ""], 0)

@@ -12,6 +12,7 @@ One Engine, one concern per module, each a mixin that owns its part of the state
   access.py     Caller and who may act on a job
   submit.py     submit_many: validate -> route -> create -> commit
   admission.py  dependencies, array caps: when a pending job reaches the scheduler
+  arrays.py     arrays as one record (ArrayTasks): tasks become jobs when about to run or named
   running.py    scheduling passes, starts, ends
   limits.py     time limits
   verbs.py      cancel, hold, release, suspend, resume, requeue
@@ -29,6 +30,7 @@ from schedd.config import Config
 from schedd.core.cluster import Cluster
 from schedd.core.engine.access import MANAGE_ACTION, PRIORITY_ACTION, Access, Caller
 from schedd.core.engine.admission import Admission
+from schedd.core.engine.arrays import Arrays
 from schedd.core.engine.events import COUNTS, RESOURCES, Listener
 from schedd.core.engine.limits import TimeLimits
 from schedd.core.engine.loading import Loading
@@ -49,7 +51,7 @@ from schedd.executor import Executor
 __all__ = ["COUNTS", "MANAGE_ACTION", "PRIORITY_ACTION", "RESOURCES", "Caller", "Engine", "Listener", "_Slicer"]
 
 
-class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, Recovery, Loading, Records, Sweep):
+class Engine(Arrays, JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, Recovery, Loading, Records, Sweep):
     def __init__(self, config: Config, store: Store, *, user_mode: bool = False) -> None:
         self.config = config
         self.store = store
@@ -66,6 +68,7 @@ class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, R
         self._init_runs()
         self._init_limits()
         self._init_loading()
+        self._init_arrays()
         self.scheduler = Scheduler(self.ledger, config.policy, running=self._running)
 
     def limits(self) -> Limits:
@@ -75,12 +78,13 @@ class Engine(JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, R
             node_name=c.node_name, total_cpus=self.ledger.total_cpus, total_memory=self.ledger.total_memory,
             total_gpus=self.ledger.total_gpus, default_memory=c.default_memory, min_memory=c.min_memory,
             max_argv_bytes=c.max_argv_bytes, max_env_entries=c.max_env_entries,
-            default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec,
+            default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec, max_array_tasks=c.max_array_tasks,
             cluster=self.federation.views if self.federation is not None else None,
         )
 
     async def shutdown(self) -> None:
         """Stop watching; running jobs go on in their scopes and are re-adopted at the next start."""
+        self.begin_shutdown()
         if getattr(self, "_sweeper", None):
             self._sweeper.cancel()
         if getattr(self, "_purger", None):

@@ -46,13 +46,15 @@ class Loading:
 
     def _init_loading(self) -> None:
         self._deferred: Counter[JobState] = Counter()
+        self._deferred_owners: Counter[tuple[JobState, str]] = Counter()
         self._loader: asyncio.Task | None = None
         self.loading_pending = False  # pending jobs are still on disk: the scheduler waits for them
 
     def _count_deferred(self) -> None:
         """Count what stays on disk (one GROUP BY), charged to its owners' caps until loaded."""
-        for state, uid, n, nbytes in self.store.deferred_usage():
+        for state, uid, owner, n, nbytes in self.store.deferred_usage():
             self._deferred[JobState[state]] += n
+            self._deferred_owners[JobState[state], owner] += n
             self.quotas.to_disk(uid, n, nbytes)
         self.loading_pending = self._deferred[JobState.PENDING] > 0
 
@@ -96,6 +98,8 @@ class Loading:
         if self._deferred[state]:
             log.error("%d %s jobs counted on disk at start were not found there", self._deferred[state], state.value)
             self._deferred[state] = 0
+            for key in [k for k in self._deferred_owners if k[0] == state]:
+                del self._deferred_owners[key]
 
     def _load_now(self, job_id: int, queue: bool = True) -> Job | None:
         """A job not in memory, from the store; a deferred one becomes live here, before anyone
@@ -115,8 +119,28 @@ class Loading:
         job = self.store.get(job_id)
         return job if job is not None and job.state.queued else None
 
+    def on_disk_count(self) -> int:
+        return sum(n for n in self._deferred.values() if n > 0)
+
+    def on_disk_jobs(self, after: int, limit: int) -> list[Job]:
+        """Live jobs kept on disk, by id after `after`: for what lists every live job."""
+        states = self._deferred_states()
+        return self.store.query(states, None, after, limit, exclude=self.jobs) if states else []
+
+    def on_disk_ids(self) -> list[int]:
+        states = self._deferred_states()
+        return self.store.live_ids(states, exclude=self.jobs) if states else []
+
+    def on_disk_by_owner(self) -> Counter[tuple[JobState, str]]:
+        """(state, owner name) -> jobs on disk: what the metrics add to the jobs in memory."""
+        return +self._deferred_owners
+
+    def _deferred_states(self) -> list[str]:
+        return [s.value for s, n in self._deferred.items() if n > 0]
+
     def _adopt_deferred(self, row: tuple, job: Job, queue: bool = True) -> None:
         self._deferred[job.state] -= 1
+        self._deferred_owners[job.state, job.spec.owner] -= 1
         self.quotas.from_disk(job.uid, 1, deferred_bytes(row))
         self._insert(job)
         for l in self.listeners:
@@ -131,6 +155,7 @@ class Loading:
                     and not (job.array_job_id and job.spec.array_max_running) and job.id in self.jobs):
                 self._remove(job)
                 self._deferred[JobState.HELD] += 1
+                self._deferred_owners[JobState.HELD, job.spec.owner] += 1
                 self.quotas.to_disk(job.uid, 1, deferred_bytes(row))
                 for l in self.listeners:
                     l.job_unloaded(job)

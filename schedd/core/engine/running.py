@@ -79,18 +79,25 @@ class Runs:
         self._durable: dict[int, asyncio.Future] = {}  # submitted jobs whose commit is still running
         self._kick_scheduled = False
         self._tasks: set[asyncio.Task] = set()
+        self.stopping = False  # set when the daemon is told to stop (begin_shutdown): no new starts
 
     # -- scheduling ---------------------------------------------------------------
 
     def kick(self) -> None:
         """Something changed (submit, exit, release): run one scheduling pass soon, once (not
         while pending jobs are still being loaded: loading.py kicks when they are)."""
-        if not self._kick_scheduled and not self.loading_pending:
+        if not self._kick_scheduled and not self.loading_pending and not self.stopping:
             self._kick_scheduled = True
             asyncio.get_running_loop().call_soon(self._schedule)
 
+    def begin_shutdown(self) -> None:
+        """The daemon was told to stop: start nothing more; a start cut short leaves its job PENDING."""
+        self.stopping = True
+
     def _schedule(self) -> None:
         self._kick_scheduled = False
+        if self.stopping:
+            return
         started = self.scheduler.schedule(now_usec())
         for job, alloc in started:
             self._allocs[job.id] = alloc
@@ -146,6 +153,14 @@ class Runs:
                 # Cancelled (or fenced) while starting: its program never ran, whatever stopped the start.
                 log.info("job %d: cancelled while it was being started; its program did not run", job.id)
                 self._end(job, *flags.stopped())
+            elif self.stopping:
+                # The daemon is stopping: systemd's SIGTERM to schedd.service's cgroup reached the gate
+                # still waiting there. The program never ran; the job stays PENDING (its durable row)
+                # and starts after the restart, as a start cut by a crash does.
+                log.info("job %d: its start was cut by the daemon stopping; it starts after the restart", job.id)
+                job.assigned_cpus, job.assigned_gpus = [], []
+                self._wake_waiters(job)
+                return
             else:
                 log.error("job %d: cannot start: %s", job.id, e)
                 self._end(job, JobState.FAILED, Reason.RESOURCES)
