@@ -166,7 +166,9 @@ def collapse_pending_arrays(jobs: list[Job]) -> list[Job]:
     out: list[Job] = []
     groups: dict[int, list[Job]] = {}
     for j in jobs:
-        if j.get("ArrayJobId") and j["State"] in ("PENDING", "HELD"):
+        if j.get("ArrayTasks"):  # the daemon's own fold (ListJobs FoldArrays): the tasks that are no jobs yet
+            out.append({**j, "_row_id": f"{j['ArrayJobId']}_[{j['ArrayTasks']}]", "_row_tasks": j["ArrayTasks"]})
+        elif j.get("ArrayJobId") and j["State"] in ("PENDING", "HELD"):
             if j["ArrayJobId"] not in groups:
                 groups[j["ArrayJobId"]] = []
                 out.append({"_group": j["ArrayJobId"]})

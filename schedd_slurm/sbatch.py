@@ -12,7 +12,7 @@ from typing import Any
 from dbus_fast import Variant
 from dbus_fast.errors import DBusError
 
-from schedd.protocol import parse_array
+from schedd.protocol import TaskRanges
 from schedd_slurm import common
 from schedd_slurm.options import NONE, OPTIONAL, Opt, Parsed, SlurmUsage, Table, check_script, parse_script_and_cli
 from schedd_slurm.timespec import parse_date, parse_mem, parse_time
@@ -178,8 +178,8 @@ async def dependencies(c, text: str) -> tuple[list[int], dict[str, list[int]]]:
 
 
 def build(p: Parsed, body: str, script_args: list[str], default_name: str, environ: dict[str, str],
-          cwd: str) -> tuple[dict[str, Any], dict[str, Any], list[int] | None, int]:
-    """(spec values, launcher config, array task ids or None, array cap) -- everything but dependencies."""
+          cwd: str) -> tuple[dict[str, Any], dict[str, Any], TaskRanges | None]:
+    """(spec values, launcher config, the array's tasks or None) -- everything but dependencies."""
     check_script(body)
     nodes = str(p.get("nodes") or "1")
     lo, _, hi = nodes.partition("-")
@@ -237,10 +237,10 @@ def build(p: Parsed, body: str, script_args: list[str], default_name: str, envir
         values["Node"] = str(p.get("nodelist")).split(",")[0]
     if p.get("uid") is not None:
         values["User"] = common.uid_of(str(p.get("uid")))
-    tasks, cap = None, 0
+    tasks: TaskRanges | None = None
     if p.get("array") is not None:
         try:
-            tasks, cap = parse_array(str(p.get("array")))
+            tasks = TaskRanges.parse(str(p.get("array")))
         except ValueError:
             raise SlurmUsage("Batch job submission failed: Invalid job array specification") from None
     output = str(p.get("output") or ("slurm-%A_%a.out" if tasks is not None else "slurm-%j.out"))
@@ -259,10 +259,10 @@ def build(p: Parsed, body: str, script_args: list[str], default_name: str, envir
     if p.get("begin") is not None:
         config["begin"] = parse_date(str(p.get("begin")), "--begin")
     if tasks is not None:
-        steps = {b - a for a, b in zip(tasks, tasks[1:])}
-        config["array"] = {"min": tasks[0], "max": tasks[-1], "count": len(tasks),
-                           "step": steps.pop() if len(steps) == 1 else 1}
-    return values, config, tasks, cap
+        single = len(tasks.ranges) == 1
+        config["array"] = {"min": tasks.ranges[0][0], "max": tasks.ranges[-1][1], "count": tasks.count,
+                           "step": tasks.ranges[0][2] if single else 1}
+    return values, config, tasks
 
 
 def launcher_command(config: dict[str, Any]) -> list[str]:
@@ -275,18 +275,16 @@ def typed(values: dict[str, Any]) -> dict[str, Variant]:
     return typed_spec(values)
 
 
-async def submit(c, values: dict[str, Any], config: dict[str, Any], tasks: list[int] | None, cap: int) -> int:
-    """Queue it; the id Slurm's clients read (an array's first task's id is the array's id)."""
+async def submit(c, values: dict[str, Any], config: dict[str, Any], tasks: TaskRanges | None) -> int:
+    """Queue it; the id Slurm's clients read. An array is one Submit with ArrayTasks (one record in
+    schedd, tasks made jobs as they can start); its first task's id is the array's id."""
     values = {**values, "Command": launcher_command(config)}
     spec = typed(values)
+    if tasks is not None:
+        spec["ArrayTasks"] = Variant("s", tasks.format())
     try:
-        if tasks is None:
-            jid, _path = await c.submit(spec)
-            return jid
-        extra = {"ArrayMaxRunning": Variant("u", cap)} if cap else {}
-        (ids,) = await c.call("SubmitMany", "aa{sv}", [[{**spec, "ArrayTaskId": Variant("u", t), **extra}
-                                                        for t in tasks]])
-        return ids[0]
+        jid, _path = await c.submit(spec)
+        return jid
     except DBusError as e:
         raise SlurmUsage(f"Batch job submission failed: {e.text}") from None
 
@@ -328,7 +326,7 @@ def main(argv: list[str]) -> int:
         script, args, name = read_script(cli)
         p = parse_script_and_cli(t, script, cli)
         cwd = os.getcwd()
-        values, config, tasks, cap = build(p, script, args, name, dict(os.environ), cwd)
+        values, config, tasks = build(p, script, args, name, dict(os.environ), cwd)
         async with common.connect() as c:
             if p.get("dependency"):
                 after, waits = await dependencies(c, str(p.get("dependency")))
@@ -341,7 +339,7 @@ def main(argv: list[str]) -> int:
                 print(f"sbatch: Job 0 to start at now using {values['CPUs']} processors on nodes "
                       f"{props.get('NodeName')} in partition {common.CLUSTER}", file=sys.stderr)
                 return 0
-            jid = await submit(c, values, config, tasks, cap)
+            jid = await submit(c, values, config, tasks)
             if p.get("parsable"):
                 print(jid, flush=True)
             else:

@@ -48,6 +48,22 @@ def signal_job(job: dict, sig: int, batch: bool, full: bool) -> str | None:
     return None
 
 
+async def cancel_whole_arrays(c, refs: list[common.JobRef], uid: int | None, name) -> list[common.JobRef]:
+    """`scancel A` of an array: one CancelArray (every task, also those not yet jobs); the other refs back."""
+    rest = []
+    for ref in refs:
+        job = await common.get_job(c, ref.id) if ref.tasks is None and uid is None and not name else None
+        if job is not None and job.get("ArrayJobId") == job["Id"]:
+            try:
+                await c.call("CancelArray", "t", [ref.id])
+            except DBusError as e:
+                if "InvalidState" not in e.type:
+                    raise
+            continue
+        rest.append(ref)
+    return rest
+
+
 def main(argv: list[str]) -> int:
     async def body() -> int:
         p = TABLE.parse(argv)
@@ -63,6 +79,8 @@ def main(argv: list[str]) -> int:
         status = 0
         async with common.connect() as c:
             if refs:
+                if sig is None or sig == signal.SIGKILL:
+                    refs = await cancel_whole_arrays(c, refs, uid, name)
                 jobs, _missing = await common.resolve(c, refs)  # unknown ids: silently nothing, as Slurm
             else:
                 jobs = await c.list_jobs(states=["PENDING", "HELD", "RUNNING", "SUSPENDED"], uid=uid)

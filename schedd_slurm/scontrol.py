@@ -21,6 +21,7 @@ from schedd_slurm.timespec import format_date, format_elapsed, format_limit
 PROG = "scontrol"
 VERBS = {"requeue": "Requeue", "hold": "Hold", "uhold": "Hold", "release": "Release", "suspend": "Suspend",
          "resume": "Resume"}
+ARRAY_VERBS = {"hold": "HoldArray", "uhold": "HoldArray", "release": "ReleaseArray"}
 
 
 def _launcher_config(j: dict) -> dict:
@@ -188,7 +189,17 @@ def main(argv: list[str]) -> int:
                 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
             async with common.connect() as c:
                 for word in args[1:]:
-                    jobs, missing = await common.resolve(c, common.parse_refs([word], PROG))
+                    refs = common.parse_refs([word], PROG)
+                    if verb in ARRAY_VERBS and len(refs) == 1 and refs[0].tasks is None:
+                        first = await common.get_job(c, refs[0].id)
+                        if first is not None and first.get("ArrayJobId") == first["Id"]:
+                            try:  # the whole array at once, also its tasks that are no jobs yet
+                                await c.call(ARRAY_VERBS[verb], "t", [first["Id"]])
+                            except DBusError as e:
+                                print(f"{verb} error for job {word}: {e.text}", file=sys.stderr)
+                                status = 1
+                            continue
+                    jobs, missing = await common.resolve(c, refs)
                     if missing and not jobs:
                         print(f"Invalid job id specified for job {word}", file=sys.stderr)
                         status = 1

@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
                     return 1
             else:
                 schedd_states = sorted({s for w in want for s in SCHEDD_STATES.get(w, ())})
-                jobs = await c.list_jobs(states=schedd_states, uid=next(iter(uids)) if uids and len(uids) == 1 else None)
+                uid = next(iter(uids)) if uids and len(uids) == 1 else None
+                jobs = [j async for page in c.job_pages(schedd_states, uid, fold=not p.get("array")) for j in page]
         jobs = [j for j in jobs if formats.state(j) in want]
         if uids is not None:
             jobs = [j for j in jobs if j.get("User") in uids]

@@ -159,7 +159,7 @@ async def allocate_and_run(p, argv: list[str]) -> int:
         if p.get(k) is not None:
             cli.values[k] = p.get(k)
     cli.values.setdefault("job-name", os.path.basename(argv[0]))
-    values, config, _tasks, _cap = sbatch.build(cli, script, argv, "srun", dict(os.environ), os.getcwd())
+    values, config, _tasks = sbatch.build(cli, script, argv, "srun", dict(os.environ), os.getcwd())
     config["output"] = "/dev/stdout"  # the daemon's output file: streamed from there
     config["direct"] = True
     async with common.connect() as c:
@@ -170,7 +170,7 @@ async def allocate_and_run(p, argv: list[str]) -> int:
             if waits:
                 config["waits"] = waits
         await c.subscribe()
-        jid = await sbatch.submit(c, values, config, None, 0)
+        jid = await sbatch.submit(c, values, config, None)
         if not p.get("quiet"):
             print(f"srun: job {jid} queued and waiting for resources", file=sys.stderr)
         job = await c.get_job(jid)

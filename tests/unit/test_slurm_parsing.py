@@ -143,23 +143,25 @@ def build(script: str, *cli: str, env=None):
 
 
 def test_build_resources_and_launcher_config():
-    values, cfg, tasks, cap = build("#!/bin/sh\n#SBATCH -n 2 --cpus-per-task=3 --mem-per-cpu=100M -t 1:00:00\n"
+    values, cfg, tasks = build("#!/bin/sh\n#SBATCH -n 2 --cpus-per-task=3 --mem-per-cpu=100M -t 1:00:00\n"
                                     "#SBATCH --gres=gpu:1 -J nm -o out/%j.txt --open-mode=append\n"
                                     "#SBATCH --signal=USR2@90 --requeue --nice=5 -A acct -p part --qos=q\n")
     assert values["CPUs"] == 6 and values["Memory"] == 600 << 20 and values["GPUs"] == 1
     assert values["RuntimeMaxUSec"] == 3600 * 10**6 and values["Name"] == "nm" and values["Priority"] == -5
     assert values["WorkingDirectory"] == "/work/dir" and values["Requeue"] is True
     assert cfg["output"] == "out/%j.txt" and cfg["append"] and cfg["signal"]["sig"] == 12
-    assert cfg["ntasks"] == 2 and cfg["cpus_per_task"] == 3 and tasks is None and cap == 0
+    assert cfg["ntasks"] == 2 and cfg["cpus_per_task"] == 3 and tasks is None
 
 
 def test_build_arrays_and_defaults():
-    values, cfg, tasks, cap = build("#!/bin/sh\n#SBATCH --array=0-19%4\n")
-    assert tasks == list(range(20)) and cap == 4 and cfg["output"] == "slurm-%A_%a.out"
+    values, cfg, tasks = build("#!/bin/sh\n#SBATCH --array=0-19%4\n")
+    assert (tasks.count, tasks.cap, tasks.format()) == (20, 4, "0-19%4") and cfg["output"] == "slurm-%A_%a.out"
     assert cfg["array"] == {"min": 0, "max": 19, "count": 20, "step": 1}
-    _, cfg2, tasks2, _ = build("#!/bin/sh\n#SBATCH --array 3-14:2\n")
-    assert tasks2 == [3, 5, 7, 9, 11, 13] and cfg2["array"]["step"] == 2
-    values3, cfg3, _, _ = build("#!/bin/sh\n")
+    _, cfg2, tasks2 = build("#!/bin/sh\n#SBATCH --array 3-14:2\n")
+    assert tasks2.count == 6 and cfg2["array"] == {"min": 3, "max": 13, "count": 6, "step": 2}
+    _, cfg4, tasks4 = build("#!/bin/sh\n#SBATCH --array=1-3,7\n")
+    assert tasks4.count == 4 and cfg4["array"] == {"min": 1, "max": 7, "count": 4, "step": 1}
+    values3, cfg3, _ = build("#!/bin/sh\n")
     assert cfg3["output"] == "slurm-%j.out" and values3["CPUs"] == 1 and "Memory" not in values3
 
 
@@ -187,5 +189,5 @@ def test_script_file_read_then_directives(tmp_path):
     cli = T.parse(["-t", "5", str(f), "arg1"], stop_at_positional=True)
     body, args, name = sbatch.read_script(cli)
     p = parse_script_and_cli(T, body, cli)
-    values, cfg, _, _ = sbatch.build(p, body, args, name, {}, str(tmp_path))
+    values, cfg, _ = sbatch.build(p, body, args, name, {}, str(tmp_path))
     assert (values["Name"], values["RuntimeMaxUSec"], cfg["args"], cfg["path"]) == ("fromfile", 300 * 10**6, ["arg1"], str(f))
