@@ -295,3 +295,15 @@ def test_afterany_dependency_runs_after_a_failure(node: Node, links: str):
     assert wait_state(node, str(first), DONE) == "FAILED"
     assert wait_state(node, str(second), DONE) == "COMPLETED"
     assert read(node, f"{WORK}/slurm-{second}.out") == "second\n"
+
+
+def test_an_array_is_one_record_folded_and_cancelled_at_once(node: Node, links: str):
+    aid = submitted(slurm(node, "sbatch", "-H", "-J", "bigarr", "--array=0-899%4", "--wrap", "true").stdout)
+    assert slurm(node, "squeue", "--me", "-h", "-o", "%i %t %j", "--name", "bigarr").stdout == \
+        f"{aid}_[0-899%4] PD bigarr\n"
+    assert sacct_state(node, f"{aid}_899") == "PENDING"  # a task that is no job yet answers too
+    t0 = time.monotonic()
+    slurm(node, "scancel", str(aid))
+    assert time.monotonic() - t0 < 20
+    assert sacct_state(node, f"{aid}_899") == "CANCELLED"
+    assert slurm(node, "squeue", "--me", "-h", "--name", "bigarr").stdout == ""
