@@ -218,11 +218,11 @@ def test_arrays_rows_and_task_environment(node: Node, links: str):
 def test_srun_steps_inside_a_job_and_in_the_foreground(node: Node, links: str):
     jid = submitted(slurm(node, "sbatch", "-n", "2", "--wrap",
                           "srun -l sh -c 'echo rank $SLURM_PROCID of $SLURM_NTASKS'; "
-                          "srun -n1 sh -c 'exit 4'; echo after $?").stdout)
+                          "srun -n1 sh -c 'exit 4'; echo after $?; echo forwarded | srun -n1 cat").stdout)
     wait_state(node, str(jid), DONE)
     lines = read(node, f"{WORK}/slurm-{jid}.out").splitlines()
     assert sorted(lines[:2]) == ["0: rank 0 of 2", "1: rank 1 of 2"]
-    assert lines[2] == "after 4"
+    assert lines[2:] == ["after 4", "forwarded"]  # the exit code propagated; stdin reaches task 0
     r = slurm(node, "srun", "-c", "1", "sh", "-c", "echo in $SLURM_JOB_ID; exit 5", check=False, timeout=90)
     assert r.returncode == 5 and r.stdout.startswith("in ")
 
