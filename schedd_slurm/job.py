@@ -53,7 +53,7 @@ async def _wait_jobs(ids: list[int], started_only: bool, user_bus: bool) -> None
 
 def slurm_env(cfg: dict[str, Any], env: dict[str, str], job: dict[str, Any]) -> dict[str, str]:
     """The environment the script sees: the submitter's (inherited SLURM_* dropped) plus Slurm's own."""
-    out = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    out = {k: v for k, v in env.items() if not k.startswith("SLURM_") and k != "SCHEDD_SLURM_SCRIPT"}
     jid = env.get("SCHEDD_JOB_ID", "0")
     node = job.get("Node") or cfg.get("submit_host", "localhost")
     cpus = str(len([c for c in env.get("SCHEDD_CPUS", "").split(",") if c]) or cfg.get("cpus", 1))
@@ -132,6 +132,11 @@ def _deliver(sig: int, batch_pid: int, batch: bool) -> None:
 def main(argv: list[str]) -> int:
     cfg = json.loads(argv[0])
     env = dict(os.environ)
+    try:  # the script and its arguments (sbatch.script_entry), kept out of the world-readable argv
+        cfg.update(json.loads(env.pop("SCHEDD_SLURM_SCRIPT")))
+    except (KeyError, ValueError):
+        print("schedd-slurm: this job has no script (SCHEDD_SLURM_SCRIPT is missing or damaged)", file=sys.stderr)
+        return 1
     job_id = int(env.get("SCHEDD_JOB_ID", "0"))
     job = job_record(job_id, bool(cfg.get("user_bus"))) if job_id else {}
     waits = cfg.get("waits") or {}

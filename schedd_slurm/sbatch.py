@@ -265,8 +265,20 @@ def build(p: Parsed, body: str, script_args: list[str], default_name: str, envir
     return values, config, tasks
 
 
+SCRIPT_VAR = "SCHEDD_SLURM_SCRIPT"  # the script and its arguments, in the job's environment
+PRIVATE = ("script", "args")
+
+
 def launcher_command(config: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-I", "-m", "schedd_slurm.job", json.dumps(config, separators=(",", ":"))]
+    """The launcher and its settings: what Slurm shows anyway (paths, counts). The script itself
+    rides in the environment (SCRIPT_VAR): /proc/PID/environ is its owner's only, a command line
+    is every local user's to read in ps."""
+    public = {k: v for k, v in config.items() if k not in PRIVATE}
+    return [sys.executable, "-I", "-m", "schedd_slurm.job", json.dumps(public, separators=(",", ":"))]
+
+
+def script_entry(config: dict[str, Any]) -> str:
+    return f"{SCRIPT_VAR}=" + json.dumps({k: config[k] for k in PRIVATE if k in config}, separators=(",", ":"))
 
 
 def typed(values: dict[str, Any]) -> dict[str, Variant]:
@@ -278,7 +290,8 @@ def typed(values: dict[str, Any]) -> dict[str, Variant]:
 async def submit(c, values: dict[str, Any], config: dict[str, Any], tasks: TaskRanges | None) -> int:
     """Queue it; the id Slurm's clients read. An array is one Submit with ArrayTasks (one record in
     schedd, tasks made jobs as they can start); its first task's id is the array's id."""
-    values = {**values, "Command": launcher_command(config)}
+    values = {**values, "Command": launcher_command(config),
+              "Environment": [*values.get("Environment", []), script_entry(config)]}
     spec = typed(values)
     if tasks is not None:
         spec["ArrayTasks"] = Variant("s", tasks.format())

@@ -307,3 +307,13 @@ def test_an_array_is_one_record_folded_and_cancelled_at_once(node: Node, links: 
     assert time.monotonic() - t0 < 20
     assert sacct_state(node, f"{aid}_899") == "CANCELLED"
     assert slurm(node, "squeue", "--me", "-h", "--name", "bigarr").stdout == ""
+
+
+def test_the_script_is_not_in_any_command_line_others_can_read(node: Node, links: str):
+    jid = submitted(slurm(node, "sbatch", "--wrap", "TOKEN=secret-4711; sleep 300").stdout)
+    wait_state(node, str(jid), {"RUNNING"})
+    node.wait_for(lambda: "sleep 300" in node.run(["ps", "-eo", "args"]).stdout, "the job's sleep")
+    seen = node.sb.run(["ps", "-eo", "args"], user="schedd-bob").stdout
+    assert "schedd_slurm.job" in seen and "secret-4711" not in seen
+    slurm(node, "scancel", str(jid))
+    assert wait_state(node, str(jid), DONE) == "CANCELLED"

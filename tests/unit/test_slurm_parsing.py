@@ -191,3 +191,15 @@ def test_script_file_read_then_directives(tmp_path):
     p = parse_script_and_cli(T, body, cli)
     values, cfg, _ = sbatch.build(p, body, args, name, {}, str(tmp_path))
     assert (values["Name"], values["RuntimeMaxUSec"], cfg["args"], cfg["path"]) == ("fromfile", 300 * 10**6, ["arg1"], str(f))
+
+
+def test_the_script_stays_out_of_the_command_line():
+    """A command line is every local user's to read (ps); the script rides in the job's environment."""
+    import json
+
+    _, cfg, _ = build("#!/bin/sh\n#SBATCH -J s\necho secret-token-123\n")
+    cmd = sbatch.launcher_command({**cfg, "args": ["hidden-arg"]})
+    assert "secret-token-123" not in " ".join(cmd) and "hidden-arg" not in " ".join(cmd)
+    name, _, value = sbatch.script_entry({**cfg, "args": ["hidden-arg"]}).partition("=")
+    assert name == "SCHEDD_SLURM_SCRIPT" and json.loads(value)["args"] == ["hidden-arg"]
+    assert "secret-token-123" in json.loads(value)["script"]
