@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from prereq import require
 from schedctl import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,8 +89,8 @@ def test_an_undocumented_key_fails_the_build(monkeypatch):
         manpages.toml_page()
 
 
-@pytest.mark.skipif(shutil.which("man") is None, reason="man-db is not installed")
 def test_pages_render_without_warnings(tmp_path):
+    require(None if shutil.which("man") else "needs man (man-db, in scripts/setup's PKGS)")
     assert manpages.main([str(tmp_path)]) == 0
     for name in ("schedctl.1", "schedd.8", "schedd.toml.5"):
         r = subprocess.run(["man", "--warnings", "-l", "-E", "UTF-8", str(tmp_path / name)], capture_output=True,
