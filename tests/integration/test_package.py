@@ -240,6 +240,8 @@ def test_install_use_upgrade_purge(debs, sb: Sandbox):
         jc = wait_state(sb, c, {"COMPLETED", "FAILED", "CANCELLED"})
         assert (jc["State"], jc["Reason"], jc["ExitCode"]) == ("FAILED", "exit-code", 7)
         assert show(sb, b)["State"] == "PENDING"
+        log = sb.journal("schedd.service", lines=400)
+        assert "1 running re-adopted, 1 ended while down" in log  # the new daemon's recovery said so
         go.touch()
         jb = wait_state(sb, b, {"COMPLETED", "FAILED", "CANCELLED"})
         ja = show(sb, a)
