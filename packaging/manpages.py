@@ -105,7 +105,10 @@ def subcommands(p: argparse.ArgumentParser) -> list[tuple[str, list[str], str, a
 # -- schedctl(1) ---------------------------------------------------------------
 
 EXIT_CODES = [("0", "success; for wait, every job completed"),
-              ("1", "the daemon refused the request, cannot be reached, or (wait) a job did not complete"),
+              ("1", "the daemon refused the request or cannot be reached; for wait, a job did not complete "
+                    "(cancelled, or several jobs and one did not complete)"),
+              ("1-255", "wait with one job that FAILED with an exit status: that status, so that "
+                        "`schedctl wait ID` exits as the job did"),
               ("2", "usage error: a bad option, size, duration, id or job file (checked before any call)"),
               ("124", "wait --timeout ran out, as timeout(1)"),
               ("130", "interrupted (Ctrl-C)")]
