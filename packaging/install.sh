@@ -6,6 +6,7 @@
 #   /usr/share/dbus-1/system.d/org.schedd.Schedd1.conf (+ activation files)
 #   /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
 #   /etc/schedd/schedd.toml.example
+#   /usr/local/share/man/man{1,5,8}/ (schedctl, schedd.toml, schedd), bash completion for schedctl
 # Options: --editable (develop: the venv points at this tree), --with-tests (pytest & co),
 #          --no-system-files (only the venv and the commands).
 set -eu
@@ -43,6 +44,16 @@ install -D -m 0644 "$SRC/dbus/org.schedd.Schedd1.session.service" /usr/share/dbu
 for x in "$SRC"/dbus/*.xml; do [ -e "$x" ] && install -D -m 0644 "$x" "/usr/share/dbus-1/interfaces/$(basename "$x")"; done
 install -D -m 0644 "$SRC/packaging/org.schedd.Schedd1.policy" /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
 install -D -m 0644 "$SRC/packaging/schedd.toml.example" /etc/schedd/schedd.toml.example
+# The manuals, generated from the code as the package does, and bash completion.
+man=$(mktemp -d)
+if "$PREFIX/venv/bin/python" "$SRC/packaging/manpages.py" "$man" >/dev/null; then
+  for p in "$man"/*; do
+    s=${p##*.}
+    install -D -m 0644 "$p" "/usr/local/share/man/man$s/$(basename "$p")"
+  done
+fi
+rm -rf "$man"
+install -D -m 0644 "$SRC/packaging/completion/schedctl.bash" /usr/local/share/bash-completion/completions/schedctl
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig >/dev/null 2>&1 || true

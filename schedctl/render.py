@@ -159,8 +159,6 @@ def _human(key: str, value: Any) -> str:
     """A readable form of a time, size or duration property ('' when the raw value says it all)."""
     if not isinstance(value, int) or isinstance(value, bool):
         return ""
-    if key.endswith("Time"):
-        return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(value / 1e6)) if value else "n/a"
     if key in ("Memory", "MemoryPeak") or key.endswith("Memory"):
         return format_size(value)
     if key.endswith("USec"):
@@ -187,19 +185,40 @@ def hidden_note(key: str, value: Any) -> str:
     return HIDDEN_NOTE if key in PRIVATE_JOB_KEYS and value in ("", []) else ""
 
 
+def timestamp(usec: int) -> str:
+    """µs since the epoch as systemctl show prints a timestamp, 'Tue 2026-12-01 21:40:50 UTC'
+    (local time); '' for 0, never set."""
+    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(usec / 1e6)) if usec else ""
+
+
+def _is_time(key: str, value: Any) -> bool:
+    """A point in time (µs since the epoch): SubmitTime, StartTime, EndTime."""
+    return key.endswith("Time") and isinstance(value, int) and not isinstance(value, bool)
+
+
+def show_key(key: str, value: Any) -> str:
+    """The name show prints: a time property as systemd names its timestamps (SubmitTime ->
+    SubmitTimestamp), since its value is then the formatted time; --json keeps the D-Bus name."""
+    return key[:-4] + "Timestamp" if _is_time(key, value) else key
+
+
 def show(job: dict[str, Any], human: bool = False, props: list[str] | None = None, value_only: bool = False) -> str:
-    """Key=Value lines in the daemon's order, greppable and cut-able; with `human` (a terminal),
-    times and sizes also get a readable form after a '#'."""
+    """Key=Value lines in the daemon's order, greppable and cut-able, as `systemctl show`: times as
+    'SubmitTimestamp=Tue 2026-12-01 21:40:50 UTC' (raw µs stay in --json); with `human` (a
+    terminal), sizes and durations also get a readable form after a '#'. -p takes either name."""
     lines = []
     for key in props or list(job):
+        if key not in job and key.endswith("Timestamp") and key[:-9] + "Time" in job:
+            key = key[:-9] + "Time"
         if key not in job:
             continue
         v = job[key]
+        text = timestamp(v) if _is_time(key, v) else value_text(v)
         if value_only:
-            lines.append(value_text(v))
+            lines.append(text)
             continue
         h = (hidden_note(key, v) or _human(key, v)) if human else ""
-        lines.append(f"{key}={value_text(v)}" + (f"  # {h}" if h else ""))
+        lines.append(f"{show_key(key, v)}={text}" + (f"  # {h}" if h else ""))
     return "\n".join(lines)
 
 

@@ -53,6 +53,19 @@ set -e
 stage=$1; shift
 for d in "$@"; do echo $$ > "$d/cgroup.procs"; done
 mount --make-rprivate /
+if [ -n "${SANDBOX_OVERLAY:-}" ]; then
+  # An overlay root (opt-in): the host's / read-only below, every write (dpkg, apt) to the upper
+  # dir; /dev, /proc, /sys and /var/tmp (the stage, the tests' shared files) are the real ones.
+  ov=$SANDBOX_OVERLAY
+  mount -t overlay overlay -o "lowerdir=/,upperdir=$ov/upper,workdir=$ov/work" "$ov/merged"
+  for m in /dev /proc /sys /var/tmp; do mount --rbind "$m" "$ov/merged$m"; done
+  mkdir -p "$ov/merged/.sandbox-oldroot"
+  cd "$ov/merged"
+  pivot_root . .sandbox-oldroot
+  cd /
+  umount -l /.sandbox-oldroot
+  rmdir /.sandbox-oldroot
+fi
 umount -R /sys/fs/cgroup
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
@@ -65,10 +78,12 @@ for dir in /etc/dbus-1/system.d /usr/share/polkit-1/actions /etc/polkit-1/rules.
   mount -t tmpfs -o mode=0755 tmpfs "$dir"
   cp -a "$src/." "$dir/"
 done
-mount --bind "$stage/etc-schedd" /etc/schedd
-mount --bind "$stage/state" /var/lib/schedd
-# A second checkout (git worktree) tests its own install: its venv replaces /opt/schedd/venv in here.
-if [ -n "${SCHEDD_SANDBOX_VENV:-}" ]; then mount --bind "$SCHEDD_SANDBOX_VENV" /opt/schedd/venv; fi
+if [ -z "${SANDBOX_OVERLAY:-}" ]; then  # an overlay root has its own, as a package installs them
+  mount --bind "$stage/etc-schedd" /etc/schedd
+  mount --bind "$stage/state" /var/lib/schedd
+  # A second checkout (git worktree) tests its own install: its venv replaces /opt/schedd/venv in here.
+  if [ -n "${SCHEDD_SANDBOX_VENV:-}" ]; then mount --bind "$SCHEDD_SANDBOX_VENV" /opt/schedd/venv; fi
+fi
 export container=schedd-sandbox
 # SYSTEMD_ARGS: kernel command-line options for this systemd (in a container it reads its own argv).
 exec unshare --cgroup "$SYSTEMD_BIN" --system --unit=sandbox.target $SYSTEMD_ARGS
@@ -116,10 +131,15 @@ class Sandbox:
     """One booted systemd. `run()` executes commands inside it (all its namespaces)."""
 
     def __init__(self, name: str, *, base: Path | None = None, netns: str | None = None,
-                 systemd_args: tuple[str, ...] = ()) -> None:
+                 systemd_args: tuple[str, ...] = (), overlay_root: bool = False) -> None:
         """systemd_args: options systemd takes from the kernel command line, e.g.
-        systemd.unified_cgroup_hierarchy=1 (a cgroup v2-only sandbox on a hybrid host)."""
+        systemd.unified_cgroup_hierarchy=1 (a cgroup v2-only sandbox on a hybrid host).
+        overlay_root: the sandbox's / is an overlay over the host's, its writes kept in
+        self.dir/root/upper (and lost with it), so a package can be installed, upgraded and
+        purged in there with apt and dpkg while the host's root stays as it is. /etc/schedd
+        and /var/lib/schedd are then the overlay's own, not bind mounts of the stage."""
         self.name = name
+        self.overlay_root = overlay_root
         self.netns = netns
         self.systemd_args = systemd_args
         self.dir = (base or STATE_ROOT) / name
@@ -136,6 +156,9 @@ class Sandbox:
         """Stage the files the sandbox gets: masks, target, and the project's own units/policies."""
         if self.dir.exists():
             shutil.rmtree(self.dir)
+        if self.overlay_root:
+            for d in ("upper", "work", "merged"):
+                (self.dir / "root" / d).mkdir(parents=True)
         units = self.stage / "units"
         units.mkdir(parents=True)
         self.state.mkdir(mode=0o755)
@@ -177,7 +200,7 @@ class Sandbox:
     def boot(self, timeout: float = 30.0) -> None:
         if os.geteuid() != 0:
             raise SandboxError("booting a test systemd needs root")
-        for mp in ("/etc/schedd", "/var/lib/schedd"):
+        for mp in () if self.overlay_root else ("/etc/schedd", "/var/lib/schedd"):
             os.makedirs(mp, exist_ok=True)  # mount points; the sandbox binds its own dirs over them
         self._cgroups = []
         for parent in _controller_dirs():
@@ -196,7 +219,8 @@ class Sandbox:
         log = open(self.dir / "boot.log", "wb")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_BIN": SYSTEMD,
                "SCHEDD_SANDBOX_VENV": os.environ.get("SCHEDD_SANDBOX_VENV", ""),
-               "SYSTEMD_ARGS": " ".join(self.systemd_args)}
+               "SYSTEMD_ARGS": " ".join(self.systemd_args),
+               "SANDBOX_OVERLAY": str(self.dir / "root") if self.overlay_root else ""}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout

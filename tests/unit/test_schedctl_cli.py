@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import pytest
 from dbus_fast import Variant
@@ -318,13 +319,31 @@ def test_show_is_greppable_key_value():
              StartTime=NOW, RuntimeMaxUSec=0)
     plain_text = render.show(j)
     lines = plain_text.splitlines()
-    assert [ln.split("=", 1)[0] for ln in lines] == list(JOB_PROPERTIES)
-    assert {"Id=3", "Command=sleep 1", "Memory=1048576", "After=1 2", "AssignedGPUs=", f"StartTime={NOW}"} <= set(lines)
+    names = [k[:-4] + "Timestamp" if k in ("SubmitTime", "StartTime", "EndTime") else k for k in JOB_PROPERTIES]
+    assert [ln.split("=", 1)[0] for ln in lines] == names
+    stamp = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(NOW / 1e6))
+    assert {"Id=3", "Command=sleep 1", "Memory=1048576", "After=1 2", "AssignedGPUs=", f"StartTimestamp={stamp}",
+            "EndTimestamp=", "SubmitTimestamp="} <= set(lines)
     human = dict(ln.split("=", 1) for ln in render.show(j, human=True).splitlines())
     assert human["Memory"] == "1048576  # 1M" and human["RuntimeMaxUSec"] == "0  # infinity"
-    assert human["StartTime"].startswith(f"{NOW}  # ") and human["EndTime"] == "0  # n/a"
+    assert human["StartTimestamp"] == stamp and human["EndTimestamp"] == ""
     assert render.show(j, props=["State", "Id", "Nope"]) == "State=RUNNING\nId=3"
     assert render.show(j, props=["State"], value_only=True) == "RUNNING"
+    # -p takes the D-Bus name or the printed one; --value prints the formatted time
+    assert render.show(j, props=["StartTime"]) == render.show(j, props=["StartTimestamp"]) == f"StartTimestamp={stamp}"
+    assert render.show(j, props=["StartTime"], value_only=True) == stamp
+
+
+def test_show_timestamps_are_systemd_style_in_utc(monkeypatch):
+    """systemctl show's form, e.g. SubmitTimestamp=Tue 2026-12-01 21:40:50 UTC (in the local zone)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        usec = 1796161250_000_000  # 2026-12-01 21:40:50 UTC
+        assert render.show({"SubmitTime": usec + 123_456}) == "SubmitTimestamp=Tue 2026-12-01 21:40:50 UTC"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_status_block():
