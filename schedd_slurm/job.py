@@ -95,9 +95,22 @@ def output_path(pattern: str, env: dict[str, str], workdir: str) -> str:
     return os.path.join(workdir, path)
 
 
+DIR_WAIT_S = 30.0  # how long a missing output directory is waited for
+
+
 def _open(path: str, append: bool) -> int:
+    """Open an output file as the job's user. A directory that does not exist yet is waited for a
+    while: clients make theirs right after sbatch answers (submitit's per-job `%j` folders), and
+    schedd starts a job within milliseconds where a Slurm cluster takes seconds."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    return os.open(path, flags, 0o644)
+    deadline = time.monotonic() + DIR_WAIT_S
+    while True:
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            if time.monotonic() > deadline or os.path.isdir(os.path.dirname(path) or "."):
+                raise
+            time.sleep(0.05)
 
 
 def redirect(cfg: dict[str, Any], env: dict[str, str]) -> None:

@@ -317,3 +317,11 @@ def test_the_script_is_not_in_any_command_line_others_can_read(node: Node, links
     assert "schedd_slurm.job" in seen and "secret-4711" not in seen
     slurm(node, "scancel", str(jid))
     assert wait_state(node, str(jid), DONE) == "CANCELLED"
+
+
+def test_an_output_directory_made_right_after_sbatch_answers_is_waited_for(node: Node, links: str):
+    """submitit makes its per-job log folder once sbatch has answered; schedd starts jobs at once."""
+    r = slurm(node, "sh", "-c", "sbatch -o later/%j.out --wrap 'echo late' && sleep 0.5 && mkdir later")
+    jid = submitted(r.stdout)
+    assert wait_state(node, str(jid), DONE) == "COMPLETED"
+    assert read(node, f"{WORK}/later/{jid}.out") == "late\n"
