@@ -1,7 +1,9 @@
 #!/bin/sh
 # Install schedd system-wide from this source tree (as root):
 #   /opt/schedd/venv             the Python environment (Debian's python3)
-#   /usr/local/bin/{schedd,schedctl}
+#   /usr/local/bin/{schedd,schedctl,schedd-slurm}
+#   /opt/schedd/slurm-bin/{sbatch,squeue,...} -> schedd-slurm, put on PATH last by
+#   /etc/profile.d/schedd-slurm.sh (a real Slurm, even one installed later, always wins)
 #   /etc/systemd/system/{schedd.service,schedd.slice}, /usr/lib/systemd/user/schedd.service
 #   /usr/share/dbus-1/system.d/org.schedd.Schedd1.conf (+ activation files)
 #   /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
@@ -33,6 +35,8 @@ else
 fi
 ln -sf "$PREFIX/venv/bin/schedd" /usr/local/bin/schedd
 ln -sf "$PREFIX/venv/bin/schedctl" /usr/local/bin/schedctl
+ln -sf "$PREFIX/venv/bin/schedd-slurm" /usr/local/bin/schedd-slurm
+"$PREFIX/venv/bin/schedd-slurm" install-links "$PREFIX/slurm-bin"
 
 [ $sysfiles = 1 ] || exit 0
 install -D -m 0644 "$SRC/systemd/schedd.service" /etc/systemd/system/schedd.service
@@ -44,6 +48,11 @@ install -D -m 0644 "$SRC/dbus/org.schedd.Schedd1.session.service" /usr/share/dbu
 for x in "$SRC"/dbus/*.xml; do [ -e "$x" ] && install -D -m 0644 "$x" "/usr/share/dbus-1/interfaces/$(basename "$x")"; done
 install -D -m 0644 "$SRC/packaging/org.schedd.Schedd1.policy" /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
 install -D -m 0644 "$SRC/packaging/schedd.toml.example" /etc/schedd/schedd.toml.example
+# Slurm's command names on login shells' PATH, after everything else: never in front of a real sbatch.
+cat > /etc/profile.d/schedd-slurm.sh <<EOF_PROFILE
+# Installed by schedd's packaging/install.sh: Slurm's commands answered by schedd, last on PATH.
+case ":\$PATH:" in *":$PREFIX/slurm-bin:"*) ;; *) PATH="\$PATH:$PREFIX/slurm-bin" ;; esac
+EOF_PROFILE
 # The manuals, generated from the code as the package does, and bash completion.
 man=$(mktemp -d)
 if "$PREFIX/venv/bin/python" "$SRC/packaging/manpages.py" "$man" >/dev/null; then

@@ -13,6 +13,7 @@ from dbus_fast import Variant
 from dbus_fast.errors import DBusError
 
 from schedd.protocol import TaskRanges
+import schedd_slurm
 from schedd_slurm import common
 from schedd_slurm.options import NONE, OPTIONAL, Opt, Parsed, SlurmUsage, Table, check_script, parse_script_and_cli
 from schedd_slurm.timespec import parse_date, parse_mem, parse_time
@@ -274,7 +275,12 @@ def launcher_command(config: dict[str, Any]) -> list[str]:
     rides in the environment (SCRIPT_VAR): /proc/PID/environ is its owner's only, a command line
     is every local user's to read in ps."""
     public = {k: v for k, v in config.items() if k not in PRIVATE}
-    return [sys.executable, "-I", "-m", "schedd_slurm.job", json.dumps(public, separators=(",", ":"))]
+    settings = json.dumps(public, separators=(",", ":"))
+    if schedd_slurm.PRIVATE_PATH:  # -I leaves it off sys.path: the launcher puts it back, then runs as -m would
+        boot = (f"import runpy,sys;sys.path.insert(0,{schedd_slurm.PRIVATE_PATH!r});del sys.argv[1];"
+                "runpy.run_module('schedd_slurm.job',run_name='__main__',alter_sys=True)")
+        return [sys.executable, "-I", "-c", boot, "schedd_slurm.job", settings]
+    return [sys.executable, "-I", "-m", "schedd_slurm.job", settings]
 
 
 def script_entry(config: dict[str, Any]) -> str:

@@ -89,7 +89,8 @@ def sb(debs) -> Sandbox:
         files = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(debs[0])], capture_output=True, check=True).stdout
         listed = subprocess.run(["tar", "-t"], input=files, capture_output=True, check=True).stdout.decode().split()
         stale = [p.lstrip(".") for p in listed if not p.endswith("/")]
-        sandbox.run(["rm", "-rf", "/opt/schedd", "/usr/local/bin/schedd", "/usr/local/bin/schedctl", "/etc/schedd",
+        sandbox.run(["rm", "-rf", "/opt/schedd", "/usr/local/bin/schedd", "/usr/local/bin/schedctl",
+                     "/usr/local/bin/schedd-slurm", "/etc/schedd",
                      "/var/lib/schedd", "/usr/lib/schedd", "/etc/dbus-1/system.d/org.schedd.Schedd1.conf", *stale])
         # A container image's policy-rc.d (exit 101) keeps packages from starting services; a
         # machine has none, so this root has none either.
@@ -190,6 +191,15 @@ def test_install_use_upgrade_purge(debs, sb: Sandbox):
     assert ctl(sb, "logs", jid).stdout.strip() == USER
     stamp = ctl(sb, "show", jid, "-p", "SubmitTime").stdout.strip()
     assert re.fullmatch(r"SubmitTimestamp=\w{3} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+", stamp), stamp
+
+    # -- Slurm's commands, through the package's links -----------------------------
+    path = sb.run(["bash", "-lc", 'echo "$PATH"'], user=USER).stdout.strip()
+    assert path.endswith(":/usr/lib/schedd/slurm-bin"), path  # last on PATH: a real Slurm always wins
+    sbatch = sb.run(["/usr/lib/schedd/slurm-bin/sbatch", "--parsable", "--wrap", "echo from-sbatch-$SLURM_JOB_ID"],
+                    user=USER, cwd=f"/var/tmp/{USER}")
+    sid = int(sbatch.stdout.strip())
+    assert ctl(sb, "wait", sid).returncode == 0
+    assert sb.run(["cat", f"/var/tmp/{USER}/slurm-{sid}.out"], user=USER).stdout.strip() == f"from-sbatch-{sid}"
 
     # -- manuals and completion ------------------------------------------------
     for page, path in (("schedctl", "man1/schedctl.1.gz"), ("schedd", "man8/schedd.8.gz"),

@@ -203,3 +203,22 @@ def test_the_script_stays_out_of_the_command_line():
     name, _, value = sbatch.script_entry({**cfg, "args": ["hidden-arg"]}).partition("=")
     assert name == "SCHEDD_SLURM_SCRIPT" and json.loads(value)["args"] == ["hidden-arg"]
     assert "secret-token-123" in json.loads(value)["script"]
+
+
+def test_a_packaged_launcher_runs_from_the_private_path(tmp_path, monkeypatch):
+    """The Debian package keeps the modules in /usr/lib/schedd/python, off Python's path (and -I
+    ignores PYTHONPATH): the job's command puts it back, then runs the launcher as -m would."""
+    import subprocess
+    import sys
+
+    import schedd_slurm
+
+    fake = tmp_path / "lib" / "schedd_slurm"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "job.py").write_text("import sys\nprint(__name__, sys.argv[1:], __file__)\n")
+    monkeypatch.setattr(schedd_slurm, "PRIVATE_PATH", str(tmp_path / "lib"))
+    cmd = sbatch.launcher_command({"output": "slurm-%j.out"})
+    assert cmd[-2] == "schedd_slurm.job" and "schedd_slurm.job" in cmd[:5]  # what scontrol and procs look for
+    out = subprocess.run(["/usr/bin/python3", *cmd[1:]], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.split()[:2] == ["__main__", f"['{cmd[-1]}']"] and str(fake / "job.py") in out.stdout
