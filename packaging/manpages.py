@@ -339,7 +339,58 @@ def toml_page() -> str:
     return "\n".join(out) + "\n"
 
 
-PAGES = {"schedctl.1": schedctl_page, "schedd.8": schedd_page, "schedd.toml.5": toml_page}
+SLURM_SAYS = {
+    "sbatch": "submit a batch script (#SBATCH directives, --array, --dependency, --signal, --wrap, --parsable)",
+    "squeue": "list queued and running jobs (-o/--format, -h, -t, -j, -u, --me, -n; arrays as A_[range])",
+    "scancel": "cancel jobs or whole arrays, or signal them (-s/--signal); finished or unknown ids exit 0",
+    "sacct": "finished and running jobs from schedd's records (-j, -X, -o/--format, -P/-p, -n, -S/-E, -u)",
+    "sinfo": "this node, or the federation's nodes, as one partition",
+    "scontrol": "show job N, show config, show hostnames, hold, release, requeue",
+    "srun": "inside a job: run tasks as steps of its allocation; outside: run one job in the foreground",
+    "sacctmgr": "answers empty (schedd has no accounts database)",
+    "sshare": "answers empty (no fair-share tree)",
+}
+
+
+def slurm_page() -> str:
+    from schedd_slurm.main import COMMANDS
+
+    missing = sorted(set(COMMANDS) - set(SLURM_SAYS))
+    if missing:
+        raise SystemExit(f"manpages: Slurm commands schedd-slurm answers but the page does not describe: {missing}")
+    out = header("schedd-slurm", 1, "schedd manual")
+    out += section("NAME") + [esc("schedd-slurm - Slurm's commands, answered by schedd")]
+    out += section("SYNOPSIS")
+    for name in COMMANDS:
+        out += [f"{bold(name)} [\\fIOPTIONS\\fR]...", ".br"]
+    out += [f"{bold('schedd-slurm install-links')} [{bold('--force')}] \\fIDIR\\fR"]
+    out += section("DESCRIPTION")
+    out += para("One program answers as each of Slurm's commands below, according to the name it is called "
+                "by, speaking to the local schedd(8) over D-Bus as schedctl(1) does, and printing what Slurm "
+                "22.05 prints, so that #SBATCH scripts and tools written for Slurm (submitit, dask-jobqueue, "
+                "Snakemake, Parsl) run unchanged. Batch jobs run as their submitter in their schedd scope, "
+                "with Slurm's SLURM_* environment.")
+    out += para("The names are links in a directory of their own, put last on login shells' PATH, so that a "
+                "real Slurm's commands, where installed, always come first. install-links makes them in DIR "
+                "(an existing file that is not such a link is left alone unless --force).")
+    out += section("COMMANDS")
+    for name in COMMANDS:
+        out += item(bold(name), SLURM_SAYS[name])
+    out += section("EXIT STATUS")
+    out += para("As Slurm's: 0 on success, 1 on an error (with Slurm's message on standard error); sbatch "
+                "--wait and srun exit with the job's own status.")
+    out += section("FILES")
+    out += item(bold("/usr/lib/schedd/slurm-bin"), "the command names (the package; /opt/schedd/slurm-bin from "
+                "packaging/install.sh)")
+    out += item(bold("/etc/profile.d/schedd-slurm.sh"), "puts that directory last on PATH")
+    out += section("SEE ALSO") + [esc("schedctl(1), schedd(8); the README's \"Coming from Slurm\" section and "
+                                      "schedd_slurm/COMPAT.md (every option: done, accepted and ignored, "
+                                      "or refused)")]
+    return "\n".join(out) + "\n"
+
+
+PAGES = {"schedctl.1": schedctl_page, "schedd.8": schedd_page, "schedd.toml.5": toml_page,
+         "schedd-slurm.1": slurm_page}
 
 
 def main(argv: list[str]) -> int:

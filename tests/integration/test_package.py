@@ -203,7 +203,7 @@ def test_install_use_upgrade_purge(debs, sb: Sandbox):
 
     # -- manuals and completion ------------------------------------------------
     for page, path in (("schedctl", "man1/schedctl.1.gz"), ("schedd", "man8/schedd.8.gz"),
-                       ("schedd.toml", "man5/schedd.toml.5.gz")):
+                       ("schedd.toml", "man5/schedd.toml.5.gz"), ("schedd-slurm", "man1/schedd-slurm.1.gz")):
         assert sb.run(["man", "-w", page], user=USER).stdout.strip() == f"/usr/share/man/{path}"
     assert "schedctl(1)" in unit(sb, "schedd.service", "Documentation") or "man:schedctl(1)" in unit(
         sb, "schedd.service", "Documentation")
