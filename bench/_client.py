@@ -6,6 +6,10 @@ Prints one JSON object. Phases:
   e2e      schedd end-to-end `true` jobs/s, submit to COMPLETED
   submit   Submit calls/s over D-Bus (held jobs, C concurrent callers)
   latency  submit -> RUNNING on an idle node, p50/p99 (one job at a time)
+  scope    raw single-scope start: StartTransientUnit of one scope (gate already spawned) until
+           systemd's job for it is done, one at a time, p50 (the floor for submit -> RUNNING)
+  behind   (--behind M) M held jobs submitted first (SubmitMany, batches of 1000, as user nobody
+           where the daemon lets it, else as root), then e2e again
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -76,6 +81,52 @@ async def floor(n: int, in_flight: int) -> float:
     dt = time.perf_counter() - t0
     bus.disconnect()
     return n / dt
+
+
+async def scope_latency(n: int) -> list[float]:
+    """ms from StartTransientUnit to its job's JobRemoved, one scope at a time (the gate spawned beforehand)."""
+    bus = await dbus.connect(dbus.bus_address(False))
+    done: dict[str, asyncio.Future] = {}
+    early: dict[str, float] = {}
+
+    def on_msg(msg: Message):
+        if msg.message_type == MessageType.SIGNAL and msg.member == "JobRemoved":
+            now = time.perf_counter()
+            _, path, _, _ = msg.body
+            fut = done.pop(path, None)
+            if fut:
+                fut.set_result(now)
+            else:
+                early[path] = now
+
+    bus.add_message_handler(on_msg)
+    await dbus.add_match(bus, "type='signal',sender='org.freedesktop.systemd1',member='JobRemoved'")
+    loop = asyncio.get_running_loop()
+    tag = f"lat{os.getpid()}"
+    out = []
+    for i in range(n):
+        r, w = os.pipe()
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", "read _ <&3; exec /bin/true"], {},
+                             file_actions=[(os.POSIX_SPAWN_DUP2, r, 3)], setsid=True)
+        os.close(r)
+        t0 = time.perf_counter()
+        (path,) = await dbus.call(bus, *SD, "StartTransientUnit", "ssa(sv)a(sa(sv))", [
+            f"{tag}-{i}.scope", "fail",
+            [["PIDs", Variant("au", [pid])], ["Slice", Variant("s", "bench.slice")],
+             ["MemoryAccounting", Variant("b", True)], ["MemoryMax", Variant("t", 256 << 20)],
+             ["CollectMode", Variant("s", "inactive-or-failed")]], []])
+        if path in early:
+            t1 = early.pop(path)
+        else:
+            fut = loop.create_future()
+            done[path] = fut
+            t1 = await fut
+        out.append((t1 - t0) * 1000)
+        os.write(w, b"\n")
+        os.close(w)
+        os.waitpid(pid, 0)
+    bus.disconnect()
+    return out
 
 
 class Schedd:
@@ -160,17 +211,51 @@ async def latency(s: Schedd, n: int) -> list[float]:
     return out
 
 
+async def submit_held_as_root(s: Schedd, m: int) -> None:
+    held = spec(["true"], Hold=Variant("b", True))
+    for k in range(0, m, 1000):
+        await s.call("SubmitMany", "aa{sv}", [[held] * min(1000, m - k)])
+
+
+def submit_held(m: int) -> str:
+    """M held jobs behind, in batches of 1000: as user nobody (another user's queue) where the daemon
+    takes them from that user; the submitting user, as it turned out."""
+    try:
+        r = subprocess.run([sys.executable, __file__, "--submit-held", str(m)], user=65534, group=65534,
+                           extra_groups=[], capture_output=True, text=True, cwd="/")
+        if r.returncode == 0:
+            return "nobody"
+        why = r.stderr.strip()[-300:]
+    except OSError as e:  # e.g. nobody cannot run this venv's python
+        why = str(e)
+    sys.stderr.write(f"submitting as nobody failed ({why}); submitting as root\n")
+    return "root"
+
+
+async def submit_held_main(m: int) -> None:
+    s = Schedd()
+    await s.open()
+    await submit_held_as_root(s, m)
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-async def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    ncpu = int(sys.argv[2]) if len(sys.argv) > 2 else len(os.sched_getaffinity(0))
+async def main(argv: list[str]) -> None:
+    behind = 0
+    if "--behind" in argv:
+        i = argv.index("--behind")
+        behind = int(argv[i + 1])
+        del argv[i : i + 2]
+    n = int(argv[0]) if argv else 1000
+    ncpu = int(argv[1]) if len(argv) > 1 else len(os.sched_getaffinity(0))
     res: dict = {"n": n, "cpus": ncpu}
     res["floor_matched"] = await floor(n, ncpu)
     res["floor_16"] = await floor(n, 16)
+    scope = await scope_latency(200)
+    res["scope_p50"] = pct(scope, 50)
     s = Schedd()
     await s.open()
     res["latency_ms"] = lat = await latency(s, 200)
@@ -178,8 +263,19 @@ async def main() -> None:
     res["e2e"] = await e2e(s, n)
     res["submit"] = await submit_rate(s, max(n, 2000), 64)
     del res["latency_ms"]
+    if behind:
+        t0 = time.perf_counter()
+        res["behind_user"] = await asyncio.get_running_loop().run_in_executor(None, submit_held, behind)
+        if res["behind_user"] == "root":
+            await submit_held_as_root(s, behind)
+        res["behind_submit_s"] = time.perf_counter() - t0
+        res["behind"] = behind
+        res["e2e_behind"] = await e2e(s, n)
     print(json.dumps(res))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--submit-held"]:
+        asyncio.run(submit_held_main(int(sys.argv[2])))
+    else:
+        asyncio.run(main(sys.argv[1:]))
