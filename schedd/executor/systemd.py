@@ -87,6 +87,7 @@ class SystemdExecutor(GatedExecutor):
             if self._bus is not None:
                 self._bus.disconnect()
             raise ExecutorError(f"systemd is not reachable at {self.address}: {e}") from e
+        await super().open()
 
     async def close(self) -> None:
         await super().close()
