@@ -8,6 +8,9 @@ Prints one JSON object. Phases:
   latency  submit -> RUNNING on an idle node, p50/p99 (one job at a time)
   scope    raw single-scope start: StartTransientUnit of one scope (gate already spawned) until
            systemd's job for it is done, one at a time, p50 (the floor for submit -> RUNNING)
+  commit   one durable SQLite commit (WAL, synchronous=FULL, as the daemon's store) next to the
+           daemon's database, one at a time, p50: a job's program starts only once its Submit
+           is durable, so submit -> RUNNING cannot beat max(scope, commit)
   behind   (--behind M) M held jobs submitted first (SubmitMany, batches of 1000, as user nobody
            where the daemon lets it, else as root), then e2e again
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -126,6 +130,31 @@ async def scope_latency(n: int) -> list[float]:
         os.close(w)
         os.waitpid(pid, 0)
     bus.disconnect()
+    return out
+
+
+def commit_latency(n: int, state_dir: str = "/var/lib/schedd") -> list[float]:
+    """ms per one-row commit on the daemon's disk, as its store commits (WAL, synchronous=FULL)."""
+    path = os.path.join(state_dir, f".bench-commit-{os.getpid()}.db")
+    out = []
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        for i in range(n):
+            t0 = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t VALUES (?, ?)", (i, b"x" * 300))
+            db.execute("COMMIT")
+            out.append((time.perf_counter() - t0) * 1000)
+        db.close()
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(path + suffix)
+            except FileNotFoundError:
+                pass
     return out
 
 
@@ -256,6 +285,7 @@ async def main(argv: list[str]) -> None:
     res["floor_16"] = await floor(n, 16)
     scope = await scope_latency(200)
     res["scope_p50"] = pct(scope, 50)
+    res["commit_p50"] = pct(commit_latency(200), 50)
     s = Schedd()
     await s.open()
     res["latency_ms"] = lat = await latency(s, 200)

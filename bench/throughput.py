@@ -12,6 +12,8 @@ schedd there with `systemctl start schedd`, and runs bench/_client.py inside:
   (d) submit -> RUNNING latency on an idle node, p50/p99, against (e)
   (e) floor: one raw scope start (StartTransientUnit until systemd's job is done, gate spawned
       beforehand), one at a time, p50
+  (g) floor: one durable SQLite commit next to the daemon's database (WAL, synchronous=FULL), p50;
+      a program starts only once its Submit is durable, so (d) >= max((e), (g)) + the calls
   (f) with --behind M: M held jobs submitted first (SubmitMany, batches of 1000, another
       user's where the daemon lets nobody submit), then (b) again, against (b)
 
@@ -58,6 +60,9 @@ def main() -> int:
           f"{res['latency_p50'] / res['scope_p50']:.2f} of (e)   target < 5 ms, <= 1.30 of (e)")
     print(f"{'(d) submit->RUNNING latency, idle node, p99':52} {res['latency_p99']:9.2f}ms")
     print(f"{'(e) raw single-scope start, StartTransientUnit->done, p50':52} {res['scope_p50']:9.2f}ms  1.00")
+    both = max(res["scope_p50"], res["commit_p50"])
+    print(f"{'(g) one durable SQLite commit on the state disk, p50':52} {res['commit_p50']:9.2f}ms  "
+          f"(d) is {res['latency_p50'] / both:.2f} of max((e), (g))")
     if "e2e_behind" in res:
         label = f"(f) (b) with {res['behind']} held jobs behind ({res['behind_user']}'s)"
         print(f"{label:52} {res['e2e_behind']:9.1f}/s   {res['e2e_behind'] / res['e2e']:.2f} of (b)   target >= 0.90"
