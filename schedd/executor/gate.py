@@ -29,7 +29,7 @@ from pathlib import Path
 
 from schedd.core.model import Job
 from schedd.executor.exits import ExitInfo
-from schedd.executor.gatepool import SIGDEF, GatePool, job_message
+from schedd.executor.gatepool import SIGDEF, GatePool, job_message, proc_start_time  # noqa: F401 - also ours to export
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,6 @@ def gate_command() -> list[str]:
 # The gate's own exit codes when it fails before the job's program runs (any other exit mirrors the job's).
 _GATE_FAILURES = {120: "gate could not read its release pipe", 121: "released without go (daemon gave up)",
                   122: "gate could not open its status file", 123: "gate could not fork"}
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (a guard against PID reuse)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[19])
 
 
 def _high_fd(fd: int) -> int:

@@ -29,6 +29,17 @@ SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.
 JOB_MAGIC = b"SGJ1"
 
 
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (a guard against PID reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
 def default_size() -> int:
     """As many ready gates as this node has CPUs to start jobs on (at least 2, at most 16)."""
     return max(2, min(len(os.sched_getaffinity(0)), 16))
@@ -105,8 +116,6 @@ class GatePool:
             self._asked += 1
 
     def _on_answer(self) -> None:
-        from schedd.executor.gate import proc_start_time  # here: gate.py imports this module
-
         while self._sock is not None:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(self._sock, 16, 1, socket.MSG_CMSG_CLOEXEC)

@@ -128,7 +128,12 @@ class SystemdExecutor(GatedExecutor):
         gate = self.gates.spawn(job, alloc.cpus)
         try:
             async with self._sem:
-                await self._start_scope(job, alloc, gate.pid)
+                scope = asyncio.ensure_future(self._start_scope(job, alloc, gate.pid))
+                prepare = getattr(ready, "prepare", None)
+                if prepare is not None:
+                    await asyncio.sleep(0)  # StartTransientUnit goes out: its local work overlaps systemd's
+                    prepare()
+                await scope
             os.sched_setaffinity(gate.pid, alloc.cpus)
             if ready is not None:
                 await ready
