@@ -11,6 +11,7 @@ Prints one JSON object. Phases:
   commit   one durable SQLite commit (WAL, synchronous=FULL, as the daemon's store) next to the
            daemon's database, one at a time, p50: a job's program starts only once its Submit
            is durable, so submit -> RUNNING cannot beat max(scope, commit)
+  rounds   (--rounds R) floor, e2e, scope and latency measured R times, interleaved; medians
   behind   (--behind M) M held jobs submitted first (SubmitMany, batches of 1000, as user nobody
            where the daemon lets it, else as root), then e2e again
 """
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -272,27 +274,41 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def _option(argv: list[str], name: str, default: int) -> int:
+    if name not in argv:
+        return default
+    i = argv.index(name)
+    value = int(argv[i + 1])
+    del argv[i : i + 2]
+    return value
+
+
 async def main(argv: list[str]) -> None:
-    behind = 0
-    if "--behind" in argv:
-        i = argv.index("--behind")
-        behind = int(argv[i + 1])
-        del argv[i : i + 2]
+    behind = _option(argv, "--behind", 0)
+    rounds = max(1, _option(argv, "--rounds", 1))
     n = int(argv[0]) if argv else 1000
     ncpu = int(argv[1]) if len(argv) > 1 else len(os.sched_getaffinity(0))
-    res: dict = {"n": n, "cpus": ncpu}
-    res["floor_matched"] = await floor(n, ncpu)
-    res["floor_16"] = await floor(n, 16)
-    scope = await scope_latency(200)
-    res["scope_p50"] = pct(scope, 50)
-    res["commit_p50"] = pct(commit_latency(200), 50)
+    res: dict = {"n": n, "cpus": ncpu, "rounds": rounds}
     s = Schedd()
     await s.open()
-    res["latency_ms"] = lat = await latency(s, 200)
-    res["latency_p50"], res["latency_p99"] = pct(lat, 50), pct(lat, 99)
-    res["e2e"] = await e2e(s, n)
-    res["submit"] = await submit_rate(s, max(n, 2000), 64)
-    del res["latency_ms"]
+    # Each round measures a floor and schedd's figure next to each other (a shared machine's load
+    # drifts); the figures are the rounds' medians, the ratios the medians of each round's ratio.
+    per: dict[str, list[float]] = {k: [] for k in ("floor_matched", "scope_p50", "latency_p50", "latency_p99", "e2e")}
+    for r in range(rounds):
+        per["floor_matched"].append(await floor(n, ncpu))
+        per["e2e"].append(await e2e(s, n))
+        per["scope_p50"].append(pct(await scope_latency(200), 50))
+        lat = await latency(s, 200)
+        per["latency_p50"].append(pct(lat, 50))
+        per["latency_p99"].append(pct(lat, 99))
+        if r == 0:
+            res["floor_16"] = await floor(n, 16)
+            res["commit_p50"] = pct(commit_latency(200), 50)
+            res["submit"] = await submit_rate(s, max(n, 2000), 64)
+    for k, v in per.items():
+        res[k] = statistics.median(v)
+    res["e2e_ratios"] = [e / f for e, f in zip(per["e2e"], per["floor_matched"])]
+    res["latency_ratios"] = [lt / sc for lt, sc in zip(per["latency_p50"], per["scope_p50"])]
     if behind:
         t0 = time.perf_counter()
         res["behind_user"] = await asyncio.get_running_loop().run_in_executor(None, submit_held, behind)
@@ -300,7 +316,7 @@ async def main(argv: list[str]) -> None:
             await submit_held_as_root(s, behind)
         res["behind_submit_s"] = time.perf_counter() - t0
         res["behind"] = behind
-        res["e2e_behind"] = await e2e(s, n)
+        res["e2e_behind"] = statistics.median([await e2e(s, n) for _ in range(rounds)])
     print(json.dumps(res))
 
 
