@@ -178,6 +178,10 @@ class GatePool:
         pids = [g.pid for g in self._ready]
         for g in self._ready:
             os.close(g.release_fd)
+            try:
+                os.kill(g.pid, signal.SIGKILL)  # unused: nothing of a job can be lost (and a stopped one would hang us)
+            except ProcessLookupError:
+                pass
         self._ready.clear()
         self._asked = 0
         if self._zygote is not None:
@@ -185,7 +189,7 @@ class GatePool:
             self._zygote = None
         for pid in pids:
             try:
-                os.waitpid(pid, 0)  # each exits at EOF on its pipe or socket, at once
+                os.waitpid(pid, 0)  # killed, or (the zygote) out at EOF on its socket
             except ChildProcessError:
                 pass
 
