@@ -11,6 +11,8 @@ Prints one JSON object. Phases:
   commit   one durable SQLite commit (WAL, synchronous=FULL, as the daemon's store) next to the
            daemon's database, one at a time, p50: a job's program starts only once its Submit
            is durable, so submit -> RUNNING cannot beat max(scope, commit)
+  cpu      CPU ms per e2e job of schedd (its own; its reaped gates and jobs apart), systemd,
+           dbus-daemon and journald
   rounds   (--rounds R) floor, e2e, scope and latency measured R times, interleaved; medians
   behind   (--behind M) M held jobs submitted first (SubmitMany, batches of 1000, as user nobody
            where the daemon lets it, else as root), then e2e again
@@ -200,13 +202,53 @@ def spec(cmd: list[str], **extra) -> dict:
     return d
 
 
+WHO = {"schedd": "schedd", "systemd": "systemd", "dbus-daemon": "dbus-daemon", "systemd-journal": "journald"}
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of the processes that share a job's cost (schedd counts its gates' and jobs'
+    time once they are reaped: cutime), by name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(WHO.values(), 0.0)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                data = f.read()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        comm = data[data.index(b"(") + 1 : data.rindex(b")")].decode()
+        fields = data[data.rindex(b")") + 2 :].split()
+        name = WHO.get(comm)
+        if comm.startswith("python") and any(b"schedd" in c and b"bench" not in c for c in cmd[1:3]):
+            name = "schedd"
+        if name is None or (name == "systemd" and d != "1"):
+            continue
+        own = int(fields[11]) + int(fields[12])
+        kids = int(fields[13]) + int(fields[14]) if name == "schedd" else 0
+        out[name] += own / tick
+        if kids:
+            out["gates+jobs"] = out.get("gates+jobs", 0.0) + kids / tick
+    return out
+
+
+LAST_E2E_CPU: dict[str, float] = {}
+
+
 async def e2e(s: Schedd, n: int) -> float:
+    c0 = cpu_by_process()
     t0 = time.perf_counter()
     ids: list[int] = []
     for k in range(0, n, 500):
         (batch,) = await s.call("SubmitMany", "aa{sv}", [[spec(["true"]) for _ in range(min(500, n - k))]])
         ids.extend(batch)
     ends = await asyncio.gather(*(s.wait_state(i, "COMPLETED") for i in ids))
+    c1 = cpu_by_process()
+    LAST_E2E_CPU.clear()
+    LAST_E2E_CPU.update({k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n * 1000 for k in c1})
     return n / (max(ends) - t0)
 
 
@@ -297,6 +339,8 @@ async def main(argv: list[str]) -> None:
     for r in range(rounds):
         per["floor_matched"].append(await floor(n, ncpu))
         per["e2e"].append(await e2e(s, n))
+        for k, v in LAST_E2E_CPU.items():
+            per.setdefault(f"cpu_ms_{k}", []).append(v)
         per["scope_p50"].append(pct(await scope_latency(200), 50))
         lat = await latency(s, 200)
         per["latency_p50"].append(pct(lat, 50))

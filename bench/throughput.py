@@ -67,6 +67,9 @@ def main() -> int:
     both = max(res["scope_p50"], res["commit_p50"])
     print(f"{'(g) one durable SQLite commit on the state disk, p50':52} {res['commit_p50']:9.2f}ms  "
           f"(d) is {res['latency_p50'] / both:.2f} of max((e), (g))")
+    cpu = {k[len("cpu_ms_"):]: v for k, v in res.items() if k.startswith("cpu_ms_")}
+    if cpu:
+        print("CPU per (b) job: " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items()))
     if res["rounds"] > 1:
         print(f"{res['rounds']} rounds, medians; per round (b)/(a): "
               f"{', '.join(f'{r:.2f}' for r in res['e2e_ratios'])}; (d)/(e): "
