@@ -12,7 +12,7 @@ Prints one JSON object. Phases:
            daemon's database, one at a time, p50: a job's program starts only once its Submit
            is durable, so submit -> RUNNING cannot beat max(scope, commit)
   cpu      CPU ms per e2e job of schedd (its own; its reaped gates and jobs apart), systemd,
-           dbus-daemon and journald
+           dbus-daemon and journald; per floor scope of the client, its sh and jobs, the same others
   rounds   (--rounds R) floor, e2e, scope and latency measured R times, interleaved; medians
   behind   (--behind M) M held jobs submitted first (SubmitMany, batches of 1000, as user nobody
            where the daemon lets it, else as root), then e2e again
@@ -84,10 +84,16 @@ async def floor(n: int, in_flight: int) -> float:
             os.close(pidfd)
             os.waitpid(pid, 0)
 
+    c0, k0 = cpu_by_process(), os.times()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     dt = time.perf_counter() - t0
+    c1, k1 = cpu_by_process(), os.times()
     bus.disconnect()
+    LAST_FLOOR_CPU.clear()
+    LAST_FLOOR_CPU.update({k: (c1[k] - c0[k]) / n * 1000 for k in ("systemd", "dbus-daemon", "journald")})
+    LAST_FLOOR_CPU["client"] = (k1.user + k1.system - k0.user - k0.system) / n * 1000
+    LAST_FLOOR_CPU["sh+jobs"] = (k1.children_user + k1.children_system - k0.children_user - k0.children_system) / n * 1000
     return n / dt
 
 
@@ -236,6 +242,7 @@ def cpu_by_process() -> dict[str, float]:
 
 
 LAST_E2E_CPU: dict[str, float] = {}
+LAST_FLOOR_CPU: dict[str, float] = {}
 
 
 async def e2e(s: Schedd, n: int) -> float:
@@ -338,6 +345,8 @@ async def main(argv: list[str]) -> None:
     per: dict[str, list[float]] = {k: [] for k in ("floor_matched", "scope_p50", "latency_p50", "latency_p99", "e2e")}
     for r in range(rounds):
         per["floor_matched"].append(await floor(n, ncpu))
+        for k, v in LAST_FLOOR_CPU.items():
+            per.setdefault(f"floorcpu_ms_{k}", []).append(v)
         per["e2e"].append(await e2e(s, n))
         for k, v in LAST_E2E_CPU.items():
             per.setdefault(f"cpu_ms_{k}", []).append(v)

@@ -70,6 +70,9 @@ def main() -> int:
     cpu = {k[len("cpu_ms_"):]: v for k, v in res.items() if k.startswith("cpu_ms_")}
     if cpu:
         print("CPU per (b) job: " + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items()))
+    fcpu = {k[len("floorcpu_ms_"):]: v for k, v in res.items() if k.startswith("floorcpu_ms_")}
+    if fcpu:
+        print(f"CPU per (a)@{res['cpus']} scope: " + ", ".join(f"{k} {v:.2f} ms" for k, v in fcpu.items()))
     if res["rounds"] > 1:
         print(f"{res['rounds']} rounds, medians; per round (b)/(a): "
               f"{', '.join(f'{r:.2f}' for r in res['e2e_ratios'])}; (d)/(e): "
