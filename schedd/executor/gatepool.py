@@ -73,6 +73,8 @@ class GatePool:
         self._zygote_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.broken = ""  # why the pool gives no gates any more (then every gate is spawned)
+        self.taken = 0  # gates handed out
+        self.missed = 0  # takes that found the pool empty (a gate was spawned instead)
 
     def start(self) -> None:
         """Spawn the zygote and ask it for a full pool (answers arrive on the event loop)."""
@@ -149,8 +151,10 @@ class GatePool:
                 os.close(g.release_fd)
                 continue
             self._fill()
+            self.taken += 1
             return g
         self._fill()
+        self.missed += 1
         return None
 
     def _zygote_ended(self) -> None:
@@ -164,6 +168,8 @@ class GatePool:
 
     def close(self) -> None:
         """Stop the zygote and the unused gates (each exits when its pipe closes), and reap them."""
+        if self._sock is not None:
+            log.info("gate pool: %d gates handed out, %d starts found it empty", self.taken, self.missed)
         loop = self._loop
         if self._sock is not None:
             if loop is not None:

@@ -111,6 +111,15 @@ async def test_without_its_zygote_gates_are_spawned_again(pooled, tmp_path, capl
     assert [(i.exit_code, i.lost) for i in infos] == [(7, False)] * 5
 
 
+async def test_the_pool_counts_the_starts_it_served_and_missed(pooled, tmp_path):
+    pool = pooled.pool
+    gates = [pooled.spawn(job(tmp_path, ["true"], jid), (0,)) for jid in (1, 2, 3, 4)]  # one more than it holds
+    assert (pool.taken, pool.missed) == (3, 1)
+    assert b"--zygote" not in Path(f"/proc/{gates[3].pid}/cmdline").read_bytes()  # the fourth was spawned
+    for jid, gate in enumerate(gates, 1):
+        assert (await finish(pooled, gate, jid)).exit_code == 0
+
+
 async def test_closing_the_pool_ends_its_unused_gates_and_zygote(pooled):
     pids = [g.pid for g in pooled.pool._ready] + [pooled.pool._zygote]
     pooled.close_pool()
