@@ -14,8 +14,8 @@ schedd there with `systemctl start schedd`, and runs bench/_client.py inside:
       beforehand), one at a time, p50
   (g) floor: one durable SQLite commit next to the daemon's database (WAL, synchronous=FULL), p50;
       a program starts only once its Submit is durable, so (d) >= max((e), (g)) + the calls
-  (f) with --behind M: M held jobs submitted first (SubmitMany, batches of 1000, another
-      user's where the daemon lets nobody submit), then (b) again, against (b)
+  (f) with --behind M: (b) with 10 held jobs behind, then with M (SubmitMany, batches of 1000,
+      another user's where the daemon lets nobody submit), the ratio of the two
 
 Usage: sudo bench/throughput.py [N] [--behind M] [--rounds R]   (N jobs per throughput phase, default 1000;
 R rounds of (a), (b), (e), (d) interleaved, medians printed: the machine's load drifts)
@@ -78,9 +78,11 @@ def main() -> int:
               f"{', '.join(f'{r:.2f}' for r in res['e2e_ratios'])}; (d)/(e): "
               f"{', '.join(f'{r:.2f}' for r in res['latency_ratios'])}")
     if "e2e_behind" in res:
-        label = f"(f) (b) with {res['behind']} held jobs behind ({res['behind_user']}'s)"
-        print(f"{label:52} {res['e2e_behind']:9.1f}/s   {res['e2e_behind'] / res['e2e']:.2f} of (b)   target >= 0.90"
-              f"   (submitted in {res['behind_submit_s']:.1f} s)")
+        label = f"(f) (b) with 10 held jobs behind ({res['behind_user']}'s)"
+        print(f"{label:52} {res['e2e_behind_10']:9.1f}/s   1.00")
+        label = f"(f) (b) with {res['behind']} held jobs behind"
+        print(f"{label:52} {res['e2e_behind']:9.1f}/s   {res['e2e_behind'] / res['e2e_behind_10']:.2f} of 10 behind"
+              f"   target >= 0.90   (submitted in {res['behind_submit_s']:.1f} s)")
     return 0
 
 
