@@ -41,29 +41,30 @@ class _Lazy:
 
 
 class _Ready(_Lazy):
-    """The start's `ready`, with its local work (the job's output directory, ~0.5 ms of disk) as
-    prepare(): an executor may call it while it waits on the scope, so that work is off the start's
-    critical path; else awaiting does it first. It never raises: its error fails the start when
-    awaited, before the program could run."""
+    """The start's `ready`, with its local work (the job's output directory: a mkdir and its
+    ownership, ~0.5 ms of disk) as prepare(): an executor may call it as it starts waiting on the
+    scope, and the work then runs in a worker thread meanwhile, off the start's critical path and
+    off the event loop; else awaiting does it first, inline. Its error fails the start when awaited,
+    before the program could run."""
 
-    __slots__ = ("_prepare", "_done", "_error")
+    __slots__ = ("_prepare", "_started", "_work")
 
     def __init__(self, make, prepare) -> None:
         super().__init__(make)
-        self._prepare, self._done, self._error = prepare, False, None
+        self._prepare, self._started, self._work = prepare, False, None
 
     def prepare(self) -> None:
-        if not self._done:
-            self._done = True
-            try:
-                self._prepare()
-            except Exception as e:  # noqa: BLE001 - raised by check(), where the start can fail
-                self._error = e
+        if not self._started:
+            self._started = True
+            self._work = asyncio.get_running_loop().run_in_executor(None, self._prepare)
+            self._work.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if never awaited
 
-    def check(self) -> None:
-        self.prepare()
-        if self._error is not None:
-            raise self._error
+    async def check(self) -> None:
+        if not self._started:
+            self._started = True
+            self._prepare()
+        elif self._work is not None:
+            await self._work
 
 
 def _outcome(info: ExitInfo, flags: _Flags, overdue: bool) -> tuple[JobState, str]:
@@ -199,7 +200,7 @@ class Runs:
         the program right after, with no await in between, so a cancel that came during the start
         never lets it run)."""
         if ready is not None:
-            ready.check()
+            await ready.check()
         durable = self._durable.get(job.id)
         if durable is not None:
             await durable
