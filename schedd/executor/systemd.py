@@ -129,11 +129,17 @@ class SystemdExecutor(GatedExecutor):
         try:
             async with self._sem:
                 scope = asyncio.ensure_future(self._start_scope(job, alloc, gate.pid))
-                prepare = getattr(ready, "prepare", None)
-                if prepare is not None:
-                    await asyncio.sleep(0)  # StartTransientUnit goes out: its local work overlaps systemd's
-                    prepare()
-                await scope
+                try:
+                    prepare = getattr(ready, "prepare", None)
+                    if prepare is not None:
+                        await asyncio.sleep(0)  # StartTransientUnit goes out: its local work overlaps systemd's
+                        prepare()
+                    await scope
+                except BaseException:
+                    scope.cancel()  # cancelled before the scope was asked for or made: no call left behind
+                    if scope.done() and not scope.cancelled():
+                        scope.exception()  # retrieved: the error raised is the one above
+                    raise
             os.sched_setaffinity(gate.pid, alloc.cpus)
             if ready is not None:
                 await ready
