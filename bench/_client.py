@@ -6,6 +6,16 @@ Prints one JSON object. Phases:
   e2e      schedd end-to-end `true` jobs/s, submit to COMPLETED
   submit   Submit calls/s over D-Bus (held jobs, C concurrent callers)
   latency  submit -> RUNNING on an idle node, p50/p99 (one job at a time)
+  scope    raw single-scope start: StartTransientUnit of one scope (gate already spawned) until
+           systemd's job for it is done, one at a time, p50 (the floor for submit -> RUNNING)
+  commit   one durable SQLite commit (WAL, synchronous=FULL, as the daemon's store) next to the
+           daemon's database, one at a time, p50: a job's program starts only once its Submit
+           is durable, so submit -> RUNNING cannot beat max(scope, commit)
+  cpu      CPU ms per e2e job of schedd (its own; its reaped gates and jobs apart), systemd,
+           dbus-daemon and journald; per floor scope of the client, its sh and jobs, the same others
+  rounds   (--rounds R) floor, e2e, scope and latency measured R times, interleaved; medians
+  behind   (--behind M) 10 held jobs submitted, e2e; then up to M held (SubmitMany, batches of
+           1000, as user nobody where the daemon lets it, else as root), e2e again
 """
 
 from __future__ import annotations
@@ -13,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
+import statistics
+import subprocess
 import sys
 import time
 
@@ -71,11 +84,88 @@ async def floor(n: int, in_flight: int) -> float:
             os.close(pidfd)
             os.waitpid(pid, 0)
 
+    c0, k0 = cpu_by_process(), os.times()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     dt = time.perf_counter() - t0
+    c1, k1 = cpu_by_process(), os.times()
     bus.disconnect()
+    LAST_FLOOR_CPU.clear()
+    LAST_FLOOR_CPU.update({k: (c1[k] - c0[k]) / n * 1000 for k in ("systemd", "dbus-daemon", "journald")})
+    LAST_FLOOR_CPU["client"] = (k1.user + k1.system - k0.user - k0.system) / n * 1000
+    LAST_FLOOR_CPU["sh+jobs"] = (k1.children_user + k1.children_system - k0.children_user - k0.children_system) / n * 1000
     return n / dt
+
+
+async def scope_latency(n: int) -> list[float]:
+    """ms from StartTransientUnit to its job's JobRemoved, one scope at a time (the gate spawned beforehand)."""
+    bus = await dbus.connect(dbus.bus_address(False))
+    done: dict[str, asyncio.Future] = {}
+    early: dict[str, float] = {}
+
+    def on_msg(msg: Message):
+        if msg.message_type == MessageType.SIGNAL and msg.member == "JobRemoved":
+            now = time.perf_counter()
+            _, path, _, _ = msg.body
+            fut = done.pop(path, None)
+            if fut:
+                fut.set_result(now)
+            else:
+                early[path] = now
+
+    bus.add_message_handler(on_msg)
+    await dbus.add_match(bus, "type='signal',sender='org.freedesktop.systemd1',member='JobRemoved'")
+    loop = asyncio.get_running_loop()
+    tag = f"lat{os.getpid()}"
+    out = []
+    for i in range(n):
+        r, w = os.pipe()
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", "read _ <&3; exec /bin/true"], {},
+                             file_actions=[(os.POSIX_SPAWN_DUP2, r, 3)], setsid=True)
+        os.close(r)
+        t0 = time.perf_counter()
+        (path,) = await dbus.call(bus, *SD, "StartTransientUnit", "ssa(sv)a(sa(sv))", [
+            f"{tag}-{i}.scope", "fail",
+            [["PIDs", Variant("au", [pid])], ["Slice", Variant("s", "bench.slice")],
+             ["MemoryAccounting", Variant("b", True)], ["MemoryMax", Variant("t", 256 << 20)],
+             ["CollectMode", Variant("s", "inactive-or-failed")]], []])
+        if path in early:
+            t1 = early.pop(path)
+        else:
+            fut = loop.create_future()
+            done[path] = fut
+            t1 = await fut
+        out.append((t1 - t0) * 1000)
+        os.write(w, b"\n")
+        os.close(w)
+        os.waitpid(pid, 0)
+    bus.disconnect()
+    return out
+
+
+def commit_latency(n: int, state_dir: str = "/var/lib/schedd") -> list[float]:
+    """ms per one-row commit on the daemon's disk, as its store commits (WAL, synchronous=FULL)."""
+    path = os.path.join(state_dir, f".bench-commit-{os.getpid()}.db")
+    out = []
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        for i in range(n):
+            t0 = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t VALUES (?, ?)", (i, b"x" * 300))
+            db.execute("COMMIT")
+            out.append((time.perf_counter() - t0) * 1000)
+        db.close()
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(path + suffix)
+            except FileNotFoundError:
+                pass
+    return out
 
 
 class Schedd:
@@ -118,13 +208,54 @@ def spec(cmd: list[str], **extra) -> dict:
     return d
 
 
+WHO = {"schedd": "schedd", "systemd": "systemd", "dbus-daemon": "dbus-daemon", "systemd-journal": "journald"}
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of the processes that share a job's cost (schedd counts its gates' and jobs'
+    time once they are reaped: cutime), by name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(WHO.values(), 0.0)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                data = f.read()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        comm = data[data.index(b"(") + 1 : data.rindex(b")")].decode()
+        fields = data[data.rindex(b")") + 2 :].split()
+        name = WHO.get(comm)
+        if comm.startswith("python") and any(b"schedd" in c and b"bench" not in c for c in cmd[1:3]):
+            name = "schedd"
+        if name is None or (name == "systemd" and d != "1"):
+            continue
+        own = int(fields[11]) + int(fields[12])
+        kids = int(fields[13]) + int(fields[14]) if name == "schedd" else 0
+        out[name] += own / tick
+        if kids:
+            out["gates+jobs"] = out.get("gates+jobs", 0.0) + kids / tick
+    return out
+
+
+LAST_E2E_CPU: dict[str, float] = {}
+LAST_FLOOR_CPU: dict[str, float] = {}
+
+
 async def e2e(s: Schedd, n: int) -> float:
+    c0 = cpu_by_process()
     t0 = time.perf_counter()
     ids: list[int] = []
     for k in range(0, n, 500):
         (batch,) = await s.call("SubmitMany", "aa{sv}", [[spec(["true"]) for _ in range(min(500, n - k))]])
         ids.extend(batch)
     ends = await asyncio.gather(*(s.wait_state(i, "COMPLETED") for i in ids))
+    c1 = cpu_by_process()
+    LAST_E2E_CPU.clear()
+    LAST_E2E_CPU.update({k: (c1.get(k, 0.0) - c0.get(k, 0.0)) / n * 1000 for k in c1})
     return n / (max(ends) - t0)
 
 
@@ -160,26 +291,99 @@ async def latency(s: Schedd, n: int) -> list[float]:
     return out
 
 
+async def submit_held_as_root(s: Schedd, m: int) -> None:
+    held = spec(["true"], Hold=Variant("b", True))
+    for k in range(0, m, 1000):
+        await s.call("SubmitMany", "aa{sv}", [[held] * min(1000, m - k)])
+
+
+def submit_held(m: int) -> str:
+    """M held jobs behind, in batches of 1000: as user nobody (another user's queue) where the daemon
+    takes them from that user; the submitting user, as it turned out."""
+    try:
+        r = subprocess.run([sys.executable, __file__, "--submit-held", str(m)], user=65534, group=65534,
+                           extra_groups=[], capture_output=True, text=True, cwd="/")
+        if r.returncode == 0:
+            return "nobody"
+        why = r.stderr.strip()[-300:]
+    except OSError as e:  # e.g. nobody cannot run this venv's python
+        why = str(e)
+    sys.stderr.write(f"submitting as nobody failed ({why}); submitting as root\n")
+    return "root"
+
+
+async def submit_held_main(m: int) -> None:
+    s = Schedd()
+    await s.open()
+    await submit_held_as_root(s, m)
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-async def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    ncpu = int(sys.argv[2]) if len(sys.argv) > 2 else len(os.sched_getaffinity(0))
-    res: dict = {"n": n, "cpus": ncpu}
-    res["floor_matched"] = await floor(n, ncpu)
-    res["floor_16"] = await floor(n, 16)
+def _option(argv: list[str], name: str, default: int) -> int:
+    if name not in argv:
+        return default
+    i = argv.index(name)
+    value = int(argv[i + 1])
+    del argv[i : i + 2]
+    return value
+
+
+async def main(argv: list[str]) -> None:
+    behind = _option(argv, "--behind", 0)
+    rounds = max(1, _option(argv, "--rounds", 1))
+    n = int(argv[0]) if argv else 1000
+    ncpu = int(argv[1]) if len(argv) > 1 else len(os.sched_getaffinity(0))
+    res: dict = {"n": n, "cpus": ncpu, "rounds": rounds}
     s = Schedd()
     await s.open()
-    res["latency_ms"] = lat = await latency(s, 200)
-    res["latency_p50"], res["latency_p99"] = pct(lat, 50), pct(lat, 99)
-    res["e2e"] = await e2e(s, n)
-    res["submit"] = await submit_rate(s, max(n, 2000), 64)
-    del res["latency_ms"]
+    # Each round measures a floor and schedd's figure next to each other (a shared machine's load
+    # drifts); the figures are the rounds' medians, the ratios the medians of each round's ratio.
+    per: dict[str, list[float]] = {k: [] for k in ("floor_matched", "scope_p50", "latency_p50", "latency_p99", "e2e")}
+    for r in range(rounds):
+        per["floor_matched"].append(await floor(n, ncpu))
+        for k, v in LAST_FLOOR_CPU.items():
+            per.setdefault(f"floorcpu_ms_{k}", []).append(v)
+        per["e2e"].append(await e2e(s, n))
+        for k, v in LAST_E2E_CPU.items():
+            per.setdefault(f"cpu_ms_{k}", []).append(v)
+        per["scope_p50"].append(pct(await scope_latency(200), 50))
+        lat = await latency(s, 200)
+        per["latency_p50"].append(pct(lat, 50))
+        per["latency_p99"].append(pct(lat, 99))
+        if r == 0:
+            res["floor_16"] = await floor(n, 16)
+            res["commit_p50"] = pct(commit_latency(200), 50)
+            res["submit"] = await submit_rate(s, max(n, 2000), 64)
+    for k, v in per.items():
+        res[k] = statistics.median(v)
+    res["e2e_ratios"] = [e / f for e, f in zip(per["e2e"], per["floor_matched"])]
+    res["latency_ratios"] = [lt / sc for lt, sc in zip(per["latency_p50"], per["scope_p50"])]
+    if behind:
+        # The issue's comparison: e2e with M held jobs behind against the same with 10 behind, each
+        # measured the same way (R back-to-back runs, median).
+        few = min(10, behind)
+        user = await asyncio.get_running_loop().run_in_executor(None, submit_held, few)
+        if user == "root":
+            await submit_held_as_root(s, few)
+        res["e2e_behind_10"] = statistics.median([await e2e(s, n) for _ in range(rounds)])
+        t0 = time.perf_counter()
+        if behind > few:
+            user = await asyncio.get_running_loop().run_in_executor(None, submit_held, behind - few)
+            if user == "root":
+                await submit_held_as_root(s, behind - few)
+        res["behind_user"] = user
+        res["behind_submit_s"] = time.perf_counter() - t0
+        res["behind"] = behind
+        res["e2e_behind"] = statistics.median([await e2e(s, n) for _ in range(rounds)])
     print(json.dumps(res))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--submit-held"]:
+        asyncio.run(submit_held_main(int(sys.argv[2])))
+    else:
+        asyncio.run(main(sys.argv[1:]))

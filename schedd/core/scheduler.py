@@ -18,6 +18,12 @@ Policies (``[scheduler] policy``; backfill is the default):
   reservation to plan around, so nothing backfills (it degrades to strict).
 
 Time comes in as an argument (µs), so a simulation can drive it with a fake clock.
+
+Cost: besides the queue's heap, queued jobs are indexed by shape (CPUs, memory, GPUs, time
+limit), one heap per shape. Whether a job may start behind a blocked head (backfill) or after
+one (first-fit) depends only on its shape, and resources only shrink during a pass, so "the next
+job in queue order that fits" is the earliest of the shapes' heads that fit: a pass costs
+O(shapes x starts x log n), never a walk or sort of the whole queue.
 """
 
 from __future__ import annotations
@@ -42,6 +48,14 @@ class Running:
     gpus: int = 0
 
 
+Shape = tuple[int, int, int, int]  # CPUs, memory, GPUs, time limit (µs; 0: none)
+
+
+def _shape(job: Job) -> Shape:
+    s = job.spec
+    return (s.cpus, s.memory, s.gpus, s.runtime_max_usec)
+
+
 @dataclass(slots=True)
 class _Vec:
     cpus: int
@@ -51,6 +65,9 @@ class _Vec:
     def holds(self, job: Job) -> bool:
         s = job.spec
         return s.cpus <= self.cpus and s.memory <= self.memory and s.gpus <= self.gpus
+
+    def holds_shape(self, shape: Shape) -> bool:
+        return shape[0] <= self.cpus and shape[1] <= self.memory and shape[2] <= self.gpus
 
     def take(self, job: Job) -> None:
         self.cpus -= job.spec.cpus
@@ -69,6 +86,9 @@ class Scheduler:
         self._heap: list[tuple[int, int]] = []
         self._queued: dict[int, Job] = {}
         self._entries: set[tuple[int, int]] = set()  # what is in the heap, live or stale
+        self._shapes: dict[Shape, list[tuple[int, int]]] = {}  # the same entries, one heap per shape
+        self._in_shapes: set[tuple[int, int]] = set()  # what is in a shape's heap, live or stale
+        self.examined = 0  # shape heads looked at by passes (a measure of a pass's cost)
         # Backfill: the inputs of the last pass behind a blocked head that started nothing. The same
         # inputs later start nothing either (time only makes fewer jobs end before the shadow), so
         # passes after events that change none of them (a job held, a job ending elsewhere) skip
@@ -98,7 +118,6 @@ class Scheduler:
     def schedule(self, now: int = 0) -> list[tuple[Job, Allocation]]:
         """Decide which queued jobs start now and take their resources from the ledger."""
         started: list[tuple[Job, Allocation]] = []
-        skipped: list[tuple[int, int]] = []
         heap = self._heap
         while heap and self.ledger.free_cpus:
             entry = heap[0]
@@ -116,17 +135,69 @@ class Scheduler:
                 started += self._backfill(job, now, started)
                 break
             else:
-                skipped.append(heapq.heappop(heap))
-        for entry in skipped:
-            heapq.heappush(heap, entry)
+                started += self._first_fit()
+                break
         return started
 
     def _take(self, entry: tuple[int, int], job: Job) -> None:
         if self._heap and self._heap[0] == entry:
             self._entries.discard(heapq.heappop(self._heap))
         # else: the entry stays in the heap, stale, and is dropped when it reaches the top
+        shape = _shape(job)
+        h = self._shapes.get(shape)
+        if h and self._shape_head(shape, h) == entry:  # stale entries above it go first (each popped once)
+            self._in_shapes.discard(heapq.heappop(h))
         del self._queued[job.id]
         self._version += 1
+
+    def _shape_head(self, shape: Shape, h: list[tuple[int, int]]) -> tuple[int, int] | None:
+        """The first live entry of a shape's heap (stale ones above it dropped), or None."""
+        while h:
+            entry = h[0]
+            job = self._live(entry)
+            if job is not None and _shape(job) == shape:
+                return entry
+            self._in_shapes.discard(heapq.heappop(h))
+        return None
+
+    def _earliest(self, usable, dead: set[Shape]) -> tuple[tuple[int, int], Shape] | None:
+        """The first job in queue order whose shape is usable(shape) now; shapes found unusable go in
+        `dead` (resources only shrink during a pass: they stay unusable until it ends)."""
+        best: tuple[tuple[int, int], Shape] | None = None
+        empty = []
+        for shape, h in self._shapes.items():
+            if shape in dead:
+                continue
+            self.examined += 1
+            if not usable(shape):
+                dead.add(shape)
+                continue
+            entry = self._shape_head(shape, h)
+            if entry is None:
+                empty.append(shape)
+            elif best is None or entry < best[0]:
+                best = (entry, shape)
+        for shape in empty:
+            dead.add(shape)
+            del self._shapes[shape]
+        return best
+
+    def _first_fit(self) -> list[tuple[Job, Allocation]]:
+        """Behind a head that does not fit: every later job that fits, in queue order."""
+        led, out, dead = self.ledger, [], set()
+        while led.free_cpus:
+            found = self._earliest(lambda sh: led.fits(sh[0], sh[1], sh[2]), dead)
+            if found is None:
+                break
+            entry, shape = found
+            job = self._queued[entry[1]]
+            alloc = led.allocate(shape[0], shape[1], shape[2])
+            if alloc is None:
+                dead.add(shape)
+                continue
+            self._take(entry, job)
+            out.append((job, alloc))
+        return out
 
     def reservation(self, head: Job, now: int, started: Iterable[tuple[Job, Allocation]] = ()) -> tuple[int, _Vec] | None:
         """(shadow time, what is left over then) for the blocked head job, or None when unknowable."""
@@ -159,25 +230,38 @@ class Scheduler:
         if key == self._idle:
             return []
         out: list[tuple[Job, Allocation]] = []
-        for entry in sorted(self._heap):
-            job = self._live(entry)
-            if job is None or job is head:
-                continue
-            lim = job.spec.runtime_max_usec
-            if not lim or not self.ledger.fits(job.spec.cpus, job.spec.memory, job.spec.gpus):
-                continue
-            ends_in_time = now + lim <= shadow
-            if not ends_in_time and not extra.holds(job):
-                continue
-            alloc = self.ledger.allocate(job.spec.cpus, job.spec.memory, job.spec.gpus)
-            if alloc is None:
-                continue
-            if not ends_in_time:
-                extra.take(job)
-            self._take(entry, job)
-            out.append((job, alloc))
-            if not self.ledger.free_cpus:
-                break
+
+        def usable(sh: Shape) -> bool:
+            lim = sh[3]
+            if not lim or not led.fits(sh[0], sh[1], sh[2]):
+                return False
+            return now + lim <= shadow or extra.holds_shape(sh)
+
+        # The head is not a candidate: out of its shape's heap for the pass (it is that heap's first).
+        head_shape = _shape(head)
+        hh = self._shapes.get(head_shape)
+        held_back = heapq.heappop(hh) if hh and self._shape_head(head_shape, hh) == (-head.spec.priority, head.id) \
+            else None
+        dead: set[Shape] = set()
+        try:
+            while led.free_cpus:
+                found = self._earliest(usable, dead)
+                if found is None:
+                    break
+                entry, shape = found
+                job = self._queued[entry[1]]
+                alloc = led.allocate(shape[0], shape[1], shape[2])
+                if alloc is None:
+                    dead.add(shape)
+                    continue
+                if now + shape[3] > shadow:  # runs past the shadow: on what the head will not need
+                    extra.take(job)
+                self._take(entry, job)
+                out.append((job, alloc))
+        finally:
+            if held_back is not None:
+                self._shapes.setdefault(head_shape, [])
+                heapq.heappush(self._shapes[head_shape], held_back)
         self._idle = None if out else key
         return out
 
@@ -188,6 +272,9 @@ class Scheduler:
         if entry not in self._entries:  # a held-then-released job may still have its old entry
             self._entries.add(entry)
             heapq.heappush(self._heap, entry)
+        if entry not in self._in_shapes:
+            self._in_shapes.add(entry)
+            heapq.heappush(self._shapes.setdefault(_shape(job), []), entry)
 
     def ordered(self) -> Iterator[Job]:
         """The queue in the order it will run (for display)."""

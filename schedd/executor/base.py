@@ -35,7 +35,9 @@ class Executor(abc.ABC):
         """Start the job inside its allocation; returns JSON-able recovery data (the handle).
 
         Everything up to letting the job's program run may overlap with `ready`
-        (the job's record being committed); the program runs only once it is done.
+        (the job's record being committed); the program runs only once it is done. Where `ready`
+        has a prepare() (the engine's local work for the start), an executor may call it early,
+        while it waits on something else; awaiting `ready` does it otherwise.
         """
 
     @abc.abstractmethod

@@ -15,6 +15,19 @@
  * The child drops to the user before it opens anything, so output files and the
  * working directory are reached with the user's rights only. Setup failures exit
  * with systemd's codes (200 CHDIR, 203 EXEC, 209 STDOUT, 216 GROUP, 217 USER).
+ *
+ * Pooled gates (`schedd-gate --zygote`, fd 3 a SOCK_SEQPACKET socket to the daemon): the zygote
+ * forks a gate for each message it reads, with CLONE_PARENT so the gate is the daemon's child
+ * (it reaps it and reads its wait status, as for a spawned one), and hands the daemon the write
+ * end of that gate's release pipe (SCM_RIGHTS, the gate's pid as the data). No exec and no
+ * Python-side spawn per job: the pool is filled off the path from "scheduler decides" to
+ * "StartTransientUnit". A pooled gate reads on its pipe (fd 3) first its job, before the scope
+ * is started:
+ *   "SGJ1" u32 LEN, then LEN bytes of NUL-terminated fields:
+ *   STATUS_PATH UID GID GROUPS CWD STDOUT STDERR ACCT NARGS ARG... ENV...
+ * then, exactly as above, "go\n" or EOF. It opens the status file itself (as root, O_NOFOLLOW,
+ * mode 0600, in the daemon's root-only directory) when its job arrives, so an abort is recorded
+ * there as for a spawned gate. EOF before a job: it was never used, it exits (125) silently.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,8 +39,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <stdint.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -154,42 +171,22 @@ static void child(char **argv, char **envp, const char *uid, const char *gid, co
     fail(203, "cannot execute %s: %s", argv[0], strerror(e));
 }
 
-int main(int argc, char **argv) {
-    if (argc < 10 || strcmp(argv[8], "--") != 0) {
-        fprintf(stderr, "usage: schedd-gate UID GID GROUPS CWD STDOUT STDERR ACCT -- COMMAND...\n");
-        return 124;
-    }
-    const char *uid = argv[1], *gid = argv[2], *groups = argv[3], *cwd = argv[4];
-    const char *out = argv[5], *err = argv[6];
-    int acct = strcmp(argv[7], "1") == 0;
-    char **cmd = argv + 9;
-
+/* "go\n" on fd, or anything else (EOF: the daemon gave up or died): 1 if released. */
+static int released(int fd) {
     char go[4] = {0};
     size_t got = 0;
     while (got < 3) {
-        ssize_t r = read(REL_FD, go + got, 3 - got);
+        ssize_t r = read(fd, go + got, 3 - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
         got += (size_t)r;
     }
-    if (got != 3 || memcmp(go, "go\n", 3) != 0) {
-        dprintf(ST_FD, "aborted=1\n");  /* never ran: the daemon may start it again */
-        return 121;
-    }
-    close(REL_FD);
+    return got == 3 && memcmp(go, "go\n", 3) == 0;
+}
 
-    size_t elen = 0;
-    char *ebuf = slurp_fd(ENV_FD, &elen);
-    close(ENV_FD);
-    size_t ecount = 0;
-    for (size_t i = 0; ebuf && i < elen; i++) ecount += ebuf[i] == 0;
-    char **envp = calloc(ecount + 2, sizeof(char *));
-    if (!envp) return 123;
-    size_t k = 0;
-    for (size_t i = 0; ebuf && i < elen; i += strlen(ebuf + i) + 1)
-        if (strchr(ebuf + i, '=')) envp[k++] = ebuf + i;
-    envp[k] = NULL;
-
+/* Released: run the job, wait for it, record its end on ST_FD; returns the gate's exit code. */
+static int run_job(char **cmd, char **envp, const char *uid, const char *gid, const char *groups,
+                   const char *cwd, const char *out, const char *err, int acct) {
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
@@ -269,4 +266,145 @@ int main(int argc, char **argv) {
             status, oom, peak, cpu, others);
     close(ST_FD);
     return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+static int spawned_gate(int argc, char **argv) {
+    if (argc < 10 || strcmp(argv[8], "--") != 0) {
+        fprintf(stderr, "usage: schedd-gate UID GID GROUPS CWD STDOUT STDERR ACCT -- COMMAND...\n");
+        return 124;
+    }
+    const char *uid = argv[1], *gid = argv[2], *groups = argv[3], *cwd = argv[4];
+    const char *out = argv[5], *err = argv[6];
+    int acct = strcmp(argv[7], "1") == 0;
+    char **cmd = argv + 9;
+
+    if (!released(REL_FD)) {
+        dprintf(ST_FD, "aborted=1\n");  /* never ran: the daemon may start it again */
+        return 121;
+    }
+    close(REL_FD);
+
+    size_t elen = 0;
+    char *ebuf = slurp_fd(ENV_FD, &elen);
+    close(ENV_FD);
+    size_t ecount = 0;
+    for (size_t i = 0; ebuf && i < elen; i++) ecount += ebuf[i] == 0;
+    char **envp = calloc(ecount + 2, sizeof(char *));
+    if (!envp) return 123;
+    size_t k = 0;
+    for (size_t i = 0; ebuf && i < elen; i += strlen(ebuf + i) + 1)
+        if (strchr(ebuf + i, '=')) envp[k++] = ebuf + i;
+    envp[k] = NULL;
+    return run_job(cmd, envp, uid, gid, groups, cwd, out, err, acct);
+}
+
+
+/* Exactly n bytes from fd; 0 at EOF or error. */
+static int read_full(int fd, char *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0;
+        got += (size_t)r;
+    }
+    return 1;
+}
+
+#define MAX_JOB_BYTES (64u << 20)
+
+/* A pooled gate: wait for a job on fd 3, then for its release, then run it. */
+static int pooled_gate(void) {
+    unsigned char hdr[8];
+    if (!read_full(REL_FD, (char *)hdr, sizeof hdr)) return 125;  /* never used: the pool was closed */
+    uint32_t len;
+    memcpy(&len, hdr + 4, sizeof len);
+    if (memcmp(hdr, "SGJ1", 4) != 0 || len == 0 || len > MAX_JOB_BYTES) return 120;
+    char *buf = malloc((size_t)len + 1);
+    if (!buf || !read_full(REL_FD, buf, len) || buf[len - 1] != 0) return 120;
+    buf[len] = 0;
+    size_t nf = 0;
+    for (uint32_t i = 0; i < len; i++) nf += buf[i] == 0;
+    char **f = calloc(nf + 1, sizeof(char *));
+    if (!f) return 123;
+    size_t k = 0;
+    for (uint32_t i = 0; i < len; i += (uint32_t)strlen(buf + i) + 1) f[k++] = buf + i;
+    f[k] = NULL;
+    /* STATUS UID GID GROUPS CWD STDOUT STDERR ACCT NARGS ARG... ENV... */
+    if (k < 10) return 120;
+    char *end = NULL;
+    unsigned long nargs = strtoul(f[8], &end, 10);
+    if (*f[8] == 0 || *end != 0 || nargs < 1 || nargs > k - 9 || f[0][0] != '/') return 120;
+    int sfd = open(f[0], O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (sfd < 0) return 122;
+    if (sfd != ST_FD) {  /* on ST_FD without O_CLOEXEC, as a spawned gate has it: the child closes it itself */
+        if (dup2(sfd, ST_FD) < 0) return 122;
+        close(sfd);
+    } else if (fcntl(sfd, F_SETFD, 0) != 0) {
+        return 122;
+    }
+    char **cmd = f + 9;
+    char **envp = f + 9 + nargs;
+    char **argvv = calloc(nargs + 1, sizeof(char *));
+    if (!argvv) return 123;
+    memcpy(argvv, cmd, nargs * sizeof(char *));
+    argvv[nargs] = NULL;
+    size_t ne = 0;
+    for (char **e = envp; *e; e++)
+        if (strchr(*e, '=')) envp[ne++] = *e;
+    envp[ne] = NULL;
+    if (!released(REL_FD)) {
+        dprintf(ST_FD, "aborted=1\n");  /* never ran: the daemon may start it again */
+        return 121;
+    }
+    close(REL_FD);
+    return run_job(argvv, envp, f[1], f[2], f[3], f[4], f[5], f[6], strcmp(f[7], "1") == 0);
+}
+
+/* The zygote: one pooled gate per message on fd 3, until EOF (the daemon is gone). */
+static int zygote(void) {
+    for (;;) {
+        char req[16];
+        ssize_t r = recv(REL_FD, req, sizeof req, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return 0;
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) != 0) {
+            int32_t none = -errno;
+            (void)send(REL_FD, &none, sizeof none, MSG_NOSIGNAL);
+            continue;
+        }
+        /* CLONE_PARENT: the daemon, not the zygote, is the gate's parent (it reaps it, gets its status). */
+        pid_t pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, NULL, NULL, NULL, NULL);
+        if (pid == 0) {
+            close(p[1]);
+            if (dup2(p[0], REL_FD) < 0) _exit(120);  /* replaces the zygote's socket in this process */
+            close(p[0]);
+            setsid();
+            _exit(pooled_gate());
+        }
+        close(p[0]);
+        int32_t data = pid < 0 ? -errno : (int32_t)pid;
+        struct iovec iov = {.iov_base = &data, .iov_len = sizeof data};
+        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+        if (pid > 0) {
+            m.msg_control = u.buf;
+            m.msg_controllen = sizeof u.buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(c), &p[1], sizeof(int));
+        }
+        ssize_t w;
+        do w = sendmsg(REL_FD, &m, MSG_NOSIGNAL); while (w < 0 && errno == EINTR);
+        close(p[1]);  /* the gate sees EOF (and exits unused) if the daemon never got it */
+        if (w < 0) return 0;
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--zygote") == 0) return zygote();
+    return spawned_gate(argc, argv);
 }

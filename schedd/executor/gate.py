@@ -8,6 +8,10 @@ The daemon never forks itself for a job: the gate is started with posix_spawn
 job, waits for it and records the status in ``<state>/exits/<id>[.<run>]``. Exits are
 seen through a pidfd on the event loop, which works the same for our own
 children and for gates adopted after a restart.
+
+With the compiled gate, gates come ready-made from a pool (`schedd.executor.gatepool`): the job
+is written to a waiting gate's pipe instead of being put on a new gate's argv, and the release is
+the same "go". SCHEDD_GATE_POOL=0 turns the pool off (every gate spawned, as gate.pl's always are).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from schedd.core.model import Job
 from schedd.executor.exits import ExitInfo
+from schedd.executor.gatepool import SIGDEF, GatePool, job_message, proc_start_time  # noqa: F401 - also ours to export
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +48,6 @@ def gate_command() -> list[str]:
 # The gate's own exit codes when it fails before the job's program runs (any other exit mirrors the job's).
 _GATE_FAILURES = {120: "gate could not read its release pipe", 121: "released without go (daemon gave up)",
                   122: "gate could not open its status file", 123: "gate could not fork"}
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (a guard against PID reuse)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[19])
 
 
 def _high_fd(fd: int) -> int:
@@ -105,12 +99,34 @@ class GateRunner:
         self._root = os.geteuid() == 0
         self.gate = gate_command()
         self.kind = "c" if self.gate[0] == str(GATE_BINARY) else "perl"
+        self.pool: GatePool | None = None
+
+    def open_pool(self, size: int | None = None) -> None:
+        """Keep `size` gates ready (on the running loop), where the gate is the compiled one and the pool
+        is not turned off; without it, or if it cannot start, every gate is spawned (a warning says why)."""
+        if self.pool is not None or os.environ.get("SCHEDD_GATE_POOL", "1") == "0":
+            return
+        if len(self.gate) != 1 or self.gate[0].endswith(".pl") or self.gate[0] == PERL:
+            return  # gate.pl has no zygote
+        pool = GatePool(self.gate[0], size)
+        try:
+            pool.start()
+        except OSError as e:
+            log.warning("cannot start the gate pool (%s); gates are spawned one by one", e)
+            return
+        self.pool = pool
+
+    def close_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def status_path(self, job_id: int, run: int = 0) -> Path:
         """One file per run of a job (run = its restart count): a requeued job never reads its last run's end."""
         return self.status_dir / (f"{job_id}.{run}" if run else str(job_id))
 
     def spawn(self, job: Job, cpus: tuple[int, ...]) -> Gate:
+        """A gate for the job, blocked until released: a ready one from the pool, else a new one."""
         s = job.spec
         if self._root and s.uid != 0:
             groups = os.getgrouplist(s.user_name, s.gid) if s.user_name else [s.gid]
@@ -131,10 +147,36 @@ class GateRunner:
         if job.array_job_id:
             env["SCHEDD_ARRAY_JOB_ID"] = str(job.array_job_id)
             env["SCHEDD_ARRAY_TASK_ID"] = str(s.array_task_id)
-        argv = [*self.gate, *ident, s.working_directory, out, err, "1" if self.accounting else "0", "--", *s.command]
+        fields = [*ident, s.working_directory, out, err, "1" if self.accounting else "0"]
+        status = self.status_path(job.id, job.restarts)
+        if self.pool is not None:
+            gate = self._hand_over(job.id, status, fields, s.command, env)
+            if gate is not None:
+                return gate
+        return self._spawn(job.id, status, fields, s.command, env)
 
-        sfd = _high_fd(os.open(self.status_path(job.id, job.restarts),
-                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+    def _hand_over(self, job_id: int, status: Path, fields: list[str], command: list[str],
+                   env: dict[str, str]) -> Gate | None:
+        """Write the job to a ready gate of the pool (it opens its status file itself); None if none is ready."""
+        ready = self.pool.take() if self.pool is not None else None
+        if ready is None:
+            return None
+        msg = job_message([str(status), *fields], command, [f"{k}={v}" for k, v in env.items()])
+        gate = Gate(job_id, ready.pid, ready.start_time, ready.release_fd)
+        try:
+            view = memoryview(msg)
+            while view:
+                view = view[os.write(ready.release_fd, view):]
+        except OSError as e:  # the gate died meanwhile: spawn one instead
+            log.warning("job %d: a pooled gate did not take its job (%s); spawning one", job_id, e)
+            gate.abort()
+            return None
+        return gate
+
+    def _spawn(self, job_id: int, status: Path, fields: list[str], command: list[str],
+               env: dict[str, str]) -> Gate:
+        argv = [*self.gate, *fields, "--", *command]
+        sfd = _high_fd(os.open(status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
         r, w = os.pipe2(os.O_CLOEXEC)
         r = _high_fd(r)
         efd = _high_fd(os.memfd_create("schedd-env", os.MFD_CLOEXEC))
@@ -152,7 +194,7 @@ class GateRunner:
                 ],
                 setsid=True,
                 setsigmask=(),
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+                setsigdef=SIGDEF,
             )
         except BaseException:
             os.close(w)
@@ -161,7 +203,7 @@ class GateRunner:
             os.close(r)
             os.close(sfd)
             os.close(efd)
-        return Gate(job.id, pid, proc_start_time(pid), w)
+        return Gate(job_id, pid, proc_start_time(pid), w)
 
     # -- watching -----------------------------------------------------------
 

@@ -24,8 +24,12 @@ class GatedExecutor(Executor):
         super().__init__(on_exit)
         self.gates = GateRunner(status_dir, accounting=accounting)
 
+    async def open(self) -> None:
+        self.gates.open_pool()
+
     async def close(self) -> None:
         self.gates.unwatch_all()
+        self.gates.close_pool()
 
     async def adopt_pids(self, job_id: int) -> list[int]:
         """Processes of a job unit found running without a record of its start."""

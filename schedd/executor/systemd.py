@@ -87,6 +87,7 @@ class SystemdExecutor(GatedExecutor):
             if self._bus is not None:
                 self._bus.disconnect()
             raise ExecutorError(f"systemd is not reachable at {self.address}: {e}") from e
+        await super().open()
 
     async def close(self) -> None:
         await super().close()
@@ -127,7 +128,18 @@ class SystemdExecutor(GatedExecutor):
         gate = self.gates.spawn(job, alloc.cpus)
         try:
             async with self._sem:
-                await self._start_scope(job, alloc, gate.pid)
+                scope = asyncio.ensure_future(self._start_scope(job, alloc, gate.pid))
+                try:
+                    prepare = getattr(ready, "prepare", None)
+                    if prepare is not None:
+                        await asyncio.sleep(0)  # StartTransientUnit goes out: its local work overlaps systemd's
+                        prepare()
+                    await scope
+                except BaseException:
+                    scope.cancel()  # cancelled before the scope was asked for or made: no call left behind
+                    if scope.done() and not scope.cancelled():
+                        scope.exception()  # retrieved: the error raised is the one above
+                    raise
             os.sched_setaffinity(gate.pid, alloc.cpus)
             if ready is not None:
                 await ready

@@ -31,11 +31,20 @@ def c_gate(tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.fixture(params=["perl", "c"])
-def runner(request, tmp_path: Path) -> GateRunner:
+@pytest.fixture(params=["perl", "c", "c-pool"])
+async def runner(request, tmp_path: Path):
+    """gate.pl, gate.c spawned per job, and gate.c from the pool (the job written to a ready gate)."""
     r = GateRunner(tmp_path / "exits", accounting=False)
-    r.gate = [request.getfixturevalue("c_gate")] if request.param == "c" else [PERL, "-e", GATE_SCRIPT]
-    return r
+    r.gate = [PERL, "-e", GATE_SCRIPT] if request.param == "perl" else [request.getfixturevalue("c_gate")]
+    if request.param == "c-pool":
+        r.open_pool(2)
+        assert r.pool is not None
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(r.pool) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the pool never filled"
+            await asyncio.sleep(0.005)
+    yield r
+    r.close_pool()
 
 
 def job(tmp_path: Path, command: list[str], *, uid: int | None = None, cwd: str | None = None,

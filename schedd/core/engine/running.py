@@ -40,6 +40,33 @@ class _Lazy:
         return self._make().__await__()
 
 
+class _Ready(_Lazy):
+    """The start's `ready`, with its local work (the job's output directory: a mkdir and its
+    ownership, ~0.5 ms of disk) as prepare(): an executor may call it as it starts waiting on the
+    scope, and the work then runs in a worker thread meanwhile, off the start's critical path and
+    off the event loop; else awaiting does it first, inline. Its error fails the start when awaited,
+    before the program could run."""
+
+    __slots__ = ("_prepare", "_started", "_work")
+
+    def __init__(self, make, prepare) -> None:
+        super().__init__(make)
+        self._prepare, self._started, self._work = prepare, False, None
+
+    def prepare(self) -> None:
+        if not self._started:
+            self._started = True
+            self._work = asyncio.get_running_loop().run_in_executor(None, self._prepare)
+            self._work.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if never awaited
+
+    async def check(self) -> None:
+        if not self._started:
+            self._started = True
+            self._prepare()
+        elif self._work is not None:
+            await self._work
+
+
 def _outcome(info: ExitInfo, flags: _Flags, overdue: bool) -> tuple[JobState, str]:
     """How a run that ended (not aborted, not requeued) is recorded: its final state and reason."""
     if flags.cancel:
@@ -132,8 +159,8 @@ class Runs:
             grant = asyncio.ensure_future(self.federation.may_start(job))
             grant.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            self._prepare_output(job)
-            job.handle = await self.executor.start(job, alloc, _Lazy(lambda: self._go(job, grant)))
+            ready = _Ready(lambda: self._go(job, grant, ready), lambda: self._prepare_output(job))
+            job.handle = await self.executor.start(job, alloc, ready)
         except Exception as e:
             self._starting.discard(job.id)
             if job.id not in self.jobs:  # its submission was never recorded
@@ -182,10 +209,13 @@ class Runs:
             except ExecutorError as e:
                 log.error("job %d: cannot stop: %s", job.id, e)
 
-    async def _go(self, job: Job, grant: asyncio.Future | None = None) -> None:
-        """What the executor awaits before it lets the job's program run: the record is durable and
-        nobody cancelled the job meanwhile (the executor releases the program right after, with no
-        await in between, so a cancel that came during the start never lets it run)."""
+    async def _go(self, job: Job, grant: asyncio.Future | None = None, ready: _Ready | None = None) -> None:
+        """What the executor awaits before it lets the job's program run: its output directory is
+        made, the record is durable and nobody cancelled the job meanwhile (the executor releases
+        the program right after, with no await in between, so a cancel that came during the start
+        never lets it run)."""
+        if ready is not None:
+            await ready.check()
         durable = self._durable.get(job.id)
         if durable is not None:
             await durable
