@@ -90,7 +90,10 @@ def sb(debs) -> Sandbox:
         listed = subprocess.run(["tar", "-t"], input=files, capture_output=True, check=True).stdout.decode().split()
         stale = [p.lstrip(".") for p in listed if not p.endswith("/")]
         sandbox.run(["rm", "-rf", "/opt/schedd", "/usr/local/bin/schedd", "/usr/local/bin/schedctl",
-                     "/usr/local/bin/schedd-slurm", "/etc/schedd",
+                     "/usr/local/bin/schedd-slurm", "/etc/schedd", "/etc/profile.d/schedd-slurm.sh",
+                     "/usr/local/share/bash-completion/completions/schedctl",
+                     *(f"/usr/local/share/man/man{p[-1]}/{p}" for p in ("schedctl.1", "schedd.8", "schedd.toml.5",
+                                                                        "schedd-slurm.1")),
                      "/var/lib/schedd", "/usr/lib/schedd", "/etc/dbus-1/system.d/org.schedd.Schedd1.conf", *stale])
         # A container image's policy-rc.d (exit 101) keeps packages from starting services; a
         # machine has none, so this root has none either.
