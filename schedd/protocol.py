@@ -335,6 +335,11 @@ def format_ranges(ids: list[int]) -> str:
     return ",".join(out)
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """A user's text shortened for a message or a log line (an ArrayTasks can be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 Range = tuple[int, int, int]  # (start, last, step): start, start+step, ... up to last (last is in the range)
 
 
@@ -359,6 +364,7 @@ class TaskRanges:
     ranges: tuple[Range, ...]
     cap: int = 0  # at most this many tasks run at once; 0: no cap
     _ends: tuple[int, ...] = field(default=(), compare=False, repr=False)  # cumulative counts
+    _text: list[str] = field(default_factory=list, compare=False, repr=False)  # format()'s, once made
 
     def __post_init__(self) -> None:
         ends, n = [], 0
@@ -437,6 +443,13 @@ class TaskRanges:
             if before >= hi:
                 break
         return out
+
+    @property
+    def text(self) -> str:
+        """format() of all the tasks, made once (an array's record is written again and again)."""
+        if not self._text:
+            self._text.append(self.format())
+        return self._text[0]
 
     def format(self, positions: list[tuple[int, int]] | None = None, cap: bool = True) -> str:
         """Slurm's text of the tasks (or of those at the half-open position ranges given): '5-1000000%8'."""

@@ -331,3 +331,50 @@ async def test_records_survive_a_restart_held_and_cancelled(make_node):
     await e.release_array(held, CALLER)
     await wait(lambda: any(j.state == C or j.id in node.host.units for j in jobs_of(node, held)), "a task running")
     assert e.counts()[0] >= 999_990
+
+
+async def test_a_crash_mid_batch_loses_and_repeats_no_task(make_node, tmp_path):
+    """The record written while a batch of tasks is still being committed lists that batch: a crash
+    then (the database copied as it is) recovers every task once."""
+    import sqlite3
+    import threading
+
+    from schedd.executor.fake import FakeHost
+
+    node = await make_node()
+    e, store = node.engine, node.store
+    aid = await submit_array(node, "0-99")
+    await wait(lambda: sum(1 for j in jobs_of(node, aid) if j.state == R and j.id in node.host.units) >= 4,
+               f"tasks running: {describe(node, aid)}")
+    gate, commit = threading.Event(), store._commit
+
+    def blocked(rows, groups):
+        gate.wait(10)
+        return commit(rows, groups)
+
+    store._commit = blocked
+    rec = e._arrays[aid]
+    try:
+        for j in [j for j in jobs_of(node, aid) if j.state == R]:
+            node.ex.exit(j.id, 0)
+        await wait(lambda: rec.busy, "a batch of tasks being committed")
+        await e._persist(rec)  # what the delayed record write does meanwhile
+        snap = tmp_path / "crash"
+        snap.mkdir()
+        src, dst = sqlite3.connect(store.path), sqlite3.connect(snap / "schedd.db")
+        src.backup(dst)
+        dst.close()
+        src.close()
+    finally:
+        gate.set()
+    crashed = await Node(snap, FakeHost(), [], **node.config).open()
+    try:
+        c = crashed.engine
+        tasks = [c.get(i) for i in range(aid, aid + 100)]  # NotFound for a lost task
+        assert [t.id for t in tasks] == list(range(aid, aid + 100))
+        made = {j.id for j in c.jobs.values() if j.array_job_id == aid}
+        again = [i for i in made if c._arrays[aid].has(i - aid)]
+        assert not again, f"tasks both jobs and still in the record (would run twice): {again}"
+    finally:
+        await crashed.engine.shutdown()
+        crashed.store.close()

@@ -40,6 +40,7 @@ from schedd.core.spec import array_tasks_of, build_spec
 from schedd.core.store import job_to_row, row_to_job
 from schedd.errors import InvalidArgument, InvalidState, NotFound, SchedError
 from schedd.protocol import TaskRanges
+from schedd.protocol import clip as _clip
 
 log = logging.getLogger("schedd.core.engine")
 
@@ -117,6 +118,36 @@ class ArrayRec:
 
     def folded(self) -> str:
         return self.tasks.format([(lo, hi) for lo, hi in self.left])
+
+    @property
+    def tasks_text(self) -> str:
+        return self.tasks.text
+
+    def durable_left(self) -> list[list[int]]:
+        """left with the positions in flight (busy) merged in: what the durable record must list."""
+        if not self.busy:
+            return [list(r) for r in self.left]
+        extra = sorted(jid - self.id for jid in self.busy)
+        out: list[list[int]] = []
+        i = 0
+        for lo, hi in self.left:
+            while i < len(extra) and extra[i] < lo:
+                p = extra[i]
+                if out and out[-1][1] >= p:
+                    out[-1][1] = max(out[-1][1], p + 1)
+                else:
+                    out.append([p, p + 1])
+                i += 1
+            if out and out[-1][1] >= lo:
+                out[-1][1] = max(out[-1][1], hi)
+            else:
+                out.append([lo, hi])
+        for p in extra[i:]:
+            if out and out[-1][1] >= p:
+                out[-1][1] = max(out[-1][1], p + 1)
+            else:
+                out.append([p, p + 1])
+        return out
 
 
 class Arrays:
@@ -257,7 +288,7 @@ class Arrays:
         finally:
             self.quotas.unreserve(spec.uid, n, size)
         self._add_record(rec)
-        log.info("array %d submitted: tasks %s (jobs %d-%d), user=%s%s", rec.id, tasks.format(), rec.id,
+        log.info("array %d submitted: tasks %s (jobs %d-%d), user=%s%s", rec.id, _clip(tasks.text), rec.id,
                  rec.last_id, spec.owner, " held" if spec.hold else "")
         self._manager_changed(COUNTS)
         self.kick()
@@ -273,26 +304,36 @@ class Arrays:
             rec.charged = True
 
     def _array_row(self, rec: ArrayRec) -> tuple:
+        """The record's row. Its `left` lists the tasks in flight too (rec.busy): their jobs rows
+        are written by the group committer, this row by the background thread, in no set order, so
+        the durable record may only stop listing a task once its row is durable (recovery then drops
+        the positions that have rows: none lost, none twice)."""
         tmpl = Job(id=rec.id, spec=rec.template, submit_time=rec.submit_time)
-        return (rec.id, json.dumps(job_to_row(tmpl)), rec.tasks.format(), rec.tasks.count, json.dumps(rec.left),
-                rec.uid, rec.state.value, rec.submit_time, rec.end_time)
+        return (rec.id, json.dumps(job_to_row(tmpl)), rec.tasks_text, rec.tasks.count,
+                json.dumps(rec.durable_left()), rec.uid, rec.state.value, rec.submit_time, rec.end_time)
 
     def _persist(self, rec: ArrayRec) -> asyncio.Future:
-        """The record as it stands now (or its deletion once every task is a job)."""
+        """The record as it stands now (or its deletion once every task is a durable job).
+
+        Raises a SchedError if the store is closing: a verb is acknowledged only once durable."""
         try:
-            if not rec.left and rec.state != JobState.CANCELLED:
+            if not rec.left and not rec.busy and rec.state != JobState.CANCELLED:
                 self._drop_record(rec)
                 fut = self.store.delete_array(rec.id)
             else:
                 fut = self.store.put_array(self._array_row(rec))
-        except RuntimeError as e:  # the store is closing (shutdown): recovery re-derives the record
-            log.warning("array %d: not recorded (%s); recovery re-derives it from the jobs rows", rec.id, e)
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
+        except RuntimeError as e:  # the store is closing (shutdown)
+            raise SchedError(f"cannot record array {rec.id}: {e}") from e
         fut.add_done_callback(lambda f: f.cancelled() or not f.exception() or log.error(
             "array %d: cannot record it: %s (recovery re-derives it from the jobs rows)", rec.id, f.exception()))
         return fut
+
+    def _persist_later(self, rec: ArrayRec) -> None:
+        """_persist for writes nobody waits on: the durable record stays a correct, older one if it fails."""
+        try:
+            self._persist(rec)
+        except SchedError as e:
+            log.warning("array %d: not recorded (%s); recovery re-derives it from the jobs rows", rec.id, e)
 
     def _uncharge(self, rec: ArrayRec) -> None:
         """The record holds no queued task any more: its template's bytes leave the owner's cap."""
@@ -379,7 +420,7 @@ class Arrays:
         def flush() -> None:
             self._array_dirty.discard(rec.id)
             if self._arrays.get(rec.id) is rec:
-                self._persist(rec)
+                self._persist_later(rec)
         asyncio.get_running_loop().call_later(self.PERSIST_DELAY, flush)
 
     def _schedule(self) -> None:
@@ -553,5 +594,5 @@ class Arrays:
                     rec.live.add(jid)
             self._add_record(rec)
             if stale or (not rec.left and rec.state.queued):
-                self._persist(rec)
+                self._persist_later(rec)
             log.info("array %d: %d tasks not started yet (%s)", aid, rec.left_n, rec.state.value.lower())
