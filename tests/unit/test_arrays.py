@@ -378,3 +378,14 @@ async def test_a_crash_mid_batch_loses_and_repeats_no_task(make_node, tmp_path):
     finally:
         await crashed.engine.shutdown()
         crashed.store.close()
+
+
+async def test_a_purged_cancelled_array_never_gives_its_ids_out_again(make_node):
+    node = await make_node(keep_finished_usec=1)  # a restart takes longer: it purges the record
+    aid = await submit_array(node, "1-10", Hold=True)
+    await node.engine.cancel_array(aid, CALLER)
+    node = await node.restart()
+    await node.store.background(lambda: None)
+    assert node.store.load_arrays() == []
+    node = await node.restart()
+    assert (await node.engine.submit(spec(), CALLER)).id > aid + 9

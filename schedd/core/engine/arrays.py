@@ -581,7 +581,9 @@ class Arrays:
                 continue
             keep = self.config.keep_finished_usec
             if rec.state == JobState.CANCELLED and keep and rec.end_time < now_usec() - keep:
-                self.store.delete_array(aid)  # its tasks ended longer ago than keep_finished, as purged jobs
+                # its tasks ended longer ago than keep_finished: purged as jobs are, their ids never reused
+                self.store.delete_array(aid, purged_to=rec.last_id)
+                self._purged_max_id = max(self._purged_max_id, rec.last_id)
                 continue
             stale = False
             if rec.state.queued and rec.left:
