@@ -340,6 +340,19 @@ def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+MAX_RANGES = 10_000  # comma-separated ranges in one ArrayTasks: each costs on every record write and fold
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes '²' and other scripts' digits, which int() refuses)."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
+def _num(text: str) -> int:
+    """_digits' number; any with more than 10 digits as 2**32 (out of range, without a huge int())."""
+    return int(text) if len(text.lstrip("0")) <= 10 else 2**32
+
+
 Range = tuple[int, int, int]  # (start, last, step): start, start+step, ... up to last (last is in the range)
 
 
@@ -375,35 +388,43 @@ class TaskRanges:
 
     @classmethod
     def parse(cls, text: str, max_tasks: int = 0) -> "TaskRanges":
-        """ValueError with a sentence on bad syntax, overlapping ranges or more than max_tasks (0: any)."""
+        """ValueError with a sentence on bad syntax, overlapping ranges, more than MAX_RANGES ranges
+        or more than max_tasks tasks (0: any)."""
+        shown = repr(clip(text))
         body, _, cap_text = text.replace(" ", "").partition("%")
         cap = 0
-        if cap_text:
-            if not cap_text.isdigit() or int(cap_text) < 1 or int(cap_text) >= 2**32:
-                raise ValueError(f"{text!r}: after % give how many tasks may run at once, e.g. 1-100%8")
-            cap = int(cap_text)
+        if cap_text or "%" in text:
+            if not _digits(cap_text) or not 1 <= _num(cap_text) < 2**32:
+                raise ValueError(f"{shown}: after % give how many tasks may run at once "
+                                 f"(digits 0-9, at least 1), e.g. 1-100%8")
+            cap = _num(cap_text)
         if not body:
-            raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)")
+            raise ValueError(f"{shown}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)")
+        n = body.count(",") + 1
+        if n > MAX_RANGES:
+            raise ValueError(f"{shown}: {n} comma-separated ranges; one array has at most {MAX_RANGES} "
+                             f"(write runs of ids as lo-hi or lo-hi:step)")
         out: list[Range] = []
         for part in body.split(","):
             rng, colon, step_text = part.partition(":")
             lo, dash, hi = rng.partition("-")
-            try:
-                start = int(lo)
-                end = int(hi) if dash else start
-                step = int(step_text) if colon else 1
-            except ValueError:
-                raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)") from None
-            if start < 0 or end < start or step < 1 or end >= 2**32 or not lo.isdigit():
-                raise ValueError(f"{text!r}: {part!r} is not a range of task ids from low to high (0 to {2**32 - 1})")
+            if not (_digits(lo) and (_digits(hi) or not dash) and (_digits(step_text) or not colon)):
+                raise ValueError(f"{shown}: {clip(part, 40)!r} is not a task id or range; give task ids like "
+                                 f"1-1000, 0,3,5-7 or 0-15:4 (digits 0-9; then %N to cap)")
+            start = _num(lo)
+            end = _num(hi) if dash else start
+            step = _num(step_text) if colon else 1
+            if end < start or step < 1 or end >= 2**32:
+                raise ValueError(f"{shown}: {clip(part, 40)!r} is not a range of task ids from low to high "
+                                 f"(0 to {2**32 - 1})")
             out.append((start, start + (end - start) // step * step, step))
         out.sort()
         for a, b in zip(out, out[1:]):
             if b[0] <= a[1]:
-                raise ValueError(f"{text!r}: {_range_text(a)} and {_range_text(b)} overlap; name each task once")
+                raise ValueError(f"{shown}: {_range_text(a)} and {_range_text(b)} overlap; name each task once")
         tasks = cls(tuple(out), cap)
         if max_tasks and tasks.count > max_tasks:
-            raise ValueError(f"{text!r}: {tasks.count} tasks; one array has at most {max_tasks} "
+            raise ValueError(f"{shown}: {tasks.count} tasks; one array has at most {max_tasks} "
                              f"(max_array_tasks in schedd.toml)")
         return tasks
 
@@ -434,14 +455,15 @@ class TaskRanges:
         """The task ids at positions lo..hi-1, as ranges (O(ranges), not O(tasks))."""
         out: list[Range] = []
         hi = min(hi, self.count)
-        before = 0
-        for r, end in zip(self.ranges, self._ends):
-            if end > lo and before < hi:
-                a, b = max(lo, before) - before, min(hi, end) - before - 1
-                out.append((r[0] + a * r[2], r[0] + b * r[2], r[2]))
+        k = bisect_right(self._ends, lo)  # the first range that holds position lo
+        before = self._ends[k - 1] if k else 0
+        ends, ranges = self._ends, self.ranges
+        while k < len(ranges) and before < hi:
+            r, end = ranges[k], ends[k]
+            a, b = max(lo, before) - before, min(hi, end) - before - 1
+            out.append((r[0] + a * r[2], r[0] + b * r[2], r[2]))
             before = end
-            if before >= hi:
-                break
+            k += 1
         return out
 
     @property

@@ -389,3 +389,57 @@ async def test_a_purged_cancelled_array_never_gives_its_ids_out_again(make_node)
     assert node.store.load_arrays() == []
     node = await node.restart()
     assert (await node.engine.submit(spec(), CALLER)).id > aid + 9
+
+
+# -- many ranges: bounded, and each costs once ---------------------------------------------------
+
+
+def test_an_array_has_at_most_max_ranges_ranges_and_errors_stay_short():
+    from schedd.protocol import MAX_RANGES
+
+    ok = ",".join(str(2 * i) for i in range(MAX_RANGES))
+    assert TaskRanges.parse(ok).count == MAX_RANGES
+    with pytest.raises(ValueError, match=f"{MAX_RANGES + 1} comma-separated ranges; one array has at most "
+                                         f"{MAX_RANGES}") as e:
+        TaskRanges.parse(ok + ",99999")
+    assert len(str(e.value)) < 300  # the input is not echoed whole
+    with pytest.raises(ValueError, match="is not a task id") as e:
+        TaskRanges.parse("x" * 1_000_000)
+    assert len(str(e.value)) < 300
+
+
+async def test_ten_thousand_ranges_submit_record_and_fold_quickly(engine):
+    """Bounds generous enough for a loaded machine, tight enough to catch a cost per range squared."""
+    from types import SimpleNamespace
+
+    from schedd import MANAGER_IFACE, MANAGER_PATH
+    from schedd.api.dbus.service import DBusService
+    from test_dbus_jobs import OWNER, SENDERS, Recorder, _settle, call
+
+    text = ",".join(str(2 * i) for i in range(10_000))
+    t0 = time.perf_counter()
+    aid = (await engine.submit(spec(ArrayTasks=text + "%4", Hold=True, WorkingDirectory="/"), Caller(OWNER))).id
+    submit = time.perf_counter() - t0
+    rec = engine._arrays[aid]
+    t0 = time.perf_counter()
+    await engine._persist(rec)
+    write = time.perf_counter() - t0
+    rec2 = Recorder()
+    engine.executor = SimpleNamespace(name="systemd")
+    svc = DBusService(engine, rec2.bus)
+    svc._uids.update(SENDERS)
+    t0 = time.perf_counter()
+    rec2.bus._process_message(call(MANAGER_PATH, MANAGER_IFACE, "ListJobs", "a{sv}", [{"FoldArrays": Variant("b", True)}]))
+    (reply,) = await _settle(rec2)
+    fold = time.perf_counter() - t0
+    assert [(r["Id"].value, r["ArrayTasks"].value) for r in reply.body[0]] == [(aid, text + "%4")]
+    for pos in range(1, 10_000, 2):  # every other task taken out (as made jobs): 5,000 left ranges to fold
+        rec.take(pos)
+    t0 = time.perf_counter()
+    folded = engine.folded(aid)
+    fragmented = time.perf_counter() - t0
+    assert folded == ",".join(str(4 * i) for i in range(5_000)) + "%4"
+    assert max(submit, write, fold) < 1, (submit, write, fold)
+    assert fragmented < 0.3, fragmented  # ~0.01 s; from the first range on for each left range: ~0.6 s
+    with pytest.raises(InvalidArgument, match="at most 10000"):
+        await engine.submit(spec(ArrayTasks=text + ",99999", WorkingDirectory="/"), Caller(OWNER))

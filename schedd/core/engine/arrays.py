@@ -403,10 +403,11 @@ class Arrays:
             if job.state == JobState.PENDING and job.spec.after and job.id in self.jobs:
                 self._make_eligible(job)
                 self.kick()
-        log.debug("array %d: %s made job%s %s", rec.id,
-                 rec.tasks.format([(p, p + 1) for p in positions], cap=False),
-                  "s" if len(jobs) > 1 else "",
-                  ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("array %d: %s made job%s %s", rec.id,
+                      _clip(rec.tasks.format([(p, p + 1) for p in positions[:8]], cap=False)),
+                      "s" if len(jobs) > 1 else "",
+                      ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
         self._persist_soon(rec)
 
     def _persist_soon(self, rec: ArrayRec) -> None:
