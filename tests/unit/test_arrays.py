@@ -443,3 +443,23 @@ async def test_ten_thousand_ranges_submit_record_and_fold_quickly(engine):
     assert fragmented < 0.3, fragmented  # ~0.01 s; from the first range on for each left range: ~0.6 s
     with pytest.raises(InvalidArgument, match="at most 10000"):
         await engine.submit(spec(ArrayTasks=text + ",99999", WorkingDirectory="/"), Caller(OWNER))
+
+
+async def test_requeue_of_a_cancelled_task_that_never_ran_is_one_job(node):
+    aid = await submit_array(node, "0-9", Hold=True)
+    await node.engine.cancel_array(aid, CALLER)
+    await node.engine.requeue(aid + 5, CALLER)
+
+    def rows(n: Node) -> list[tuple[int, str]]:
+        return [(j.id, j.state.value) for j in n.engine.list(None, None, 0, 100)]
+
+    def check(n: Node) -> None:
+        got = rows(n)
+        assert [i for i, _ in got] == list(range(aid, aid + 10)), got  # each task once
+        assert [s for i, s in got if i != aid + 5] == ["CANCELLED"] * 9, got
+        assert dict(got)[aid + 5] in ("PENDING", "RUNNING") and n.engine.get(aid + 5).state in (P, R), got
+        assert sum(n.engine.counts()) == 1
+
+    check(node)
+    node = await node.restart()
+    check(node)

@@ -370,8 +370,9 @@ class Arrays:
                     self._enqueue(job)  # with After: once announced (_make_eligible), as a submit does
             rows.append(job_to_row(job))
         k = len(jobs)
-        self._array_left[rec.state] -= k
-        self.quotas.from_disk(rec.uid, k, 0)
+        if rec.state.queued:  # a cancelled record's tasks are counted nowhere
+            self._array_left[rec.state] -= k
+            self.quotas.from_disk(rec.uid, k, 0)
         state = rec.state
         self.store.save_rows(rows, retry=False).add_done_callback(
             lambda f: self._materialized(rec, jobs, positions, state, durable, f))
@@ -389,7 +390,7 @@ class Arrays:
                 rec.live.discard(job.id)
                 self._forget_unrecorded(job)
             rec.put_back(positions)
-            if rec.state == state:
+            if rec.state.queued:  # counted as the record's tasks are now (its state may have changed meanwhile)
                 self._array_left[state] += len(jobs)
                 self.quotas.to_disk(rec.uid, len(jobs), 0)
             durable.set_exception(err)
@@ -451,9 +452,9 @@ class Arrays:
         if rec is not None:
             pos = job_id - rec.id
             fut = rec.busy.get(job_id)
-            if fut is None and rec.state.queued and rec.has(pos):
+            if fut is None and rec.has(pos):  # in any state: a cancelled task a verb names (Requeue) is a job then
                 await self.authorize(self._task_job(rec, pos), caller)
-                if rec.state.queued and rec.take(pos):
+                if rec.take(pos):
                     fut = self._materialize(rec, [pos])
                 else:
                     fut = rec.busy.get(job_id)
@@ -587,7 +588,7 @@ class Arrays:
                 self._purged_max_id = max(self._purged_max_id, rec.last_id)
                 continue
             stale = False
-            if rec.state.queued and rec.left:
+            if rec.left:  # a cancelled record's too: a task a verb named (Requeue) became a row
                 for jid in self.store.array_job_ids(aid, aid + rec.left[0][0]):
                     stale |= rec.take(jid - aid)
             for s in (JobState.PENDING,):
