@@ -463,3 +463,23 @@ async def test_requeue_of_a_cancelled_task_that_never_ran_is_one_job(node):
     check(node)
     node = await node.restart()
     check(node)
+
+
+async def test_after_may_name_a_task_that_is_no_job_yet(node):
+    e = node.engine
+    aid = await submit_array(node, "0-9%1")
+    await node.running(aid)
+    waits = (await e.submit(spec(After=[aid + 5]), CALLER)).id  # task 5: in the record, no job yet
+    doomed = (await e.submit(spec(After=[aid + 7]), CALLER)).id
+    held = await submit_array(node, "0-3", Hold=True)
+    also = (await e.submit(spec(After=[held + 2]), CALLER)).id
+    assert (e.get(waits).state, e.get(doomed).state, e.get(also).state) == (P, P, P)
+    node = await node.restart()  # the dependency on a record's task survives a restart
+    e = node.engine
+    assert (e.get(waits).state, e.get(doomed).state, e.get(also).state) == (P, P, P)
+    await e.cancel_array(held, CALLER)  # its tasks end without becoming jobs: their dependents fail
+    await wait(lambda: e.get(also).state == JobState.FAILED, f"dependent of a cancelled task failed: {e.get(also)}")
+    assert e.get(also).reason == "dependency"
+    await e.cancel(aid + 7, CALLER)
+    await wait(lambda: e.get(doomed).state == JobState.FAILED, "dependent of a cancelled task failed")
+    assert e.get(waits).state == P

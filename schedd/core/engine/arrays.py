@@ -205,6 +205,13 @@ class Arrays:
                 raise
             return job
 
+    def _known(self, job_id: int) -> bool:
+        return super()._known(job_id) or self._virtual(job_id) is not None
+
+    def _lookup(self, job_id: int) -> Job | None:
+        """A dependency may be a task no job yet: the record answers (PENDING/HELD: wait; CANCELLED: fail)."""
+        return super()._lookup(job_id) or self._virtual(job_id)
+
     def on_disk(self, job_id: int) -> Job | None:
         return super().on_disk(job_id) or self._virtual(job_id)
 
@@ -266,8 +273,8 @@ class Arrays:
     async def _submit_array(self, props: dict, caller: Caller) -> Job:
         """One record, durable before the answer; the answer is the first task (its id names the array)."""
         limits = self.limits()
-        known = lambda i: i in self.jobs or self.store.exists(i)  # noqa: E731
-        spec = build_spec(props, caller_uid=caller.uid, limits=limits, job_known=known, daemon_uid=os.geteuid())
+        spec = build_spec(props, caller_uid=caller.uid, limits=limits, job_known=self._known,
+                          daemon_uid=os.geteuid())
         tasks = array_tasks_of(props, limits)
         await self._check_priority([spec], caller, False)
         n, size = tasks.count, exec_bytes(spec)
@@ -516,6 +523,12 @@ class Arrays:
         self._manager_changed(COUNTS)
         return n
 
+    def _end_task_dependents(self, rec: ArrayRec) -> None:
+        """The record's tasks were cancelled without becoming jobs: jobs waiting on them fail as on a
+        cancelled dependency."""
+        for dep in [d for d in self._dependents if rec.id <= d <= rec.last_id and rec.has(d - rec.id)]:
+            self._dependency_ended(self._task_job(rec, dep - rec.id))
+
     def _array_signal(self, rec: ArrayRec) -> None:
         """One JobStateChanged for the record's tasks: its first left task's, standing for them all."""
         if not rec.left:
@@ -541,6 +554,7 @@ class Arrays:
             self._record_to(rec, JobState.CANCELLED)
             await self._persist(rec)
             self._array_signal(rec)
+            self._end_task_dependents(rec)
             log.info("array %d cancelled: %d tasks that had not started", rec.id, rec.left_n)
         await self._each(self.cancel, ids, caller)
 
@@ -566,12 +580,23 @@ class Arrays:
     # -- recovery ------------------------------------------------------------------------
 
     async def recover(self, executor) -> None:
+        """The records are read first: recovering a job whose After names a task that is no job yet
+        (_make_eligible) finds the task; they are counted once the jobs are in."""
+        read, purged = self._read_arrays()
+        for rec in read:
+            self._arrays[rec.id] = rec
+            self._array_firsts.insert(bisect_right(self._array_firsts, rec.id), rec.id)
         await super().recover(executor)
-        self._load_arrays()
+        self._purged_max_id = max(self._purged_max_id, purged)
+        for rec in read:
+            self._arrays.pop(rec.id, None)
+            self._array_firsts.remove(rec.id)
+            self._load_array(rec)
 
-    def _load_arrays(self) -> None:
-        """The records back, each less the positions that became jobs rows before a crash let the
-        record say so (their rows are the truth: no task lost, none twice)."""
+    def _read_arrays(self) -> tuple[list[ArrayRec], int]:
+        """The records, each less the positions that became jobs rows before a crash let the record
+        say so (their rows are the truth: no task lost, none twice); and the highest id purged."""
+        out, purged = [], 0
         for (aid, template, tasks, count, left, uid, state, submit_time, end_time) in self.store.load_arrays():
             try:
                 spec = row_to_job(tuple(json.loads(template))).spec
@@ -585,18 +610,27 @@ class Arrays:
             if rec.state == JobState.CANCELLED and keep and rec.end_time < now_usec() - keep:
                 # its tasks ended longer ago than keep_finished: purged as jobs are, their ids never reused
                 self.store.delete_array(aid, purged_to=rec.last_id)
-                self._purged_max_id = max(self._purged_max_id, rec.last_id)
+                purged = max(purged, rec.last_id)
                 continue
-            stale = False
             if rec.left:  # a cancelled record's too: a task a verb named (Requeue) became a row
+                stale = False
                 for jid in self.store.array_job_ids(aid, aid + rec.left[0][0]):
                     stale |= rec.take(jid - aid)
-            for s in (JobState.PENDING,):
-                for jid in self._ids[s].after(aid - 1):
-                    if jid > rec.last_id:
-                        break
-                    rec.live.add(jid)
-            self._add_record(rec)
-            if stale or (not rec.left and rec.state.queued):
-                self._persist_later(rec)
-            log.info("array %d: %d tasks not started yet (%s)", aid, rec.left_n, rec.state.value.lower())
+                if stale:
+                    self._array_dirty.add(aid)  # written once loaded (_load_array)
+            out.append(rec)
+        return out, purged
+
+    def _load_array(self, rec: ArrayRec) -> None:
+        aid = rec.id
+        for s in (JobState.PENDING,):
+            for jid in self._ids[s].after(aid - 1):
+                if jid > rec.last_id:
+                    break
+                rec.live.add(jid)
+        self._add_record(rec)
+        stale = aid in self._array_dirty
+        self._array_dirty.discard(aid)
+        if stale or (not rec.left and rec.state.queued):
+            self._persist_later(rec)
+        log.info("array %d: %d tasks not started yet (%s)", aid, rec.left_n, rec.state.value.lower())
