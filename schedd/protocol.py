@@ -13,6 +13,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import math
 import re
 import shlex
 from decimal import Decimal
@@ -354,6 +355,45 @@ def _num(text: str) -> int:
 
 
 Range = tuple[int, int, int]  # (start, last, step): start, start+step, ... up to last (last is in the range)
+MAX_INTERLEAVED = 100_000  # pairs of ranges whose spans overlap that parse() compares member by member
+
+
+def _common(a: Range, b: Range) -> int | None:
+    """The lowest task in both ranges (stepped ranges may interleave: 0-10:2,1-11:2 share none)."""
+    lo, hi = max(a[0], b[0]), min(a[1], b[1])
+    if lo > hi:
+        return None
+    (s1, _, d1), (s2, _, d2) = a, b
+    g = math.gcd(d1, d2)
+    if (s2 - s1) % g:
+        return None
+    lcm = d1 // g * d2
+    # x = s1 + d1*t with d1*t = s2 - s1 (mod d2): t = ((s2-s1)/g) * inv(d1/g) mod d2/g
+    m = d2 // g
+    t = ((s2 - s1) // g * pow(d1 // g, -1, m)) % m if m > 1 else 0
+    x = s1 + d1 * t
+    if x < lo:
+        x += -(-(lo - x) // lcm) * lcm
+    return x if x <= hi else None
+
+
+def _overlap(ranges: list[Range]) -> tuple[Range, Range, int] | None:
+    """Two of the ranges (sorted by start) with a task in common, and it; ValueError when too many
+    spans overlap to compare (MAX_INTERLEAVED pairs)."""
+    active: list[Range] = []  # earlier ranges whose span reaches the current start
+    pairs = 0
+    for r in ranges:
+        active = [a for a in active if a[1] >= r[0]]
+        pairs += len(active)
+        if pairs > MAX_INTERLEAVED:
+            raise ValueError(f"more than {MAX_INTERLEAVED} pairs of ranges interleave; "
+                             f"give fewer ranges that span each other")
+        for a in active:
+            task = _common(a, r)
+            if task is not None:
+                return a, r, task
+        active.append(r)
+    return None
 
 
 def _range_len(r: Range) -> int:
@@ -371,8 +411,8 @@ def _range_text(r: Range) -> str:
 class TaskRanges:
     """An array's task ids as Slurm writes them ('1-1000000%8', '0,3,5-7', '0-15:4'), kept as ranges:
     nothing here ever lists the ids, so a million tasks cost a few tuples. Tasks are numbered by
-    their position (index 0..count-1, in ascending task id): an array's task at index i is job
-    first_id + i."""
+    their position (index 0..count-1, in ascending task id; stepped ranges that interleave, as
+    0-10:2,1-11:2, range by range): an array's task at index i is job first_id + i."""
 
     ranges: tuple[Range, ...]
     cap: int = 0  # at most this many tasks run at once; 0: no cap
@@ -419,9 +459,10 @@ class TaskRanges:
                                  f"(0 to {2**32 - 1})")
             out.append((start, start + (end - start) // step * step, step))
         out.sort()
-        for a, b in zip(out, out[1:]):
-            if b[0] <= a[1]:
-                raise ValueError(f"{shown}: {_range_text(a)} and {_range_text(b)} overlap; name each task once")
+        clash = _overlap(out)
+        if clash is not None:
+            a, b, task = clash
+            raise ValueError(f"{shown}: {_range_text(a)} and {_range_text(b)} overlap (both have task {task}); name each task once")
         tasks = cls(tuple(out), cap)
         if max_tasks and tasks.count > max_tasks:
             raise ValueError(f"{shown}: {tasks.count} tasks; one array has at most {max_tasks} "
@@ -442,14 +483,15 @@ class TaskRanges:
         return start + (index - before) * step
 
     def index_of(self, task: int) -> int | None:
-        """The position of a task id, None if the array has no such task."""
+        """The position of a task id, None if the array has no such task (interleaved stepped
+        ranges: each range starting at or below task whose span reaches it is asked)."""
         k = bisect_right(self.ranges, (task, 2**64, 2**64)) - 1
-        if k < 0:
-            return None
-        start, last, step = self.ranges[k]
-        if task > last or (task - start) % step:
-            return None
-        return (self._ends[k - 1] if k else 0) + (task - start) // step
+        while k >= 0:
+            start, last, step = self.ranges[k]
+            if start <= task <= last and not (task - start) % step:
+                return (self._ends[k - 1] if k else 0) + (task - start) // step
+            k -= 1
+        return None
 
     def slice_ranges(self, lo: int, hi: int) -> list[Range]:
         """The task ids at positions lo..hi-1, as ranges (O(ranges), not O(tasks))."""

@@ -37,6 +37,15 @@ def test_ranges_parse_count_and_index_without_listing_the_tasks():
     assert list(t) == [0, 4, 8, 12] and t.index_of(8) == 2 and t.index_of(9) is None
 
 
+def test_interleaved_stepped_ranges_are_one_array():
+    t = TaskRanges.parse("0-10:2,1-11:2")  # Slurm takes it: the evens and the odds, no task twice
+    assert t.count == 12 and sorted(t) == list(range(12))
+    assert all(t.index_of(t.task_at(i)) == i for i in range(t.count)) and t.index_of(12) is None
+    assert t.format() == "0-10:2,1-11:2"
+    t = TaskRanges.parse("0-99:3,1-99:3,2-99:3")
+    assert sorted(t) == list(range(100)) and all(t.index_of(t.task_at(i)) == i for i in range(100))
+
+
 def test_ranges_fold_back_to_slurm_text():
     assert TaskRanges.parse("1-1000000%8").format([(4, 1_000_000)]) == "5-1000000%8"
     assert TaskRanges.parse("0,3,5-7").format() == "0,3,5-7"
@@ -48,6 +57,8 @@ def test_ranges_fold_back_to_slurm_text():
 @pytest.mark.parametrize("text, words", [
     ("1-", "give task ids like"), ("x", "give task ids like"), ("5-3", "from low to high"),
     ("1-10,5-6", "overlap"), ("1-4%0", "after %"), ("0-1000000", "at most 1000000"), ("", "give task ids"),
+    ("1-5%", "after %"), ("1-5%²", r"after % .*digits 0-9"), ("1-²", "digits 0-9"),
+    ("0-10:2,4-20:4", r"overlap \(both have task 4\)"), ("0-15:4,2-30:6", "both have task 8"),
 ])
 def test_bad_ranges_say_what_is_wrong(text, words):
     with pytest.raises(ValueError, match=words):
