@@ -494,3 +494,34 @@ async def test_after_may_name_a_task_that_is_no_job_yet(node):
     await e.cancel(aid + 7, CALLER)
     await wait(lambda: e.get(doomed).state == JobState.FAILED, "dependent of a cancelled task failed")
     assert e.get(waits).state == P
+
+
+@pytest.mark.parametrize("how", ["write fails", "store closing"])
+async def test_an_array_verb_whose_record_cannot_be_written_fails_and_changes_nothing(make_node, how):
+    import asyncio
+
+    from schedd.errors import SchedError
+
+    node = await make_node()
+    e = node.engine
+    aid = await submit_array(node, "0-9", Hold=True)
+    before = (e.counts(), e.quotas.jobs(ME), e.quotas.bytes(ME), e.get(aid + 9).state)
+    put = node.store.put_array
+
+    def broken(row):
+        if how == "store closing":
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(OSError("I/O error"))
+        return fut
+
+    node.store.put_array = broken
+    for verb in (e.cancel_array, e.release_array):
+        with pytest.raises(SchedError, match=f"cannot record.*array {aid}"):
+            await verb(aid, CALLER)
+        assert (e.counts(), e.quotas.jobs(ME), e.quotas.bytes(ME), e.get(aid + 9).state) == before
+    node.store.put_array = put
+    await e.cancel_array(aid, CALLER)  # and once it can be written, it is
+    assert e.get(aid + 9).state == X and e.counts() == (0, 0) and e.quotas.bytes(ME) == 0
+    node = await node.restart()
+    assert node.engine.get(aid + 9).state == X

@@ -515,6 +515,9 @@ class Arrays:
             self._array_left[old] -= n
         if state.queued:
             self._array_left[state] += n
+            if not old.queued:  # back from CANCELLED: a write of the cancel failed (_record_verb)
+                self.quotas.to_disk(rec.uid, n, 0 if rec.charged else exec_bytes(rec.template))
+                rec.charged = True
         else:
             self.quotas.from_disk(rec.uid, n, 0)
             self._uncharge(rec)
@@ -522,6 +525,25 @@ class Arrays:
         rec.state = state
         self._manager_changed(COUNTS)
         return n
+
+    async def _record_verb(self, rec: ArrayRec, state: JobState) -> None:
+        """The record's tasks to state, answered once durable: if the write fails, memory goes back
+        (counts, caps) and the verb fails with the store's error."""
+        old, end = rec.state, rec.end_time
+        self._record_to(rec, state)
+        try:
+            try:
+                await self._persist(rec)
+            except SchedError:
+                raise
+            except Exception as e:
+                raise self.store.write_error(e, f"array {rec.id}") from e
+        except SchedError:
+            if rec.state == state:
+                self._record_to(rec, old)
+                rec.end_time = end
+            raise
+        self._array_signal(rec)
 
     def _end_task_dependents(self, rec: ArrayRec) -> None:
         """The record's tasks were cancelled without becoming jobs: jobs waiting on them fail as on a
@@ -551,9 +573,7 @@ class Arrays:
         """Every task: those no job yet CANCELLED in the record (one signal), the jobs cancelled each."""
         rec, ids = await self._array_target(array_id, caller)
         if rec is not None and rec.state.queued:
-            self._record_to(rec, JobState.CANCELLED)
-            await self._persist(rec)
-            self._array_signal(rec)
+            await self._record_verb(rec, JobState.CANCELLED)
             self._end_task_dependents(rec)
             log.info("array %d cancelled: %d tasks that had not started", rec.id, rec.left_n)
         await self._each(self.cancel, ids, caller)
@@ -561,18 +581,14 @@ class Arrays:
     async def hold_array(self, array_id: int, caller: Caller) -> None:
         rec, ids = await self._array_target(array_id, caller)
         if rec is not None and rec.state == JobState.PENDING:
-            self._record_to(rec, JobState.HELD)
-            await self._persist(rec)
-            self._array_signal(rec)
+            await self._record_verb(rec, JobState.HELD)
         pending = [i for i in ids if (j := self.jobs.get(i)) is None or j.state == JobState.PENDING]
         await self._each(self.hold, pending, caller)
 
     async def release_array(self, array_id: int, caller: Caller) -> None:
         rec, ids = await self._array_target(array_id, caller)
         if rec is not None and rec.state == JobState.HELD:
-            self._record_to(rec, JobState.PENDING)
-            await self._persist(rec)
-            self._array_signal(rec)
+            await self._record_verb(rec, JobState.PENDING)
         held = [i for i in ids if (j := self.jobs.get(i)) is None or j.state == JobState.HELD]
         await self._each(self.release, held, caller)
         self.kick()
