@@ -377,16 +377,16 @@ def _common(a: Range, b: Range) -> int | None:
     return x if x <= hi else None
 
 
-def _overlap(ranges: list[Range]) -> tuple[Range, Range, int] | None:
-    """Two of the ranges (sorted by start) with a task in common, and it; ValueError when too many
-    spans overlap to compare (MAX_INTERLEAVED pairs)."""
+def _overlap(ranges: list[Range], max_pairs: int) -> tuple[Range, Range, int] | None:
+    """Two of the ranges (sorted by start) with a task in common, and it; ValueError when more than
+    max_pairs (0: any) pairs of spans overlap to compare."""
     active: list[Range] = []  # earlier ranges whose span reaches the current start
     pairs = 0
     for r in ranges:
         active = [a for a in active if a[1] >= r[0]]
         pairs += len(active)
-        if pairs > MAX_INTERLEAVED:
-            raise ValueError(f"more than {MAX_INTERLEAVED} pairs of ranges interleave; "
+        if max_pairs and pairs > max_pairs:
+            raise ValueError(f"more than {max_pairs} pairs of ranges interleave; "
                              f"give fewer ranges that span each other")
         for a in active:
             task = _common(a, r)
@@ -427,9 +427,9 @@ class TaskRanges:
         object.__setattr__(self, "_ends", tuple(ends))
 
     @classmethod
-    def parse(cls, text: str, max_tasks: int = 0) -> "TaskRanges":
+    def parse(cls, text: str, max_tasks: int = 0, max_ranges: int = MAX_RANGES) -> "TaskRanges":
         """ValueError with a sentence on bad syntax, overlapping ranges, more than MAX_RANGES ranges
-        or more than max_tasks tasks (0: any)."""
+        or more than max_tasks tasks (0: any). max_ranges=0: a record already accepted, any number."""
         shown = repr(clip(text))
         body, _, cap_text = text.replace(" ", "").partition("%")
         cap = 0
@@ -441,8 +441,8 @@ class TaskRanges:
         if not body:
             raise ValueError(f"{shown}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)")
         n = body.count(",") + 1
-        if n > MAX_RANGES:
-            raise ValueError(f"{shown}: {n} comma-separated ranges; one array has at most {MAX_RANGES} "
+        if max_ranges and n > max_ranges:
+            raise ValueError(f"{shown}: {n} comma-separated ranges; one array has at most {max_ranges} "
                              f"(write runs of ids as lo-hi or lo-hi:step)")
         out: list[Range] = []
         for part in body.split(","):
@@ -459,7 +459,10 @@ class TaskRanges:
                                  f"(0 to {2**32 - 1})")
             out.append((start, start + (end - start) // step * step, step))
         out.sort()
-        clash = _overlap(out)
+        try:
+            clash = _overlap(out, MAX_INTERLEAVED if max_ranges else 0)
+        except ValueError as e:
+            raise ValueError(f"{shown}: {e}") from None
         if clash is not None:
             a, b, task = clash
             raise ValueError(f"{shown}: {_range_text(a)} and {_range_text(b)} overlap (both have task {task}); name each task once")

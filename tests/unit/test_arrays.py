@@ -44,6 +44,12 @@ def test_interleaved_stepped_ranges_are_one_array():
     assert t.format() == "0-10:2,1-11:2"
     t = TaskRanges.parse("0-99:3,1-99:3,2-99:3")
     assert sorted(t) == list(range(100)) and all(t.index_of(t.task_at(i)) == i for i in range(100))
+    woven = ",".join(f"{k}-{k + 500_000}:500" for k in range(500))  # 124,750 pairs to compare
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="more than 100000 pairs of ranges interleave"):
+        TaskRanges.parse(woven)
+    assert time.perf_counter() - t0 < 2
+    assert TaskRanges.parse(woven, max_ranges=0).count == 500 * 1001  # a stored record loads whatever it is
 
 
 def test_ranges_fold_back_to_slurm_text():

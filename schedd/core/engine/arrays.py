@@ -616,7 +616,7 @@ class Arrays:
         for (aid, template, tasks, count, left, uid, state, submit_time, end_time) in self.store.load_arrays():
             try:
                 spec = row_to_job(tuple(json.loads(template))).spec
-                rec = ArrayRec(aid, spec, TaskRanges.parse(tasks), [list(r) for r in json.loads(left)],
+                rec = ArrayRec(aid, spec, TaskRanges.parse(tasks, max_ranges=0), [list(r) for r in json.loads(left)],
                                JobState(state), submit_time, end_time)
                 rec.left_n = sum(hi - lo for lo, hi in rec.left)
             except Exception:
