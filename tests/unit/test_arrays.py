@@ -531,3 +531,50 @@ async def test_an_array_verb_whose_record_cannot_be_written_fails_and_changes_no
     assert e.get(aid + 9).state == X and e.counts() == (0, 0) and e.quotas.bytes(ME) == 0
     node = await node.restart()
     assert node.engine.get(aid + 9).state == X
+
+
+def test_list_jobs_budget_counts_the_folded_array_text():
+    from schedd.api.dbus.service import row_bytes, within_budget
+    from schedd.core.model import Job
+
+    jobs = [Job(id=i, spec=spec_obj) for i, spec_obj in enumerate([_plain_spec()] * 3, 1)]
+    each = row_bytes(jobs[0])
+    assert within_budget(jobs, budget=3 * each) == jobs
+    # each row also carries a 100 kB ArrayTasks: two fit in 250 kB, not three
+    assert within_budget(jobs, budget=250_000, extra=lambda j: 100_000) == jobs[:2]
+
+
+def _plain_spec():
+    from schedd.core.model import JobSpec
+
+    return JobSpec(command=["true"], name="true", cpus=1, memory=1 << 20)
+
+
+async def test_a_failed_batch_leaves_every_task_in_the_durable_record(make_node):
+    import threading
+
+    node = await make_node()
+    e, store = node.engine, node.store
+    aid = await submit_array(node, "0-49")
+    await wait(lambda: sum(1 for j in jobs_of(node, aid) if j.state == R) >= 4, f"running: {describe(node, aid)}")
+    gate, commit = threading.Event(), store._commit
+
+    def failing(rows, groups):  # the batch's commit fails, once the record has been written meanwhile
+        gate.wait(10)
+        return dict.fromkeys(rows, OSError("I/O error"))
+
+    store._commit = failing
+    rec = e._arrays[aid]
+    for j in [j for j in jobs_of(node, aid) if j.state == R]:
+        node.ex.exit(j.id, 0)
+    await wait(lambda: rec.busy, "a batch of tasks being committed")
+    await e._persist(rec)
+    batch = sorted(rec.busy)
+    gate.set()
+    await wait(lambda: not rec.busy, "the batch failed")
+    assert all(rec.has(i - aid) for i in batch)  # back in the record, in memory ...
+    store._commit = commit
+    await node.crash()
+    node = await Node(node.state_dir, node.host, node.registry, **node.config).open()
+    e = node.engine
+    assert [e.get(i).id for i in range(aid, aid + 50)] == list(range(aid, aid + 50))  # ... and on disk
