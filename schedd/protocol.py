@@ -431,6 +431,12 @@ class TaskRanges:
         """ValueError with a sentence on bad syntax, overlapping ranges, more than MAX_RANGES ranges
         or more than max_tasks tasks (0: any). max_ranges=0: a record already accepted, any number."""
         shown = repr(clip(text))
+        n = text.count(",") + 1
+        if max_ranges and n > max_ranges:
+            raise ValueError(f"{shown}: {n} comma-separated ranges; one array has at most {max_ranges} "
+                             f"(write runs of ids as lo-hi or lo-hi:step)")
+        if max_ranges and len(text) > 32 * max_ranges:
+            raise ValueError(f"{shown}: at most {32 * max_ranges} characters (and {max_ranges} ranges)")
         body, _, cap_text = text.replace(" ", "").partition("%")
         cap = 0
         if cap_text or "%" in text:
@@ -440,10 +446,6 @@ class TaskRanges:
             cap = _num(cap_text)
         if not body:
             raise ValueError(f"{shown}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)")
-        n = body.count(",") + 1
-        if max_ranges and n > max_ranges:
-            raise ValueError(f"{shown}: {n} comma-separated ranges; one array has at most {max_ranges} "
-                             f"(write runs of ids as lo-hi or lo-hi:step)")
         out: list[Range] = []
         for part in body.split(","):
             rng, colon, step_text = part.partition(":")
