@@ -435,8 +435,8 @@ class TaskRanges:
         if max_ranges and n > max_ranges:
             raise ValueError(f"{shown}: {n} comma-separated ranges; one array has at most {max_ranges} "
                              f"(write runs of ids as lo-hi or lo-hi:step)")
-        if max_ranges and len(text) > 32 * max_ranges:
-            raise ValueError(f"{shown}: at most {32 * max_ranges} characters (and {max_ranges} ranges)")
+        if max_ranges and len(text) > 40 * max_ranges:
+            raise ValueError(f"{shown}: at most {40 * max_ranges} characters (and {max_ranges} ranges)")
         body, _, cap_text = text.replace(" ", "").partition("%")
         cap = 0
         if cap_text or "%" in text:
