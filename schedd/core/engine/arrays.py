@@ -11,9 +11,12 @@ Until then a task answers from the record: GetJob, its D-Bus path (on_disk) and 
 as PENDING/HELD (CANCELLED once the array is cancelled); the Manager's counts and the per-user
 caps count it (quotas.on_disk: the tasks as jobs, the template's bytes once).
 
-Crash safety: a task's jobs row is durable before the record forgets its position; a crash in
-between leaves the position in the record with a row beside it, and recovery (`_load_arrays`)
-drops every position that has a row -- no task is lost, none runs twice.
+Crash safety: a task's jobs row is durable before the record forgets its position -- the record
+(written by the store's background thread, in no set order with the group committer's rows) lists
+the tasks whose rows are in flight (rec.busy) as well as those left; a crash in between leaves the
+position in the record with a row beside it, and recovery (`_read_arrays`) drops every position
+that has a row -- no task is lost, none runs twice. A cancelled record purged after keep_finished
+raises purged_max_id in the same transaction: its ids are never given out again.
 
 CancelArray/HoldArray/ReleaseArray act on the record in O(ranges) and on the array's jobs one by
 one. The record's tasks change state without a signal each: one JobStateChanged comes for the
