@@ -165,7 +165,8 @@ def row_bytes(job: Job) -> int:
             + len(s.stderr_path) + len(s.name) + 8 * (len(s.after) + len(job.assigned_cpus)))
 
 
-def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET, extra=None) -> list[Job]:
+def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET,
+                  extra: Callable[[Job], int] | None = None) -> list[Job]:
     """The longest head of jobs whose rows fit the reply budget (at least one job); extra(job): what
     else its row carries (a folded ArrayTasks text), counted too."""
     total = 0
