@@ -13,6 +13,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import math
 import re
 import shlex
 from decimal import Decimal
@@ -335,7 +336,64 @@ def format_ranges(ids: list[int]) -> str:
     return ",".join(out)
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """A user's text shortened for a message or a log line (an ArrayTasks can be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+MAX_RANGES = 10_000  # comma-separated ranges in one ArrayTasks: each costs on every record write and fold
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes '²' and other scripts' digits, which int() refuses)."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
+def _num(text: str) -> int:
+    """_digits' number; any with more than 10 digits as 2**32 (out of range, without a huge int())."""
+    return int(text) if len(text.lstrip("0")) <= 10 else 2**32
+
+
 Range = tuple[int, int, int]  # (start, last, step): start, start+step, ... up to last (last is in the range)
+MAX_INTERLEAVED = 100_000  # pairs of ranges whose spans overlap that parse() compares member by member
+
+
+def _common(a: Range, b: Range) -> int | None:
+    """The lowest task in both ranges (stepped ranges may interleave: 0-10:2,1-11:2 share none)."""
+    lo, hi = max(a[0], b[0]), min(a[1], b[1])
+    if lo > hi:
+        return None
+    (s1, _, d1), (s2, _, d2) = a, b
+    g = math.gcd(d1, d2)
+    if (s2 - s1) % g:
+        return None
+    lcm = d1 // g * d2
+    # x = s1 + d1*t with d1*t = s2 - s1 (mod d2): t = ((s2-s1)/g) * inv(d1/g) mod d2/g
+    m = d2 // g
+    t = ((s2 - s1) // g * pow(d1 // g, -1, m)) % m if m > 1 else 0
+    x = s1 + d1 * t
+    if x < lo:
+        x += -(-(lo - x) // lcm) * lcm
+    return x if x <= hi else None
+
+
+def _overlap(ranges: list[Range], max_pairs: int) -> tuple[Range, Range, int] | None:
+    """Two of the ranges (sorted by start) with a task in common, and it; ValueError when more than
+    max_pairs (0: any) pairs of spans overlap to compare."""
+    active: list[Range] = []  # earlier ranges whose span reaches the current start
+    pairs = 0
+    for r in ranges:
+        active = [a for a in active if a[1] >= r[0]]
+        pairs += len(active)
+        if max_pairs and pairs > max_pairs:
+            raise ValueError(f"more than {max_pairs} pairs of ranges interleave; "
+                             f"give fewer ranges that span each other")
+        for a in active:
+            task = _common(a, r)
+            if task is not None:
+                return a, r, task
+        active.append(r)
+    return None
 
 
 def _range_len(r: Range) -> int:
@@ -353,12 +411,13 @@ def _range_text(r: Range) -> str:
 class TaskRanges:
     """An array's task ids as Slurm writes them ('1-1000000%8', '0,3,5-7', '0-15:4'), kept as ranges:
     nothing here ever lists the ids, so a million tasks cost a few tuples. Tasks are numbered by
-    their position (index 0..count-1, in ascending task id): an array's task at index i is job
-    first_id + i."""
+    their position (index 0..count-1, in ascending task id; stepped ranges that interleave, as
+    0-10:2,1-11:2, range by range): an array's task at index i is job first_id + i."""
 
     ranges: tuple[Range, ...]
     cap: int = 0  # at most this many tasks run at once; 0: no cap
     _ends: tuple[int, ...] = field(default=(), compare=False, repr=False)  # cumulative counts
+    _text: list[str] = field(default_factory=list, compare=False, repr=False)  # format()'s, once made
 
     def __post_init__(self) -> None:
         ends, n = [], 0
@@ -368,36 +427,50 @@ class TaskRanges:
         object.__setattr__(self, "_ends", tuple(ends))
 
     @classmethod
-    def parse(cls, text: str, max_tasks: int = 0) -> "TaskRanges":
-        """ValueError with a sentence on bad syntax, overlapping ranges or more than max_tasks (0: any)."""
+    def parse(cls, text: str, max_tasks: int = 0, max_ranges: int = MAX_RANGES) -> "TaskRanges":
+        """ValueError with a sentence on bad syntax, overlapping ranges, more than MAX_RANGES ranges
+        or more than max_tasks tasks (0: any). max_ranges=0: a record already accepted, any number."""
+        shown = repr(clip(text))
+        n = text.count(",") + 1
+        if max_ranges and n > max_ranges:
+            raise ValueError(f"{shown}: {n} comma-separated ranges; one array has at most {max_ranges} "
+                             f"(write runs of ids as lo-hi or lo-hi:step)")
+        if max_ranges and len(text) > 40 * max_ranges:
+            raise ValueError(f"{shown}: at most {40 * max_ranges} characters (and {max_ranges} ranges)")
         body, _, cap_text = text.replace(" ", "").partition("%")
         cap = 0
-        if cap_text:
-            if not cap_text.isdigit() or int(cap_text) < 1 or int(cap_text) >= 2**32:
-                raise ValueError(f"{text!r}: after % give how many tasks may run at once, e.g. 1-100%8")
-            cap = int(cap_text)
+        if cap_text or "%" in text:
+            if not _digits(cap_text) or not 1 <= _num(cap_text) < 2**32:
+                raise ValueError(f"{shown}: after % give how many tasks may run at once "
+                                 f"(digits 0-9, at least 1), e.g. 1-100%8")
+            cap = _num(cap_text)
         if not body:
-            raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)")
+            raise ValueError(f"{shown}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)")
         out: list[Range] = []
         for part in body.split(","):
             rng, colon, step_text = part.partition(":")
             lo, dash, hi = rng.partition("-")
-            try:
-                start = int(lo)
-                end = int(hi) if dash else start
-                step = int(step_text) if colon else 1
-            except ValueError:
-                raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)") from None
-            if start < 0 or end < start or step < 1 or end >= 2**32 or not lo.isdigit():
-                raise ValueError(f"{text!r}: {part!r} is not a range of task ids from low to high (0 to {2**32 - 1})")
+            if not (_digits(lo) and (_digits(hi) or not dash) and (_digits(step_text) or not colon)):
+                raise ValueError(f"{shown}: {clip(part, 40)!r} is not a task id or range; give task ids like "
+                                 f"1-1000, 0,3,5-7 or 0-15:4 (digits 0-9; then %N to cap)")
+            start = _num(lo)
+            end = _num(hi) if dash else start
+            step = _num(step_text) if colon else 1
+            if end < start or step < 1 or end >= 2**32:
+                raise ValueError(f"{shown}: {clip(part, 40)!r} is not a range of task ids from low to high "
+                                 f"(0 to {2**32 - 1})")
             out.append((start, start + (end - start) // step * step, step))
         out.sort()
-        for a, b in zip(out, out[1:]):
-            if b[0] <= a[1]:
-                raise ValueError(f"{text!r}: {_range_text(a)} and {_range_text(b)} overlap; name each task once")
+        try:
+            clash = _overlap(out, MAX_INTERLEAVED if max_ranges else 0)
+        except ValueError as e:
+            raise ValueError(f"{shown}: {e}") from None
+        if clash is not None:
+            a, b, task = clash
+            raise ValueError(f"{shown}: {_range_text(a)} and {_range_text(b)} overlap (both have task {task}); name each task once")
         tasks = cls(tuple(out), cap)
         if max_tasks and tasks.count > max_tasks:
-            raise ValueError(f"{text!r}: {tasks.count} tasks; one array has at most {max_tasks} "
+            raise ValueError(f"{shown}: {tasks.count} tasks; one array has at most {max_tasks} "
                              f"(max_array_tasks in schedd.toml)")
         return tasks
 
@@ -415,28 +488,37 @@ class TaskRanges:
         return start + (index - before) * step
 
     def index_of(self, task: int) -> int | None:
-        """The position of a task id, None if the array has no such task."""
+        """The position of a task id, None if the array has no such task (interleaved stepped
+        ranges: each range starting at or below task whose span reaches it is asked)."""
         k = bisect_right(self.ranges, (task, 2**64, 2**64)) - 1
-        if k < 0:
-            return None
-        start, last, step = self.ranges[k]
-        if task > last or (task - start) % step:
-            return None
-        return (self._ends[k - 1] if k else 0) + (task - start) // step
+        while k >= 0:
+            start, last, step = self.ranges[k]
+            if start <= task <= last and not (task - start) % step:
+                return (self._ends[k - 1] if k else 0) + (task - start) // step
+            k -= 1
+        return None
 
     def slice_ranges(self, lo: int, hi: int) -> list[Range]:
         """The task ids at positions lo..hi-1, as ranges (O(ranges), not O(tasks))."""
         out: list[Range] = []
         hi = min(hi, self.count)
-        before = 0
-        for r, end in zip(self.ranges, self._ends):
-            if end > lo and before < hi:
-                a, b = max(lo, before) - before, min(hi, end) - before - 1
-                out.append((r[0] + a * r[2], r[0] + b * r[2], r[2]))
+        k = bisect_right(self._ends, lo)  # the first range that holds position lo
+        before = self._ends[k - 1] if k else 0
+        ends, ranges = self._ends, self.ranges
+        while k < len(ranges) and before < hi:
+            r, end = ranges[k], ends[k]
+            a, b = max(lo, before) - before, min(hi, end) - before - 1
+            out.append((r[0] + a * r[2], r[0] + b * r[2], r[2]))
             before = end
-            if before >= hi:
-                break
+            k += 1
         return out
+
+    @property
+    def text(self) -> str:
+        """format() of all the tasks, made once (an array's record is written again and again)."""
+        if not self._text:
+            self._text.append(self.format())
+        return self._text[0]
 
     def format(self, positions: list[tuple[int, int]] | None = None, cap: bool = True) -> str:
         """Slurm's text of the tasks (or of those at the half-open position ranges given): '5-1000000%8'."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import os
 import pwd
 import re
@@ -314,6 +316,10 @@ def _check_array_tasks(v: dict[str, Any], limits: Limits) -> None:
     array_tasks_of({"ArrayTasks": v["ArrayTasks"]}, limits)
 
 
+# build_spec checks ArrayTasks and the array's submit then takes it: one parse for both.
+_parse_tasks = functools.lru_cache(maxsize=8)(TaskRanges.parse)
+
+
 def array_tasks_of(props: dict[str, Any], limits: Limits) -> TaskRanges | None:
     """The ArrayTasks of a spec (plain values or Variants), None without; InvalidArgument if bad."""
     if "ArrayTasks" not in props:
@@ -323,6 +329,6 @@ def array_tasks_of(props: dict[str, Any], limits: Limits) -> TaskRanges | None:
     if not isinstance(text, str):
         raise _bad("ArrayTasks", "must be a string like 1-1000000, 0,3,5-7 or 0-15:4, with %N to cap")
     try:
-        return TaskRanges.parse(text, limits.max_array_tasks)
+        return _parse_tasks(text, limits.max_array_tasks)
     except ValueError as e:
         raise _bad("ArrayTasks", str(e)) from None

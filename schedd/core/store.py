@@ -583,8 +583,23 @@ class Store:
         c.execute(f"INSERT OR REPLACE INTO arrays ({', '.join(ARRAY_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(ARRAY_COLUMNS))})", row)
 
-    def delete_array(self, array_id: int) -> asyncio.Future:
-        return self.background(lambda: self._bg().execute("DELETE FROM arrays WHERE id = ?", (array_id,)))
+    def delete_array(self, array_id: int, purged_to: int = 0) -> asyncio.Future:
+        """Delete an array's record; purged_to > 0 (its last id, for a record whose tasks never became
+        rows) raises purged_max_id in the same transaction, so max_id never gives its ids out again."""
+        return self.background(self._delete_array, array_id, purged_to)
+
+    def _delete_array(self, array_id: int, purged_to: int) -> None:
+        c = self._bg()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM arrays WHERE id = ?", (array_id,))
+            if purged_to:
+                c.execute("INSERT INTO meta (key, value) VALUES ('purged_max_id', ?) ON CONFLICT (key) "
+                          "DO UPDATE SET value = max(value, excluded.value)", (purged_to,))
+            c.execute("COMMIT")
+        except BaseException:
+            _rollback(c)
+            raise
 
     def load_arrays(self) -> list[tuple]:
         return self._r.execute(f"SELECT {', '.join(ARRAY_COLUMNS)} FROM arrays ORDER BY id").fetchall()

@@ -37,6 +37,21 @@ def test_ranges_parse_count_and_index_without_listing_the_tasks():
     assert list(t) == [0, 4, 8, 12] and t.index_of(8) == 2 and t.index_of(9) is None
 
 
+def test_interleaved_stepped_ranges_are_one_array():
+    t = TaskRanges.parse("0-10:2,1-11:2")  # Slurm takes it: the evens and the odds, no task twice
+    assert t.count == 12 and sorted(t) == list(range(12))
+    assert all(t.index_of(t.task_at(i)) == i for i in range(t.count)) and t.index_of(12) is None
+    assert t.format() == "0-10:2,1-11:2"
+    t = TaskRanges.parse("0-99:3,1-99:3,2-99:3")
+    assert sorted(t) == list(range(100)) and all(t.index_of(t.task_at(i)) == i for i in range(100))
+    woven = ",".join(f"{k}-{k + 500_000}:500" for k in range(500))  # 124,750 pairs to compare
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="more than 100000 pairs of ranges interleave"):
+        TaskRanges.parse(woven)
+    assert time.perf_counter() - t0 < 2
+    assert TaskRanges.parse(woven, max_ranges=0).count == 500 * 1001  # a stored record loads whatever it is
+
+
 def test_ranges_fold_back_to_slurm_text():
     assert TaskRanges.parse("1-1000000%8").format([(4, 1_000_000)]) == "5-1000000%8"
     assert TaskRanges.parse("0,3,5-7").format() == "0,3,5-7"
@@ -48,6 +63,8 @@ def test_ranges_fold_back_to_slurm_text():
 @pytest.mark.parametrize("text, words", [
     ("1-", "give task ids like"), ("x", "give task ids like"), ("5-3", "from low to high"),
     ("1-10,5-6", "overlap"), ("1-4%0", "after %"), ("0-1000000", "at most 1000000"), ("", "give task ids"),
+    ("1-5%", "after %"), ("1-5%²", r"after % .*digits 0-9"), ("1-²", "digits 0-9"),
+    ("0-10:2,4-20:4", r"overlap \(both have task 4\)"), ("0-15:4,2-30:6", "both have task 8"),
 ])
 def test_bad_ranges_say_what_is_wrong(text, words):
     with pytest.raises(ValueError, match=words):
@@ -331,3 +348,236 @@ async def test_records_survive_a_restart_held_and_cancelled(make_node):
     await e.release_array(held, CALLER)
     await wait(lambda: any(j.state == C or j.id in node.host.units for j in jobs_of(node, held)), "a task running")
     assert e.counts()[0] >= 999_990
+
+
+async def test_a_crash_mid_batch_loses_and_repeats_no_task(make_node, tmp_path):
+    """The record written while a batch of tasks is still being committed lists that batch: a crash
+    then (the database copied as it is) recovers every task once."""
+    import sqlite3
+    import threading
+
+    from schedd.executor.fake import FakeHost
+
+    node = await make_node()
+    e, store = node.engine, node.store
+    aid = await submit_array(node, "0-99")
+    await wait(lambda: sum(1 for j in jobs_of(node, aid) if j.state == R and j.id in node.host.units) >= 4,
+               f"tasks running: {describe(node, aid)}")
+    gate, commit = threading.Event(), store._commit
+
+    def blocked(rows, groups):
+        gate.wait(10)
+        return commit(rows, groups)
+
+    store._commit = blocked
+    rec = e._arrays[aid]
+    try:
+        for j in [j for j in jobs_of(node, aid) if j.state == R]:
+            node.ex.exit(j.id, 0)
+        await wait(lambda: rec.busy, "a batch of tasks being committed")
+        await e._persist(rec)  # what the delayed record write does meanwhile
+        snap = tmp_path / "crash"
+        snap.mkdir()
+        src, dst = sqlite3.connect(store.path), sqlite3.connect(snap / "schedd.db")
+        src.backup(dst)
+        dst.close()
+        src.close()
+    finally:
+        gate.set()
+    crashed = await Node(snap, FakeHost(), [], **node.config).open()
+    try:
+        c = crashed.engine
+        tasks = [c.get(i) for i in range(aid, aid + 100)]  # NotFound for a lost task
+        assert [t.id for t in tasks] == list(range(aid, aid + 100))
+        made = {j.id for j in c.jobs.values() if j.array_job_id == aid}
+        again = [i for i in made if c._arrays[aid].has(i - aid)]
+        assert not again, f"tasks both jobs and still in the record (would run twice): {again}"
+    finally:
+        await crashed.engine.shutdown()
+        crashed.store.close()
+
+
+async def test_a_purged_cancelled_array_never_gives_its_ids_out_again(make_node):
+    node = await make_node(keep_finished_usec=1)  # a restart takes longer: it purges the record
+    aid = await submit_array(node, "1-10", Hold=True)
+    await node.engine.cancel_array(aid, CALLER)
+    node = await node.restart()
+    await node.store.background(lambda: None)
+    assert node.store.load_arrays() == []
+    node = await node.restart()
+    assert (await node.engine.submit(spec(), CALLER)).id > aid + 9
+
+
+# -- many ranges: bounded, and each costs once ---------------------------------------------------
+
+
+def test_an_array_has_at_most_max_ranges_ranges_and_errors_stay_short():
+    from schedd.protocol import MAX_RANGES
+
+    ok = ",".join(str(2 * i) for i in range(MAX_RANGES))
+    assert TaskRanges.parse(ok).count == MAX_RANGES
+    with pytest.raises(ValueError, match=f"{MAX_RANGES + 1} comma-separated ranges; one array has at most "
+                                         f"{MAX_RANGES}") as e:
+        TaskRanges.parse(ok + ",99999")
+    assert len(str(e.value)) < 300  # the input is not echoed whole
+    with pytest.raises(ValueError, match="is not a task id") as e:
+        TaskRanges.parse("x" * 100_000)
+    assert len(str(e.value)) < 300
+    with pytest.raises(ValueError, match=f"at most {40 * MAX_RANGES} characters") as e:
+        TaskRanges.parse("0" * 1_000_000 + "1")  # one task, padded to a megabyte
+    assert len(str(e.value)) < 300
+
+
+async def test_ten_thousand_ranges_submit_record_and_fold_quickly(engine):
+    """Bounds generous enough for a loaded machine, tight enough to catch a cost per range squared."""
+    from types import SimpleNamespace
+
+    from schedd import MANAGER_IFACE, MANAGER_PATH
+    from schedd.api.dbus.service import DBusService
+    from test_dbus_jobs import OWNER, SENDERS, Recorder, _settle, call
+
+    text = ",".join(str(2 * i) for i in range(10_000))
+    t0 = time.perf_counter()
+    aid = (await engine.submit(spec(ArrayTasks=text + "%4", Hold=True, WorkingDirectory="/"), Caller(OWNER))).id
+    submit = time.perf_counter() - t0
+    rec = engine._arrays[aid]
+    t0 = time.perf_counter()
+    await engine._persist(rec)
+    write = time.perf_counter() - t0
+    rec2 = Recorder()
+    engine.executor = SimpleNamespace(name="systemd")
+    svc = DBusService(engine, rec2.bus)
+    svc._uids.update(SENDERS)
+    t0 = time.perf_counter()
+    rec2.bus._process_message(call(MANAGER_PATH, MANAGER_IFACE, "ListJobs", "a{sv}", [{"FoldArrays": Variant("b", True)}]))
+    (reply,) = await _settle(rec2)
+    fold = time.perf_counter() - t0
+    assert [(r["Id"].value, r["ArrayTasks"].value) for r in reply.body[0]] == [(aid, text + "%4")]
+    for pos in range(1, 10_000, 2):  # every other task taken out (as made jobs): 5,000 left ranges to fold
+        rec.take(pos)
+    t0 = time.perf_counter()
+    folded = engine.folded(aid)
+    fragmented = time.perf_counter() - t0
+    assert folded == ",".join(str(4 * i) for i in range(5_000)) + "%4"
+    assert max(submit, write, fold) < 1, (submit, write, fold)
+    assert fragmented < 0.3, fragmented  # ~0.01 s; from the first range on for each left range: ~0.6 s
+    with pytest.raises(InvalidArgument, match="at most 10000"):
+        await engine.submit(spec(ArrayTasks=text + ",99999", WorkingDirectory="/"), Caller(OWNER))
+
+
+async def test_requeue_of_a_cancelled_task_that_never_ran_is_one_job(node):
+    aid = await submit_array(node, "0-9", Hold=True)
+    await node.engine.cancel_array(aid, CALLER)
+    await node.engine.requeue(aid + 5, CALLER)
+
+    def rows(n: Node) -> list[tuple[int, str]]:
+        return [(j.id, j.state.value) for j in n.engine.list(None, None, 0, 100)]
+
+    def check(n: Node) -> None:
+        got = rows(n)
+        assert [i for i, _ in got] == list(range(aid, aid + 10)), got  # each task once
+        assert [s for i, s in got if i != aid + 5] == ["CANCELLED"] * 9, got
+        assert dict(got)[aid + 5] in ("PENDING", "RUNNING") and n.engine.get(aid + 5).state in (P, R), got
+        assert sum(n.engine.counts()) == 1
+
+    check(node)
+    node = await node.restart()
+    check(node)
+
+
+async def test_after_may_name_a_task_that_is_no_job_yet(node):
+    e = node.engine
+    aid = await submit_array(node, "0-9%1")
+    await node.running(aid)
+    waits = (await e.submit(spec(After=[aid + 5]), CALLER)).id  # task 5: in the record, no job yet
+    doomed = (await e.submit(spec(After=[aid + 7]), CALLER)).id
+    held = await submit_array(node, "0-3", Hold=True)
+    also = (await e.submit(spec(After=[held + 2]), CALLER)).id
+    assert (e.get(waits).state, e.get(doomed).state, e.get(also).state) == (P, P, P)
+    node = await node.restart()  # the dependency on a record's task survives a restart
+    e = node.engine
+    assert (e.get(waits).state, e.get(doomed).state, e.get(also).state) == (P, P, P)
+    await e.cancel_array(held, CALLER)  # its tasks end without becoming jobs: their dependents fail
+    await wait(lambda: e.get(also).state == JobState.FAILED, f"dependent of a cancelled task failed: {e.get(also)}")
+    assert e.get(also).reason == "dependency"
+    await e.cancel(aid + 7, CALLER)
+    await wait(lambda: e.get(doomed).state == JobState.FAILED, "dependent of a cancelled task failed")
+    assert e.get(waits).state == P
+
+
+@pytest.mark.parametrize("how", ["write fails", "store closing"])
+async def test_an_array_verb_whose_record_cannot_be_written_fails_and_changes_nothing(make_node, how):
+    import asyncio
+
+    from schedd.errors import SchedError
+
+    node = await make_node()
+    e = node.engine
+    aid = await submit_array(node, "0-9", Hold=True)
+    before = (e.counts(), e.quotas.jobs(ME), e.quotas.bytes(ME), e.get(aid + 9).state)
+    put = node.store.put_array
+
+    def broken(row):
+        if how == "store closing":
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(OSError("I/O error"))
+        return fut
+
+    node.store.put_array = broken
+    for verb in (e.cancel_array, e.release_array):
+        with pytest.raises(SchedError, match=f"cannot record.*array {aid}"):
+            await verb(aid, CALLER)
+        assert (e.counts(), e.quotas.jobs(ME), e.quotas.bytes(ME), e.get(aid + 9).state) == before
+    node.store.put_array = put
+    await e.cancel_array(aid, CALLER)  # and once it can be written, it is
+    assert e.get(aid + 9).state == X and e.counts() == (0, 0) and e.quotas.bytes(ME) == 0
+    node = await node.restart()
+    assert node.engine.get(aid + 9).state == X
+
+
+def test_list_jobs_budget_counts_the_folded_array_text():
+    from schedd.api.dbus.service import row_bytes, within_budget
+    from schedd.core.model import Job
+
+    jobs = [Job(id=i, spec=spec_obj) for i, spec_obj in enumerate([_plain_spec()] * 3, 1)]
+    each = row_bytes(jobs[0])
+    assert within_budget(jobs, budget=3 * each) == jobs
+    # each row also carries a 100 kB ArrayTasks: two fit in 250 kB, not three
+    assert within_budget(jobs, budget=250_000, extra=lambda j: 100_000) == jobs[:2]
+
+
+def _plain_spec():
+    from schedd.core.model import JobSpec
+
+    return JobSpec(command=["true"], name="true", cpus=1, memory=1 << 20)
+
+
+async def test_a_failed_batch_leaves_every_task_in_the_durable_record(make_node):
+    import threading
+
+    node = await make_node()
+    e, store = node.engine, node.store
+    aid = await submit_array(node, "0-49")
+    await wait(lambda: sum(1 for j in jobs_of(node, aid) if j.state == R) >= 4, f"running: {describe(node, aid)}")
+    gate, commit = threading.Event(), store._commit
+
+    def failing(rows, groups):  # the batch's commit fails, once the record has been written meanwhile
+        gate.wait(10)
+        return dict.fromkeys(rows, OSError("I/O error"))
+
+    store._commit = failing
+    rec = e._arrays[aid]
+    for j in [j for j in jobs_of(node, aid) if j.state == R]:
+        node.ex.exit(j.id, 0)
+    await wait(lambda: rec.busy, "a batch of tasks being committed")
+    await e._persist(rec)
+    batch = sorted(rec.busy)
+    gate.set()
+    await wait(lambda: not rec.busy, "the batch failed")
+    assert all(rec.has(i - aid) for i in batch)  # back in the record, in memory ...
+    store._commit = commit
+    await node.crash()
+    node = await Node(node.state_dir, node.host, node.registry, **node.config).open()
+    e = node.engine
+    assert [e.get(i).id for i in range(aid, aid + 50)] == list(range(aid, aid + 50))  # ... and on disk

@@ -165,11 +165,13 @@ def row_bytes(job: Job) -> int:
             + len(s.stderr_path) + len(s.name) + 8 * (len(s.after) + len(job.assigned_cpus)))
 
 
-def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET) -> list[Job]:
-    """The longest head of jobs whose rows fit the reply budget (at least one job)."""
+def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET,
+                  extra: Callable[[Job], int] | None = None) -> list[Job]:
+    """The longest head of jobs whose rows fit the reply budget (at least one job); extra(job): what
+    else its row carries (a folded ArrayTasks text), counted too."""
     total = 0
     for n, job in enumerate(jobs):
-        total += row_bytes(job)
+        total += row_bytes(job) + (extra(job) if extra is not None else 0)
         if total > budget and n:
             return jobs[:n]
     return jobs
@@ -264,7 +266,17 @@ class ManagerObject(ServiceInterface):
         # A page holds fewer than Limit rows when they are large (REPLY_BUDGET): page with After
         # until an empty answer.
         fold = bool(f.get("FoldArrays"))
-        jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit, fold=fold))
+        folded: dict[int, str] = {}
+
+        def fold_text(job: Job) -> int:  # an array's folded tasks can be long: they count in the budget
+            text = self.engine.folded(job.id)
+            if text is None:
+                return 0
+            folded[job.id] = text
+            return len(text)
+
+        jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit, fold=fold),
+                             extra=fold_text if fold else None)
         fed = self.engine.federation
         all_nodes = bool(f.get("AllNodes")) and fed is not None
         if all_nodes:
@@ -276,7 +288,7 @@ class ManagerObject(ServiceInterface):
             rows = [job_variants(j, private=sees(j, viewer)) for j in jobs]
             if fold:  # an array's tasks that are no jobs yet: one row, at the first of them
                 for j, row in zip(jobs, rows):
-                    if (text := self.engine.folded(j.id)) is not None:
+                    if (text := folded.get(j.id)) is not None:
                         row[ARRAY_TASKS_KEY] = Variant(ARRAY_TASKS_SIGNATURE, text)
             return rows
         # The whole cluster: each job once, from its origin (copies run here for others are theirs).

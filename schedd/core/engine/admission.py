@@ -39,6 +39,10 @@ class Admission:
         """A dependency, live or archived (the store is read only for one no longer in memory)."""
         return self.jobs.get(job_id) or self.store.get(job_id)
 
+    def _known(self, job_id: int) -> bool:
+        """A job After may name: live or archived (arrays.py adds the tasks that are no job yet)."""
+        return job_id in self.jobs or self.store.exists(job_id)
+
     def _make_eligible(self, job: Job) -> None:
         """Queue a pending job, or park it until its dependencies complete."""
         waiting = False

@@ -11,9 +11,12 @@ Until then a task answers from the record: GetJob, its D-Bus path (on_disk) and 
 as PENDING/HELD (CANCELLED once the array is cancelled); the Manager's counts and the per-user
 caps count it (quotas.on_disk: the tasks as jobs, the template's bytes once).
 
-Crash safety: a task's jobs row is durable before the record forgets its position; a crash in
-between leaves the position in the record with a row beside it, and recovery (`_load_arrays`)
-drops every position that has a row -- no task is lost, none runs twice.
+Crash safety: a task's jobs row is durable before the record forgets its position -- the record
+(written by the store's background thread, in no set order with the group committer's rows) lists
+the tasks whose rows are in flight (rec.busy) as well as those left; a crash in between leaves the
+position in the record with a row beside it, and recovery (`_read_arrays`) drops every position
+that has a row -- no task is lost, none runs twice. A cancelled record purged after keep_finished
+raises purged_max_id in the same transaction: its ids are never given out again.
 
 CancelArray/HoldArray/ReleaseArray act on the record in O(ranges) and on the array's jobs one by
 one. The record's tasks change state without a signal each: one JobStateChanged comes for the
@@ -40,6 +43,7 @@ from schedd.core.spec import array_tasks_of, build_spec
 from schedd.core.store import job_to_row, row_to_job
 from schedd.errors import InvalidArgument, InvalidState, NotFound, SchedError
 from schedd.protocol import TaskRanges
+from schedd.protocol import clip as _clip
 
 log = logging.getLogger("schedd.core.engine")
 
@@ -118,6 +122,36 @@ class ArrayRec:
     def folded(self) -> str:
         return self.tasks.format([(lo, hi) for lo, hi in self.left])
 
+    @property
+    def tasks_text(self) -> str:
+        return self.tasks.text
+
+    def durable_left(self) -> list[list[int]]:
+        """left with the positions in flight (busy) merged in: what the durable record must list."""
+        if not self.busy:
+            return [list(r) for r in self.left]
+        extra = sorted(jid - self.id for jid in self.busy)
+        out: list[list[int]] = []
+        i = 0
+        for lo, hi in self.left:
+            while i < len(extra) and extra[i] < lo:
+                p = extra[i]
+                if out and out[-1][1] >= p:
+                    out[-1][1] = max(out[-1][1], p + 1)
+                else:
+                    out.append([p, p + 1])
+                i += 1
+            if out and out[-1][1] >= lo:
+                out[-1][1] = max(out[-1][1], hi)
+            else:
+                out.append([lo, hi])
+        for p in extra[i:]:
+            if out and out[-1][1] >= p:
+                out[-1][1] = max(out[-1][1], p + 1)
+            else:
+                out.append([p, p + 1])
+        return out
+
 
 class Arrays:
     """The records, and where they stand in for jobs: submit, reads, verbs, counts, the scheduler's feed."""
@@ -173,6 +207,13 @@ class Arrays:
             if job is None:
                 raise
             return job
+
+    def _known(self, job_id: int) -> bool:
+        return super()._known(job_id) or self._virtual(job_id) is not None
+
+    def _lookup(self, job_id: int) -> Job | None:
+        """A dependency may be a task no job yet: the record answers (PENDING/HELD: wait; CANCELLED: fail)."""
+        return super()._lookup(job_id) or self._virtual(job_id)
 
     def on_disk(self, job_id: int) -> Job | None:
         return super().on_disk(job_id) or self._virtual(job_id)
@@ -235,8 +276,8 @@ class Arrays:
     async def _submit_array(self, props: dict, caller: Caller) -> Job:
         """One record, durable before the answer; the answer is the first task (its id names the array)."""
         limits = self.limits()
-        known = lambda i: i in self.jobs or self.store.exists(i)  # noqa: E731
-        spec = build_spec(props, caller_uid=caller.uid, limits=limits, job_known=known, daemon_uid=os.geteuid())
+        spec = build_spec(props, caller_uid=caller.uid, limits=limits, job_known=self._known,
+                          daemon_uid=os.geteuid())
         tasks = array_tasks_of(props, limits)
         await self._check_priority([spec], caller, False)
         n, size = tasks.count, exec_bytes(spec)
@@ -257,7 +298,7 @@ class Arrays:
         finally:
             self.quotas.unreserve(spec.uid, n, size)
         self._add_record(rec)
-        log.info("array %d submitted: tasks %s (jobs %d-%d), user=%s%s", rec.id, tasks.format(), rec.id,
+        log.info("array %d submitted: tasks %s (jobs %d-%d), user=%s%s", rec.id, _clip(tasks.text), rec.id,
                  rec.last_id, spec.owner, " held" if spec.hold else "")
         self._manager_changed(COUNTS)
         self.kick()
@@ -273,26 +314,36 @@ class Arrays:
             rec.charged = True
 
     def _array_row(self, rec: ArrayRec) -> tuple:
+        """The record's row. Its `left` lists the tasks in flight too (rec.busy): their jobs rows
+        are written by the group committer, this row by the background thread, in no set order, so
+        the durable record may only stop listing a task once its row is durable (recovery then drops
+        the positions that have rows: none lost, none twice)."""
         tmpl = Job(id=rec.id, spec=rec.template, submit_time=rec.submit_time)
-        return (rec.id, json.dumps(job_to_row(tmpl)), rec.tasks.format(), rec.tasks.count, json.dumps(rec.left),
-                rec.uid, rec.state.value, rec.submit_time, rec.end_time)
+        return (rec.id, json.dumps(job_to_row(tmpl)), rec.tasks_text, rec.tasks.count,
+                json.dumps(rec.durable_left()), rec.uid, rec.state.value, rec.submit_time, rec.end_time)
 
     def _persist(self, rec: ArrayRec) -> asyncio.Future:
-        """The record as it stands now (or its deletion once every task is a job)."""
+        """The record as it stands now (or its deletion once every task is a durable job).
+
+        Raises a SchedError if the store is closing: a verb is acknowledged only once durable."""
         try:
-            if not rec.left and rec.state != JobState.CANCELLED:
+            if not rec.left and not rec.busy and rec.state != JobState.CANCELLED:
                 self._drop_record(rec)
                 fut = self.store.delete_array(rec.id)
             else:
                 fut = self.store.put_array(self._array_row(rec))
-        except RuntimeError as e:  # the store is closing (shutdown): recovery re-derives the record
-            log.warning("array %d: not recorded (%s); recovery re-derives it from the jobs rows", rec.id, e)
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
+        except RuntimeError as e:  # the store is closing (shutdown)
+            raise SchedError(f"cannot record array {rec.id}: {e}") from e
         fut.add_done_callback(lambda f: f.cancelled() or not f.exception() or log.error(
             "array %d: cannot record it: %s (recovery re-derives it from the jobs rows)", rec.id, f.exception()))
         return fut
+
+    def _persist_later(self, rec: ArrayRec) -> None:
+        """_persist for writes nobody waits on: the durable record stays a correct, older one if it fails."""
+        try:
+            self._persist(rec)
+        except SchedError as e:
+            log.warning("array %d: not recorded (%s); recovery re-derives it from the jobs rows", rec.id, e)
 
     def _uncharge(self, rec: ArrayRec) -> None:
         """The record holds no queued task any more: its template's bytes leave the owner's cap."""
@@ -329,8 +380,9 @@ class Arrays:
                     self._enqueue(job)  # with After: once announced (_make_eligible), as a submit does
             rows.append(job_to_row(job))
         k = len(jobs)
-        self._array_left[rec.state] -= k
-        self.quotas.from_disk(rec.uid, k, 0)
+        if rec.state.queued:  # a cancelled record's tasks are counted nowhere
+            self._array_left[rec.state] -= k
+            self.quotas.from_disk(rec.uid, k, 0)
         state = rec.state
         self.store.save_rows(rows, retry=False).add_done_callback(
             lambda f: self._materialized(rec, jobs, positions, state, durable, f))
@@ -348,7 +400,7 @@ class Arrays:
                 rec.live.discard(job.id)
                 self._forget_unrecorded(job)
             rec.put_back(positions)
-            if rec.state == state:
+            if rec.state.queued:  # counted as the record's tasks are now (its state may have changed meanwhile)
                 self._array_left[state] += len(jobs)
                 self.quotas.to_disk(rec.uid, len(jobs), 0)
             durable.set_exception(err)
@@ -362,10 +414,11 @@ class Arrays:
             if job.state == JobState.PENDING and job.spec.after and job.id in self.jobs:
                 self._make_eligible(job)
                 self.kick()
-        log.debug("array %d: %s made job%s %s", rec.id,
-                 rec.tasks.format([(p, p + 1) for p in positions], cap=False),
-                  "s" if len(jobs) > 1 else "",
-                  ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("array %d: %s made job%s %s", rec.id,
+                      _clip(rec.tasks.format([(p, p + 1) for p in positions[:8]], cap=False)),
+                      "s" if len(jobs) > 1 else "",
+                      ",".join(str(j.id) for j in jobs[:8]) + ("..." if len(jobs) > 8 else ""))
         self._persist_soon(rec)
 
     def _persist_soon(self, rec: ArrayRec) -> None:
@@ -379,7 +432,7 @@ class Arrays:
         def flush() -> None:
             self._array_dirty.discard(rec.id)
             if self._arrays.get(rec.id) is rec:
-                self._persist(rec)
+                self._persist_later(rec)
         asyncio.get_running_loop().call_later(self.PERSIST_DELAY, flush)
 
     def _schedule(self) -> None:
@@ -409,9 +462,9 @@ class Arrays:
         if rec is not None:
             pos = job_id - rec.id
             fut = rec.busy.get(job_id)
-            if fut is None and rec.state.queued and rec.has(pos):
+            if fut is None and rec.has(pos):  # in any state: a cancelled task a verb names (Requeue) is a job then
                 await self.authorize(self._task_job(rec, pos), caller)
-                if rec.state.queued and rec.take(pos):
+                if rec.take(pos):
                     fut = self._materialize(rec, [pos])
                 else:
                     fut = rec.busy.get(job_id)
@@ -465,6 +518,9 @@ class Arrays:
             self._array_left[old] -= n
         if state.queued:
             self._array_left[state] += n
+            if not old.queued:  # back from CANCELLED: a write of the cancel failed (_record_verb)
+                self.quotas.to_disk(rec.uid, n, 0 if rec.charged else exec_bytes(rec.template))
+                rec.charged = True
         else:
             self.quotas.from_disk(rec.uid, n, 0)
             self._uncharge(rec)
@@ -472,6 +528,31 @@ class Arrays:
         rec.state = state
         self._manager_changed(COUNTS)
         return n
+
+    async def _record_verb(self, rec: ArrayRec, state: JobState) -> None:
+        """The record's tasks to state, answered once durable: if the write fails, memory goes back
+        (counts, caps) and the verb fails with the store's error."""
+        old, end = rec.state, rec.end_time
+        self._record_to(rec, state)
+        try:
+            try:
+                await self._persist(rec)
+            except SchedError:
+                raise
+            except Exception as e:
+                raise self.store.write_error(e, f"array {rec.id}") from e
+        except SchedError:
+            if rec.state == state:
+                self._record_to(rec, old)
+                rec.end_time = end
+            raise
+        self._array_signal(rec)
+
+    def _end_task_dependents(self, rec: ArrayRec) -> None:
+        """The record's tasks were cancelled without becoming jobs: jobs waiting on them fail as on a
+        cancelled dependency."""
+        for dep in [d for d in self._dependents if rec.id <= d <= rec.last_id and rec.has(d - rec.id)]:
+            self._dependency_ended(self._task_job(rec, dep - rec.id))
 
     def _array_signal(self, rec: ArrayRec) -> None:
         """One JobStateChanged for the record's tasks: its first left task's, standing for them all."""
@@ -495,27 +576,22 @@ class Arrays:
         """Every task: those no job yet CANCELLED in the record (one signal), the jobs cancelled each."""
         rec, ids = await self._array_target(array_id, caller)
         if rec is not None and rec.state.queued:
-            self._record_to(rec, JobState.CANCELLED)
-            await self._persist(rec)
-            self._array_signal(rec)
+            await self._record_verb(rec, JobState.CANCELLED)
+            self._end_task_dependents(rec)
             log.info("array %d cancelled: %d tasks that had not started", rec.id, rec.left_n)
         await self._each(self.cancel, ids, caller)
 
     async def hold_array(self, array_id: int, caller: Caller) -> None:
         rec, ids = await self._array_target(array_id, caller)
         if rec is not None and rec.state == JobState.PENDING:
-            self._record_to(rec, JobState.HELD)
-            await self._persist(rec)
-            self._array_signal(rec)
+            await self._record_verb(rec, JobState.HELD)
         pending = [i for i in ids if (j := self.jobs.get(i)) is None or j.state == JobState.PENDING]
         await self._each(self.hold, pending, caller)
 
     async def release_array(self, array_id: int, caller: Caller) -> None:
         rec, ids = await self._array_target(array_id, caller)
         if rec is not None and rec.state == JobState.HELD:
-            self._record_to(rec, JobState.PENDING)
-            await self._persist(rec)
-            self._array_signal(rec)
+            await self._record_verb(rec, JobState.PENDING)
         held = [i for i in ids if (j := self.jobs.get(i)) is None or j.state == JobState.HELD]
         await self._each(self.release, held, caller)
         self.kick()
@@ -523,16 +599,27 @@ class Arrays:
     # -- recovery ------------------------------------------------------------------------
 
     async def recover(self, executor) -> None:
+        """The records are read first: recovering a job whose After names a task that is no job yet
+        (_make_eligible) finds the task; they are counted once the jobs are in."""
+        read, purged = self._read_arrays()
+        for rec in read:
+            self._arrays[rec.id] = rec
+            self._array_firsts.insert(bisect_right(self._array_firsts, rec.id), rec.id)
         await super().recover(executor)
-        self._load_arrays()
+        self._purged_max_id = max(self._purged_max_id, purged)
+        for rec in read:
+            self._arrays.pop(rec.id, None)
+            self._array_firsts.remove(rec.id)
+            self._load_array(rec)
 
-    def _load_arrays(self) -> None:
-        """The records back, each less the positions that became jobs rows before a crash let the
-        record say so (their rows are the truth: no task lost, none twice)."""
+    def _read_arrays(self) -> tuple[list[ArrayRec], int]:
+        """The records, each less the positions that became jobs rows before a crash let the record
+        say so (their rows are the truth: no task lost, none twice); and the highest id purged."""
+        out, purged = [], 0
         for (aid, template, tasks, count, left, uid, state, submit_time, end_time) in self.store.load_arrays():
             try:
                 spec = row_to_job(tuple(json.loads(template))).spec
-                rec = ArrayRec(aid, spec, TaskRanges.parse(tasks), [list(r) for r in json.loads(left)],
+                rec = ArrayRec(aid, spec, TaskRanges.parse(tasks, max_ranges=0), [list(r) for r in json.loads(left)],
                                JobState(state), submit_time, end_time)
                 rec.left_n = sum(hi - lo for lo, hi in rec.left)
             except Exception:
@@ -540,18 +627,29 @@ class Arrays:
                 continue
             keep = self.config.keep_finished_usec
             if rec.state == JobState.CANCELLED and keep and rec.end_time < now_usec() - keep:
-                self.store.delete_array(aid)  # its tasks ended longer ago than keep_finished, as purged jobs
+                # its tasks ended longer ago than keep_finished: purged as jobs are, their ids never reused
+                self.store.delete_array(aid, purged_to=rec.last_id)
+                purged = max(purged, rec.last_id)
                 continue
-            stale = False
-            if rec.state.queued and rec.left:
+            if rec.left:  # a cancelled record's too: a task a verb named (Requeue) became a row
+                stale = False
                 for jid in self.store.array_job_ids(aid, aid + rec.left[0][0]):
                     stale |= rec.take(jid - aid)
-            for s in (JobState.PENDING,):
-                for jid in self._ids[s].after(aid - 1):
-                    if jid > rec.last_id:
-                        break
-                    rec.live.add(jid)
-            self._add_record(rec)
-            if stale or (not rec.left and rec.state.queued):
-                self._persist(rec)
-            log.info("array %d: %d tasks not started yet (%s)", aid, rec.left_n, rec.state.value.lower())
+                if stale:
+                    self._array_dirty.add(aid)  # written once loaded (_load_array)
+            out.append(rec)
+        return out, purged
+
+    def _load_array(self, rec: ArrayRec) -> None:
+        aid = rec.id
+        for s in (JobState.PENDING,):
+            for jid in self._ids[s].after(aid - 1):
+                if jid > rec.last_id:
+                    break
+                rec.live.add(jid)
+        self._add_record(rec)
+        stale = aid in self._array_dirty
+        self._array_dirty.discard(aid)
+        if stale or (not rec.left and rec.state.queued):
+            self._persist_later(rec)
+        log.info("array %d: %d tasks not started yet (%s)", aid, rec.left_n, rec.state.value.lower())

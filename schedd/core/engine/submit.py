@@ -101,7 +101,7 @@ class Submission:
         """Each spec built, its share of the caps reserved; then the rules across the batch."""
         limits = self.limits()
         daemon_uid = os.geteuid()
-        known = lambda i: i in self.jobs or self.store.exists(i)  # noqa: E731 - After may name an archived job
+        known = self._known  # After may name an archived job, or an array's task that is no job yet
         built: list[JobSpec] = []
         sizes: list[int] = []
         users: dict = {}  # passwd entries of this batch's users: looked up once per batch
