@@ -42,39 +42,53 @@ def job_record(job_id: int, user_bus: bool) -> dict[str, Any]:
 POLL_S = 1.0  # dependencies may take days: a poll a second, no deadline of its own
 
 
-async def _wait_dependencies(waits: dict[str, Any], job_id: int, name: str, uid: int, user_bus: bool) -> str | None:
-    """Wait until every dependency the launcher handles holds (depend.py); None then, or why one never can."""
-    from schedctl.client import Client
+RETRY_S = 5.0  # schedd restarting (an upgrade) while a job waits: ask again this much later
 
-    any_ids = list(waits.get("afterany", []))
-    after_ids = list(waits.get("after", []))
-    groups = [list(g) for g in waits.get("afternotok", [])]
-    singleton = bool(waits.get("singleton"))
-    async with Client(user_bus) as c:
-        while True:
-            any_ids = [j for j in any_ids if not depend.ended(await common.get_job(c, j))]
-            after_ids = [j for j in after_ids if not depend.started(await common.get_job(c, j))]
-            left = []
-            for g in groups:
-                states = [(await common.get_job(c, j) or {"State": depend.GONE})["State"] for j in g]
-                verdict = depend.not_ok_verdict(states)
-                if verdict is False:
-                    return f"afternotok:{g[0]}: it COMPLETED" if len(g) == 1 else \
-                        f"afternotok:{g[0]}: every task of the array COMPLETED"
-                if verdict is None:
-                    left.append(g)
-            groups = left
-            blockers: list[int] = []
-            if singleton and not (any_ids or after_ids or groups):
-                rows: list[dict[str, Any]] = []
-                async for page in c.job_pages(list(depend.UNFINISHED), uid):
-                    rows.extend(page)
-                    if page[-1]["Id"] >= job_id:  # oldest first: later jobs never block a singleton
-                        break
-                blockers = depend.singleton_blockers(rows, job_id, name, uid)
-            if not (any_ids or after_ids or groups or blockers):
-                return None
-            await asyncio.sleep(POLL_S)
+
+async def _wait_dependencies(waits: dict[str, Any], job_id: int, name: str, uid: int, user_bus: bool) -> str | None:
+    """Wait until every dependency the launcher handles holds (depend.py); None then, or why one never can.
+    A schedd that stops answering for a while (restarted) is waited for: the job waits on."""
+    from schedctl.client import Client, Unreachable
+
+    left: dict[str, Any] = {"afterany": list(waits.get("afterany", [])), "after": list(waits.get("after", [])),
+                            "afternotok": [list(g) for g in waits.get("afternotok", [])],
+                            "singleton": bool(waits.get("singleton"))}
+    while True:
+        try:
+            async with Client(user_bus) as c:
+                return await _poll_dependencies(c, left, job_id, name, uid)
+        except (Unreachable, OSError, EOFError) as e:
+            print(f"schedd-slurm: job {job_id}: schedd does not answer ({e}); its dependencies are checked again "
+                  f"in {RETRY_S:.0f} s", file=sys.stderr, flush=True)
+            await asyncio.sleep(RETRY_S)
+
+
+async def _poll_dependencies(c, left: dict[str, Any], job_id: int, name: str, uid: int) -> str | None:
+    """The polls; `left` keeps what still waits (a reconnect resumes from it)."""
+    while True:
+        left["afterany"] = [j for j in left["afterany"] if not depend.ended(await common.get_job(c, j))]
+        left["after"] = [j for j in left["after"] if not depend.started(await common.get_job(c, j))]
+        groups = []
+        for g in left["afternotok"]:
+            states = [(await common.get_job(c, j) or {"State": depend.GONE})["State"] for j in g]
+            verdict = depend.not_ok_verdict(states)
+            if verdict is False:
+                return f"afternotok:{g[0]}: it COMPLETED" if len(g) == 1 else \
+                    f"afternotok:{g[0]}: every task of the array COMPLETED"
+            if verdict is None:
+                groups.append(g)
+        left["afternotok"] = groups
+        waiting = bool(left["afterany"] or left["after"] or groups)
+        if left["singleton"] and not waiting:
+            rows: list[dict[str, Any]] = []
+            async for page in c.job_pages(list(depend.UNFINISHED), uid):
+                rows.extend(page)
+                if page[-1]["Id"] >= job_id:  # oldest first: later jobs never block a singleton
+                    break
+            waiting = bool(depend.singleton_blockers(rows, job_id, name, uid))
+        if not waiting:
+            return None
+        await asyncio.sleep(POLL_S)
 
 
 def never_satisfied(job_id: int, why: str, user_bus: bool) -> int:

@@ -104,3 +104,25 @@ def test_never_satisfied_cancels_the_job_and_never_exits_0(monkeypatch, capsys):
     assert calls == [("Cancel", [5])]
     err = capsys.readouterr().err
     assert "dependency never satisfied (afternotok:1: it COMPLETED)" in err and "could not cancel" in err
+
+
+def test_a_restarting_schedd_is_waited_for(monkeypatch):
+    from schedctl.client import Unreachable
+
+    s = Schedd({1: [R, F]})
+    tries = []
+
+    def client(user_bus):
+        tries.append(1)
+        if len(tries) == 1:
+            class Down(Schedd):
+                async def get_job(self, jid):
+                    raise Unreachable("schedd restarting")
+            return Down({})
+        return s
+
+    monkeypatch.setattr(schedctl.client, "Client", client)
+    monkeypatch.setattr(job, "POLL_S", 0)
+    monkeypatch.setattr(job, "RETRY_S", 0)
+    assert asyncio.run(asyncio.wait_for(job._wait_dependencies({"afternotok": [[1]]}, 50, "x", 1000, False), 5)) is None
+    assert len(tries) == 2
