@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from schedd_slurm import common, procs
+from schedd_slurm import common, depend, procs
 from schedd_slurm.patterns import expand
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
@@ -39,16 +39,77 @@ def job_record(job_id: int, user_bus: bool) -> dict[str, Any]:
         return {}
 
 
-async def _wait_jobs(ids: list[int], started_only: bool, user_bus: bool) -> None:
-    from schedctl.client import Client
+POLL_S = 1.0  # dependencies may take days: a poll a second, no deadline of its own
 
-    async with Client(user_bus) as c:
-        for jid in ids:
-            while True:
-                j = await c.get_job(jid)
-                if j["State"] in ("COMPLETED", "FAILED", "CANCELLED") or (started_only and j["StartTime"]):
+
+RETRY_S = 5.0  # schedd restarting (an upgrade) while a job waits: ask again this much later
+
+
+async def _wait_dependencies(waits: dict[str, Any], job_id: int, name: str, uid: int, user_bus: bool) -> str | None:
+    """Wait until every dependency the launcher handles holds (depend.py); None then, or why one never can.
+    A schedd that stops answering for a while (restarted) is waited for: the job waits on."""
+    from schedctl.client import Client, Unreachable
+
+    left: dict[str, Any] = {"afterany": list(waits.get("afterany", [])), "after": list(waits.get("after", [])),
+                            "afternotok": [list(g) for g in waits.get("afternotok", [])],
+                            "singleton": bool(waits.get("singleton"))}
+    while True:
+        try:
+            async with Client(user_bus) as c:
+                return await _poll_dependencies(c, left, job_id, name, uid)
+        except (Unreachable, OSError, EOFError) as e:
+            print(f"schedd-slurm: job {job_id}: schedd does not answer ({e}); its dependencies are checked again "
+                  f"in {RETRY_S:.0f} s", file=sys.stderr, flush=True)
+            await asyncio.sleep(RETRY_S)
+
+
+async def _poll_dependencies(c, left: dict[str, Any], job_id: int, name: str, uid: int) -> str | None:
+    """The polls; `left` keeps what still waits (a reconnect resumes from it)."""
+    while True:
+        left["afterany"] = [j for j in left["afterany"] if not depend.ended(await common.get_job(c, j))]
+        left["after"] = [j for j in left["after"] if not depend.started(await common.get_job(c, j))]
+        groups = []
+        for g in left["afternotok"]:
+            states = [(await common.get_job(c, j) or {"State": depend.GONE})["State"] for j in g]
+            verdict = depend.not_ok_verdict(states)
+            if verdict is False:
+                return f"afternotok:{g[0]}: it COMPLETED" if len(g) == 1 else \
+                    f"afternotok:{g[0]}: every task of the array COMPLETED"
+            if verdict is None:
+                groups.append(g)
+        left["afternotok"] = groups
+        waiting = bool(left["afterany"] or left["after"] or groups)
+        if left["singleton"] and not waiting:
+            rows: list[dict[str, Any]] = []
+            async for page in c.job_pages(list(depend.UNFINISHED), uid):
+                rows.extend(page)
+                if page[-1]["Id"] >= job_id:  # oldest first: later jobs never block a singleton
                     break
-                await asyncio.sleep(1.0)  # a poll with no deadline of its own: dependencies may take days
+            waiting = bool(depend.singleton_blockers(rows, job_id, name, uid))
+        if not waiting:
+            return None
+        await asyncio.sleep(POLL_S)
+
+
+def never_satisfied(job_id: int, why: str, user_bus: bool) -> int:
+    """A dependency that can never hold: the job is cancelled before its script runs (Slurm's
+    kill_invalid_depend), so it ends CANCELLED rather than waiting for ever on the CPUs it holds.
+    The stop that Cancel makes reaches this process too (SIGTERM, default action): the job ends
+    CANCELLED either way, because schedd records a stop it was asked for as a cancel."""
+    print(f"schedd-slurm: job {job_id}: dependency never satisfied ({why}); cancelling the job without "
+          f"running its script (DependencyNeverSatisfied)", file=sys.stderr, flush=True)
+
+    async def cancel() -> None:
+        from schedctl.client import Client
+
+        async with Client(user_bus) as c:
+            await c.call("Cancel", "t", [job_id])
+
+    try:
+        asyncio.run(cancel())
+    except Exception as e:  # noqa: BLE001 -- the job must still end, and not as a success
+        print(f"schedd-slurm: could not cancel job {job_id} ({e}); failing it instead", file=sys.stderr)
+    return 1
 
 
 def slurm_env(cfg: dict[str, Any], env: dict[str, str], job: dict[str, Any]) -> dict[str, str]:
@@ -154,8 +215,11 @@ def main(argv: list[str]) -> int:
     job = job_record(job_id, bool(cfg.get("user_bus"))) if job_id else {}
     waits = cfg.get("waits") or {}
     if waits:
-        asyncio.run(_wait_jobs(waits.get("afterany", []), False, bool(cfg.get("user_bus"))))
-        asyncio.run(_wait_jobs(waits.get("after", []), True, bool(cfg.get("user_bus"))))
+        name = job.get("Name") or env.get("SCHEDD_JOB_NAME", "")
+        why = asyncio.run(_wait_dependencies(waits, job_id, name, int(job.get("User", os.getuid())),
+                                             bool(cfg.get("user_bus"))))
+        if why is not None:
+            return never_satisfied(job_id, why, bool(cfg.get("user_bus")))
     if cfg.get("begin"):
         while time.time() < cfg["begin"]:
             time.sleep(min(60.0, cfg["begin"] - time.time()))

@@ -14,7 +14,7 @@ from dbus_fast.errors import DBusError
 
 from schedd.protocol import TaskRanges
 import schedd_slurm
-from schedd_slurm import common
+from schedd_slurm import common, depend
 from schedd_slurm.options import NONE, OPTIONAL, Opt, Parsed, SlurmUsage, Table, check_script, parse_script_and_cli
 from schedd_slurm.timespec import parse_date, parse_mem, parse_time
 
@@ -150,29 +150,26 @@ def environment(export: str | None, environ: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-async def dependencies(c, text: str) -> tuple[list[int], dict[str, list[int]]]:
-    """--dependency -> (After ids for afterok, {afterany/after: ids} the launcher waits for)."""
+async def dependencies(c, text: str) -> tuple[list[int], dict[str, Any]]:
+    """--dependency -> (After ids for afterok, what the launcher waits for: {"afterany": ids, "after":
+    ids, "afternotok": [ids per named job (an array: its tasks)], "singleton": True}); depend.py says why."""
     after: list[int] = []
-    waits: dict[str, list[int]] = {}
-    sep = "?" if "?" in text else ","
-    for clause in text.split(sep):
-        kind, _, ids = clause.partition(":")
-        kind = kind.strip().lower()
-        if kind == "singleton" or kind not in ("afterok", "afterany", "after", "afternotok", "aftercorr"):
-            raise SlurmUsage(f"Batch job submission failed: Job dependency problem ({kind or clause!r} is not "
-                             f"supported here: use afterok, afterany or after)")
-        if kind in ("afternotok", "aftercorr"):
-            raise SlurmUsage(f"Batch job submission failed: Job dependency problem ({kind} is not supported by "
-                             f"schedd: use afterok, afterany or after)")
-        refs = common.parse_refs([r.split("+")[0] for r in ids.split(":") if r], PROG)
-        if not refs:
-            raise SlurmUsage("Batch job submission failed: Job dependency problem")
-        jobs, missing = await common.resolve(c, refs)
-        if missing:
-            raise SlurmUsage("Batch job submission failed: Job dependency problem")
-        ids_ = [j["Id"] for j in jobs]
+    waits: dict[str, Any] = {}
+    for kind, refs in depend.parse(text):
+        if kind == "singleton":
+            waits["singleton"] = True
+            continue
+        groups: list[list[int]] = []
+        for ref in refs:
+            jobs, missing = await common.resolve(c, [ref])
+            if missing:
+                raise depend.problem()
+            groups.append([j["Id"] for j in jobs])
+        ids_ = [i for g in groups for i in g]
         if kind == "afterok":
             after.extend(ids_)
+        elif kind == "afternotok":  # per named job: an array's dependency holds once one of its tasks failed
+            waits.setdefault(kind, []).extend(groups)
         else:
             waits.setdefault(kind, []).extend(ids_)
     return after, waits

@@ -12,7 +12,7 @@ import sys
 
 from dbus_fast.errors import DBusError
 
-from schedd_slurm import common, formats
+from schedd_slurm import common, depend, formats
 from schedd_slurm.patterns import expand
 from schedd_slurm.options import SlurmUsage
 from schedd_slurm.states import slurm_reason
@@ -61,7 +61,7 @@ def show_job(j: dict) -> str:
         [("UserId", user), ("GroupId", user), ("MCS_label", "N/A")],
         [("Priority", j.get("Priority", 0)), ("Nice", 0), ("Account", "(null)"), ("QOS", "normal")],
         [("JobState", st), ("Reason", slurm_reason(j["State"], j.get("Reason", ""), j.get("ExitCode", 0))),
-         ("Dependency", ",".join(f"afterok:{a}" for a in j.get("After", [])) or "(null)")],
+         ("Dependency", depend.describe(j.get("After", []), cfg.get("waits") or {}))],
         [("Requeue", 1), ("Restarts", j.get("Restarts", 0)), ("BatchFlag", 1 if cfg else 0), ("Reboot", 0),
          ("ExitCode", formats.exit_code(j))],
         [("RunTime", format_elapsed(formats.elapsed_s(j), short=False)),

@@ -254,6 +254,8 @@ def test_sinfo_and_stubs(node: Node, links: str):
     (["sbatch"], "#!/bin/sh\r\necho\r\n", "DOS line breaks"),
     (["sbatch"], "echo no interpreter\n", "must start with #!"),
     (["sbatch", "--dependency=afterok:999999", "--wrap", "true"], None, "Job dependency problem"),
+    (["sbatch", "--dependency=afternotok:999999", "--wrap", "true"], None, "Job dependency problem"),
+    (["sbatch", "--dependency=aftercorr:1", "--wrap", "true"], None, "Job dependency problem"),
     (["sbatch", "-N", "3", "--wrap", "true"], None, "Requested node configuration is not available"),
 ])
 def test_bad_input_gets_slurm_errors(node: Node, links: str, argv, stdin, message):
@@ -295,6 +297,39 @@ def test_afterany_dependency_runs_after_a_failure(node: Node, links: str):
     assert wait_state(node, str(first), DONE) == "FAILED"
     assert wait_state(node, str(second), DONE) == "COMPLETED"
     assert read(node, f"{WORK}/slurm-{second}.out") == "second\n"
+
+
+NOW_US = "date +%s%6N"  # the job's own clock reading, in microseconds as schedd's times
+
+
+def test_afternotok_runs_after_a_failure_and_is_cancelled_after_a_success(node: Node, links: str):
+    bad = submitted(slurm(node, "sbatch", "--wrap", "sleep 1; exit 3").stdout)
+    good = submitted(slurm(node, "sbatch", "--wrap", "sleep 1").stdout)
+    rescue = submitted(slurm(node, "sbatch", f"--dependency=afternotok:{bad}", "--wrap", NOW_US).stdout)
+    never = submitted(slurm(node, "sbatch", f"--dependency=afternotok:{good}", "-o", "never-%j.out",
+                            "--wrap", "touch never.ran").stdout)
+    assert wait_state(node, str(bad), DONE) == "FAILED"
+    assert wait_state(node, str(rescue), DONE) == "COMPLETED"
+    assert int(read(node, f"{WORK}/slurm-{rescue}.out")) >= node.job(bad)["EndTime"]  # its script ran after
+    assert wait_state(node, str(good), DONE) == "COMPLETED"
+    assert wait_state(node, str(never), DONE) == "CANCELLED"  # never satisfiable: cancelled, the script never ran
+    ls = node.sb.run(["ls", WORK]).stdout.split()
+    assert "never.ran" not in ls and f"never-{never}.out" not in ls
+    assert "dependency never satisfied" in read(node, node.job(never)["StdoutPath"])
+    assert slurm(node, "sacct", "-X", "-n", "-P", "-o", "State,ExitCode", "-j", str(never)).stdout == "CANCELLED|0:0\n"
+
+
+def test_singleton_starts_after_the_earlier_job_of_its_name_ends(node: Node, links: str):
+    name = f"single-{os.getpid()}"
+    one = f"sleep 2; {NOW_US} > {name}.1.end"  # long enough that a second started at once would overlap
+    first = submitted(slurm(node, "sbatch", "-J", name, "--dependency=singleton", "--wrap", one).stdout)
+    second = submitted(slurm(node, "sbatch", "-J", name, "-d", "singleton", "--wrap",
+                             f"{NOW_US} > {name}.2.start").stdout)
+    assert "Dependency=singleton" in slurm(node, "scontrol", "show", "job", str(second)).stdout
+    for jid in (first, second):
+        assert wait_state(node, str(jid), DONE) == "COMPLETED"
+    end1, start2 = (int(read(node, f"{WORK}/{name}.{f}")) for f in ("1.end", "2.start"))
+    assert start2 >= end1  # the second of the name waited for the first to end
 
 
 def test_an_array_is_one_record_folded_and_cancelled_at_once(node: Node, links: str):

@@ -222,3 +222,83 @@ def test_a_packaged_launcher_runs_from_the_private_path(tmp_path, monkeypatch):
     assert cmd[-2] == "schedd_slurm.job" and "schedd_slurm.job" in cmd[:5]  # what scontrol and procs look for
     out = subprocess.run(["/usr/bin/python3", *cmd[1:]], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert out.stdout.split()[:2] == ["__main__", f"['{cmd[-1]}']"] and str(fake / "job.py") in out.stdout
+
+
+def test_dependency_kinds_parse():
+    from schedd_slurm import depend
+
+    got = depend.parse("afterok:1:2,afternotok:3,afterany:4+5,after:6,singleton")
+    assert [(k, [r.id for r in refs]) for k, refs in got] == [
+        ("afterok", [1, 2]), ("afternotok", [3]), ("afterany", [4]), ("after", [6]), ("singleton", [])]
+    assert [(k, [r.id for r in refs]) for k, refs in depend.parse("AfterNotOK:7?singleton")] == [
+        ("afternotok", [7]), ("singleton", [])]
+    assert depend.parse("afternotok:8_2")[0][1][0].tasks == (2,)
+
+
+@pytest.mark.parametrize("text,detail", [
+    ("aftercorr:1", "aftercorr is not supported by schedd"),
+    ("afterwards:1", "'afterwards' is not a dependency kind"),
+    ("singleton:5", "singleton takes no job ids"),
+    ("afternotok:", "afternotok needs a job id"),
+    ("afternotok", "afternotok needs a job id"),
+])
+def test_bad_dependencies_are_a_dependency_problem(text, detail):
+    from schedd_slurm import depend
+
+    with pytest.raises(SlurmUsage, match="Job dependency problem") as e:
+        depend.parse(text)
+    assert detail in str(e.value)
+
+
+def test_afternotok_verdicts():
+    from schedd_slurm.depend import GONE, not_ok_verdict
+
+    assert not_ok_verdict(["RUNNING"]) is None and not_ok_verdict(["PENDING"]) is None
+    assert not_ok_verdict(["FAILED"]) is True and not_ok_verdict(["CANCELLED"]) is True  # TIMEOUT, OOM: FAILED
+    assert not_ok_verdict(["COMPLETED"]) is False  # never satisfiable
+    assert not_ok_verdict([GONE]) is True  # purged: the dependency is lifted, as in Slurm
+    assert not_ok_verdict(["COMPLETED", "FAILED"]) is True  # an array: one failed task is enough
+    assert not_ok_verdict(["COMPLETED", "RUNNING"]) is None  # ... once every task ended
+    assert not_ok_verdict(["COMPLETED", "COMPLETED"]) is False
+
+
+def test_singleton_waits_only_for_earlier_unfinished_jobs_of_its_user_and_name():
+    from schedd_slurm.depend import singleton_blockers
+
+    rows = [{"Id": 3, "Name": "train", "User": 1000, "State": "RUNNING"},
+            {"Id": 4, "Name": "train", "User": 1000, "State": "HELD"},
+            {"Id": 5, "Name": "other", "User": 1000, "State": "RUNNING"},
+            {"Id": 6, "Name": "train", "User": 1001, "State": "RUNNING"},
+            {"Id": 7, "Name": "train", "User": 1000, "State": "COMPLETED"},
+            {"Id": 9, "Name": "train", "User": 1000, "State": "PENDING"}]  # later: never waited for
+    assert singleton_blockers(rows, 8, "train", 1000) == [3, 4]
+    assert singleton_blockers(rows, 3, "train", 1000) == []
+
+
+class _Jobs:
+    """GetJob of a few plain jobs; NotFound for the rest."""
+
+    def __init__(self, *ids: int) -> None:
+        self.ids = ids
+
+    async def get_job(self, jid: int) -> dict:
+        from dbus_fast.errors import DBusError
+
+        from schedd_slurm.common import NOT_FOUND
+
+        if jid not in self.ids:
+            raise DBusError(NOT_FOUND, f"no job {jid}")
+        return {"Id": jid, "State": "RUNNING", "Name": "x"}
+
+
+def test_dependencies_split_between_after_and_the_launcher():
+    import asyncio
+
+    from schedd_slurm import depend
+
+    after, waits = asyncio.run(sbatch.dependencies(_Jobs(1, 2, 3, 4), "afterok:1,afternotok:2:3,after:4,singleton"))
+    assert after == [1]
+    assert waits == {"afternotok": [[2], [3]], "after": [4], "singleton": True}
+    assert depend.describe(after, waits) == "afterok:1,after:4,afternotok:2,afternotok:3,singleton"
+    with pytest.raises(SlurmUsage, match=r"^Batch job submission failed: Job dependency problem$"):
+        asyncio.run(sbatch.dependencies(_Jobs(1), "afternotok:1:99"))
