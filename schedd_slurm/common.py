@@ -21,6 +21,18 @@ CLUSTER = "schedd"
 NOT_FOUND = "org.schedd.Schedd1.Error.NotFound"
 
 
+VERSION = "slurm 22.05.8"  # the Slurm whose output these commands copy
+
+
+def parsed(table: Any, argv: list[str]) -> Any:
+    """The command line parsed by `table` (options.Table), or None once --version is answered."""
+    p = table.parse(argv)
+    if p.get("version"):
+        print(VERSION)
+        return None
+    return p
+
+
 def user_bus() -> bool:
     """Which schedd: the system one unless SCHEDD_BUS=user (a per-user `schedd --user`)."""
     return os.environ.get("SCHEDD_BUS", "system") == "user"

@@ -43,9 +43,7 @@ def with_steps(jobs: list[dict], allocations: bool) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     async def body() -> int:
-        p = TABLE.parse(argv)
-        if p.get("version"):
-            print("slurm 22.05.8")
+        if (p := common.parsed(TABLE, argv)) is None:
             return 0
         if p.get("helpformat"):
             names = [f.name for f in formats.SACCT_FIELDS.values()]

@@ -337,7 +337,7 @@ def main(argv: list[str]) -> int:
             print(USAGE)
             return 0
         if cli.get("version"):
-            print("slurm 22.05.8")
+            print(common.VERSION)
             return 0
         script, args, name = read_script(cli)
         p = parse_script_and_cli(t, script, cli)

@@ -66,9 +66,7 @@ async def cancel_whole_arrays(c, refs: list[common.JobRef], uid: int | None, nam
 
 def main(argv: list[str]) -> int:
     async def body() -> int:
-        p = TABLE.parse(argv)
-        if p.get("version"):
-            print("slurm 22.05.8")
+        if (p := common.parsed(TABLE, argv)) is None:
             return 0
         sig = signal_number(str(p.get("signal"))) if p.get("signal") else None
         refs = common.parse_refs(list(p.args), PROG)

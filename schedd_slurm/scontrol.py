@@ -134,7 +134,7 @@ def main(argv: list[str]) -> int:
                   "release, suspend, resume)")
             return 0
         if args[0] in ("-V", "--version", "version"):
-            print("slurm 22.05.8")
+            print(common.VERSION)
             return 0
         verb = args[0].lower()
         if verb == "show":

@@ -31,9 +31,7 @@ def node_state(n: dict) -> str:
 
 def main(argv: list[str]) -> int:
     async def body() -> int:
-        p = TABLE.parse(argv)
-        if p.get("version"):
-            print("slurm 22.05.8")
+        if (p := common.parsed(TABLE, argv)) is None:
             return 0
         fmt = str(p.get("format") or DEFAULT)
         async with common.connect() as c:

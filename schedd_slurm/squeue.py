@@ -25,9 +25,7 @@ LONG = "%.18i %.9P %.8j %.8u %.8T %.10M %.9l %.6D %R"
 
 def main(argv: list[str]) -> int:
     async def body() -> int:
-        p = TABLE.parse(argv)
-        if p.get("version"):
-            print("slurm 22.05.8")
+        if (p := common.parsed(TABLE, argv)) is None:
             return 0
         if p.get("Format"):
             raise SlurmUsage("--Format is not supported by schedd's squeue; use -o/--format codes")

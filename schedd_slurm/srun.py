@@ -194,7 +194,7 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     if p.get("version"):
-        print("slurm 22.05.8")
+        print(common.VERSION)
         return 0
     if not p.args:
         print(f"{PROG}: fatal: No command given to execute.", file=sys.stderr)
