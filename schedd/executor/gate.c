@@ -127,6 +127,26 @@ static long long number(const char *path) {
     return v;
 }
 
+/* An id as the daemon writes it: decimal digits only, below (id_t)-1 (which set*id reads as "leave
+   unchanged"): anything else is refused, never read as 0 or wrapped. */
+static int parse_id(const char *s, unsigned int *v) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 10 || strspn(s, "0123456789") != n) return -1;
+    unsigned long long x = strtoull(s, NULL, 10);
+    if (x >= 0xffffffffULL) return -1;
+    *v = (unsigned int)x;
+    return 0;
+}
+
+/* Every descriptor above stderr closed on exec: the job gets 0, 1 and 2 and nothing of ours. */
+static void close_the_rest(void) {
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) == 0) return;
+#endif
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = 3; fd < (max > 0 && max < 65536 ? max : 65536); fd++) fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+}
+
 static void child(char **argv, char **envp, const char *uid, const char *gid, const char *groups,
                   const char *cwd, const char *out, const char *err) {
     signal(SIGTERM, SIG_DFL);
@@ -136,16 +156,26 @@ static void child(char **argv, char **envp, const char *uid, const char *gid, co
     if (strcmp(uid, "-") != 0) {
         gid_t list[NGROUPS_MAX];
         int n = 0;
+        unsigned int id;
         char *g = strdup(groups), *save = NULL;
-        for (char *t = strtok_r(g, " ", &save); t && n < NGROUPS_MAX; t = strtok_r(NULL, " ", &save))
-            list[n++] = (gid_t)strtoul(t, NULL, 10);
+        if (!g) fail(216, "out of memory");
+        for (char *t = strtok_r(g, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+            if (n == NGROUPS_MAX || parse_id(t, &id) != 0) fail(216, "bad group list %s", groups);
+            list[n++] = (gid_t)id;
+        }
         free(g);
-        gid_t gv = (gid_t)strtoul(gid, NULL, 10);
-        uid_t uv = (uid_t)strtoul(uid, NULL, 10);
+        if (parse_id(gid, &id) != 0) fail(216, "bad gid %s", gid);
+        gid_t gv = (gid_t)id;
+        /* uid 0 comes as "-" (no change): a numeric one here is an ordinary user's. */
+        if (parse_id(uid, &id) != 0 || id == 0) fail(217, "bad uid %s", uid);
+        uid_t uv = (uid_t)id;
         if (setgroups((size_t)n, list) != 0) fail(216, "cannot set groups %s: %s", groups, strerror(errno));
         if (setresgid(gv, gv, gv) != 0) fail(216, "cannot set gid %s: %s", gid, strerror(errno));
         if (setresuid(uv, uv, uv) != 0) fail(217, "cannot set uid %s: %s", uid, strerror(errno));
-        if (getuid() != uv || geteuid() != uv) fail(217, "cannot set uid %s", uid);
+        uid_t ru, eu, su;
+        gid_t rg, eg, sg;
+        if (getresuid(&ru, &eu, &su) != 0 || ru != uv || eu != uv || su != uv) fail(217, "cannot set uid %s", uid);
+        if (getresgid(&rg, &eg, &sg) != 0 || rg != gv || eg != gv || sg != gv) fail(216, "cannot set gid %s", gid);
     }
     environ = envp;  /* execvp searches the job's PATH, not ours */
     int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
@@ -165,6 +195,7 @@ static void child(char **argv, char **envp, const char *uid, const char *gid, co
     int saved = dup(ST_FD);  /* keep a way to report exec failure, closed on exec */
     close(ST_FD);
     if (saved >= 0) fcntl(saved, F_SETFD, FD_CLOEXEC);
+    close_the_rest();
     execvp(argv[0], argv);
     int e = errno;
     if (saved >= 0) dup2(saved, ST_FD);

@@ -191,11 +191,15 @@ class GatePool:
         self._ready.clear()
         self._asked = 0
         if self._zygote is not None:
+            try:
+                os.kill(self._zygote, signal.SIGKILL)  # it holds nothing; a stopped one would hang the wait
+            except ProcessLookupError:
+                pass
             pids.append(self._zygote)
             self._zygote = None
         for pid in pids:
             try:
-                os.waitpid(pid, 0)  # killed, or (the zygote) out at EOF on its socket
+                os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
 

@@ -143,3 +143,44 @@ async def _as_nobody(runner, tmp_path, nobody):
     secret.mkdir(mode=0o700)
     info = await run(runner, job(tmp_path, ["true"], uid=nobody.pw_uid, out=str(secret / "out")))
     assert info.exit_code == 209 and not (secret / "out").exists()
+
+
+@pytest.fixture(params=["c", "c-pool"])
+async def c_runner(request, tmp_path: Path):
+    """gate.c only: spawned per job, and from the pool."""
+    r = GateRunner(tmp_path / "exits", accounting=False)
+    r.gate = [request.getfixturevalue("c_gate")]
+    if request.param == "c-pool":
+        r.open_pool(2)
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(r.pool) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the pool never filled"
+            await asyncio.sleep(0.005)
+    yield r
+    r.close_pool()
+
+
+async def test_an_id_that_is_not_an_ordinary_number_is_refused_never_read_as_root(c_runner, tmp_path):
+    """(gid_t)-1 would leave the gid unchanged -- root's -- and a wrapped or garbled uid would read as 0."""
+    require(None if os.geteuid() == 0 else "dropping to another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        os.chmod(d, 0o777)
+        for field, value, code in (("gid", 2**32 - 1, 216), ("uid", 2**32, 217)):
+            j = job(Path(d), ["sh", "-c", f"touch {d}/ran"], uid=nobody.pw_uid, out=f"{d}/out")
+            setattr(j.spec, field, value)
+            info = await run(c_runner, j)
+            assert info.exit_code == code, (field, info)
+            assert not Path(d, "ran").exists()
+
+
+async def test_the_job_inherits_no_descriptor_beyond_stderr(c_runner, tmp_path):
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    high = os.dup2(fd, 77)
+    try:
+        info = await run(c_runner, job(tmp_path, ["sh", "-c", "test -e /proc/self/fd/77 && echo leaked || echo closed"]))
+    finally:
+        os.close(high)
+        os.close(fd)
+    assert info.exit_code == 0 and (tmp_path / "out").read_text().strip() == "closed"

@@ -127,6 +127,13 @@ async def test_closing_the_pool_ends_its_unused_gates_and_zygote(pooled):
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
 
 
+async def test_closing_does_not_hang_on_a_stopped_zygote(pooled):
+    zygote = pooled.pool._zygote
+    os.kill(zygote, signal.SIGSTOP)
+    await asyncio.wait_for(asyncio.to_thread(pooled.close_pool), 5)  # the daemon's stop must not hang here
+    assert not Path(f"/proc/{zygote}").exists()
+
+
 async def test_the_pool_can_be_turned_off(c_gate, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("SCHEDD_GATE_POOL", "0")
     r = GateRunner(tmp_path / "exits", accounting=False)
