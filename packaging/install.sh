@@ -51,7 +51,7 @@ install -D -m 0644 "$SRC/packaging/schedd.toml.example" /etc/schedd/schedd.toml.
 # Slurm's command names on login shells' PATH, after everything else: never in front of a real sbatch.
 cat > /etc/profile.d/schedd-slurm.sh <<EOF_PROFILE
 # Installed by schedd's packaging/install.sh: Slurm's commands answered by schedd, last on PATH.
-case ":\$PATH:" in *":$PREFIX/slurm-bin:"*) ;; *) PATH="\$PATH:$PREFIX/slurm-bin" ;; esac
+case ":\$PATH:" in *":$PREFIX/slurm-bin:"*) ;; *) PATH="\${PATH:+\$PATH:}$PREFIX/slurm-bin" ;; esac
 EOF_PROFILE
 # The manuals, generated from the code as the package does, and bash completion.
 man=$(mktemp -d)

@@ -317,6 +317,8 @@ def parse_array(text: str) -> tuple[list[int], int]:
             raise ValueError(f"{text!r}: give task ids like 1-1000, 0,3,5-7 or 0-15:4 (then %N to cap)") from None
         if start < 0 or end < start or step < 1 or end >= 2**32:
             raise ValueError(f"{text!r}: {part!r} is not a range of task ids from low to high")
+        if len(ids) + (end - start) // step + 1 > MAX_ARRAY_TASKS:  # before the range is made
+            raise ValueError(f"{text[:80]!r}: more than {MAX_ARRAY_TASKS} tasks in one array")
         ids.update(range(start, end + 1, step))
         if len(ids) > MAX_ARRAY_TASKS:
             raise ValueError(f"{text!r}: more than {MAX_ARRAY_TASKS} tasks in one array")

@@ -14,6 +14,7 @@ from dbus_fast import Variant
 from dbus_fast.errors import DBusError
 
 from schedctl.client import Client, Unreachable
+from schedctl.errors import UsageError
 from schedd.protocol import parse_array
 from schedd_slurm.options import GetoptError, SlurmUsage
 
@@ -182,3 +183,8 @@ def run(prog: str, body: Callable[[], Awaitable[int]]) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (UsageError, ValueError, ArithmeticError, MemoryError, OSError) as e:
+        # A value no parser above foresaw (a huge number, a non-ASCII digit, a missing file):
+        # Slurm's one-line error, never a traceback.
+        print(f"{prog}: error: {str(e)[:200] or type(e).__name__}", file=sys.stderr)
+        return 1

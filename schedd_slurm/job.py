@@ -253,7 +253,8 @@ def main(argv: list[str]) -> int:
         started = (job.get("StartTime") or 0) / 1e6 or time.time()
         delay = limit - sig["secs"] - max(0.0, time.time() - started)
         signal.signal(signal.SIGALRM, lambda *_: _deliver(sig["sig"], pid, sig["batch"]))
-        signal.setitimer(signal.ITIMER_REAL, max(delay, 0.01))
+        if delay < 10**9:  # ~30 years: setitimer overflows long before a limit that far would end
+            signal.setitimer(signal.ITIMER_REAL, max(delay, 0.01))
     while True:
         try:
             _, status = os.waitpid(pid, 0)

@@ -38,13 +38,28 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def in_scope(unit: str) -> list[int]:
-    """Processes whose cgroup (any hierarchy: v2 and v1 hybrids) ends in the job's scope."""
+def _uid(pid: int) -> int | None:
+    """The process's real uid (/proc/PID/status), None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def in_scope(unit: str, uid: int) -> list[int]:
+    """The job's processes: those of uid whose cgroup (any hierarchy: v2 and v1 hybrids) is the
+    job's scope under schedd.slice -- a scope of that name elsewhere (a per-user schedd's, or one
+    anybody can make with systemd-run --user --scope --unit=...) is not the job's."""
+    tail = f"/schedd.slice/{unit}"
     out = []
     for p in pids():
         try:
             with open(f"/proc/{p}/cgroup") as f:
-                if any(line.rstrip().endswith("/" + unit) for line in f):
+                if any(line.rstrip().endswith(tail) for line in f) and _uid(p) == uid:
                     out.append(p)
         except OSError:
             continue

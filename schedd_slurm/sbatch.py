@@ -147,7 +147,18 @@ def environment(export: str | None, environ: dict[str, str]) -> list[str]:
                 env[k] = v
             elif k in environ:
                 env[k] = environ[k]
-    return [f"{k}={v}" for k, v in env.items()]
+    # The GPUs of the shell or job sbatch runs in are not this job's: schedd names its own (or none).
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    # A variable that is not UTF-8 (after `cd` into such a directory, OLDPWD) cannot go over D-Bus.
+    return [f"{k}={v}" for k, v in env.items() if _utf8(k) and _utf8(v)]
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 async def dependencies(c, text: str) -> tuple[list[int], dict[str, Any]]:

@@ -30,7 +30,7 @@ TABLE = Table(PROG, [
 def signal_job(job: dict, sig: int, batch: bool, full: bool) -> str | None:
     """Deliver sig inside the job's scope: its srun steps (default), the batch shell (-b) or all (-f).
     Same user: a plain kill(2), no daemon call. None, or why it could not."""
-    pids = procs.in_scope(job.get("Unit") or unit_name(job["Id"]))
+    pids = procs.in_scope(job.get("Unit") or unit_name(job["Id"]), int(job.get("User", -1)))
     launcher = [p for p in pids if procs.is_launcher(p)]
     if full:
         targets = [p for p in pids if p not in launcher]
@@ -38,14 +38,15 @@ def signal_job(job: dict, sig: int, batch: bool, full: bool) -> str | None:
         targets = [p for p in pids if procs.parent(p) in launcher] or [p for p in pids if p not in launcher][:1]
     else:
         targets = [p for p in pids if procs.is_srun(p)]
+    denied = False
     for p in targets:
         try:
             os.kill(p, sig)
         except ProcessLookupError:
             pass
         except PermissionError:
-            return f"Kill job error on job id {common.slurm_id(job)}: Access/permission denied"
-    return None
+            denied = True  # the others still get it
+    return f"Kill job error on job id {common.slurm_id(job)}: Access/permission denied" if denied else None
 
 
 async def cancel_whole_arrays(c, refs: list[common.JobRef], uid: int | None, name) -> list[common.JobRef]:

@@ -29,9 +29,10 @@ def _launcher_config(j: dict) -> dict:
     cmd = j.get("Command") or []
     if len(cmd) >= 5 and cmd[-2] == "schedd_slurm.job":
         try:
-            return json.loads(cmd[-1])
+            cfg = json.loads(cmd[-1])
         except ValueError:
             return {}
+        return cfg if isinstance(cfg, dict) else {}  # any job may end its Command this way
     return {}
 
 

@@ -207,7 +207,7 @@ def main(argv: list[str]) -> int:
     if inside:
         try:
             return step(p, p.args)
-        except SlurmUsage as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
+        except (SlurmUsage, ValueError, OSError) as e:  # a bad -n, an -o/-i that cannot be opened
+            print(f"{PROG}: error: {str(e)[:200]}", file=sys.stderr)
             return 1
     return common.run(PROG, lambda: allocate_and_run(p, p.args))

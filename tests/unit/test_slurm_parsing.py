@@ -135,6 +135,9 @@ def test_export_forms():
     assert sbatch.environment("NONE", env) == []
     assert sorted(sbatch.environment("ALL,C=3", env)) == ["A=1", "B=2", "C=3"]
     assert sbatch.environment("B,C=3", env) == ["B=2", "C=3"]
+    # Not the job's: the GPUs of the shell it was submitted from, and what D-Bus cannot carry.
+    odd = {**env, "CUDA_VISIBLE_DEVICES": "0", "OLDPWD": "/tmp/caf\udce9"}
+    assert sorted(sbatch.environment(None, odd)) == ["A=1", "B=2"]
 
 
 def build(script: str, *cli: str, env=None):
@@ -302,3 +305,50 @@ def test_dependencies_split_between_after_and_the_launcher():
     assert depend.describe(after, waits) == "afterok:1,after:4,afternotok:2,afternotok:3,singleton"
     with pytest.raises(SlurmUsage, match=r"^Batch job submission failed: Job dependency problem$"):
         asyncio.run(sbatch.dependencies(_Jobs(1), "afternotok:1:99"))
+
+
+def test_values_no_parser_foresaw_get_one_error_line_not_a_traceback(capsys):
+    """A huge or non-ASCII number (or any value that breaks a conversion) ends as `prog: error: ...`."""
+    from schedd_slurm import common
+
+    async def body() -> int:
+        int("²")  # str.isdigit() says yes, int() says no
+        return 0
+
+    assert common.run("sbatch", body) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sbatch: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_huge_array_range_is_refused_before_it_is_built():
+    from schedd.protocol import MAX_ARRAY_TASKS, parse_array
+
+    with pytest.raises(ValueError, match=f"more than {MAX_ARRAY_TASKS}"):
+        parse_array("0-4294967294")  # 4e9 ids: refused at once, not built in a set
+
+
+def test_scancel_signal_reaches_only_the_owners_processes_in_the_job_scope(monkeypatch, tmp_path):
+    """A scope of the same name outside schedd.slice (systemd-run --user --scope --unit=schedd-job-5
+    by anyone) or another user's process there is not the job's."""
+    from schedd_slurm import procs
+
+    table = {
+        101: ("0::/schedd.slice/schedd-job-5.scope\n", 1000),
+        102: ("0::/user.slice/user-1001.slice/user@1001.service/app.slice/schedd-job-5.scope\n", 1001),
+        103: ("0::/schedd.slice/schedd-job-5.scope\n", 1001),
+        104: ("1:name=systemd:/schedd.slice/schedd-job-5.scope\n0::/schedd.slice/schedd-job-5.scope\n", 1000),
+        105: ("0::/schedd.slice/schedd-job-55.scope\n", 1000),
+    }
+    monkeypatch.setattr(procs, "pids", lambda: list(table))
+    monkeypatch.setattr(procs, "_uid", lambda pid: table[pid][1])
+    real_open = open
+
+    def fake_open(path, *a, **k):
+        if str(path).startswith("/proc/") and str(path).endswith("/cgroup"):
+            f = tmp_path / "cg"
+            f.write_text(table[int(str(path).split("/")[2])][0])
+            return real_open(f, *a, **k)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert procs.in_scope("schedd-job-5.scope", 1000) == [101, 104]
