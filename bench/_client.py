@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 
@@ -37,43 +38,69 @@ SD = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.
 SCHEDD = ("org.schedd.Schedd1", "/org/schedd/Schedd1", "org.schedd.Schedd1.Manager")
 
 
-async def floor(n: int, in_flight: int) -> float:
-    bus = await dbus.connect(dbus.bus_address(False))
-    done: dict[str, asyncio.Future] = {}
-    early: dict[str, str] = {}
+class JobsRemoved:
+    """systemd's JobRemoved by job path, with when each came: a scope's job may be done before
+    StartTransientUnit's answer names it, so what comes early is kept for its waiter."""
 
-    def on_msg(msg: Message):
+    def __init__(self, bus) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._early: dict[str, float] = {}
+        bus.add_message_handler(self._on_msg)
+
+    def _on_msg(self, msg: Message) -> None:
         if msg.message_type == MessageType.SIGNAL and msg.member == "JobRemoved":
-            _, path, _, result = msg.body
-            fut = done.pop(path, None)
+            now, path = time.perf_counter(), msg.body[1]
+            fut = self._waiting.pop(path, None)
             if fut:
-                fut.set_result(result)
+                fut.set_result(now)
             else:
-                early[path] = result
+                self._early[path] = now
 
-    bus.add_message_handler(on_msg)
+    async def wait(self, path: str) -> float:
+        """When the job at path was removed (perf_counter)."""
+        if path in self._early:
+            return self._early.pop(path)
+        fut = self._waiting[path] = self._loop.create_future()
+        return await fut
+
+
+async def watch_jobs_removed() -> tuple[Any, JobsRemoved]:
+    bus = await dbus.connect(dbus.bus_address(False))
+    removed = JobsRemoved(bus)
     await dbus.add_match(bus, "type='signal',sender='org.freedesktop.systemd1',member='JobRemoved'")
+    return bus, removed
+
+
+def spawn_floor_gate() -> tuple[int, int]:
+    """The floor's gate: /bin/sh blocked on a pipe, then `true` (pid, the pipe's write end)."""
+    r, w = os.pipe()
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "read _ <&3; exec /bin/true"], {},
+                         file_actions=[(os.POSIX_SPAWN_DUP2, r, 3)], setsid=True)
+    os.close(r)
+    return pid, w
+
+
+async def start_floor_scope(bus, unit: str, pid: int) -> str:
+    """A bare scope for pid, as schedd's would be but for its CPUs: the job path systemd answers."""
+    (path,) = await dbus.call(bus, *SD, "StartTransientUnit", "ssa(sv)a(sa(sv))", [
+        unit, "fail",
+        [["PIDs", Variant("au", [pid])], ["Slice", Variant("s", "bench.slice")],
+         ["MemoryAccounting", Variant("b", True)], ["MemoryMax", Variant("t", 256 << 20)],
+         ["CollectMode", Variant("s", "inactive-or-failed")]], []])
+    return path
+
+
+async def floor(n: int, in_flight: int) -> float:
+    bus, removed = await watch_jobs_removed()
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(in_flight)
     tag = f"bench{os.getpid()}"
 
     async def one(i: int) -> None:
         async with sem:
-            r, w = os.pipe()
-            pid = os.posix_spawn("/bin/sh", ["sh", "-c", "read _ <&3; exec /bin/true"], {},
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, r, 3)], setsid=True)
-            os.close(r)
-            (path,) = await dbus.call(bus, *SD, "StartTransientUnit", "ssa(sv)a(sa(sv))", [
-                f"{tag}-{i}.scope", "fail",
-                [["PIDs", Variant("au", [pid])], ["Slice", Variant("s", "bench.slice")],
-                 ["MemoryAccounting", Variant("b", True)], ["MemoryMax", Variant("t", 256 << 20)],
-                 ["CollectMode", Variant("s", "inactive-or-failed")]], []])
-            if path in early:
-                early.pop(path)
-            else:
-                fut = loop.create_future()
-                done[path] = fut
-                await fut
+            pid, w = spawn_floor_gate()
+            await removed.wait(await start_floor_scope(bus, f"{tag}-{i}.scope", pid))
             os.write(w, b"\n")
             os.close(w)
             pidfd = os.pidfd_open(pid)
@@ -99,42 +126,13 @@ async def floor(n: int, in_flight: int) -> float:
 
 async def scope_latency(n: int) -> list[float]:
     """ms from StartTransientUnit to its job's JobRemoved, one scope at a time (the gate spawned beforehand)."""
-    bus = await dbus.connect(dbus.bus_address(False))
-    done: dict[str, asyncio.Future] = {}
-    early: dict[str, float] = {}
-
-    def on_msg(msg: Message):
-        if msg.message_type == MessageType.SIGNAL and msg.member == "JobRemoved":
-            now = time.perf_counter()
-            _, path, _, _ = msg.body
-            fut = done.pop(path, None)
-            if fut:
-                fut.set_result(now)
-            else:
-                early[path] = now
-
-    bus.add_message_handler(on_msg)
-    await dbus.add_match(bus, "type='signal',sender='org.freedesktop.systemd1',member='JobRemoved'")
-    loop = asyncio.get_running_loop()
+    bus, removed = await watch_jobs_removed()
     tag = f"lat{os.getpid()}"
     out = []
     for i in range(n):
-        r, w = os.pipe()
-        pid = os.posix_spawn("/bin/sh", ["sh", "-c", "read _ <&3; exec /bin/true"], {},
-                             file_actions=[(os.POSIX_SPAWN_DUP2, r, 3)], setsid=True)
-        os.close(r)
+        pid, w = spawn_floor_gate()
         t0 = time.perf_counter()
-        (path,) = await dbus.call(bus, *SD, "StartTransientUnit", "ssa(sv)a(sa(sv))", [
-            f"{tag}-{i}.scope", "fail",
-            [["PIDs", Variant("au", [pid])], ["Slice", Variant("s", "bench.slice")],
-             ["MemoryAccounting", Variant("b", True)], ["MemoryMax", Variant("t", 256 << 20)],
-             ["CollectMode", Variant("s", "inactive-or-failed")]], []])
-        if path in early:
-            t1 = early.pop(path)
-        else:
-            fut = loop.create_future()
-            done[path] = fut
-            t1 = await fut
+        t1 = await removed.wait(await start_floor_scope(bus, f"{tag}-{i}.scope", pid))
         out.append((t1 - t0) * 1000)
         os.write(w, b"\n")
         os.close(w)

@@ -85,15 +85,9 @@ class Table:
                     if eq:
                         raise GetoptError(f"option '--{opt.long}' doesn't allow an argument")
                     self._store(out, opt, True)
-                elif eq:
-                    self._store(out, opt, val)
-                elif opt.arg == OPTIONAL:
-                    self._store(out, opt, True)
                 else:
-                    if i + 1 >= len(argv):
-                        raise GetoptError(f"option '--{opt.long}' requires an argument")
-                    i += 1
-                    self._store(out, opt, argv[i])
+                    i = self._store_value(out, opt, val if eq else None, argv, i,
+                                          f"option '--{opt.long}' requires an argument")
             elif a.startswith("-") and len(a) > 1:
                 j = 1
                 while j < len(a):
@@ -106,15 +100,7 @@ class Table:
                         self._store(out, opt, True)
                         j += 1
                         continue
-                    if rest:
-                        self._store(out, opt, rest)
-                    elif opt.arg == OPTIONAL:
-                        self._store(out, opt, True)
-                    else:
-                        if i + 1 >= len(argv):
-                            raise GetoptError(f"option requires an argument -- '{c}'")
-                        i += 1
-                        self._store(out, opt, argv[i])
+                    i = self._store_value(out, opt, rest or None, argv, i, f"option requires an argument -- '{c}'")
                     break
             else:
                 if stop_at_positional:
@@ -123,6 +109,20 @@ class Table:
                 out.args.append(a)
             i += 1
         return out
+
+    def _store_value(self, out: Parsed, opt: Opt, inline: str | None, argv: list[str], i: int, missing: str) -> int:
+        """An option that takes a value: the one in the same word (--opt=V, -oV), True for an
+        optional one without, else the next word (the index of the last word used)."""
+        if inline is not None:
+            self._store(out, opt, inline)
+        elif opt.arg == OPTIONAL:
+            self._store(out, opt, True)
+        else:
+            if i + 1 >= len(argv):
+                raise GetoptError(missing)
+            i += 1
+            self._store(out, opt, argv[i])
+        return i
 
 
 def split_directive(line: str) -> list[str]:

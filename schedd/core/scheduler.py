@@ -182,11 +182,13 @@ class Scheduler:
             del self._shapes[shape]
         return best
 
-    def _first_fit(self) -> list[tuple[Job, Allocation]]:
-        """Behind a head that does not fit: every later job that fits, in queue order."""
+    def _fill(self, usable: Callable[[Shape], bool],
+              taken: Callable[[Job, Shape], None] | None = None) -> list[tuple[Job, Allocation]]:
+        """While CPUs are free: the earliest queued job of a usable shape the ledger can allocate
+        (taken: told of each before it leaves the queue)."""
         led, out, dead = self.ledger, [], set()
         while led.free_cpus:
-            found = self._earliest(lambda sh: led.fits(sh[0], sh[1], sh[2]), dead)
+            found = self._earliest(usable, dead)
             if found is None:
                 break
             entry, shape = found
@@ -195,9 +197,16 @@ class Scheduler:
             if alloc is None:
                 dead.add(shape)
                 continue
+            if taken is not None:
+                taken(job, shape)
             self._take(entry, job)
             out.append((job, alloc))
         return out
+
+    def _first_fit(self) -> list[tuple[Job, Allocation]]:
+        """Behind a head that does not fit: every later job that fits, in queue order."""
+        led = self.ledger
+        return self._fill(lambda sh: led.fits(sh[0], sh[1], sh[2]))
 
     def reservation(self, head: Job, now: int, started: Iterable[tuple[Job, Allocation]] = ()) -> tuple[int, _Vec] | None:
         """(shadow time, what is left over then) for the blocked head job, or None when unknowable."""
@@ -229,7 +238,6 @@ class Scheduler:
                self._version)
         if key == self._idle:
             return []
-        out: list[tuple[Job, Allocation]] = []
 
         def usable(sh: Shape) -> bool:
             lim = sh[3]
@@ -237,27 +245,17 @@ class Scheduler:
                 return False
             return now + lim <= shadow or extra.holds_shape(sh)
 
+        def taken(job: Job, sh: Shape) -> None:
+            if now + sh[3] > shadow:  # runs past the shadow: on what the head will not need
+                extra.take(job)
+
         # The head is not a candidate: out of its shape's heap for the pass (it is that heap's first).
         head_shape = _shape(head)
         hh = self._shapes.get(head_shape)
         held_back = heapq.heappop(hh) if hh and self._shape_head(head_shape, hh) == (-head.spec.priority, head.id) \
             else None
-        dead: set[Shape] = set()
         try:
-            while led.free_cpus:
-                found = self._earliest(usable, dead)
-                if found is None:
-                    break
-                entry, shape = found
-                job = self._queued[entry[1]]
-                alloc = led.allocate(shape[0], shape[1], shape[2])
-                if alloc is None:
-                    dead.add(shape)
-                    continue
-                if now + shape[3] > shadow:  # runs past the shadow: on what the head will not need
-                    extra.take(job)
-                self._take(entry, job)
-                out.append((job, alloc))
+            out = self._fill(usable, taken)
         finally:
             if held_back is not None:
                 self._shapes.setdefault(head_shape, [])

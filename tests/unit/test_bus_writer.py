@@ -6,6 +6,7 @@ import asyncio
 import socket
 from types import SimpleNamespace
 
+import pytest
 from dbus_fast import Message
 
 from schedd import bus as dbus
@@ -47,41 +48,45 @@ async def read_all(peer: socket.socket, size: int) -> bytes:
     return bytes(got)
 
 
-async def test_a_burst_goes_out_in_one_write_in_order():
+@pytest.fixture
+def pair():
+    """A connected pair of non-blocking sockets: the writer's end and the bus daemon's."""
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def queue(w: dbus._CoalescingWriter, m: Message, serial: int) -> asyncio.Future:
+    m.serial = serial
+    fut = asyncio.get_running_loop().create_future()
+    w.schedule_write(m, fut)
+    return fut
+
+
+async def test_a_burst_goes_out_in_one_write_in_order(pair):
+    a, b = pair
     sock = CountingSocket(a)
     w = writer(sock)
     msgs = signals(500)
-    futs = []
-    for i, m in enumerate(msgs):
-        m.serial = i + 1
-        fut = asyncio.get_running_loop().create_future()
-        w.schedule_write(m, fut)
-        futs.append(fut)
+    futs = [queue(w, m, i + 1) for i, m in enumerate(msgs)]
     assert sock.sends == 0  # nothing written before the loop's turn ends
     want = b"".join(bytes(m._marshall(False)) for m in msgs)
     assert await read_all(b, len(want)) == want
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     assert sock.sends == 1
-    a.close()
-    b.close()
 
 
-async def test_partial_writes_resume_when_writable_and_lose_nothing():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+async def test_partial_writes_resume_when_writable_and_lose_nothing(pair):
+    a, b = pair
     sock = CountingSocket(a, most=777)  # every send short
     w = writer(sock)
     msgs = signals(300)
     futs = []
     for i, m in enumerate(msgs):
-        m.serial = i + 1
-        fut = asyncio.get_running_loop().create_future()
-        w.schedule_write(m, fut)
-        futs.append(fut)
+        futs.append(queue(w, m, i + 1))
         if i == 100:
             await asyncio.sleep(0)  # a turn of the loop in the middle: two bursts
     want = b"".join(bytes(m._marshall(False)) for m in msgs)
@@ -89,5 +94,3 @@ async def test_partial_writes_resume_when_writable_and_lose_nothing():
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     await asyncio.wait_for(dbus.flush(w.bus), 5)  # type: ignore[arg-type]
     assert not w.messages and w.buf is None
-    a.close()
-    b.close()

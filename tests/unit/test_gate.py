@@ -39,14 +39,18 @@ async def runner(request, tmp_path: Path):
     r = GateRunner(tmp_path / "exits", accounting=False)
     r.gate = [PERL, "-e", GATE_SCRIPT] if request.param == "perl" else [request.getfixturevalue("c_gate")]
     if request.param == "c-pool":
-        r.open_pool(2)
-        assert r.pool is not None
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(r.pool) < 2:
-            assert asyncio.get_running_loop().time() < deadline, "the pool never filled"
-            await asyncio.sleep(0.005)
+        await fill_pool(r, 2)
     yield r
     r.close_pool()
+
+
+async def fill_pool(r: GateRunner, size: int) -> None:
+    r.open_pool(size)
+    assert r.pool is not None
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(r.pool) < size:
+        assert asyncio.get_running_loop().time() < deadline, "the pool never filled"
+        await asyncio.sleep(0.005)
 
 
 def job(tmp_path: Path, command: list[str], *, uid: int | None = None, cwd: str | None = None,
@@ -151,11 +155,7 @@ async def c_runner(request, tmp_path: Path):
     r = GateRunner(tmp_path / "exits", accounting=False)
     r.gate = [request.getfixturevalue("c_gate")]
     if request.param == "c-pool":
-        r.open_pool(2)
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(r.pool) < 2:
-            assert asyncio.get_running_loop().time() < deadline, "the pool never filled"
-            await asyncio.sleep(0.005)
+        await fill_pool(r, 2)
     yield r
     r.close_pool()
 

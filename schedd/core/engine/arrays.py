@@ -582,19 +582,19 @@ class Arrays:
         await self._each(self.cancel, ids, caller)
 
     async def hold_array(self, array_id: int, caller: Caller) -> None:
-        rec, ids = await self._array_target(array_id, caller)
-        if rec is not None and rec.state == JobState.PENDING:
-            await self._record_verb(rec, JobState.HELD)
-        pending = [i for i in ids if (j := self.jobs.get(i)) is None or j.state == JobState.PENDING]
-        await self._each(self.hold, pending, caller)
+        await self._move_array(array_id, caller, JobState.PENDING, JobState.HELD, self.hold)
 
     async def release_array(self, array_id: int, caller: Caller) -> None:
-        rec, ids = await self._array_target(array_id, caller)
-        if rec is not None and rec.state == JobState.HELD:
-            await self._record_verb(rec, JobState.PENDING)
-        held = [i for i in ids if (j := self.jobs.get(i)) is None or j.state == JobState.HELD]
-        await self._each(self.release, held, caller)
+        await self._move_array(array_id, caller, JobState.HELD, JobState.PENDING, self.release)
         self.kick()
+
+    async def _move_array(self, array_id: int, caller: Caller, src: JobState, dst: JobState, verb) -> None:
+        """Hold or release: the record if it is in src, then each of its jobs in src."""
+        rec, ids = await self._array_target(array_id, caller)
+        if rec is not None and rec.state == src:
+            await self._record_verb(rec, dst)
+        movable = [i for i in ids if (j := self.jobs.get(i)) is None or j.state == src]
+        await self._each(verb, movable, caller)
 
     # -- recovery ------------------------------------------------------------------------
 
