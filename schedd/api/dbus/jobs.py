@@ -131,6 +131,11 @@ class JobPaths(dict):
     def __contains__(self, job_id: object) -> bool:
         return super().__contains__(job_id) or (isinstance(job_id, int) and self.disk.on_disk(job_id) is not None)
 
+    def in_memory(self, job_id: int) -> bool:
+        """Held here (announced, not released): what the engine's events concern -- `in` also asks
+        the store, one read per call, for a job on disk."""
+        return dict.__contains__(self, job_id)
+
     def get(self, job_id: int, default: Any = None) -> Any:
         try:
             return self[job_id]

@@ -646,7 +646,7 @@ class DBusService:
         ))
 
     def job_added(self, job: Job) -> None:
-        if job.id in self.objects:
+        if self.objects.in_memory(job.id):
             return
         self.objects[job.id] = job  # its path answers from now on (jobs.JobTree)
         if not getattr(self.bus, "_disconnected", False):
@@ -673,7 +673,7 @@ class DBusService:
 
     def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
         props = job_properties(fields)
-        if job.id in self.objects and props:
+        if self.objects.in_memory(job.id) and props:
             # Signals reach every subscriber: a private key that changed is only named as
             # invalidated, and each reader Gets it with its own rights.
             hidden = [] if self.public_private_data else sorted(p for p in props if p in PRIVATE_JOB_KEYS)
