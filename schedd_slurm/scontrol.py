@@ -99,8 +99,13 @@ def show_job(j: dict) -> str:
     return "\n".join("   " + " ".join(f"{k}={v}" for k, v in line) for line in lines).lstrip() + "\n"
 
 
+MAX_HOSTS = 65_536  # names one hostlist may expand to (this is one box: a real list is short)
+
+
 def expand_hostlist(text: str) -> list[str]:
     """Slurm hostlist syntax: node[1-3,5],other -> node1 node2 node3 node5 other."""
+    if text.count("[") != text.count("]"):
+        raise SlurmUsage(f"Invalid hostlist: {text[:80]}")
     out: list[str] = []
     for m in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?([^,]*)", text):
         prefix, ranges, suffix = m.group(1), m.group(2), m.group(3)
@@ -109,6 +114,11 @@ def expand_hostlist(text: str) -> list[str]:
             continue
         for part in ranges.split(","):
             lo, _, hi = part.partition("-")
+            if not (lo.isascii() and lo.isdigit() and (not hi or (hi.isascii() and hi.isdigit()))) \
+                    or int(hi or lo) < int(lo):
+                raise SlurmUsage(f"Invalid hostlist: {text[:80]}")
+            if len(out) + int(hi or lo) - int(lo) + 1 > MAX_HOSTS:
+                raise SlurmUsage(f"Invalid hostlist: {text[:80]} names more than {MAX_HOSTS} hosts")
             width = len(lo)
             for i in range(int(lo), int(hi or lo) + 1):
                 out.append(f"{prefix}{str(i).zfill(width)}{suffix}")

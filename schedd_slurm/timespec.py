@@ -42,7 +42,10 @@ def parse_mem(text: str, option: str = "--mem") -> int:
     m = _MEM.match(text.strip())
     if not m:
         raise SlurmUsage(f"Invalid {option} specification")
-    return int(float(m.group(1)) * _MEM_UNITS[m.group(2).upper()])
+    size = float(m.group(1)) * _MEM_UNITS[m.group(2).upper()]
+    if size >= 2**64:  # more than D-Bus's t can say (and than any node has); float('inf') included
+        raise SlurmUsage(f"Invalid {option} specification")
+    return int(size)
 
 
 def format_elapsed(seconds: int, short: bool = True) -> str:

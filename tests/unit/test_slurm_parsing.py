@@ -82,7 +82,7 @@ def test_mem_forms(text, size):
     assert parse_mem(text) == size
 
 
-@pytest.mark.parametrize("bad", ["lots", "4X", "G", "-1G"])
+@pytest.mark.parametrize("bad", ["lots", "4X", "G", "-1G", "9" * 400, "99999999999T"])
 def test_bad_mem(bad):
     with pytest.raises(SlurmUsage, match="Invalid --mem specification"):
         parse_mem(bad)
@@ -120,6 +120,9 @@ def test_signals():
 def test_hostlists():
     assert expand_hostlist("node[01-03,7],gpu") == ["node01", "node02", "node03", "node7", "gpu"]
     assert expand_hostlist("box") == ["box"]
+    for bad in ("n[1-999999999999]", "node[a-b]", "node[-5]", "n[]", "n[²]", "node[1-3", "n[5-1]"):
+        with pytest.raises(SlurmUsage, match="Invalid hostlist"):  # never built, never a traceback
+            expand_hostlist(bad)
 
 
 def test_gpu_requests():
