@@ -128,6 +128,7 @@
       cap.textContent = title;
       el.appendChild(cap);
       parent.appendChild(el);
+      sizer.observe(el);  // a grid column that narrows (a node joins, a phone turns) resizes the chart
     }
     return el;
   }
@@ -209,7 +210,8 @@
     const rows = [];
     const seen = new Set();
     const want = (node, cpu) => { const k = `${node}/${cpu}`; if (!seen.has(k)) { seen.add(k); rows.push([node, cpu]); } };
-    (st.snap ? st.snap.nodes : []).forEach((n) => {
+    // This node's CPUs all have a row (idle ones too); a peer's only where a job forwarded there ran.
+    (st.snap ? st.snap.nodes.filter((n) => n.Name === st.node) : []).forEach((n) => {
       const ids = new Set(bars.filter((b) => b.node === n.Name).map((b) => b.cpu));
       for (let c = 0; ids.size < n.TotalCPUs && c < 4096; c++) ids.add(c);  // idle CPUs: rows of their own
       ids.forEach((c) => want(n.Name, c));
@@ -225,18 +227,27 @@
   function hue(id) { return `hsl(${(id * 137.508) % 360} 60% 50%)`; }
 
   function drawGantt() {
-    const el = box($("#gantt-plot"), "plot-gantt", "Jobs by CPU, last hour (which job held which CPU when)");
+    const el = box($("#gantt-plot"), "plot-gantt", "Jobs by CPU, up to the last hour (which job held which CPU when; a peer's rows: jobs sent there)");
     charts.gantt = el;
     const g = ganttBars();
     el.gantt = g;
     const labels = g.rows.map((r) => (st.nodes.length > 1 ? `${r[0]} cpu${r[1]}` : `cpu${r[1]}`));
     const height = Math.min(420, Math.max(140, g.rows.length * 18 + 60));
     const key = `gantt:${labels.join(",")}`;
-    const data = [[g.now - HOUR, g.now], [null, null]];
+    const first = g.bars.length ? g.bars.reduce((m, b) => Math.min(m, b.start), Infinity) : g.now - 60;
+    const from = Math.max(g.now - HOUR, first - Math.max(5, (g.now - first) * 0.05));
+    const data = [[from, g.now], [null, null]];
     if (el.chart && el.chart.key === key) {
       el.chart.setData(data);
     } else {
       if (el.chart) el.chart.destroy();
+      let info = el.querySelector(".gantt-hover");
+      if (!info) {
+        info = document.createElement("div");
+        info.className = "gantt-hover";
+        info.textContent = "point at a bar for its job";
+        el.appendChild(info);
+      }
       el.chart = new uPlot({
         width: width(el), height, legend: { show: false },
         cursor: { y: false, points: { show: false } },
@@ -245,12 +256,8 @@
         axes: [{}, { size: st.nodes.length > 1 ? 90 : 50, splits: () => g.rows.map((_, i) => i),
           values: (u, v) => v.map((i) => labels[i] || "") }],
         hooks: { draw: [drawBars], setCursor: [hover] },
-      }, data, el);
+      }, data, (u, init) => { el.insertBefore(u.root, info); init(); });
       el.chart.key = key;
-      const info = document.createElement("div");
-      info.className = "gantt-hover";
-      info.textContent = "point at a bar for its job";
-      el.appendChild(info);
     }
     el.dataset.bars = String(g.bars.length);
     el.dataset.jobs = [...new Set(g.bars.map((b) => b.id))].join(",");
@@ -344,18 +351,16 @@
     });
   }
 
-  function resize() {
-    document.querySelectorAll("figure.plot").forEach((el) => {
-      if (el.chart) el.chart.setSize({ width: width(el), height: el.chart.height });
+  const sizer = new ResizeObserver((entries) => {
+    entries.forEach(({ target: el }) => {
+      if (el.chart && Math.abs(el.chart.width - width(el)) > 1) el.chart.setSize({ width: width(el), height: el.chart.height });
     });
-  }
+  });
 
   document.addEventListener("schedd:state", onState);
   document.addEventListener("schedd:sample", onSample);
   document.addEventListener("DOMContentLoaded", () => {
     load(0);
-    let t = null;
-    window.addEventListener("resize", () => { clearTimeout(t); t = setTimeout(resize, 100); });
     setInterval(schedule, 5000);  // the timeline's "now" edge moves on a quiet node too
   });
 })();
