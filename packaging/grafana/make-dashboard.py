@@ -1,3 +1,13 @@
+#!/usr/bin/env python3
+"""Write schedd's Grafana board (schedd-dashboard.json beside this file) from the panel list below.
+
+    python3 packaging/grafana/make-dashboard.py > packaging/grafana/schedd-dashboard.json
+
+Every query selects job=~"$job", instance=~"$instance" (the board's variables over schedd_node_info)
+and takes the node's name from schedd_node_info; the datasource is the variable $datasource, so the
+file imports as is or drops into a Grafana provisioning directory. tests/unit/test_grafana_board.py
+checks the JSON is this script's output; tests/integration/test_plots.py runs every query.
+"""
 import json
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job=~"$job", instance=~"$instance"'

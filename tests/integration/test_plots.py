@@ -327,3 +327,26 @@ def test_board_and_rules_against_real_prometheus(pair):
         prom.close()
         shutil.rmtree(work, ignore_errors=True)
         p2.sb.run(["systemctl", "start", "schedd"], timeout=60, check=False)
+
+
+def test_the_history_survives_a_restart(pair):
+    p1, _ = pair
+    before = json.loads(p1.http("/ui/history")[1])
+    t = before["nodes"]["p1"]["t"]
+    assert len(t) >= 3 and before["persisted"] is True
+    p1.sb.run(["systemctl", "restart", "schedd"], timeout=60)
+    wait_for(lambda: _answers(p1), "p1 answering again", 30)
+    after = json.loads(p1.http("/ui/history")[1])
+    cols = after["nodes"]["p1"]
+    assert after["restored"] is True and cols["t"][:len(t)] == t  # the samples from before the restart
+    gap = cols["t"].index(t[-1]) + 1
+    assert cols["cpus"][gap] is None and cols["t"][gap] > t[-1]  # then a gap for the time it was down
+    status, body, _ = p1.http("/ui/history?since=nope")
+    assert status == 400 and json.loads(body)["error"] == "bad-since"
+
+
+def _answers(node: WebNode) -> bool:
+    try:
+        return node.http("/ui/state", timeout=2)[0] == 200
+    except OSError:
+        return False
