@@ -5,7 +5,7 @@ Why here and not from Prometheus: the page must draw its plots on a node nobody 
 - Samples: every `interval` (10 s by default, `[http] history_interval`) one row per node of the
   cluster: CPUs, memory and GPUs allocated and in all, running and pending jobs, and (this node
   only) the queue's length and the starts, ends and failures since the row before. The ring keeps
-  `keep / interval` rows per node (24 h: 8,640 rows, about 1 MB per node in memory).
+  `keep / interval` rows per node (24 h: 8,640 rows, about 1.6 MB per node in memory).
 - Runs: each run that ended in the last hour (id, name, user, node, its CPU ids, start, end, state),
   at most RUNS_KEPT, for the page's timeline by CPU (a running job is in the live snapshot).
 - Waits: (id, start, seconds from submission to start) of the last WAITS_KEPT starts within `keep`.
@@ -218,7 +218,8 @@ class History:
     def _write(self, data: dict[str, Any]) -> None:
         assert self.path is not None
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        # 0600: the runs name jobs and users, which the dashboard shows but the state directory does not.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
             json.dump(data, f, separators=(",", ":"))
         os.replace(tmp, self.path)
 
