@@ -160,6 +160,12 @@ def test_plots_hold_data_and_move_when_a_job_starts(pair, browser):
         wide = submit(p1, "true", cpus=2)
         until(page, "scheddPlots.queue.chart.data[1].at(-1) === 1")
 
+        # Every sample the daemon kept is on the page (a sample event lost on a busy stream is refetched).
+        shown = page.evaluate("scheddPlots.util.get('p1').chart.data[0]")
+        kept = json.loads(p1.http("/ui/history")[1])["nodes"]["p1"]["t"]
+        assert [t for t in kept if t <= max(shown)] == [t for t in shown if t in set(kept)], (kept, shown)
+        assert set(t for t in kept if t <= max(shown)) <= set(shown)
+
         shot = ARTIFACTS / "dashboard-plots.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")

@@ -28,8 +28,14 @@
   function addRow(node, row) {
     let rows = st.rows.get(node);
     if (!rows) st.rows.set(node, (rows = []));
-    if (rows.length && rows[rows.length - 1][0] >= row[0]) return;  // already have it
-    rows.push(row);
+    if (!rows.length || rows[rows.length - 1][0] < row[0]) {
+      rows.push(row);
+    } else {  // a row refetched after a missed sample event: into its place, once
+      let lo = 0, hi = rows.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (rows[mid][0] < row[0]) lo = mid + 1; else hi = mid; }
+      if (rows[lo][0] === row[0]) return;
+      rows.splice(lo, 0, row);
+    }
     const cap = Math.ceil(86400 / st.interval) + 2;
     if (rows.length > cap) rows.splice(0, rows.length - cap);
   }
