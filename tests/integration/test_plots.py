@@ -28,7 +28,7 @@ import pytest
 from conftest import USERS, WebNode, free_port, running_schedd, write_tokens
 from prereq import require
 from sandbox import REPO, Sandbox, wait_for
-from test_dashboard import CHROMIUM, FLAGS
+from test_dashboard import CHROMIUM, FLAGS, expect
 
 ALICE = USERS[0]
 BOARD = REPO / "packaging/grafana/schedd-dashboard.json"
@@ -140,6 +140,15 @@ def test_plots_hold_data_and_move_when_a_job_starts(pair, browser):
         until(page, "document.querySelector('#plot-waits').dataset.points >= 3")
         gantt_jobs = set(page.get_attribute("#plot-gantt", "data-jobs").split(","))
         assert {str(j) for j in done} <= gantt_jobs, gantt_jobs  # the timeline shows the ended runs by CPU
+        # Pointing at a bar names its job (the 0.8 s one: wide enough to aim at).
+        longest = done[-1]
+        x, y = page.evaluate(f"""(() => {{
+            const el = scheddPlots.gantt, u = el.chart, b = el.gantt.bars.find((b) => b.id === {longest});
+            const r = u.over.getBoundingClientRect();
+            return [r.left + u.valToPos((b.start + b.end) / 2, "x"), r.top + u.valToPos(b.row, "y")];
+        }})()""")
+        page.mouse.move(x, y)
+        expect(page.locator("#plot-gantt .gantt-hover")).to_contain_text(f"job {longest} sleep ({ALICE})")
         # The data behind the canvas, as uPlot holds it: CPU % of p1, each a number or a gap.
         data = page.evaluate("scheddPlots.util.get('p1').chart.data")
         assert len(data[0]) >= 3 and all(v is None or 0 <= v <= 100 for v in data[1])
