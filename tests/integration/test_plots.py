@@ -301,6 +301,9 @@ def test_board_and_rules_against_real_prometheus(pair):
         for node, command in ((p1, ["true"]), (p1, ["sh", "-c", "exit 4"]), (p2, ["true"]),
                               (p2, ["sh", "-c", "sleep 0.2; exit 5"])):
             node.wait(submit(node, *command))
+        # And on p1 an array of 40 failing tasks: over the rule's 0.05/s averaged over 10 minutes (30 in
+        # 10 min), and more than a quarter of p1's ends.
+        p1.schedctl("submit", "--array", "1-40", "--", "sh", "-c", "exit 4", user=ALICE, cwd="/tmp")
         running = submit(p1, "sleep", "60")
         wait_for(lambda: p1.job(running)["State"] == "RUNNING", "job running", 20)
         wait_for(lambda: prom.query('sum(rate(schedd_jobs_finished_total{state="FAILED"}[1m])) > 0')["data"]["result"],
@@ -320,23 +323,26 @@ def test_board_and_rules_against_real_prometheus(pair):
         for rule in rules():
             r = prom.query(rule["expr"])
             assert r.get("status") == "success", f"{rule['alert']}: {r.get('error')}"
-        # Nothing fires on a healthy pair.
-        firing = [a for a in prom.get("/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"]
-        assert firing == [], firing
+        def firing() -> set[tuple[str, str]]:
+            return {(a["labels"]["alertname"], a["labels"].get("peer") or a["labels"].get("instance", ""))
+                    for a in prom.get("/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"}
+
+        # p1's failures fire ScheddFailuresHigh; nothing else fires while both daemons run.
+        p1_target, p2_target = f"127.0.0.1:{p1.port}", f"127.0.0.1:{p2.port}"
+        wait_for(lambda: ("ScheddFailuresHigh", p1_target) in firing(), "ScheddFailuresHigh for p1", 30)
+        assert firing() == {("ScheddFailuresHigh", p1_target)}, firing()
 
         # p2's daemon stops: p1 stops hearing it, Prometheus stops reaching it.
         p2.sb.run(["systemctl", "stop", "schedd"], timeout=60)
         t0 = time.monotonic()
 
-        def fired() -> dict | None:
-            alerts = [a for a in prom.get("/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"]
-            names = {(a["labels"]["alertname"], a["labels"].get("peer") or a["labels"].get("instance")) for a in alerts}
-            want = {("ScheddPeerDown", "p2"), ("ScheddDown", f"127.0.0.1:{p2.port}")}
-            return names if want <= names else None
+        def fired() -> set | None:
+            names = firing()
+            return names if {("ScheddPeerDown", "p2"), ("ScheddDown", p2_target)} <= names else None
 
         names = wait_for(fired, "ScheddPeerDown and ScheddDown firing for p2", 40)
         print(f"alerts firing {time.monotonic() - t0:.1f} s after p2 stopped: {sorted(names)}")
-        assert not any(n == "ScheddPeerDown" and who == "p1" for n, who in names)
+        assert not any(who in ("p1", p1_target) for n, who in names if n != "ScheddFailuresHigh"), names
         p1.manager_call("Cancel", "t", str(running))
     finally:
         prom.close()
