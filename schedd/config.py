@@ -53,6 +53,8 @@ def parse_id_list(value: object, what: str) -> list[int]:
 class PeerConfig:
     name: str
     url: str
+    kind: str = "schedd"  # or "slurm": a Slurm cluster through its slurmrestd (schedd.cluster.slurm)
+    slurm: object | None = None  # schedd.cluster.slurm.config.SlurmPeerConfig for kind = "slurm"
 
 
 @dataclass
@@ -379,6 +381,16 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         raise ConfigError("peers must be an array of tables: [[peers]] name = \"b\" url = \"http://...\"")
     names = {cfg.node_name}
     for i, peer in enumerate(peers):
+        if isinstance(peer, dict) and peer.get("kind", "schedd") != "schedd":
+            if peer["kind"] != "slurm":
+                raise ConfigError(f"peers[{i}].kind = {peer['kind']!r}: \"schedd\" (the default) or \"slurm\"")
+            from schedd.cluster.slurm.config import parse as parse_slurm_peer
+
+            cfg.peers.append(parse_slurm_peer(i, peer, names, cfg.http.allow_insecure_peers))
+            names.add(peer["name"])
+            continue
+        if isinstance(peer, dict) and peer.get("kind") == "schedd":
+            peer = {k: v for k, v in peer.items() if k != "kind"}
         if not isinstance(peer, dict) or set(peer) != {"name", "url"}:
             raise ConfigError(f"peers[{i}] needs exactly the keys name and url")
         name, url = peer["name"], peer["url"]
