@@ -95,6 +95,7 @@ KillWait=2
 {nodeline} RealMemory={self.memory_mb} NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
+        (self.dirs["/var/lib/slurm"] / "spool").mkdir()
         (etc / "cgroup.conf").write_text("CgroupPlugin=autodetect\n")
         self.key_path.write_bytes(self.key)
         self.key_path.chmod(0o600)

@@ -209,6 +209,9 @@ class SlurmBridge:
                 if j.tag == tag and j.user_name == user:
                     return j.record()
         self._tried.add(key)
+        # The wire form leaves out a working directory that is the user's home (a schedd peer's default);
+        # Slurm's would be slurmd's own: name it.
+        spec = {**spec, "WorkingDirectory": job.spec.working_directory}
         payload = submission(spec, tag, partition=self.cfg.partition, dependency=self._dependency(job),
                              array=(job.array_job_id, job.spec.array_task_id) if job.array_job_id else None)
         answer = await restd.call("POST", "/job/submit", user, body=payload, timeout=timeout)
