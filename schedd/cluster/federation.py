@@ -46,6 +46,7 @@ class Federation:
         from schedd.cluster.slurm.bridge import attach  # Slurm clusters as peers: `[[peers]] kind = "slurm"`
 
         self.bridges = attach(self)
+        self.array_nodes = frozenset(b.name for b in self.bridges)  # they take arrays (a job per task)
 
     async def start(self) -> None:
         self.net.open()
