@@ -21,9 +21,9 @@ import asyncio
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from schedd.cluster.slurm.config import SlurmPeerConfig
+from schedd.config import SlurmPeerConfig
 from schedd.cluster.slurm.mapping import BadRecord, SlurmJob, Tag, jobs_of, load_of, submission
 from schedd.cluster.slurm.restd import Restd
 from schedd.cluster.slurm.token import Tokens, load_key
@@ -32,10 +32,8 @@ from schedd.core.model import AWAITING_NODE, Job, JobSpec, JobState, Reason, now
 from schedd.core.placement import NodeView
 from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound
 
-if TYPE_CHECKING:
-    from schedd.cluster.federation import Federation
-    from schedd.cluster.peers import Peer
-
+Federation = Any  # schedd.cluster.federation.Federation (which imports this module: no cycle)
+Peer = Any  # schedd.cluster.peers.Peer
 log = logging.getLogger(__name__)
 
 _JOB_ACTION = re.compile(r"^/jobs/(\d{1,10})/(cancel|hold|release|suspend|resume|requeue|fence)$")
