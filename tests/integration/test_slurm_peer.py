@@ -149,6 +149,50 @@ def test_cancel_through_schedd_cancels_it_in_slurm(node: Node, slurm: SlurmClust
     wait_for(lambda: slurm.squeue()[sid][0] == "CANCELLED", f"squeue shows Slurm job {sid} CANCELLED", 30)
 
 
+def test_hold_and_release_through_schedd_hold_and_release_it_in_slurm(node: Node, slurm: SlurmCluster):
+    jid = submit(node, "true", opts=("--node", PEER, "--hold"))
+    assert wait_state(node, jid, {"HELD"})["State"] == "HELD"
+    (sid, state), = slurm_jobs_of(slurm, jid)
+    assert state == "PENDING"
+    reason = slurm.run(["squeue", "-h", "-j", str(sid), "-o", "%r"]).stdout.strip()
+    assert reason == "JobHeldUser"
+    node.schedctl("release", str(jid), user=ALICE)
+    assert wait_state(node, jid, TERMINAL)["State"] == "COMPLETED"
+    jid = submit(node, "sleep", "300", opts=("--node", PEER, "--hold"))
+    wait_state(node, jid, {"HELD"})
+    node.schedctl("release", str(jid), user=ALICE)
+    wait_state(node, jid, {"RUNNING"})
+    r = node.schedctl("suspend", str(jid), user=ALICE, check=False)
+    assert r.returncode != 0 and "slurmrestd" in r.stderr  # said plainly, not pretended
+    node.schedctl("cancel", str(jid), user=ALICE)
+    wait_state(node, jid, TERMINAL)
+
+
+def test_after_among_jobs_sent_to_slurm_is_slurms_afterok(node: Node, slurm: SlurmCluster):
+    first = submit(node, "sleep", "3")
+    second = submit(node, "true", opts=("--node", PEER, "--after", str(first)))
+    (sid, _), = slurm_jobs_of(slurm, second)
+    assert slurm.run(["squeue", "-h", "-j", str(sid), "-o", "%E"]).stdout.strip().startswith("afterok:")
+    assert show(node, second)["State"] == "PENDING"
+    a, b = wait_state(node, first, TERMINAL), wait_state(node, second, TERMINAL)
+    assert a["State"] == b["State"] == "COMPLETED" and b["StartTime"] >= a["EndTime"]
+    failing = submit(node, "false")
+    never = submit(node, "true", opts=("--node", PEER, "--after", str(failing)))
+    assert wait_state(node, failing, TERMINAL)["State"] == "FAILED"
+    assert (lambda j: (j["State"], j["Reason"]))(wait_state(node, never, TERMINAL)) == ("FAILED", "dependency")
+
+
+def test_any_goes_to_slurm_when_this_node_is_full(node: Node):
+    blocker = submit(node, "sleep", "120", opts=("--cpus", str(os.cpu_count())))
+    try:
+        wait_state(node, blocker, {"RUNNING"})
+        jid = submit(node, "true", opts=("--node", "any"))
+        done = wait_state(node, jid, TERMINAL)
+        assert (done["State"], done["Node"]) == ("COMPLETED", PEER), done
+    finally:
+        node.schedctl("cancel", str(blocker), user=ALICE)
+
+
 def test_root_jobs_never_go_to_slurm(node: Node, slurm: SlurmCluster):
     r = node.schedctl("submit", "--node", PEER, "--", "true", check=False)
     assert r.returncode != 0 and "root" in r.stderr

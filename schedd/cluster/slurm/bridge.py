@@ -212,7 +212,7 @@ class SlurmBridge:
         spec = {**spec, "WorkingDirectory": job.spec.working_directory}
         payload = submission(spec, tag, partition=self.cfg.partition, dependency=self._dependency(job),
                              array=(job.array_job_id, job.spec.array_task_id) if job.array_job_id else None)
-        answer = await restd.call("POST", "/job/submit", user, body=payload, timeout=timeout)
+        answer = await restd.call("POST", "/job/submit", user, body=payload, timeout=timeout, done="job_id")
         jid = answer.get("job_id")
         if not isinstance(jid, int) or isinstance(jid, bool) or not 0 < jid < 1 << 32:
             raise PeerError(f"Slurm peer {self.name} answered a submission without a job id: {answer!r:.200}")

@@ -54,8 +54,11 @@ class Restd:
         if self._session is not None:
             await self._session.close()
 
-    async def call(self, method: str, path: str, user: str, *, body: Any = None, timeout: float = 10.0) -> dict:
-        """Slurm's answer (a JSON object with an empty `errors` list)."""
+    async def call(self, method: str, path: str, user: str, *, body: Any = None, timeout: float = 10.0,
+                   done: str = "") -> dict:
+        """Slurm's answer (a JSON object with an empty `errors` list). done: a key whose presence says the
+        request was carried out even with errors beside it (a held submission comes with "Job is in held
+        state" as an error, and its job_id)."""
         assert self._session is not None
         headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self.tokens.for_user(user)}
         try:
@@ -79,7 +82,7 @@ class Restd:
                 raise PeerError(f"Slurm peer {self.name} answered {status} without JSON: {raw[:200]!r}")
             raise PeerRefused(SchedError(f"Slurm peer {self.name} answered {status}: {raw[:200]!r}"))
         errs = _errors(answer)
-        if not errs and status < 400:
+        if (not errs or (done and answer.get(done) is not None)) and status < 400:
             return answer
         for e in errs:
             num = e.get("error_number") if isinstance(e.get("error_number"), int) else e.get("errno")
