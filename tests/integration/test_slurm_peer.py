@@ -193,6 +193,25 @@ def test_any_goes_to_slurm_when_this_node_is_full(node: Node):
         node.schedctl("cancel", str(blocker), user=ALICE)
 
 
+def test_sbatch_through_schedds_slurm_commands_reaches_the_slurm_peer(node: Node, slurm: SlurmCluster):
+    links = f"/var/tmp/slurmpeer-links-{os.getpid()}"
+    node.sb.run(["/opt/schedd/venv/bin/schedd-slurm", "install-links", links])
+    node.sb.run(["chmod", "755", links])
+    try:
+        r = node.sb.run(["env", f"PATH={links}:/usr/local/bin:/usr/bin:/bin", "sbatch", "--parsable", "-w", PEER,
+                         "--array=0-2", "--wrap", "echo sbatch task $SCHEDD_ARRAY_TASK_ID"], user=ALICE,
+                        cwd=f"/var/tmp/{ALICE}")
+        first = int(r.stdout.strip().split(";")[0].split("_")[0])
+        for i in range(first, first + 3):
+            assert wait_state(node, i, TERMINAL)["State"] == "COMPLETED"
+            assert len(slurm_jobs_of(slurm, i)) == 1
+        # sbatch's own -o default (slurm-%A_%a.out in the directory it ran in, schedd's ids), nothing else said
+        assert Path(f"/var/tmp/{ALICE}/slurm-{first}_2.out").read_text() == "sbatch task 2\n"
+        assert node.schedctl("logs", str(first + 2), user=ALICE).stdout == ""
+    finally:
+        node.sb.run(["rm", "-rf", links], check=False)
+
+
 def test_root_jobs_never_go_to_slurm(node: Node, slurm: SlurmCluster):
     r = node.schedctl("submit", "--node", PEER, "--", "true", check=False)
     assert r.returncode != 0 and "root" in r.stderr
