@@ -64,8 +64,12 @@ class Restd:
         try:
             async with self._session.request(method, self.url + API + path, json=body, headers=headers,
                                              timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-                raw = await r.content.read(MAX_ANSWER + 1)
-                status = r.status
+                buf = bytearray()
+                async for chunk in r.content.iter_chunked(1 << 16):
+                    buf += chunk
+                    if len(buf) > MAX_ANSWER:
+                        break
+                raw, status = bytes(buf), r.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise PeerError(f"Slurm peer {self.name} ({self.url}) unreachable: {str(e) or type(e).__name__}") from None
         if len(raw) > MAX_ANSWER:
