@@ -236,7 +236,10 @@ def test_slurmrestd_stopped_then_started_loses_nothing_and_runs_nothing_twice(no
     if marks.exists():
         marks.unlink()
     during = submit(node, "sh", "-c", f"echo ran >> {marks}; sleep 4")
+    doomed = submit(node, "sleep", "300")
     wait_state(node, during, {"RUNNING"})
+    wait_state(node, doomed, {"RUNNING"})
+    (doomed_sid, _), = slurm_jobs_of(slurm, doomed)
     slurm.stop_rest()
     try:
         wait_for(lambda: peer_row(node).get("State") == "down", "the Slurm peer is down", 30)
@@ -247,6 +250,9 @@ def test_slurmrestd_stopped_then_started_loses_nothing_and_runs_nothing_twice(no
         assert show(node, during)["State"] == "RUNNING"  # the last state it mirrored
         later = submit(node, "sh", "-c", f"echo later >> {marks}")
         assert show(node, later)["State"] == "PENDING"  # waits for the peer
+        node.schedctl("cancel", str(doomed), user=ALICE)  # ours to decide: carried out when Slurm is back
+        assert show(node, doomed)["State"] == "CANCELLED"
+        assert slurm.squeue()[doomed_sid][0] == "RUNNING"
     finally:
         slurm.start_rest()
     wait_for(lambda: peer_row(node).get("State") == "up", "the Slurm peer is up again", 30)
@@ -254,6 +260,16 @@ def test_slurmrestd_stopped_then_started_loses_nothing_and_runs_nothing_twice(no
     assert wait_state(node, later, TERMINAL)["State"] == "COMPLETED"
     assert len(slurm_jobs_of(slurm, during)) == 1 and len(slurm_jobs_of(slurm, later)) == 1
     assert sorted(marks.read_text().splitlines()) == ["later", "ran"]
+    wait_for(lambda: slurm.squeue()[doomed_sid][0] == "CANCELLED", "the cancel reaches Slurm once it is back", 30)
+
+
+def test_a_schedd_restart_keeps_its_jobs_on_slurm(node: Node, slurm: SlurmCluster):
+    jid = submit(node, "sh", "-c", "sleep 3; exit 5")
+    wait_state(node, jid, {"RUNNING"})
+    node.sb.run(["systemctl", "restart", "schedd"], timeout=60)
+    done = wait_state(node, jid, TERMINAL)
+    assert (done["State"], done["ExitCode"]) == ("FAILED", 5), done
+    assert len(slurm_jobs_of(slurm, jid)) == 1
 
 
 def test_latency_forwarded_to_slurm_against_local(node: Node):
