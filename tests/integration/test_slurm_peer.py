@@ -105,6 +105,10 @@ def test_the_slurm_peer_is_listed_with_its_capacity(node: Node, slurm: SlurmClus
     status, body, _ = _http(node, "/metrics")
     assert status == 200 and f'schedd_peer_up{{peer="{PEER}"}} 1.0' in body
     assert f'schedd_peer_cpus{{peer="{PEER}"}} {float(os.cpu_count())}' in body
+    status, body, _ = _http(node, "/ui/state")  # the dashboard's nodes
+    nodes = json.loads(body)["nodes"]
+    hpc = next(n for n in nodes if n["Name"] == PEER)
+    assert status == 200 and hpc["State"] == "up" and hpc["TotalCPUs"] == os.cpu_count()
 
 
 def _http(node: Node, path: str):
