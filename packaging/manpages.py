@@ -265,7 +265,7 @@ def config_keys() -> dict[str, list[str]]:
             config._apply(config.Config(), {s: {"__probe__": 1}})
         except config.ConfigError as e:
             cfg_sections[s] = str(e).split("known: ", 1)[1].split(", ")
-    cfg_sections["peers"] = ["name", "url"]
+    cfg_sections["peers"] = ["name", "url", *sorted(config.SLURM_PEER_KEYS - {"name", "url"})]
     return cfg_sections
 
 
@@ -328,7 +328,8 @@ def toml_page() -> str:
         ks = sorted(ks, key=lambda k: order[(s, k)])
         out += [".SH [[peers]]" if s == "peers" else f".SH [{s}]"]
         if s == "peers":
-            out += para("One table per peer node of a federation: its name and URL (https:// to other machines).")
+            out += para("One table per peer node of a federation: its name and URL (https:// to other machines); "
+                        "with kind = \"slurm\", a Slurm cluster reached at its slurmrestd.")
         for k in ks:
             key = doc[(s, k)]
             out += item(f"{bold(k)} = {esc(key.example)}", key.text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ def parse_id_list(value: object, what: str) -> list[int]:
 class PeerConfig:
     name: str
     url: str
+    kind: str = "schedd"  # or "slurm": a Slurm cluster through its slurmrestd (schedd.cluster.slurm)
+    slurm: "SlurmPeerConfig | None" = None  # for kind = "slurm"
 
 
 @dataclass
@@ -385,6 +388,14 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         raise ConfigError("peers must be an array of tables: [[peers]] name = \"b\" url = \"http://...\"")
     names = {cfg.node_name}
     for i, peer in enumerate(peers):
+        if isinstance(peer, dict) and peer.get("kind", "schedd") != "schedd":
+            if peer["kind"] != "slurm":
+                raise ConfigError(f"peers[{i}].kind = {peer['kind']!r}: \"schedd\" (the default) or \"slurm\"")
+            cfg.peers.append(_slurm_peer(i, peer, names, cfg.http.allow_insecure_peers))
+            names.add(peer["name"])
+            continue
+        if isinstance(peer, dict) and peer.get("kind") == "schedd":
+            peer = {k: v for k, v in peer.items() if k != "kind"}
         if not isinstance(peer, dict) or set(peer) != {"name", "url"}:
             raise ConfigError(f"peers[{i}] needs exactly the keys name and url")
         name, url = peer["name"], peer["url"]
@@ -422,3 +433,58 @@ def read_token(path: Path, key: str = "token_file") -> str:
     if len(text) < 16:
         raise ConfigError(f"http.{key} {path}: the token must be at least 16 characters")
     return text
+
+
+# -- [[peers]] kind = "slurm" (schedd.cluster.slurm) ----------------------------------------------
+
+SLURM_PEER_KEYS = {"name", "kind", "url", "jwt_key_file", "partition", "query_user", "token_lifetime"}
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class SlurmPeerConfig:
+    """`[[peers]] kind = "slurm"`: a Slurm cluster at its slurmrestd (schedd.cluster.slurm)."""
+
+    jwt_key_file: str
+    partition: str = ""
+    query_user: str = "slurm"
+    token_lifetime: int = 600  # seconds a signed token is valid for
+
+
+def _slurm_peer(i: int, peer: dict, taken: set[str], insecure_ok: bool) -> "PeerConfig":
+    """The PeerConfig of one Slurm [[peers]] table (ConfigError with the key that is wrong)."""
+    where = f"peers[{i}]"
+    unknown = set(peer) - SLURM_PEER_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind = \"slurm\" "
+                          f"(known: {', '.join(sorted(SLURM_PEER_KEYS))})")
+    for key in ("name", "url", "jwt_key_file"):
+        if key not in peer:
+            raise ConfigError(f"{where}: a Slurm peer needs {key}")
+    name, url, key_file = peer["name"], peer["url"], peer["jwt_key_file"]
+    if not isinstance(name, str) or not _SLURM_NAME.match(name) or name in taken or name == "any":
+        raise ConfigError(f"{where}.name = {name!r}: must be a name unique in the cluster (letters, digits, _.-)")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url = {url!r}: slurmrestd's address, http:// or https://")
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if not host:
+        raise ConfigError(f"{where}.url = {url!r}: names no host")
+    if url.startswith("http://") and not is_loopback_host(host) and not insecure_ok:
+        raise ConfigError(f"{where}.url = {url!r}: plain http:// to another machine would send users' Slurm "
+                          "tokens and jobs in clear; use https:// or set [http] allow_insecure_peers = true")
+    if not isinstance(key_file, str) or not os.path.isabs(key_file):
+        raise ConfigError(f"{where}.jwt_key_file must be an absolute path (Slurm's jwt_key, readable by root only)")
+    partition = peer.get("partition", "")
+    if not isinstance(partition, str) or (partition and not _SLURM_NAME.match(partition)):
+        raise ConfigError(f"{where}.partition = {partition!r}: a Slurm partition name")
+    query_user = peer.get("query_user", "slurm")
+    if not isinstance(query_user, str) or not _SLURM_NAME.match(query_user):
+        raise ConfigError(f"{where}.query_user = {query_user!r}: a user name")
+    lifetime = peer.get("token_lifetime", 600)
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 60 <= lifetime <= 86400:
+        raise ConfigError(f"{where}.token_lifetime = {lifetime!r}: seconds, 60 to 86400")
+    return PeerConfig(name, url.rstrip("/"), kind="slurm",
+                      slurm=SlurmPeerConfig(key_file, partition, query_user, lifetime))

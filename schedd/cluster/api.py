@@ -98,7 +98,7 @@ class FederationApi:
 
     def _peer(self, where: str, name: Any) -> str:
         name = _str(where, name)
-        if name not in self.fed.peers:
+        if name not in self.fed.peers or self.fed.peers[name].bridge is not None:  # a Slurm peer sends nothing
             raise HttpError(403, "unknown-node", f"{where} {name!r} is not a peer of node {self.fed.name} "
                                                  f"(its [[peers]] list: {', '.join(self.fed.peers) or 'none'})",
                             AccessDenied.dbus_name)

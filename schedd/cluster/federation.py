@@ -43,6 +43,10 @@ class Federation:
         self.waiting: dict[int, Job] = self.origin.waiting
         # Told when a peer's state or load changes:
         self.node_listeners: list[Callable[[], None]] = self.net.node_listeners
+        from schedd.cluster.slurm.bridge import attach  # Slurm clusters as peers: `[[peers]] kind = "slurm"`
+
+        self.bridges = attach(self)
+        self.array_nodes = frozenset(b.name for b in self.bridges)  # they take arrays (a job per task)
 
     async def start(self) -> None:
         self.net.open()
@@ -52,11 +56,16 @@ class Federation:
         self.origin.recover()
         self.net.start_loops()
         self.runnode.start_loops()
+        for bridge in self.bridges:
+            bridge.open()
+            self.net.keep(f"Slurm peer {bridge.name}", bridge.poll_loop)
         log.info("federation: node %s, peers %s, heartbeat every %gs", self.name,
                  ", ".join(f"{p.name} ({p.url})" for p in self.peers.values()), self.net.interval)
 
     async def stop(self) -> None:
         await self.net.stop()
+        for bridge in self.bridges:
+            await bridge.close()
 
     async def _reconnected(self, peer: Peer) -> None:
         """A peer is heard from again: it hears our copies of its jobs, and we pull its copies of ours."""
@@ -73,6 +82,24 @@ class Federation:
 
     async def submit(self, spec: JobSpec) -> Job | None:
         return await self.origin.submit(spec)
+
+    async def submit_array(self, specs: list[JobSpec]) -> list[Job] | None:
+        """An array for a Slurm peer (None: the specs are not that)."""
+        from schedd.cluster.slurm.bridge import submit_array
+
+        return await submit_array(self, specs)
+
+    def takes_array(self, node: str) -> bool:
+        """Whether node takes an array as a job per task (a Slurm peer)."""
+        from schedd.cluster.slurm.bridge import slurm_peer
+
+        return slurm_peer(self, node) is not None
+
+    def takes_after(self, spec: JobSpec) -> bool:
+        """Whether a job for spec.node may wait for its After jobs there (a Slurm peer, and they run on it)."""
+        from schedd.cluster.slurm.bridge import takes_after
+
+        return takes_after(self, spec)
 
     async def action(self, job: Job, name: RemoteAction) -> None:
         await self.origin.action(job, name)

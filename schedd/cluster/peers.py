@@ -39,6 +39,9 @@ class Peer:
     last_seen_usec: int = 0
     answering: bool = False  # its answer to our last heartbeat came back
     refused: bool = False  # it answered our heartbeat with 4xx (logged once, not every beat)
+    # Not a schedd: what carries out its requests, polls it and judges it up or down
+    # (schedd.cluster.slurm.bridge.SlurmBridge for `kind = "slurm"`); None for a schedd peer.
+    bridge: Any = None
 
 
 class Peers:
@@ -86,7 +89,9 @@ class Peers:
 
     def _new_liveness(self) -> Liveness:
         # Checked four times an interval; a tick a whole interval late means this node was away.
-        return Liveness(list(self.peers), threshold=3 * self.interval, stall=self.interval, now=self.clock())
+        # Only schedd peers heartbeat (and count for a majority); a bridged peer is judged by its bridge.
+        names = [p.name for p in self.cfg.peers if p.kind == "schedd"]
+        return Liveness(names, threshold=3 * self.interval, stall=self.interval, now=self.clock())
 
     def start_loops(self) -> None:
         self.keep("heartbeats", self._heartbeats)
@@ -185,6 +190,8 @@ class Peers:
     async def request(self, peer: Peer, method: str, path: str, *, json: Any = None, params: dict | None = None,
                       timeout: float = 10.0, raw: bool = False) -> Any:
         """One call of a peer's API: its answer; PeerRefused for a 4xx, PeerError for the rest."""
+        if peer.bridge is not None:
+            return await peer.bridge.request(method, path, json=json, params=params, timeout=timeout, raw=raw)
         assert self._session is not None
         try:
             async with self._session.request(method, peer.url + API + path, json=json, params=params,
@@ -203,7 +210,8 @@ class Peers:
         while True:
             body = {"Name": self.name, "URL": self._own_url(), **self.local_load()}
             for p in self.peers.values():
-                self.spawn(self._beat(p, body))
+                if p.bridge is None:
+                    self.spawn(self._beat(p, body))
             await self.sleep(self.interval)
 
     async def _beat(self, peer: Peer, body: dict) -> None:
@@ -233,6 +241,8 @@ class Peers:
     def heard(self, name: str, load: dict[str, int]) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
         peer = self.peers[name]
+        if peer.bridge is not None:
+            return  # not a schedd: nothing speaks for it but its bridge
         peer.view = NodeView.of_load(name, True, load)
         peer.last_seen_usec = now_usec()
         was_down = self.liveness.heard(name, self.clock())

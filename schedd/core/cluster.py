@@ -19,6 +19,10 @@ RemoteAction = Literal["cancel", "hold", "release", "suspend", "resume", "requeu
 StartVerdict = Literal["go", "fenced", "failed", "later"]
 
 
+# Optional members (the engine asks with getattr; a cluster without them takes no arrays or After
+# elsewhere): `array_nodes: frozenset[str]` (nodes that take a whole array, a job per task: Slurm
+# peers), `takes_array(node) -> bool`, `async submit_array(specs) -> list[Job] | None`,
+# `takes_after(spec) -> bool` (a job for spec.node may wait for its After jobs there).
 class Cluster(Protocol):
     def views(self) -> list[NodeView]:
         """Every node this one knows, itself included, as placement sees them."""

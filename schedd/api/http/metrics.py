@@ -109,6 +109,29 @@ class _StateCollector(Collector):
             age.add_metric([p["Name"]], max(0, now - seen) / 1e6 if seen else float("inf"))
         yield up
         yield age
+        yield from _peer_capacity(safe_peers(self.peers))
+
+
+# A peer's capacity and load as its last heartbeat (or, for a Slurm peer, slurmrestd's nodes) told.
+_PEER_GAUGES = (
+    ("schedd_peer_cpus", "CPUs the peer offers in all", "TotalCPUs"),
+    ("schedd_peer_cpus_available", "CPUs free on the peer", "AvailableCPUs"),
+    ("schedd_peer_memory_bytes", "Memory the peer offers in all (bytes)", "TotalMemory"),
+    ("schedd_peer_memory_available_bytes", "Memory free on the peer (bytes)", "AvailableMemory"),
+    ("schedd_peer_gpus", "GPUs the peer offers in all", "TotalGPUs"),
+    ("schedd_peer_gpus_available", "GPUs free on the peer", "AvailableGPUs"),
+    ("schedd_peer_jobs_pending", "Jobs queued on the peer (a Slurm peer: its whole queue)", "PendingJobs"),
+    ("schedd_peer_jobs_running", "Jobs running on the peer", "RunningJobs"),
+)
+
+
+def _peer_capacity(rows: list[dict[str, Any]]):
+    for name, doc, key in _PEER_GAUGES:
+        g = GaugeMetricFamily(name, doc, labels=["peer"])
+        for p in rows:
+            if not p.get("Local"):
+                g.add_metric([p["Name"]], p.get(key) or 0)
+        yield g
 
 
 class Metrics:

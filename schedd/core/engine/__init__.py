@@ -80,6 +80,7 @@ class Engine(Arrays, JobTable, Access, Submission, Admission, Runs, TimeLimits, 
             max_argv_bytes=c.max_argv_bytes, max_env_entries=c.max_env_entries,
             default_time_usec=c.default_time_usec, max_time_usec=c.max_time_usec, max_array_tasks=c.max_array_tasks,
             cluster=self.federation.views if self.federation is not None else None,
+            array_nodes=getattr(self.federation, "array_nodes", frozenset()),
         )
 
     async def shutdown(self) -> None:
