@@ -138,10 +138,6 @@ class FederationApi:
         self.web.require_token(request)
         body = await read_json(request)
         load = self._load(body)
-        name = body.get("Name")
-        peer = self.fed.peers.get(name) if isinstance(name, str) else None
-        if peer is None or (not peer.static and body.get("URL") != peer.url):
-            name = self._claim(body)  # a newcomer, or a learned member's claim from another URL
         drain = ("", "", "")
         if body.get("Drain") is not None:
             state = body.get("Drain")
@@ -149,6 +145,10 @@ class FederationApi:
                 raise InvalidArgument("Drain must be 'draining' or 'drained'")
             drain = (state, _str("DrainReason", body.get("DrainReason", ""), empty=True)[:1024],
                      _str("DrainedBy", body.get("DrainedBy", ""), empty=True)[:256])
+        name = body.get("Name")
+        peer = self.fed.peers.get(name) if isinstance(name, str) else None
+        if peer is None or (not peer.static and body.get("URL") != peer.url):
+            name = self._claim(body)  # a newcomer, or a learned member's claim from another URL (all checked first)
         self.fed.net.heard(name, load, drain)
         answer: dict[str, Any] = {"Name": self.fed.name, "Digest": self.fed.net.digest()}
         if body.get("Digest") != answer["Digest"]:
