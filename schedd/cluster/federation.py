@@ -147,7 +147,8 @@ class Federation:
             return
         p = self.peers.get(name)
         if p is None:
-            raise NotFound(f"no node named {name!r} in this cluster (nodes: {', '.join(sorted([self.name, *self.peers]))})")
+            names = ", ".join(sorted([self.name, *self.peers]))
+            raise NotFound(f"no node named {name!r} in this cluster (nodes: {names})")
         try:
             await self.net.request(p, "POST", f"/nodes/{name}/{'resume' if resume else 'drain'}",
                                    json={"Reason": reason, "By": by}, timeout=self.net.call_timeout)

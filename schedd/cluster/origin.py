@@ -74,14 +74,17 @@ class Origin:
             raise AccessDenied(f"Node: jobs of root are not run on other nodes; submit as a user that exists on "
                                f"{spec.node}")
         e = self.engine
+        drained = target is None and spec.node != ANY and self.net.peers.get(spec.node) is not None \
+            and bool(self.net.peers[spec.node].drain[0])
         job = Job(id=e.allocate_id(), spec=spec, submit_time=now_usec(),
                   state=JobState.HELD if spec.hold else JobState.PENDING,
-                  reason=Reason.HELD if spec.hold else "", remote_node=AWAITING_NODE,
+                  reason=Reason.HELD if spec.hold else Reason.DRAINED if drained else "", remote_node=AWAITING_NODE,
                   attempt=0 if target is None else 1)
         await e.add_record(job)  # durable before any node runs it: a forward never outlives its origin's record
         if target is None:
             self.waiting[job.id] = job
-            log.info("job %d waits for a node (%s)", job.id, "none fits now" if spec.node == ANY else f"{spec.node} is down")
+            log.info("job %d waits for a node (%s)", job.id, "none fits now" if spec.node == ANY
+                     else f"{spec.node} is drained" if drained else f"{spec.node} is down")
             return job
         try:
             # The Submit is answered within one forward's timeout whatever the peer does (the job is

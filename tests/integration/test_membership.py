@@ -164,6 +164,8 @@ def test_drain_lets_running_jobs_finish_and_sends_queued_ones_elsewhere(cluster:
     mark("the job bound to c waits, reason drained")
     # Nothing new lands there: an `any` job from a waits rather than going to c.
     newcomer = a.submit(["true"], user=ALICE, Node=("s", "any"))
+    pinned = a.submit(["true"], user=ALICE, Node=("s", "c"))  # it may run only there: it waits, drained
+    assert a.job(pinned)["State"] == "PENDING" and a.job(pinned)["Reason"] == "drained", a.job(pinned)
     done = wait_job(c, running, lambda j: j["State"] == "COMPLETED", "the running job finishing on c", timeout=20)
     assert done["Node"] == "c"
     mark("the running job completed on c")
@@ -188,6 +190,10 @@ def test_drain_lets_running_jobs_finish_and_sends_queued_ones_elsewhere(cluster:
     mark("schedctl node resume c (on c)")
     wait_job(c, bound, lambda j: j["State"] == "COMPLETED", "the bound job running after resume", timeout=15)
     mark("the job bound to c ran there")
+    job = wait_job(a, pinned, lambda j: j["State"] == "COMPLETED", "a's job for c running there after resume",
+                   timeout=15)
+    assert job["Node"] == "c"
+    mark("a's job for Node=c ran there")
     wait_for(lambda: a.nodes()["c"]["State"] == "up", "a to see c up again", timeout=5)
     mark("c up again (seen on a)")
     FIGURES["drain_timeline"] = timeline

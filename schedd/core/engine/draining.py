@@ -97,7 +97,7 @@ class Draining:
         for job in list(self.scheduler.queued()):
             if job.state != JobState.PENDING:
                 continue
-            if fed is not None and hasattr(fed, "drained_job") and fed.drained_job(job):
+            if fed is not None and fed.drained_job(job):
                 continue
             if job.reason != Reason.DRAINED:
                 self._set(job, JobState.PENDING, Reason.DRAINED)
