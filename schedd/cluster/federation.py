@@ -99,8 +99,11 @@ class Federation:
 
     async def _join_later(self) -> None:
         """No seed answered at start: ask again every interval until one does."""
-        while not await self.join():
-            await self.net.sleep(self.net.interval)
+        try:
+            while not await self.join():
+                await self.net.sleep(self.net.interval)
+        except ConfigError as e:  # too late to stop the daemon: it says so, and runs on with whom it knows
+            log.error("%s; this node stops trying to join", e)
         await asyncio.Event().wait()  # joined: this loop has nothing more to do
 
     def _added(self, peer: Peer) -> None:

@@ -73,7 +73,7 @@ class RunNode:
 
     def start_loops(self) -> None:
         for p in self.net.peers.values():
-            self._pushers[p.name] = self.net.keep(f"pushes to {p.name}", self._pusher, p)
+            self.peer_added(p)  # once per peer (those learned on joining have theirs already)
 
     def peer_added(self, peer: Peer) -> None:
         """A member joined: its copies' states have an outbox and a pusher, as a [[peers]] entry's do."""
