@@ -150,8 +150,8 @@ class FederationApi:
         if peer is None or (not peer.static and body.get("URL") != peer.url):
             name = self._claim(body)  # a newcomer, or a learned member's claim from another URL (all checked first)
         self.fed.net.heard(name, load, drain)
-        answer: dict[str, Any] = {"Name": self.fed.name, "Digest": self.fed.net.digest()}
-        if body.get("Digest") != answer["Digest"]:
+        answer: dict[str, Any] = {"Name": self.fed.name}
+        if body.get("Digest") != self.fed.net.digest():
             answer |= self.fed.net.members_answer()  # its list differs from ours: it learns ours
         return web.json_response(answer)
 

@@ -335,7 +335,11 @@ class Peers:
     # -- membership (schedd.cluster.membership) --------------------------------------------------
 
     def digest(self) -> str:
-        return digest([self.name, *self.peers])
+        """Of this node's member list: computed again only when the list changes (every beat compares it)."""
+        names = (self.name, *self.peers)
+        if getattr(self, "_digest_of", None) != names:
+            self._digest_of, self._digest = names, digest(names)
+        return self._digest
 
     def members_answer(self) -> dict[str, Any]:
         """This node's member list (and tombstones), for a joiner or a member whose digest differs."""
