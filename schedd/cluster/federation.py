@@ -79,7 +79,10 @@ class Federation:
         """Announce this node to a seed and learn the members from its answer (True once one answered).
         A seed's refusal (wrong token, a name taken) ends the daemon with its words: waiting cannot fix it."""
         body = {"Name": self.name, "URL": self.net._own_url(), **self.net.local_load()}
-        for url in self.cfg.federation.seeds:
+        seeds = [url for url in self.cfg.federation.seeds if url != body["URL"]]  # one list on every node is fine
+        if not seeds:
+            return True
+        for url in seeds:
             seed = Peer(f"seed {url}", url)
             try:
                 answer = await self.net.request(seed, "POST", "/join", json=body, timeout=self.net.call_timeout)

@@ -140,6 +140,12 @@ async def test_a_stopping_peer_is_down_at_once(api):
     await fed.net.stop()
 
 
+async def test_a_node_that_is_its_own_seed_joins_nobody(api):
+    fed = api.fed
+    fed.cfg.federation.seeds = [fed.net._own_url()]  # the same seeds list on every node, this one's included
+    assert await fed.join() is True and set(fed.peers) == {"a"}
+
+
 def test_placement_never_chooses_a_drained_node_for_new_work():
     need = Need(1, 1 << 20)
     here = NodeView("a", True, local=True, total_cpus=1, free_cpus=1, total_memory=1 << 30, free_memory=1 << 30)
