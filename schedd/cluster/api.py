@@ -131,20 +131,24 @@ class FederationApi:
         return name
 
     @staticmethod
+    def _drain(body: dict) -> tuple[str, str, str]:
+        """A beat's (or a join's) drain: (state, reason, who), empty when it takes jobs."""
+        if body.get("Drain") is None:
+            return "", "", ""
+        state = body.get("Drain")
+        if state not in ("draining", "drained"):
+            raise InvalidArgument("Drain must be 'draining' or 'drained'")
+        return (state, _str("DrainReason", body.get("DrainReason", ""), empty=True)[:1024],
+                _str("DrainedBy", body.get("DrainedBy", ""), empty=True)[:256])
+
+    @staticmethod
     def _load(body: dict) -> dict[str, int]:
         return {key: _int(key, body.get(key), 0, U64) for key in LOAD_KEYS}
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
         body = await read_json(request)
-        load = self._load(body)
-        drain = ("", "", "")
-        if body.get("Drain") is not None:
-            state = body.get("Drain")
-            if state not in ("draining", "drained"):
-                raise InvalidArgument("Drain must be 'draining' or 'drained'")
-            drain = (state, _str("DrainReason", body.get("DrainReason", ""), empty=True)[:1024],
-                     _str("DrainedBy", body.get("DrainedBy", ""), empty=True)[:256])
+        load, drain = self._load(body), self._drain(body)
         name = body.get("Name")
         peer = self.fed.peers.get(name) if isinstance(name, str) else None
         if peer is None or (not peer.static and body.get("URL") != peer.url):
@@ -159,9 +163,9 @@ class FederationApi:
         """A node announces itself (name, URL, capacity) and learns the members."""
         self.web.require_token(request)
         body = await read_json(request)
-        load = self._load(body)
+        load, drain = self._load(body), self._drain(body)
         name = self._claim(body)
-        self.fed.net.heard(name, load)
+        self.fed.net.heard(name, load, drain)
         return web.json_response({"Name": self.fed.name, **self.fed.net.members_answer()})
 
     async def leave(self, request: web.Request) -> web.Response:

@@ -79,6 +79,9 @@ class Federation:
         """Announce this node to a seed and learn the members from its answer (True once one answered).
         A seed's refusal (wrong token, a name taken) ends the daemon with its words: waiting cannot fix it."""
         body = {"Name": self.name, "URL": self.net._own_url(), **self.net.local_load()}
+        state, reason, by = self.net.own_drain()
+        if state:  # a drained node that restarts stays drained in its peers' eyes
+            body.update(Drain=state, DrainReason=reason, DrainedBy=by)
         seeds = [url for url in self.cfg.federation.seeds if url != body["URL"]]  # one list on every node is fine
         if not seeds:
             return True
