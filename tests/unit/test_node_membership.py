@@ -204,3 +204,11 @@ def test_seeds_config(tmp_path: Path):
 
 def test_digest_is_of_the_set():
     assert digest(["a", "b"]) == digest(["b", "a"]) != digest(["a", "b", "c"])
+
+
+def test_sinfo_shows_a_drain_in_slurms_words():
+    from schedd_slurm.sinfo import node_state
+
+    assert node_state({"State": "draining", "RunningJobs": 1}) == "drng"
+    assert node_state({"State": "drained"}) == "drain"
+    assert node_state({"State": "up", "RunningJobs": 0}) == "idle"
