@@ -212,3 +212,33 @@ def test_sinfo_shows_a_drain_in_slurms_words():
     assert node_state({"State": "draining", "RunningJobs": 1}) == "drng"
     assert node_state({"State": "drained"}) == "drain"
     assert node_state({"State": "up", "RunningJobs": 0}) == "idle"
+
+
+def test_scontrol_update_nodename_drains_and_resumes(monkeypatch):
+    """scontrol update NodeName=... State=DRAIN Reason=...: DrainNode per node of the hostlist; RESUME: ResumeNode."""
+    import contextlib
+
+    from schedd_slurm import common, scontrol
+
+    calls: list = []
+
+    class FakeClient:
+        async def call(self, member, sig, body):
+            calls.append((member, body))
+
+    @contextlib.asynccontextmanager
+    async def connect():
+        yield FakeClient()
+
+    monkeypatch.setattr(common, "connect", connect)
+    assert scontrol.main(["update", "NodeName=n[1-2]", "State=DRAIN", "Reason=disk swap"]) == 0
+    assert calls == [("DrainNode", ["n1", "disk swap"]), ("DrainNode", ["n2", "disk swap"])]
+    calls.clear()
+    assert scontrol.main(["update", "nodename=n1", "state=resume"]) == 0
+    assert calls == [("ResumeNode", ["n1"])]
+    calls.clear()
+    assert scontrol.main(["update", "NodeName=n1", "State=DRAIN"]) == 1  # Slurm wants a reason
+    assert scontrol.main(["update", "NodeName=n1", "State=FUTURE"]) == 1
+    assert scontrol.main(["update", "NodeName=n1", "Weight=5", "State=DRAIN"]) == 1
+    assert calls == []
+    assert scontrol._node_state({"State": "drained"}) == "IDLE+DRAIN"
