@@ -8,6 +8,7 @@
 #   /usr/share/dbus-1/system.d/org.schedd.Schedd1.conf (+ activation files)
 #   /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
 #   /etc/schedd/schedd.toml.example
+#   /usr/local/share/schedd/{grafana/schedd-dashboard.json,prometheus/schedd-rules.yml}
 #   /usr/local/share/man/man{1,5,8}/ (schedctl, schedd.toml, schedd), bash completion for schedctl
 # Options: --editable (develop: the venv points at this tree), --with-tests (pytest & co),
 #          --no-system-files (only the venv and the commands).
@@ -48,6 +49,8 @@ install -D -m 0644 "$SRC/dbus/org.schedd.Schedd1.session.service" /usr/share/dbu
 for x in "$SRC"/dbus/*.xml; do [ -e "$x" ] && install -D -m 0644 "$x" "/usr/share/dbus-1/interfaces/$(basename "$x")"; done
 install -D -m 0644 "$SRC/packaging/org.schedd.Schedd1.policy" /usr/share/polkit-1/actions/org.schedd.Schedd1.policy
 install -D -m 0644 "$SRC/packaging/schedd.toml.example" /etc/schedd/schedd.toml.example
+install -D -m 0644 "$SRC/packaging/grafana/schedd-dashboard.json" /usr/local/share/schedd/grafana/schedd-dashboard.json
+install -D -m 0644 "$SRC/packaging/prometheus/schedd-rules.yml" /usr/local/share/schedd/prometheus/schedd-rules.yml
 # Slurm's command names on login shells' PATH, after everything else: never in front of a real sbatch.
 cat > /etc/profile.d/schedd-slurm.sh <<EOF_PROFILE
 # Installed by schedd's packaging/install.sh: Slurm's commands answered by schedd, last on PATH.

@@ -76,6 +76,7 @@ class HttpConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     heartbeat_interval_usec: int = 2_000_000
+    history_interval_usec: int = 10_000_000  # the dashboard's plots: one sample per node this often, 24 h kept
 
 
 # Holders of these may become root or read what is not theirs (sudo/wheel/admin: root by sudo; disk: raw
@@ -215,7 +216,8 @@ def _apply(cfg: Config, data: dict) -> None:
                  "keep_finished"},
         "scheduler": {"policy"}, "daemon": {"state_dir", "executor"},
         "http": {"listen", "token_file", "admin_token_file", "read_token_file", "public", "allow_insecure_peers",
-                 "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval"},
+                 "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval",
+                 "history_interval"},
         "federation": {"uid_min", "uid_max", "deny_groups", "seeds", "url"},
     }
     for section, allowed in keys.items():
@@ -411,6 +413,10 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         cfg.http.heartbeat_interval_usec = parse_duration(http["heartbeat_interval"])
         if cfg.http.heartbeat_interval_usec < 100_000:
             raise ConfigError("http.heartbeat_interval must be at least 100ms")
+    if "history_interval" in http:
+        cfg.http.history_interval_usec = parse_duration(http["history_interval"])
+        if not 100_000 <= cfg.http.history_interval_usec <= 3_600_000_000:
+            raise ConfigError("http.history_interval must be between 100ms and 1h")
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError("http.tls_cert and http.tls_key go together")
     if not isinstance(peers, list):

@@ -165,7 +165,20 @@ async def _start_web(cfg, engine: Engine, service: DBusService):
         return aioweb.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     web.app.router.add_get("/metrics", serve_metrics)
-    dashboard = Dashboard(engine, web, peers, local_node=service.local_node)
+    from schedd.api.http.history import History
+
+    history = History(engine, peers, interval=cfg.http.history_interval_usec / 1e6,
+                      path=cfg.state_dir / "history.json")
+
+    async def start_history(_app) -> None:
+        history.start()
+
+    async def stop_history(_app) -> None:
+        await history.stop()
+
+    web.app.on_startup.append(start_history)
+    web.app.on_cleanup.append(stop_history)
+    dashboard = Dashboard(engine, web, peers, local_node=service.local_node, history=history)
     if cfg.federated:
         web.federation.node_listeners.append(dashboard.nodes_changed)  # a peer up/down shows without a job event
     await web.start()

@@ -281,6 +281,19 @@ class Scheduler:
             if job is not None:
                 yield job
 
+    def head_fits(self) -> bool:
+        """Whether the first job in queue order fits the free resources now (metrics: a queue that does not
+        move while this holds is stuck). O(1) but for the stale entries it drops, as schedule() would."""
+        heap = self._heap
+        while heap:
+            job = self._live(heap[0])
+            if job is None:
+                self._entries.discard(heapq.heappop(heap))
+                continue
+            s = job.spec
+            return self.ledger.fits(s.cpus, s.memory, s.gpus)
+        return False
+
     def head(self, n: int) -> list[Job]:
         """The first n jobs in the order the scheduler will consider them, without sorting the whole heap."""
         k = n

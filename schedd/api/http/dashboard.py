@@ -5,6 +5,8 @@ Routes (all under the daemon's HTTP server):
 - `GET /ui/state` a snapshot: queue (in the scheduler's order), waiting, running,
   recent ends and failures, nodes. `GET /ui/events` the same snapshot pushed as an
   SSE `state` event whenever a job changes (coalesced), from the event loop.
+- `GET /ui/history[?since=T]` the plots' data (schedd.api.http.history): samples per node, the last
+  hour's runs, recent waits; each new sample is pushed on /ui/events as a `sample` event.
 - `GET /ui/jobs/ID` one job; the tail of its output, its command line and paths only
   with the operators' token (`[http] admin_token_file`, as Bearer): no other viewer sees them.
 - `POST /ui/jobs/ID/{cancel,hold,release}` with the operators' token; the peers' token never
@@ -34,7 +36,8 @@ from schedd.api.http.web import HttpError, Web
 
 log = logging.getLogger("schedd.api.http.dashboard")
 
-ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "plots.js": "text/javascript",
+          "uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 QUEUE_SHOWN = 200
 RECENT_SHOWN = 30
@@ -61,8 +64,9 @@ class Dashboard:
     """An engine listener that keeps SSE subscribers up to date, and the page's routes."""
 
     def __init__(self, engine: Any, web_: Web, peers: PeersFn | None = None,
-                 local_node: Callable[[], dict[str, Any]] | None = None) -> None:
+                 local_node: Callable[[], dict[str, Any]] | None = None, history: Any = None) -> None:
         self.engine = engine
+        self.history = history
         self.web = web_
         self.peers = peers
         self.local_node = local_node
@@ -74,11 +78,14 @@ class Dashboard:
         app.router.add_get("/ui/static/{name}", self.asset)
         app.router.add_get("/ui/state", self.state)
         app.router.add_get("/ui/events", self.events)
+        app.router.add_get("/ui/history", self.history_view)
         app.router.add_get("/ui/whoami", self.whoami)
         app.router.add_get("/ui/jobs/{id}", self.job)
         app.router.add_post("/ui/jobs/{id}/{action}", self.action)
         app.on_shutdown.append(self._close_streams)
         engine.listeners.append(self)
+        if history is not None:
+            history.on_sample.append(self._sampled)
 
     async def _close_streams(self, _app: web.Application) -> None:
         """At daemon stop: end every event stream now (aiohttp would otherwise wait for them)."""
@@ -143,6 +150,15 @@ class Dashboard:
                     q.get_nowait()
             q.put_nowait(frame)
 
+    def _sampled(self, rows: dict[str, list]) -> None:
+        """A new history row per node: to every live page at once (a slow one may lose it, and refetches)."""
+        if not self._subscribers:
+            return
+        frame = f"event: sample\ndata: {json.dumps({'interval_s': self.history.interval, 'nodes': rows})}\n\n"
+        for q in self._subscribers:
+            if not q.full():
+                q.put_nowait(frame)
+
     def job_added(self, job: Job) -> None:
         self._changed()
 
@@ -178,6 +194,20 @@ class Dashboard:
 
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
+
+    async def history_view(self, request: web.Request) -> web.Response:
+        if self.history is None:
+            raise HttpError(404, "not-found", "this daemon keeps no history")
+        text = request.query.get("since", "0")
+        try:
+            since = float(text)
+            if not since >= 0 or since == float("inf"):
+                raise ValueError
+        except ValueError:
+            raise HttpError(400, "bad-since", f"since={text!r}: give a time in seconds since the epoch") from None
+        resp = web.json_response(self.history.view(since), headers={"Cache-Control": "no-cache"})
+        resp.enable_compression()
+        return resp
 
     async def whoami(self, request: web.Request) -> web.Response:
         return web.json_response({"authorized": self.web.is_admin(request), "token_configured":

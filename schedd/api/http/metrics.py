@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram,
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from schedd import __version__
 from schedd.core.model import Job, JobState, now_usec
 from schedd.protocol import NODE_STATES
 
@@ -53,8 +54,17 @@ class _StateCollector(Collector):
         e = self.engine
         jobs = GaugeMetricFamily("schedd_jobs", "Jobs on this node now, by state and user (finished ones: see "
                                  "schedd_jobs_finished_total)", labels=["state", "user"])
-        counts: Counter[tuple[str, str]] = Counter(
-            (j.state.value, j.spec.owner) for j in e.jobs.values() if j.state in LIVE_STATES)
+        counts: Counter[tuple[str, str]] = Counter()
+        held: dict[str, list[int]] = {}  # per user: CPUs, memory, GPUs of the jobs running here
+        for j in e.jobs.values():
+            if j.state in LIVE_STATES:
+                s = j.spec
+                counts[j.state.value, s.owner] += 1
+                if j.state.active and not j.remote:
+                    h = held.setdefault(s.owner, [0, 0, 0])
+                    h[0] += s.cpus
+                    h[1] += s.memory
+                    h[2] += s.gpus
         for (state, owner), n in e.on_disk_by_owner().items():  # the queue kept on disk (engine/loading.py)
             counts[state.value, owner] += n
         for state in LIVE_STATES:  # every state present even when zero, so queries need no `or vector(0)`
@@ -63,6 +73,17 @@ class _StateCollector(Collector):
         for (state, user), n in sorted(counts.items()):
             jobs.add_metric([state, user], n)
         yield jobs
+        for i, (name, what) in enumerate((("schedd_user_cpus_allocated", "CPUs"),
+                                          ("schedd_user_memory_allocated_bytes", "memory (bytes)"),
+                                          ("schedd_user_gpus_allocated", "GPUs"))):
+            fam = GaugeMetricFamily(name, f"{what} held by each user's jobs running on this node", labels=["user"])
+            for user, h in sorted(held.items()):
+                fam.add_metric([user], h[i])
+            yield fam
+        info = GaugeMetricFamily("schedd_node_info", "Always 1; names this node (join on instance for its name)",
+                                 labels=["node", "version", "executor"])
+        info.add_metric([e.config.node_name, __version__, getattr(getattr(e, "executor", None), "name", "") or ""], 1)
+        yield info
         led = e.ledger
         for name, allocated, what, total, free in (
             ("schedd_node_cpus", "schedd_node_cpus_allocated", "CPUs", led.total_cpus, led.free_cpus),
@@ -74,6 +95,9 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(allocated, f"{what} held by running jobs", value=total - free)
         yield GaugeMetricFamily("schedd_queue_length", "Jobs the scheduler may start (pending, dependencies met)",
                                 value=len(e.scheduler))
+        yield GaugeMetricFamily("schedd_queue_head_fits", "1 if the first job in queue order fits the free resources "
+                                "now (it should start at once: 1 for long with no starts means a stuck queue)",
+                                value=1 if e.scheduler.head_fits() else 0)
         up = GaugeMetricFamily("schedd_peer_up", "1 if the peer answers its heartbeats, else 0", labels=["peer"])
         age = GaugeMetricFamily("schedd_peer_last_heartbeat_age_seconds", "Seconds since the peer was last heard",
                                 labels=["peer"])

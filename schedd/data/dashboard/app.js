@@ -136,6 +136,10 @@ function connect() {
     $("#live").className = "live on";
     render();
     if (detailId !== null) scheduleDetail();
+    document.dispatchEvent(new CustomEvent("schedd:state", { detail: snap }));  // plots.js
+  });
+  es.addEventListener("sample", (ev) => {
+    document.dispatchEvent(new CustomEvent("schedd:sample", { detail: JSON.parse(ev.data) }));
   });
   es.addEventListener("error", () => {
     $("#live").textContent = "reconnecting…";
