@@ -128,7 +128,7 @@ class History:
             name = p.get("Name")
             if not name or p.get("Local") or name in out:
                 continue
-            if p.get("State") != "up":
+            if p.get("State") == "down":  # draining and drained nodes still report their load
                 out[name] = [t] + [None] * len(FIELDS)
                 continue
             g = p.get

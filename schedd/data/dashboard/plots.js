@@ -86,7 +86,7 @@
     const t = snap.now / 1e6;
     st.nodes = snap.nodes.map((n) => n.Name);
     snap.nodes.forEach((n) => {
-      const up = n.State === "up";
+      const up = n.State !== "down"; // draining and drained nodes still report their load
       const v = (x) => (up ? x : null);
       const row = [t, v(n.TotalCPUs - n.AvailableCPUs), v(n.TotalCPUs), v(n.TotalMemory - n.AvailableMemory),
         v(n.TotalMemory), v(n.TotalGPUs - n.AvailableGPUs), v(n.TotalGPUs), v(n.RunningJobs), v(n.PendingJobs),
