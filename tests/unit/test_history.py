@@ -158,6 +158,9 @@ def test_metrics_for_the_board_and_the_rules():
     e.move(run, JobState.RUNNING)
     got = parse(m.render())
     assert got[("schedd_queue_head_fits", ())] == 1
+    e.drained = "draining"  # a drained node's queue waits on purpose: not a stuck queue (ScheddQueueStuck)
+    assert parse(m.render())[("schedd_queue_head_fits", ())] == 0
+    e.drained = ""
     assert got[("schedd_user_cpus_allocated", (("user", "bob"),))] == 2
     assert got[("schedd_user_memory_allocated_bytes", (("user", "bob"),))] == GiB
     assert ("schedd_user_cpus_allocated", (("user", "alice"),)) not in got  # alice's job only waits

@@ -96,8 +96,9 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("schedd_queue_length", "Jobs the scheduler may start (pending, dependencies met)",
                                 value=len(e.scheduler))
         yield GaugeMetricFamily("schedd_queue_head_fits", "1 if the first job in queue order fits the free resources "
-                                "now (it should start at once: 1 for long with no starts means a stuck queue)",
-                                value=1 if e.scheduler.head_fits() else 0)
+                                "now and the node is not drained (it should start at once: 1 for long with no "
+                                "starts means a stuck queue)",
+                                value=1 if not e.drain_state() and e.scheduler.head_fits() else 0)
         up = GaugeMetricFamily("schedd_peer_up", "1 if the peer answers its heartbeats, else 0", labels=["peer"])
         age = GaugeMetricFamily("schedd_peer_last_heartbeat_age_seconds", "Seconds since the peer was last heard",
                                 labels=["peer"])
