@@ -174,3 +174,36 @@ async def test_since_garbage_is_a_400_and_a_far_since_an_empty_answer():
         assert r.status == 200 and (await r.json())["nodes"]["n1"]["t"] == []
         r = await c.get("/ui/history")
         assert r.status == 200 and r.content_type == "application/json" and len((await r.json())["nodes"]["n1"]["t"]) == 1
+
+
+async def test_history_off_loopback_needs_the_read_credential_and_never_carries_a_command(tmp_path: Path):
+    """/ui/history tells what /ui/state does (names, users, CPUs, times) and no more: no command line,
+    directory, environment or output path, which only the operators' token shows (/ui/jobs/ID)."""
+    import dataclasses
+
+    from schedd.core.model import JobState
+    from test_observability import job
+
+    read = tmp_path / "read"
+    read.write_text("read-token-0123456789abcd")
+    os.chmod(read, 0o600)
+    e = FakeEngine()
+    h = History(e, interval=10, path=tmp_path / "history.json")
+    w = Web(HttpConfig(listen=("10.9.8.7", 7001), read_token_file=read), node_name="n1")
+    Dashboard(e, w, history=h)
+    j = e.add(job(1, submit_time=now_usec() - 1_000_000))
+    j.spec = dataclasses.replace(j.spec, command=["sh", "-c", "echo s3cret-arg"], working_directory="/s3cret-dir",
+                                 environment=["TOKEN=s3cret-env"], stdout_path="/s3cret-dir/out")
+    e.move(j, JobState.RUNNING, start_time=now_usec(), assigned_cpus=[0])
+    e.move(j, JobState.COMPLETED, "success", end_time=now_usec())
+    h.sample()
+    async with TestClient(TestServer(w.app)) as c:
+        r = await c.get("/ui/history", headers={"Host": "n1"})
+        assert r.status == 401 and (await r.json())["error"] == "unauthorized"
+        r = await c.get("/ui/history", headers={"Host": "n1", "Authorization": "Bearer read-token-0123456789abcd"})
+        assert r.status == 200
+        text = await r.text()
+    assert json.loads(text)["runs"][0][:4] == [1, "j1", "alice", "n1"]
+    h._write(h.dump())
+    for where in (text, (tmp_path / "history.json").read_text()):
+        assert "s3cret" not in where
