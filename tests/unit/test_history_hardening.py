@@ -207,3 +207,17 @@ async def test_history_off_loopback_needs_the_read_credential_and_never_carries_
     h._write(h.dump())
     for where in (text, (tmp_path / "history.json").read_text()):
         assert "s3cret" not in where
+
+
+def test_a_short_interval_keeps_fewer_hours_not_an_unbounded_ring():
+    """history_interval may be 100 ms: a day of those would be 864,000 rows a node (hundreds of MB, seconds
+    of the event loop per page load). The ring stops at MAX_ROWS and says how long it keeps."""
+    from schedd.api.http.history import MAX_ROWS
+
+    h = History(FakeEngine(), interval=0.1)
+    assert h.capacity == MAX_ROWS and h.capacity * 0.1 < 86400
+    for i in range(MAX_ROWS + 50):
+        h.sample(t=1e9 + i / 10)
+    v = h.view()
+    assert len(v["nodes"]["n1"]["t"]) == MAX_ROWS and v["keep_s"] == pytest.approx(MAX_ROWS * 0.1)
+    assert History(FakeEngine(), interval=10).capacity == 8640  # the default: a whole day

@@ -5,7 +5,8 @@ Why here and not from Prometheus: the page must draw its plots on a node nobody 
 - Samples: every `interval` (10 s by default, `[http] history_interval`) one row per node of the
   cluster: CPUs, memory and GPUs allocated and in all, running and pending jobs, and (this node
   only) the queue's length and the starts, ends and failures since the row before. The ring keeps
-  `keep / interval` rows per node (24 h: 8,640 rows, about 1.6 MB per node in memory).
+  `keep / interval` rows per node (24 h: 8,640 rows, about 1.6 MB per node in memory), at most
+  MAX_ROWS (an interval under 5 s keeps less than 24 h).
 - Runs: each run that ended in the last hour (id, name, user, node, its CPU ids, start, end, state),
   at most RUNS_KEPT, for the page's timeline by CPU (a running job is in the live snapshot).
 - Waits: (id, start, seconds from submission to start) of the last WAITS_KEPT starts within `keep`.
@@ -44,6 +45,7 @@ FIELDS = ("cpus", "cpus_total", "memory", "memory_total", "gpus", "gpus_total", 
 RUNS_KEPT = 4096
 RUN_WINDOW_S = 3600
 WAITS_KEPT = 4096
+MAX_ROWS = 17_280  # a node's ring at most: 24 h of 5 s samples (about 3 MB a node in memory)
 PERSIST_EVERY_S = 600
 FILE_VERSION = 1
 # A saved ring is read back only up to max(MIN_FILE_CAP, ROW_BYTES a row it can hold): a full ring of
@@ -83,7 +85,10 @@ class History:
     on_sample: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.capacity = max(1, int(self.keep // self.interval))
+        # At most MAX_ROWS a node: a short history_interval keeps less than `keep` (100 ms samples of a day
+        # would be 864,000 rows a node, hundreds of MB and seconds of the event loop to serve).
+        self.capacity = max(1, min(MAX_ROWS, int(self.keep // self.interval)))
+        self.keep = min(self.keep, self.capacity * self.interval)
         self.max_file_bytes = max(MIN_FILE_CAP, ROW_BYTES * self.capacity * max(1, self.nodes))
         self.rows: dict[str, deque[Row]] = {}
         self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
