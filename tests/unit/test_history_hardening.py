@@ -4,6 +4,7 @@ and what a full page load costs the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -221,3 +222,27 @@ def test_a_short_interval_keeps_fewer_hours_not_an_unbounded_ring():
     v = h.view()
     assert len(v["nodes"]["n1"]["t"]) == MAX_ROWS and v["keep_s"] == pytest.approx(MAX_ROWS * 0.1)
     assert History(FakeEngine(), interval=10).capacity == 8640  # the default: a whole day
+
+
+async def test_a_stalled_loop_skips_its_missed_samples_instead_of_bursting_them():
+    """After the loop was blocked (or the machine suspended) for many intervals, the sampler goes on from
+    now: no burst of rows stamped the same instant."""
+    h = History(FakeEngine(), interval=0.02)
+    stalled = []
+
+    def stall(_rows):
+        if not stalled:
+            stalled.append(1)
+            time.sleep(0.5)  # the stall under test (25 intervals), not a wait for something
+
+    h.on_sample.append(stall)
+    h.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(h.rows.get("n1", ())) < 6:
+        assert loop.time() < deadline, "the sampler took no 6 samples in 10 s"
+        await asyncio.sleep(0.01)
+    await h.stop()
+    ts = [r[0] for r in h.rows["n1"]]
+    gaps = [b - a for a, b in zip(ts, ts[1:])]
+    assert gaps[0] >= 0.4 and min(gaps) >= 0.01, gaps  # the stall shows as one gap; no rows 0 s apart

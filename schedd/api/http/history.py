@@ -182,7 +182,9 @@ class History:
                 except (OSError, ValueError) as e:  # a full disk must not end the sampler
                     log.warning("could not save the dashboard's history to %s: %s", self.path, e)
             next_at += self.interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if next_at <= loop.time():  # a stalled loop or a suspended machine: skip the missed samples,
+                next_at = loop.time() + self.interval  # not a burst of rows all stamped now
+            await asyncio.sleep(next_at - loop.time())
 
     def start(self) -> None:
         if self._task is None:
