@@ -155,6 +155,7 @@ def test_a_full_page_load_is_serialized_once_a_sample_and_since_reads_only_the_t
     assert json.loads(h.view_bytes(1e9 + 86390))["nodes"]["n1"]["t"] == [1e9 + 86400]
     assert json.loads(h.view_bytes(1e12))["nodes"]["n1"]["t"] == []
     assert len(json.loads(h.view_bytes(1.0))["nodes"]["n1"]["t"]) == h.capacity
+    assert h.view_bytes(1.0) is again  # since=1 (before every row) is no way around the cache
     t0 = time.perf_counter()
     for _ in range(100):
         h.view_bytes()

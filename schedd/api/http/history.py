@@ -207,7 +207,8 @@ class History:
     def view_bytes(self, since: float = 0.0) -> bytes:
         """view() as JSON. The whole ring (every page load) is serialized once a sample, not once a
         request: a day of a cluster is tens of milliseconds of the event loop each time."""
-        if since:
+        oldest = min((ring[0][0] for ring in self.rows.values() if ring), default=0.0)
+        if since >= oldest:  # a since older than every row is the whole ring: from the cache too
             return json.dumps(self.view(since), separators=(",", ":")).encode()
         if self._full is None or self._full[0] != self._gen:
             self._full = (self._gen, json.dumps(self.view(), separators=(",", ":")).encode())
