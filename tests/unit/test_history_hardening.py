@@ -122,6 +122,11 @@ def test_the_saved_file_is_0600_atomic_and_never_written_through_a_planted_link(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "history.json.tmp", "victim"]
     assert json.loads(path.read_text())["rows"]["n1"][0][1] == 0
+    (tmp_path / "history.json.abc123.tmp").write_text("a write cut short by a crash")
+    (tmp_path / "history.json.def456.tmp").symlink_to(victim)
+    assert History(FakeEngine(), interval=10, path=path).restored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "history.json.tmp", "victim"]
+    assert victim.read_text() == "untouched"
 
 
 def test_a_peer_with_odd_figures_costs_nobody_their_sample():

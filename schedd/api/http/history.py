@@ -263,6 +263,9 @@ class History:
         one with a log line. Never follows a link (as root, a link to another file), never blocks on a
         FIFO or a device, never reads more than max_file_bytes, and keeps only well-formed rows in time order."""
         assert self.path is not None
+        for stale in self.path.parent.glob(self.path.name + ".*.tmp"):  # a write cut short by a crash
+            with contextlib.suppress(OSError):
+                stale.unlink()  # the name itself, never what a link points to
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
