@@ -112,6 +112,7 @@ class History:
             self._starts += 1
             if job.submit_time and job.start_time:
                 self.waits.append((job.id, job.start_time / 1e6, max(0, job.start_time - job.submit_time) / 1e6))
+                self._gen += 1
         elif old_state.active and not state.active:
             if state.terminal:
                 self._ends += 1
