@@ -168,7 +168,7 @@ async def _start_web(cfg, engine: Engine, service: DBusService):
     from schedd.api.http.history import History
 
     history = History(engine, peers, interval=cfg.http.history_interval_usec / 1e6,
-                      path=cfg.state_dir / "history.json")
+                      path=cfg.state_dir / "history.json", nodes=1 + len(cfg.peers))
 
     async def start_history(_app) -> None:
         history.start()
