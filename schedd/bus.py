@@ -87,11 +87,21 @@ class _CoalescingWriter(_MessageWriter):
         super().__init__(bus)
         self._futs: list[asyncio.Future | None] = []
         self._flush_handle: asyncio.Handle | None = None
+        self.now = False  # the next message queued is written at once (call(..., now=True))
 
     def schedule_write(self, msg: Message | None = None, future: asyncio.Future | None = None) -> None:
         if msg is not None:
             self.buffer_message(msg, future)
-        if self.bus.unique_name and self.buf is None and self._flush_handle is None:
+        now, self.now = self.now, False
+        if not self.bus.unique_name or self.buf is not None:
+            return  # not connected yet, or a write is waiting for the socket: it takes this one along
+        if now:
+            # A call on a start's critical path (StartTransientUnit): out now, with what is queued
+            # before it, not at the end of the loop's turn.
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush()
+        elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -164,12 +174,18 @@ async def connect(address: str, bus_class: type[MessageBus] = MessageBus, **kwar
 
 
 async def call(
-    bus: MessageBus, dest: str, path: str, iface: str, member: str, signature: str = "", body: list | None = None
+    bus: MessageBus, dest: str, path: str, iface: str, member: str, signature: str = "", body: list | None = None,
+    *, now: bool = False,
 ) -> list:
-    """One method call; returns the reply body or raises DBusError(name, text)."""
-    reply = await bus.call(
-        Message(destination=dest, path=path, interface=iface, member=member, signature=signature, body=body or [])
-    )
+    """One method call; returns the reply body or raises DBusError(name, text).
+
+    now: written to the socket before this returns control to the loop (a latency-critical call),
+    instead of with the rest of the loop's turn."""
+    msg = Message(destination=dest, path=path, interface=iface, member=member, signature=signature, body=body or [])
+    w = getattr(bus, "_writer", None)
+    if now and isinstance(w, _CoalescingWriter):
+        w.now = True  # bus.call sends the message before its first suspension: that send takes the flag
+    reply = await bus.call(msg)
     if reply.message_type == MessageType.ERROR:
         raise DBusError(reply.error_name, reply.body[0] if reply.body else reply.error_name)
     return reply.body

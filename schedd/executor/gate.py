@@ -221,7 +221,14 @@ class GateRunner:
         loop = asyncio.get_running_loop()
         self._watched[job_id] = (pid, pidfd, run)
         loop.add_reader(pidfd, self._ended, job_id, on_exit)
+        if self.pool is not None:
+            self.pool.refill_later()  # a start is done (or a gate adopted): the pool's gates taken are replaced
         return True
+
+    def start_done(self) -> None:
+        """A start ended without a watch (it failed or was withdrawn): the gate it took is replaced too."""
+        if self.pool is not None:
+            self.pool.refill_later()
 
     def _ended(self, job_id: int, on_exit) -> None:
         pid, pidfd, run = self._watched.pop(job_id)

@@ -6,8 +6,8 @@ on a SOCK_SEQPACKET socket; each fork is made with CLONE_PARENT, so the gate is 
 child (reaped by it, its wait status read as for a spawned gate), and the zygote answers with the
 gate's pid and the write end of its release pipe (SCM_RIGHTS). A job is then handed to a ready
 gate as one message on that pipe (GateRunner.spawn), and released there with "go" as before. The
-pool asks for a replacement as each gate is taken, so the zygote's fork happens on another CPU
-while the job's scope is being started. Where the pool is empty or broken, GateRunner spawns a gate
+pool asks for the replacements once the start is done (refill_later; at once when it is empty), so
+the zygote's fork does not compete with systemd making the scope. Where the pool is empty or broken, GateRunner spawns a gate
 the old way: the pool only ever makes starts cheaper, never impossible.
 """
 
@@ -75,6 +75,7 @@ class GatePool:
         self.broken = ""  # why the pool gives no gates any more (then every gate is spawned)
         self.taken = 0  # gates handed out
         self.missed = 0  # takes that found the pool empty (a gate was spawned instead)
+        self._refill_due = False
 
     def start(self) -> None:
         """Spawn the zygote and ask it for a full pool (answers arrive on the event loop)."""
@@ -150,12 +151,25 @@ class GatePool:
             if gone:  # died unused (killed from outside): not worth a job
                 os.close(g.release_fd)
                 continue
-            self._fill()
+            if not self._ready:
+                self._fill()  # the last one: its replacements now, else the next start may find none
             self.taken += 1
             return g
         self._fill()
         self.missed += 1
         return None
+
+    def refill_later(self) -> None:
+        """Ask for the gates taken since, once the start that took one is done: the zygote's fork then
+        does not compete for a CPU with systemd making the scope (on a small node it did, on the path
+        from submit to RUNNING). Two loop turns later: after the start's own signals are written."""
+        if self._loop is not None and self._sock is not None and not self._refill_due:
+            self._refill_due = True
+            self._loop.call_soon(self._loop.call_soon, self._refill)
+
+    def _refill(self) -> None:
+        self._refill_due = False
+        self._fill()
 
     def _zygote_ended(self) -> None:
         self._break("the gate zygote exited")

@@ -44,6 +44,7 @@ class PlainExecutor(GatedExecutor):
             gate.release()
         except BaseException as e:
             gate.abort()
+            self.gates.start_done()
             if isinstance(e, OSError):
                 raise ExecutorError(f"cannot start job {job.id}: {e}") from e
             raise

@@ -108,12 +108,13 @@ class SystemdExecutor(GatedExecutor):
             self._early.popitem(last=False)
         return None
 
-    async def _manager(self, member: str, sig: str = "", body: list | None = None) -> list:
-        return await dbus.call(self._bus, SD_NAME, SD_PATH, SD_MANAGER, member, sig, body)
+    async def _manager(self, member: str, sig: str = "", body: list | None = None, *, now: bool = False) -> list:
+        return await dbus.call(self._bus, SD_NAME, SD_PATH, SD_MANAGER, member, sig, body, now=now)
 
     async def _run_job(self, member: str, sig: str, body: list) -> str:
-        """Call a method that returns a systemd job path and wait for that job's result."""
-        (path,) = await self._manager(member, sig, body)
+        """Call a method that returns a systemd job path and wait for that job's result (the call is
+        written at once: every one of them is a start's or a stop's critical path)."""
+        (path,) = await self._manager(member, sig, body, now=True)
         result = self._early.get(path)
         if result is not None:
             return result
@@ -147,6 +148,7 @@ class SystemdExecutor(GatedExecutor):
             gate.release()
         except BaseException as e:
             gate.abort()
+            self.gates.start_done()
             if isinstance(e, (DBusError, OSError)):
                 raise ExecutorError(f"cannot start {job.unit}: {e}") from e
             raise

@@ -337,10 +337,10 @@ class JobTable:
             self.quotas.leave(job.uid, exec_bytes(job.spec))
         elif state.queued and not old.queued:
             self.quotas.enter(job.uid, exec_bytes(job.spec))
-        self._transition_log(job, state.value.lower(), old)
         changed = TRANSITION | frozenset(fields)
         for l in self.listeners:
             l.job_changed(job, changed, old)
+        self._transition_log(job, state.value.lower(), old)  # after the signals: the journal line is no one's wait
         if old != state:
             self._manager_changed(COUNTS)
 
