@@ -443,11 +443,11 @@ class Arrays:
                 self._persist_later(rec)
         asyncio.get_running_loop().call_later(self.PERSIST_DELAY, flush)
 
-    def _schedule(self) -> None:
+    def _schedule(self) -> bool:
         """Before each pass, each pending array tops up its window of jobs waiting to start."""
         if self._arrays:
             self._feed_arrays()
-        super()._schedule()
+        return super()._schedule()
 
     def _feed_arrays(self) -> None:
         free = self.ledger.free_cpus

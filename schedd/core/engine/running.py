@@ -120,14 +120,28 @@ class Runs:
             self._kick_scheduled = True
             asyncio.get_running_loop().call_soon(self._schedule)
 
+    def schedule_now(self) -> bool:
+        """A pass at once, not a loop turn later: whether it started anything. A submit runs it for its
+        own jobs before their commit, and yields once if it did, so their StartTransientUnit goes out
+        ahead of the commit's worker thread (which would otherwise compete with the start for the
+        loop's thread and the CPU, while systemd's part is the longer one). As kick otherwise."""
+        if self.loading_pending or self.stopping:
+            return False
+        try:
+            return self._schedule()
+        except Exception:  # noqa: BLE001 - a bug in a pass must not fail the submit that asked for it
+            log.exception("scheduling pass failed; trying again on the next turn")
+            self.kick()
+            return False
+
     def begin_shutdown(self) -> None:
         """The daemon was told to stop: start nothing more; a start cut short leaves its job PENDING."""
         self.stopping = True
 
-    def _schedule(self) -> None:
+    def _schedule(self) -> bool:
         self._kick_scheduled = False
         if self.stopping or self._drain_blocks():
-            return
+            return False
         started = self.scheduler.schedule(now_usec())
         for job, alloc in started:
             self._allocs[job.id] = alloc
@@ -135,6 +149,7 @@ class Runs:
             self._spawn(self._launch(job, alloc))
         if started:
             self._manager_changed(RESOURCES)
+        return bool(started)
 
     def _running(self) -> list[Running]:
         """Running jobs as the backfill planner sees them: when each ends at the latest."""

@@ -240,7 +240,8 @@ class Submission:
                         self._enqueue(job)
                     rows.append(job_to_row(job))
                     await sliced.tick()
-                self.kick()
+                if self.schedule_now():
+                    await asyncio.sleep(0)  # their StartTransientUnit goes out first; the commit runs beside it
                 await self.store.save_rows(rows, retry=False)
             except BaseException as e:
                 for job in inserted:
