@@ -242,6 +242,9 @@ class Submission:
                     await sliced.tick()
                 if self.schedule_now():
                     await asyncio.sleep(0)  # their StartTransientUnit goes out first; the commit runs beside it
+                    for n, job in enumerate(inserted):
+                        if job.state not in (JobState.PENDING, JobState.HELD):
+                            rows[n] = job_to_row(job)  # its start ended at once (failed): that is its row now
                 await self.store.save_rows(rows, retry=False)
             except BaseException as e:
                 for job in inserted:
