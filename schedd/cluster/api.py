@@ -36,6 +36,14 @@ def _str(where: str, v: Any, empty: bool = False) -> str:
     return v
 
 
+def _features(value: Any) -> frozenset[str]:
+    """A heartbeat's Features: what the node runs beyond plain commands (absent from older nodes: none)."""
+    if not isinstance(value, list) or len(value) > 32 or not all(
+            isinstance(f, str) and 0 < len(f) <= 64 for f in value):
+        raise InvalidArgument("Features must be a list of at most 32 short strings")
+    return frozenset(value)
+
+
 def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
     """A forwarded spec (JSON) -> (Submit a{sv} without User, the user's name); 400 on anything malformed."""
     if not isinstance(spec, dict):
@@ -123,7 +131,7 @@ class FederationApi:
         load = {}
         for key in LOAD_KEYS:
             load[key] = _int(key, body.get(key), 0, U64)
-        self.fed.net.heard(name, load)
+        self.fed.net.heard(name, load, _features(body.get("Features", [])))
         return web.json_response({"Name": self.fed.name})
 
     async def nodes(self, request: web.Request) -> web.Response:

@@ -33,7 +33,11 @@ OPENAPI: dict[str, Any] = {
                                      "dbus_error": {"type": "string"}}},
             "Heartbeat": {"type": "object", "required": ["Name", *LOAD_KEYS],
                           "properties": {"Name": {"type": "string"}, "URL": {"type": "string"},
-                                         **{k: {"type": "integer", "minimum": 0} for k in LOAD_KEYS}}},
+                                         **{k: {"type": "integer", "minimum": 0} for k in LOAD_KEYS},
+                                         "Features": {"type": "array", "maxItems": 32,
+                                                      "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                                                      "description": "what the node runs beyond plain commands: "
+                                                                     "\"container\" (Container jobs)"}}},
             "Spec": {"type": "object", "required": ["Command", "UserName"], "additionalProperties": False,
                      "properties": {"UserName": {"type": "string"},
                                     **{k: _schema_for(s) for k, s in FORWARD_SPEC_KEYS.items()}}},

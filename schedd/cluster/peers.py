@@ -137,10 +137,15 @@ class Peers:
             self._load = (now, pending, running)
         return ledger_load(l, pending, running)
 
+    def features(self) -> frozenset[str]:
+        """What this node runs beyond plain commands: its executor says (e.g. "container")."""
+        ex = self.engine.executor
+        return ex.features if ex is not None else frozenset()
+
     def views(self) -> list[NodeView]:
         """This node and every peer, as placement sees them (for metrics too). What jobs queued here
         ask for is not free for a newcomer: a burst of `any` jobs spills over instead of queueing here."""
-        local = NodeView.of_load(self.name, True, self.local_load(), local=True)
+        local = NodeView.of_load(self.name, True, self.local_load(), local=True, features=self.features())
         cpus = memory = gpus = 0
         for job in self.engine.scheduler.queued():
             cpus, memory, gpus = cpus + job.spec.cpus, memory + job.spec.memory, gpus + job.spec.gpus
@@ -201,7 +206,7 @@ class Peers:
 
     async def _heartbeats(self) -> None:
         while True:
-            body = {"Name": self.name, "URL": self._own_url(), **self.local_load()}
+            body = {"Name": self.name, "URL": self._own_url(), **self.local_load(), "Features": sorted(self.features())}
             for p in self.peers.values():
                 self.spawn(self._beat(p, body))
             await self.sleep(self.interval)
@@ -230,10 +235,10 @@ class Peers:
         if self.on_answer is not None and (changed or ok):
             self.on_answer(peer, ok, answer)
 
-    def heard(self, name: str, load: dict[str, int]) -> None:
+    def heard(self, name: str, load: dict[str, int], features: frozenset[str] = frozenset()) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
         peer = self.peers[name]
-        peer.view = NodeView.of_load(name, True, load)
+        peer.view = NodeView.of_load(name, True, load, features=features)
         peer.last_seen_usec = now_usec()
         was_down = self.liveness.heard(name, self.clock())
         self._nodes_changed()

@@ -262,7 +262,8 @@ def build_spec(
     if node not in ("", limits.node_name) and limits.cluster is not None:
         from schedd.core.placement import Need, check_satisfiable
 
-        check_satisfiable(node, Need(cpus, memory, gpus), list(limits.cluster()))
+        check_satisfiable(node, Need(cpus, memory, gpus, bool(v.get("Container"))),
+                          list(limits.cluster()))
     elif node not in ("", "any", limits.node_name):
         raise Unsatisfiable(f"Node: no node named {node!r} in this cluster (this node is {limits.node_name!r})")
     elif cpus > limits.total_cpus:
