@@ -118,15 +118,16 @@ class ContainerRuntime:
         s = job.spec
         name = container_name(job.id, job.restarts)
         env_file = self.state_dir / f"{name}.env"
-        stage = f"{self.stage_root}/{name}"
+        # The working directory at its own path -- but "/" would hide the image itself: there it is the image's.
+        stage = f"{self.stage_root}/{name}" if s.working_directory != "/" else ""
         lines = [f"{k}={v}\n" for k, v in env.items() if "\n" not in v and "\n" not in k]
         _write_private(env_file, "".join(lines))
         argv = [*self._global(), "run", "--rm", "--name", name, "--label", f"schedd.job={job.id}",
                 "--pull=never", "--cgroups=disabled", f"--network={self.network}", "--log-driver=passthrough",
                 f"--user={s.uid}:{s.gid}", "--security-opt=no-new-privileges", "--cap-drop=all",
-                "--systemd=false", "--entrypoint=[]", f"--env-file={env_file}",
-                f"--mount=type=bind,src={stage},dst={s.working_directory},nosuid,nodev,bind-nonrecursive=true",
-                f"--workdir={s.working_directory}"]
+                "--systemd=false", "--entrypoint=[]", f"--env-file={env_file}", f"--workdir={s.working_directory}"]
+        if stage:
+            argv.append(f"--mount=type=bind,src={stage},dst={s.working_directory},nosuid,nodev,bind-nonrecursive=true")
         argv += [f"--group-add={g}" for g in sorted(set(groups) - {s.gid})]
         argv += [f"--device={d}" for d in devices]
         argv += ["--", s.container, *s.command]
@@ -138,9 +139,20 @@ class ContainerRuntime:
 
     # -- after a run ------------------------------------------------------------------
 
-    async def cleanup(self, job_id: int, run: int) -> None:
-        """Remove what a run leaves when it is killed: the container record, its mounts, its files."""
+    async def cleanup(self, job_id: int, run: int, killed: bool = True) -> None:
+        """Remove what a run leaves: its mount and files, and (killed: podman did not see it to its end,
+        so its --rm may not have happened) the container record."""
         name = container_name(job_id, run)
+        if killed:
+            await self._remove(job_id, name)
+        unstage(f"{self.stage_root}/{name}")  # absent for a job in "/": nothing to do
+        for ext in (".json", ".env"):
+            try:
+                (self.state_dir / f"{name}{ext}").unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _remove(self, job_id: int, name: str) -> None:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._global(), "rm", "--force", "--ignore", "--time=0", name, env=PODMAN_ENV,
@@ -150,12 +162,6 @@ class ContainerRuntime:
                 log.warning("job %d: podman rm %s: %s", job_id, name, err.decode(errors="replace").strip()[:300])
         except (OSError, asyncio.TimeoutError) as e:
             log.warning("job %d: cannot remove container %s: %s", job_id, name, e)
-        unstage(f"{self.stage_root}/{name}")
-        for ext in (".json", ".env"):
-            try:
-                (self.state_dir / f"{name}{ext}").unlink()
-            except FileNotFoundError:
-                pass
 
 
 def unstage(stage: str) -> None:

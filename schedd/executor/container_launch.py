@@ -100,7 +100,8 @@ def main(argv: list[str]) -> None:
     except (OSError, ValueError) as e:
         _fail(203, f"cannot read the container launch file: {e}")
     _out, _err, cwd = _as_user(spec)
-    _bind(cwd, spec["stage"])
+    if spec["stage"]:  # "" for a job in "/": the image's own root, nothing of the host's is bound
+        _bind(cwd, spec["stage"])
     os.close(cwd)
     podman = spec["argv"]
     try:

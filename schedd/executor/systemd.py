@@ -258,8 +258,11 @@ class SystemdExecutor(GatedExecutor):
                 log.error("%s: cannot stop leftover processes: %s", unit, e)
         run = self._container_runs.pop(job_id, None)
         if run is not None and self.containers is not None:
+            # podman ran to its end (its own exit, nothing left behind): its --rm removed the container.
+            killed = bool(info.signal or info.stragglers or info.lost or info.gate_failed
+                          or info.exit_code in (125, 126, 127))
             try:
-                await self.containers.cleanup(job_id, run)
+                await self.containers.cleanup(job_id, run, killed)
             except Exception:
                 log.exception("job %d: cannot clean up after its container", job_id)
         self.on_exit(job_id, info)

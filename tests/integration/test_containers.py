@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -22,50 +20,16 @@ import pytest
 from conftest import CONFIG, USERS, Node, extra_node
 from prereq import require
 from sandbox import STATE_ROOT
+from ctr_image import OS_NAME, build_rootfs_tar, why_not
 
 IMAGE = "localhost/schedd-test-busybox:1"
-OS_NAME = "schedd test image (busybox)"
-BUSYBOX = Path("/bin/busybox")
 ALICE = USERS[0]
 RUN_ROOT = "/run/schedd-test-containers"
 
 
-def _why_not() -> str | None:
-    if shutil.which("podman") is None:
-        return "needs podman (and crun) for container jobs: apt-get install podman crun (scripts/setup)"
-    if not BUSYBOX.exists():
-        return "needs busybox-static (/bin/busybox) to build the test image"
-    r = subprocess.run(["file", "-L", str(BUSYBOX)], capture_output=True, text=True) if shutil.which("file") else None
-    if r is not None and "dynamically linked" in r.stdout:
-        return "/bin/busybox is dynamically linked: the test image needs busybox-static"
-    return None
-
-
-def build_rootfs_tar(dst: Path) -> Path:
-    """A minimal image: busybox-static, one link per applet, /etc/os-release, a world-writable /tmp."""
-    root = dst / "rootfs"
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "bin").mkdir(parents=True)
-    (root / "etc").mkdir()
-    (root / "tmp").mkdir(mode=0o1777)
-    os.chmod(root / "tmp", 0o1777)
-    shutil.copy2(BUSYBOX, root / "bin/busybox")
-    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for a in applets:
-        if a != "busybox":  # a link named like its target would replace the binary by a loop
-            (root / "bin" / a).symlink_to("busybox")
-    (root / "etc/os-release").write_text(f'PRETTY_NAME="{OS_NAME}"\nID=schedd-test\n')
-    tar = dst / "image.tar"
-    with tarfile.open(tar, "w") as t:
-        t.add(root, arcname=".")
-    os.chmod(dst, 0o755)
-    return tar
-
-
 @pytest.fixture(scope="module")
 def ctr_node(users):
-    require(_why_not())
+    require(why_not())
     work = STATE_ROOT / f"ctr-image-{os.getpid()}"  # not the sandbox's own dir (containers-PID)
     work.mkdir(parents=True, exist_ok=True)
     tar = build_rootfs_tar(work)
