@@ -132,6 +132,14 @@ def test_cancel_leaves_nothing_of_the_container(node: Node):
     assert podman(node, "ps", "-a", "--format", "{{.Names}}").split() == []  # no container record left
 
 
+def test_a_time_limit_ends_the_container(node: Node):
+    jid = submit(node, ["sleep", "300"], RuntimeMaxUSec=("t", 1_000_000))
+    j = node.wait(jid, timeout=60)
+    assert (j["State"], j["Reason"]) == ("FAILED", "timeout")
+    assert scope_pids(node, j["Unit"]) == []
+    node.wait_for(lambda: podman(node, "ps", "-a", "--format", "{{.Names}}").split() == [], "no container left", 30)
+
+
 def test_suspend_and_resume_reach_the_container(node: Node):
     marker = f"{home()}/ticks"
     node.run(["rm", "-f", marker])
