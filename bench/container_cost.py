@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from ctr_image import build_rootfs_tar, why_not  # noqa: E402
+from ctr_image import build_rootfs_tar, storage_options, why_not  # noqa: E402
 from sandbox import STATE_ROOT, Sandbox  # noqa: E402
 
 PY = "/opt/schedd/venv/bin/python"
@@ -44,13 +44,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     tar = build_rootfs_tar(work)
     store = work / "storage"
+    driver_line, driver = storage_options(store)
     config = (f'[node]\nname = "bench"\n[jobs]\ndefault_memory = "64M"\n'
-              f'[containers]\nruntime = "podman"\nstorage_root = "{store}"\nrun_root = "{RUN_ROOT}"\n')
+              f'[containers]\nruntime = "podman"\nstorage_root = "{store}"\nrun_root = "{RUN_ROOT}"\n{driver_line}')
     sb = Sandbox(f"ctr-bench-{os.getpid()}")
     sb.prepare(config=config)
     sb.boot()
     try:
-        sb.run(["podman", "--root", str(store), "--runroot", RUN_ROOT, "import", str(tar), IMAGE], timeout=120)
+        sb.run(["podman", "--root", str(store), "--runroot", RUN_ROOT, *driver, "import", str(tar), IMAGE], timeout=120)
         sb.run(["systemctl", "start", "schedd"])
         r = sb.run([PY, str(REPO / "bench/_container_client.py"), IMAGE, str(n), str(rounds)], timeout=3600,
                    cwd=str(REPO), check=False)

@@ -119,6 +119,7 @@ class ContainerConfig:
     podman: str = "/usr/bin/podman"
     storage_root: str = ""  # podman --root: the local image store ('' = podman's own default)
     run_root: str = ""  # podman --runroot
+    storage_driver: str = ""  # podman --storage-driver ('' = podman's: overlay; vfs where the store is on overlayfs)
     network: str = "host"  # host (what any job has) | none
 
 
@@ -221,7 +222,7 @@ def _apply(cfg: Config, data: dict) -> None:
                  "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval",
                  "history_interval"},
         "federation": {"uid_min", "uid_max", "deny_groups"},
-        "containers": {"runtime", "podman", "storage_root", "run_root", "network"},
+        "containers": {"runtime", "podman", "storage_root", "run_root", "storage_driver", "network"},
     }
     for section, allowed in keys.items():
         for key in data.get(section, {}):
@@ -320,6 +321,10 @@ def _apply_containers(c: ContainerConfig, sec: dict) -> None:
         if sec["network"] not in ("host", "none"):
             raise ConfigError("containers.network must be 'host' or 'none'")
         c.network = sec["network"]
+    if "storage_driver" in sec:
+        if sec["storage_driver"] not in ("", "overlay", "vfs", "btrfs", "zfs"):
+            raise ConfigError("containers.storage_driver must be overlay, vfs, btrfs or zfs (or empty)")
+        c.storage_driver = sec["storage_driver"]
     for key in ("podman", "storage_root", "run_root"):
         if key in sec:
             v = sec[key]

@@ -37,6 +37,16 @@ def _has_interpreter(path: Path) -> bool:
     return any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3 for i in range(phnum))  # PT_INTERP
 
 
+def storage_options(store: Path) -> tuple[str, list[str]]:
+    """([containers] lines, podman's global options) for a private store at `store`: vfs where it lies
+    on overlayfs (a CI container's root: overlay cannot stack on overlay), podman's default elsewhere."""
+    store.mkdir(parents=True, exist_ok=True)
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(store)], capture_output=True, text=True).stdout.strip()
+    if fs == "overlayfs":
+        return 'storage_driver = "vfs"\n', ["--storage-driver", "vfs"]
+    return "", []
+
+
 def build_rootfs_tar(dst: Path) -> Path:
     """dst/image.tar: busybox-static, one link per applet, /etc/os-release, /tmp (1777)."""
     root = dst / "rootfs"

@@ -57,6 +57,7 @@ class ContainerRuntime:
     storage_root: str = ""
     run_root: str = ""
     network: str = "host"
+    storage_driver: str = ""
     stage_root: str = STAGE_ROOT
     _known: dict[str, float] = field(default_factory=dict)
 
@@ -75,7 +76,7 @@ class ContainerRuntime:
             return None
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state_dir, 0o700)
-        return cls(cfg.podman, state_dir, cfg.storage_root, cfg.run_root, cfg.network)
+        return cls(cfg.podman, state_dir, cfg.storage_root, cfg.run_root, cfg.network, cfg.storage_driver)
 
     def _global(self) -> list[str]:
         g = [self.podman]
@@ -83,6 +84,8 @@ class ContainerRuntime:
             g += ["--root", self.storage_root]
         if self.run_root:
             g += ["--runroot", self.run_root]
+        if self.storage_driver:
+            g += ["--storage-driver", self.storage_driver]
         return g
 
     # -- at submit -------------------------------------------------------------------

@@ -20,25 +20,34 @@ import pytest
 from conftest import CONFIG, USERS, Node, extra_node
 from prereq import require
 from sandbox import STATE_ROOT
-from ctr_image import OS_NAME, build_rootfs_tar, why_not
+from ctr_image import OS_NAME, build_rootfs_tar, storage_options, why_not
 
 IMAGE = "localhost/schedd-test-busybox:1"
 ALICE = USERS[0]
 RUN_ROOT = "/run/schedd-test-containers"
 
 
-@pytest.fixture(scope="module")
-def ctr_node(users):
+# The host's own hierarchy, and cgroup v2 only (on a hybrid host: the scope freezes instead of SIGSTOP).
+# A v2-only sandbox on a hybrid host has no memory controller (it is v1's there): what needs one runs
+# on the host's hierarchy only (HOST_ONLY), which on a v2 host is v2 with memory.
+HIERARCHIES = {"host": (), "v2": ("systemd.unified_cgroup_hierarchy=1",)}
+HOST_ONLY = pytest.mark.parametrize("ctr_node", ["host"], indirect=True)
+
+
+@pytest.fixture(scope="module", params=sorted(HIERARCHIES))
+def ctr_node(users, request):
     require(why_not())
     work = STATE_ROOT / f"ctr-image-{os.getpid()}"  # not the sandbox's own dir (containers-PID)
     work.mkdir(parents=True, exist_ok=True)
     tar = build_rootfs_tar(work)
     store = work / "storage"
-    config = CONFIG + f'[containers]\nruntime = "podman"\nstorage_root = "{store}"\nrun_root = "{RUN_ROOT}"\n'
+    driver_line, driver = storage_options(store)
+    config = (CONFIG + f'[containers]\nruntime = "podman"\nstorage_root = "{store}"\nrun_root = "{RUN_ROOT}"\n'
+              + driver_line)
     try:
-        with extra_node("containers", config) as n:
-            n.run(["podman", "--root", str(store), "--runroot", RUN_ROOT, "import", str(tar), IMAGE], timeout=120)
-            n.store = str(store)
+        with extra_node(f"containers-{request.param}", config, systemd_args=HIERARCHIES[request.param]) as n:
+            n.podman = ["podman", "--root", str(store), "--runroot", RUN_ROOT, *driver]
+            n.run([*n.podman, "import", str(tar), IMAGE], timeout=120)
             yield n
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -67,7 +76,7 @@ def output(n: Node, job: dict) -> str:
 
 
 def podman(n: Node, *args: str) -> str:
-    return n.run(["podman", "--root", n.store, "--runroot", RUN_ROOT, *args]).stdout
+    return n.run([*n.podman, *args]).stdout
 
 
 def scope_pids(n: Node, unit: str) -> list[int]:
@@ -97,14 +106,15 @@ def test_a_job_runs_in_the_image_as_its_submitter_in_its_directory(node: Node, u
     made = Path(home()) / "made-inside"
     assert made.read_text() == "made\n" and made.stat().st_uid == pw.pw_uid  # theirs, on the host
     made.unlink()
-    assert j["CPUTimeUSec"] > 0 and j["MemoryPeak"] > 0  # accounting covers the container
+    assert j["CPUTimeUSec"] > 0  # accounting covers the container (memory: below)
 
 
+@HOST_ONLY
 def test_a_memory_hog_inside_ends_oom_kill(node: Node):
     jid = submit(node, ["dd", "if=/dev/zero", "of=/dev/null", "bs=400M", "count=1"], Memory=("t", 64 << 20))
     j = node.wait(jid, timeout=60)
     assert (j["State"], j["Reason"]) == ("FAILED", "oom-kill"), output(node, j)
-    assert j["MemoryPeak"] <= 64 << 20
+    assert 0 < j["MemoryPeak"] <= 64 << 20  # the peak of everything in the scope, podman's too
 
 
 def test_the_container_sees_only_the_jobs_cpus(node: Node):

@@ -201,7 +201,11 @@ def test_the_containers_section_of_the_config(tmp_path: Path) -> None:
     f.write_text('[containers]\nruntime = "podman"\nstorage_root = "/srv/images"\nnetwork = "none"\n')
     c = load(f, False).containers
     assert (c.runtime, c.storage_root, c.network, c.podman) == ("podman", "/srv/images", "none", "/usr/bin/podman")
-    for text in ('runtime = "docker"', 'network = "bridge"', 'storage_root = "rel"', 'bogus = 1'):
+    f.write_text('[containers]\nstorage_driver = "vfs"\n')
+    rt = ContainerRuntime("/usr/bin/podman", tmp_path, storage_driver=load(f, False).containers.storage_driver)
+    assert rt._global() == ["/usr/bin/podman", "--storage-driver", "vfs"]
+    for text in ('runtime = "docker"', 'network = "bridge"', 'storage_root = "rel"', 'bogus = 1',
+                 'storage_driver = "--privileged"'):
         f.write_text(f"[containers]\n{text}\n")
         with pytest.raises(ConfigError):
             load(f, False)
