@@ -296,6 +296,11 @@ def build_spec(
 
     container = check_image(v["Container"]) if v.get("Container") else ""
     if container:
+        bad = next((c for c in ',"' if c in cwd), None)
+        if bad is not None:
+            # The runtime takes the directory's mount as comma-separated options: none may come from a path.
+            raise _bad("WorkingDirectory", f"{cwd!r} holds {bad!r}, which a container job's directory may not "
+                                           "hold (it is mounted into the container); give another directory")
         for i, entry in enumerate(env):
             if "\n" in entry:
                 raise _bad("Environment", f"entry {i} ({entry.partition('=')[0]}) holds a newline; a container "

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from schedd.core.model import Job
 from schedd.errors import InvalidArgument
+from schedd.executor.exits import ExecutorError
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,15 @@ class ContainerRuntime:
                env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         """Write this run's launch files; (the gate's command, the gate's environment) that start it."""
         s = job.spec
+        if "," in s.working_directory or '"' in s.working_directory:  # refused at submit (schedd.core.spec)
+            raise ExecutorError(f"Container: working directory {s.working_directory!r} cannot be mounted")
         name = container_name(job.id, job.restarts)
         env_file = self.state_dir / f"{name}.env"
         # The working directory at its own path -- but "/" would hide the image itself: there it is the image's.
         stage = f"{self.stage_root}/{name}" if s.working_directory != "/" else ""
         lines = [f"{k}={v}\n" for k, v in env.items() if "\n" not in v and "\n" not in k]
         _write_private(env_file, "".join(lines))
-        argv = [*self._global(), "run", "--rm", "--name", name, "--label", f"schedd.job={job.id}",
+        argv = [*self._global(), "run", "--rm", "--replace", "--name", name, "--label", f"schedd.job={job.id}",
                 "--pull=never", "--cgroups=disabled", f"--network={self.network}", "--log-driver=passthrough",
                 f"--user={s.uid}:{s.gid}", "--security-opt=no-new-privileges", "--cap-drop=all",
                 "--systemd=false", "--entrypoint=[]", f"--env-file={env_file}", f"--workdir={s.working_directory}"]

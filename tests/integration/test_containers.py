@@ -215,3 +215,11 @@ def test_schedctl_submit_container(node: Node):
     assert output(node, j) == f'PRETTY_NAME="{OS_NAME}"\n'
     r = node.schedctl("submit", "--container", "localhost/absent:2", "--", "true", user=ALICE, check=False, cwd=home())
     assert r.returncode != 0 and "localhost/absent:2" in r.stderr
+
+
+def test_a_job_in_the_root_directory_gets_the_images_root(node: Node):
+    jid = submit(node, ["sh", "-c", "pwd; ls /"], WorkingDirectory=("s", "/"))
+    j = node.wait(jid, timeout=60)
+    out = output(node, j)
+    assert j["State"] == "COMPLETED", out
+    assert out.split() == ["/", "bin", "dev", "etc", "proc", "run", "sys", "tmp"]  # the image's, no host dir

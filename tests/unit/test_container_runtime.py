@@ -25,6 +25,7 @@ from schedd.core.placement import CONTAINER, Need, NodeView, check_satisfiable, 
 from schedd.core.spec import check_image
 from schedd.errors import InvalidArgument, Unsatisfiable
 from schedd.executor.container import LAUNCHER, PODMAN_ENV, ContainerRuntime, unstage
+from schedd.executor.exits import ExecutorError
 from schedd.executor.fake import FakeExecutor
 
 G = 1 << 30
@@ -96,6 +97,27 @@ def test_submit_refuses_a_newline_in_a_container_jobs_environment() -> None:
         build_spec(props, caller_uid=os.getuid(), limits=limits)
     del props["Container"]
     assert build_spec(props, caller_uid=os.getuid(), limits=limits).container == ""
+
+
+@pytest.mark.parametrize("name", ["x,src=", 'say"hi'])
+def test_a_directory_that_could_add_mount_options_is_refused(tmp_path: Path, name: str) -> None:
+    """podman reads --mount as comma-separated options: a directory named 'x,src=/root' would bind /root."""
+    from schedd.core.spec import Limits, build_spec
+    from dbus_fast import Variant
+
+    d = tmp_path / name
+    d.mkdir()
+    limits = Limits(node_name="a", total_cpus=1, total_memory=G, total_gpus=0, default_memory=1 << 28,
+                    min_memory=1 << 22, max_argv_bytes=1 << 20, max_env_entries=10)
+    props = {"Command": Variant("as", ["true"]), "Container": Variant("s", "x:1"),
+             "WorkingDirectory": Variant("s", str(d))}
+    with pytest.raises(InvalidArgument, match="WorkingDirectory: .* which a container job's directory may not hold"):
+        build_spec(props, caller_uid=0, limits=limits)
+    del props["Container"]
+    assert build_spec(props, caller_uid=0, limits=limits).working_directory == str(d)  # fine for a plain job
+    rt = ContainerRuntime("/usr/bin/podman", tmp_path)
+    with pytest.raises(ExecutorError):
+        rt.launch(job(tmp_path, cwd=str(d)), [0], [], "/o", "/o", {})
 
 
 # -- the launcher, as root, with a stand-in podman ---------------------------------------------------
