@@ -196,9 +196,11 @@ class SystemdExecutor(GatedExecutor):
         if self.gpu_devices is not None:
             # A node with GPUs: the job may open its own GPUs (and the driver's shared nodes), no other.
             props.append(["DevicePolicy", Variant("s", "closed")])
-            allow = [(p, "rw") for p in self.gpu_devices(list(alloc.gpus))]
+            # A container job's runtime makes the nodes inside its container: "m" (mknod) for those only.
+            mode = "rwm" if job.spec.container else "rw"
+            allow = [(p, mode) for p in self.gpu_devices(list(alloc.gpus))]
             if alloc.gpus:
-                allow += [(p, "rw") for p in CONTROL_DEVICES if os.path.exists(p)]
+                allow += [(p, mode) for p in CONTROL_DEVICES if os.path.exists(p)]
             if allow:
                 props.append(["DeviceAllow", Variant("a(ss)", allow)])
         # No RuntimeMaxUSec: systemd cannot change it once a scope runs, and a suspended job's

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -51,6 +52,36 @@ def ctr_node(users, request):
             yield n
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+GPU_DEVICES = [f"/dev/schedd-ctr-gpu{i}" for i in range(2)]  # stand-ins with NVIDIA's major (test_gpus.py)
+
+
+@pytest.fixture(scope="module")
+def gpu_ctr_node(users):
+    """A node with two (stand-in) GPUs that runs containers: its scopes have DevicePolicy=closed."""
+    require(why_not())
+    for i, path in enumerate(GPU_DEVICES):
+        if os.path.exists(path):
+            os.unlink(path)
+        os.mknod(path, 0o666 | 0o020000, os.makedev(195, 230 + i))
+    work = STATE_ROOT / f"ctr-gpu-image-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    tar = build_rootfs_tar(work)
+    store = work / "storage"
+    driver_line, driver = storage_options(store)
+    config = (CONFIG.replace("[resources]\n", '[resources]\ngpus = 2\ngpu_device = "/dev/schedd-ctr-gpu{index}"\n')
+              + f'[containers]\nstorage_root = "{store}"\nrun_root = "{RUN_ROOT}"\n' + driver_line)
+    try:
+        with extra_node("containers-gpu", config) as n:
+            n.podman = ["podman", "--root", str(store), "--runroot", RUN_ROOT, *driver]
+            n.run([*n.podman, "import", str(tar), IMAGE], timeout=120)
+            yield n
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for path in GPU_DEVICES:
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 @pytest.fixture
@@ -223,3 +254,21 @@ def test_a_job_in_the_root_directory_gets_the_images_root(node: Node):
     out = output(node, j)
     assert j["State"] == "COMPLETED", out
     assert out.split() == ["/", "bin", "dev", "etc", "proc", "run", "sys", "tmp"]  # the image's, no host dir
+
+
+def test_a_container_gets_its_jobs_gpus_and_no_other_device(gpu_ctr_node: Node):
+    n = gpu_ctr_node
+    probe = "; ".join(f'head -c1 {d} 2>&1 | sed "s|^|gpu{i}: |"' for i, d in enumerate(GPU_DEVICES))
+    script = f'echo "cuda=$CUDA_VISIBLE_DEVICES"; {probe}; mknod /tmp/node c 195 231 2>&1 | sed "s/^/mknod: /"'
+    with_gpu = submit(n, ["sh", "-c", script], GPUs=("u", 1))
+    without = submit(n, ["sh", "-c", script])
+    j = n.wait(with_gpu, timeout=60)
+    out = output(n, j)
+    assert j["State"] == "COMPLETED", out
+    mine = j["AssignedGPUs"][0]
+    assert f"cuda={mine}\n" in out
+    assert f"gpu{mine}: head: {GPU_DEVICES[mine]}: No such device or address" in out  # opened: reaches the driver
+    assert f"gpu{1 - mine}: head: {GPU_DEVICES[1 - mine]}: No such file or directory" in out  # not even there
+    assert re.search(r"mknod: mknod: /tmp/node: (Operation not permitted|Permission denied)", out)  # none of its own
+    out = output(n, n.wait(without, timeout=60))
+    assert "No such device or address" not in out and out.count("No such file or directory") == 2
