@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import functools
 import json
 import logging
 import os
@@ -174,7 +175,7 @@ def unstage(stage: str) -> None:
     """Unmount (lazily: the container may hold it a moment longer) and remove a staging point."""
     if not os.path.isdir(stage):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     for _ in range(8):  # a bind of the same file system: ismount cannot tell, umount2 can (EINVAL: none left)
         if libc.umount2(stage.encode(), MNT_DETACH) != 0:
             e = ctypes.get_errno()
@@ -186,6 +187,11 @@ def unstage(stage: str) -> None:
         os.rmdir(stage)
     except OSError as e:
         log.warning("cannot remove %s: %s", stage, e)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -68,6 +68,7 @@ class SystemdExecutor(GatedExecutor):
         if containers is not None:
             self.features = frozenset({"container"})
         self._container_runs: dict[int, int] = {}  # job id -> run, for the container jobs running
+        self._cleanups: set[asyncio.Task] = set()  # held: the loop keeps only weak references to tasks
         self.address = address
         self.kill_wait_usec = kill_wait_usec
         self.gpu_devices = gpu_devices
@@ -240,7 +241,9 @@ class SystemdExecutor(GatedExecutor):
     def _forget_container(self, job_id: int, run: int) -> None:
         """A container run that never started: its launch files go (there is no container yet)."""
         if self._container_runs.pop(job_id, None) is not None and self.containers is not None:
-            asyncio.get_running_loop().create_task(self.containers.cleanup(job_id, run))
+            task = asyncio.get_running_loop().create_task(self.containers.cleanup(job_id, run, killed=False))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
 
     def _gate_ended(self, job_id: int, info: ExitInfo) -> None:
         if info.stragglers or job_id in self._container_runs:
