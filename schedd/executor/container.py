@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 LAUNCHER = Path(__file__).with_name("container_launch.py")
 STAGE_ROOT = "/run/schedd/containers"  # root-only: where each job's working directory is bound for podman
 PODMAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+# A static init for PID 1 of the container (podman --init): it forwards SIGTERM to the command, which as
+# PID 1 itself would ignore a signal it does not handle. Debian's catatonit, where podman's own path is not.
+INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
 MNT_DETACH = 2
 _KNOWN_TTL = 30.0  # seconds an image found in the store is taken as there without asking again
 
@@ -60,6 +63,7 @@ class ContainerRuntime:
     run_root: str = ""
     network: str = "host"
     storage_driver: str = ""
+    init: str = ""  # INIT_PATHS' first found: the container's PID 1; "" = the command is
     stage_root: str = STAGE_ROOT
     _known: dict[str, float] = field(default_factory=dict)
 
@@ -78,7 +82,8 @@ class ContainerRuntime:
             return None
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state_dir, 0o700)
-        return cls(cfg.podman, state_dir, cfg.storage_root, cfg.run_root, cfg.network, cfg.storage_driver)
+        init = next((p for p in INIT_PATHS if os.access(p, os.X_OK)), "")
+        return cls(cfg.podman, state_dir, cfg.storage_root, cfg.run_root, cfg.network, cfg.storage_driver, init)
 
     def _global(self) -> list[str]:
         g = [self.podman]
@@ -137,6 +142,8 @@ class ContainerRuntime:
             argv.append(f"--mount=type=bind,src={stage},dst={s.working_directory},nosuid,nodev,bind-nonrecursive=true")
         argv += [f"--group-add={g}" for g in sorted(set(groups) - {s.gid})]
         argv += [f"--device={d}" for d in devices]
+        if self.init:
+            argv += ["--init", f"--init-path={self.init}"]
         argv += ["--", s.container, *s.command]
         launch = {"uid": s.uid, "gid": s.gid, "groups": sorted(set(groups)), "cwd": s.working_directory,
                   "stdout": out, "stderr": err, "stage": stage, "argv": argv, "env": PODMAN_ENV}

@@ -164,9 +164,12 @@ def test_cancel_leaves_nothing_of_the_container(node: Node):
     node.wait_for(lambda: f"schedd-job-{jid}" in podman(node, "ps", "--format", "{{.Names}}"), "container up", 30)
     pids = scope_pids(node, j["Unit"])
     assert len(pids) >= 3  # the gate, podman and conmon, and the container's sleep
+    t0 = time.monotonic()
     node.manager_call("Cancel", "t", str(jid), user=ALICE)
     j = node.wait(jid, timeout=30)
     assert (j["State"], j["Reason"]) == ("CANCELLED", "cancelled")
+    # SIGTERM ended it (the container's init, catatonit, passed it on), not the SIGKILL after kill_wait (5 s).
+    assert time.monotonic() - t0 < 4.5
     assert scope_pids(node, j["Unit"]) == []
     left = node.run(["sh", "-c", f"for p in {' '.join(map(str, pids))}; do [ -e /proc/$p ] && echo $p; done; true"])
     assert left.stdout.split() == []  # not one of its processes outlived the cancel

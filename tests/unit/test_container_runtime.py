@@ -83,6 +83,10 @@ def test_launch_asks_podman_for_the_user_and_no_privilege(tmp_path: Path) -> Non
     for f in (env_file, Path(command[4])):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
     assert launch["env"] == PODMAN_ENV and launch["uid"] == j.spec.uid and launch["stdout"] == "/o"
+    assert "--init" not in argv  # no init binary named: the command is PID 1
+    rt.init = "/usr/bin/catatonit"
+    argv = json.loads(Path(rt.launch(j, [j.spec.gid], [], "/o", "/e", {})[0][4]).read_text())["argv"]
+    assert argv[argv.index("--") - 2:argv.index("--")] == ["--init", "--init-path=/usr/bin/catatonit"]
 
 
 def test_submit_refuses_a_newline_in_a_container_jobs_environment() -> None:
