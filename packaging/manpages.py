@@ -119,6 +119,9 @@ EXAMPLES = [("Run a command with 4 CPUs and 8 GiB for at most two hours:",
             ("One property, value only (for scripts):", "schedctl show \\-p State \\-\\-value 12"),
             ("Wait for jobs 12 and 13 and exit with their status:", "schedctl wait 12 13"),
             ("Follow a job's output:", "schedctl logs \\-f 12"),
+            ("Take node b out for maintenance (its running jobs finish), then back:",
+             "schedctl drain b \\-\\-reason 'kernel update'\nschedctl nodes\nschedctl node resume b"),
+            ("Forget node c, which is gone for good (it must be down):", "schedctl node remove c"),
             ("Talk to your own per-user daemon instead of the system one:", "schedctl \\-\\-user queue")]
 
 
@@ -265,7 +268,7 @@ def config_keys() -> dict[str, list[str]]:
             config._apply(config.Config(), {s: {"__probe__": 1}})
         except config.ConfigError as e:
             cfg_sections[s] = str(e).split("known: ", 1)[1].split(", ")
-    cfg_sections["peers"] = ["name", "url"]
+    cfg_sections["peers"] = ["name", "url", *sorted(config.SLURM_PEER_KEYS - {"name", "url"})]
     return cfg_sections
 
 
@@ -328,7 +331,8 @@ def toml_page() -> str:
         ks = sorted(ks, key=lambda k: order[(s, k)])
         out += [".SH [[peers]]" if s == "peers" else f".SH [{s}]"]
         if s == "peers":
-            out += para("One table per peer node of a federation: its name and URL (https:// to other machines).")
+            out += para("One table per peer node of a federation: its name and URL (https:// to other machines); "
+                        "with kind = \"slurm\", a Slurm cluster reached at its slurmrestd.")
         for k in ks:
             key = doc[(s, k)]
             out += item(f"{bold(k)} = {esc(key.example)}", key.text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ def parse_id_list(value: object, what: str) -> list[int]:
 class PeerConfig:
     name: str
     url: str
+    kind: str = "schedd"  # or "slurm": a Slurm cluster through its slurmrestd (schedd.cluster.slurm)
+    slurm: "SlurmPeerConfig | None" = None  # for kind = "slurm"
 
 
 @dataclass
@@ -108,6 +111,10 @@ class FederationConfig:
     uid_min: int = field(default_factory=lambda: login_uid_range()[0])
     uid_max: int = field(default_factory=lambda: login_uid_range()[1])
     deny_groups: tuple[str, ...] = DEFAULT_DENY_GROUPS
+    # Dynamic membership (schedd.cluster.membership): peers' URLs to announce this node to at start, and
+    # the URL peers reach this node at (default: made from [http] listen).
+    seeds: list[str] = field(default_factory=list)
+    url: str = ""
 
 
 @dataclass
@@ -159,6 +166,13 @@ class Config:
     peers: list[PeerConfig] = field(default_factory=list)
     containers: ContainerConfig = field(default_factory=ContainerConfig)
     source: Path | None = None
+
+    @property
+    def federated(self) -> bool:
+        """Whether this node runs the federation: it names peers or seeds, or listens with the cluster
+        token (so that a newcomer can join it with nothing but its own configuration)."""
+        h = self.http
+        return bool(self.peers or self.federation.seeds or (h.listen is not None and h.token_file is not None))
 
     def __post_init__(self) -> None:
         if not self.default_memory:
@@ -221,7 +235,7 @@ def _apply(cfg: Config, data: dict) -> None:
         "http": {"listen", "token_file", "admin_token_file", "read_token_file", "public", "allow_insecure_peers",
                  "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval",
                  "history_interval"},
-        "federation": {"uid_min", "uid_max", "deny_groups"},
+        "federation": {"uid_min", "uid_max", "deny_groups", "seeds", "url"},
         "containers": {"runtime", "podman", "storage_root", "run_root", "storage_driver", "network"},
     }
     for section, allowed in keys.items():
@@ -349,6 +363,33 @@ def _apply_federation(cfg: Config, fed: dict) -> None:
         if not isinstance(v, list) or not all(isinstance(g, str) and g for g in v):
             raise ConfigError("federation.deny_groups must be a list of group names, e.g. [\"sudo\", \"docker\"]")
         f.deny_groups = tuple(v)
+    if "seeds" in fed:
+        v = fed["seeds"]
+        if not isinstance(v, list) or not all(isinstance(u, str) for u in v):
+            raise ConfigError('federation.seeds must be a list of peer URLs, e.g. ["https://node-a:7001"]')
+        f.seeds = [u.rstrip("/") for u in v]
+    if "url" in fed:
+        if not isinstance(fed["url"], str):
+            raise ConfigError("federation.url must be this node's URL as its peers reach it")
+        f.url = fed["url"].rstrip("/")
+
+
+def check_peer_url(url: object, where: str, allow_insecure: bool) -> str:
+    """A peer's URL as configured or announced: http(s), a host, and https:// off loopback unless allowed."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where} = {url!r}: must start with http:// or https://")
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if not host:
+        raise ConfigError(f"{where} = {url!r}: names no host")
+    if url.startswith("http://") and not is_loopback_host(host) and not allow_insecure:
+        raise ConfigError(f"{where} = {url!r}: plain http:// to another machine would send the "
+                          "cluster's token and every forwarded job (with its environment) in clear; use "
+                          "https:// (tls_cert/tls_key on that node, tls_ca here), or set [http] "
+                          "allow_insecure_peers = true to accept that on a network you trust")
+    return url.rstrip("/")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -422,6 +463,14 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         raise ConfigError("peers must be an array of tables: [[peers]] name = \"b\" url = \"http://...\"")
     names = {cfg.node_name}
     for i, peer in enumerate(peers):
+        if isinstance(peer, dict) and peer.get("kind", "schedd") != "schedd":
+            if peer["kind"] != "slurm":
+                raise ConfigError(f"peers[{i}].kind = {peer['kind']!r}: \"schedd\" (the default) or \"slurm\"")
+            cfg.peers.append(_slurm_peer(i, peer, names, cfg.http.allow_insecure_peers))
+            names.add(peer["name"])
+            continue
+        if isinstance(peer, dict) and peer.get("kind") == "schedd":
+            peer = {k: v for k, v in peer.items() if k != "kind"}
         if not isinstance(peer, dict) or set(peer) != {"name", "url"}:
             raise ConfigError(f"peers[{i}] needs exactly the keys name and url")
         name, url = peer["name"], peer["url"]
@@ -444,6 +493,13 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         cfg.peers.append(PeerConfig(name, url.rstrip("/")))
     if cfg.peers and (cfg.http.listen is None or cfg.http.token_file is None):
         raise ConfigError("[[peers]] need [http] listen and token_file: peers talk to each other over HTTP")
+    for i, seed in enumerate(cfg.federation.seeds):
+        check_peer_url(seed, f"federation.seeds[{i}]", cfg.http.allow_insecure_peers)
+    if cfg.federation.url:
+        check_peer_url(cfg.federation.url, "federation.url", True)
+    if cfg.federation.seeds and (cfg.http.listen is None or cfg.http.token_file is None):
+        raise ConfigError("[federation] seeds need [http] listen and token_file: a node joins its cluster over "
+                          "HTTP with the cluster's token")
 
 
 def read_token(path: Path, key: str = "token_file") -> str:
@@ -459,3 +515,58 @@ def read_token(path: Path, key: str = "token_file") -> str:
     if len(text) < 16:
         raise ConfigError(f"http.{key} {path}: the token must be at least 16 characters")
     return text
+
+
+# -- [[peers]] kind = "slurm" (schedd.cluster.slurm) ----------------------------------------------
+
+SLURM_PEER_KEYS = {"name", "kind", "url", "jwt_key_file", "partition", "query_user", "token_lifetime"}
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class SlurmPeerConfig:
+    """`[[peers]] kind = "slurm"`: a Slurm cluster at its slurmrestd (schedd.cluster.slurm)."""
+
+    jwt_key_file: str
+    partition: str = ""
+    query_user: str = "slurm"
+    token_lifetime: int = 600  # seconds a signed token is valid for
+
+
+def _slurm_peer(i: int, peer: dict, taken: set[str], insecure_ok: bool) -> "PeerConfig":
+    """The PeerConfig of one Slurm [[peers]] table (ConfigError with the key that is wrong)."""
+    where = f"peers[{i}]"
+    unknown = set(peer) - SLURM_PEER_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind = \"slurm\" "
+                          f"(known: {', '.join(sorted(SLURM_PEER_KEYS))})")
+    for key in ("name", "url", "jwt_key_file"):
+        if key not in peer:
+            raise ConfigError(f"{where}: a Slurm peer needs {key}")
+    name, url, key_file = peer["name"], peer["url"], peer["jwt_key_file"]
+    if not isinstance(name, str) or not _SLURM_NAME.match(name) or name in taken or name == "any":
+        raise ConfigError(f"{where}.name = {name!r}: must be a name unique in the cluster (letters, digits, _.-)")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url = {url!r}: slurmrestd's address, http:// or https://")
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if not host:
+        raise ConfigError(f"{where}.url = {url!r}: names no host")
+    if url.startswith("http://") and not is_loopback_host(host) and not insecure_ok:
+        raise ConfigError(f"{where}.url = {url!r}: plain http:// to another machine would send users' Slurm "
+                          "tokens and jobs in clear; use https:// or set [http] allow_insecure_peers = true")
+    if not isinstance(key_file, str) or not os.path.isabs(key_file):
+        raise ConfigError(f"{where}.jwt_key_file must be an absolute path (Slurm's jwt_key, readable by root only)")
+    partition = peer.get("partition", "")
+    if not isinstance(partition, str) or (partition and not _SLURM_NAME.match(partition)):
+        raise ConfigError(f"{where}.partition = {partition!r}: a Slurm partition name")
+    query_user = peer.get("query_user", "slurm")
+    if not isinstance(query_user, str) or not _SLURM_NAME.match(query_user):
+        raise ConfigError(f"{where}.query_user = {query_user!r}: a user name")
+    lifetime = peer.get("token_lifetime", 600)
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 60 <= lifetime <= 86400:
+        raise ConfigError(f"{where}.token_lifetime = {lifetime!r}: seconds, 60 to 86400")
+    return PeerConfig(name, url.rstrip("/"), kind="slurm",
+                      slurm=SlurmPeerConfig(key_file, partition, query_user, lifetime))

@@ -212,7 +212,10 @@ def main(argv: list[str]) -> int:
         print("schedd-slurm: this job has no script (SCHEDD_SLURM_SCRIPT is missing or damaged)", file=sys.stderr)
         return 1
     job_id = int(env.get("SCHEDD_JOB_ID", "0"))
-    job = job_record(job_id, bool(cfg.get("user_bus"))) if job_id else {}
+    # Run by a real Slurm for a schedd node (a Slurm peer: SCHEDD_ORIGIN, and slurmd's SLURM_JOB_ID): the
+    # job's record is on its origin's bus, not this machine's; Slurm's own environment stands.
+    on_slurm_peer = bool(env.get("SCHEDD_ORIGIN")) and "SLURM_JOB_ID" in env
+    job = job_record(job_id, bool(cfg.get("user_bus"))) if job_id and not on_slurm_peer else {}
     waits = cfg.get("waits") or {}
     if waits:
         name = job.get("Name") or env.get("SCHEDD_JOB_NAME", "")

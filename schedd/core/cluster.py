@@ -19,6 +19,10 @@ RemoteAction = Literal["cancel", "hold", "release", "suspend", "resume", "requeu
 StartVerdict = Literal["go", "fenced", "failed", "later"]
 
 
+# Optional members (the engine asks with getattr; a cluster without them takes no arrays or After
+# elsewhere): `array_nodes: frozenset[str]` (nodes that take a whole array, a job per task: Slurm
+# peers), `takes_array(node) -> bool`, `async submit_array(specs) -> list[Job] | None`,
+# `takes_after(spec) -> bool` (a job for spec.node may wait for its After jobs there).
 class Cluster(Protocol):
     def views(self) -> list[NodeView]:
         """Every node this one knows, itself included, as placement sees them."""
@@ -42,4 +46,8 @@ class Cluster(Protocol):
 
     async def may_start(self, job: Job) -> StartVerdict:
         """Ask a copy's origin whether its program may start now (no copy starts without a grant)."""
+        ...
+
+    def drained_job(self, job: Job) -> bool:
+        """This node drains: take a queued job of ours that may run elsewhere (True), or leave it here (False)."""
         ...

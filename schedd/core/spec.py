@@ -43,6 +43,8 @@ class Limits:
     # Federation: () -> every node this one knows (placement.NodeView), this one included; None alone.
     # A callable: only a spec with a Node pays for looking at the cluster.
     cluster: Callable[[], list] | None = None
+    # Nodes that take a whole array as one job per task (Slurm peers: schedd.cluster.slurm).
+    array_nodes: frozenset[str] = frozenset()
 
 
 def _bad(key: str, why: str) -> InvalidArgument:
@@ -339,8 +341,8 @@ def _check_array_tasks(v: dict[str, Any], limits: Limits) -> None:
     clash = [k for k in ("ArrayTaskId", "ArrayMaxRunning") if k in v]
     if clash:
         raise _bad("ArrayTasks", f"names the whole array (with its %N cap); do not give {clash[0]} with it")
-    if v.get("Node", "") not in ("", limits.node_name):
-        raise _bad("ArrayTasks", "an array runs on the node it is submitted to; drop Node")
+    if v.get("Node", "") not in ("", limits.node_name) and v.get("Node") not in limits.array_nodes:
+        raise _bad("ArrayTasks", "an array runs on the node it is submitted to (or on a Slurm peer); drop Node")
     array_tasks_of({"ArrayTasks": v["ArrayTasks"]}, limits)
 
 

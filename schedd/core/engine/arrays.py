@@ -47,6 +47,7 @@ from schedd.protocol import clip as _clip
 
 log = logging.getLogger("schedd.core.engine")
 
+MAX_FORWARDED_TASKS = 10_000  # an array sent to a Slurm peer is a job per task: this many at most
 _LIVE = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.SUSPENDED)
 
 
@@ -280,6 +281,13 @@ class Arrays:
                           daemon_uid=os.geteuid())
         tasks = array_tasks_of(props, limits)
         await self._check_priority([spec], caller, False)
+        if spec.node and getattr(self.federation, "takes_array", lambda _n: False)(spec.node):
+            # A Slurm peer takes an array as one Slurm job per task (schedd.cluster.slurm).
+            if tasks.count > MAX_FORWARDED_TASKS:
+                raise InvalidArgument(f"ArrayTasks: {tasks.count} tasks for {spec.node}, which runs each as a job "
+                                      f"of its own: at most {MAX_FORWARDED_TASKS} there")
+            specs = [replace(spec, array_task_id=t, array_max_running=tasks.cap) for t in tasks]
+            return (await self.federation.submit_array(specs))[0]
         n, size = tasks.count, exec_bytes(spec)
         try:
             self.quotas.reserve(spec.uid, n, size)  # the caps count every task as a queued job

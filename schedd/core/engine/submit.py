@@ -86,7 +86,7 @@ class Submission:
             sliced = _Slicer(self.SLICE, pause=self._drain_listeners)
             built, sizes = await self._validate(specs, caller, origin is not None, upfront, held, sliced)
             if (placed := await self._route(built)) is not None:
-                return [placed]
+                return placed if isinstance(placed, list) else [placed]
             jobs = await self._create(built, origin, sliced)
             await self._commit(jobs, sizes, held, sliced)
             return jobs
@@ -173,14 +173,20 @@ class Submission:
 
     # -- route ------------------------------------------------------------------------
 
-    async def _route(self, built: list[JobSpec]) -> Job | None:
+    async def _route(self, built: list[JobSpec]) -> Job | list[Job] | None:
         """A job for another node (or 'any'): the federation's record of it if placed there (or
         waiting for a node); None: it runs here."""
         if self.federation is None or all(s.node in ("", self.config.node_name) for s in built):
             return None
+        if len(built) > 1 and built[0].array_task_id is not None and hasattr(self.federation, "submit_array"):
+            array = await self.federation.submit_array(built)  # a Slurm peer takes arrays (schedd.cluster.slurm)
+            if array is not None:
+                return array
         if len(built) > 1:
             raise InvalidArgument("Node: jobs for other nodes (or 'any') are submitted one at a time with Submit, "
                                   "not with SubmitMany")
+        if built[0].after and getattr(self.federation, "takes_after", lambda _s: False)(built[0]):
+            return await self.federation.submit(built[0])  # Slurm's afterok among jobs sent to that Slurm peer
         if built[0].after:
             if built[0].node != "any":
                 raise InvalidArgument("After: a job placed on another node cannot wait for jobs of this one; "
