@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from schedd.cluster.slurm.mapping import (BadRecord, SlurmJob, Tag, exit_code, expand_path, gpus_in, jobs_of,
-                                          load_of, submission)
+from schedd.cluster.slurm.mapping import (BadRecord, SlurmJob, Tag, exit_code, expand_path, gpus_in,
+                                          jobs_and_bad_ids, jobs_of, load_of, submission)
 from schedd.cluster.slurm.token import Tokens, sign
 from schedd.config import ConfigError, load
 
@@ -44,7 +44,8 @@ def test_a_spec_becomes_a_slurm_job():
     assert job["environment"]["A"] == "1" and job["environment"]["B"] == "x=y"
     assert job["environment"]["SCHEDD_JOB_ID"] == "42" and job["environment"]["SCHEDD_ARRAY_TASK_ID"] == "2"
     assert job["environment"]["PATH"]
-    assert job["hold"] is True and job["requeue"] is False and job["partition"] == "batch"
+    # Slurm 22.05 reads any "requeue" key as --requeue (its value unread): Requeue=false is --no-requeue.
+    assert job["hold"] is True and "requeue" not in job and job["no_requeue"] is True and job["partition"] == "batch"
     assert job["dependency"] == "afterok:5:6"
     assert job["comment"] == "schedd:a:42:1"
     assert body["script"].startswith("#!/bin/sh\n") and "exec sh -c 'echo '\"'\"'a b'\"'\"'; exit 3'" in body["script"]
@@ -108,6 +109,21 @@ def test_a_job_without_schedds_tag_is_not_ours():
     assert SlurmJob.of(job_rec(comment="schedd:a:x:1")).tag is None
     assert SlurmJob.of(job_rec(comment=None)).tag is None
     assert Tag.parse("schedd:a:42:1") == TAG
+    assert Tag.parse("schedd:a:42:1\n") is None  # the whole comment or nothing
+    assert Tag.parse("x schedd:a:42:1") is None
+
+
+def test_requeue_is_sent_as_slurm_reads_it():
+    assert submission({"Command": ["true"], "Requeue": True}, TAG)["job"]["requeue"] is True
+    job = submission({"Command": ["true"], "Requeue": False}, TAG)["job"]
+    assert job.get("no_requeue") is True and "requeue" not in job
+
+
+def test_a_refused_record_still_names_its_job():
+    """A job Slurm shows but schedd cannot read is not a job Slurm forgot."""
+    jobs, bad = jobs_and_bad_ids({"jobs": [job_rec(job_id=8), job_rec(job_id=9, job_state="NEW_STATE"),
+                                           {"job_id": "x"}, 5]})
+    assert [j.job_id for j in jobs] == [8] and bad == [9, None, None]
 
 
 def node_rec(**kw) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 MIB = 1 << 20
 U32 = (1 << 32) - 1
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-COMMENT = re.compile(r"^schedd:([A-Za-z0-9_.-]{1,64}):(\d{1,19}):(\d{1,9})$")  # origin, its id, attempt
+COMMENT = re.compile(r"schedd:([A-Za-z0-9_.-]{1,64}):(\d{1,19}):(\d{1,9})")  # origin, its id, attempt (fullmatch)
 
 # Slurm job_state_string() -> (schedd state, reason). Reasons are schedd's (systemd's words).
 STATES: dict[str, tuple[str, str]] = {
@@ -68,7 +68,7 @@ class Tag:
 
     @classmethod
     def parse(cls, comment: Any) -> "Tag | None":
-        m = COMMENT.match(comment) if isinstance(comment, str) else None
+        m = COMMENT.fullmatch(comment) if isinstance(comment, str) else None
         return cls(m[1], int(m[2]), int(m[3])) if m else None
 
 
@@ -105,8 +105,10 @@ def submission(spec: dict[str, Any], tag: Tag, *, partition: str = "", dependenc
         "cpus_per_task": int(spec.get("CPUs") or 1),
         "memory_per_node": f"{max(1, -(-int(spec.get('Memory') or 0) // MIB))}M",
         "environment": env,
-        "requeue": bool(spec.get("Requeue", True)),
     }
+    # Slurm 22.05 takes "requeue" as sbatch's --requeue whatever its value (slurm_opt.c
+    # arg_set_data_requeue): "requeue": false would requeue. --no-requeue is "no_requeue".
+    job["requeue" if spec.get("Requeue", True) else "no_requeue"] = True
     if wd:
         job["current_working_directory"] = wd
     out = spec.get("StdoutPath") or ""
@@ -222,14 +224,23 @@ class SlurmJob:
 
 def jobs_of(answer: Any) -> tuple[list[SlurmJob], int]:
     """GET /jobs: the valid job records (and how many were refused as not Slurm's)."""
+    out, bad_ids = jobs_and_bad_ids(answer)
+    return out, len(bad_ids)
+
+
+def jobs_and_bad_ids(answer: Any) -> tuple[list[SlurmJob], list[int | None]]:
+    """GET /jobs: the valid job records, and the job id (None: none readable) of each refused one --
+    a job Slurm shows that schedd cannot read is still a job Slurm knows, not a lost one."""
     if not isinstance(answer, dict) or not isinstance(answer.get("jobs"), list):
         raise BadRecord("the answer has no list of jobs")
-    out, bad = [], 0
+    out: list[SlurmJob] = []
+    bad: list[int | None] = []
     for rec in answer["jobs"]:
         try:
             out.append(SlurmJob.of(rec))
         except BadRecord:
-            bad += 1
+            jid = rec.get("job_id") if isinstance(rec, dict) else None
+            bad.append(jid if isinstance(jid, int) and not isinstance(jid, bool) and 0 < jid <= U32 else None)
     return out, bad
 
 
