@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import re
 from typing import Any
 
 from schedd.config import SlurmPeerConfig
-from schedd.cluster.slurm.mapping import BadRecord, SlurmJob, Tag, jobs_of, load_of, submission
+from schedd.cluster.slurm.mapping import BadRecord, SlurmJob, Tag, jobs_and_bad_ids, jobs_of, load_of, submission
 from schedd.cluster.slurm.restd import Restd
 from schedd.cluster.slurm.token import Tokens, load_key
-from schedd.cluster.wire import PeerError, PeerRefused
+from schedd.cluster.wire import PeerError, PeerRefused, resolve_user
 from schedd.core.model import AWAITING_NODE, Job, JobSpec, JobState, Reason, now_usec
 from schedd.core.placement import NodeView
 from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound
@@ -52,6 +53,7 @@ class SlurmBridge:
         self.last_ok = 0.0  # clock of the last good poll
         self.known: dict[int, SlurmJob] = {}  # the last poll's jobs of ours, by Slurm id
         self._missing: dict[int, int] = {}  # Slurm id -> polls in a row it was missing from
+        self._confirming: set[int] = set()  # Slurm ids being asked for one by one before they end lost
         self._tried: set[tuple[int, int]] = set()  # (origin id, attempt) forwards sent once already
         self._down_logged = False
         self.polls = 0
@@ -91,16 +93,16 @@ class SlurmBridge:
             restd = self._restd()
             jobs_answer = await restd.call("GET", "/jobs", self.cfg.query_user, timeout=max(2.0, 2 * net.interval))
             nodes_answer = await restd.call("GET", "/nodes", self.cfg.query_user, timeout=max(2.0, 2 * net.interval))
-            jobs, bad = jobs_of(jobs_answer)
+            jobs, bad = jobs_and_bad_ids(jobs_answer)
             load = load_of(nodes_answer, jobs, self.cfg.partition)
         except (PeerError, PeerRefused, BadRecord) as e:
             self._silent(str(e))
             return
         if bad:
-            log.warning("Slurm peer %s: %d job records are not Slurm's and were ignored", self.name, bad)
+            log.warning("Slurm peer %s: %d job records are not Slurm's and were ignored", self.name, len(bad))
         self.polls += 1
         self._heard(load)
-        self._mirror(jobs)
+        self._mirror(jobs, bad)
 
     def _heard(self, load: dict[str, int]) -> None:
         p, net = self.peer, self.fed.net
@@ -132,21 +134,27 @@ class SlurmBridge:
                 return job
         return None
 
-    def _mirror(self, jobs: list[SlurmJob]) -> None:
-        e, origin, me = self.fed.engine, self.fed.origin, self.fed.name
-        mine = [j for j in jobs if j.tag is not None and j.tag.origin == me]
-        recs = []
-        for j in mine:
-            job = e.jobs.get(j.tag.origin_id) or e.store.get(j.tag.origin_id)
-            if job is None or not job.spec.user_name or j.user_name != job.spec.user_name:
-                # Anybody may tag a Slurm job; only one of the job's own user speaks for it.
-                continue
-            recs.append(j.record())
+    def _speaks_for(self, j: SlurmJob) -> bool:
+        """Anybody may tag a Slurm job; only one of the job's own user speaks for the job it names."""
+        if j.tag is None or j.tag.origin != self.fed.name:
+            return False
+        e = self.fed.engine
+        job = e.jobs.get(j.tag.origin_id) or e.store.get(j.tag.origin_id)
+        return job is not None and bool(job.spec.user_name) and j.user_name == job.spec.user_name
+
+    def _mirror(self, jobs: list[SlurmJob], unreadable: list[int | None] = ()) -> None:
+        e, origin = self.fed.engine, self.fed.origin
+        mine = [j for j in jobs if self._speaks_for(j)]
         self.known = {j.job_id: j for j in mine}
-        stale = origin.receive_mirror(self.name, recs)
+        stale = origin.receive_mirror(self.name, [j.record() for j in mine])
         for rid, _failed in stale.items():
             self.fed.net.spawn(self._fence(rid))
-        seen = {j.job_id for j in jobs}
+        if None in unreadable:
+            # A record without a readable id may be any of ours: no copy counts as missing this time.
+            if origin.waiting:
+                origin.place_waiting()
+            return
+        seen = {j.job_id for j in jobs} | set(unreadable)
         for job in list(e.jobs.values()):
             if job.remote_node != self.name or not job.remote_id or job.state.terminal:
                 continue
@@ -154,13 +162,44 @@ class SlurmBridge:
                 self._missing.pop(job.remote_id, None)
                 continue
             n = self._missing[job.remote_id] = self._missing.get(job.remote_id, 0) + 1
-            if n >= LOST_AFTER_POLLS:
+            if n >= LOST_AFTER_POLLS and job.remote_id not in self._confirming:
                 self._missing.pop(job.remote_id, None)
-                log.warning("job %d: Slurm peer %s no longer knows its Slurm job %d (purged after MinJobAge?); "
-                            "it ends FAILED lost", job.id, self.name, job.remote_id)
-                e.mirror(job, JobState.FAILED, Reason.LOST, {"end_time": now_usec()})
+                self._confirming.add(job.remote_id)
+                self.fed.net.spawn(self._confirm_lost(job, job.remote_id))
         if origin.waiting:
             origin.place_waiting()
+
+    async def _confirm_lost(self, job: Job, rid: int) -> None:
+        """Missing from the list (query_user may not see every job: PrivateData), so asked for by id as
+        the job's own user: FAILED lost only when Slurm says it has no such job."""
+        try:
+            try:
+                answer = await self._restd().call("GET", f"/job/{rid}", job.spec.user_name)
+            except PeerRefused as err:
+                if not isinstance(err.error, NotFound):
+                    log.warning("job %d: Slurm peer %s: looking for its Slurm job %d: %s", job.id, self.name, rid, err)
+                    return
+                if job.remote_node != self.name or job.remote_id != rid or job.state.terminal:
+                    return  # it moved on meanwhile
+                log.warning("job %d: Slurm peer %s no longer knows its Slurm job %d (purged after MinJobAge?); "
+                            "it ends FAILED lost", job.id, self.name, rid)
+                self.fed.engine.mirror(job, JobState.FAILED, Reason.LOST, {"end_time": now_usec()})
+                return
+            except PeerError as err:
+                log.warning("job %d: Slurm peer %s: looking for its Slurm job %d: %s (tried again later)", job.id,
+                            self.name, rid, err)
+                return
+            try:
+                jobs = [j for j in jobs_of(answer)[0] if j.job_id == rid and self._speaks_for(j)]
+            except BadRecord:
+                return
+            if jobs:
+                log.warning("Slurm peer %s: its job list leaves out Slurm job %d (of job %d), which its user sees: "
+                            "may query_user %r see every user's jobs (PrivateData)?", self.name, rid, job.id,
+                            self.cfg.query_user)
+                self.fed.origin.receive_mirror(self.name, [j.record() for j in jobs])
+        finally:
+            self._confirming.discard(rid)
 
     async def _fence(self, rid: int) -> None:
         try:
@@ -193,17 +232,23 @@ class SlurmBridge:
         spec = body["Spec"]
         origin_id, attempt = int(body["OriginId"]), int(body["Attempt"])
         job = e.jobs.get(origin_id)
-        user = spec.get("UserName") or ""
         if job is None:
             raise PeerRefused(NotFound(f"job {origin_id} is not a job of node {self.fed.name}"))
-        if job.uid == 0 or user in ("", "root"):
-            raise PeerRefused(AccessDenied(f"jobs of root are never sent to Slurm peer {self.name}"))
+        user = self._login_user(job)
         tag = Tag(self.fed.name, origin_id, attempt)
         restd = self._restd()
         key = (origin_id, attempt)
-        if key in self._tried:  # a retry: the first try may have reached Slurm after all
-            answer = await restd.call("GET", "/jobs", self.cfg.query_user, timeout=timeout)
-            for j in jobs_of(answer)[0]:
+        for j in self.known.values():  # the last poll saw it: sent before (an answer lost, a restart)
+            if j.tag == tag and j.user_name == user:
+                return j.record()
+        if key in self._tried or self.polls == 0:
+            # A retry, or the first forward since this daemon started (it may have sent this very attempt
+            # before a restart, its answer never recorded): the first try may have reached Slurm after all.
+            try:
+                found = jobs_of(await restd.call("GET", "/jobs", self.cfg.query_user, timeout=timeout))[0]
+            except BadRecord as err:
+                raise PeerError(f"Slurm peer {self.name}: {err}") from None
+            for j in found:
                 if j.tag == tag and j.user_name == user:
                     return j.record()
         self._tried.add(key)
@@ -224,6 +269,30 @@ class SlurmBridge:
         if spec.get("Hold"):
             rec["State"], rec["Reason"] = "HELD", "held"
         return rec
+
+    def _login_user(self, job: Job) -> str:
+        """The name Slurm's token is signed for: the job's uid's own name (from this node's passwd, never
+        from the request), and only a login account, as for a job forwarded to a schedd peer (wire.
+        resolve_user): a token for root, `slurm` (SlurmUser: Slurm's admin, owner of its jwt key) or any
+        other system account would let the job act as it."""
+        try:
+            pw = pwd.getpwuid(job.uid)
+        except KeyError:
+            raise PeerRefused(AccessDenied(f"uid {job.uid} has no name on node {self.fed.name}; its jobs are not "
+                                           f"sent to Slurm peer {self.name}")) from None
+        if pw.pw_uid == 0:
+            raise PeerRefused(AccessDenied(f"jobs of root are never sent to Slurm peer {self.name}"))
+        if pw.pw_name != job.spec.user_name:
+            raise PeerRefused(AccessDenied(f"job {job.id} was submitted as {job.spec.user_name!r} but uid {job.uid} "
+                                           f"is now {pw.pw_name!r}; it is not sent to Slurm peer {self.name}"))
+        try:
+            same = resolve_user(pw.pw_name, self.name, self.fed.cfg.federation).pw_uid == job.uid
+        except AccessDenied as err:
+            raise PeerRefused(err) from None
+        if not same:
+            raise PeerRefused(AccessDenied(f"{pw.pw_name!r} names another uid than {job.uid}; job {job.id} is not "
+                                           f"sent to Slurm peer {self.name}"))
+        return pw.pw_name
 
     def _dependency(self, job: Job) -> list[int]:
         """Slurm ids of the jobs this one runs after: each must be ours, on this same Slurm peer."""
