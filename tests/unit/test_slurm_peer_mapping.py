@@ -57,6 +57,32 @@ def test_a_percent_in_a_path_is_not_a_slurm_pattern():
     assert expand_path("/x/100%%u-%j", 9) == "/x/100%u-9"
 
 
+def slurm_writes(pattern: str, job_id: int) -> str:
+    """What slurmstepd makes of an absolute output pattern (slurmd/common/fname.c), %j and %% only."""
+    if "\\" in pattern:  # remove_path_slashes: an escaping backslash is dropped, nothing expands
+        out, i = [], 0
+        while i < len(pattern):
+            if pattern[i] == "\\":
+                if pattern[i + 1:i + 2] == "\\":
+                    out.append("\\")
+                    i += 1
+            else:
+                out.append(pattern[i])
+            i += 1
+        return "".join(out)
+    return pattern.replace("%%", "\0").replace("%j", str(job_id)).replace("\0", "%")
+
+
+@pytest.mark.parametrize("path", ["/x/a\\b-%j.out", "/x/100%\\%j", "/x/\\\\n%%j", "/x/plain-%j%"])
+def test_slurm_writes_the_file_schedd_names(path):
+    """A backslash turns Slurm's patterns off and is dropped: the file Slurm writes is still schedd's
+    path (its %j the schedd id), and the path schedd reports and reads is that file."""
+    want = path.replace("%j", "42")
+    job = submission({"Command": ["true"], "StdoutPath": path}, TAG)["job"]
+    assert slurm_writes(job["standard_output"], 777) == want
+    assert expand_path(job["standard_output"], 777) == want
+
+
 @pytest.mark.parametrize("state,reason,status,want", [
     ("PENDING", "Priority", 0, ("PENDING", "", 0)),
     ("PENDING", "JobHeldUser", 0, ("HELD", "held", 0)),

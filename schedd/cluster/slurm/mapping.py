@@ -73,12 +73,19 @@ class Tag:
 
 
 def _slurm_path(path: str, origin_id: int) -> str:
-    """A schedd output path (%j: the schedd job's id) as a Slurm filename pattern (no other % expands)."""
+    """A schedd output path (%j: the schedd job's id) as a Slurm filename pattern (no other % expands).
+    A backslash anywhere turns Slurm's expansion off and is itself dropped (slurmd/common/fname.c
+    remove_path_slashes): such a path goes with its backslashes doubled and its % as they are."""
+    if "\\" in path:
+        return path.replace("%j", str(origin_id)).replace("\\", "\\\\")
     return path.replace("%", "%%").replace("%%j", str(origin_id))
 
 
 def expand_path(pattern: str, job_id: int) -> str:
-    """Slurm's %j and %% in an output path as Slurm reports it (the only patterns schedd sends)."""
+    """The file Slurm writes for an output pattern as it reports it: %j and %% (the only patterns schedd
+    sends), or, with a backslash in it, no expansion and each escaping backslash dropped."""
+    if "\\" in pattern:
+        return re.sub(r"\\(\\?)", r"\1", pattern)
     return re.sub(r"%(%|j)", lambda m: "%" if m[1] == "%" else str(job_id), pattern)
 
 
