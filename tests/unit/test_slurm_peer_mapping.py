@@ -225,3 +225,50 @@ def test_a_slurm_peer_is_one_config_table(tmp_path):
 def test_a_wrong_slurm_peer_table_says_which_key(tmp_path, table, words):
     with pytest.raises(ConfigError, match=words):
         load_config_text(tmp_path, BASE + "[[peers]]\n" + table + "\n")
+
+
+def test_the_jwt_key_is_taken_only_from_roots_own_private_file(tmp_path):
+    """Whoever can read or swap the key acts as any Slurm user: it is checked on the opened file."""
+    import os
+    import threading
+
+    from schedd.cluster.slurm.token import load_key
+
+    good = tmp_path / "key"
+    key = b"0123456789abcdef0123456789abcdef"
+    good.write_bytes(key)
+    good.chmod(0o600)
+    assert load_key(str(good)) == key
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    with pytest.raises(OSError):
+        load_key(str(link))  # O_NOFOLLOW: not a link to it
+    for mode, owner, words in ((0o640, 0, "mode"), (0o600, 1, "uid 1")):
+        bad = tmp_path / f"bad-{mode:o}-{owner}"
+        bad.write_bytes(key)
+        bad.chmod(mode)
+        os.chown(bad, owner, 0)
+        with pytest.raises(PermissionError, match=words):
+            load_key(str(bad))
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 8)
+    short.chmod(0o600)
+    with pytest.raises(PermissionError, match="too short"):
+        load_key(str(short))
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * (1 << 17))
+    huge.chmod(0o600)
+    with pytest.raises(PermissionError, match="not a JWT key"):
+        load_key(str(huge))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(pytest.raises(PermissionError, load_key, str(fifo))), daemon=True)
+    t.start()
+    t.join(5)
+    hung = t.is_alive()
+    if hung:  # let the stuck open go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+    assert not hung, "opening a FIFO in the key's place stalled the daemon"
+    assert got and "regular file" in str(got[0].value)
