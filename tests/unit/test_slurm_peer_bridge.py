@@ -203,8 +203,9 @@ def test_the_first_forward_after_a_restart_looks_for_its_tag_first(monkeypatch):
                                         ("POST", "/job/submit"): {"errors": [], "job_id": 99}})
     rec = forward(b, job)
     assert rec["Id"] == 8 and ("POST", "/job/submit", "alice") not in b.restd.calls
-    b.polls = 1  # once polled, a first forward of an attempt the poll did not see is sent
+    # Slurm's list read once: a first forward of an attempt it did not show is sent, without asking again.
     assert forward(b, job, attempt=2)["Id"] == 99
+    assert [c[:2] for c in b.restd.calls] == [("GET", "/jobs"), ("POST", "/job/submit")]
 
 
 def test_down_after_three_silent_intervals_and_nothing_requeued():

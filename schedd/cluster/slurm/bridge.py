@@ -52,6 +52,7 @@ class SlurmBridge:
         self.key_error = ""
         self.last_ok = 0.0  # clock of the last good poll
         self.known: dict[int, SlurmJob] = {}  # the last poll's jobs of ours, by Slurm id
+        self._tags: dict[Tag, SlurmJob] | None = None  # the same by tag; None: Slurm's list not read yet
         self._missing: dict[int, int] = {}  # Slurm id -> polls in a row it was missing from
         self._confirming: set[int] = set()  # Slurm ids being asked for one by one before they end lost
         self._tried: set[tuple[int, int]] = set()  # (origin id, attempt) forwards sent once already
@@ -142,10 +143,16 @@ class SlurmBridge:
         job = e.jobs.get(j.tag.origin_id) or e.store.get(j.tag.origin_id)
         return job is not None and bool(job.spec.user_name) and j.user_name == job.spec.user_name
 
-    def _mirror(self, jobs: list[SlurmJob], unreadable: list[int | None] = ()) -> None:
-        e, origin = self.fed.engine, self.fed.origin
+    def _learn(self, jobs: list[SlurmJob]) -> list[SlurmJob]:
+        """Slurm's whole list read: ours (told by their own users) are what this bridge knows."""
         mine = [j for j in jobs if self._speaks_for(j)]
         self.known = {j.job_id: j for j in mine}
+        self._tags = {j.tag: j for j in mine}
+        return mine
+
+    def _mirror(self, jobs: list[SlurmJob], unreadable: list[int | None] = ()) -> None:
+        e, origin = self.fed.engine, self.fed.origin
+        mine = self._learn(jobs)
         stale = origin.receive_mirror(self.name, [j.record() for j in mine])
         for rid, _failed in stale.items():
             self.fed.net.spawn(self._fence(rid))
@@ -238,19 +245,16 @@ class SlurmBridge:
         tag = Tag(self.fed.name, origin_id, attempt)
         restd = self._restd()
         key = (origin_id, attempt)
-        for j in self.known.values():  # the last poll saw it: sent before (an answer lost, a restart)
-            if j.tag == tag and j.user_name == user:
-                return j.record()
-        if key in self._tried or self.polls == 0:
-            # A retry, or the first forward since this daemon started (it may have sent this very attempt
-            # before a restart, its answer never recorded): the first try may have reached Slurm after all.
+        if key in self._tried or self._tags is None:
+            # A retry, or Slurm's list not read since this daemon started (it may have sent this very
+            # attempt before a restart, its answer never recorded): the first try may have reached Slurm.
             try:
-                found = jobs_of(await restd.call("GET", "/jobs", self.cfg.query_user, timeout=timeout))[0]
+                self._learn(jobs_of(await restd.call("GET", "/jobs", self.cfg.query_user, timeout=timeout))[0])
             except BadRecord as err:
                 raise PeerError(f"Slurm peer {self.name}: {err}") from None
-            for j in found:
-                if j.tag == tag and j.user_name == user:
-                    return j.record()
+        there = (self._tags or {}).get(tag)  # sent before: an answer lost, or a restart
+        if there is not None and there.user_name == user:
+            return there.record()
         self._tried.add(key)
         # The wire form leaves out a working directory that is the user's home (a schedd peer's default);
         # Slurm's would be slurmd's own: name it.
