@@ -119,6 +119,9 @@ EXAMPLES = [("Run a command with 4 CPUs and 8 GiB for at most two hours:",
             ("One property, value only (for scripts):", "schedctl show \\-p State \\-\\-value 12"),
             ("Wait for jobs 12 and 13 and exit with their status:", "schedctl wait 12 13"),
             ("Follow a job's output:", "schedctl logs \\-f 12"),
+            ("Take node b out for maintenance (its running jobs finish), then back:",
+             "schedctl drain b \\-\\-reason 'kernel update'\nschedctl nodes\nschedctl node resume b"),
+            ("Forget node c, which is gone for good (it must be down):", "schedctl node remove c"),
             ("Talk to your own per-user daemon instead of the system one:", "schedctl \\-\\-user queue")]
 
 

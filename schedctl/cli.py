@@ -18,11 +18,11 @@ from dbus_fast.errors import DBusError
 
 from schedd import __version__
 from schedctl.client import Client, Unreachable
-from schedctl.commands import jobs, logs, status, submit, wait
+from schedctl.commands import jobs, logs, nodes, status, submit, wait
 from schedctl.commands.common import global_options
 from schedctl.errors import Failure, UsageError
 
-FAMILIES = (submit, jobs, logs, wait, status)  # in this order in --help
+FAMILIES = (submit, jobs, logs, wait, status, nodes)  # in this order in --help
 
 
 def parser() -> argparse.ArgumentParser:

@@ -255,16 +255,21 @@ def nodes(rows: list[dict[str, Any]], tty: bool, now: int | None = None) -> str:
     for n in rows:
         seen = n.get("LastSeenUSec", 0)
         state = n.get("State", "?")
+        shade = "32" if state == "up" else "33" if state in ("draining", "drained") else "31"
         out.append([
             n["Name"] + ("*" if n.get("Local") else ""),
-            f"\033[{'32' if state == 'up' else '31'}m{state}\033[0m" if tty else state,
+            f"\033[{shade}m{state}\033[0m" if tty else state,
             f"{n.get('AvailableCPUs', 0)}/{n.get('TotalCPUs', 0)}",
             f"{format_size(n.get('AvailableMemory', 0))}/{format_size(n.get('TotalMemory', 0))}",
             f"{n.get('AvailableGPUs', 0)}/{n.get('TotalGPUs', 0)}",
             str(n.get("PendingJobs", 0)), str(n.get("RunningJobs", 0)),
             f"{format_duration(max(0, now - seen))} ago" if seen else "never",
         ])
-    return f"{table(NODE_HEADERS, out, right={5, 6})}\n\n{plural(len(rows), 'node')} listed."
+        if any(r.get("DrainedBy") for r in rows):
+            why = n.get("DrainReason") or "-"
+            out[-1].append(f"{why} (by {n['DrainedBy']})" if n.get("DrainedBy") else "-")
+    headers = NODE_HEADERS + (["DRAIN"] if any(r.get("DrainedBy") for r in rows) else [])
+    return f"{table(headers, out, right={5, 6})}\n\n{plural(len(rows), 'node')} listed."
 
 
 def stats(jobs: list[dict[str, Any]]) -> dict[str, Any]:

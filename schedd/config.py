@@ -111,6 +111,10 @@ class FederationConfig:
     uid_min: int = field(default_factory=lambda: login_uid_range()[0])
     uid_max: int = field(default_factory=lambda: login_uid_range()[1])
     deny_groups: tuple[str, ...] = DEFAULT_DENY_GROUPS
+    # Dynamic membership (schedd.cluster.membership): peers' URLs to announce this node to at start, and
+    # the URL peers reach this node at (default: made from [http] listen).
+    seeds: list[str] = field(default_factory=list)
+    url: str = ""
 
 
 @dataclass
@@ -148,6 +152,13 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     peers: list[PeerConfig] = field(default_factory=list)
     source: Path | None = None
+
+    @property
+    def federated(self) -> bool:
+        """Whether this node runs the federation: it names peers or seeds, or listens with the cluster
+        token (so that a newcomer can join it with nothing but its own configuration)."""
+        h = self.http
+        return bool(self.peers or self.federation.seeds or (h.listen is not None and h.token_file is not None))
 
     def __post_init__(self) -> None:
         if not self.default_memory:
@@ -210,7 +221,7 @@ def _apply(cfg: Config, data: dict) -> None:
         "http": {"listen", "token_file", "admin_token_file", "read_token_file", "public", "allow_insecure_peers",
                  "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval",
                  "history_interval"},
-        "federation": {"uid_min", "uid_max", "deny_groups"},
+        "federation": {"uid_min", "uid_max", "deny_groups", "seeds", "url"},
     }
     for section, allowed in keys.items():
         for key in data.get(section, {}):
@@ -315,6 +326,33 @@ def _apply_federation(cfg: Config, fed: dict) -> None:
         if not isinstance(v, list) or not all(isinstance(g, str) and g for g in v):
             raise ConfigError("federation.deny_groups must be a list of group names, e.g. [\"sudo\", \"docker\"]")
         f.deny_groups = tuple(v)
+    if "seeds" in fed:
+        v = fed["seeds"]
+        if not isinstance(v, list) or not all(isinstance(u, str) for u in v):
+            raise ConfigError('federation.seeds must be a list of peer URLs, e.g. ["https://node-a:7001"]')
+        f.seeds = [u.rstrip("/") for u in v]
+    if "url" in fed:
+        if not isinstance(fed["url"], str):
+            raise ConfigError("federation.url must be this node's URL as its peers reach it")
+        f.url = fed["url"].rstrip("/")
+
+
+def check_peer_url(url: object, where: str, allow_insecure: bool) -> str:
+    """A peer's URL as configured or announced: http(s), a host, and https:// off loopback unless allowed."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where} = {url!r}: must start with http:// or https://")
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if not host:
+        raise ConfigError(f"{where} = {url!r}: names no host")
+    if url.startswith("http://") and not is_loopback_host(host) and not allow_insecure:
+        raise ConfigError(f"{where} = {url!r}: plain http:// to another machine would send the "
+                          "cluster's token and every forwarded job (with its environment) in clear; use "
+                          "https:// (tls_cert/tls_key on that node, tls_ca here), or set [http] "
+                          "allow_insecure_peers = true to accept that on a network you trust")
+    return url.rstrip("/")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -418,6 +456,13 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         cfg.peers.append(PeerConfig(name, url.rstrip("/")))
     if cfg.peers and (cfg.http.listen is None or cfg.http.token_file is None):
         raise ConfigError("[[peers]] need [http] listen and token_file: peers talk to each other over HTTP")
+    for i, seed in enumerate(cfg.federation.seeds):
+        check_peer_url(seed, f"federation.seeds[{i}]", cfg.http.allow_insecure_peers)
+    if cfg.federation.url:
+        check_peer_url(cfg.federation.url, "federation.url", True)
+    if cfg.federation.seeds and (cfg.http.listen is None or cfg.http.token_file is None):
+        raise ConfigError("[federation] seeds need [http] listen and token_file: a node joins its cluster over "
+                          "HTTP with the cluster's token")
 
 
 def read_token(path: Path, key: str = "token_file") -> str:

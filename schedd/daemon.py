@@ -151,7 +151,7 @@ async def _start_web(cfg, engine: Engine, service: DBusService):
 
     web = Web(cfg.http, node_name=cfg.node_name)
     peers = None
-    if cfg.peers:
+    if cfg.federated:
         from schedd.cluster.federation import Federation
         from schedd.cluster.api import FederationApi
 
@@ -168,7 +168,7 @@ async def _start_web(cfg, engine: Engine, service: DBusService):
     from schedd.api.http.history import History
 
     history = History(engine, peers, interval=cfg.http.history_interval_usec / 1e6,
-                      path=cfg.state_dir / "history.json")
+                      path=cfg.state_dir / "history.json", nodes=1 + len(cfg.peers))
 
     async def start_history(_app) -> None:
         history.start()
@@ -179,10 +179,10 @@ async def _start_web(cfg, engine: Engine, service: DBusService):
     web.app.on_startup.append(start_history)
     web.app.on_cleanup.append(stop_history)
     dashboard = Dashboard(engine, web, peers, local_node=service.local_node, history=history)
-    if cfg.peers:
+    if cfg.federated:
         web.federation.node_listeners.append(dashboard.nodes_changed)  # a peer up/down shows without a job event
     await web.start()
-    if cfg.peers:
+    if cfg.federated:
         await web.federation.start()
     return web
 

@@ -135,13 +135,18 @@ NODE_KEYS: dict[str, str] = {
     "Local": "b",
     **LOAD_KEYS,
     "LastSeenUSec": "t",
+    "DrainReason": "s",
+    "DrainedBy": "s",
 }
+NODE_STATES = ("up", "down", "draining", "drained")  # ListNodes' State (draining/drained: schedctl drain)
 
 
-def node_row(name: str, up: bool, url: str, local: bool, load: dict[str, int], last_seen_usec: int) -> dict[str, Any]:
-    """A ListNodes row (NODE_KEYS), of this node or a peer."""
-    return {"Name": name, "State": "up" if up else "down", "URL": url, "Local": local, **load,
-            "LastSeenUSec": last_seen_usec}
+def node_row(name: str, up: bool, url: str, local: bool, load: dict[str, int], last_seen_usec: int,
+             drain: tuple[str, str, str] = ("", "", "")) -> dict[str, Any]:
+    """A ListNodes row (NODE_KEYS), of this node or a peer. drain: (state, reason, who) when it drains."""
+    state = ("up" if up else "down") if not drain[0] or not up else drain[0]
+    return {"Name": name, "State": state, "URL": url, "Local": local, **load,
+            "LastSeenUSec": last_seen_usec, "DrainReason": drain[1], "DrainedBy": drain[2]}
 
 
 # Manager object properties -> D-Bus signature.

@@ -136,13 +136,53 @@ async def show_config(c) -> str:
     return ("Configuration data as of now\n" + "".join(f"{k:<23} = {v}\n" for k, v in sorted(lines)))
 
 
+def _node_state(n: dict) -> str:
+    """scontrol show node's State: DOWN, IDLE, or (schedctl drain) MIXED+DRAIN while jobs run, IDLE+DRAIN after."""
+    return {"down": "DOWN", "draining": "MIXED+DRAIN", "drained": "IDLE+DRAIN"}.get(n.get("State", ""), "IDLE")
+
+
+async def update_nodes(words: list[str]) -> int:
+    """scontrol update NodeName=LIST State=DRAIN|RESUME|UNDRAIN [Reason=TEXT]: schedd's DrainNode/ResumeNode."""
+    kv: dict[str, str] = {}
+    for w in words:
+        key, eq, value = w.partition("=")
+        if not eq:
+            raise SlurmUsage(f"Invalid input: {w}")
+        kv[key.lower()] = value
+    if "nodename" not in kv:
+        raise SlurmUsage("No valid entity in update command (only NodeName=... State=DRAIN|RESUME is supported)")
+    unknown = sorted(set(kv) - {"nodename", "state", "reason"})
+    if unknown:
+        print(f"Update of this parameter is not supported: {unknown[0]}", file=sys.stderr)
+        return 1
+    state = kv.get("state", "").upper()
+    if state not in ("DRAIN", "RESUME", "UNDRAIN"):
+        print(f"Invalid node state specified: {kv.get('state', '')} (DRAIN, RESUME or UNDRAIN)", file=sys.stderr)
+        return 1
+    if state == "DRAIN" and not kv.get("reason"):
+        print("You must specify a reason when DOWNING or DRAINING a node. Request denied", file=sys.stderr)
+        return 1
+    status = 0
+    async with common.connect() as c:
+        for node in expand_hostlist(kv["nodename"]):
+            try:
+                if state == "DRAIN":
+                    await c.call("DrainNode", "ss", [node, kv["reason"]])
+                else:
+                    await c.call("ResumeNode", "s", [node])
+            except DBusError as e:
+                print(f"slurm_update error: {e.text}", file=sys.stderr)
+                status = 1
+    return status
+
+
 def main(argv: list[str]) -> int:
     async def body() -> int:
         args = [a for a in argv if a not in ("-o", "--oneliner", "-d", "--details", "-a", "--all", "-Q", "--quiet")]
         oneliner = "-o" in argv or "--oneliner" in argv
         if not args or args[0] in ("-h", "--help", "help"):
             print("Usage: scontrol [OPTIONS] [COMMAND]  (show job|config|hostnames|partition|node, requeue, hold, "
-                  "release, suspend, resume)")
+                  "release, suspend, resume, update NodeName=... State=DRAIN|RESUME Reason=...)")
             return 0
         if args[0] in ("-V", "--version", "version"):
             print(common.VERSION)
@@ -186,8 +226,10 @@ def main(argv: list[str]) -> int:
                         print(f"NodeName={n.get('Name')} CPUTot={n.get('TotalCPUs')} CPUAlloc="
                               f"{n.get('TotalCPUs', 0) - n.get('AvailableCPUs', 0)}\n   RealMemory="
                               f"{n.get('TotalMemory', 0) >> 20} FreeMem={n.get('AvailableMemory', 0) >> 20}\n"
-                              f"   Gres=gpu:{n.get('TotalGPUs', 0)}\n   State={'DOWN' if n.get('State') == 'down' else 'IDLE'}"
-                              f" Partitions={common.CLUSTER}\n")
+                              f"   Gres=gpu:{n.get('TotalGPUs', 0)}\n   State={_node_state(n)}"
+                              f" Partitions={common.CLUSTER}\n"
+                              + (f"   Reason={n.get('DrainReason') or 'none'} [{n.get('DrainedBy')}]\n"
+                                 if n.get("DrainedBy") else ""))
                     return 0
             raise SlurmUsage(f"invalid entity: {what or '(none)'} for keyword: show")
         if verb in VERBS:
@@ -223,6 +265,8 @@ def main(argv: list[str]) -> int:
                             print(f"{verb} error for job {common.slurm_id(j)}: {e.text}", file=sys.stderr)
                             status = 1
             return status
+        if verb == "update":
+            return await update_nodes(args[1:])
         if verb == "ping":
             async with common.connect() as c:
                 props = await c.properties()

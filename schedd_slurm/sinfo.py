@@ -24,6 +24,8 @@ _CODE = re.compile(r"%(\.?)(\d*)([A-Za-z])")
 def node_state(n: dict) -> str:
     if n.get("State") == "down":
         return "down"
+    if n.get("State") in ("draining", "drained"):  # schedctl drain: Slurm's short forms (sinfo %t)
+        return "drng" if n["State"] == "draining" else "drain"
     if n.get("RunningJobs"):
         return "alloc" if not n.get("AvailableCPUs") else "mix"
     return "idle"

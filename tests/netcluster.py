@@ -48,6 +48,13 @@ class NodeSpec:
     gpus: int = 0
     gpu_device: str = ""
     extra: str = ""
+    # Dynamic membership (tests/integration/test_membership.py): seeds names the nodes whose URLs this
+    # one joins through instead of listing [[peers]] (and static nodes do not list it); later: not started
+    # by up() but by join(); node_name: the [node] name when it differs from the sandbox's; token: another.
+    seeds: list[str] | None = None
+    later: bool = False
+    node_name: str = ""
+    token: str = ""
 
 
 @dataclass
@@ -98,15 +105,22 @@ class Cluster:
     bridge_ns: str = ""
     namespaces: list[str] = field(default_factory=list)  # every one made, removed by down() even after a failed up()
 
+    def url_of(self, name: str) -> str:
+        return f"http://{SUBNET}.{[p.name for p in self.specs].index(name) + 1}:{PORT}"
+
     def config(self, i: int, spec: NodeSpec) -> str:
-        peers = "".join(f'\n[[peers]]\nname = "{p.name}"\nurl = "http://{SUBNET}.{j + 1}:{PORT}"\n'
-                        for j, p in enumerate(self.specs) if p is not spec)
+        peers = "" if spec.seeds is not None else "".join(
+            f'\n[[peers]]\nname = "{p.name}"\nurl = "http://{SUBNET}.{j + 1}:{PORT}"\n'
+            for j, p in enumerate(self.specs) if p is not spec and p.seeds is None)
+        seeds = ""
+        if spec.seeds is not None:
+            seeds = "seeds = [" + ", ".join(f'"{self.url_of(n)}"' for n in spec.seeds) + "]\n"
         gpus = f'gpus = {spec.gpus}\ngpu_device = "{spec.gpu_device}"\n' if spec.gpus else ""
-        return (f'[node]\nname = "{spec.name}"\n[resources]\ncpus = {spec.cpus}\nmemory = "4G"\n{gpus}'
+        return (f'[node]\nname = "{spec.node_name or spec.name}"\n[resources]\ncpus = {spec.cpus}\nmemory = "4G"\n{gpus}'
                 f'[jobs]\ndefault_memory = "256M"\nkill_wait = "2s"\n{spec.extra}'
                 # The test users are made with `useradd --system` (uids below login.defs' UID_MIN): this
                 # cluster runs forwarded jobs for them. uid 1 (daemon) and root stay refused.
-                f'[federation]\nuid_min = 100\n'
+                f'[federation]\nuid_min = 100\n{seeds}'
                 # Plain http on a private bridge, and an open dashboard/metrics: said in so many words.
                 f'[http]\nlisten = "{SUBNET}.{i + 1}:{PORT}"\ntoken_file = "/etc/schedd/token"\n'
                 f'allow_insecure_peers = true\npublic = true\n'
@@ -133,17 +147,24 @@ class Cluster:
             sb = Sandbox(f"fed{self.tag}-{spec.name}", netns=ns)
             sb.prepare(config=self.config(i, spec))
             tok = sb.etc / "token"
-            tok.write_text(token + "\n")
+            tok.write_text((spec.token or token) + "\n")
             os.chmod(tok, 0o600)
             self.nodes[spec.name] = ClusterNode(spec.name, addr, ns, sb, token)
-        for node in self.nodes.values():
+        first = [self.nodes[p.name] for p in self.specs if not p.later]
+        for node in first:
             node.sb.boot()
-        for node in self.nodes.values():
+        for node in first:
             node.run(["systemctl", "start", "schedd"], timeout=60)
-        names = set(self.nodes)
-        for node in self.nodes.values():
+        names = {n.name for n in first}
+        for node in first:
             wait_for(lambda n=node: all(r["State"] == "up" for r in n.nodes().values()) and set(n.nodes()) == names,
                      f"node {node.name} to see every peer up", timeout=30)
+
+    def join(self, name: str) -> subprocess.CompletedProcess:
+        """Boot a `later` node and start its schedd (which joins through its seeds): systemctl's answer."""
+        node = self.nodes[name]
+        node.sb.boot()
+        return node.run(["systemctl", "start", "schedd"], timeout=60, check=False)
 
     def link(self, name: str, up: bool) -> None:
         ip("-n", self.bridge_ns, "link", "set", f"v-{name}", "up" if up else "down")

@@ -1,6 +1,7 @@
 # bash completion for schedctl: commands, their options, and the ids of the caller's jobs.
 # Commands and options are read from `schedctl COMMAND --help` (so they follow the installed
-# version); job ids from `schedctl queue --me` (only the caller's own jobs, running and waiting).
+# version); job ids from `schedctl queue --me` (only the caller's own jobs, running and waiting);
+# node names from `schedctl --json nodes`.
 
 _schedctl_opts() {
     # The options a --help text lists, e.g. "  -p NAME[,NAME], --property NAME[,NAME]".
@@ -15,6 +16,10 @@ _schedctl_commands() {
 
 _schedctl_job_ids() {
     "$1" queue --me 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }'
+}
+
+_schedctl_node_names() {
+    "$1" --json nodes 2>/dev/null | python3 -c 'import json, sys; print(*(n["Name"] for n in json.load(sys.stdin)))' 2>/dev/null
 }
 
 _schedctl() {
@@ -52,6 +57,14 @@ _schedctl() {
             COMPREPLY=($(compgen -W "$(_schedctl_job_ids "$prog")" -- "$cur")) ;;
         submit)
             COMPREPLY=($(compgen -c -- "$cur")) ;;
+        drain|undrain)
+            COMPREPLY=($(compgen -W "$(_schedctl_node_names "$prog")" -- "$cur")) ;;
+        node)
+            if [[ $prev == node ]]; then
+                COMPREPLY=($(compgen -W "drain resume remove" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -W "$(_schedctl_node_names "$prog")" -- "$cur"))
+            fi ;;
     esac
     return 0
 }

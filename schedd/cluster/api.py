@@ -13,13 +13,14 @@ from aiohttp import web
 from dbus_fast import Variant
 
 from schedd.cluster.federation import Federation
+from schedd.cluster.membership import ClaimRefused, check_name, check_url
 from schedd.cluster.openapi import OPENAPI
 from schedd.cluster.wire import ACTIONS, API, FORWARD_SPEC_KEYS, LOAD_KEYS, job_state_json, resolve_user, stale_json
 from schedd.core.model import Job, JobState
 from schedd.core.output import MAX_CHUNK, read_output
 from schedd.protocol import JOB_PROPERTIES, LIST_LIMIT
 from schedd.api.http.web import HttpError, Web, read_json
-from schedd.errors import AccessDenied, InvalidArgument, NotFound
+from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound
 
 U32, U64, I32 = 2**32 - 1, 2**63 - 1, 2**31 - 1
 
@@ -86,6 +87,9 @@ class FederationApi:
         r.add_get(f"{API}/openapi.json", self.openapi)
         r.add_post(f"{API}/heartbeat", self.heartbeat)
         r.add_get(f"{API}/nodes", self.nodes)
+        r.add_post(f"{API}/join", self.join)
+        r.add_post(f"{API}/leave", self.leave)
+        r.add_post(f"{API}/nodes/{{name}}/{{action}}", self.node_action)
         r.add_post(f"{API}/jobs", self.submit)
         r.add_get(f"{API}/jobs", self.list_jobs)
         r.add_get(f"{API}/jobs/{{id}}", self.get_job)
@@ -116,15 +120,78 @@ class FederationApi:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
+    def _claim(self, body: dict) -> str:
+        """A node names itself (a join, or the first beat of a node not known here): admitted, or 409."""
+        name = check_name(body.get("Name"))
+        url = check_url(body.get("URL"), "URL", self.fed.cfg.http.allow_insecure_peers)
+        try:
+            self.fed.net.admit(name, url)
+        except ClaimRefused as e:
+            raise HttpError(409, "name-taken", str(e), InvalidState.dbus_name) from None
+        return name
+
+    @staticmethod
+    def _drain(body: dict) -> tuple[str, str, str]:
+        """A beat's (or a join's) drain: (state, reason, who), empty when it takes jobs."""
+        if body.get("Drain") is None:
+            return "", "", ""
+        state = body.get("Drain")
+        if state not in ("draining", "drained"):
+            raise InvalidArgument("Drain must be 'draining' or 'drained'")
+        return (state, _str("DrainReason", body.get("DrainReason", ""), empty=True)[:1024],
+                _str("DrainedBy", body.get("DrainedBy", ""), empty=True)[:256])
+
+    @staticmethod
+    def _load(body: dict) -> dict[str, int]:
+        return {key: _int(key, body.get(key), 0, U64) for key in LOAD_KEYS}
+
     async def heartbeat(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
         body = await read_json(request)
-        name = self._peer("Name", body.get("Name"))
-        load = {}
-        for key in LOAD_KEYS:
-            load[key] = _int(key, body.get(key), 0, U64)
-        self.fed.net.heard(name, load)
-        return web.json_response({"Name": self.fed.name})
+        load, drain = self._load(body), self._drain(body)
+        name = body.get("Name")
+        peer = self.fed.peers.get(name) if isinstance(name, str) else None
+        if peer is None or (not peer.static and body.get("URL") != peer.url):
+            name = self._claim(body)  # a newcomer, or a learned member's claim from another URL (all checked first)
+        self.fed.net.heard(name, load, drain)
+        answer: dict[str, Any] = {"Name": self.fed.name}
+        if body.get("Digest") != self.fed.net.digest():
+            answer |= self.fed.net.members_answer()  # its list differs from ours: it learns ours
+        return web.json_response(answer)
+
+    async def join(self, request: web.Request) -> web.Response:
+        """A node announces itself (name, URL, capacity) and learns the members."""
+        self.web.require_token(request)
+        body = await read_json(request)
+        load, drain = self._load(body), self._drain(body)
+        name = self._claim(body)
+        self.fed.net.heard(name, load, drain)
+        return web.json_response({"Name": self.fed.name, **self.fed.net.members_answer()})
+
+    async def leave(self, request: web.Request) -> web.Response:
+        self.web.require_token(request)
+        body = await read_json(request)
+        self.fed.net.left(self._peer("Name", body.get("Name")))
+        return web.json_response({})
+
+    async def node_action(self, request: web.Request) -> web.Response:
+        """drain/resume this node (asked by a member for an operator), or remove a node (a member did)."""
+        self.web.require_token(request)
+        action, name = request.match_info["action"], request.match_info["name"]
+        if action not in ("drain", "resume", "remove"):
+            raise NotFound(f"no node action {action!r}; actions: drain, resume, remove")
+        body = await read_json(request)
+        if action == "remove":
+            self.fed.removed_by_peer(check_name(name, "node"), self._peer("Node", body.get("Node")))
+            return web.json_response({})
+        if name != self.fed.name:
+            raise NotFound(f"node {self.fed.name} drains and resumes only itself, not {name!r}")
+        reason = _str("Reason", body.get("Reason", ""), empty=True)
+        by = _str("By", body.get("By", ""), empty=True)
+        if len(reason) > 1024 or len(by) > 256:
+            raise InvalidArgument("Reason is at most 1024 characters and By at most 256")
+        await self.fed.drain_node(self.fed.name, reason, by or "a peer", resume=action == "resume")
+        return web.json_response({"Node": self.fed.name, "State": self.fed.net.own_drain()[0] or "up"})
 
     async def nodes(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
@@ -138,6 +205,10 @@ class FederationApi:
             raise InvalidArgument(f"unknown key {unknown[0]!r}; a forward is {{Origin, OriginId, Attempt, Spec}}")
         origin = self._peer("Origin", body.get("Origin"))
         origin_id = _int("OriginId", body.get("OriginId"), 1, U64)
+        if self.fed.engine.drain is not None and self.fed.runnode._find_origin(
+                (origin, origin_id, _int("Attempt", body.get("Attempt", 1), 1, U64))) is None:
+            raise HttpError(503, "drained", f"node {self.fed.name} is drained: it takes no new jobs",
+                            headers={"Retry-After": "2"})
         attempt = _int("Attempt", body.get("Attempt", 1), 1, U64)
         props, user = spec_variants(body.get("Spec"))
         pw = resolve_user(user, self.fed.name, self.fed.cfg.federation)

@@ -51,6 +51,20 @@ class Liveness:
         self.up.add(name)
         return True
 
+    def add(self, name: str, now: float) -> None:
+        """A member joined: its silence counts from now."""
+        if name not in self.names:
+            self.names.append(name)
+        self.last_heard[name] = now
+        self.judged.discard(name)
+
+    def remove(self, name: str) -> None:
+        if name in self.names:
+            self.names.remove(name)
+        self.last_heard.pop(name, None)
+        self.up.discard(name)
+        self.judged.discard(name)
+
     def tick(self, now: float) -> tuple[bool, list[str]]:
         """Called every fraction of a heartbeat: (this node was away since the last tick, the peers
         that are down now and were not reported down yet)."""

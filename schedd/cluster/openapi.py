@@ -33,7 +33,15 @@ OPENAPI: dict[str, Any] = {
                                      "dbus_error": {"type": "string"}}},
             "Heartbeat": {"type": "object", "required": ["Name", *LOAD_KEYS],
                           "properties": {"Name": {"type": "string"}, "URL": {"type": "string"},
-                                         **{k: {"type": "integer", "minimum": 0} for k in LOAD_KEYS}}},
+                                         **{k: {"type": "integer", "minimum": 0} for k in LOAD_KEYS},
+                                         "Digest": {"type": "string", "description": "of the sender's member list"},
+                                         "Drain": {"type": "string", "enum": ["draining", "drained"]},
+                                         "DrainReason": {"type": "string"}, "DrainedBy": {"type": "string"}}},
+            "Members": {"type": "object", "properties": {
+                "Name": {"type": "string"},
+                "Members": {"type": "array", "items": {"type": "object", "properties": {
+                    "Name": {"type": "string"}, "URL": {"type": "string"}}}},
+                "Removed": {"type": "array", "items": {"type": "string"}}}},
             "Spec": {"type": "object", "required": ["Command", "UserName"], "additionalProperties": False,
                      "properties": {"UserName": {"type": "string"},
                                     **{k: _schema_for(s) for k, s in FORWARD_SPEC_KEYS.items()}}},
@@ -74,6 +82,21 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Heartbeat"}}}},
             "responses": {"200": {"description": "heard"}, **_ERRORS}}},
+        f"{API}/join": {"post": {
+            "summary": "a node announces itself (Name, URL, capacity: a Heartbeat) and learns the members; 409 "
+                       "when the name is this node's or a live member's at another URL",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Heartbeat"}}}},
+            "responses": {"200": _JSON("#/components/schemas/Members", "the members"), **_ERRORS}}},
+        f"{API}/leave": {"post": {
+            "summary": "a peer shuts down ({Name}): down at once, its queued copies placed again",
+            "responses": {"200": {"description": "heard"}, **_ERRORS}}},
+        f"{API}/nodes/{{name}}/{{action}}": {"post": {
+            "summary": "drain or resume this node ({Reason, By}), or forget node `name` a member removed ({Node})",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "action", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": ["drain", "resume", "remove"]}}],
+            "responses": {"200": {"description": "done"}, **_ERRORS}}},
         f"{API}/nodes": {"get": {"summary": "this node and its peers (ListNodes keys)",
                                  "responses": {"200": {"description": "{Nodes: [...]}"}, **_ERRORS}}},
         f"{API}/jobs": {

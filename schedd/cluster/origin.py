@@ -74,14 +74,17 @@ class Origin:
             raise AccessDenied(f"Node: jobs of root are not run on other nodes; submit as a user that exists on "
                                f"{spec.node}")
         e = self.engine
+        drained = target is None and spec.node != ANY and self.net.peers.get(spec.node) is not None \
+            and bool(self.net.peers[spec.node].drain[0])
         job = Job(id=e.allocate_id(), spec=spec, submit_time=now_usec(),
                   state=JobState.HELD if spec.hold else JobState.PENDING,
-                  reason=Reason.HELD if spec.hold else "", remote_node=AWAITING_NODE,
+                  reason=Reason.HELD if spec.hold else Reason.DRAINED if drained else "", remote_node=AWAITING_NODE,
                   attempt=0 if target is None else 1)
         await e.add_record(job)  # durable before any node runs it: a forward never outlives its origin's record
         if target is None:
             self.waiting[job.id] = job
-            log.info("job %d waits for a node (%s)", job.id, "none fits now" if spec.node == ANY else f"{spec.node} is down")
+            log.info("job %d waits for a node (%s)", job.id, "none fits now" if spec.node == ANY
+                     else f"{spec.node} is drained" if drained else f"{spec.node} is down")
             return job
         try:
             # The Submit is answered within one forward's timeout whatever the peer does (the job is
@@ -218,6 +221,33 @@ class Origin:
             self.net.spawn(self._fence_all(peer, stop))
         if self.waiting:
             self.place_waiting()
+
+    def recall_from(self, peer: Peer, *, only_any: bool) -> None:
+        """Our jobs queued on peer whose copy has not started (no grant): placed again elsewhere, their
+        copies there fenced. For a drain (only_any) just those whose spec lets them run anywhere; the
+        others wait there (reason drained). For a peer that shuts down, all of them."""
+        stop: list[tuple[int, bool]] = []
+        for job in list(self.engine.jobs.values()):
+            if (job.remote_node != peer.name or job.awaiting_node or job.state not in (JobState.PENDING, JobState.HELD)
+                    or job.start_granted or job.start_time or (only_any and job.spec.node != ANY)):
+                continue
+            stop.append((job.remote_id, False))
+            self.engine.recall(job, peer.name)
+            self.waiting[job.id] = job
+        if stop:
+            self.net.spawn(self._fence_all(peer, stop))
+        if self.waiting:
+            self.place_waiting()
+
+    def drained_job(self, job: Job) -> bool:
+        """This node drains: a job of ours queued here that may run anywhere waits for another node
+        instead (True); a job bound here, root's, a copy of a peer's, or an array's task stays (False)."""
+        if job.spec.node != ANY or job.origin_node or job.uid == 0 or job.remote or job.array_job_id:
+            return False
+        self.engine.send_away(job)
+        self.waiting[job.id] = job
+        self.local_changed()
+        return True
 
     async def _fence_all(self, peer: Peer, copies: list[tuple[int, bool]]) -> None:
         for rid, failed in copies:

@@ -6,6 +6,10 @@ as soon as it is heard from. A heartbeat's answer is the other half: a peer that
 take our requests (the run node asks its origins for start grants only then). What that means for
 jobs is the origin's and the run node's business: they are told through `on_up`, `on_down`,
 `on_heard`, `on_answer` and `on_away`.
+
+The table grows and shrinks at run time (schedd.cluster.membership): `admit` takes a newcomer's claim
+(a join, or a heartbeat from a node not known yet), `merge` what a member's heartbeat answer lists,
+`remove` forgets a node for good. Each beat also carries the sender's drain state (schedctl drain).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import aiohttp
 
 from schedd.api.http.web import Web
 from schedd.cluster.liveness import Liveness, boottime
+from schedd.cluster.membership import ClaimRefused, Member, digest, members_json, parse_members
 from schedd.cluster.wire import API, PeerError, PeerRefused, refusal
 from schedd.config import Config
 from schedd.core.engine import Engine
@@ -42,6 +47,9 @@ class Peer:
     # Not a schedd: what carries out its requests, polls it and judges it up or down
     # (schedd.cluster.slurm.bridge.SlurmBridge for `kind = "slurm"`); None for a schedd peer.
     bridge: Any = None
+    static: bool = True  # from [[peers]] (else learned: a join or a member's word, kept in the store)
+    drain: tuple[str, str, str] = ("", "", "")  # its drain as its beats tell: (state, reason, who)
+    left: bool = False  # it said it was shutting down (it is down until heard again)
 
 
 class Peers:
@@ -54,6 +62,15 @@ class Peers:
         self.name = cfg.node_name
         self.interval = cfg.http.heartbeat_interval_usec / 1e6
         self.peers: dict[str, Peer] = {p.name: Peer(p.name, p.url) for p in cfg.peers}
+        self.members: dict[str, Member] = {}  # learned members and tombstones (schedd.cluster.membership)
+        for name, url, since, removed in engine.store.load_members():
+            self.members[name] = Member(name, url, since, removed)
+            if not removed and name not in self.peers and name != self.name:
+                self.peers[name] = Peer(name, url, static=False)
+        self.on_added: Callable[[Peer], None] | None = None  # a member joined (or was learned)
+        self.on_removed: Callable[[Peer], None] | None = None  # a member was forgotten
+        self.on_drain: Callable[[Peer], None] | None = None  # a peer started draining
+        self.on_left: Callable[[Peer], None] | None = None  # a peer said it shuts down
         self.node_listeners: list[Callable[[], None]] = []  # told when a peer's state or load changes
         # What a peer's state means for jobs (set by the Federation that composes the sides):
         self.on_up: Callable[[Peer], Awaitable[None]] | None = None  # heard again after silence
@@ -97,9 +114,11 @@ class Peers:
         self.keep("heartbeats", self._heartbeats)
         self.keep("liveness", self._watch)
 
-    def keep(self, what: str, loop_fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-        """Run one of the loops for ever, until stop()."""
-        self.loops.append(asyncio.get_running_loop().create_task(self._keep(what, loop_fn, *args)))
+    def keep(self, what: str, loop_fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> asyncio.Task:
+        """Run one of the loops for ever, until stop() (or until the task is cancelled)."""
+        task = asyncio.get_running_loop().create_task(self._keep(what, loop_fn, *args))
+        self.loops.append(task)
+        return task
 
     async def _keep(self, what: str, loop_fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         """A bug in a pass is logged, and never ends heartbeats for good."""
@@ -153,9 +172,12 @@ class Peers:
             local = dataclasses.replace(local, free_cpus=max(0, local.free_cpus - cpus),
                                         free_memory=max(0, local.free_memory - memory),
                                         free_gpus=max(0, local.free_gpus - gpus))
+        if self.engine.drain is not None:
+            local = dataclasses.replace(local, drained=True)
         out = [local]
         for p in self.peers.values():
-            out.append(dataclasses.replace(p.view, up=p.up) if p.view else NodeView(p.name, False, known=False))
+            out.append(dataclasses.replace(p.view, up=p.up, drained=bool(p.drain[0])) if p.view
+                       else NodeView(p.name, False, known=False))
         return out
 
     def count_sent(self, name: str, need: Need) -> None:
@@ -172,13 +194,19 @@ class Peers:
 
     def node_rows(self) -> list[dict[str, Any]]:
         """ListNodes: DESIGN's keys, this node first."""
-        rows = [node_row(self.name, True, self._own_url(), True, self.local_load(), now_usec())]
+        rows = [node_row(self.name, True, self._own_url(), True, self.local_load(), now_usec(), self.own_drain())]
         for p in self.peers.values():
             v = p.view or NodeView(p.name, False, known=False)
-            rows.append(node_row(p.name, p.up, p.url, False, v.load(), p.last_seen_usec))
+            rows.append(node_row(p.name, p.up, p.url, False, v.load(), p.last_seen_usec, p.drain))
         return rows
 
+    def own_drain(self) -> tuple[str, str, str]:
+        d = self.engine.drain
+        return (self.engine.drain_state(), d.reason, d.by) if d is not None else ("", "", "")
+
     def _own_url(self) -> str:
+        if self.cfg.federation.url:
+            return self.cfg.federation.url
         listen = self.cfg.http.listen
         if listen is None:
             return ""
@@ -208,8 +236,11 @@ class Peers:
 
     async def _heartbeats(self) -> None:
         while True:
-            body = {"Name": self.name, "URL": self._own_url(), **self.local_load()}
-            for p in self.peers.values():
+            state, reason, by = self.own_drain()
+            body = {"Name": self.name, "URL": self._own_url(), **self.local_load(), "Digest": self.digest()}
+            if state:
+                body.update(Drain=state, DrainReason=reason, DrainedBy=by)
+            for p in list(self.peers.values()):
                 if p.bridge is None:
                     self.spawn(self._beat(p, body))
             await self.sleep(self.interval)
@@ -230,7 +261,10 @@ class Peers:
             # cannot take our requests now is ours to know.
             self._answered(peer, False, {})
         else:
-            self._answered(peer, True, answer if isinstance(answer, dict) else {})
+            answer = answer if isinstance(answer, dict) else {}
+            if "Members" in answer and peer.name in self.peers:
+                self.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers))
+            self._answered(peer, True, answer)
 
     def _answered(self, peer: Peer, ok: bool, answer: dict) -> None:
         changed = peer.answering != ok
@@ -238,13 +272,25 @@ class Peers:
         if self.on_answer is not None and (changed or ok):
             self.on_answer(peer, ok, answer)
 
-    def heard(self, name: str, load: dict[str, int]) -> None:
+    def heard(self, name: str, load: dict[str, int], drain: tuple[str, str, str] = ("", "", "")) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
         peer = self.peers[name]
         if peer.bridge is not None:
             return  # not a schedd: nothing speaks for it but its bridge
         peer.view = NodeView.of_load(name, True, load)
         peer.last_seen_usec = now_usec()
+        peer.left = False
+        if drain != peer.drain:
+            was = peer.drain[0]
+            peer.drain = drain
+            if drain[0] and not was:
+                log.warning("node %s drains (by %s%s)", name, drain[2], f", reason: {drain[1]}" if drain[1] else "")
+                if self.on_drain is not None:
+                    self.on_drain(peer)
+            elif not drain[0]:
+                log.info("node %s resumed: it takes jobs again", name)
+            elif drain[0] == "drained":
+                log.info("node %s is drained", name)
         was_down = self.liveness.heard(name, self.clock())
         self._nodes_changed()
         if was_down or not peer.up:
@@ -282,6 +328,9 @@ class Peers:
                 p = self.peers[name]
                 if p.up:
                     log.warning("node %s is down: no heartbeat for %.1fs", p.name, self.liveness.silence(name, now))
+                elif p.left:
+                    log.warning("node %s, which shut down, is not back after %.1fs: its jobs follow the node-failure "
+                                "rules", p.name, self.liveness.silence(name, now))
                 else:
                     log.warning("node %s has not been heard from since this node started", p.name)
                 p.up = False
@@ -292,3 +341,109 @@ class Peers:
     def _nodes_changed(self) -> None:
         for listener in self.node_listeners:
             listener()
+
+    # -- membership (schedd.cluster.membership) --------------------------------------------------
+
+    def digest(self) -> str:
+        """Of this node's member list: computed again only when the list changes (every beat compares it)."""
+        names = (self.name, *(n for n, p in self.peers.items() if p.bridge is None))
+        if getattr(self, "_digest_of", None) != names:
+            self._digest_of, self._digest = names, digest(names)
+        return self._digest
+
+    def members_answer(self) -> dict[str, Any]:
+        """This node's member list (and tombstones), for a joiner or a member whose digest differs."""
+        schedds = ((p.name, p.url) for p in self.peers.values() if p.bridge is None)
+        return members_json((self.name, self._own_url()), schedds,
+                            (m.name for m in self.members.values() if m.removed))
+
+    def admit(self, name: str, url: str) -> Peer:
+        """A node claims `name` at `url` itself (a join, or a heartbeat of a node not known yet): the peer,
+        added if new; ClaimRefused when the name is this node's, a [[peers]] entry's at another URL, or a
+        live member's at another URL. A member that is down may come back at a new URL."""
+        if name == self.name:
+            raise ClaimRefused(f"node name {name!r} is node {self.name}'s own (at {self._own_url()}); give the "
+                               f"newcomer a name of its own ([node] name)")
+        p = self.peers.get(name)
+        if p is None:
+            if name in self.members:
+                log.info("node %s, removed before, joins again", name)
+            return self.add(name, url, how="joined")
+        if p.bridge is not None:
+            raise ClaimRefused(f"node name {name!r} is a Slurm cluster configured here ([[peers]] kind = "
+                               f"\"slurm\"); a node at {url} cannot take it")
+        if p.url == url:
+            return p
+        if p.static:
+            raise ClaimRefused(f"node name {name!r} is configured here at {p.url} ([[peers]]); a node at {url} "
+                               f"cannot take it")
+        if p.up:
+            raise ClaimRefused(f"node name {name!r} is taken by a live node at {p.url}; a second node (at {url}) "
+                               f"cannot join under it: give it a name of its own ([node] name)")
+        log.warning("node %s, which was down, is back at a new URL %s (was %s)", name, url, p.url)
+        p.url = url
+        self._persist(Member(name, url, now_usec()))
+        return p
+
+    def add(self, name: str, url: str, *, how: str) -> Peer:
+        peer = Peer(name, url, static=False)
+        self.peers[name] = peer
+        self.liveness.add(name, self.clock())
+        self._persist(Member(name, url, now_usec()))
+        log.warning("node %s (%s) %s the cluster", name, url, how)
+        if self.on_added is not None:
+            self.on_added(peer)
+        self._nodes_changed()
+        return peer
+
+    def merge(self, members: list[tuple[str, str]], removed: list[str]) -> None:
+        """What a member lists: nodes not known here are learned (never a tombstoned one: only its own claim
+        brings it back); nodes it removed are forgotten here too when they are down and were learned."""
+        for name, url in members:
+            gone = name in self.members and self.members[name].removed
+            if name != self.name and name not in self.peers and not gone:
+                self.add(name, url, how="was learned from a member; it is in")
+        for name in removed:
+            p = self.peers.get(name)
+            if p is not None and not p.static and not p.up:
+                self.remove(name)
+
+    def remove(self, name: str) -> Peer:
+        """Forget a node for good (a tombstone stays, so gossip does not bring it back)."""
+        peer = self.peers.pop(name)
+        self.liveness.remove(name)
+        self._persist(Member(name, peer.url, now_usec(), removed=now_usec()))
+        log.warning("node %s (%s) was removed from the cluster", name, peer.url)
+        if self.on_removed is not None:
+            self.on_removed(peer)
+        self._nodes_changed()
+        return peer
+
+    def _persist(self, m: Member) -> None:
+        self.members[m.name] = m
+        fut = self.engine.store.put_member(m.name, m.url, m.since, m.removed)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception() is None
+                              or log.error("membership of %s not stored: %s", m.name, f.exception()))
+
+    def left(self, name: str) -> None:
+        """A peer says it shuts down: down at once (nothing new is sent there, its queued copies are placed
+        again); what runs there waits out the usual silence, as a restart keeps its jobs running."""
+        p = self.peers[name]
+        if p.left:
+            return
+        p.left = True
+        log.warning("node %s is shutting down: down until it is heard again", name)
+        if p.up:
+            p.up = False
+            if self.on_left is not None:
+                self.on_left(p)
+        self._nodes_changed()
+
+    async def leave(self) -> None:
+        """This node shuts down: it tells its peers so (best effort, briefly), so they need not wait out
+        the down timeout to stop sending it work."""
+        ups = [p for p in self.peers.values() if p.answering and p.bridge is None]
+        if not ups or self._session is None:
+            return
+        await asyncio.gather(*(self.request(p, "POST", "/leave", json={"Name": self.name}, timeout=0.5)
+                               for p in ups), return_exceptions=True)

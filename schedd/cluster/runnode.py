@@ -61,6 +61,7 @@ class RunNode:
         self._inflight: dict[tuple[str, int, int], asyncio.Future] = {}  # forwards being recorded here
         self._by_origin: dict[tuple[str, int, int], int] = {}  # (origin node, its id, attempt) -> our copy's id
         self.grants_asked = 0  # copies whose start was put to their origin (tests read it)
+        self._pushers: dict[str, asyncio.Task] = {}
 
     def recover(self) -> None:
         """After a restart: index our copies by origin, and tell each origin their states again."""
@@ -72,7 +73,25 @@ class RunNode:
 
     def start_loops(self) -> None:
         for p in self.net.peers.values():
-            self.net.keep(f"pushes to {p.name}", self._pusher, p)
+            self.peer_added(p)  # once per peer (those learned on joining have theirs already)
+
+    def peer_added(self, peer: Peer) -> None:
+        """A member joined: its copies' states have an outbox and a pusher, as a [[peers]] entry's do."""
+        self.outboxes.setdefault(peer.name, Outbox())
+        self.links.setdefault(peer.name, OriginLink())
+        if peer.name not in self._pushers:
+            self._pushers[peer.name] = self.net.keep(f"pushes to {peer.name}", self._pusher, peer)
+
+    def peer_removed(self, peer: Peer) -> None:
+        """A member was forgotten: its copies here run on (their ends go nowhere); nothing is pushed to it."""
+        task = self._pushers.pop(peer.name, None)
+        if task is not None:
+            task.cancel()
+        self.outboxes.pop(peer.name, None)
+        link = self.links.pop(peer.name, None)
+        for _, fut in link.asks if link else []:
+            if not fut.done():
+                fut.set_result("later")
 
     def resend(self, origin: str) -> None:
         """The origin is back: it hears our copies' states again."""
@@ -100,7 +119,9 @@ class RunNode:
     def answered(self, peer: Peer, ok: bool) -> None:
         """Our heartbeat to peer was answered, or not: its copies may ask it again once it has
         heard their states; until then they wait, parked."""
-        link = self.links[peer.name]
+        link = self.links.get(peer.name)
+        if link is None:
+            return  # removed meanwhile
         if not ok:
             self._lapse(peer.name)
         elif not link.ready and link.resync:
@@ -112,7 +133,9 @@ class RunNode:
             self._lapse(name)
 
     def _lapse(self, origin: str) -> None:
-        link = self.links[origin]
+        link = self.links.get(origin)
+        if link is None:
+            return
         link.resync = True
         if link.ready:
             link.ready = False
@@ -169,7 +192,8 @@ class RunNode:
         return verdicts
 
     def _ask_again(self, origin: str) -> None:
-        if self.links[origin].ready:
+        link = self.links.get(origin)
+        if link is not None and link.ready:
             self.engine.origin_back(origin)
 
     # -- mirror pushes -------------------------------------------------------------------------
@@ -232,7 +256,9 @@ class RunNode:
                 self._ready(peer.name, len(stale))
 
     def _ready(self, origin: str, fenced: int) -> None:
-        link = self.links[origin]
+        link = self.links.get(origin)
+        if link is None:
+            return
         link.resync, link.ready = False, True
         log.info("origin %s has heard every copy's state again%s: its copies may start", origin,
                  f" ({fenced} stale ones stopped)" if fenced else "")

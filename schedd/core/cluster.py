@@ -47,3 +47,7 @@ class Cluster(Protocol):
     async def may_start(self, job: Job) -> StartVerdict:
         """Ask a copy's origin whether its program may start now (no copy starts without a grant)."""
         ...
+
+    def drained_job(self, job: Job) -> bool:
+        """This node drains: take a queued job of ours that may run elsewhere (True), or leave it here (False)."""
+        ...

@@ -54,6 +54,7 @@ class Reason(StrEnum):
     RESOURCES = "resources"  # an executor could not start it (see the daemon log)
     LOST = "lost"  # its scope vanished while the daemon was down, no exit status recorded
     REQUEUED = "requeued"
+    DRAINED = "drained"  # queued on a drained node (schedctl drain) that it may not leave
 
 
 def now_usec() -> int:

@@ -1,7 +1,7 @@
 """Where a job runs: pure logic over node views, so it can be tested without a cluster.
 
 `Node` in a spec: absent (or this node's name) → here; a peer's name → that peer;
-`any` → here if it fits now, else the up peer where it fits now with the most free
+`any` → (never a drained node) here if it fits now, else the up peer where it fits now with the most free
 capacity, else the node where it will fit soonest (fewest jobs queued ahead, then
 fewest running). A request no known node could ever hold is Unsatisfiable.
 """
@@ -54,6 +54,7 @@ class NodeView:
     free_gpus: int = 0
     pending: int = 0
     running: int = 0
+    drained: bool = False  # draining or drained (schedctl drain): it takes no new jobs
 
     @classmethod
     def of_load(cls, name: str, up: bool, load: dict[str, int] | None, local: bool = False) -> "NodeView":
@@ -117,8 +118,9 @@ def choose(target: str, need: Need, nodes: list[NodeView], exclude: frozenset[st
         view = next((n for n in nodes if n.name == target), None)
         if view is None:
             raise InvalidArgument(f"Node: no node named {target!r}")
-        return target if view.up and target not in exclude else None
-    candidates = [n for n in nodes if n.name not in exclude and (n.up or n.local) and n.could_fit(need)]
+        return target if view.up and not view.drained and target not in exclude else None
+    candidates = [n for n in nodes if n.name not in exclude and (n.up or n.local) and not n.drained
+                  and n.could_fit(need)]
     if not candidates:
         return None
     if local in candidates and local.fits_now(need):

@@ -130,6 +130,23 @@ MIGRATIONS: list[str] = [
         end_time INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 8: dynamic membership (schedd.cluster.membership). members: the peers this node learned by a
+    # join or from another member (not its [[peers]]); removed != 0: forgotten by `node remove` at that
+    # time (a tombstone, so gossip does not bring it back). node_drain: this node's own drain, if any.
+    """
+    CREATE TABLE members (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        removed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE node_drain (
+        node TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        set_by TEXT NOT NULL,
+        since INTEGER NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 ARRAY_COLUMNS = ("id", "template", "tasks", "count", "left", "uid", "state", "submit_time", "end_time")
@@ -755,6 +772,36 @@ class Store:
             f"{_SELECT} WHERE origin_node = ? AND (end_time = 0 OR end_time >= ?) ORDER BY id", (origin_node, since_usec)
         ).fetchall()
         return [row_to_job(r) for r in rows]
+
+    # -- membership and drain (small, rare writes: the background thread, not the job committer) --------
+
+    def load_members(self) -> list[tuple[str, str, int, int]]:
+        """(name, url, since, removed) of every member learned at run time, tombstones included."""
+        return self._r.execute("SELECT name, url, since, removed FROM members ORDER BY name").fetchall()
+
+    def put_member(self, name: str, url: str, since: int, removed: int = 0) -> asyncio.Future:
+        return self.background(self._put_member, name, url, since, removed)
+
+    def _put_member(self, name: str, url: str, since: int, removed: int) -> None:
+        with self._bg() as c:
+            c.execute("INSERT INTO members (name, url, since, removed) VALUES (?, ?, ?, ?) ON CONFLICT (name) "
+                      "DO UPDATE SET url = excluded.url, since = excluded.since, removed = excluded.removed",
+                      (name, url, since, removed))
+
+    def load_drain(self, node: str) -> tuple[str, str, int] | None:
+        """(reason, set_by, since) of this node's drain, or None."""
+        return self._r.execute("SELECT reason, set_by, since FROM node_drain WHERE node = ?", (node,)).fetchone()
+
+    def put_drain(self, node: str, drain: tuple[str, str, int] | None) -> asyncio.Future:
+        return self.background(self._put_drain, node, drain)
+
+    def _put_drain(self, node: str, drain: tuple[str, str, int] | None) -> None:
+        with self._bg() as c:
+            if drain is None:
+                c.execute("DELETE FROM node_drain WHERE node = ?", (node,))
+            else:
+                c.execute("INSERT OR REPLACE INTO node_drain (node, reason, set_by, since) VALUES (?, ?, ?, ?)",
+                          (node, *drain))
 
     def integrity_check(self) -> str:
         return self._r.execute("PRAGMA integrity_check").fetchone()[0]

@@ -286,3 +286,39 @@ def test_the_job_subtree_shows_private_keys_to_their_readers_only(node: Node, us
     alice = node.run(recurse, user=ALICE).stdout
     assert SECRET_ARG in alice and SECRET_ENV not in alice
     node.manager_call("Cancel", "t", str(jid))
+
+
+def node_row_of(node: Node) -> dict:
+    (r,) = node.calls([{"member": "ListNodes", "signature": "", "body": []}])
+    return r["ok"][0][0]
+
+
+def test_only_root_or_polkits_manage_nodes_may_drain(node: Node, users):
+    """DrainNode/ResumeNode: refused to an ordinary user, allowed by polkit's manage-nodes (a real polkitd)."""
+    name = node_row_of(node)["Name"]
+    rules = "/etc/polkit-1/rules.d/50-schedd-test-nodes.rules"
+    node.run(["rm", "-f", rules])
+    node.run(["systemctl", "start", "polkit"])
+
+    def bob_drains() -> dict:
+        (r,) = node.calls([{"member": "DrainNode", "signature": "ss", "body": [name, "bob's maintenance"]}], user=BOB)
+        return r
+
+    try:
+        r = bob_drains()
+        assert r.get("error") == "org.schedd.Schedd1.Error.AccessDenied", r
+        assert "org.schedd.Schedd1.manage-nodes" in r["message"]
+        assert node_row_of(node)["State"] == "up"
+        node.run(["sh", "-c", f"cat > {rules}"], input=RULE % "org.schedd.Schedd1.manage-nodes")
+        node.wait_for(lambda: "ok" in bob_drains(), "polkitd to load the manage-nodes rule")
+        row = node_row_of(node)
+        assert row["State"] in ("draining", "drained") and row["DrainReason"] == "bob's maintenance", row
+        assert row["DrainedBy"] == f"{BOB} on {name}", row
+        (r,) = node.calls([{"member": "ResumeNode", "signature": "s", "body": [name]}], user=BOB)
+        assert "ok" in r, r
+        assert node_row_of(node)["State"] == "up"
+        (r,) = node.calls([{"member": "DrainNode", "signature": "ss", "body": ["no-such-node", ""]}])
+        assert r.get("error") == "org.schedd.Schedd1.Error.NotFound", r
+    finally:
+        node.run(["rm", "-f", rules])
+        node.manager_call("ResumeNode", "s", name, check=False)

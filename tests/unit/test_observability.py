@@ -41,6 +41,9 @@ def job(jid: int, user: str = "alice", state: JobState = JobState.PENDING, prior
 class FakeEngine:
     """What metrics, stats and the dashboard read of the engine."""
 
+    def drain_state(self) -> str:
+        return self.drained
+
     def __init__(self) -> None:
         self.config = SimpleNamespace(node_name="n1")
         self.ledger = Ledger([0, 1, 2, 3], 8 * GiB, [0])
@@ -51,6 +54,7 @@ class FakeEngine:
         self.store = SimpleNamespace(accounting=lambda uid, since, exclude: [
             r for r in self.archive if r[0] not in exclude and r[3] >= since])
         self.calls: list[tuple[str, int]] = []
+        self.drained = ""  # what drain_state() answers (schedctl drain)
 
     def on_disk_by_owner(self) -> Counter:
         return Counter()

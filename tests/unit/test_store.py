@@ -301,7 +301,7 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
 def test_new_database_is_migrated_to_current_version(store: Store) -> None:
     assert fresh_rows(store.path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert fresh_rows(store.path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") == [
-        ("arrays",), ("jobs",), ("meta",)]
+        ("arrays",), ("jobs",), ("members",), ("meta",), ("node_drain",)]
 
 
 def test_reopening_does_not_migrate_again(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from schedd.api.dbus.jobs import JobPaths, JobTree, interfaces_added, interfaces
 from schedd.core import stats
 from schedd.api.jobview import JOB_GETTERS
 from schedd.core.engine import MANAGE_ACTION, Caller, Engine
-from schedd.errors import ERROR_PREFIX, InvalidArgument, SchedError
+from schedd.errors import ERROR_PREFIX, AccessDenied, InvalidArgument, NotFound, SchedError
 from schedd.core.model import Job, JobState, now_usec
 from schedd.core.placement import ledger_load
 from schedd.protocol import (ARRAY_TASKS_KEY, ARRAY_TASKS_SIGNATURE, JOB_PROPERTIES, LIST_FILTER_KEYS, LIST_LIMIT,
@@ -49,6 +49,7 @@ from schedd.protocol import (ARRAY_TASKS_KEY, ARRAY_TASKS_SIGNATURE, JOB_PROPERT
                              STATS_FILTER_KEYS, node_row, redact_job)
 
 log = logging.getLogger(__name__)
+NODES_ACTION = "org.schedd.Schedd1.manage-nodes"  # polkit action: drain, resume and remove nodes
 
 _sender: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar("sender", default=None)
 # Who reads job properties through org.freedesktop.DBus.Properties / ObjectManager (whose handlers in
@@ -335,6 +336,28 @@ class ManagerObject(ServiceInterface):
         fed = self.engine.federation
         rows = fed.node_rows() if fed is not None else [self.service.local_node()]
         return [{k: Variant(NODE_KEYS[k], row[k]) for k in NODE_KEYS} for row in rows]
+
+    # Nodes (drain, resume, remove): root, or polkit's NODES_ACTION.
+    @method()
+    @_dbus_errors
+    async def DrainNode(self, name: "s", reason: "s") -> "":  # noqa: F821, F722
+        by = await self.service.node_operator(await self._caller(), "drain")
+        await self.service.node_verb(name, reason, by, resume=False)
+
+    @method()
+    @_dbus_errors
+    async def ResumeNode(self, name: "s") -> "":  # noqa: F821, F722
+        by = await self.service.node_operator(await self._caller(), "resume")
+        await self.service.node_verb(name, "", by, resume=True)
+
+    @method()
+    @_dbus_errors
+    async def RemoveNode(self, name: "s") -> "":  # noqa: F821, F722
+        await self.service.node_operator(await self._caller(), "remove")
+        fed = self.engine.federation
+        if fed is None:
+            raise NotFound(f"no node named {name!r}: this node has no peers")
+        await fed.remove_node(name)
 
     @method()
     @_dbus_errors
@@ -633,7 +656,33 @@ class DBusService:
     def local_node(self) -> dict[str, Any]:
         """This node's ListNodes row when it has no peers (with peers, Federation.node_rows builds every row)."""
         e = self.engine
-        return node_row(e.config.node_name, True, "", True, ledger_load(e.ledger, *e.counts()), now_usec())
+        d = e.drain
+        drain = (e.drain_state(), d.reason, d.by) if d is not None else ("", "", "")
+        return node_row(e.config.node_name, True, "", True, ledger_load(e.ledger, *e.counts()), now_usec(), drain)
+
+    async def node_operator(self, caller: Caller, verb: str) -> str:
+        """Who drains, resumes or removes nodes ("NAME on NODE"): root, the user of a user manager's
+        daemon, or a user polkit allows NODES_ACTION; anyone else is refused."""
+        e = self.engine
+        if not (caller.uid == 0 or e.user_mode or (caller.sender is not None and e.authorize_other is not None
+                                                  and await e.authorize_other(caller, NODES_ACTION))):
+            raise AccessDenied(f"only root (or a user polkit allows {NODES_ACTION}) may {verb} nodes")
+        try:
+            who = pwd.getpwuid(caller.uid).pw_name
+        except KeyError:
+            who = f"uid {caller.uid}"
+        return f"{who} on {e.config.node_name}"
+
+    async def node_verb(self, name: str, reason: str, by: str, *, resume: bool) -> None:
+        if len(reason) > 1024 or "\0" in reason:
+            raise InvalidArgument("reason: at most 1024 characters, without NUL bytes")
+        fed, e = self.engine.federation, self.engine
+        if fed is not None:
+            await fed.drain_node(name, reason, by, resume=resume)
+        elif name in ("", e.config.node_name):
+            await (e.clear_drain(by) if resume else e.set_drain(reason, by))
+        else:
+            raise NotFound(f"no node named {name!r}: this node ({e.config.node_name}) has no peers")
 
     # -- engine events -----------------------------------------------------------------
 

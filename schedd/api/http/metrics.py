@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from schedd import __version__
 from schedd.core.model import Job, JobState, now_usec
+from schedd.protocol import NODE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +96,27 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("schedd_queue_length", "Jobs the scheduler may start (pending, dependencies met)",
                                 value=len(e.scheduler))
         yield GaugeMetricFamily("schedd_queue_head_fits", "1 if the first job in queue order fits the free resources "
-                                "now (it should start at once: 1 for long with no starts means a stuck queue)",
-                                value=1 if e.scheduler.head_fits() else 0)
+                                "now and the node is not drained (it should start at once: 1 for long with no "
+                                "starts means a stuck queue)",
+                                value=1 if not e.drain_state() and e.scheduler.head_fits() else 0)
         up = GaugeMetricFamily("schedd_peer_up", "1 if the peer answers its heartbeats, else 0", labels=["peer"])
         age = GaugeMetricFamily("schedd_peer_last_heartbeat_age_seconds", "Seconds since the peer was last heard",
                                 labels=["peer"])
+        state = GaugeMetricFamily("schedd_node_state", "1 for the state each node is in (up, down, draining, "
+                                  "drained), 0 for the others", labels=["node", "state"])
         now = now_usec()
-        for p in safe_peers(self.peers):
+        rows = safe_peers(self.peers)
+        if not any(p.get("Local") for p in rows):
+            rows = [{"Name": e.config.node_name, "Local": True,
+                     "State": e.drain_state() or "up"}, *rows]
+        for p in rows:
+            for s in NODE_STATES:
+                state.add_metric([p["Name"], s], 1 if p.get("State") == s else 0)
+        yield state
+        for p in rows:
             if p.get("Local"):
                 continue
-            up.add_metric([p["Name"]], 1 if p.get("State") == "up" else 0)
+            up.add_metric([p["Name"]], 1 if p.get("State") not in ("down", None) else 0)
             seen = p.get("LastSeenUSec") or 0
             age.add_metric([p["Name"]], max(0, now - seen) / 1e6 if seen else float("inf"))
         yield up

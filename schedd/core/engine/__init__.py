@@ -20,6 +20,7 @@ One Engine, one concern per module, each a mixin that owns its part of the state
   loading.py    the bulk of a long queue, read after start-up
   records.py    what the federation calls: records of jobs placed on peers, fencing
   sweep.py      finished jobs leaving memory and the store
+  draining.py   a drain of this node: nothing new starts, what runs finishes
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from schedd.core.cluster import Cluster
 from schedd.core.engine.access import MANAGE_ACTION, PRIORITY_ACTION, Access, Caller
 from schedd.core.engine.admission import Admission
 from schedd.core.engine.arrays import Arrays
+from schedd.core.engine.draining import Drain, Draining
 from schedd.core.engine.events import COUNTS, RESOURCES, Listener
 from schedd.core.engine.limits import TimeLimits
 from schedd.core.engine.loading import Loading
@@ -48,10 +50,10 @@ from schedd.core.spec import Limits
 from schedd.core.store import Store
 from schedd.executor import Executor
 
-__all__ = ["COUNTS", "MANAGE_ACTION", "PRIORITY_ACTION", "RESOURCES", "Caller", "Engine", "Listener", "_Slicer"]
+__all__ = ["COUNTS", "Drain", "MANAGE_ACTION", "PRIORITY_ACTION", "RESOURCES", "Caller", "Engine", "Listener", "_Slicer"]
 
 
-class Engine(Arrays, JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, Recovery, Loading, Records, Sweep):
+class Engine(Draining, Arrays, JobTable, Access, Submission, Admission, Runs, TimeLimits, Verbs, Recovery, Loading, Records, Sweep):
     def __init__(self, config: Config, store: Store, *, user_mode: bool = False) -> None:
         self.config = config
         self.store = store
@@ -69,6 +71,7 @@ class Engine(Arrays, JobTable, Access, Submission, Admission, Runs, TimeLimits, 
         self._init_limits()
         self._init_loading()
         self._init_arrays()
+        self._init_draining()
         self.scheduler = Scheduler(self.ledger, config.policy, running=self._running)
 
     def limits(self) -> Limits:

@@ -74,6 +74,28 @@ class Records:
             self._make_eligible(job)
             self.kick()
 
+    def send_away(self, job: Job) -> None:
+        """A job of ours queued here that may run anywhere leaves this (drained) node's queue: it waits
+        for the federation to place it on another node."""
+        self._unqueue(job)
+        job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
+        self._changed(job, {"remote_node", "remote_id", "node"})
+        self.store.save(job)
+        log.info("job %d: node %s is drained; it goes to another node", job.id, self.config.node_name)
+
+    def recall(self, job: Job, node: str) -> None:
+        """A job of ours queued on a node that drains (its copy never started): back to waiting for a node
+        (placed elsewhere), as after a node failure but without counting a failure."""
+        job.start_granted = False
+        job.attempt += 1  # a late word of the old copy is never taken for the next attempt
+        cleared = self._clear_run(job)
+        job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
+        held = job.state == JobState.HELD
+        self._set(job, JobState.HELD if held else JobState.PENDING, Reason.HELD if held else Reason.REQUEUED,
+                  cleared | {"remote_node", "remote_id", "node"})
+        log.info("job %d: node %s drains; its queued copy there is recalled to run elsewhere", job.id, node)
+        self.store.save(job)
+
     def requeue_away(self, job: Job, failed_node: str, *, requeue: bool, ran: bool) -> None:
         """The node holding a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED.
         ran: it may have started there (a failure of a run: counted in node_failures and Restarts)."""

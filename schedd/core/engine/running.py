@@ -123,7 +123,7 @@ class Runs:
 
     def _schedule(self) -> None:
         self._kick_scheduled = False
-        if self.stopping:
+        if self.stopping or self._drain_blocks():
             return
         started = self.scheduler.schedule(now_usec())
         for job, alloc in started:
@@ -326,4 +326,5 @@ class Runs:
         if alloc is not None:
             self.ledger.release(alloc)
             self._manager_changed(RESOURCES)
+            self._drain_tick()
 

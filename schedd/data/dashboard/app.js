@@ -92,10 +92,11 @@ function render() {
   $("#running-n").textContent = `(${snap.running.length})`;
   $("#queue-n").textContent = `(${snap.queue.length} queued, ${snap.waiting.length} held or waiting on dependencies)`;
   fill("nodes", snap.nodes, (n) => [
-    cell(n.Name + (n.Local ? " (this node)" : "")), cell(n.State, "state " + (n.State === "up" ? "COMPLETED" : "FAILED")),
+    cell(n.Name + (n.Local ? " (this node)" : "")), cell(n.State, "state " + (n.State === "up" ? "COMPLETED" : n.State === "down" ? "FAILED" : "HELD")),
     cell(`${n.AvailableCPUs}/${n.TotalCPUs}`), cell(`${size(n.AvailableMemory)}/${size(n.TotalMemory)}`),
     cell(`${n.AvailableGPUs}/${n.TotalGPUs}`), cell(`${n.RunningJobs}/${n.PendingJobs}`),
     cell(n.Local ? "now" : ago(n.LastSeenUSec)),
+    cell(n.DrainedBy ? `${n.DrainReason || "-"} (by ${n.DrainedBy})` : ""),
   ], "no nodes");
   fill("running", snap.running, (j) => [
     cell(j.id), cell(j.name), cell(j.user), stateCell(j.state),
