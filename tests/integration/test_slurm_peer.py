@@ -317,3 +317,35 @@ def test_latency_forwarded_to_slurm_against_local(node: Node):
     (REPO / "artifacts" / "slurm-peer-latency.txt").write_text(text)
     print(text)
     assert remote[2] < 30
+
+
+def test_slurm_names_a_job_it_does_not_know_not_found(node: Node, slurm: SlurmCluster):
+    """What a copy ends FAILED lost on: real slurmrestd's answer for a job id slurmctld does not know
+    reads NotFound (a copy it still has reads as itself)."""
+    import asyncio
+
+    from schedd.cluster.slurm.mapping import jobs_of
+    from schedd.cluster.slurm.restd import Restd
+    from schedd.cluster.slurm.token import Tokens
+    from schedd.cluster.wire import PeerRefused
+    from schedd.errors import NotFound
+
+    async def ask(jid: int):
+        r = Restd(PEER, slurm.url, Tokens(Path(slurm.key_path).read_bytes(), 600))
+        r.open()
+        try:
+            return await r.call("GET", f"/job/{jid}", ALICE)
+        finally:
+            await r.close()
+
+    with pytest.raises(PeerRefused) as err:
+        asyncio.run(ask(4_000_000))
+    assert isinstance(err.value.error, NotFound), err.value.error
+    jid = submit(node, "true", opts=("--node", PEER, "--hold"))
+    wait_state(node, jid, {"HELD"})
+    (sid, _), = slurm_jobs_of(slurm, jid)
+    try:
+        (there,) = jobs_of(asyncio.run(ask(sid)))[0]
+        assert (there.job_id, there.user_name, there.tag.origin_id) == (sid, ALICE, jid)
+    finally:
+        node.schedctl("cancel", str(jid), user=ALICE)
