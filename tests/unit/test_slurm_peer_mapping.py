@@ -97,11 +97,22 @@ def test_slurm_writes_the_file_schedd_names(path):
     ("NODE_FAIL", "NodeDown", 0, ("FAILED", "node-failure", 0)),
     ("CANCELLED", "None", 15, ("CANCELLED", "cancelled", 143)),
     ("CANCELLED", "DependencyNeverSatisfied", 0, ("FAILED", "dependency", 0)),
+    ("RESV_DEL_HOLD", "ReservationDeleted", 0, ("HELD", "held", 0)),  # its reservation went away
 ])
 def test_slurm_states_map_onto_schedds(state, reason, status, want):
     rec = SlurmJob.of(job_rec(job_state=state, state_reason=reason, exit_code=status)).record()
     assert (rec["State"], rec["Reason"], rec["ExitCode"]) == want
     assert (rec["OriginNode"], rec["OriginId"], rec["Attempt"], rec["Id"]) == ("a", 42, 1, 7)
+
+
+def test_every_state_slurm_2205_reports_is_mapped():
+    """job_state_string() of Slurm 22.05 (slurm_protocol_defs.c), every word it can return."""
+    words = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL",
+             "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "COMPLETING", "STAGE_OUT", "CONFIGURING",
+             "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "REVOKED",
+             "RESV_DEL_HOLD"}
+    for w in words:
+        assert SlurmJob.of(job_rec(job_state=w)).record()["State"]
 
 
 def test_times_are_microseconds_and_only_when_they_happened():

@@ -24,6 +24,7 @@ STATES: dict[str, tuple[str, str]] = {
     "REQUEUED": ("PENDING", "requeued"),
     "REQUEUE_FED": ("PENDING", "requeued"),
     "REQUEUE_HOLD": ("HELD", "held"),
+    "RESV_DEL_HOLD": ("HELD", "held"),  # held by Slurm: its reservation was deleted
     "CONFIGURING": ("RUNNING", ""),
     "RUNNING": ("RUNNING", ""),
     "COMPLETING": ("RUNNING", ""),
