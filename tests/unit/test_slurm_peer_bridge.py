@@ -229,3 +229,13 @@ def test_a_poll_without_a_key_is_a_down_peer_not_a_crash():
     now[0] += 10
     asyncio.run(b.poll())
     assert not peer.up and "jwt_key_file" in b.key_error
+
+
+def test_a_cancel_is_done_and_read_back_as_the_jobs_own_user():
+    """Not as query_user: under PrivateData=jobs only the job's user (or an operator) sees it."""
+    job = ours()
+    after = {"errors": [], "jobs": [rec_of(7, "alice", state="CANCELLED")]}
+    b, _fed, _peer, _now = make([job], {("DELETE", "/job/7"): {"errors": []}, ("GET", "/job/7"): after})
+    rec = asyncio.run(b.request("POST", "/jobs/7/cancel", json={"Origin": "a"}))
+    assert rec["State"] == "CANCELLED"
+    assert b.restd.calls == [("DELETE", "/job/7", "alice"), ("GET", "/job/7", "alice")]

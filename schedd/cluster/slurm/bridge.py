@@ -335,7 +335,7 @@ class SlurmBridge:
                 return {}
         else:
             await restd.call("POST", f"/job/{rid}", user, body={"hold": name == "hold"})
-        answer = await restd.call("GET", f"/job/{rid}", self.cfg.query_user)
+        answer = await restd.call("GET", f"/job/{rid}", user)  # as its user: seen even under PrivateData
         jobs, _bad = jobs_of(answer)
         rec = next((j for j in jobs if j.job_id == rid and j.tag is not None), None)
         if rec is None:
