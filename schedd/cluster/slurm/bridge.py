@@ -55,6 +55,7 @@ class SlurmBridge:
         self._tags: dict[Tag, SlurmJob] | None = None  # the same by tag; None: Slurm's list not read yet
         self._missing: dict[int, int] = {}  # Slurm id -> polls in a row it was missing from
         self._confirming: set[int] = set()  # Slurm ids being asked for one by one before they end lost
+        self._hidden: set[int] = set()  # Slurm ids there by id but not in query_user's list (said once)
         self._tried: set[tuple[int, int]] = set()  # (origin id, attempt) forwards sent once already
         self._down_logged = False
         self.polls = 0
@@ -200,11 +201,16 @@ class SlurmBridge:
                 jobs = [j for j in jobs_of(answer)[0] if j.job_id == rid and self._speaks_for(j)]
             except BadRecord:
                 return
-            if jobs:
+            if jobs and rid not in self._hidden:
+                if len(self._hidden) > 4096:
+                    self._hidden.clear()
+                self._hidden.add(rid)
                 log.warning("Slurm peer %s: its job list leaves out Slurm job %d (of job %d), which its user sees: "
                             "may query_user %r see every user's jobs (PrivateData)?", self.name, rid, job.id,
                             self.cfg.query_user)
-                self.fed.origin.receive_mirror(self.name, [j.record() for j in jobs])
+            if jobs:
+                for stale in self.fed.origin.receive_mirror(self.name, [j.record() for j in jobs]):
+                    await self._fence(stale)
         finally:
             self._confirming.discard(rid)
 
