@@ -98,6 +98,10 @@ def test_slurm_writes_the_file_schedd_names(path):
     ("CANCELLED", "None", 15, ("CANCELLED", "cancelled", 143)),
     ("CANCELLED", "DependencyNeverSatisfied", 0, ("FAILED", "dependency", 0)),
     ("RESV_DEL_HOLD", "ReservationDeleted", 0, ("HELD", "held", 0)),  # its reservation went away
+    # Failed by slurmctld itself (job_mgr.c: exit_code = 1), not a program killed by SIGHUP:
+    ("FAILED", "JobLaunchFailure", 1, ("FAILED", "resources", 0)),
+    ("FAILED", "SystemFailure", 1, ("FAILED", "resources", 0)),
+    ("FAILED", "NonZeroExitCode", 1, ("FAILED", "signal", 129)),  # the program's own wait status
 ])
 def test_slurm_states_map_onto_schedds(state, reason, status, want):
     rec = SlurmJob.of(job_rec(job_state=state, state_reason=reason, exit_code=status)).record()

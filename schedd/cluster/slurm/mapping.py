@@ -47,6 +47,9 @@ STATES: dict[str, tuple[str, str]] = {
 }
 HELD_REASONS = {"JobHeldUser", "JobHeldAdmin"}  # PENDING for these is schedd's HELD
 DEPENDENCY_REASONS = {"DependencyNeverSatisfied"}  # PENDING for ever: schedd ends it FAILED dependency
+# FAILED by slurmctld itself, the job's program never having run to an end (job_mgr.c sets exit_code = 1,
+# which as a wait status would read "killed by signal 1"): schedd's `resources`, exit code 0.
+NOT_RUN_REASONS = {"JobLaunchFailure", "SystemFailure", "BadConstraints"}
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 # Node states (nodes.c _get_long_node_state, lower case) whose CPUs count as the cluster's.
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
@@ -207,6 +210,8 @@ class SlurmJob:
             return "HELD", "held"
         if state in ("PENDING", "CANCELLED") and self.reason in DEPENDENCY_REASONS:
             return "FAILED", "dependency"
+        if self.state == "FAILED" and self.reason in NOT_RUN_REASONS:
+            return "FAILED", "resources"
         if state == "FAILED" and reason == "exit-code" and self.exit_status & 0x7F:
             return "FAILED", "signal"
         return state, reason
@@ -216,7 +221,7 @@ class SlurmJob:
         assert self.tag is not None
         state, reason = self.schedd_state()
         ran = state not in ("PENDING", "HELD") and bool(self.nodes)
-        code, _signalled = exit_code(self.exit_status) if state in TERMINAL else (0, False)
+        code, _signalled = exit_code(self.exit_status) if state in TERMINAL and reason != "resources" else (0, False)
         out = expand_path(self.stdout, self.job_id) if self.stdout else ""
         err = expand_path(self.stderr, self.job_id) if self.stderr else out
         return {
