@@ -239,3 +239,18 @@ def test_a_cancel_is_done_and_read_back_as_the_jobs_own_user():
     rec = asyncio.run(b.request("POST", "/jobs/7/cancel", json={"Origin": "a"}))
     assert rec["State"] == "CANCELLED"
     assert b.restd.calls == [("DELETE", "/job/7", "alice"), ("GET", "/job/7", "alice")]
+
+
+def test_an_array_of_a_system_account_is_refused_before_any_task_is_recorded():
+    from dataclasses import replace
+
+    from schedd.cluster.slurm.bridge import submit_array
+
+    pw = pwd.getpwnam("daemon")
+    b, fed, _peer, _now = make([], {})
+    fed.peers = {"hpc": SimpleNamespace(bridge=b)}
+    fed.engine = None  # reaching it would be an AttributeError, not AccessDenied
+    spec = JobSpec(command=["true"], name="t", cpus=1, memory=1 << 20, uid=pw.pw_uid, user_name="daemon", node="hpc")
+    with pytest.raises(AccessDenied, match="system account"):
+        asyncio.run(submit_array(fed, [replace(spec, array_task_id=t) for t in range(3)]))
+    assert b.restd.calls == []

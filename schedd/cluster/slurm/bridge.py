@@ -281,27 +281,30 @@ class SlurmBridge:
         return rec
 
     def _login_user(self, job: Job) -> str:
+        return self.login_name(job.uid, job.spec.user_name, f"job {job.id}")
+
+    def login_name(self, uid: int, user_name: str, what: str) -> str:
         """The name Slurm's token is signed for: the job's uid's own name (from this node's passwd, never
         from the request), and only a login account, as for a job forwarded to a schedd peer (wire.
         resolve_user): a token for root, `slurm` (SlurmUser: Slurm's admin, owner of its jwt key) or any
         other system account would let the job act as it."""
         try:
-            pw = pwd.getpwuid(job.uid)
+            pw = pwd.getpwuid(uid)
         except KeyError:
-            raise PeerRefused(AccessDenied(f"uid {job.uid} has no name on node {self.fed.name}; its jobs are not "
+            raise PeerRefused(AccessDenied(f"uid {uid} has no name on node {self.fed.name}; its jobs are not "
                                            f"sent to Slurm peer {self.name}")) from None
         if pw.pw_uid == 0:
             raise PeerRefused(AccessDenied(f"jobs of root are never sent to Slurm peer {self.name}"))
-        if pw.pw_name != job.spec.user_name:
-            raise PeerRefused(AccessDenied(f"job {job.id} was submitted as {job.spec.user_name!r} but uid {job.uid} "
-                                           f"is now {pw.pw_name!r}; it is not sent to Slurm peer {self.name}"))
+        if pw.pw_name != user_name:
+            raise PeerRefused(AccessDenied(f"{what} was submitted as {user_name!r} but uid {uid} is now "
+                                           f"{pw.pw_name!r}; it is not sent to Slurm peer {self.name}"))
         try:
-            same = resolve_user(pw.pw_name, self.name, self.fed.cfg.federation).pw_uid == job.uid
+            same = resolve_user(pw.pw_name, self.name, self.fed.cfg.federation).pw_uid == uid
         except AccessDenied as err:
             raise PeerRefused(err) from None
         if not same:
-            raise PeerRefused(AccessDenied(f"{pw.pw_name!r} names another uid than {job.uid}; job {job.id} is not "
-                                           f"sent to Slurm peer {self.name}"))
+            raise PeerRefused(AccessDenied(f"{pw.pw_name!r} names another uid than {uid}; {what} is not sent to "
+                                           f"Slurm peer {self.name}"))
         return pw.pw_name
 
     def _dependency(self, job: Job) -> list[int]:
@@ -396,6 +399,10 @@ async def submit_array(fed: "Federation", built: list[JobSpec]) -> list[Job] | N
         return None
     if built[0].uid == 0:
         raise AccessDenied(f"Node: jobs of root are not run on other nodes; submit as a user that exists on {node}")
+    try:  # refused before any task is recorded, not task by task
+        bridge.login_name(built[0].uid, built[0].user_name, "this array")
+    except PeerRefused as err:
+        raise err.error from None
     if built[0].array_max_running:
         raise InvalidArgument(f"ArrayMaxRunning: Slurm peer {node} runs each task as a Slurm job of its own and "
                               f"schedd cannot cap how many run at once there; drop the cap (%N) for this array")
