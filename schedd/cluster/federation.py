@@ -103,10 +103,9 @@ class Federation:
             except PeerError as e:
                 log.warning("joining through seed %s: %s", url, e)
                 continue
-            members, _ = parse_members(answer, self.cfg.http.allow_insecure_peers)
-            for name, murl in members:
-                if name != self.name and name not in self.peers:
-                    self.net.add(name, murl, how="is a member (learned on joining); it is in")
+            # As any member's list: a name removed here (a tombstone) is not brought back, and the names
+            # the seed removed are forgotten here too.
+            self.net.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers))
             log.warning("node %s joined the cluster through %s: members %s", self.name, url,
                         ", ".join(sorted(self.peers)) or "none")
             return True
@@ -172,7 +171,8 @@ class Federation:
                                   f"(scontrol update NodeName=... State=DRAIN Reason=...)")
         try:
             await self.net.request(p, "POST", f"/nodes/{name}/{'resume' if resume else 'drain'}",
-                                   json={"Reason": reason, "By": by}, timeout=self.net.call_timeout)
+                                   json={"Reason": reason, "By": by, "Node": self.name},
+                                   timeout=self.net.call_timeout)
         except PeerRefused as e:
             raise e.error from None
         except PeerError as e:
