@@ -17,7 +17,8 @@ from schedd.cluster import peers as peers_mod
 from schedd.cluster.membership import parse_members
 from schedd.core.engine import Caller
 from schedd.core.model import JobState, Reason
-from schedd.errors import AccessDenied, InvalidArgument
+from schedd.config import ConfigError
+from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound
 
 
 async def join(api, name: str, url: str):
@@ -177,10 +178,60 @@ async def test_drain_node_on_dbus_wants_an_operator_and_a_printable_reason(node:
 async def test_an_arrays_tasks_wait_drained_and_start_on_resume(node: Node):
     e = node.engine
     await e.set_drain("rack move", "root on n1")
-    aid = (await e.submit(spec(ArrayTasks="0-5"), CALLER)).id
+    aid = (await e.submit(spec(ArrayTasks="0-99999"), CALLER)).id
     await wait(lambda: e.get(aid).reason == Reason.DRAINED, "the array's first task to wait, drained")
-    assert all(e.get(aid + i).state == JobState.PENDING for i in range(6))
+    assert all(e.get(aid + i).state == JobState.PENDING for i in (0, 1, 5, 50_000, 99_999))
+    # The tasks made jobs and those that are only the array's record (schedctl show 50000) say the same.
+    assert all(e.get(aid + i).reason == Reason.DRAINED for i in (0, 1, 5, 50_000, 99_999))
     assert not any(j.state == JobState.RUNNING for j in e.jobs.values()) and not node.host.units
     assert e.drain_state() == "drained"
     await e.clear_drain("root on n1")
     await wait(lambda: any(j.state == JobState.RUNNING for j in e.jobs.values()), "a task to start on resume")
+    assert e.get(aid + 50_000).reason == ""
+
+
+async def test_node_remove_of_self_unknown_configured_or_up_nodes_says_why(api):
+    fed = api.fed
+    assert (await join(api, "c", "http://127.0.0.1:7003")).status == 200
+    for name, error, words in (("b", InvalidArgument, "is this node"), ("zz", NotFound, "no node named 'zz'"),
+                               ("a", InvalidArgument, r"\[\[peers\]\]"), ("c", InvalidState, "is up")):
+        with pytest.raises(error, match=words):
+            await fed.remove_node(name)
+    assert "c" in fed.peers and "a" in fed.peers
+    await fed.net.stop()
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/v1/heartbeat", claim("a", "http://127.0.0.1:9", Drain=["draining"])),
+    ("/api/v1/heartbeat", claim("a", "http://127.0.0.1:9", Drain={"x": 1})),
+    ("/api/v1/heartbeat", claim("a", "http://127.0.0.1:9", Drain="draining", DrainReason=None)),
+    ("/api/v1/heartbeat", claim("a", "http://127.0.0.1:9", Drain="drained", DrainedBy=["root"])),
+    ("/api/v1/heartbeat", claim("c", "http://127.0.0.1:7003", TotalCPUs=-1)),
+    ("/api/v1/heartbeat", {**claim("c", "http://127.0.0.1:7003"), "Name": {"a": 1}}),
+    ("/api/v1/join", claim("c", ["http://127.0.0.1:7003"])),
+    ("/api/v1/join", claim("c\n", "http://127.0.0.1:7003")),
+    ("/api/v1/leave", {"Name": 5}),
+    ("/api/v1/leave", {}),
+])
+async def test_garbage_membership_fields_are_400_json(api, path, body):
+    r = await api.post(path, json=body, headers=AUTH)
+    assert r.status == 400, await r.text()
+    assert "message" in await r.json()
+    assert set(api.fed.peers) == {"a"} and api.fed.node_rows()[1]["State"] == "down"
+
+
+async def test_a_garbage_digest_gets_the_member_list(api):
+    for digest in ([1, 2], {"x": "y"}, "z" * 10_000, None):
+        r = await api.post("/api/v1/heartbeat", json=claim("a", "http://127.0.0.1:9", Digest=digest), headers=AUTH)
+        assert r.status == 200 and {m["Name"] for m in (await r.json())["Members"]} == {"a", "b"}
+    await api.fed.net.stop()
+
+
+def test_seeds_with_a_listen_on_every_address_need_a_url(tmp_path):
+    from test_node_membership import _cfg
+
+    http = 'listen = "0.0.0.0:7002"\ntoken_file = "/etc/schedd/token"\nallow_insecure_peers = true'
+    with pytest.raises(ConfigError, match=r"set \[federation\] url"):
+        _cfg(tmp_path, 'seeds = ["http://10.0.0.1:7001"]', http)
+    cfg = _cfg(tmp_path, 'seeds = ["http://10.0.0.1:7001"]\nurl = "http://10.0.0.3:7002"', http)
+    assert cfg.federation.url == "http://10.0.0.3:7002"
