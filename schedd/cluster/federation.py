@@ -134,7 +134,7 @@ class Federation:
         if p.static:
             raise InvalidArgument(f"node {name} is in this node's [[peers]] ({self.cfg.source or 'schedd.toml'}); "
                                   f"remove it there and restart")
-        if p.up:
+        if self.net.heard_lately(name):
             raise InvalidState(f"node {name} is up; drain it and stop its schedd first (a node that is up "
                                f"cannot be removed)")
         self.origin.node_down(p)  # its jobs follow the node-failure rules, whether it was judged down yet or not
@@ -148,7 +148,7 @@ class Federation:
         p = self.peers.get(name)
         if p is None:
             return
-        if p.static or p.up:
+        if p.static or self.net.heard_lately(name):
             log.warning("node %s removed node %s, which is %s here: kept", by, name,
                         "in [[peers]]" if p.static else "up")
             return

@@ -108,8 +108,13 @@ class Peers:
     def _new_liveness(self) -> Liveness:
         # Checked four times an interval; a tick a whole interval late means this node was away.
         # Only schedd peers heartbeat (and count for a majority); a bridged peer is judged by its bridge.
+        # Learned members (from the store, or joined since) are judged too, provisional until they answer.
         names = [p.name for p in self.cfg.peers if p.kind == "schedd"]
-        return Liveness(names, threshold=3 * self.interval, stall=self.interval, now=self.clock())
+        learned = [n for n, p in self.peers.items() if not p.static and p.bridge is None and n not in names]
+        live = Liveness(names, threshold=3 * self.interval, stall=self.interval, now=self.clock())
+        for name in learned:
+            live.add(name, live.now, provisional=True)
+        return live
 
     def start_loops(self) -> None:
         self.keep("heartbeats", self._heartbeats)
@@ -268,6 +273,8 @@ class Peers:
             self._answered(peer, True, answer)
 
     def _answered(self, peer: Peer, ok: bool, answer: dict) -> None:
+        if ok:
+            self.liveness.confirm(peer.name)
         changed = peer.answering != ok
         peer.answering = ok
         if self.on_answer is not None and (changed or ok):
@@ -397,7 +404,7 @@ class Peers:
                                f"remove nodes that are gone (schedctl node remove) before {name} can join")
         peer = Peer(name, url, static=False)
         self.peers[name] = peer
-        self.liveness.add(name, self.clock())
+        self.liveness.add(name, self.clock(), provisional=True)
         self._persist(Member(name, url, now_usec()))
         log.warning("node %s (%s) %s the cluster", name, url, how)
         if self.on_added is not None:
@@ -418,7 +425,7 @@ class Peers:
                 self.add(name, url, how="was learned from a member; it is in")
         for name in removed:
             p = self.peers.get(name)
-            if p is not None and not p.static and not p.up:
+            if p is not None and not p.static and not self.heard_lately(name):
                 self.remove(name)
 
     def remove(self, name: str) -> Peer:
@@ -432,6 +439,12 @@ class Peers:
             self.on_removed(peer)
         self._nodes_changed()
         return peer
+
+    def heard_lately(self, name: str) -> bool:
+        """Heard within the down threshold: `up` for `node remove`. (A node without a majority judges
+        nobody down, but a member silent that long is gone enough to be removed by an operator.)"""
+        p = self.peers[name]
+        return p.up and self.liveness.silence(name, self.clock()) <= self.liveness.threshold
 
     def _forget_oldest_tombstones(self) -> None:
         """At most MAX_TOMBSTONES removed names are kept (and answered to members): the oldest go first."""

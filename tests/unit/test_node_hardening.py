@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from test_federation_api import AUTH, api  # noqa: F401 - the fixture: node b, with a in its [[peers]]
 from test_engine import CALLER, Node, make_node, node, spec, wait  # noqa: F401 - fixtures too
-from test_node_membership import claim
+from test_node_membership import LOAD, claim
 
 from schedd.api.dbus.service import DBusService
 from schedd.cluster import peers as peers_mod
@@ -235,3 +235,70 @@ def test_seeds_with_a_listen_on_every_address_need_a_url(tmp_path):
         _cfg(tmp_path, 'seeds = ["http://10.0.0.1:7001"]', http)
     cfg = _cfg(tmp_path, 'seeds = ["http://10.0.0.1:7001"]\nurl = "http://10.0.0.3:7002"', http)
     assert cfg.federation.url == "http://10.0.0.3:7002"
+
+
+class Clock:
+    """The federation's time, stepped by the test (a quarter interval a tick, as _watch does)."""
+
+    def __init__(self, net) -> None:
+        self.t, self.net = 1000.0, net
+        net.clock = lambda: self.t
+        net.liveness = net._new_liveness()
+
+    def run(self, intervals: float) -> list[str]:
+        down: list[str] = []
+        for _ in range(int(intervals * 4)):
+            self.t += self.net.interval / 4
+            down += self.net.liveness.tick(self.t)[1]
+        return down
+
+
+async def test_learned_members_are_judged_down_after_a_restart(api):
+    """The members a node learned are in its store; after its restart they must be judged like
+    [[peers]]: one that died while this node was down is down 3 intervals later, its jobs follow."""
+    from schedd.cluster.peers import Peers
+
+    fed = api.fed
+    assert (await join(api, "c", "http://127.0.0.1:7003")).status == 200
+    await fed.engine.store.background(lambda: None)
+    again = Peers(fed.engine, fed.cfg, fed.web)  # what the restarted daemon builds from its store
+    assert "c" in again.peers
+    clock = Clock(again)
+    assert set(clock.run(4)) == {"a", "c"}
+    await fed.net.stop()
+
+
+async def test_a_flood_of_joins_that_fall_silent_leaves_the_majority_alone(api):
+    """Fifty joins under made-up names, silent ever after: a, a real peer that beats, must still be judged
+    down when it falls silent (the made-up names never answered a beat, so they are no voters), and the
+    made-up ones are judged down too, so `node remove` takes them."""
+    fed = api.fed
+    clock = Clock(fed.net)
+    for i in range(50):
+        assert (await join(api, f"x{i}", f"http://127.0.0.1:{8200 + i}")).status == 200
+    fed.net.heard("a", LOAD)
+    fed.net._answered(fed.peers["a"], True, {})
+    down = clock.run(4)
+    assert fed.net.liveness.quorate and "a" in down and {f"x{i}" for i in range(50)} <= set(down)
+    await fed.net.stop()
+
+
+async def test_a_member_silent_past_the_threshold_can_be_removed_without_a_majority(api):
+    """Without a majority nobody is judged down (its own link is the likelier fault), but an operator may
+    still remove a member that has been silent that long: otherwise a node that answered once, then
+    vanished with others, could never be removed."""
+    fed = api.fed
+    clock = Clock(fed.net)
+    load = LOAD
+    for name in ("c", "d", "e"):
+        fed.net.add(name, f"http://127.0.0.1:{7000 + ord(name)}", how="joined")
+        fed.net.heard(name, load)
+        fed.net._answered(fed.peers[name], True, {})  # they were real nodes: voters
+    clock.run(4)
+    assert not fed.net.liveness.quorate and fed.peers["c"].up  # nobody judged: it may be our link
+    await fed.remove_node("c")
+    assert "c" not in fed.peers
+    fed.net.heard("d", load)
+    with pytest.raises(InvalidState, match="is up"):
+        await fed.remove_node("d")  # heard just now
+    await fed.net.stop()
