@@ -13,7 +13,7 @@ from aiohttp import web
 from dbus_fast import Variant
 
 from schedd.cluster.federation import Federation
-from schedd.cluster.membership import ClaimRefused, check_name, check_text, check_url, clean_text
+from schedd.cluster.membership import ClaimRefused, check_claim_url, check_name, check_text, check_url, clean_text
 from schedd.cluster.openapi import OPENAPI
 from schedd.cluster.wire import ACTIONS, API, FORWARD_SPEC_KEYS, LOAD_KEYS, job_state_json, resolve_user, stale_json
 from schedd.core.model import Job, JobState
@@ -120,10 +120,11 @@ class FederationApi:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
-    def _claim(self, body: dict) -> str:
+    def _claim(self, body: dict, request: web.Request) -> str:
         """A node names itself (a join, or the first beat of a node not known here): admitted, or 409."""
         name = check_name(body.get("Name"))
-        url = check_url(body.get("URL"), "URL", self.fed.cfg.http.allow_insecure_peers)
+        url = check_claim_url(check_url(body.get("URL"), "URL", self.fed.cfg.http.allow_insecure_peers),
+                              request.remote)
         try:
             self.fed.net.admit(name, url)
         except ClaimRefused as e:
@@ -152,7 +153,7 @@ class FederationApi:
         name = body.get("Name")
         peer = self.fed.peers.get(name) if isinstance(name, str) else None
         if peer is None or (not peer.static and body.get("URL") != peer.url):
-            name = self._claim(body)  # a newcomer, or a learned member's claim from another URL (all checked first)
+            name = self._claim(body, request)  # a newcomer, or a learned member's claim from another URL (all checked first)
         self.fed.net.heard(name, load, drain)
         answer: dict[str, Any] = {"Name": self.fed.name}
         if body.get("Digest") != self.fed.net.digest():
@@ -164,7 +165,7 @@ class FederationApi:
         self.web.require_token(request)
         body = await read_json(request)
         load, drain = self._load(body), self._drain(body)
-        name = self._claim(body)
+        name = self._claim(body, request)
         self.fed.net.heard(name, load, drain)
         return web.json_response({"Name": self.fed.name, **self.fed.net.members_answer()})
 

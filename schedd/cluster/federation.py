@@ -105,7 +105,7 @@ class Federation:
                 continue
             # As any member's list: a name removed here (a tombstone) is not brought back, and the names
             # the seed removed are forgotten here too.
-            self.net.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers))
+            self.net.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers, url))
             log.warning("node %s joined the cluster through %s: members %s", self.name, url,
                         ", ".join(sorted(self.peers)) or "none")
             return True

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import urlsplit
 
-from schedd.config import ConfigError, check_peer_url
+from schedd.config import ConfigError, check_peer_url, is_loopback_host
 from schedd.errors import InvalidArgument
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -82,6 +82,33 @@ def check_url(url: object, where: str, allow_insecure: bool) -> str:
     return url
 
 
+def is_loopback_url(url: str) -> bool:
+    try:
+        return is_loopback_host(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
+
+
+def _loopback_peer(remote: str | None) -> bool:
+    """The request's source is this machine (::ffff:127.0.0.1 too: a dual-stack socket's IPv4 client)."""
+    try:
+        ip = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def check_claim_url(url: str, remote: str | None) -> str:
+    """A loopback URL is a claim only a node on this machine can make: from another machine it would have
+    this node call its own local services with the cluster token (and its peers theirs)."""
+    if is_loopback_url(url) and not _loopback_peer(remote):
+        raise InvalidArgument(f"URL = {url!r} is a loopback address, but the claim came from {remote or 'elsewhere'}: "
+                              f"announce the address peers reach the node at ([federation] url)")
+    return url
+
+
 def check_text(where: str, text: object, limit: int) -> str:
     """A drain's reason or who set it, as an operator or a peer gives it: shown by schedctl and logged, so
     at most `limit` characters and no control characters (a newline would forge a log line)."""
@@ -104,16 +131,21 @@ def members_json(own: tuple[str, str], peers: Iterable[tuple[str, str]], removed
     return {"Members": [{"Name": n, "URL": u} for n, u in [own, *peers]], "Removed": sorted(removed)}
 
 
-def parse_members(body: object, allow_insecure: bool) -> tuple[list[tuple[str, str]], list[str]]:
-    """A peer's {Members: [{Name, URL}], Removed: [names]}, checked; malformed entries are dropped."""
+def parse_members(body: object, allow_insecure: bool, from_url: str | None = None
+                  ) -> tuple[list[tuple[str, str]], list[str]]:
+    """A peer's {Members: [{Name, URL}], Removed: [names]}, checked; malformed entries are dropped, and
+    so are loopback URLs from a peer (at from_url) on another machine: they are not this machine's."""
     if not isinstance(body, dict):
         return [], []
     out: list[tuple[str, str]] = []
     members = body.get("Members")
+    local = from_url is None or is_loopback_url(from_url)
     for m in members if isinstance(members, list) else []:
         try:
             if isinstance(m, dict):
-                out.append((check_name(m.get("Name")), check_url(m.get("URL"), "URL", allow_insecure)))
+                url = check_url(m.get("URL"), "URL", allow_insecure)
+                if local or not is_loopback_url(url):
+                    out.append((check_name(m.get("Name")), url))
         except InvalidArgument:
             continue
     removed = body.get("Removed")

@@ -269,7 +269,7 @@ class Peers:
         else:
             answer = answer if isinstance(answer, dict) else {}
             if "Members" in answer and peer.name in self.peers:
-                self.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers))
+                self.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers, peer.url))
             self._answered(peer, True, answer)
 
     def _answered(self, peer: Peer, ok: bool, answer: dict) -> None:

@@ -302,3 +302,19 @@ async def test_a_member_silent_past_the_threshold_can_be_removed_without_a_major
     with pytest.raises(InvalidState, match="is up"):
         await fed.remove_node("d")  # heard just now
     await fed.net.stop()
+
+
+def test_a_loopback_url_is_a_claim_only_this_machine_can_make():
+    """From another machine, http://127.0.0.1:PORT would have this node (and, by gossip, every node) call
+    its own local services with the cluster token."""
+    from schedd.cluster.membership import check_claim_url
+
+    for remote in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        assert check_claim_url("http://127.0.0.1:7003", remote) == "http://127.0.0.1:7003"
+    for remote in ("10.0.0.5", "::ffff:10.0.0.5", None):
+        with pytest.raises(InvalidArgument, match="loopback"):
+            check_claim_url("http://localhost:7003", remote)
+    assert check_claim_url("https://10.0.0.9:7003", "10.0.0.5") == "https://10.0.0.9:7003"
+    body = {"Members": [{"Name": "c", "URL": "http://127.0.0.1:7003"}, {"Name": "d", "URL": "https://10.0.0.4:1"}]}
+    assert parse_members(body, False, "https://10.0.0.1:7001")[0] == [("d", "https://10.0.0.4:1")]
+    assert len(parse_members(body, False, "http://127.0.0.1:7001")[0]) == 2  # a member on this machine
