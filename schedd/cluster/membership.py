@@ -12,7 +12,8 @@ What the token does not protect against (README, "Security"): every holder of th
 node to the peer API. What is guarded here is what a newcomer's claim could otherwise take for good: a
 learned member's name stays bound to its URL (a move is `node remove` first, then a join), the member
 table is capped (MAX_MEMBERS, MAX_TOMBSTONES), and an announced URL is short, plain, and names no
-link-local, multicast or unspecified address (a cloud's metadata service is 169.254.169.254).
+link-local, multicast or unspecified address (a cloud's metadata service is 169.254.169.254), nor a
+loopback one unless it comes from this machine.
 """
 
 from __future__ import annotations

@@ -318,3 +318,18 @@ def test_a_loopback_url_is_a_claim_only_this_machine_can_make():
     body = {"Members": [{"Name": "c", "URL": "http://127.0.0.1:7003"}, {"Name": "d", "URL": "https://10.0.0.4:1"}]}
     assert parse_members(body, False, "https://10.0.0.1:7001")[0] == [("d", "https://10.0.0.4:1")]
     assert len(parse_members(body, False, "http://127.0.0.1:7001")[0]) == 2  # a member on this machine
+
+
+async def test_a_suspended_job_keeps_the_node_draining_until_it_ends(node: Node):
+    """A suspended job holds its allocation (as Slurm's suspend): the node is not drained while it waits."""
+    e = node.engine
+    jid = await node.submit()
+    await node.running(jid)
+    await e.suspend(jid, CALLER)
+    assert node.job(jid).state == JobState.SUSPENDED
+    await e.set_drain("swap", "root on n1")
+    assert e.drain_state() == "draining"
+    await e.resume(jid, CALLER)
+    node.ex.exit(jid, 0)
+    await node.reach(jid, JobState.COMPLETED)
+    await wait(lambda: e.drain_state() == "drained", "the node to be drained once its last job ended")
