@@ -333,3 +333,22 @@ async def test_a_suspended_job_keeps_the_node_draining_until_it_ends(node: Node)
     node.ex.exit(jid, 0)
     await node.reach(jid, JobState.COMPLETED)
     await wait(lambda: e.drain_state() == "drained", "the node to be drained once its last job ended")
+
+
+async def test_array_tasks_waiting_on_a_dependency_lose_drained_on_resume(node: Node):
+    """A task made a job while drained (a verb named it) that waits on a dependency is in no queue: the
+    resume must still clear its `drained`."""
+    e = node.engine
+    await e.set_drain("rack move", "root on n1")
+    first = await node.submit(Hold=True)
+    aid = (await e.submit(spec(ArrayTasks="0-3", After=[first]), CALLER)).id
+    await wait(lambda: e.get(aid).reason == Reason.DRAINED, "the array's tasks to wait, drained")
+    with pytest.raises(InvalidState):
+        await e.suspend(aid + 1, CALLER)  # not running; but the verb made task 1 a job
+    assert aid + 1 in e.jobs and e.get(aid + 1).reason == Reason.DRAINED
+    await e.clear_drain("root on n1")
+    assert [e.get(aid + i).reason for i in range(4)] == [""] * 4  # they wait for `first` now, not the drain
+    await e.release(first, CALLER)
+    await node.running(first)
+    node.ex.exit(first, 0)
+    await wait(lambda: all(e.get(aid + i).state == JobState.RUNNING for i in range(4)), "the tasks to start")
