@@ -118,6 +118,19 @@ class FederationConfig:
 
 
 @dataclass
+class ContainerConfig:
+    """[containers]: how Container jobs run (schedd.executor.container). runtime 'auto': podman where it
+    is installed and the daemon runs as root; 'none': this node refuses Container."""
+
+    runtime: str = "auto"  # auto | podman | none
+    podman: str = "/usr/bin/podman"
+    storage_root: str = ""  # podman --root: the local image store ('' = podman's own default)
+    run_root: str = ""  # podman --runroot
+    storage_driver: str = ""  # podman --storage-driver ('' = podman's: overlay; vfs where the store is on overlayfs)
+    network: str = "host"  # host (what any job has) | none
+
+
+@dataclass
 class Config:
     node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     cpu_ids: list[int] = field(default_factory=lambda: sorted(os.sched_getaffinity(0)))
@@ -151,6 +164,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     peers: list[PeerConfig] = field(default_factory=list)
+    containers: ContainerConfig = field(default_factory=ContainerConfig)
     source: Path | None = None
 
     @property
@@ -208,7 +222,7 @@ def _discover_gpus(cfg: Config) -> None:
 
 
 def _apply(cfg: Config, data: dict) -> None:
-    known = {"node", "resources", "jobs", "scheduler", "daemon", "http", "peers", "federation"}
+    known = {"node", "resources", "jobs", "scheduler", "daemon", "http", "peers", "federation", "containers"}
     for section in data:
         if section not in known:
             raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
@@ -222,6 +236,7 @@ def _apply(cfg: Config, data: dict) -> None:
                  "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval",
                  "history_interval"},
         "federation": {"uid_min", "uid_max", "deny_groups", "seeds", "url"},
+        "containers": {"runtime", "podman", "storage_root", "run_root", "storage_driver", "network"},
     }
     for section, allowed in keys.items():
         for key in data.get(section, {}):
@@ -307,7 +322,29 @@ def _apply(cfg: Config, data: dict) -> None:
             raise ConfigError("daemon.executor must be 'auto', 'systemd' or 'plain'")
         cfg.executor = daemon["executor"]
     _apply_federation(cfg, data.get("federation", {}))
+    _apply_containers(cfg.containers, data.get("containers", {}))
     _apply_http(cfg, data.get("http", {}), data.get("peers", []))
+
+
+def _apply_containers(c: ContainerConfig, sec: dict) -> None:
+    if "runtime" in sec:
+        if sec["runtime"] not in ("auto", "podman", "none"):
+            raise ConfigError("containers.runtime must be 'auto', 'podman' or 'none'")
+        c.runtime = sec["runtime"]
+    if "network" in sec:
+        if sec["network"] not in ("host", "none"):
+            raise ConfigError("containers.network must be 'host' or 'none'")
+        c.network = sec["network"]
+    if "storage_driver" in sec:
+        if sec["storage_driver"] not in ("", "overlay", "vfs", "btrfs", "zfs"):
+            raise ConfigError("containers.storage_driver must be overlay, vfs, btrfs or zfs (or empty)")
+        c.storage_driver = sec["storage_driver"]
+    for key in ("podman", "storage_root", "run_root"):
+        if key in sec:
+            v = sec[key]
+            if not isinstance(v, str) or (v and not v.startswith("/")) or (key == "podman" and not v):
+                raise ConfigError(f"containers.{key} must be an absolute path")
+            setattr(c, key, v)
 
 
 def _apply_federation(cfg: Config, fed: dict) -> None:

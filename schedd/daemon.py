@@ -97,6 +97,7 @@ async def run(args: argparse.Namespace) -> int:
         cfg.executor, engine.on_exit, address=dbus.bus_address(args.user),
         status_dir=cfg.state_dir / "exits", kill_wait_usec=cfg.kill_wait_usec,
         gpu_devices=(lambda idx: device_paths(cfg.gpu_device, idx, cfg.gpu_minors)) if cfg.gpu_ids else None,
+        containers=cfg.containers,
     )
     await engine.recover(executor)
     bus = await dbus.connect(address, bus_class=ServiceBus)
@@ -168,7 +169,7 @@ async def _start_web(cfg, engine: Engine, service: DBusService):
     from schedd.api.http.history import History
 
     history = History(engine, peers, interval=cfg.http.history_interval_usec / 1e6,
-                      path=cfg.state_dir / "history.json")
+                      path=cfg.state_dir / "history.json", nodes=1 + len(cfg.peers))
 
     async def start_history(_app) -> None:
         history.start()

@@ -11,7 +11,9 @@ checks the JSON is this script's output; tests/integration/test_plots.py runs ev
 import json
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job=~"$job", instance=~"$instance"'
-NODE = ' * on (instance) group_left (node) schedd_node_info'
+# On job and instance: one target scraped by two jobs has two info series for one instance, and a join on
+# the instance alone is then many-to-many (an error on every panel while $job is All).
+NODE = ' * on (job, instance) group_left (node) schedd_node_info'
 panels = []
 pid = 0
 y = 0

@@ -37,6 +37,14 @@ def _str(where: str, v: Any, empty: bool = False) -> str:
     return v
 
 
+def _features(value: Any) -> frozenset[str]:
+    """A heartbeat's Features: what the node runs beyond plain commands (absent from older nodes: none)."""
+    if not isinstance(value, list) or len(value) > 32 or not all(
+            isinstance(f, str) and 0 < len(f) <= 64 for f in value):
+        raise InvalidArgument("Features must be a list of at most 32 short strings")
+    return frozenset(value)
+
+
 def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
     """A forwarded spec (JSON) -> (Submit a{sv} without User, the user's name); 400 on anything malformed."""
     if not isinstance(spec, dict):
@@ -149,12 +157,12 @@ class FederationApi:
     async def heartbeat(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
         body = await read_json(request)
-        load, drain = self._load(body), self._drain(body)
+        load, drain, features = self._load(body), self._drain(body), _features(body.get("Features", []))
         name = body.get("Name")
         peer = self.fed.peers.get(name) if isinstance(name, str) else None
         if peer is None or (not peer.static and body.get("URL") != peer.url):
             name = self._claim(body, request)  # a newcomer, or a learned member's claim from another URL (all checked first)
-        self.fed.net.heard(name, load, drain)
+        self.fed.net.heard(name, load, drain, features)
         answer: dict[str, Any] = {"Name": self.fed.name}
         if body.get("Digest") != self.fed.net.digest():
             answer |= self.fed.net.members_answer()  # its list differs from ours: it learns ours
@@ -164,9 +172,9 @@ class FederationApi:
         """A node announces itself (name, URL, capacity) and learns the members."""
         self.web.require_token(request)
         body = await read_json(request)
-        load, drain = self._load(body), self._drain(body)
+        load, drain, features = self._load(body), self._drain(body), _features(body.get("Features", []))
         name = self._claim(body, request)
-        self.fed.net.heard(name, load, drain)
+        self.fed.net.heard(name, load, drain, features)
         return web.json_response({"Name": self.fed.name, **self.fed.net.members_answer()})
 
     async def leave(self, request: web.Request) -> web.Response:

@@ -87,7 +87,8 @@ class Federation:
     async def join(self) -> bool:
         """Announce this node to a seed and learn the members from its answer (True once one answered).
         A seed's refusal (wrong token, a name taken) ends the daemon with its words: waiting cannot fix it."""
-        body = {"Name": self.name, "URL": self.net._own_url(), **self.net.local_load()}
+        body = {"Name": self.name, "URL": self.net._own_url(), **self.net.local_load(),
+                "Features": sorted(self.net.features())}
         state, reason, by = self.net.own_drain()
         if state:  # a drained node that restarts stays drained in its peers' eyes
             body.update(Drain=state, DrainReason=reason, DrainedBy=by)

@@ -36,7 +36,11 @@ OPENAPI: dict[str, Any] = {
                                          **{k: {"type": "integer", "minimum": 0} for k in LOAD_KEYS},
                                          "Digest": {"type": "string", "description": "of the sender's member list"},
                                          "Drain": {"type": "string", "enum": ["draining", "drained"]},
-                                         "DrainReason": {"type": "string"}, "DrainedBy": {"type": "string"}}},
+                                         "DrainReason": {"type": "string"}, "DrainedBy": {"type": "string"},
+                                         "Features": {"type": "array", "maxItems": 32,
+                                                      "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                                                      "description": "what the node runs beyond plain commands: "
+                                                                     "\"container\" (Container jobs)"}}},
             "Members": {"type": "object", "properties": {
                 "Name": {"type": "string"},
                 "Members": {"type": "array", "items": {"type": "object", "properties": {

@@ -167,10 +167,15 @@ class Peers:
             self._load = (now, pending, running)
         return ledger_load(l, pending, running)
 
+    def features(self) -> frozenset[str]:
+        """What this node runs beyond plain commands: its executor says (e.g. "container")."""
+        ex = self.engine.executor
+        return ex.features if ex is not None else frozenset()
+
     def views(self) -> list[NodeView]:
         """This node and every peer, as placement sees them (for metrics too). What jobs queued here
         ask for is not free for a newcomer: a burst of `any` jobs spills over instead of queueing here."""
-        local = NodeView.of_load(self.name, True, self.local_load(), local=True)
+        local = NodeView.of_load(self.name, True, self.local_load(), local=True, features=self.features())
         cpus = memory = gpus = 0
         for job in self.engine.scheduler.queued():
             cpus, memory, gpus = cpus + job.spec.cpus, memory + job.spec.memory, gpus + job.spec.gpus
@@ -243,7 +248,8 @@ class Peers:
     async def _heartbeats(self) -> None:
         while True:
             state, reason, by = self.own_drain()
-            body = {"Name": self.name, "URL": self._own_url(), **self.local_load(), "Digest": self.digest()}
+            body = {"Name": self.name, "URL": self._own_url(), **self.local_load(), "Digest": self.digest(),
+                    "Features": sorted(self.features())}
             if state:
                 body.update(Drain=state, DrainReason=reason, DrainedBy=by)
             for p in list(self.peers.values()):
@@ -280,12 +286,13 @@ class Peers:
         if self.on_answer is not None and (changed or ok):
             self.on_answer(peer, ok, answer)
 
-    def heard(self, name: str, load: dict[str, int], drain: tuple[str, str, str] = ("", "", "")) -> None:
+    def heard(self, name: str, load: dict[str, int], drain: tuple[str, str, str] = ("", "", ""),
+              features: frozenset[str] = frozenset()) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
         peer = self.peers[name]
         if peer.bridge is not None:
             return  # not a schedd: nothing speaks for it but its bridge
-        peer.view = NodeView.of_load(name, True, load)
+        peer.view = NodeView.of_load(name, True, load, features=features)
         peer.last_seen_usec = now_usec()
         peer.left = False
         if drain != peer.drain:

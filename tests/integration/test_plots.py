@@ -206,14 +206,15 @@ def test_plots_hold_data_and_move_when_a_job_starts(pair, browser):
 class Prometheus:
     """Debian's prometheus on loopback, scraping the given targets every second, with these rules."""
 
-    def __init__(self, targets: list[str], rules: Path, workdir: Path) -> None:
+    def __init__(self, targets: list[str], rules: Path, workdir: Path, copies: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = workdir / "prometheus.yml"
         cfg.write_text(json.dumps({  # YAML is a superset of JSON
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules)],
-            "scrape_configs": [{"job_name": "schedd", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": "schedd", "static_configs": [{"targets": targets}]}]
+            + ([{"job_name": "schedd-copy", "static_configs": [{"targets": list(copies)}]}] if copies else []),
         }))
         self.log = open(workdir / "prometheus.log", "w")
         self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'data'}",
@@ -294,7 +295,10 @@ def test_board_and_rules_against_real_prometheus(pair):
         for r in g["rules"]:
             r["for"] = "1s"
     (work / "rules.yml").write_text(yaml.safe_dump(quick))
-    prom = Prometheus([f"127.0.0.1:{p1.port}", f"127.0.0.1:{p2.port}"], work / "rules.yml", work)
+    # p1 also under a second scrape job (a second Prometheus job, a federation): the board's joins on
+    # schedd_node_info must not turn many-to-many while $job is All.
+    prom = Prometheus([f"127.0.0.1:{p1.port}", f"127.0.0.1:{p2.port}"], work / "rules.yml", work,
+                      copies=(f"127.0.0.1:{p1.port}",))
     try:
         wait_for(lambda: len(prom.query('up{job="schedd"} == 1')["data"]["result"]) == 2, "both targets up", 30)
         # Jobs while Prometheus watches (scraped before and after, so the counters have a rate): starts, waits, a failure (reason exit-code), one left running.

@@ -87,7 +87,10 @@ async def test_the_ring_survives_a_restart_with_a_gap_and_a_bad_file_is_ignored(
     j, _ = run_one(e, 1, JobState.COMPLETED)
     e.move(j, JobState.COMPLETED, "success", end_time=now_usec())
     h.start()
-    await asyncio.sleep(0.3)  # the sampler's own clock: several rows
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(h.rows.get("n1", ())) < 3:  # the sampler's own clock: wait for several rows, not a guessed time
+        assert asyncio.get_running_loop().time() < deadline, "the sampler took no 3 samples in 10 s"
+        await asyncio.sleep(0.01)
     await h.stop()
     n = len(h.rows["n1"])
     assert n >= 3 and path.exists()

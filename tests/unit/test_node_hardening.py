@@ -210,6 +210,8 @@ async def test_node_remove_of_self_unknown_configured_or_up_nodes_says_why(api):
     ("/api/v1/heartbeat", {**claim("c", "http://127.0.0.1:7003"), "Name": {"a": 1}}),
     ("/api/v1/join", claim("c", ["http://127.0.0.1:7003"])),
     ("/api/v1/join", claim("c\n", "http://127.0.0.1:7003")),
+    ("/api/v1/join", claim("c", "http://127.0.0.1:7003", Features=[5])),  # checked before c is admitted
+    ("/api/v1/heartbeat", claim("c", "http://127.0.0.1:7003", Features="gpu")),
     ("/api/v1/leave", {"Name": 5}),
     ("/api/v1/leave", {}),
 ])

@@ -205,7 +205,8 @@ class Dashboard:
                 raise ValueError
         except ValueError:
             raise HttpError(400, "bad-since", f"since={text!r}: give a time in seconds since the epoch") from None
-        resp = web.json_response(self.history.view(since), headers={"Cache-Control": "no-cache"})
+        resp = web.Response(body=self.history.view_bytes(since), content_type="application/json",
+                            headers={"Cache-Control": "no-cache"})
         resp.enable_compression()
         return resp
 

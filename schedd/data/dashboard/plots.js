@@ -15,7 +15,7 @@
   const HOUR = 3600;
 
   const st = {
-    node: "", interval: 10, rows: new Map(), live: new Map(), runs: new Map(), waits: new Map(),
+    node: "", interval: 10, keep: 86400, rows: new Map(), live: new Map(), runs: new Map(), waits: new Map(),
     nodes: [], snap: null, loading: null,
   };
   const charts = { util: new Map(), queue: null, gantt: null, waits: null };
@@ -36,7 +36,7 @@
       if (rows[lo][0] === row[0]) return;
       rows.splice(lo, 0, row);
     }
-    const cap = Math.ceil(86400 / st.interval) + 2;
+    const cap = Math.ceil((st.keep || 86400) / st.interval) + 2;
     if (rows.length > cap) rows.splice(0, rows.length - cap);
   }
 
@@ -52,6 +52,7 @@
     const h = await r.json();
     st.node = h.node;
     st.interval = h.interval_s;
+    st.keep = h.keep_s;
     for (const [node, cols] of Object.entries(h.nodes)) {
       for (let i = 0; i < cols.t.length; i++) addRow(node, [cols.t[i], ...FIELDS.map((f) => cols[f][i])]);
     }
@@ -352,7 +353,7 @@
       drawQueue();
       drawGantt();
       drawWaits();
-      $("#plots-note").textContent = `(a sample every ${st.interval}s, 24 h kept, the last point is now)`;
+      $("#plots-note").textContent = `(a sample every ${st.interval}s, ${+(st.keep / 3600).toFixed(2)} h kept, the last point is now)`;
       $("#plots").dataset.ready = "yes";
     });
   }
