@@ -500,6 +500,16 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
     if cfg.federation.seeds and (cfg.http.listen is None or cfg.http.token_file is None):
         raise ConfigError("[federation] seeds need [http] listen and token_file: a node joins its cluster over "
                           "HTTP with the cluster's token")
+    if cfg.federation.seeds and not cfg.federation.url and _unspecified(cfg.http.listen[0]):
+        raise ConfigError(f"[federation] seeds with [http] listen on {cfg.http.listen[0]} (every address): set "
+                          f"[federation] url to the URL this node's peers reach it at, e.g. \"https://node-c:7001\"")
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
 
 
 def read_token(path: Path, key: str = "token_file") -> str:

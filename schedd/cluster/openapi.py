@@ -96,7 +96,8 @@ OPENAPI: dict[str, Any] = {
             "summary": "a peer shuts down ({Name}): down at once, its queued copies placed again",
             "responses": {"200": {"description": "heard"}, **_ERRORS}}},
         f"{API}/nodes/{{name}}/{{action}}": {"post": {
-            "summary": "drain or resume this node ({Reason, By}), or forget node `name` a member removed ({Node})",
+            "summary": "drain or resume this node ({Reason, By, Node: the asking node}; By is shown with that node's "
+                       "name), or forget node `name` a member removed ({Node})",
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
                            {"name": "action", "in": "path", "required": True,
                             "schema": {"type": "string", "enum": ["drain", "resume", "remove"]}}],

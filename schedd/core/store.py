@@ -794,6 +794,13 @@ class Store:
                       "DO UPDATE SET url = excluded.url, since = excluded.since, removed = excluded.removed",
                       (name, url, since, removed))
 
+    def forget_member(self, name: str) -> asyncio.Future:
+        return self.background(self._forget_member, name)
+
+    def _forget_member(self, name: str) -> None:
+        with self._bg() as c:
+            c.execute("DELETE FROM members WHERE name = ?", (name,))
+
     def load_drain(self, node: str) -> tuple[str, str, int] | None:
         """(reason, set_by, since) of this node's drain, or None."""
         return self._r.execute("SELECT reason, set_by, since FROM node_drain WHERE node = ?", (node,)).fetchone()
