@@ -47,6 +47,8 @@ PODMAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": 
 INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
 MNT_DETACH = 2
 _KNOWN_TTL = 30.0  # seconds an image found in the store is taken as there without asking again
+LOOKUPS = 4  # podman processes at most asking the store at once, whatever the flood of submits
+LOOKUP_TIMEOUT = 30.0  # seconds a lookup may take before its podman is killed and the submit refused
 
 
 def container_name(job_id: int, run: int) -> str:
@@ -65,7 +67,10 @@ class ContainerRuntime:
     storage_driver: str = ""
     init: str = ""  # INIT_PATHS' first found: the container's PID 1; "" = the command is
     stage_root: str = STAGE_ROOT
+    lookup_timeout: float = LOOKUP_TIMEOUT
     _known: dict[str, float] = field(default_factory=dict)
+    _asking: dict[str, "asyncio.Future[None]"] = field(default_factory=dict)  # image -> its lookup under way
+    _lookups: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LOOKUPS))
 
     @classmethod
     def probe(cls, cfg, state_dir: Path) -> "ContainerRuntime | None":
@@ -98,27 +103,53 @@ class ContainerRuntime:
     # -- at submit -------------------------------------------------------------------
 
     async def check_image(self, image: str) -> None:
-        """InvalidArgument unless the image is in the local store (asked without blocking the loop)."""
+        """InvalidArgument unless the image is in the local store (asked without blocking the loop).
+
+        A flood of submits cannot make a flood of root podmans: submits of one image share one lookup,
+        found images are remembered briefly, at most LOOKUPS podmans ask at once, and one that does not
+        answer within lookup_timeout is killed (the submit is refused, saying so)."""
         seen = self._known.get(image)
         if seen is not None and time.monotonic() - seen < _KNOWN_TTL:
             return
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._global(), "image", "exists", "--", image, env=PODMAN_ENV,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await asyncio.wait_for(proc.communicate(), 30)
-        except (OSError, asyncio.TimeoutError) as e:
-            raise InvalidArgument(f"Container: cannot look up image {image!r} in this node's store: {e}") from None
-        if proc.returncode == 0:
+        pending = self._asking.get(image)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up(image))
+            self._asking[image] = pending
+            pending.add_done_callback(lambda _f: self._asking.pop(image, None))
+        await asyncio.shield(pending)  # one submitter giving up does not cancel the others' lookup
+
+    async def _look_up(self, image: str) -> None:
+        async with self._lookups:
+            code, err = await self._podman(["image", "exists", "--", image], self.lookup_timeout,
+                                           f"look up image {image!r} in this node's store")
+        if code == 0:
             self._known[image] = time.monotonic()
             if len(self._known) > 1024:
                 self._known.clear()
             return
-        if proc.returncode == 1:
+        if code == 1:
             raise InvalidArgument(f"Container: image {image!r} is not in this node's local image store "
                                   "(images are not pulled; load it with podman pull/load/import as root)")
-        raise InvalidArgument(f"Container: cannot look up image {image!r}: "
-                              f"{err.decode(errors='replace').strip()[:300] or f'podman exit {proc.returncode}'}")
+        raise InvalidArgument(f"Container: cannot look up image {image!r}: {err or f'podman exit {code}'}")
+
+    async def _podman(self, args: list[str], timeout: float, what: str) -> tuple[int, str]:
+        """(exit status, its stderr's start) of one podman command; InvalidArgument if it cannot run or
+        does not end in time -- then it is killed and reaped, never left running as root."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._global(), *args, env=PODMAN_ENV, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        except OSError as e:
+            raise InvalidArgument(f"Container: cannot {what}: {e}") from None
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except BaseException as e:  # timeout or cancel: podman (and whatever it started) goes with it
+            _kill_group(proc.pid)
+            await proc.wait()
+            if isinstance(e, asyncio.TimeoutError):
+                raise InvalidArgument(f"Container: cannot {what}: podman did not answer in {timeout:g} s") from None
+            raise
+        return proc.returncode, err.decode(errors="replace").strip()[:300]
 
     # -- at start --------------------------------------------------------------------
 
@@ -168,14 +199,19 @@ class ContainerRuntime:
 
     async def _remove(self, job_id: int, name: str) -> None:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._global(), "rm", "--force", "--ignore", "--time=0", name, env=PODMAN_ENV,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
-            if proc.returncode:
-                log.warning("job %d: podman rm %s: %s", job_id, name, err.decode(errors="replace").strip()[:300])
-        except (OSError, asyncio.TimeoutError) as e:
-            log.warning("job %d: cannot remove container %s: %s", job_id, name, e)
+            code, err = await self._podman(["rm", "--force", "--ignore", "--time=0", "--", name], 60,
+                                           f"remove container {name}")
+            if code:
+                log.warning("job %d: podman rm %s: %s", job_id, name, err)
+        except InvalidArgument as e:
+            log.warning("job %d: %s", job_id, e)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def unstage(stage: str) -> None:
