@@ -28,6 +28,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -206,6 +207,60 @@ class ContainerRuntime:
         except InvalidArgument as e:
             log.warning("job %d: %s", job_id, e)
 
+
+    async def sweep(self, known: set[int]) -> list[str]:
+        """After a daemon restart: remove what container runs of jobs no longer active left behind (a
+        crash between a run's end and its cleanup): their container records in root's store, their
+        staging binds and launch files. The names swept."""
+        gone: set[str] = set()
+        for d in (Path(self.stage_root), self.state_dir):
+            try:
+                names = [p.name.split(".", 1)[0] for p in d.iterdir()]
+            except OSError:
+                continue
+            gone.update(n for n in names if _job_of(n) is not None and _job_of(n) not in known)
+        try:
+            code, out = await self._podman_out(["ps", "--all", "--filter", "label=schedd.job", "--format",
+                                                "{{.Names}}"])
+            if code == 0:
+                gone.update(n for n in out.split() if _job_of(n) is not None and _job_of(n) not in known)
+        except InvalidArgument as e:
+            log.warning("cannot list leftover containers: %s", e)
+        for name in sorted(gone):
+            job_id = _job_of(name)
+            await self._remove(job_id, name)
+            unstage(f"{self.stage_root}/{name}")
+            for ext in (".json", ".env"):
+                try:
+                    (self.state_dir / f"{name}{ext}").unlink()
+                except FileNotFoundError:
+                    pass
+        if gone:
+            log.info("removed leftovers of %d container run(s): %s", len(gone), ", ".join(sorted(gone)))
+        return sorted(gone)
+
+    async def _podman_out(self, args: list[str]) -> tuple[int, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._global(), *args, env=PODMAN_ENV, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        except OSError as e:
+            raise InvalidArgument(f"cannot run podman: {e}") from None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        except BaseException:
+            _kill_group(proc.pid)
+            await proc.wait()
+            raise InvalidArgument("podman ps did not answer in 60 s") from None
+        return proc.returncode, out.decode(errors="replace")
+
+
+_NAME = re.compile(r"schedd-job-([0-9]+)(?:-[0-9]+)?")
+
+
+def _job_of(name: str) -> int | None:
+    m = _NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 def _kill_group(pid: int) -> None:
     try:

@@ -96,3 +96,28 @@ def test_a_hung_podman_fails_the_submit_and_is_killed(tmp_path: Path) -> None:
         asyncio.run(rt.check_image("localhost/x:1"))
     pid = int(pidfile.read_text())
     assert not os.path.exists(f"/proc/{pid}")  # killed and reaped, not left running as root
+
+
+def test_a_restart_sweeps_what_a_crash_left_of_container_runs(tmp_path: Path) -> None:
+    """A crash between a container run's end and its cleanup leaves its record in root's store, its
+    staging point and its launch files; the sweep after recovery removes those of jobs no longer active."""
+    log = tmp_path / "log"
+    podman = _fake(tmp_path, f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in *" ps "*) printf 'schedd-job-5-1\\nschedd-job-6\\nother\\n';; esac
+exit 0
+""")
+    state, stage = tmp_path / "state", tmp_path / "stage"
+    state.mkdir()
+    stage.mkdir()
+    rt = ContainerRuntime(podman, state, stage_root=str(stage))
+    for name in ("schedd-job-5-1", "schedd-job-6", "schedd-job-9"):
+        (stage / name).mkdir()
+        (state / f"{name}.json").write_text("{}")
+        (state / f"{name}.env").write_text("")
+    (stage / "unrelated").mkdir()
+    assert asyncio.run(rt.sweep({6})) == ["schedd-job-5-1", "schedd-job-9"]
+    assert sorted(p.name for p in stage.iterdir()) == ["schedd-job-6", "unrelated"]  # job 6 still runs
+    assert sorted(p.name for p in state.iterdir()) == ["schedd-job-6.env", "schedd-job-6.json"]
+    removed = [line for line in log.read_text().splitlines() if line.startswith("rm")]
+    assert removed == ["rm --force --ignore --time=0 -- schedd-job-5-1", "rm --force --ignore --time=0 -- schedd-job-9"]
