@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schedd.core.model import Job
+from schedd.core.spec import check_image
 from schedd.errors import InvalidArgument
 from schedd.executor.exits import ExecutorError
 
@@ -158,6 +159,10 @@ class ContainerRuntime:
                env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         """Write this run's launch files; (the gate's command, the gate's environment) that start it."""
         s = job.spec
+        try:  # checked at submit; again here for a job stored (or forwarded by a peer) under older rules
+            check_image(s.container)
+        except InvalidArgument as e:
+            raise ExecutorError(str(e)) from None
         if "," in s.working_directory or '"' in s.working_directory:  # refused at submit (schedd.core.spec)
             raise ExecutorError(f"Container: working directory {s.working_directory!r} cannot be mounted")
         name = container_name(job.id, job.restarts)

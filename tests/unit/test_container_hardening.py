@@ -121,3 +121,16 @@ exit 0
     assert sorted(p.name for p in state.iterdir()) == ["schedd-job-6.env", "schedd-job-6.json"]
     removed = [line for line in log.read_text().splitlines() if line.startswith("rm")]
     assert removed == ["rm --force --ignore --time=0 -- schedd-job-5-1", "rm --force --ignore --time=0 -- schedd-job-9"]
+
+
+def test_a_stored_job_naming_a_transport_is_not_started(tmp_path: Path) -> None:
+    """A job accepted under older rules (or forwarded by an older peer) never reaches root podman."""
+    from schedd.core.model import Job, JobSpec
+    from schedd.executor.exits import ExecutorError
+
+    spec = JobSpec(command=["true"], name="t", cpus=1, memory=1 << 28, uid=os.getuid(), gid=os.getgid(),
+                   working_directory=str(tmp_path), stdout_path="/dev/null", container="oci-archive:/tmp/evil.tar")
+    rt = ContainerRuntime("/usr/bin/podman", tmp_path)
+    with pytest.raises(ExecutorError, match="names a transport"):
+        rt.launch(Job(id=3, spec=spec), [os.getgid()], [], "/o", "/o", {})
+    assert list(tmp_path.iterdir()) == []  # no launch file written
