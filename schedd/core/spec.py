@@ -97,17 +97,29 @@ def _check_path(key: str, path: str) -> str:
     return os.path.normpath(path)
 
 
-# An image reference as the local store names it: name[:tag][@digest] or an image id. It is a
-# word of the runtime's argv: it may not start with '-' (an option) nor hold anything but these.
-_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+# An image reference as the local store names it: [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] or an image
+# id (docker's reference grammar, as podman parses it). It is a word of root podman's argv: it may not
+# start with '-' (an option), and a ':' is only a port (digits, then '/') or a tag after the last '/'.
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+                    r"(?:@sha256:[a-f0-9]{64})?|[a-f0-9]{12,64}")
+# containers/image's transports: podman run reads "oci-archive:PATH", "dir:PATH", "docker-archive:PATH",
+# "containers-storage:[STORE]IMAGE"... as that transport, i.e. root would read a file the user names.
+_TRANSPORTS = frozenset({"docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
+                         "containers-storage", "ostree", "sif", "tarball", "atomic"})
 
 
 def check_image(image: str) -> str:
-    """The Container value, or InvalidArgument: never something a runtime could read as an option."""
-    if not _IMAGE.fullmatch(image) or "//" in image or ".." in image:
+    """The Container value, or InvalidArgument: never something a runtime could read as an option or a
+    transport (a path root podman would read)."""
+    if image.partition(":")[0].lower() in _TRANSPORTS and ":" in image:
+        raise _bad("Container", f"{image[:80]!r} names a transport ({image.partition(':')[0]!r}); only images "
+                                "already in the node's local store may be run: give NAME[:TAG]")
+    if len(image) > 255 or not _IMAGE.fullmatch(image):
         raise _bad("Container", f"{image[:80]!r} is not an image name; give one of the node's local images "
-                                "as NAME[:TAG], NAME@sha256:DIGEST or an image id (letters, digits and ._/:@+- "
-                                "only, starting with a letter or digit)")
+                                "as NAME[:TAG], NAME@sha256:DIGEST or an image id (lower-case letters, digits "
+                                "and ._-/ in names, an optional HOST[:PORT]/ first)")
     return image
 
 

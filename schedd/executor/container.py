@@ -28,12 +28,14 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from schedd.core.model import Job
+from schedd.core.spec import check_image
 from schedd.errors import InvalidArgument
 from schedd.executor.exits import ExecutorError
 
@@ -47,6 +49,8 @@ PODMAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": 
 INIT_PATHS = ("/usr/libexec/podman/catatonit", "/usr/bin/catatonit")
 MNT_DETACH = 2
 _KNOWN_TTL = 30.0  # seconds an image found in the store is taken as there without asking again
+LOOKUPS = 4  # podman processes at most asking the store at once, whatever the flood of submits
+LOOKUP_TIMEOUT = 30.0  # seconds a lookup may take before its podman is killed and the submit refused
 
 
 def container_name(job_id: int, run: int) -> str:
@@ -65,7 +69,10 @@ class ContainerRuntime:
     storage_driver: str = ""
     init: str = ""  # INIT_PATHS' first found: the container's PID 1; "" = the command is
     stage_root: str = STAGE_ROOT
+    lookup_timeout: float = LOOKUP_TIMEOUT
     _known: dict[str, float] = field(default_factory=dict)
+    _asking: dict[str, "asyncio.Future[None]"] = field(default_factory=dict)  # image -> its lookup under way
+    _lookups: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LOOKUPS))
 
     @classmethod
     def probe(cls, cfg, state_dir: Path) -> "ContainerRuntime | None":
@@ -98,27 +105,53 @@ class ContainerRuntime:
     # -- at submit -------------------------------------------------------------------
 
     async def check_image(self, image: str) -> None:
-        """InvalidArgument unless the image is in the local store (asked without blocking the loop)."""
+        """InvalidArgument unless the image is in the local store (asked without blocking the loop).
+
+        A flood of submits cannot make a flood of root podmans: submits of one image share one lookup,
+        found images are remembered briefly, at most LOOKUPS podmans ask at once, and one that does not
+        answer within lookup_timeout is killed (the submit is refused, saying so)."""
         seen = self._known.get(image)
         if seen is not None and time.monotonic() - seen < _KNOWN_TTL:
             return
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._global(), "image", "exists", "--", image, env=PODMAN_ENV,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await asyncio.wait_for(proc.communicate(), 30)
-        except (OSError, asyncio.TimeoutError) as e:
-            raise InvalidArgument(f"Container: cannot look up image {image!r} in this node's store: {e}") from None
-        if proc.returncode == 0:
+        pending = self._asking.get(image)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up(image))
+            self._asking[image] = pending
+            pending.add_done_callback(lambda _f: self._asking.pop(image, None))
+        await asyncio.shield(pending)  # one submitter giving up does not cancel the others' lookup
+
+    async def _look_up(self, image: str) -> None:
+        async with self._lookups:
+            code, err = await self._podman(["image", "exists", "--", image], self.lookup_timeout,
+                                           f"look up image {image!r} in this node's store")
+        if code == 0:
             self._known[image] = time.monotonic()
             if len(self._known) > 1024:
                 self._known.clear()
             return
-        if proc.returncode == 1:
+        if code == 1:
             raise InvalidArgument(f"Container: image {image!r} is not in this node's local image store "
                                   "(images are not pulled; load it with podman pull/load/import as root)")
-        raise InvalidArgument(f"Container: cannot look up image {image!r}: "
-                              f"{err.decode(errors='replace').strip()[:300] or f'podman exit {proc.returncode}'}")
+        raise InvalidArgument(f"Container: cannot look up image {image!r}: {err or f'podman exit {code}'}")
+
+    async def _podman(self, args: list[str], timeout: float, what: str) -> tuple[int, str]:
+        """(exit status, its stderr's start) of one podman command; InvalidArgument if it cannot run or
+        does not end in time -- then it is killed and reaped, never left running as root."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._global(), *args, env=PODMAN_ENV, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        except OSError as e:
+            raise InvalidArgument(f"Container: cannot {what}: {e}") from None
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except BaseException as e:  # timeout or cancel: podman (and whatever it started) goes with it
+            _kill_group(proc.pid)
+            await proc.wait()
+            if isinstance(e, asyncio.TimeoutError):
+                raise InvalidArgument(f"Container: cannot {what}: podman did not answer in {timeout:g} s") from None
+            raise
+        return proc.returncode, err.decode(errors="replace").strip()[:300]
 
     # -- at start --------------------------------------------------------------------
 
@@ -126,6 +159,10 @@ class ContainerRuntime:
                env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         """Write this run's launch files; (the gate's command, the gate's environment) that start it."""
         s = job.spec
+        try:  # checked at submit; again here for a job stored (or forwarded by a peer) under older rules
+            check_image(s.container)
+        except InvalidArgument as e:
+            raise ExecutorError(str(e)) from None
         if "," in s.working_directory or '"' in s.working_directory:  # refused at submit (schedd.core.spec)
             raise ExecutorError(f"Container: working directory {s.working_directory!r} cannot be mounted")
         name = container_name(job.id, job.restarts)
@@ -168,14 +205,73 @@ class ContainerRuntime:
 
     async def _remove(self, job_id: int, name: str) -> None:
         try:
+            code, err = await self._podman(["rm", "--force", "--ignore", "--time=0", "--", name], 60,
+                                           f"remove container {name}")
+            if code:
+                log.warning("job %d: podman rm %s: %s", job_id, name, err)
+        except InvalidArgument as e:
+            log.warning("job %d: %s", job_id, e)
+
+
+    async def sweep(self, known: set[int]) -> list[str]:
+        """After a daemon restart: remove what container runs of jobs no longer active left behind (a
+        crash between a run's end and its cleanup): their container records in root's store, their
+        staging binds and launch files. The names swept."""
+        gone: set[str] = set()
+        for d in (Path(self.stage_root), self.state_dir):
+            try:
+                names = [p.name.split(".", 1)[0] for p in d.iterdir()]
+            except OSError:
+                continue
+            gone.update(n for n in names if _job_of(n) is not None and _job_of(n) not in known)
+        try:
+            code, out = await self._podman_out(["ps", "--all", "--filter", "label=schedd.job", "--format",
+                                                "{{.Names}}"])
+            if code == 0:
+                gone.update(n for n in out.split() if _job_of(n) is not None and _job_of(n) not in known)
+        except InvalidArgument as e:
+            log.warning("cannot list leftover containers: %s", e)
+        for name in sorted(gone):
+            job_id = _job_of(name)
+            await self._remove(job_id, name)
+            unstage(f"{self.stage_root}/{name}")
+            for ext in (".json", ".env"):
+                try:
+                    (self.state_dir / f"{name}{ext}").unlink()
+                except FileNotFoundError:
+                    pass
+        if gone:
+            log.info("removed leftovers of %d container run(s): %s", len(gone), ", ".join(sorted(gone)))
+        return sorted(gone)
+
+    async def _podman_out(self, args: list[str]) -> tuple[int, str]:
+        try:
             proc = await asyncio.create_subprocess_exec(
-                *self._global(), "rm", "--force", "--ignore", "--time=0", name, env=PODMAN_ENV,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
-            if proc.returncode:
-                log.warning("job %d: podman rm %s: %s", job_id, name, err.decode(errors="replace").strip()[:300])
-        except (OSError, asyncio.TimeoutError) as e:
-            log.warning("job %d: cannot remove container %s: %s", job_id, name, e)
+                *self._global(), *args, env=PODMAN_ENV, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        except OSError as e:
+            raise InvalidArgument(f"cannot run podman: {e}") from None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        except BaseException:
+            _kill_group(proc.pid)
+            await proc.wait()
+            raise InvalidArgument("podman ps did not answer in 60 s") from None
+        return proc.returncode, out.decode(errors="replace")
+
+
+_NAME = re.compile(r"schedd-job-([0-9]+)(?:-[0-9]+)?")
+
+
+def _job_of(name: str) -> int | None:
+    m = _NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def unstage(stage: str) -> None:

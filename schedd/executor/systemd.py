@@ -347,6 +347,11 @@ class SystemdExecutor(GatedExecutor):
             m = _UNIT_RE.match(u[0])
             if m and int(m.group(1)) not in known:
                 found.append(int(m.group(1)))
+        if self.containers is not None:  # called once, after recovery: what a crash left of container runs
+            try:
+                await self.containers.sweep(known | set(found) | set(self._container_runs))  # a running unit: adopted
+            except Exception:
+                log.exception("cannot sweep leftover containers")
         return found
 
     async def adopt_pids(self, job_id: int) -> list[int]:
