@@ -374,10 +374,16 @@ def _apply_federation(cfg: Config, fed: dict) -> None:
         f.url = fed["url"].rstrip("/")
 
 
-def check_peer_url(url: object, where: str, allow_insecure: bool) -> str:
-    """A peer's URL as configured or announced: http(s), a host, and https:// off loopback unless allowed."""
+_PEER_CARGO = ("the cluster's token and every forwarded job (with its environment) in clear; use https:// "
+               "(tls_cert/tls_key on that node, tls_ca here)")
+
+
+def check_peer_url(url: object, where: str, allow_insecure: bool, cargo: str = _PEER_CARGO,
+                   what: str = "must start with http:// or https://") -> str:
+    """A peer's URL as configured or announced: http(s), a host, and https:// off loopback unless allowed
+    (`cargo`: what plain http would carry in clear, and what to use instead)."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where} = {url!r}: must start with http:// or https://")
+        raise ConfigError(f"{where} = {url!r}: {what}")
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
@@ -385,10 +391,8 @@ def check_peer_url(url: object, where: str, allow_insecure: bool) -> str:
     if not host:
         raise ConfigError(f"{where} = {url!r}: names no host")
     if url.startswith("http://") and not is_loopback_host(host) and not allow_insecure:
-        raise ConfigError(f"{where} = {url!r}: plain http:// to another machine would send the "
-                          "cluster's token and every forwarded job (with its environment) in clear; use "
-                          "https:// (tls_cert/tls_key on that node, tls_ca here), or set [http] "
-                          "allow_insecure_peers = true to accept that on a network you trust")
+        raise ConfigError(f"{where} = {url!r}: plain http:// to another machine would send {cargo}, or set "
+                          "[http] allow_insecure_peers = true to accept that on a network you trust")
     return url.rstrip("/")
 
 
@@ -476,21 +480,9 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         name, url = peer["name"], peer["url"]
         if not isinstance(name, str) or not name or name in names:
             raise ConfigError(f"peers[{i}].name = {name!r}: must be a non-empty name unique in the cluster")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"peers[{i}].url = {url!r}: must start with http:// or https://")
-        try:
-            host = urlsplit(url).hostname or ""
-        except ValueError:
-            host = ""
-        if not host:
-            raise ConfigError(f"peers[{i}].url = {url!r}: names no host")
-        if url.startswith("http://") and not is_loopback_host(host) and not cfg.http.allow_insecure_peers:
-            raise ConfigError(f"peers[{i}].url = {url!r}: plain http:// to another machine would send the "
-                              "cluster's token and every forwarded job (with its environment) in clear; use "
-                              "https:// (tls_cert/tls_key on that node, tls_ca here), or set [http] "
-                              "allow_insecure_peers = true to accept that on a network you trust")
+        url = check_peer_url(url, f"peers[{i}].url", cfg.http.allow_insecure_peers)
         names.add(name)
-        cfg.peers.append(PeerConfig(name, url.rstrip("/")))
+        cfg.peers.append(PeerConfig(name, url))
     if cfg.peers and (cfg.http.listen is None or cfg.http.token_file is None):
         raise ConfigError("[[peers]] need [http] listen and token_file: peers talk to each other over HTTP")
     for i, seed in enumerate(cfg.federation.seeds):
@@ -556,17 +548,8 @@ def _slurm_peer(i: int, peer: dict, taken: set[str], insecure_ok: bool) -> "Peer
     name, url, key_file = peer["name"], peer["url"], peer["jwt_key_file"]
     if not isinstance(name, str) or not _SLURM_NAME.match(name) or name in taken or name == "any":
         raise ConfigError(f"{where}.name = {name!r}: must be a name unique in the cluster (letters, digits, _.-)")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.url = {url!r}: slurmrestd's address, http:// or https://")
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        host = ""
-    if not host:
-        raise ConfigError(f"{where}.url = {url!r}: names no host")
-    if url.startswith("http://") and not is_loopback_host(host) and not insecure_ok:
-        raise ConfigError(f"{where}.url = {url!r}: plain http:// to another machine would send users' Slurm "
-                          "tokens and jobs in clear; use https:// or set [http] allow_insecure_peers = true")
+    url = check_peer_url(url, f"{where}.url", insecure_ok, "users' Slurm tokens and jobs in clear; use https://",
+                         "slurmrestd's address, http:// or https://")
     if not isinstance(key_file, str) or not os.path.isabs(key_file):
         raise ConfigError(f"{where}.jwt_key_file must be an absolute path (Slurm's jwt_key, readable by root only)")
     partition = peer.get("partition", "")

@@ -134,23 +134,27 @@ class ContainerRuntime:
                                   "(images are not pulled; load it with podman pull/load/import as root)")
         raise InvalidArgument(f"Container: cannot look up image {image!r}: {err or f'podman exit {code}'}")
 
-    async def _podman(self, args: list[str], timeout: float, what: str) -> tuple[int, str]:
-        """(exit status, its stderr's start) of one podman command; InvalidArgument if it cannot run or
-        does not end in time -- then it is killed and reaped, never left running as root."""
+    async def _podman(self, args: list[str], timeout: float, what: str, *, stdout: bool = False) -> tuple[int, str]:
+        """(exit status, its stderr's start -- or with stdout, its output) of one podman command;
+        InvalidArgument if it cannot run or does not end in time -- then it is killed and reaped, never
+        left running as root."""
+        pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._global(), *args, env=PODMAN_ENV, start_new_session=True,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                stdin=null, stdout=pipe if stdout else null, stderr=null if stdout else pipe)
         except OSError as e:
             raise InvalidArgument(f"Container: cannot {what}: {e}") from None
         try:
-            _, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except BaseException as e:  # timeout or cancel: podman (and whatever it started) goes with it
             _kill_group(proc.pid)
             await proc.wait()
             if isinstance(e, asyncio.TimeoutError):
                 raise InvalidArgument(f"Container: cannot {what}: podman did not answer in {timeout:g} s") from None
             raise
+        if stdout:
+            return proc.returncode, out.decode(errors="replace")
         return proc.returncode, err.decode(errors="replace").strip()[:300]
 
     # -- at start --------------------------------------------------------------------
@@ -225,8 +229,8 @@ class ContainerRuntime:
                 continue
             gone.update(n for n in names if _job_of(n) is not None and _job_of(n) not in known)
         try:
-            code, out = await self._podman_out(["ps", "--all", "--filter", "label=schedd.job", "--format",
-                                                "{{.Names}}"])
+            code, out = await self._podman(["ps", "--all", "--filter", "label=schedd.job", "--format", "{{.Names}}"],
+                                           60, "list leftover containers", stdout=True)
             if code == 0:
                 gone.update(n for n in out.split() if _job_of(n) is not None and _job_of(n) not in known)
         except InvalidArgument as e:
@@ -243,21 +247,6 @@ class ContainerRuntime:
         if gone:
             log.info("removed leftovers of %d container run(s): %s", len(gone), ", ".join(sorted(gone)))
         return sorted(gone)
-
-    async def _podman_out(self, args: list[str]) -> tuple[int, str]:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._global(), *args, env=PODMAN_ENV, start_new_session=True,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        except OSError as e:
-            raise InvalidArgument(f"cannot run podman: {e}") from None
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        except BaseException:
-            _kill_group(proc.pid)
-            await proc.wait()
-            raise InvalidArgument("podman ps did not answer in 60 s") from None
-        return proc.returncode, out.decode(errors="replace")
 
 
 _NAME = re.compile(r"schedd-job-([0-9]+)(?:-[0-9]+)?")
