@@ -118,6 +118,19 @@ class FederationConfig:
 
 
 @dataclass
+class ContainerConfig:
+    """[containers]: how Container jobs run (schedd.executor.container). runtime 'auto': podman where it
+    is installed and the daemon runs as root; 'none': this node refuses Container."""
+
+    runtime: str = "auto"  # auto | podman | none
+    podman: str = "/usr/bin/podman"
+    storage_root: str = ""  # podman --root: the local image store ('' = podman's own default)
+    run_root: str = ""  # podman --runroot
+    storage_driver: str = ""  # podman --storage-driver ('' = podman's: overlay; vfs where the store is on overlayfs)
+    network: str = "host"  # host (what any job has) | none
+
+
+@dataclass
 class Config:
     node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     cpu_ids: list[int] = field(default_factory=lambda: sorted(os.sched_getaffinity(0)))
@@ -151,6 +164,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     peers: list[PeerConfig] = field(default_factory=list)
+    containers: ContainerConfig = field(default_factory=ContainerConfig)
     source: Path | None = None
 
     @property
@@ -208,7 +222,7 @@ def _discover_gpus(cfg: Config) -> None:
 
 
 def _apply(cfg: Config, data: dict) -> None:
-    known = {"node", "resources", "jobs", "scheduler", "daemon", "http", "peers", "federation"}
+    known = {"node", "resources", "jobs", "scheduler", "daemon", "http", "peers", "federation", "containers"}
     for section in data:
         if section not in known:
             raise ConfigError(f"unknown section [{section}]; known: {', '.join(sorted(known))}")
@@ -222,6 +236,7 @@ def _apply(cfg: Config, data: dict) -> None:
                  "allowed_hosts", "tls_cert", "tls_key", "tls_ca", "heartbeat_interval",
                  "history_interval"},
         "federation": {"uid_min", "uid_max", "deny_groups", "seeds", "url"},
+        "containers": {"runtime", "podman", "storage_root", "run_root", "storage_driver", "network"},
     }
     for section, allowed in keys.items():
         for key in data.get(section, {}):
@@ -307,7 +322,29 @@ def _apply(cfg: Config, data: dict) -> None:
             raise ConfigError("daemon.executor must be 'auto', 'systemd' or 'plain'")
         cfg.executor = daemon["executor"]
     _apply_federation(cfg, data.get("federation", {}))
+    _apply_containers(cfg.containers, data.get("containers", {}))
     _apply_http(cfg, data.get("http", {}), data.get("peers", []))
+
+
+def _apply_containers(c: ContainerConfig, sec: dict) -> None:
+    if "runtime" in sec:
+        if sec["runtime"] not in ("auto", "podman", "none"):
+            raise ConfigError("containers.runtime must be 'auto', 'podman' or 'none'")
+        c.runtime = sec["runtime"]
+    if "network" in sec:
+        if sec["network"] not in ("host", "none"):
+            raise ConfigError("containers.network must be 'host' or 'none'")
+        c.network = sec["network"]
+    if "storage_driver" in sec:
+        if sec["storage_driver"] not in ("", "overlay", "vfs", "btrfs", "zfs"):
+            raise ConfigError("containers.storage_driver must be overlay, vfs, btrfs or zfs (or empty)")
+        c.storage_driver = sec["storage_driver"]
+    for key in ("podman", "storage_root", "run_root"):
+        if key in sec:
+            v = sec[key]
+            if not isinstance(v, str) or (v and not v.startswith("/")) or (key == "podman" and not v):
+                raise ConfigError(f"containers.{key} must be an absolute path")
+            setattr(c, key, v)
 
 
 def _apply_federation(cfg: Config, fed: dict) -> None:
@@ -337,10 +374,16 @@ def _apply_federation(cfg: Config, fed: dict) -> None:
         f.url = fed["url"].rstrip("/")
 
 
-def check_peer_url(url: object, where: str, allow_insecure: bool) -> str:
-    """A peer's URL as configured or announced: http(s), a host, and https:// off loopback unless allowed."""
+_PEER_CARGO = ("the cluster's token and every forwarded job (with its environment) in clear; use https:// "
+               "(tls_cert/tls_key on that node, tls_ca here)")
+
+
+def check_peer_url(url: object, where: str, allow_insecure: bool, cargo: str = _PEER_CARGO,
+                   what: str = "must start with http:// or https://") -> str:
+    """A peer's URL as configured or announced: http(s), a host, and https:// off loopback unless allowed
+    (`cargo`: what plain http would carry in clear, and what to use instead)."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where} = {url!r}: must start with http:// or https://")
+        raise ConfigError(f"{where} = {url!r}: {what}")
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
@@ -348,10 +391,8 @@ def check_peer_url(url: object, where: str, allow_insecure: bool) -> str:
     if not host:
         raise ConfigError(f"{where} = {url!r}: names no host")
     if url.startswith("http://") and not is_loopback_host(host) and not allow_insecure:
-        raise ConfigError(f"{where} = {url!r}: plain http:// to another machine would send the "
-                          "cluster's token and every forwarded job (with its environment) in clear; use "
-                          "https:// (tls_cert/tls_key on that node, tls_ca here), or set [http] "
-                          "allow_insecure_peers = true to accept that on a network you trust")
+        raise ConfigError(f"{where} = {url!r}: plain http:// to another machine would send {cargo}, or set "
+                          "[http] allow_insecure_peers = true to accept that on a network you trust")
     return url.rstrip("/")
 
 
@@ -439,21 +480,9 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
         name, url = peer["name"], peer["url"]
         if not isinstance(name, str) or not name or name in names:
             raise ConfigError(f"peers[{i}].name = {name!r}: must be a non-empty name unique in the cluster")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"peers[{i}].url = {url!r}: must start with http:// or https://")
-        try:
-            host = urlsplit(url).hostname or ""
-        except ValueError:
-            host = ""
-        if not host:
-            raise ConfigError(f"peers[{i}].url = {url!r}: names no host")
-        if url.startswith("http://") and not is_loopback_host(host) and not cfg.http.allow_insecure_peers:
-            raise ConfigError(f"peers[{i}].url = {url!r}: plain http:// to another machine would send the "
-                              "cluster's token and every forwarded job (with its environment) in clear; use "
-                              "https:// (tls_cert/tls_key on that node, tls_ca here), or set [http] "
-                              "allow_insecure_peers = true to accept that on a network you trust")
+        url = check_peer_url(url, f"peers[{i}].url", cfg.http.allow_insecure_peers)
         names.add(name)
-        cfg.peers.append(PeerConfig(name, url.rstrip("/")))
+        cfg.peers.append(PeerConfig(name, url))
     if cfg.peers and (cfg.http.listen is None or cfg.http.token_file is None):
         raise ConfigError("[[peers]] need [http] listen and token_file: peers talk to each other over HTTP")
     for i, seed in enumerate(cfg.federation.seeds):
@@ -463,6 +492,16 @@ def _apply_http(cfg: Config, http: dict, peers: object) -> None:
     if cfg.federation.seeds and (cfg.http.listen is None or cfg.http.token_file is None):
         raise ConfigError("[federation] seeds need [http] listen and token_file: a node joins its cluster over "
                           "HTTP with the cluster's token")
+    if cfg.federation.seeds and not cfg.federation.url and _unspecified(cfg.http.listen[0]):
+        raise ConfigError(f"[federation] seeds with [http] listen on {cfg.http.listen[0]} (every address): set "
+                          f"[federation] url to the URL this node's peers reach it at, e.g. \"https://node-c:7001\"")
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
 
 
 def read_token(path: Path, key: str = "token_file") -> str:
@@ -509,17 +548,8 @@ def _slurm_peer(i: int, peer: dict, taken: set[str], insecure_ok: bool) -> "Peer
     name, url, key_file = peer["name"], peer["url"], peer["jwt_key_file"]
     if not isinstance(name, str) or not _SLURM_NAME.match(name) or name in taken or name == "any":
         raise ConfigError(f"{where}.name = {name!r}: must be a name unique in the cluster (letters, digits, _.-)")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.url = {url!r}: slurmrestd's address, http:// or https://")
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        host = ""
-    if not host:
-        raise ConfigError(f"{where}.url = {url!r}: names no host")
-    if url.startswith("http://") and not is_loopback_host(host) and not insecure_ok:
-        raise ConfigError(f"{where}.url = {url!r}: plain http:// to another machine would send users' Slurm "
-                          "tokens and jobs in clear; use https:// or set [http] allow_insecure_peers = true")
+    url = check_peer_url(url, f"{where}.url", insecure_ok, "users' Slurm tokens and jobs in clear; use https://",
+                         "slurmrestd's address, http:// or https://")
     if not isinstance(key_file, str) or not os.path.isabs(key_file):
         raise ConfigError(f"{where}.jwt_key_file must be an absolute path (Slurm's jwt_key, readable by root only)")
     partition = peer.get("partition", "")

@@ -97,6 +97,7 @@ async def run(args: argparse.Namespace) -> int:
         cfg.executor, engine.on_exit, address=dbus.bus_address(args.user),
         status_dir=cfg.state_dir / "exits", kill_wait_usec=cfg.kill_wait_usec,
         gpu_devices=(lambda idx: device_paths(cfg.gpu_device, idx, cfg.gpu_minors)) if cfg.gpu_ids else None,
+        containers=cfg.containers,
     )
     await engine.recover(executor)
     bus = await dbus.connect(address, bus_class=ServiceBus)

@@ -40,6 +40,7 @@ SPEC_KEYS: dict[str, str] = {
     "ArrayTaskId": "u",
     "ArrayMaxRunning": "u",
     "ArrayTasks": "s",
+    "Container": "s",
 }
 
 # Job object properties (and GetJob/ListJobs keys) -> D-Bus signature.
@@ -77,6 +78,7 @@ JOB_PROPERTIES: dict[str, str] = {
     "SuspendedUSec": "t",
     "WaitUSec": "t",
     "RunUSec": "t",
+    "Container": "s",
 }
 
 # Job properties that may carry what is not everyone's (paths, arguments): with [jobs]
@@ -253,6 +255,7 @@ _JOB_FILE_ALIASES = {
     "working_directory": "WorkingDirectory", "workdir": "WorkingDirectory", "cwd": "WorkingDirectory",
     "environment": "Environment", "env": "Environment", "time": "RuntimeMaxUSec",
     "hold": "Hold", "after": "After", "node": "Node", "requeue": "Requeue",
+    "container": "Container", "image": "Container",
 }
 _RESOURCE_ALIASES = {"cpu": "CPUs", "cpus": "CPUs", "memory": "Memory", "mem": "Memory", "gpu": "GPUs", "gpus": "GPUs"}
 _IGNORED_JOB_FILE_KEYS = {"job_id"}  # ids are assigned by the daemon

@@ -96,6 +96,21 @@ class ClusterNode(ScheddCalls):
         return self.sb.journal("schedd", lines)
 
 
+def wait_job(node: ClusterNode, job_id: int, pred, what: str, timeout: float = 30.0) -> dict:
+    """The job as node answers for it once pred holds (by timeout); else the last answer and the journal."""
+    last: dict = {}
+
+    def check():
+        nonlocal last
+        last = node.job(job_id)
+        return last if pred(last) else None
+
+    try:
+        return wait_for(check, f"job {job_id} on {node.name}: {what}", timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen {json.dumps(last)}\n{node.journal(60)}") from None
+
+
 @dataclass
 class Cluster:
     tag: str

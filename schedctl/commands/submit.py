@@ -40,6 +40,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--array", metavar="IDS[%N]",
                    help="a job array: task ids like 1-1000, 0,3,5-7 or 0-15:4; %%N runs at most N at once. "
                         "Each task gets SCHEDD_ARRAY_TASK_ID and SCHEDD_ARRAY_JOB_ID")
+    s.add_argument("--container", metavar="IMAGE",
+                   help="run COMMAND inside IMAGE, an image in the node's local store (podman images), "
+                        "as you, in the job's scope")
     s.add_argument("--file", help="a JSON job file ('-': stdin); options given here override it")
     s.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_submit, prepare=prepare_submit)
@@ -115,7 +118,7 @@ def read_job_file(path: str) -> dict[str, Any]:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The submit options given on the command line, in the spec's units."""
     given = {"CPUs": args.cpus, "GPUs": args.gpus, "Priority": args.priority, "Name": args.name,
-             "Node": args.node, "WorkingDirectory": args.chdir, "StdoutPath": args.output, "StderrPath": args.error}
+             "Node": args.node, "Container": args.container, "WorkingDirectory": args.chdir, "StdoutPath": args.output, "StderrPath": args.error}
     values = {k: v for k, v in given.items() if v is not None}
     if args.mem is not None:
         values["Memory"] = _convert(parse_size, "--mem", args.mem)

@@ -74,6 +74,7 @@ JOB_KEYS: tuple[JobKey, ...] = (
     # writes end_time too: end_time alone decides when it changes.
     JobKey("RunUSec", lambda j: stats.run_usec(j.start_time, j.end_time) if j.end_time else 0,
            ("end_time",)),
+    _field("Container", "spec.container"),
 )
 
 JOB_GETTERS: dict[str, Callable[[Job], Any]] = {k.name: k.get for k in JOB_KEYS}

@@ -13,7 +13,7 @@ from aiohttp import web
 from dbus_fast import Variant
 
 from schedd.cluster.federation import Federation
-from schedd.cluster.membership import ClaimRefused, check_name, check_url
+from schedd.cluster.membership import ClaimRefused, check_claim_url, check_name, check_text, check_url, clean_text
 from schedd.cluster.openapi import OPENAPI
 from schedd.cluster.wire import ACTIONS, API, FORWARD_SPEC_KEYS, LOAD_KEYS, job_state_json, resolve_user, stale_json
 from schedd.core.model import Job, JobState
@@ -35,6 +35,14 @@ def _str(where: str, v: Any, empty: bool = False) -> str:
     if not isinstance(v, str) or (not v and not empty) or "\0" in v:
         raise InvalidArgument(f"{where} must be a{'' if empty else ' non-empty'} string without NUL bytes")
     return v
+
+
+def _features(value: Any) -> frozenset[str]:
+    """A heartbeat's Features: what the node runs beyond plain commands (absent from older nodes: none)."""
+    if not isinstance(value, list) or len(value) > 32 or not all(
+            isinstance(f, str) and 0 < len(f) <= 64 for f in value):
+        raise InvalidArgument("Features must be a list of at most 32 short strings")
+    return frozenset(value)
 
 
 def spec_variants(spec: Any) -> tuple[dict[str, Variant], str]:
@@ -120,10 +128,11 @@ class FederationApi:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
-    def _claim(self, body: dict) -> str:
+    def _claim(self, body: dict, request: web.Request) -> str:
         """A node names itself (a join, or the first beat of a node not known here): admitted, or 409."""
         name = check_name(body.get("Name"))
-        url = check_url(body.get("URL"), "URL", self.fed.cfg.http.allow_insecure_peers)
+        url = check_claim_url(check_url(body.get("URL"), "URL", self.fed.cfg.http.allow_insecure_peers),
+                              request.remote)
         try:
             self.fed.net.admit(name, url)
         except ClaimRefused as e:
@@ -138,8 +147,8 @@ class FederationApi:
         state = body.get("Drain")
         if state not in ("draining", "drained"):
             raise InvalidArgument("Drain must be 'draining' or 'drained'")
-        return (state, _str("DrainReason", body.get("DrainReason", ""), empty=True)[:1024],
-                _str("DrainedBy", body.get("DrainedBy", ""), empty=True)[:256])
+        return (state, clean_text(_str("DrainReason", body.get("DrainReason", ""), empty=True), 1024),
+                clean_text(_str("DrainedBy", body.get("DrainedBy", ""), empty=True), 256))
 
     @staticmethod
     def _load(body: dict) -> dict[str, int]:
@@ -148,12 +157,12 @@ class FederationApi:
     async def heartbeat(self, request: web.Request) -> web.Response:
         self.web.require_token(request)
         body = await read_json(request)
-        load, drain = self._load(body), self._drain(body)
+        load, drain, features = self._load(body), self._drain(body), _features(body.get("Features", []))
         name = body.get("Name")
         peer = self.fed.peers.get(name) if isinstance(name, str) else None
         if peer is None or (not peer.static and body.get("URL") != peer.url):
-            name = self._claim(body)  # a newcomer, or a learned member's claim from another URL (all checked first)
-        self.fed.net.heard(name, load, drain)
+            name = self._claim(body, request)  # a newcomer, or a learned member's claim from another URL (all checked first)
+        self.fed.net.heard(name, load, drain, features)
         answer: dict[str, Any] = {"Name": self.fed.name}
         if body.get("Digest") != self.fed.net.digest():
             answer |= self.fed.net.members_answer()  # its list differs from ours: it learns ours
@@ -163,9 +172,9 @@ class FederationApi:
         """A node announces itself (name, URL, capacity) and learns the members."""
         self.web.require_token(request)
         body = await read_json(request)
-        load, drain = self._load(body), self._drain(body)
-        name = self._claim(body)
-        self.fed.net.heard(name, load, drain)
+        load, drain, features = self._load(body), self._drain(body), _features(body.get("Features", []))
+        name = self._claim(body, request)
+        self.fed.net.heard(name, load, drain, features)
         return web.json_response({"Name": self.fed.name, **self.fed.net.members_answer()})
 
     async def leave(self, request: web.Request) -> web.Response:
@@ -175,7 +184,12 @@ class FederationApi:
         return web.json_response({})
 
     async def node_action(self, request: web.Request) -> web.Response:
-        """drain/resume this node (asked by a member for an operator), or remove a node (a member did)."""
+        """drain/resume this node (asked by a member for an operator), or remove a node (a member did).
+
+        The token is all that authorizes these (as it is for every peer route: its holders are the cluster's
+        nodes, and a node's operator may drain any node from there). The operator checks (root, polkit's
+        manage-nodes) are the asking node's. What `By` says is the asking node's word, so it is shown with
+        that node's name: "alice on a" from node a stays so; anything else from a reads "... (via a)"."""
         self.web.require_token(request)
         action, name = request.match_info["action"], request.match_info["name"]
         if action not in ("drain", "resume", "remove"):
@@ -186,11 +200,13 @@ class FederationApi:
             return web.json_response({})
         if name != self.fed.name:
             raise NotFound(f"node {self.fed.name} drains and resumes only itself, not {name!r}")
-        reason = _str("Reason", body.get("Reason", ""), empty=True)
-        by = _str("By", body.get("By", ""), empty=True)
-        if len(reason) > 1024 or len(by) > 256:
-            raise InvalidArgument("Reason is at most 1024 characters and By at most 256")
-        await self.fed.drain_node(self.fed.name, reason, by or "a peer", resume=action == "resume")
+        if "Node" not in body:
+            raise InvalidArgument("Node is required: the name of the node that asks (its operator's drain)")
+        node = self._peer("Node", body.get("Node"))
+        reason = check_text("Reason", body.get("Reason", ""), 1024)
+        by = check_text("By", body.get("By", ""), 200)
+        by = by if by.endswith(f" on {node}") else f"{by or 'an operator'} (via {node})"
+        await self.fed.drain_node(self.fed.name, reason, by, resume=action == "resume")
         return web.json_response({"Node": self.fed.name, "State": self.fed.net.own_drain()[0] or "up"})
 
     async def nodes(self, request: web.Request) -> web.Response:

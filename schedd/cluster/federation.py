@@ -87,7 +87,8 @@ class Federation:
     async def join(self) -> bool:
         """Announce this node to a seed and learn the members from its answer (True once one answered).
         A seed's refusal (wrong token, a name taken) ends the daemon with its words: waiting cannot fix it."""
-        body = {"Name": self.name, "URL": self.net._own_url(), **self.net.local_load()}
+        body = {"Name": self.name, "URL": self.net._own_url(), **self.net.local_load(),
+                "Features": sorted(self.net.features())}
         state, reason, by = self.net.own_drain()
         if state:  # a drained node that restarts stays drained in its peers' eyes
             body.update(Drain=state, DrainReason=reason, DrainedBy=by)
@@ -103,10 +104,9 @@ class Federation:
             except PeerError as e:
                 log.warning("joining through seed %s: %s", url, e)
                 continue
-            members, _ = parse_members(answer, self.cfg.http.allow_insecure_peers)
-            for name, murl in members:
-                if name != self.name and name not in self.peers:
-                    self.net.add(name, murl, how="is a member (learned on joining); it is in")
+            # As any member's list: a name removed here (a tombstone) is not brought back, and the names
+            # the seed removed are forgotten here too.
+            self.net.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers, url))
             log.warning("node %s joined the cluster through %s: members %s", self.name, url,
                         ", ".join(sorted(self.peers)) or "none")
             return True
@@ -135,7 +135,7 @@ class Federation:
         if p.static:
             raise InvalidArgument(f"node {name} is in this node's [[peers]] ({self.cfg.source or 'schedd.toml'}); "
                                   f"remove it there and restart")
-        if p.up:
+        if self.net.heard_lately(name):
             raise InvalidState(f"node {name} is up; drain it and stop its schedd first (a node that is up "
                                f"cannot be removed)")
         self.origin.node_down(p)  # its jobs follow the node-failure rules, whether it was judged down yet or not
@@ -149,7 +149,7 @@ class Federation:
         p = self.peers.get(name)
         if p is None:
             return
-        if p.static or p.up:
+        if p.static or self.net.heard_lately(name):
             log.warning("node %s removed node %s, which is %s here: kept", by, name,
                         "in [[peers]]" if p.static else "up")
             return
@@ -172,7 +172,8 @@ class Federation:
                                   f"(scontrol update NodeName=... State=DRAIN Reason=...)")
         try:
             await self.net.request(p, "POST", f"/nodes/{name}/{'resume' if resume else 'drain'}",
-                                   json={"Reason": reason, "By": by}, timeout=self.net.call_timeout)
+                                   json={"Reason": reason, "By": by, "Node": self.name},
+                                   timeout=self.net.call_timeout)
         except PeerRefused as e:
             raise e.error from None
         except PeerError as e:

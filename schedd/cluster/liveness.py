@@ -10,7 +10,9 @@ judges anyone.
 And a node that hears no majority of the cluster (itself included) judges nobody: when every peer
 falls silent at once, the likelier story is that this node's own link is cut, and the majority
 side -- which can still hear itself -- is the one to requeue. (A cluster of two has no majority
-to consult; there a silent peer is down as usual.) Pure: the daemon feeds it a clock that counts
+to consult; there a silent peer is down as usual.) A member that joined counts for the majority
+only once it has answered this node's heartbeat (`confirm`): a flood of joins under made-up names
+that then fall silent must not leave every node without a majority, judging nobody for good. Pure: the daemon feeds it a clock that counts
 suspend (CLOCK_BOOTTIME); the unit tests feed it virtual time.
 """
 
@@ -38,6 +40,7 @@ class Liveness:
     judged: set[str] = field(default_factory=set)  # down, and already reported as such since last heard
     stalls: int = 0  # how often this node found it had been away
     quorate: bool = True  # it hears a majority of the cluster (it judges peers only then)
+    provisional: set[str] = field(default_factory=set)  # joined, not counted for a majority until confirmed
 
     def __post_init__(self) -> None:
         self.awake_since = self.last_tick = self.now
@@ -51,12 +54,18 @@ class Liveness:
         self.up.add(name)
         return True
 
-    def add(self, name: str, now: float) -> None:
-        """A member joined: its silence counts from now."""
+    def add(self, name: str, now: float, *, provisional: bool = False) -> None:
+        """A member joined: its silence counts from now (and, provisional, not for a majority yet)."""
         if name not in self.names:
             self.names.append(name)
         self.last_heard[name] = now
         self.judged.discard(name)
+        if provisional:
+            self.provisional.add(name)
+
+    def confirm(self, name: str) -> None:
+        """It answered our heartbeat: it is a node, and counts for a majority from now on."""
+        self.provisional.discard(name)
 
     def remove(self, name: str) -> None:
         if name in self.names:
@@ -64,6 +73,7 @@ class Liveness:
         self.last_heard.pop(name, None)
         self.up.discard(name)
         self.judged.discard(name)
+        self.provisional.discard(name)
 
     def tick(self, now: float) -> tuple[bool, list[str]]:
         """Called every fraction of a heartbeat: (this node was away since the last tick, the peers
@@ -74,8 +84,9 @@ class Liveness:
             self.awake_since = now
             self.stalls += 1
         silent = [n for n in self.names if self.silence(n, now) > self.threshold]
-        heard = 1 + len(self.names) - len(silent)  # this node and the peers it hears
-        self.quorate = len(self.names) < 2 or 2 * heard > len(self.names) + 1
+        voters = len(self.names) - len(self.provisional)
+        heard = 1 + voters - len([n for n in silent if n not in self.provisional])  # this node and those it hears
+        self.quorate = voters < 2 or 2 * heard > voters + 1
         down = []
         if self.quorate:
             for name in silent:

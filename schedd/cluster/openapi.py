@@ -36,7 +36,11 @@ OPENAPI: dict[str, Any] = {
                                          **{k: {"type": "integer", "minimum": 0} for k in LOAD_KEYS},
                                          "Digest": {"type": "string", "description": "of the sender's member list"},
                                          "Drain": {"type": "string", "enum": ["draining", "drained"]},
-                                         "DrainReason": {"type": "string"}, "DrainedBy": {"type": "string"}}},
+                                         "DrainReason": {"type": "string"}, "DrainedBy": {"type": "string"},
+                                         "Features": {"type": "array", "maxItems": 32,
+                                                      "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                                                      "description": "what the node runs beyond plain commands: "
+                                                                     "\"container\" (Container jobs)"}}},
             "Members": {"type": "object", "properties": {
                 "Name": {"type": "string"},
                 "Members": {"type": "array", "items": {"type": "object", "properties": {
@@ -92,7 +96,8 @@ OPENAPI: dict[str, Any] = {
             "summary": "a peer shuts down ({Name}): down at once, its queued copies placed again",
             "responses": {"200": {"description": "heard"}, **_ERRORS}}},
         f"{API}/nodes/{{name}}/{{action}}": {"post": {
-            "summary": "drain or resume this node ({Reason, By}), or forget node `name` a member removed ({Node})",
+            "summary": "drain or resume this node ({Reason, By, Node: the asking node}; By is shown with that node's "
+                       "name), or forget node `name` a member removed ({Node})",
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
                            {"name": "action", "in": "path", "required": True,
                             "schema": {"type": "string", "enum": ["drain", "resume", "remove"]}}],

@@ -63,7 +63,7 @@ class Origin:
 
     async def submit(self, spec: JobSpec) -> Job | None:
         """Place a new job with a Node: None means here (the engine queues it as usual)."""
-        need = Need(spec.cpus, spec.memory, spec.gpus)
+        need = Need.of(spec)
         target = choose(spec.node, need, self.net.views())
         if target == self.name:
             return None
@@ -101,7 +101,7 @@ class Origin:
     def require_local_fit(self, spec: JobSpec, why: str) -> None:
         """Unsatisfiable unless this node could ever hold the job (it cannot go anywhere else)."""
         try:
-            check_satisfiable("", Need(spec.cpus, spec.memory, spec.gpus), self.net.views())
+            check_satisfiable("", Need.of(spec), self.net.views())
         except SchedError as e:
             raise type(e)(f"{e.message} ({why})") from None
 
@@ -110,7 +110,7 @@ class Origin:
         once: all tries together within one try's timeout (a Submit waits on it)."""
         peer = self.net.peers[target]
         body = {"Origin": self.name, "OriginId": job.id, "Attempt": job.attempt, "Spec": spec_to_json(job.spec)}
-        self.net.count_sent(target, Need(job.spec.cpus, job.spec.memory, job.spec.gpus))
+        self.net.count_sent(target, Need.of(job.spec))
         delay = 0.1
         # A retry after a lost answer finds the first copy.
         timeout = self.net.call_timeout
@@ -149,7 +149,7 @@ class Origin:
             if target_name in avoid:
                 target_name = ANY
             try:
-                target = choose(target_name, Need(job.spec.cpus, job.spec.memory, job.spec.gpus), views,
+                target = choose(target_name, Need.of(job.spec), views,
                                 frozenset(avoid))
             except SchedError:
                 target = None

@@ -24,7 +24,8 @@ import aiohttp
 
 from schedd.api.http.web import Web
 from schedd.cluster.liveness import Liveness, boottime
-from schedd.cluster.membership import ClaimRefused, Member, digest, members_json, parse_members
+from schedd.cluster.membership import (MAX_MEMBERS, MAX_TOMBSTONES, ClaimRefused, Member, digest, members_json,
+                                       parse_members)
 from schedd.cluster.wire import API, PeerError, PeerRefused, refusal
 from schedd.config import Config
 from schedd.core.engine import Engine
@@ -107,8 +108,13 @@ class Peers:
     def _new_liveness(self) -> Liveness:
         # Checked four times an interval; a tick a whole interval late means this node was away.
         # Only schedd peers heartbeat (and count for a majority); a bridged peer is judged by its bridge.
+        # Learned members (from the store, or joined since) are judged too, provisional until they answer.
         names = [p.name for p in self.cfg.peers if p.kind == "schedd"]
-        return Liveness(names, threshold=3 * self.interval, stall=self.interval, now=self.clock())
+        learned = [n for n, p in self.peers.items() if not p.static and p.bridge is None and n not in names]
+        live = Liveness(names, threshold=3 * self.interval, stall=self.interval, now=self.clock())
+        for name in learned:
+            live.add(name, live.now, provisional=True)
+        return live
 
     def start_loops(self) -> None:
         self.keep("heartbeats", self._heartbeats)
@@ -161,10 +167,15 @@ class Peers:
             self._load = (now, pending, running)
         return ledger_load(l, pending, running)
 
+    def features(self) -> frozenset[str]:
+        """What this node runs beyond plain commands: its executor says (e.g. "container")."""
+        ex = self.engine.executor
+        return ex.features if ex is not None else frozenset()
+
     def views(self) -> list[NodeView]:
         """This node and every peer, as placement sees them (for metrics too). What jobs queued here
         ask for is not free for a newcomer: a burst of `any` jobs spills over instead of queueing here."""
-        local = NodeView.of_load(self.name, True, self.local_load(), local=True)
+        local = NodeView.of_load(self.name, True, self.local_load(), local=True, features=self.features())
         cpus = memory = gpus = 0
         for job in self.engine.scheduler.queued():
             cpus, memory, gpus = cpus + job.spec.cpus, memory + job.spec.memory, gpus + job.spec.gpus
@@ -237,7 +248,8 @@ class Peers:
     async def _heartbeats(self) -> None:
         while True:
             state, reason, by = self.own_drain()
-            body = {"Name": self.name, "URL": self._own_url(), **self.local_load(), "Digest": self.digest()}
+            body = {"Name": self.name, "URL": self._own_url(), **self.local_load(), "Digest": self.digest(),
+                    "Features": sorted(self.features())}
             if state:
                 body.update(Drain=state, DrainReason=reason, DrainedBy=by)
             for p in list(self.peers.values()):
@@ -263,21 +275,24 @@ class Peers:
         else:
             answer = answer if isinstance(answer, dict) else {}
             if "Members" in answer and peer.name in self.peers:
-                self.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers))
+                self.merge(*parse_members(answer, self.cfg.http.allow_insecure_peers, peer.url))
             self._answered(peer, True, answer)
 
     def _answered(self, peer: Peer, ok: bool, answer: dict) -> None:
+        if ok:
+            self.liveness.confirm(peer.name)
         changed = peer.answering != ok
         peer.answering = ok
         if self.on_answer is not None and (changed or ok):
             self.on_answer(peer, ok, answer)
 
-    def heard(self, name: str, load: dict[str, int], drain: tuple[str, str, str] = ("", "", "")) -> None:
+    def heard(self, name: str, load: dict[str, int], drain: tuple[str, str, str] = ("", "", ""),
+              features: frozenset[str] = frozenset()) -> None:
         """A heartbeat arrived from a peer (validated by the API)."""
         peer = self.peers[name]
         if peer.bridge is not None:
             return  # not a schedd: nothing speaks for it but its bridge
-        peer.view = NodeView.of_load(name, True, load)
+        peer.view = NodeView.of_load(name, True, load, features=features)
         peer.last_seen_usec = now_usec()
         peer.left = False
         if drain != peer.drain:
@@ -360,7 +375,10 @@ class Peers:
     def admit(self, name: str, url: str) -> Peer:
         """A node claims `name` at `url` itself (a join, or a heartbeat of a node not known yet): the peer,
         added if new; ClaimRefused when the name is this node's, a [[peers]] entry's at another URL, or a
-        live member's at another URL. A member that is down may come back at a new URL."""
+        member's at another URL, up or down: a token holder must not take over the name of a node that is
+        briefly down (its jobs' forwards, fences and output reads would go to the taker, and the node itself
+        would be locked out on its return). A node that really moved is removed first (`schedctl node
+        remove`), then joins again. Refused too when the table is full (MAX_MEMBERS)."""
         if name == self.name:
             raise ClaimRefused(f"node name {name!r} is node {self.name}'s own (at {self._own_url()}); give the "
                                f"newcomer a name of its own ([node] name)")
@@ -380,15 +398,20 @@ class Peers:
         if p.up:
             raise ClaimRefused(f"node name {name!r} is taken by a live node at {p.url}; a second node (at {url}) "
                                f"cannot join under it: give it a name of its own ([node] name)")
-        log.warning("node %s, which was down, is back at a new URL %s (was %s)", name, url, p.url)
-        p.url = url
-        self._persist(Member(name, url, now_usec()))
-        return p
+        raise ClaimRefused(f"node name {name!r} is a member at {p.url} (down now); a node at {url} cannot take "
+                           f"it over. If {name} really moved, run `schedctl node remove {name}` on a member first")
+
+    def full(self) -> bool:
+        return len(self.peers) >= MAX_MEMBERS
 
     def add(self, name: str, url: str, *, how: str) -> Peer:
+        """A new learned member; ClaimRefused when the table is full (a flood of joins stops there)."""
+        if self.full():
+            raise ClaimRefused(f"node {self.name} knows {len(self.peers)} nodes, its most ({MAX_MEMBERS}); "
+                               f"remove nodes that are gone (schedctl node remove) before {name} can join")
         peer = Peer(name, url, static=False)
         self.peers[name] = peer
-        self.liveness.add(name, self.clock())
+        self.liveness.add(name, self.clock(), provisional=True)
         self._persist(Member(name, url, now_usec()))
         log.warning("node %s (%s) %s the cluster", name, url, how)
         if self.on_added is not None:
@@ -402,10 +425,14 @@ class Peers:
         for name, url in members:
             gone = name in self.members and self.members[name].removed
             if name != self.name and name not in self.peers and not gone:
+                if self.full():
+                    log.warning("node %s is not learned from a member: this node knows its most (%d) nodes",
+                                name, MAX_MEMBERS)
+                    break
                 self.add(name, url, how="was learned from a member; it is in")
         for name in removed:
             p = self.peers.get(name)
-            if p is not None and not p.static and not p.up:
+            if p is not None and not p.static and not self.heard_lately(name):
                 self.remove(name)
 
     def remove(self, name: str) -> Peer:
@@ -413,11 +440,25 @@ class Peers:
         peer = self.peers.pop(name)
         self.liveness.remove(name)
         self._persist(Member(name, peer.url, now_usec(), removed=now_usec()))
+        self._forget_oldest_tombstones()
         log.warning("node %s (%s) was removed from the cluster", name, peer.url)
         if self.on_removed is not None:
             self.on_removed(peer)
         self._nodes_changed()
         return peer
+
+    def heard_lately(self, name: str) -> bool:
+        """Heard within the down threshold: `up` for `node remove`. (A node without a majority judges
+        nobody down, but a member silent that long is gone enough to be removed by an operator.)"""
+        p = self.peers[name]
+        return p.up and self.liveness.silence(name, self.clock()) <= self.liveness.threshold
+
+    def _forget_oldest_tombstones(self) -> None:
+        """At most MAX_TOMBSTONES removed names are kept (and answered to members): the oldest go first."""
+        gone = sorted((m.removed, m.name) for m in self.members.values() if m.removed)
+        for _, name in gone[:max(0, len(gone) - MAX_TOMBSTONES)]:
+            del self.members[name]
+            self.engine.store.forget_member(name)
 
     def _persist(self, m: Member) -> None:
         self.members[m.name] = m

@@ -73,6 +73,8 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
         home = ""
     if spec.working_directory not in (home, "/"):
         out["WorkingDirectory"] = spec.working_directory
+    if spec.container:
+        out["Container"] = spec.container
     for key, path in (("StdoutPath", spec.stdout_path), ("StderrPath", spec.stderr_path)):
         if path and not DEFAULT_OUTPUT.search(path):
             out[key] = path

@@ -87,6 +87,8 @@ class JobSpec:
     # Array tasks: the task's index (None: not an array task) and the array's cap on running tasks.
     array_task_id: int | None = None
     array_max_running: int = 0
+    # The image the command runs in ("": none); only the executor knows how (schedd.executor.container).
+    container: str = ""
     # Bytes of argv + environment as execve counts them (quota.exec_bytes), derived: 0 until counted.
     exec_size: int = field(default=0, compare=False, repr=False)
 

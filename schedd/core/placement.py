@@ -16,11 +16,19 @@ from schedd.protocol import format_size
 ANY = "any"
 
 
+CONTAINER = "container"  # the feature a node advertises when it runs Container jobs
+
+
 @dataclass(frozen=True, slots=True)
 class Need:
     cpus: int
     memory: int
     gpus: int = 0
+    container: bool = False  # runs in an image: only a node with the "container" feature can take it
+
+    @classmethod
+    def of(cls, spec) -> "Need":
+        return cls(spec.cpus, spec.memory, spec.gpus, bool(spec.container))
 
 
 # A node's capacity and load on the wire (heartbeats, ListNodes) and the NodeView field for each.
@@ -55,19 +63,21 @@ class NodeView:
     pending: int = 0
     running: int = 0
     drained: bool = False  # draining or drained (schedctl drain): it takes no new jobs
+    features: frozenset[str] = frozenset()  # what it runs beyond plain commands (CONTAINER), as it says
 
     @classmethod
-    def of_load(cls, name: str, up: bool, load: dict[str, int] | None, local: bool = False) -> "NodeView":
+    def of_load(cls, name: str, up: bool, load: dict[str, int] | None, local: bool = False,
+                features: frozenset[str] = frozenset()) -> "NodeView":
         if load is None:
             return cls(name, up, local=local, known=False)
-        return cls(name, up, local=local, **{f: load[k] for k, f in LOAD_FIELDS.items()})
+        return cls(name, up, local=local, features=features, **{f: load[k] for k, f in LOAD_FIELDS.items()})
 
     def load(self) -> dict[str, int]:
         return {k: getattr(self, f) for k, f in LOAD_FIELDS.items()}
 
     def could_fit(self, need: Need) -> bool:
         return (self.known and need.cpus <= self.total_cpus and need.memory <= self.total_memory
-                and need.gpus <= self.total_gpus)
+                and need.gpus <= self.total_gpus and (not need.container or CONTAINER in self.features))
 
     def fits_now(self, need: Need) -> bool:
         return (self.up and self.could_fit(need) and need.cpus <= self.free_cpus
@@ -95,6 +105,9 @@ def check_satisfiable(target: str, need: Need, nodes: list[NodeView]) -> None:
     if any(n.could_fit(need) for n in eligible):
         return
     where = "the largest node offers" if target == ANY else f"node {eligible[0].name} offers"
+    if need.container and not any(CONTAINER in n.features for n in eligible):
+        raise Unsatisfiable("Container: " + ("no node of this cluster runs containers" if target == ANY else
+                                             f"node {eligible[0].name} has no container runtime"))
     if need.gpus and not any(n.total_gpus >= need.gpus for n in eligible):
         raise Unsatisfiable(f"GPUs: asks for {need.gpus} GPUs but {where} {max(n.total_gpus for n in eligible)}")
     if not any(n.total_cpus >= need.cpus for n in eligible):

@@ -97,6 +97,32 @@ def _check_path(key: str, path: str) -> str:
     return os.path.normpath(path)
 
 
+# An image reference as the local store names it: [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST] or an image
+# id (docker's reference grammar, as podman parses it). It is a word of root podman's argv: it may not
+# start with '-' (an option), and a ':' is only a port (digits, then '/') or a tag after the last '/'.
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+                    r"(?:@sha256:[a-f0-9]{64})?|[a-f0-9]{12,64}")
+# containers/image's transports: podman run reads "oci-archive:PATH", "dir:PATH", "docker-archive:PATH",
+# "containers-storage:[STORE]IMAGE"... as that transport, i.e. root would read a file the user names.
+_TRANSPORTS = frozenset({"docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
+                         "containers-storage", "ostree", "sif", "tarball", "atomic"})
+
+
+def check_image(image: str) -> str:
+    """The Container value, or InvalidArgument: never something a runtime could read as an option or a
+    transport (a path root podman would read)."""
+    if image.partition(":")[0].lower() in _TRANSPORTS and ":" in image:
+        raise _bad("Container", f"{image[:80]!r} names a transport ({image.partition(':')[0]!r}); only images "
+                                "already in the node's local store may be run: give NAME[:TAG]")
+    if len(image) > 255 or not _IMAGE.fullmatch(image):
+        raise _bad("Container", f"{image[:80]!r} is not an image name; give one of the node's local images "
+                                "as NAME[:TAG], NAME@sha256:DIGEST or an image id (lower-case letters, digits "
+                                "and ._-/ in names, an optional HOST[:PORT]/ first)")
+    return image
+
+
 def _user_may_search(pw: pwd.struct_passwd, path: str) -> bool:
     """Whether the daemon may look at `path` on the user's behalf: the user can search
     every directory on the way (mode bits, as the kernel checks them).
@@ -250,7 +276,8 @@ def build_spec(
     if node not in ("", limits.node_name) and limits.cluster is not None:
         from schedd.core.placement import Need, check_satisfiable
 
-        check_satisfiable(node, Need(cpus, memory, gpus), list(limits.cluster()))
+        check_satisfiable(node, Need(cpus, memory, gpus, bool(v.get("Container"))),
+                          list(limits.cluster()))
     elif node not in ("", "any", limits.node_name):
         raise Unsatisfiable(f"Node: no node named {node!r} in this cluster (this node is {limits.node_name!r})")
     elif cpus > limits.total_cpus:
@@ -281,6 +308,18 @@ def build_spec(
     if "ArrayTasks" in v:
         _check_array_tasks(v, limits)
 
+    container = check_image(v["Container"]) if v.get("Container") else ""
+    if container:
+        bad = next((c for c in ',"' if c in cwd), None)
+        if bad is not None:
+            # The runtime takes the directory's mount as comma-separated options: none may come from a path.
+            raise _bad("WorkingDirectory", f"{cwd!r} holds {bad!r}, which a container job's directory may not "
+                                           "hold (it is mounted into the container); give another directory")
+        for i, entry in enumerate(env):
+            if "\n" in entry:
+                raise _bad("Environment", f"entry {i} ({entry.partition('=')[0]}) holds a newline; a container "
+                                          "job's environment is passed one variable a line")
+
     return JobSpec(
         exec_size=argv_bytes,
         command=command,
@@ -303,6 +342,7 @@ def build_spec(
         requeue=v.get("Requeue", True),
         array_task_id=array_task,
         array_max_running=array_max,
+        container=container,
     )
 
 

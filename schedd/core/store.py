@@ -147,6 +147,10 @@ MIGRATIONS: list[str] = [
         since INTEGER NOT NULL
     );
     """,
+    # 9: containerized jobs: the image a job's command runs in ('' for none).
+    """
+    ALTER TABLE jobs ADD COLUMN container TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 ARRAY_COLUMNS = ("id", "template", "tasks", "count", "left", "uid", "state", "submit_time", "end_time")
@@ -159,7 +163,7 @@ COLUMNS = (
     "requeue", "restarts", "submit_time", "start_time", "end_time", "cpu_time_usec", "memory_peak",
     "handle", "array_job_id", "array_task_id", "array_max_running", "suspended_usec", "suspend_time",
     "origin_node", "origin_id", "remote_node", "remote_id", "node_failures", "attempt", "start_granted",
-    "exec_size",
+    "exec_size", "container",
 )
 _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -194,7 +198,7 @@ def job_to_row(job: Job) -> tuple:
         job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
         job.array_job_id, s.array_task_id, s.array_max_running, job.suspended_usec, job.suspend_time,
         job.origin_node, job.origin_id, job.remote_node, job.remote_id, job.node_failures, job.attempt,
-        int(job.start_granted), exec_bytes(s),
+        int(job.start_granted), exec_bytes(s), s.container,
     )
 
 
@@ -219,19 +223,21 @@ _intern = sys.intern  # names, users, directories and nodes repeat across jobs: 
 
 
 def row_to_job(row: tuple) -> Job:
+    if len(row) == len(COLUMNS) - 1:
+        row = (*row, "")  # an array template written before the container column
     (id_, name, command, uid, gid, user_name, state, reason, exit_code, priority, cpus, memory, gpus,
      assigned_cpus, assigned_gpus, node, working_directory, environment, stdout_path, stderr_path,
      runtime_max_usec, hold, after, target_node, requeue, restarts, submit_time, start_time, end_time,
      cpu_time_usec, memory_peak, handle, array_job_id, array_task_id, array_max_running, suspended_usec,
      suspend_time, origin_node, origin_id, remote_node, remote_id, node_failures, attempt, start_granted,
-     exec_size) = row
+     exec_size, container) = row
     spec = JobSpec(
         command=_command(command), name=_intern(name), cpus=cpus, memory=memory, gpus=gpus, priority=priority,
         working_directory=_intern(working_directory), environment=_list_col(environment), stdout_path=stdout_path,
         stderr_path=stdout_path if stderr_path == stdout_path else stderr_path, runtime_max_usec=runtime_max_usec,
         hold=bool(hold), uid=uid, gid=gid, user_name=_intern(user_name), after=_list_col(after),
         node=_intern(target_node), requeue=bool(requeue), array_task_id=array_task_id,
-        array_max_running=array_max_running, exec_size=exec_size,
+        array_max_running=array_max_running, exec_size=exec_size, container=_intern(container),
     )
     return Job(
         id=id_, spec=spec, state=JobState[state], reason=_intern(reason), exit_code=exit_code,
@@ -787,6 +793,13 @@ class Store:
             c.execute("INSERT INTO members (name, url, since, removed) VALUES (?, ?, ?, ?) ON CONFLICT (name) "
                       "DO UPDATE SET url = excluded.url, since = excluded.since, removed = excluded.removed",
                       (name, url, since, removed))
+
+    def forget_member(self, name: str) -> asyncio.Future:
+        return self.background(self._forget_member, name)
+
+    def _forget_member(self, name: str) -> None:
+        with self._bg() as c:
+            c.execute("DELETE FROM members WHERE name = ?", (name,))
 
     def load_drain(self, node: str) -> tuple[str, str, int] | None:
         """(reason, set_by, since) of this node's drain, or None."""

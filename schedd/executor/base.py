@@ -12,7 +12,8 @@ import signal as _signal
 from typing import Awaitable
 
 from schedd.core.ledger import Allocation
-from schedd.core.model import Job
+from schedd.core.model import Job, JobSpec
+from schedd.errors import InvalidArgument
 from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo
 
 
@@ -20,9 +21,20 @@ class Executor(abc.ABC):
     """One way of running jobs. ``on_exit(job_id, info)`` is called once per started job."""
 
     name: str = "?"
+    # What this node can run beyond plain commands, advertised to peers ("container": Container jobs).
+    features: frozenset[str] = frozenset()
 
     def __init__(self, on_exit: ExitCallback) -> None:
         self.on_exit = on_exit
+
+    async def check_specs(self, specs: list[JobSpec]) -> None:
+        """At submit, what only the executor can tell about jobs that will run here (InvalidArgument if
+        one cannot run): an executor without a container runtime refuses every Container."""
+        for s in specs:
+            if s.container:
+                raise InvalidArgument(f"Container: this node ({self.name} executor) has no container runtime; "
+                                      f"it cannot run image {s.container!r} (install podman, or submit to a "
+                                      "node that can with Node=any)")
 
     async def open(self) -> None:
         """Connect to whatever runs the jobs."""

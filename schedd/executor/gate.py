@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schedd.core.model import Job
-from schedd.executor.exits import ExitInfo
+from schedd.executor.exits import ExecutorError, ExitInfo
 from schedd.executor.gatepool import SIGDEF, GatePool, job_message, proc_start_time  # noqa: F401 - also ours to export
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class GateRunner:
         self.gate = gate_command()
         self.kind = "c" if self.gate[0] == str(GATE_BINARY) else "perl"
         self.pool: GatePool | None = None
+        self.containers = None  # a ContainerRuntime where this node runs Container jobs
 
     def open_pool(self, size: int | None = None) -> None:
         """Keep `size` gates ready (on the running loop), where the gate is the compiled one and the pool
@@ -125,8 +126,11 @@ class GateRunner:
         """One file per run of a job (run = its restart count): a requeued job never reads its last run's end."""
         return self.status_dir / (f"{job_id}.{run}" if run else str(job_id))
 
-    def spawn(self, job: Job, cpus: tuple[int, ...]) -> Gate:
-        """A gate for the job, blocked until released: a ready one from the pool, else a new one."""
+    def spawn(self, job: Job, cpus: tuple[int, ...], devices: list[str] | None = None) -> Gate:
+        """A gate for the job, blocked until released: a ready one from the pool, else a new one.
+
+        A job with a Container: the gate stays root and runs the container launcher instead (it
+        takes the user's rights itself to reach their files, then starts the image as them)."""
         s = job.spec
         if self._root and s.uid != 0:
             groups = os.getgrouplist(s.user_name, s.gid) if s.user_name else [s.gid]
@@ -147,13 +151,20 @@ class GateRunner:
         if job.array_job_id:
             env["SCHEDD_ARRAY_JOB_ID"] = str(job.array_job_id)
             env["SCHEDD_ARRAY_TASK_ID"] = str(s.array_task_id)
+        command = s.command
         fields = [*ident, s.working_directory, out, err, "1" if self.accounting else "0"]
+        if s.container:
+            if self.containers is None or not self._root:
+                raise ExecutorError("Container: this node has no container runtime (podman, as root)")
+            groups = os.getgrouplist(s.user_name, s.gid) if s.user_name else [s.gid]
+            command, env = self.containers.launch(job, groups, devices or [], out, err, env)
+            fields = ["-", "-", "-", "/", "/dev/null", "/dev/null", fields[-1]]
         status = self.status_path(job.id, job.restarts)
         if self.pool is not None:
-            gate = self._hand_over(job.id, status, fields, s.command, env)
+            gate = self._hand_over(job.id, status, fields, command, env)
             if gate is not None:
                 return gate
-        return self._spawn(job.id, status, fields, s.command, env)
+        return self._spawn(job.id, status, fields, command, env)
 
     def _hand_over(self, job_id: int, status: Path, fields: list[str], command: list[str],
                    env: dict[str, str]) -> Gate | None:

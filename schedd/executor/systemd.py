@@ -26,6 +26,7 @@ from schedd import bus as dbus
 from schedd import UNIT_PREFIX, UNIT_SUFFIX, faults, unit_name
 from schedd.core.ledger import Allocation
 from schedd.core.model import Job
+from schedd.executor.container import ContainerRuntime
 from schedd.executor.exits import ExecutorError, ExitCallback, ExitInfo
 from schedd.executor.gated import GatedExecutor
 from schedd.gpus import CONTROL_DEVICES
@@ -60,9 +61,14 @@ class SystemdExecutor(GatedExecutor):
 
     def __init__(
         self, on_exit: ExitCallback, *, address: str, status_dir: Path, kill_wait_usec: int, in_flight: int = 16,
-        gpu_devices: Callable[[list[int]], list[str]] | None = None,
+        gpu_devices: Callable[[list[int]], list[str]] | None = None, containers: ContainerRuntime | None = None,
     ) -> None:
         super().__init__(on_exit, status_dir=status_dir, accounting=True)
+        self.containers = self.gates.containers = containers
+        if containers is not None:
+            self.features = frozenset({"container"})
+        self._container_runs: dict[int, int] = {}  # job id -> run, for the container jobs running
+        self._cleanups: set[asyncio.Task] = set()  # held: the loop keeps only weak references to tasks
         self.address = address
         self.kill_wait_usec = kill_wait_usec
         self.gpu_devices = gpu_devices
@@ -125,8 +131,25 @@ class SystemdExecutor(GatedExecutor):
 
     # -- the seam -------------------------------------------------------------
 
+    async def check_specs(self, specs: list) -> None:
+        if self.containers is None:
+            return await super().check_specs(specs)
+        for image in {s.container for s in specs if s.container}:
+            await self.containers.check_image(image)
+
+    def _devices(self, gpus: tuple[int, ...]) -> list[str]:
+        """The device nodes a container job gets: its GPUs' (and the driver's shared ones), nothing else."""
+        if self.gpu_devices is None or not gpus:
+            return []
+        return [*self.gpu_devices(list(gpus)), *(p for p in CONTROL_DEVICES if os.path.exists(p))]
+
     async def start(self, job: Job, alloc: Allocation, ready: Awaitable | None = None) -> dict:
-        gate = self.gates.spawn(job, alloc.cpus)
+        try:
+            gate = self.gates.spawn(job, alloc.cpus, self._devices(alloc.gpus) if job.spec.container else None)
+        except OSError as e:
+            raise ExecutorError(f"cannot start {job.unit}: {e}") from e
+        if job.spec.container:
+            self._container_runs[job.id] = job.restarts
         try:
             async with self._sem:
                 scope = asyncio.ensure_future(self._start_scope(job, alloc, gate.pid))
@@ -149,6 +172,7 @@ class SystemdExecutor(GatedExecutor):
         except BaseException as e:
             gate.abort()
             self.gates.start_done()
+            self._forget_container(job.id, job.restarts)
             if isinstance(e, (DBusError, OSError)):
                 raise ExecutorError(f"cannot start {job.unit}: {e}") from e
             raise
@@ -175,9 +199,11 @@ class SystemdExecutor(GatedExecutor):
         if self.gpu_devices is not None:
             # A node with GPUs: the job may open its own GPUs (and the driver's shared nodes), no other.
             props.append(["DevicePolicy", Variant("s", "closed")])
-            allow = [(p, "rw") for p in self.gpu_devices(list(alloc.gpus))]
+            # A container job's runtime makes the nodes inside its container: "m" (mknod) for those only.
+            mode = "rwm" if job.spec.container else "rw"
+            allow = [(p, mode) for p in self.gpu_devices(list(alloc.gpus))]
             if alloc.gpus:
-                allow += [(p, "rw") for p in CONTROL_DEVICES if os.path.exists(p)]
+                allow += [(p, mode) for p in CONTROL_DEVICES if os.path.exists(p)]
             if allow:
                 props.append(["DeviceAllow", Variant("a(ss)", allow)])
         # No RuntimeMaxUSec: systemd cannot change it once a scope runs, and a suspended job's
@@ -214,8 +240,15 @@ class SystemdExecutor(GatedExecutor):
         if result not in ("done", "canceled"):
             log.warning("stopping %s: systemd job result '%s'", unit, result)
 
+    def _forget_container(self, job_id: int, run: int) -> None:
+        """A container run that never started: its launch files go (there is no container yet)."""
+        if self._container_runs.pop(job_id, None) is not None and self.containers is not None:
+            task = asyncio.get_running_loop().create_task(self.containers.cleanup(job_id, run, killed=False))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+
     def _gate_ended(self, job_id: int, info: ExitInfo) -> None:
-        if info.stragglers:
+        if info.stragglers or job_id in self._container_runs:
             # The main process is gone but it left processes behind: end them with the
             # scope before the job's CPUs and memory are handed to someone else.
             asyncio.get_running_loop().create_task(self._end_stragglers(job_id, info))
@@ -224,11 +257,21 @@ class SystemdExecutor(GatedExecutor):
 
     async def _end_stragglers(self, job_id: int, info: ExitInfo) -> None:
         unit = unit_name(job_id)
-        log.info("%s: main process ended, stopping %d leftover process(es)", unit, info.stragglers)
-        try:
-            await self._stop_unit(unit)
-        except Exception as e:  # the job's end is reported whatever happened to its leftovers
-            log.error("%s: cannot stop leftover processes: %s", unit, e)
+        if info.stragglers:
+            log.info("%s: main process ended, stopping %d leftover process(es)", unit, info.stragglers)
+            try:
+                await self._stop_unit(unit)
+            except Exception as e:  # the job's end is reported whatever happened to its leftovers
+                log.error("%s: cannot stop leftover processes: %s", unit, e)
+        run = self._container_runs.pop(job_id, None)
+        if run is not None and self.containers is not None:
+            # podman ran to its end (its own exit, nothing left behind): its --rm removed the container.
+            killed = bool(info.signal or info.stragglers or info.lost or info.gate_failed
+                          or info.exit_code in (125, 126, 127))
+            try:
+                await self.containers.cleanup(job_id, run, killed)
+            except Exception:
+                log.exception("job %d: cannot clean up after its container", job_id)
         self.on_exit(job_id, info)
 
     async def stop(self, job: Job) -> None:
@@ -271,6 +314,8 @@ class SystemdExecutor(GatedExecutor):
 
     async def recover(self, job: Job) -> bool:
         h = job.handle or {}
+        if job.spec.container:
+            self._container_runs[job.id] = job.restarts
         if "pid" in h and self.gates.watch(job.id, h["pid"], h.get("start"), self._gate_ended, job.restarts):
             return True
         info = self.gates.read_status(job.id, run=job.restarts)
@@ -283,6 +328,9 @@ class SystemdExecutor(GatedExecutor):
                     await self._stop_unit(job.unit)
                 except DBusError as e:
                     log.error("%s: cannot stop leftover processes: %s", job.unit, e)
+        run = self._container_runs.pop(job.id, None)
+        if run is not None and self.containers is not None:
+            await self.containers.cleanup(job.id, run)
         self.on_exit(job.id, info)
         return False
 
@@ -301,6 +349,11 @@ class SystemdExecutor(GatedExecutor):
             m = _UNIT_RE.match(u[0])
             if m and int(m.group(1)) not in known:
                 found.append(int(m.group(1)))
+        if self.containers is not None:  # called once, after recovery: what a crash left of container runs
+            try:
+                await self.containers.sweep(known | set(found) | set(self._container_runs))  # a running unit: adopted
+            except Exception:
+                log.exception("cannot sweep leftover containers")
         return found
 
     async def adopt_pids(self, job_id: int) -> list[int]:

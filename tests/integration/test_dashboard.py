@@ -6,6 +6,7 @@ artifacts/dashboard.png for people to look at.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,8 +22,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture
-def page(web_node: WebNode, tmp_path):
+@contextlib.contextmanager
+def chromium():
+    """Debian's chromium, headless, driven by Playwright (never `playwright install`)."""
     try:
         from playwright import sync_api
     except ImportError:  # pragma: no cover
@@ -31,6 +33,15 @@ def page(web_node: WebNode, tmp_path):
         pytest.fail("needs Debian's chromium (scripts/setup installs it)")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(web_node: WebNode, tmp_path):
+    with chromium() as browser:
         ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = ctx.new_page()
         pg.set_default_timeout(15_000)
@@ -45,7 +56,6 @@ def page(web_node: WebNode, tmp_path):
             yield pg
         finally:
             ctx.close()
-            browser.close()
 
 
 def expect(locator):

@@ -14,7 +14,7 @@ import pytest
 from conftest import USERS
 
 from prereq import require, unavailable
-from netcluster import Cluster, ClusterNode, NodeSpec, netns_unavailable, wait_for
+from netcluster import Cluster, ClusterNode, NodeSpec, netns_unavailable, wait_for, wait_job
 from sandbox import REPO
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -43,20 +43,6 @@ def cluster(users):
     finally:
         c.down(keep_journals=REPO / "artifacts")
         os.unlink(gpu)
-
-
-def wait_job(node: ClusterNode, job_id: int, pred, what: str, timeout: float = 30.0) -> dict:
-    last: dict = {}
-
-    def check():
-        nonlocal last
-        last = node.job(job_id)
-        return last if pred(last) else None
-
-    try:
-        return wait_for(check, f"job {job_id} on {node.name}: {what}", timeout)
-    except AssertionError as e:
-        raise AssertionError(f"{e}; last seen {json.dumps(last)}\n{node.journal(60)}") from None
 
 
 def copy_on(cluster: Cluster, origin: str, origin_id: int) -> tuple[ClusterNode, dict] | None:

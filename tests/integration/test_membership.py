@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import USERS
 
-from netcluster import Cluster, ClusterNode, NodeSpec, netns_unavailable, wait_for
+from netcluster import Cluster, ClusterNode, NodeSpec, netns_unavailable, wait_for, wait_job
 from prereq import require, unavailable
 from sandbox import REPO
 
@@ -51,20 +51,6 @@ def cluster(users):
 def lists(node: ClusterNode, names: set[str]) -> bool:
     rows = node.nodes()
     return set(rows) == names and all(r["State"] == "up" for r in rows.values())
-
-
-def wait_job(node: ClusterNode, job_id: int, pred, what: str, timeout: float = 30.0) -> dict:
-    last: dict = {}
-
-    def check():
-        nonlocal last
-        last = node.job(job_id)
-        return last if pred(last) else None
-
-    try:
-        return wait_for(check, f"job {job_id} on {node.name}: {what}", timeout)
-    except AssertionError as e:
-        raise AssertionError(f"{e}; last seen {json.dumps(last)}\n{node.journal(60)}") from None
 
 
 def test_a_newcomer_with_one_seed_joins_and_takes_spilled_jobs(cluster: Cluster):

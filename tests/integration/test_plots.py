@@ -28,7 +28,7 @@ import pytest
 from conftest import USERS, WebNode, free_port, running_schedd, write_tokens
 from prereq import require
 from sandbox import REPO, Sandbox, wait_for
-from test_dashboard import CHROMIUM, FLAGS, expect
+from test_dashboard import chromium, expect
 
 ALICE = USERS[0]
 BOARD = REPO / "packaging/grafana/schedd-dashboard.json"
@@ -90,18 +90,8 @@ def points(page, sel: str) -> int:
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright import sync_api
-    except ImportError:  # pragma: no cover
-        pytest.fail("needs Playwright for Python: pip install -e '.[test]' (never `playwright install`)")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("needs Debian's chromium (scripts/setup installs it)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def open_page(browser, node: WebNode, viewport: dict):

@@ -42,7 +42,8 @@ def slurm(users):
 def node(slurm: SlurmCluster):
     port = free_port()
     sb = Sandbox(f"slurm-origin-{os.getpid()}")
-    sb.prepare(config=CONFIG + f'[http]\nlisten = "127.0.0.1:{port}"\ntoken_file = "/etc/schedd/token"\n'
+    # The test users are system accounts (useradd --system): uid_min lets them through, not uid 1.
+    sb.prepare(config=CONFIG + '[federation]\nuid_min = 100\n' + f'[http]\nlisten = "127.0.0.1:{port}"\ntoken_file = "/etc/schedd/token"\n'
                                'heartbeat_interval = "500ms"\n'
                                f'[[peers]]\nname = "{PEER}"\nkind = "slurm"\nurl = "{slurm.url}"\n'
                                'jwt_key_file = "/etc/schedd/slurm-jwt.key"\nquery_user = "slurm"\n')
@@ -222,6 +223,30 @@ def test_root_jobs_never_go_to_slurm(node: Node, slurm: SlurmCluster):
     assert not any(user == "root" for _s, user, _n in slurm.squeue().values())
 
 
+def test_system_accounts_jobs_never_go_to_slurm(node: Node, slurm: SlurmCluster):
+    """A token for a system account (daemon here; Slurm's own `slurm` alike) would act as it in Slurm."""
+    r = node.schedctl("submit", "--node", PEER, "--", "true", user="daemon", cwd="/", check=False)
+    assert r.returncode != 0 and "system account" in r.stderr, r.stderr
+    assert not any(user == "daemon" for _s, user, _n in slurm.squeue().values())
+
+
+def test_no_requeue_reaches_slurm_as_no_requeue(node: Node, slurm: SlurmCluster):
+    """Slurm 22.05 reads a submission's "requeue" key as --requeue whatever its value."""
+    ids = {}
+    for opts in (("--no-requeue",), ()):
+        jid = submit(node, "true", opts=("--node", PEER, "--hold", *opts))
+        wait_state(node, jid, {"HELD"})
+        (sid, _), = slurm_jobs_of(slurm, jid)
+        ids[opts] = (jid, sid)
+    try:
+        for opts, want in ((("--no-requeue",), "Requeue=0"), ((), "Requeue=1")):
+            shown = slurm.run(["scontrol", "show", "job", str(ids[opts][1])]).stdout
+            assert want in shown.split(), shown
+    finally:
+        for jid, _sid in ids.values():
+            node.schedctl("cancel", str(jid), user=ALICE)
+
+
 def test_an_array_of_10_runs_there(node: Node, slurm: SlurmCluster):
     r = node.schedctl("--json", "submit", "--node", PEER, "--array", "0-9", "--", "sh", "-c",
                       "echo task $SCHEDD_ARRAY_TASK_ID", user=ALICE, cwd=f"/var/tmp/{ALICE}")
@@ -292,3 +317,35 @@ def test_latency_forwarded_to_slurm_against_local(node: Node):
     (REPO / "artifacts" / "slurm-peer-latency.txt").write_text(text)
     print(text)
     assert remote[2] < 30
+
+
+def test_slurm_names_a_job_it_does_not_know_not_found(node: Node, slurm: SlurmCluster):
+    """What a copy ends FAILED lost on: real slurmrestd's answer for a job id slurmctld does not know
+    reads NotFound (a copy it still has reads as itself)."""
+    import asyncio
+
+    from schedd.cluster.slurm.mapping import jobs_of
+    from schedd.cluster.slurm.restd import Restd
+    from schedd.cluster.slurm.token import Tokens
+    from schedd.cluster.wire import PeerRefused
+    from schedd.errors import NotFound
+
+    async def ask(jid: int):
+        r = Restd(PEER, slurm.url, Tokens(Path(slurm.key_path).read_bytes(), 600))
+        r.open()
+        try:
+            return await r.call("GET", f"/job/{jid}", ALICE)
+        finally:
+            await r.close()
+
+    with pytest.raises(PeerRefused) as err:
+        asyncio.run(ask(4_000_000))
+    assert isinstance(err.value.error, NotFound), err.value.error
+    jid = submit(node, "true", opts=("--node", PEER, "--hold"))
+    wait_state(node, jid, {"HELD"})
+    (sid, _), = slurm_jobs_of(slurm, jid)
+    try:
+        (there,) = jobs_of(asyncio.run(ask(sid)))[0]
+        assert (there.job_id, there.user_name, there.tag.origin_id) == (sid, ALICE, jid)
+    finally:
+        node.schedctl("cancel", str(jid), user=ALICE)

@@ -16,13 +16,14 @@ from dbus_fast import Variant
 
 from schedd.config import Config, FederationConfig, HttpConfig, PeerConfig
 from schedd.core.engine import Caller, Engine
-from schedd.errors import AccessDenied, InvalidArgument, InvalidState
+from schedd.errors import AccessDenied, InvalidArgument, InvalidState, Unsatisfiable
 from schedd.cluster.federation import Federation
 from prereq import unavailable
 from schedd.cluster.api import FederationApi
 from schedd.core.model import JobState
 from schedd.core.placement import Need
 from schedd.core.store import Store
+from schedd.executor.fake import FakeExecutor
 from schedd.api.http.web import Web
 
 TOKEN = "nodes-token-0123456789abcdef"
@@ -224,3 +225,31 @@ async def test_the_origin_hears_every_transition_even_of_a_short_job(pair):
     b.engine._set(copy, JobState.FAILED, "exit-code", {"State", "ExitCode"})
     await until(lambda: job.state == JobState.FAILED, "the end at the origin")
     assert seen == ["RUNNING", "FAILED"] and job.exit_code == 3 and job.reason == "exit-code"
+
+
+class _RunsContainers(FakeExecutor):
+    """An executor that says it runs Container jobs and takes every image."""
+
+    features = frozenset({"container"})
+
+    async def check_specs(self, specs) -> None:
+        self.checked = [s.container for s in specs]
+
+
+async def test_container_jobs_go_only_to_a_node_that_says_it_runs_them(pair):
+    a, b = pair
+    who = Caller(uid=user().pw_uid)
+    image = {"Container": Variant("s", "localhost/busybox:1")}
+    with pytest.raises(Unsatisfiable, match="Container: no node of this cluster runs containers"):
+        await a.engine.submit(held("any", **image), who)
+    b.engine.executor = _RunsContainers(lambda *_: None)  # b says so in its next heartbeat
+    await until(lambda: "container" in (a.fed.peers["b"].view.features if a.fed.peers["b"].view else ()),
+                "b's heartbeat naming its container feature")
+    job = await a.engine.submit(held("any", **image), who)  # would fit here now, but a runs no containers
+    copy = b.engine.jobs[job.remote_id]
+    assert job.remote_node == "b" and copy.spec.container == "localhost/busybox:1"
+    assert b.engine.executor.checked == ["localhost/busybox:1"]  # the image is checked where it will run
+    plain = await a.engine.submit(held("any"), who)
+    assert plain.remote_node == ""  # a plain job still stays here
+    with pytest.raises(Unsatisfiable, match="Container: node a has no container runtime"):
+        await b.engine.submit(held("a", **image), who)

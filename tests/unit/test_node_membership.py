@@ -100,7 +100,8 @@ async def test_a_heartbeat_answer_lists_the_members_only_when_the_digests_differ
 
 async def test_a_drain_through_the_peer_api_holds_forwards_and_shows_in_list_nodes(api):
     fed = api.fed
-    r = await api.post("/api/v1/nodes/b/drain", json={"Reason": "maintenance", "By": "root on a"}, headers=AUTH)
+    r = await api.post("/api/v1/nodes/b/drain", json={"Reason": "maintenance", "By": "root on a", "Node": "a"},
+                       headers=AUTH)
     assert r.status == 200, await r.text()
     assert (await r.json())["State"] == "drained"
     row = fed.node_rows()[0]
@@ -113,9 +114,9 @@ async def test_a_drain_through_the_peer_api_holds_forwards_and_shows_in_list_nod
     assert r.status == 404  # a node drains only itself through this API
     r = await api.post("/api/v1/nodes/b/melt", json={}, headers=AUTH)
     assert r.status == 404
-    r = await api.post("/api/v1/nodes/b/drain", json={"Reason": 5}, headers=AUTH)
+    r = await api.post("/api/v1/nodes/b/drain", json={"Reason": 5, "Node": "a"}, headers=AUTH)
     assert r.status == 400
-    r = await api.post("/api/v1/nodes/b/resume", json={"By": "root on a"}, headers=AUTH)
+    r = await api.post("/api/v1/nodes/b/resume", json={"By": "root on a", "Node": "a"}, headers=AUTH)
     assert r.status == 200 and (await r.json())["State"] == "up"
     r = await api.post("/api/v1/jobs", json=forward(31), headers=AUTH)
     assert r.status == 201, await r.text()

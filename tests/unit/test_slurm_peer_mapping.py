@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from schedd.cluster.slurm.mapping import (BadRecord, SlurmJob, Tag, exit_code, expand_path, gpus_in, jobs_of,
-                                          load_of, submission)
+from schedd.cluster.slurm.mapping import (BadRecord, SlurmJob, Tag, exit_code, expand_path, gpus_in,
+                                          jobs_and_bad_ids, jobs_of, load_of, submission)
 from schedd.cluster.slurm.token import Tokens, sign
 from schedd.config import ConfigError, load
 
@@ -44,7 +44,8 @@ def test_a_spec_becomes_a_slurm_job():
     assert job["environment"]["A"] == "1" and job["environment"]["B"] == "x=y"
     assert job["environment"]["SCHEDD_JOB_ID"] == "42" and job["environment"]["SCHEDD_ARRAY_TASK_ID"] == "2"
     assert job["environment"]["PATH"]
-    assert job["hold"] is True and job["requeue"] is False and job["partition"] == "batch"
+    # Slurm 22.05 reads any "requeue" key as --requeue (its value unread): Requeue=false is --no-requeue.
+    assert job["hold"] is True and "requeue" not in job and job["no_requeue"] is True and job["partition"] == "batch"
     assert job["dependency"] == "afterok:5:6"
     assert job["comment"] == "schedd:a:42:1"
     assert body["script"].startswith("#!/bin/sh\n") and "exec sh -c 'echo '\"'\"'a b'\"'\"'; exit 3'" in body["script"]
@@ -54,6 +55,32 @@ def test_a_percent_in_a_path_is_not_a_slurm_pattern():
     job = submission({"Command": ["true"], "StdoutPath": "/x/100%u-%j"}, TAG)["job"]
     assert job["standard_output"] == "/x/100%%u-42"
     assert expand_path("/x/100%%u-%j", 9) == "/x/100%u-9"
+
+
+def slurm_writes(pattern: str, job_id: int) -> str:
+    """What slurmstepd makes of an absolute output pattern (slurmd/common/fname.c), %j and %% only."""
+    if "\\" in pattern:  # remove_path_slashes: an escaping backslash is dropped, nothing expands
+        out, i = [], 0
+        while i < len(pattern):
+            if pattern[i] == "\\":
+                if pattern[i + 1:i + 2] == "\\":
+                    out.append("\\")
+                    i += 1
+            else:
+                out.append(pattern[i])
+            i += 1
+        return "".join(out)
+    return pattern.replace("%%", "\0").replace("%j", str(job_id)).replace("\0", "%")
+
+
+@pytest.mark.parametrize("path", ["/x/a\\b-%j.out", "/x/100%\\%j", "/x/\\\\n%%j", "/x/plain-%j%"])
+def test_slurm_writes_the_file_schedd_names(path):
+    """A backslash turns Slurm's patterns off and is dropped: the file Slurm writes is still schedd's
+    path (its %j the schedd id), and the path schedd reports and reads is that file."""
+    want = path.replace("%j", "42")
+    job = submission({"Command": ["true"], "StdoutPath": path}, TAG)["job"]
+    assert slurm_writes(job["standard_output"], 777) == want
+    assert expand_path(job["standard_output"], 777) == want
 
 
 @pytest.mark.parametrize("state,reason,status,want", [
@@ -70,11 +97,26 @@ def test_a_percent_in_a_path_is_not_a_slurm_pattern():
     ("NODE_FAIL", "NodeDown", 0, ("FAILED", "node-failure", 0)),
     ("CANCELLED", "None", 15, ("CANCELLED", "cancelled", 143)),
     ("CANCELLED", "DependencyNeverSatisfied", 0, ("FAILED", "dependency", 0)),
+    ("RESV_DEL_HOLD", "ReservationDeleted", 0, ("HELD", "held", 0)),  # its reservation went away
+    # Failed by slurmctld itself (job_mgr.c: exit_code = 1), not a program killed by SIGHUP:
+    ("FAILED", "JobLaunchFailure", 1, ("FAILED", "resources", 0)),
+    ("FAILED", "SystemFailure", 1, ("FAILED", "resources", 0)),
+    ("FAILED", "NonZeroExitCode", 1, ("FAILED", "signal", 129)),  # the program's own wait status
 ])
 def test_slurm_states_map_onto_schedds(state, reason, status, want):
     rec = SlurmJob.of(job_rec(job_state=state, state_reason=reason, exit_code=status)).record()
     assert (rec["State"], rec["Reason"], rec["ExitCode"]) == want
     assert (rec["OriginNode"], rec["OriginId"], rec["Attempt"], rec["Id"]) == ("a", 42, 1, 7)
+
+
+def test_every_state_slurm_2205_reports_is_mapped():
+    """job_state_string() of Slurm 22.05 (slurm_protocol_defs.c), every word it can return."""
+    words = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL",
+             "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "COMPLETING", "STAGE_OUT", "CONFIGURING",
+             "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "REVOKED",
+             "RESV_DEL_HOLD"}
+    for w in words:
+        assert SlurmJob.of(job_rec(job_state=w)).record()["State"]
 
 
 def test_times_are_microseconds_and_only_when_they_happened():
@@ -108,6 +150,21 @@ def test_a_job_without_schedds_tag_is_not_ours():
     assert SlurmJob.of(job_rec(comment="schedd:a:x:1")).tag is None
     assert SlurmJob.of(job_rec(comment=None)).tag is None
     assert Tag.parse("schedd:a:42:1") == TAG
+    assert Tag.parse("schedd:a:42:1\n") is None  # the whole comment or nothing
+    assert Tag.parse("x schedd:a:42:1") is None
+
+
+def test_requeue_is_sent_as_slurm_reads_it():
+    assert submission({"Command": ["true"], "Requeue": True}, TAG)["job"]["requeue"] is True
+    job = submission({"Command": ["true"], "Requeue": False}, TAG)["job"]
+    assert job.get("no_requeue") is True and "requeue" not in job
+
+
+def test_a_refused_record_still_names_its_job():
+    """A job Slurm shows but schedd cannot read is not a job Slurm forgot."""
+    jobs, bad = jobs_and_bad_ids({"jobs": [job_rec(job_id=8), job_rec(job_id=9, job_state="NEW_STATE"),
+                                           {"job_id": "x"}, 5]})
+    assert [j.job_id for j in jobs] == [8] and bad == [9, None, None]
 
 
 def node_rec(**kw) -> dict:
@@ -183,3 +240,50 @@ def test_a_slurm_peer_is_one_config_table(tmp_path):
 def test_a_wrong_slurm_peer_table_says_which_key(tmp_path, table, words):
     with pytest.raises(ConfigError, match=words):
         load_config_text(tmp_path, BASE + "[[peers]]\n" + table + "\n")
+
+
+def test_the_jwt_key_is_taken_only_from_roots_own_private_file(tmp_path):
+    """Whoever can read or swap the key acts as any Slurm user: it is checked on the opened file."""
+    import os
+    import threading
+
+    from schedd.cluster.slurm.token import load_key
+
+    good = tmp_path / "key"
+    key = b"0123456789abcdef0123456789abcdef"
+    good.write_bytes(key)
+    good.chmod(0o600)
+    assert load_key(str(good)) == key
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    with pytest.raises(OSError):
+        load_key(str(link))  # O_NOFOLLOW: not a link to it
+    for mode, owner, words in ((0o640, 0, "mode"), (0o600, 1, "uid 1")):
+        bad = tmp_path / f"bad-{mode:o}-{owner}"
+        bad.write_bytes(key)
+        bad.chmod(mode)
+        os.chown(bad, owner, 0)
+        with pytest.raises(PermissionError, match=words):
+            load_key(str(bad))
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 8)
+    short.chmod(0o600)
+    with pytest.raises(PermissionError, match="too short"):
+        load_key(str(short))
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * (1 << 17))
+    huge.chmod(0o600)
+    with pytest.raises(PermissionError, match="not a JWT key"):
+        load_key(str(huge))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(pytest.raises(PermissionError, load_key, str(fifo))), daemon=True)
+    t.start()
+    t.join(5)
+    hung = t.is_alive()
+    if hung:  # let the stuck open go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+    assert not hung, "opening a FIFO in the key's place stalled the daemon"
+    assert got and "regular file" in str(got[0].value)

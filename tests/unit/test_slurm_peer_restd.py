@@ -114,3 +114,54 @@ def test_an_answer_that_is_json_but_not_slurms_is_refused_by_the_mapping():
     got = call(answer({"errors": [], "jobs": "all of them"}))
     with pytest.raises(BadRecord):
         jobs_of(got)
+
+
+def test_a_redirect_is_not_followed_with_the_users_token():
+    """slurmrestd (or whatever answers at its address) cannot send the token elsewhere."""
+    elsewhere: list[dict] = []
+
+    async def go():
+        async def thief(request):
+            elsewhere.append(dict(request.headers))
+            return web.json_response({"errors": [], "jobs": []})
+
+        trap, trap_url = await serve(thief)
+
+        async def redirect(request):
+            raise web.HTTPTemporaryRedirect(trap_url + request.path)
+
+        runner, url = await serve(redirect)
+        r = Restd("hpc", url, Tokens(KEY, 600))
+        r.open()
+        try:
+            with pytest.raises(PeerError, match="redirect"):
+                await r.call("GET", "/jobs", "alice")
+        finally:
+            await r.close()
+            await runner.cleanup()
+            await trap.cleanup()
+
+    asyncio.run(go())
+    assert elsewhere == []
+
+
+def test_json_nested_too_deep_is_garbage_not_a_crash():
+    with pytest.raises(PeerError, match="without JSON"):
+        call(answer(None, raw=b"[" * 200_000 + b"]" * 200_000))
+
+
+def test_a_big_answer_is_parsed_off_the_event_loop(monkeypatch):
+    """A queue of many jobs is megabytes of JSON: parsed in a thread, the loop keeps answering."""
+    import threading
+
+    import schedd.cluster.slurm.restd as restd
+
+    threads: list[str] = []
+    real = restd._loads
+    monkeypatch.setattr(restd, "_loads", lambda raw: threads.append(threading.current_thread().name) or real(raw))
+    jobs = [{"job_id": i, "job_state": "PENDING", "comment": "x" * 100} for i in range(1, 20_000)]
+    got = call(answer({"errors": [], "jobs": jobs}))
+    assert len(got["jobs"]) == len(jobs)
+    assert threads and threads[0] != threading.main_thread().name
+    small = call(answer({"errors": [], "jobs": []}))
+    assert small == {"errors": [], "jobs": []} and threads[-1] == threading.main_thread().name

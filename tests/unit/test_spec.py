@@ -91,6 +91,7 @@ def test_every_key_with_its_dbus_type(limits: Limits, tmp_path: Path) -> None:
         "Requeue": Variant("b", False),
         "ArrayTaskId": Variant("u", 4),
         "ArrayMaxRunning": Variant("u", 8),
+        "Container": Variant("s", "localhost/busybox:1"),
     }
     # the test covers the whole contract; ArrayTasks goes without the per-task keys (test_arrays.py)
     assert set(props) | {"ArrayTasks"} == set(SPEC_KEYS)
@@ -116,6 +117,7 @@ def test_every_key_with_its_dbus_type(limits: Limits, tmp_path: Path) -> None:
         requeue=False,
         array_task_id=4,
         array_max_running=8,
+        container="localhost/busybox:1",
     )
 
 
@@ -529,6 +531,8 @@ _GOOD = {
     "ArrayMaxRunning": _variant("u", st.one_of(st.integers(0, 8), _SIG_VALUES["u"])),
     "ArrayTasks": _variant("s", st.one_of(st.sampled_from(["1-10", "0,3,5-7%2", "0-15:4", "1-2000000", "x", "5-3", ""]),
                                           _SIG_VALUES["s"])),
+    "Container": _variant("s", st.one_of(st.sampled_from(["", "debian:12", "localhost/a:1", "-x", "a b", "../x"]),
+                                         _SIG_VALUES["s"])),
 }
 assert set(_GOOD) == set(SPEC_KEYS)
 

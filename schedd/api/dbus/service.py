@@ -38,6 +38,7 @@ from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_
 from schedd import bus as dbus
 from schedd.api.dbus.changes import job_properties, manager_properties
 from schedd.api.dbus.jobs import JobPaths, JobTree, interfaces_added, interfaces_removed, job_id, job_variants
+from schedd.cluster.membership import check_text
 from schedd.core import stats
 from schedd.api.jobview import JOB_GETTERS
 from schedd.core.engine import MANAGE_ACTION, Caller, Engine
@@ -674,8 +675,7 @@ class DBusService:
         return f"{who} on {e.config.node_name}"
 
     async def node_verb(self, name: str, reason: str, by: str, *, resume: bool) -> None:
-        if len(reason) > 1024 or "\0" in reason:
-            raise InvalidArgument("reason: at most 1024 characters, without NUL bytes")
+        check_text("reason", reason, 1024)  # InvalidArgument: shown by schedctl and logged
         fed, e = self.engine.federation, self.engine
         if fed is not None:
             await fed.drain_node(name, reason, by, resume=resume)

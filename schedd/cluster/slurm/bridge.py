@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import re
 from typing import Any
 
 from schedd.config import SlurmPeerConfig
-from schedd.cluster.slurm.mapping import BadRecord, SlurmJob, Tag, jobs_of, load_of, submission
+from schedd.cluster.slurm.mapping import BadRecord, SlurmJob, Tag, jobs_and_bad_ids, jobs_of, load_of, submission
 from schedd.cluster.slurm.restd import Restd
 from schedd.cluster.slurm.token import Tokens, load_key
-from schedd.cluster.wire import PeerError, PeerRefused
+from schedd.cluster.wire import PeerError, PeerRefused, resolve_user
 from schedd.core.model import AWAITING_NODE, Job, JobSpec, JobState, Reason, now_usec
 from schedd.core.placement import NodeView
 from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound
@@ -51,7 +52,10 @@ class SlurmBridge:
         self.key_error = ""
         self.last_ok = 0.0  # clock of the last good poll
         self.known: dict[int, SlurmJob] = {}  # the last poll's jobs of ours, by Slurm id
+        self._tags: dict[Tag, SlurmJob] | None = None  # the same by tag; None: Slurm's list not read yet
         self._missing: dict[int, int] = {}  # Slurm id -> polls in a row it was missing from
+        self._confirming: set[int] = set()  # Slurm ids being asked for one by one before they end lost
+        self._hidden: set[int] = set()  # Slurm ids there by id but not in query_user's list (said once)
         self._tried: set[tuple[int, int]] = set()  # (origin id, attempt) forwards sent once already
         self._down_logged = False
         self.polls = 0
@@ -91,16 +95,16 @@ class SlurmBridge:
             restd = self._restd()
             jobs_answer = await restd.call("GET", "/jobs", self.cfg.query_user, timeout=max(2.0, 2 * net.interval))
             nodes_answer = await restd.call("GET", "/nodes", self.cfg.query_user, timeout=max(2.0, 2 * net.interval))
-            jobs, bad = jobs_of(jobs_answer)
+            jobs, bad = jobs_and_bad_ids(jobs_answer)
             load = load_of(nodes_answer, jobs, self.cfg.partition)
         except (PeerError, PeerRefused, BadRecord) as e:
             self._silent(str(e))
             return
         if bad:
-            log.warning("Slurm peer %s: %d job records are not Slurm's and were ignored", self.name, bad)
+            log.warning("Slurm peer %s: %d job records are not Slurm's and were ignored", self.name, len(bad))
         self.polls += 1
         self._heard(load)
-        self._mirror(jobs)
+        self._mirror(jobs, bad)
 
     def _heard(self, load: dict[str, int]) -> None:
         p, net = self.peer, self.fed.net
@@ -132,21 +136,33 @@ class SlurmBridge:
                 return job
         return None
 
-    def _mirror(self, jobs: list[SlurmJob]) -> None:
-        e, origin, me = self.fed.engine, self.fed.origin, self.fed.name
-        mine = [j for j in jobs if j.tag is not None and j.tag.origin == me]
-        recs = []
-        for j in mine:
-            job = e.jobs.get(j.tag.origin_id) or e.store.get(j.tag.origin_id)
-            if job is None or not job.spec.user_name or j.user_name != job.spec.user_name:
-                # Anybody may tag a Slurm job; only one of the job's own user speaks for it.
-                continue
-            recs.append(j.record())
+    def _speaks_for(self, j: SlurmJob) -> bool:
+        """Anybody may tag a Slurm job; only one of the job's own user speaks for the job it names."""
+        if j.tag is None or j.tag.origin != self.fed.name:
+            return False
+        e = self.fed.engine
+        job = e.jobs.get(j.tag.origin_id) or e.store.get(j.tag.origin_id)
+        return job is not None and bool(job.spec.user_name) and j.user_name == job.spec.user_name
+
+    def _learn(self, jobs: list[SlurmJob]) -> list[SlurmJob]:
+        """Slurm's whole list read: ours (told by their own users) are what this bridge knows."""
+        mine = [j for j in jobs if self._speaks_for(j)]
         self.known = {j.job_id: j for j in mine}
-        stale = origin.receive_mirror(self.name, recs)
+        self._tags = {j.tag: j for j in mine}
+        return mine
+
+    def _mirror(self, jobs: list[SlurmJob], unreadable: list[int | None] = ()) -> None:
+        e, origin = self.fed.engine, self.fed.origin
+        mine = self._learn(jobs)
+        stale = origin.receive_mirror(self.name, [j.record() for j in mine])
         for rid, _failed in stale.items():
             self.fed.net.spawn(self._fence(rid))
-        seen = {j.job_id for j in jobs}
+        if None in unreadable:
+            # A record without a readable id may be any of ours: no copy counts as missing this time.
+            if origin.waiting:
+                origin.place_waiting()
+            return
+        seen = {j.job_id for j in jobs} | set(unreadable)
         for job in list(e.jobs.values()):
             if job.remote_node != self.name or not job.remote_id or job.state.terminal:
                 continue
@@ -154,13 +170,49 @@ class SlurmBridge:
                 self._missing.pop(job.remote_id, None)
                 continue
             n = self._missing[job.remote_id] = self._missing.get(job.remote_id, 0) + 1
-            if n >= LOST_AFTER_POLLS:
+            if n >= LOST_AFTER_POLLS and job.remote_id not in self._confirming:
                 self._missing.pop(job.remote_id, None)
-                log.warning("job %d: Slurm peer %s no longer knows its Slurm job %d (purged after MinJobAge?); "
-                            "it ends FAILED lost", job.id, self.name, job.remote_id)
-                e.mirror(job, JobState.FAILED, Reason.LOST, {"end_time": now_usec()})
+                self._confirming.add(job.remote_id)
+                self.fed.net.spawn(self._confirm_lost(job, job.remote_id))
         if origin.waiting:
             origin.place_waiting()
+
+    async def _confirm_lost(self, job: Job, rid: int) -> None:
+        """Missing from the list (query_user may not see every job: PrivateData), so asked for by id as
+        the job's own user: FAILED lost only when Slurm says it has no such job."""
+        try:
+            try:
+                answer = await self._restd().call("GET", f"/job/{rid}", job.spec.user_name)
+            except PeerRefused as err:
+                if not isinstance(err.error, NotFound):
+                    log.warning("job %d: Slurm peer %s: looking for its Slurm job %d: %s", job.id, self.name, rid, err)
+                    return
+                if job.remote_node != self.name or job.remote_id != rid or job.state.terminal:
+                    return  # it moved on meanwhile
+                log.warning("job %d: Slurm peer %s no longer knows its Slurm job %d (purged after MinJobAge?); "
+                            "it ends FAILED lost", job.id, self.name, rid)
+                self.fed.engine.mirror(job, JobState.FAILED, Reason.LOST, {"end_time": now_usec()})
+                return
+            except PeerError as err:
+                log.warning("job %d: Slurm peer %s: looking for its Slurm job %d: %s (tried again later)", job.id,
+                            self.name, rid, err)
+                return
+            try:
+                jobs = [j for j in jobs_of(answer)[0] if j.job_id == rid and self._speaks_for(j)]
+            except BadRecord:
+                return
+            if jobs and rid not in self._hidden:
+                if len(self._hidden) > 4096:
+                    self._hidden.clear()
+                self._hidden.add(rid)
+                log.warning("Slurm peer %s: its job list leaves out Slurm job %d (of job %d), which its user sees: "
+                            "may query_user %r see every user's jobs (PrivateData)?", self.name, rid, job.id,
+                            self.cfg.query_user)
+            if jobs:
+                for stale in self.fed.origin.receive_mirror(self.name, [j.record() for j in jobs]):
+                    await self._fence(stale)
+        finally:
+            self._confirming.discard(rid)
 
     async def _fence(self, rid: int) -> None:
         try:
@@ -193,19 +245,22 @@ class SlurmBridge:
         spec = body["Spec"]
         origin_id, attempt = int(body["OriginId"]), int(body["Attempt"])
         job = e.jobs.get(origin_id)
-        user = spec.get("UserName") or ""
         if job is None:
             raise PeerRefused(NotFound(f"job {origin_id} is not a job of node {self.fed.name}"))
-        if job.uid == 0 or user in ("", "root"):
-            raise PeerRefused(AccessDenied(f"jobs of root are never sent to Slurm peer {self.name}"))
+        user = self._login_user(job)
         tag = Tag(self.fed.name, origin_id, attempt)
         restd = self._restd()
         key = (origin_id, attempt)
-        if key in self._tried:  # a retry: the first try may have reached Slurm after all
-            answer = await restd.call("GET", "/jobs", self.cfg.query_user, timeout=timeout)
-            for j in jobs_of(answer)[0]:
-                if j.tag == tag and j.user_name == user:
-                    return j.record()
+        if key in self._tried or self._tags is None:
+            # A retry, or Slurm's list not read since this daemon started (it may have sent this very
+            # attempt before a restart, its answer never recorded): the first try may have reached Slurm.
+            try:
+                self._learn(jobs_of(await restd.call("GET", "/jobs", self.cfg.query_user, timeout=timeout))[0])
+            except BadRecord as err:
+                raise PeerError(f"Slurm peer {self.name}: {err}") from None
+        there = (self._tags or {}).get(tag)  # sent before: an answer lost, or a restart
+        if there is not None and there.user_name == user:
+            return there.record()
         self._tried.add(key)
         # The wire form leaves out a working directory that is the user's home (a schedd peer's default);
         # Slurm's would be slurmd's own: name it.
@@ -224,6 +279,33 @@ class SlurmBridge:
         if spec.get("Hold"):
             rec["State"], rec["Reason"] = "HELD", "held"
         return rec
+
+    def _login_user(self, job: Job) -> str:
+        return self.login_name(job.uid, job.spec.user_name, f"job {job.id}")
+
+    def login_name(self, uid: int, user_name: str, what: str) -> str:
+        """The name Slurm's token is signed for: the job's uid's own name (from this node's passwd, never
+        from the request), and only a login account, as for a job forwarded to a schedd peer (wire.
+        resolve_user): a token for root, `slurm` (SlurmUser: Slurm's admin, owner of its jwt key) or any
+        other system account would let the job act as it."""
+        try:
+            pw = pwd.getpwuid(uid)
+        except KeyError:
+            raise PeerRefused(AccessDenied(f"uid {uid} has no name on node {self.fed.name}; its jobs are not "
+                                           f"sent to Slurm peer {self.name}")) from None
+        if pw.pw_uid == 0:
+            raise PeerRefused(AccessDenied(f"jobs of root are never sent to Slurm peer {self.name}"))
+        if pw.pw_name != user_name:
+            raise PeerRefused(AccessDenied(f"{what} was submitted as {user_name!r} but uid {uid} is now "
+                                           f"{pw.pw_name!r}; it is not sent to Slurm peer {self.name}"))
+        try:
+            same = resolve_user(pw.pw_name, self.name, self.fed.cfg.federation).pw_uid == uid
+        except AccessDenied as err:
+            raise PeerRefused(err) from None
+        if not same:
+            raise PeerRefused(AccessDenied(f"{pw.pw_name!r} names another uid than {uid}; {what} is not sent to "
+                                           f"Slurm peer {self.name}"))
+        return pw.pw_name
 
     def _dependency(self, job: Job) -> list[int]:
         """Slurm ids of the jobs this one runs after: each must be ours, on this same Slurm peer."""
@@ -262,7 +344,7 @@ class SlurmBridge:
                 return {}
         else:
             await restd.call("POST", f"/job/{rid}", user, body={"hold": name == "hold"})
-        answer = await restd.call("GET", f"/job/{rid}", self.cfg.query_user)
+        answer = await restd.call("GET", f"/job/{rid}", user)  # as its user: seen even under PrivateData
         jobs, _bad = jobs_of(answer)
         rec = next((j for j in jobs if j.job_id == rid and j.tag is not None), None)
         if rec is None:
@@ -317,6 +399,10 @@ async def submit_array(fed: "Federation", built: list[JobSpec]) -> list[Job] | N
         return None
     if built[0].uid == 0:
         raise AccessDenied(f"Node: jobs of root are not run on other nodes; submit as a user that exists on {node}")
+    try:  # refused before any task is recorded, not task by task
+        bridge.login_name(built[0].uid, built[0].user_name, "this array")
+    except PeerRefused as err:
+        raise err.error from None
     if built[0].array_max_running:
         raise InvalidArgument(f"ArrayMaxRunning: Slurm peer {node} runs each task as a Slurm job of its own and "
                               f"schedd cannot cap how many run at once there; drop the cap (%N) for this array")

@@ -16,7 +16,7 @@ from typing import Any
 MIB = 1 << 20
 U32 = (1 << 32) - 1
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-COMMENT = re.compile(r"^schedd:([A-Za-z0-9_.-]{1,64}):(\d{1,19}):(\d{1,9})$")  # origin, its id, attempt
+COMMENT = re.compile(r"schedd:([A-Za-z0-9_.-]{1,64}):(\d{1,19}):(\d{1,9})")  # origin, its id, attempt (fullmatch)
 
 # Slurm job_state_string() -> (schedd state, reason). Reasons are schedd's (systemd's words).
 STATES: dict[str, tuple[str, str]] = {
@@ -24,6 +24,7 @@ STATES: dict[str, tuple[str, str]] = {
     "REQUEUED": ("PENDING", "requeued"),
     "REQUEUE_FED": ("PENDING", "requeued"),
     "REQUEUE_HOLD": ("HELD", "held"),
+    "RESV_DEL_HOLD": ("HELD", "held"),  # held by Slurm: its reservation was deleted
     "CONFIGURING": ("RUNNING", ""),
     "RUNNING": ("RUNNING", ""),
     "COMPLETING": ("RUNNING", ""),
@@ -46,6 +47,9 @@ STATES: dict[str, tuple[str, str]] = {
 }
 HELD_REASONS = {"JobHeldUser", "JobHeldAdmin"}  # PENDING for these is schedd's HELD
 DEPENDENCY_REASONS = {"DependencyNeverSatisfied"}  # PENDING for ever: schedd ends it FAILED dependency
+# FAILED by slurmctld itself, the job's program never having run to an end (job_mgr.c sets exit_code = 1,
+# which as a wait status would read "killed by signal 1"): schedd's `resources`, exit code 0.
+NOT_RUN_REASONS = {"JobLaunchFailure", "SystemFailure", "BadConstraints"}
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 # Node states (nodes.c _get_long_node_state, lower case) whose CPUs count as the cluster's.
 USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
@@ -68,17 +72,24 @@ class Tag:
 
     @classmethod
     def parse(cls, comment: Any) -> "Tag | None":
-        m = COMMENT.match(comment) if isinstance(comment, str) else None
+        m = COMMENT.fullmatch(comment) if isinstance(comment, str) else None
         return cls(m[1], int(m[2]), int(m[3])) if m else None
 
 
 def _slurm_path(path: str, origin_id: int) -> str:
-    """A schedd output path (%j: the schedd job's id) as a Slurm filename pattern (no other % expands)."""
+    """A schedd output path (%j: the schedd job's id) as a Slurm filename pattern (no other % expands).
+    A backslash anywhere turns Slurm's expansion off and is itself dropped (slurmd/common/fname.c
+    remove_path_slashes): such a path goes with its backslashes doubled and its % as they are."""
+    if "\\" in path:
+        return path.replace("%j", str(origin_id)).replace("\\", "\\\\")
     return path.replace("%", "%%").replace("%%j", str(origin_id))
 
 
 def expand_path(pattern: str, job_id: int) -> str:
-    """Slurm's %j and %% in an output path as Slurm reports it (the only patterns schedd sends)."""
+    """The file Slurm writes for an output pattern as it reports it: %j and %% (the only patterns schedd
+    sends), or, with a backslash in it, no expansion and each escaping backslash dropped."""
+    if "\\" in pattern:
+        return re.sub(r"\\(\\?)", r"\1", pattern)
     return re.sub(r"%(%|j)", lambda m: "%" if m[1] == "%" else str(job_id), pattern)
 
 
@@ -105,8 +116,10 @@ def submission(spec: dict[str, Any], tag: Tag, *, partition: str = "", dependenc
         "cpus_per_task": int(spec.get("CPUs") or 1),
         "memory_per_node": f"{max(1, -(-int(spec.get('Memory') or 0) // MIB))}M",
         "environment": env,
-        "requeue": bool(spec.get("Requeue", True)),
     }
+    # Slurm 22.05 takes "requeue" as sbatch's --requeue whatever its value (slurm_opt.c
+    # arg_set_data_requeue): "requeue": false would requeue. --no-requeue is "no_requeue".
+    job["requeue" if spec.get("Requeue", True) else "no_requeue"] = True
     if wd:
         job["current_working_directory"] = wd
     out = spec.get("StdoutPath") or ""
@@ -197,6 +210,8 @@ class SlurmJob:
             return "HELD", "held"
         if state in ("PENDING", "CANCELLED") and self.reason in DEPENDENCY_REASONS:
             return "FAILED", "dependency"
+        if self.state == "FAILED" and self.reason in NOT_RUN_REASONS:
+            return "FAILED", "resources"
         if state == "FAILED" and reason == "exit-code" and self.exit_status & 0x7F:
             return "FAILED", "signal"
         return state, reason
@@ -206,7 +221,7 @@ class SlurmJob:
         assert self.tag is not None
         state, reason = self.schedd_state()
         ran = state not in ("PENDING", "HELD") and bool(self.nodes)
-        code, _signalled = exit_code(self.exit_status) if state in TERMINAL else (0, False)
+        code, _signalled = exit_code(self.exit_status) if state in TERMINAL and reason != "resources" else (0, False)
         out = expand_path(self.stdout, self.job_id) if self.stdout else ""
         err = expand_path(self.stderr, self.job_id) if self.stderr else out
         return {
@@ -222,14 +237,23 @@ class SlurmJob:
 
 def jobs_of(answer: Any) -> tuple[list[SlurmJob], int]:
     """GET /jobs: the valid job records (and how many were refused as not Slurm's)."""
+    out, bad_ids = jobs_and_bad_ids(answer)
+    return out, len(bad_ids)
+
+
+def jobs_and_bad_ids(answer: Any) -> tuple[list[SlurmJob], list[int | None]]:
+    """GET /jobs: the valid job records, and the job id (None: none readable) of each refused one --
+    a job Slurm shows that schedd cannot read is still a job Slurm knows, not a lost one."""
     if not isinstance(answer, dict) or not isinstance(answer.get("jobs"), list):
         raise BadRecord("the answer has no list of jobs")
-    out, bad = [], 0
+    out: list[SlurmJob] = []
+    bad: list[int | None] = []
     for rec in answer["jobs"]:
         try:
             out.append(SlurmJob.of(rec))
         except BadRecord:
-            bad += 1
+            jid = rec.get("job_id") if isinstance(rec, dict) else None
+            bad.append(jid if isinstance(jid, int) and not isinstance(jid, bool) and 0 < jid <= U32 else None)
     return out, bad
 
 

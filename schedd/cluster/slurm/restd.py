@@ -19,6 +19,7 @@ from schedd.errors import AccessDenied, InvalidArgument, InvalidState, NotFound,
 
 API = "/slurm/v0.0.38"
 MAX_ANSWER = 64 << 20  # a queue of ~100k jobs; more is not an answer but an attack
+PARSE_OFF_LOOP = 1 << 20  # answers bigger than this are parsed in a thread: a big queue must not stall the loop
 # Slurm error numbers (slurm_errno.h) that say the controller cannot be reached: the peer is down.
 _UNREACHABLE = set(range(1000, 1100)) | set(range(5000, 5100))
 # Slurm's refusals by what they mean to a schedd client (by Slurm's words: its numbers move between versions).
@@ -26,6 +27,18 @@ _REFUSAL = (("invalid job id", NotFound), ("node configuration is not available"
             ("more processors than", Unsatisfiable), ("memory specification", Unsatisfiable),
             ("access", AccessDenied), ("permission", AccessDenied), ("already completed", InvalidState),
             ("already done", InvalidState), ("job is", InvalidState))
+
+
+def _loads(raw: bytes) -> Any:
+    """JSON, or None for anything else (nesting too deep for the parser included)."""
+    try:
+        return json.loads(raw) if raw else {}
+    except (ValueError, RecursionError):
+        return None
+
+
+async def _parse(raw: bytes) -> Any:
+    return _loads(raw) if len(raw) <= PARSE_OFF_LOOP else await asyncio.to_thread(_loads, raw)
 
 
 def _errors(body: Any) -> list[dict]:
@@ -62,25 +75,27 @@ class Restd:
         assert self._session is not None
         headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self.tokens.for_user(user)}
         try:
+            # No redirects: the user's token goes to slurmrestd's own address and nowhere else.
             async with self._session.request(method, self.url + API + path, json=body, headers=headers,
+                                             allow_redirects=False,
                                              timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 buf = bytearray()
                 async for chunk in r.content.iter_chunked(1 << 16):
                     buf += chunk
                     if len(buf) > MAX_ANSWER:
                         break
-                raw, status = bytes(buf), r.status
+                raw, status, location = bytes(buf), r.status, r.headers.get("Location", "?")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise PeerError(f"Slurm peer {self.name} ({self.url}) unreachable: {str(e) or type(e).__name__}") from None
         if len(raw) > MAX_ANSWER:
             raise PeerError(f"Slurm peer {self.name}: an answer over {MAX_ANSWER >> 20} MiB")
-        try:
-            answer = json.loads(raw) if raw else {}
-        except ValueError:
-            answer = None
+        answer = await _parse(raw)
         if status == 401 or status == 403:
             raise PeerRefused(AccessDenied(f"Slurm peer {self.name} refused {user!r}'s token ({status}): is "
                                            f"jwt_key_file Slurm's jwt_key, and does {user!r} exist there?"))
+        if 300 <= status < 400:
+            raise PeerError(f"Slurm peer {self.name} answered {status} (a redirect to {location[:200]!r}): schedd "
+                            f"sends users' tokens to slurmrestd's own address only; set url to it")
         if not isinstance(answer, dict):
             if status >= 500 or status == 200:
                 raise PeerError(f"Slurm peer {self.name} answered {status} without JSON: {raw[:200]!r}")

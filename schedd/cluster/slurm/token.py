@@ -15,6 +15,9 @@ import stat
 import time
 
 
+MAX_KEY = 1 << 16
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -29,15 +32,18 @@ def sign(key: bytes, user: str, now: int, lifetime: int) -> str:
 def load_key(path: str) -> bytes:
     """The key, refused unless a regular file only its owner (root) can read or write: whoever reads
     it can act as any user of the Slurm cluster."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO put there opens at once (and is refused below) instead of stalling the daemon.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PermissionError(f"{path} is not a regular file")
+        if st.st_size > MAX_KEY:
+            raise PermissionError(f"{path} is {st.st_size} bytes: not a JWT key (at most {MAX_KEY})")
         if st.st_uid != 0 or st.st_mode & 0o077:
             raise PermissionError(f"{path} must belong to root with mode 0600 (it lets its reader act as any "
                                   f"Slurm user); it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}")
-        data = os.read(fd, 1 << 16)
+        data = os.read(fd, MAX_KEY + 1)
     finally:
         os.close(fd)
     if len(data) < 16:

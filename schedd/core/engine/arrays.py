@@ -182,6 +182,8 @@ class Arrays:
         spec.expand_paths(jid, str(self.jobs_dir))
         state = state or rec.state
         reason = {JobState.HELD: Reason.HELD, JobState.CANCELLED: Reason.CANCELLED}.get(state, "")
+        if state == JobState.PENDING and getattr(self, "drain", None) is not None:
+            reason = Reason.DRAINED  # on a drained node a task not made a job yet waits as its made ones do
         spec.hold = state == JobState.HELD
         return Job(id=jid, spec=spec, state=state, reason=reason, submit_time=rec.submit_time,
                    end_time=rec.end_time if state == JobState.CANCELLED else 0, node=self.config.node_name,

@@ -60,10 +60,12 @@ class Draining:
         self.drain = None
         await self.store.put_drain(self.config.node_name, None)
         log.warning("node %s resumes (by %s): it takes jobs again", self.config.node_name, by)
-        for job in list(self.scheduler.queued()):
-            if job.state == JobState.PENDING and job.reason == Reason.DRAINED:
-                self._set(job, JobState.PENDING, "")
-                self.store.save(job)
+        # Every job that waits for the drain, queued or not yet (an array's task waiting on a dependency
+        # was made a job with its reason `drained`): a resume is rare, the table is walked once.
+        for job in [j for j in self.jobs.values()
+                    if j.state == JobState.PENDING and j.reason == Reason.DRAINED and not j.remote]:
+            self._set(job, JobState.PENDING, "")
+            self.store.save(job)
         self._drain_changed()
         self.kick()
 

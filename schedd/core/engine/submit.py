@@ -123,6 +123,9 @@ class Submission:
             sizes.append(size)
             await sliced.tick()
         await self._check_priority(built, caller, forwarded)
+        here = [s for s in built if s.container and s.node in ("", self.config.node_name)]
+        if here and self.executor is not None:
+            await self.executor.check_specs(here)  # e.g. the image is in this node's store: only it can tell
         self._check_array(built)
         return built, sizes
 
