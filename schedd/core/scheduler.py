@@ -115,16 +115,21 @@ class Scheduler:
         job = self._queued.get(entry[1])
         return job if job is not None and -job.spec.priority == entry[0] else None
 
+    def _head(self) -> tuple[tuple[int, int], Job] | None:
+        """The heap's first live entry and its job (stale entries dropped on the way), or None."""
+        heap = self._heap
+        while heap:
+            job = self._live(heap[0])
+            if job is not None:
+                return heap[0], job
+            self._entries.discard(heapq.heappop(heap))
+        return None
+
     def schedule(self, now: int = 0) -> list[tuple[Job, Allocation]]:
         """Decide which queued jobs start now and take their resources from the ledger."""
         started: list[tuple[Job, Allocation]] = []
-        heap = self._heap
-        while heap and self.ledger.free_cpus:
-            entry = heap[0]
-            job = self._live(entry)
-            if job is None:
-                self._entries.discard(heapq.heappop(heap))
-                continue
+        while self.ledger.free_cpus and (top := self._head()) is not None:
+            entry, job = top
             alloc = self.ledger.allocate(job.spec.cpus, job.spec.memory, job.spec.gpus)
             if alloc is not None:
                 self._take(entry, job)
@@ -284,15 +289,8 @@ class Scheduler:
     def head_fits(self) -> bool:
         """Whether the first job in queue order fits the free resources now (metrics: a queue that does not
         move while this holds is stuck). O(1) but for the stale entries it drops, as schedule() would."""
-        heap = self._heap
-        while heap:
-            job = self._live(heap[0])
-            if job is None:
-                self._entries.discard(heapq.heappop(heap))
-                continue
-            s = job.spec
-            return self.ledger.fits(s.cpus, s.memory, s.gpus)
-        return False
+        top = self._head()
+        return top is not None and self.ledger.fits(top[1].spec.cpus, top[1].spec.memory, top[1].spec.gpus)
 
     def head(self, n: int) -> list[Job]:
         """The first n jobs in the order the scheduler will consider them, without sorting the whole heap."""

@@ -1058,6 +1058,24 @@ async def test_a_copy_starts_only_with_its_origins_grant(node):
     assert origin.asked == [copy.id, copy.id]
 
 
+
+async def test_an_origin_back_while_a_later_answer_is_on_its_way_is_not_missed(node):
+    """The origin says to ask again (origin_back: it became ready, or its record caught up) after it
+    answered "later" but before the copy was parked: the copy must be asked again, not wait forever."""
+    origin = node.engine.federation = OriginStub()
+    origin.ready = True
+    answered = origin.may_start
+
+    async def later_then_back(job: Job) -> str:
+        origin.may_start = answered
+        node.engine.origin_back("n2")  # nothing parked yet: the copy is still being started
+        return "later"
+
+    origin.may_start = later_then_back
+    copy, = await node.engine.submit_many([spec()], CALLER, origin=("n2", 6, 1))
+    await node.running(copy.id)
+    assert origin.asked == [copy.id] and node.host.ran.count(copy.id) == 1
+
 async def test_a_recovered_copy_waits_for_its_origin_not_for_the_federation_to_come_up(node):
     """A daemon recovers its store before its federation starts: a pending copy must not start in
     between (its origin may have placed the job elsewhere while we were down)."""

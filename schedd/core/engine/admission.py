@@ -34,6 +34,7 @@ class Admission:
         self._admitted: dict[int, set[int]] = defaultdict(set)
         self._parked: dict[int, dict[int, Job]] = defaultdict(dict)
         self._away: dict[str, dict[int, Job]] = defaultdict(dict)  # origin -> its copies waiting for it
+        self._origin_backs: dict[str, int] = defaultdict(int)  # origin -> how often it said to ask again
 
     def _lookup(self, job_id: int) -> Job | None:
         """A dependency, live or archived (the store is read only for one no longer in memory)."""
@@ -109,6 +110,7 @@ class Admission:
 
     def origin_back(self, origin: str) -> None:
         """origin can grant starts again: its copies are queued again."""
+        self._origin_backs[origin] += 1
         for job in self._away.pop(origin, {}).values():
             if job.state == JobState.PENDING and job.id in self.jobs:
                 self.scheduler.enqueue(job)

@@ -88,13 +88,18 @@ class Records:
         (placed elsewhere), as after a node failure but without counting a failure."""
         job.start_granted = False
         job.attempt += 1  # a late word of the old copy is never taken for the next attempt
+        self._await_node(job, set())
+        log.info("job %d: node %s drains; its queued copy there is recalled to run elsewhere", job.id, node)
+        self.store.save(job)
+
+    def _await_node(self, job: Job, fields: set[str]) -> None:
+        """Its copy on another node given up: back to waiting for a node to place it on (HELD stays
+        HELD); fields: what else the caller changed."""
         cleared = self._clear_run(job)
         job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
         held = job.state == JobState.HELD
         self._set(job, JobState.HELD if held else JobState.PENDING, Reason.HELD if held else Reason.REQUEUED,
-                  cleared | {"remote_node", "remote_id", "node"})
-        log.info("job %d: node %s drains; its queued copy there is recalled to run elsewhere", job.id, node)
-        self.store.save(job)
+                  cleared | fields | {"remote_node", "remote_id", "node"})
 
     def requeue_away(self, job: Job, failed_node: str, *, requeue: bool, ran: bool) -> None:
         """The node holding a job of ours went down: back to PENDING (to be placed elsewhere), or FAILED.
@@ -106,11 +111,7 @@ class Records:
             self._end(job, JobState.FAILED, Reason.NODE_FAILURE, {"node_failures"})
         else:
             job.restarts += ran
-            cleared = self._clear_run(job)
-            job.remote_node, job.remote_id, job.node = AWAITING_NODE, 0, ""
-            held = job.state == JobState.HELD
-            self._set(job, JobState.HELD if held else JobState.PENDING, Reason.HELD if held else Reason.REQUEUED,
-                      cleared | {"restarts", "node_failures", "remote_node", "remote_id", "node"})
+            self._await_node(job, {"restarts", "node_failures"})
         log.warning("job %d: node %s went down under it; %s", job.id, failed_node,
                     "requeued elsewhere" if requeue else "failed (node-failure)")
         self.store.save(job)

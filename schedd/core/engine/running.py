@@ -171,7 +171,7 @@ class Runs:
 
     async def _launch(self, job: Job, alloc: Allocation) -> None:
         job.assigned_cpus, job.assigned_gpus = list(alloc.cpus), list(alloc.gpus)
-        grant = None
+        grant, backs = None, self._origin_backs[job.origin_node]
         if job.origin_node and self.federation is not None:
             # A copy's grant is asked while its scope is made: the round trip to its origin overlaps the start.
             grant = asyncio.ensure_future(self.federation.may_start(job))
@@ -191,7 +191,10 @@ class Runs:
                 log.info("%s; it waits", e)
                 job.assigned_cpus, job.assigned_gpus = [], []
                 self.executor.forget(job.id, job.restarts)
-                self._park_for_origin(job)
+                if self._origin_backs[job.origin_node] != backs:
+                    self._enqueue(job)  # its origin said to ask again while this start was on its way
+                else:
+                    self._park_for_origin(job)
                 self.kick()
                 return
             if flags is not None and flags.cancel:
