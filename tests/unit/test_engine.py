@@ -585,6 +585,17 @@ async def test_a_job_past_its_time_limit_fails_timeout(node):
     assert (await node.durable(jid)).reason == Reason.TIMEOUT
 
 
+
+@pytest.mark.parametrize("code", [0, 143])
+async def test_a_job_stopped_at_its_limit_is_timeout_however_it_ends(node, code):
+    """A program that traps SIGTERM and exits (0, or 143 as podman passes on its container's end)
+    after the stop at its time limit still timed out."""
+    node.ex.stop_ends_job = False
+    jid = await node.submit(RuntimeMaxUSec=20_000)
+    await wait(lambda: node.ex.called("stop") == [jid], "the stop at the limit")
+    node.ex.exit(jid, code)
+    assert node.state(jid) == (F, Reason.TIMEOUT)
+
 async def test_a_job_that_ends_in_time_is_not_stopped(node):
     jid = await node.submit(RuntimeMaxUSec=3_600_000_000)
     await node.running(jid)

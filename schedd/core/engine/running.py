@@ -78,7 +78,9 @@ def _outcome(info: ExitInfo, flags: _Flags, overdue: bool) -> tuple[JobState, st
         return JobState.FAILED, Reason.LOST
     if info.oom_killed:
         return JobState.FAILED, Reason.OOM_KILL
-    if info.signal and (flags.timeout or overdue):
+    if flags.timeout or (info.signal and overdue):
+        # Stopped at its limit, however it then ended (a program that traps SIGTERM, or podman
+        # passing on its container's 143): TIMEOUT, as in Slurm.
         return JobState.FAILED, Reason.TIMEOUT
     if info.lost and not info.signal and (info.gate_failed or not info.exit_code):
         return JobState.FAILED, Reason.LOST
