@@ -25,28 +25,9 @@ from schedd.core.engine import Engine
 from schedd.gpus import device_paths
 from schedd.executor import ExecutorError, make_executor
 from schedd.core.store import Store, default_path
+from schedd.logs import setup_logging
 
 log = logging.getLogger("schedd")
-
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-
-class JournalFormatter(logging.Formatter):
-    """'<6>message': journald reads the priority prefix from a service's stderr (sd-daemon(3))."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
-
-
-def setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    logging.getLogger("dbus_fast").setLevel(logging.WARNING)
-
 
 def sd_notify(state: str) -> bool:
     """READY=1, STATUS=..., WATCHDOG=1, STOPPING=1 to $NOTIFY_SOCKET (a datagram; '@' = abstract)."""
