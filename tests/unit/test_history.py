@@ -64,6 +64,25 @@ def test_a_sample_reads_counters_ledger_and_peers_and_resets_the_interval():
     assert len(h.rows["n1"]) == 6
 
 
+
+def test_a_forwarded_job_counts_once_in_the_cluster():
+    """Ours run on b (a mirror here) and b's run here (a copy): each start and end counts on the node
+    that ran it, each wait where the job was submitted; the timeline keeps the run on its node."""
+    e = FakeEngine()
+    h = History(e, peers=lambda: PEERS, interval=10, keep=60)
+    t = now_usec()
+    mirror = e.add(job(1, submit_time=t - 4_000_000, remote_node="b", remote_id=7))
+    e.move(mirror, JobState.RUNNING, start_time=t, node="b")
+    e.move(mirror, JobState.COMPLETED, "success", end_time=now_usec())
+    copy = e.add(job(2, submit_time=t - 1_000_000, origin_node="b", origin_id=3))
+    e.move(copy, JobState.RUNNING, start_time=t, assigned_cpus=[0], node="n1")
+    e.move(copy, JobState.FAILED, "exit-code", end_time=now_usec())
+    local = dict(zip(FIELDS, h.sample(t=1000.0)["n1"][1:]))
+    assert (local["starts"], local["ends"], local["failed"]) == (1, 1, 1)  # the copy's run only
+    v = h.view()
+    assert [w[0] for w in v["waits"]] == [1]  # the mirror's wait: 4 s from its submission here
+    assert {r[0]: r[3] for r in v["runs"]} == {1: "b", 2: "n1"}
+
 def test_sampling_never_scans_the_job_table():
     e = FakeEngine()
     h = History(e, interval=10)

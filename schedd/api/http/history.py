@@ -108,13 +108,16 @@ class History:
         state = job.state
         if state == old_state:
             return
+        # Starts and ends count on the node that runs the job (a job of ours on a peer counts there,
+        # so a cluster's sum counts it once); its wait, from its submission, where it was submitted.
+        here = not job.remote
         if state == JobState.RUNNING and old_state == JobState.PENDING:
-            self._starts += 1
-            if job.submit_time and job.start_time:
+            self._starts += here
+            if job.submit_time and job.start_time and not job.origin_node:
                 self.waits.append((job.id, job.start_time / 1e6, max(0, job.start_time - job.submit_time) / 1e6))
                 self._gen += 1
         elif old_state.active and not state.active:
-            if state.terminal:
+            if state.terminal and here:
                 self._ends += 1
                 self._failed += state == JobState.FAILED
             if job.start_time:
