@@ -22,9 +22,10 @@ from dbus_fast import Message, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.constants import ErrorType
 from dbus_fast.errors import DBusError
+from dbus_fast.signature import get_signature_tree
 
 from schedd import JOB_IFACE, JOB_PATH_PREFIX, MANAGER_PATH, job_path
-from schedd.api.jobview import JOB_GETTERS
+from schedd.api.jobview import JOB_GETTERS, JOB_KEYS
 from schedd.core.model import Job
 from schedd.errors import ERROR_PREFIX, SchedError
 from schedd.protocol import JOB_PROPERTIES, PRIVATE_JOB_KEYS
@@ -43,11 +44,38 @@ XML_HEADER = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspec
               '"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n')
 
 
+def _compile_all_variants() -> Callable[[Job], dict[str, Variant]]:
+    """One function building every property's Variant, generated from jobview.JOB_KEYS (still the one
+    declaration): a dict display with the field reads inline takes ~2/3 of the time of a loop over
+    the getters, and ListJobs builds 10,000 rows at a time, SubmitMany an InterfacesAdded per job."""
+    ns: dict[str, Any] = {"V": Variant}
+    items = []
+    for i, k in enumerate(JOB_KEYS):
+        ns[f"s{i}"] = get_signature_tree(JOB_PROPERTIES[k.name])
+        if k.direct:
+            value = "j." + k.fields[0]
+        else:
+            ns[f"g{i}"] = k.get
+            value = f"g{i}(j)"
+        items.append(f"{k.name!r}: V(s{i}, {value})")
+    exec("def all_variants(j):\n    return {" + ", ".join(items) + "}\n", ns)  # noqa: S102 - our own table
+    return ns["all_variants"]
+
+
+_all_variants = _compile_all_variants()
+_HIDDEN = {n: Variant(JOB_PROPERTIES[n], v) for n, v in PRIVATE_JOB_KEYS.items()}
+
+
 def job_variants(job: Job, names=None, *, private: bool = True) -> dict[str, Variant]:
     """The job's properties (schedd.api.jobview) as D-Bus values; private=False: the private keys
     read as empty (protocol.PRIVATE_JOB_KEYS)."""
+    if names is None:
+        row = _all_variants(job)
+        if not private:
+            row.update(_HIDDEN)
+        return row
     return {n: Variant(JOB_PROPERTIES[n], JOB_GETTERS[n](job) if private or n not in PRIVATE_JOB_KEYS
-                       else PRIVATE_JOB_KEYS[n]) for n in (JOB_PROPERTIES if names is None else names)}
+                       else PRIVATE_JOB_KEYS[n]) for n in names}
 
 
 def interfaces_added(job: Job, private: bool) -> Message:
