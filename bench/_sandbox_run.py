@@ -17,6 +17,17 @@ from sandbox import Sandbox  # noqa: E402
 PY = "/opt/schedd/venv/bin/python"  # inside the sandbox: the installed (or SCHEDD_SANDBOX_VENV's) schedd
 
 
+def n_and_rounds(args: list[str], default_n: int, default_rounds: int = 3) -> tuple[int, int]:
+    """`[N] [--rounds R]` of a benchmark's command line."""
+    args = list(args)
+    rounds = default_rounds
+    if "--rounds" in args:
+        i = args.index("--rounds")
+        rounds = int(args[i + 1])
+        del args[i:i + 2]
+    return (int(args[0]) if args else default_n), rounds
+
+
 def run_client(tag: str, config: str, client: str, *args: str, timeout: float = 3600) -> dict:
     """Boot, `systemctl start schedd`, run bench/<client> as root; its last stdout line (JSON), plus
     the daemon's restarts during the run under "restarts"."""

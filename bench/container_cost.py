@@ -23,19 +23,16 @@ sys.path.insert(0, str(REPO / "tests"))
 from ctr_image import build_rootfs_tar, storage_options, why_not  # noqa: E402
 from sandbox import STATE_ROOT, Sandbox  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from _sandbox_run import n_and_rounds  # noqa: E402
+
 PY = "/opt/schedd/venv/bin/python"
 IMAGE = "localhost/schedd-bench-busybox:1"
 RUN_ROOT = "/run/schedd-bench-containers"
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    rounds = 3
-    if "--rounds" in args:
-        i = args.index("--rounds")
-        rounds = int(args[i + 1])
-        del args[i:i + 2]
-    n = int(args[0]) if args else 20
+    n, rounds = n_and_rounds(sys.argv[1:], 20)
     why = why_not()
     if why:
         print(f"container_cost: {why}", file=sys.stderr)

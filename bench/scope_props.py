@@ -12,17 +12,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sandbox_run import run_client  # noqa: E402
+from _sandbox_run import n_and_rounds, run_client  # noqa: E402
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    rounds = 3
-    if "--rounds" in args:
-        i = args.index("--rounds")
-        rounds = int(args[i + 1])
-        del args[i : i + 2]
-    n = int(args[0]) if args else 100
+    n, rounds = n_and_rounds(sys.argv[1:], 100)
     res = run_client("props", "[node]\nname = \"bench\"\n", "_scope_props_client.py", str(n), str(rounds))
     res.pop("restarts", None)
     floor = res["floor"]
