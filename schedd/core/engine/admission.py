@@ -8,8 +8,9 @@ the begin time is wall-clock time, so a timer that fires early (the wall clock s
 re-arms for the rest, a sleep is at most BEGIN_MAX_SLEEP (a forward step is noticed within it),
 and clock_stepped() re-reads the clock at once.
 
-Then three rules keep a pending job out of the scheduler's queue: dependencies (After) that have not
-completed yet -- the job is blocked, and fails when one of them fails -- an array's cap on
+Then three rules keep a pending job out of the scheduler's queue: dependencies that do not hold
+yet (After: completed; AfterAny: ended; AfterNotOk: ended, not completed) -- the job is blocked,
+and fails FAILED `dependency` once one of them never can -- an array's cap on
 running tasks (ArrayMaxRunning) -- the task is parked until a sibling leaves -- and, for a copy
 run here for another node, an origin that cannot grant its start now (schedd.cluster.runnode) --
 the copy waits, parked, until its origin is ready again. The scheduler itself only ever sees
@@ -26,6 +27,12 @@ from schedd.core.cluster import Cluster
 from schedd.core.model import Job, JobState, Reason, now_usec
 from schedd.core.scheduler import Scheduler
 from schedd.core.store import Store
+
+
+# Per dependency kind, a dependency's state -> whether it holds (True), never can (False); absent: not yet.
+_AFTER_OK = {JobState.COMPLETED: True, JobState.FAILED: False, JobState.CANCELLED: False}
+_AFTER_ANY = {JobState.COMPLETED: True, JobState.FAILED: True, JobState.CANCELLED: True}
+_AFTER_NOT_OK = {JobState.COMPLETED: False, JobState.FAILED: True, JobState.CANCELLED: True}
 
 
 class Admission:
@@ -70,32 +77,53 @@ class Admission:
         """Queue a pending job, or park it until its begin time, or until its dependencies complete."""
         if self._wait_for_begin(job):
             return
-        waiting = False
-        for dep in job.spec.after:
-            d = self._lookup(dep)
-            if d is None or d.state in (JobState.FAILED, JobState.CANCELLED):
-                self._end(job, JobState.FAILED, Reason.DEPENDENCY)
-                self.store.save(job)
-                return
-            if d.state != JobState.COMPLETED:
+        verdict = self._dependencies_hold(job)
+        if verdict is False:
+            self._end(job, JobState.FAILED, Reason.DEPENDENCY)
+            self.store.save(job)
+        elif verdict is None:
+            for dep in self._dependency_ids(job):
                 self._dependents[dep].add(job.id)
-                waiting = True
-        if waiting:
             self._blocked[job.id] = job
         else:
             self._enqueue(job)
 
+    @staticmethod
+    def _dependency_ids(job: Job) -> list[int]:
+        s = job.spec
+        return [*s.after, *s.after_any, *s.after_not_ok] if s.after_any or s.after_not_ok else s.after
+
+    def _dependencies_hold(self, job: Job, ended: Job | None = None) -> bool | None:
+        """True: every dependency holds; False: one never can (the job can never run); None: it waits.
+
+        After: the job completed. AfterAny: it ended, however. AfterNotOk: it ended and did not
+        complete. A dependency no longer known (purged) cannot hold: False, as for After.
+        ended: the dependency that just ended (an array's task need not be in the table or store).
+        """
+        s = job.spec
+        result: bool | None = True
+        for ids, rule in ((s.after, _AFTER_OK), (s.after_any, _AFTER_ANY), (s.after_not_ok, _AFTER_NOT_OK)):
+            for dep in ids:
+                d = ended if ended is not None and ended.id == dep else self._lookup(dep)
+                holds = False if d is None else rule.get(d.state)
+                if holds is False:
+                    return False
+                if holds is None:
+                    result = None
+        return result
+
     def _dependency_ended(self, dep: Job) -> None:
-        """dep ended: the jobs blocked on it fail (it did not complete) or, all theirs complete, queue."""
+        """dep ended: the jobs blocked on it fail (it can no longer hold for them) or, all theirs held, queue."""
         for jid in self._dependents.pop(dep.id, ()):
             job = self._blocked.get(jid)
             if job is None:
                 continue
-            if dep.state != JobState.COMPLETED:
+            verdict = self._dependencies_hold(job, dep)
+            if verdict is False:
                 del self._blocked[jid]
                 self._end(job, JobState.FAILED, Reason.DEPENDENCY)
                 self.store.save(job)
-            elif all(getattr(self._lookup(d), "state", None) == JobState.COMPLETED for d in job.spec.after):
+            elif verdict:
                 del self._blocked[jid]
                 self._enqueue(job)
 
