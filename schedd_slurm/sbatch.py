@@ -360,6 +360,8 @@ def main(argv: list[str]) -> int:
                 after, waits = await dependencies(c, str(p.get("dependency")))
                 if after:
                     values["After"] = after
+                if waits.get("afterany"):  # the daemon's AfterAny: PENDING until they end, holding nothing
+                    values["AfterAny"] = waits.pop("afterany")
                 if waits:
                     config["waits"] = waits
             if p.get("test-only"):
