@@ -35,6 +35,9 @@ SPEC_KEYS: dict[str, str] = {
     "Hold": "b",
     "User": "u",
     "After": "at",
+    "AfterAny": "at",
+    "AfterNotOk": "at",
+    "BeginTime": "t",
     "Node": "s",
     "Requeue": "b",
     "ArrayTaskId": "u",
@@ -79,6 +82,9 @@ JOB_PROPERTIES: dict[str, str] = {
     "WaitUSec": "t",
     "RunUSec": "t",
     "Container": "s",
+    "BeginTime": "t",
+    "AfterAny": "at",
+    "AfterNotOk": "at",
 }
 
 # Job properties that may carry what is not everyone's (paths, arguments): with [jobs]

@@ -223,7 +223,7 @@ def main(argv: list[str]) -> int:
                                              bool(cfg.get("user_bus"))))
         if why is not None:
             return never_satisfied(job_id, why, bool(cfg.get("user_bus")))
-    if cfg.get("begin"):
+    if cfg.get("begin"):  # a launcher config written by an older sbatch (now the daemon's BeginTime)
         while time.time() < cfg["begin"]:
             time.sleep(min(60.0, cfg["begin"] - time.time()))
     senv = slurm_env(cfg, env, job)

@@ -266,7 +266,8 @@ def build(p: Parsed, body: str, script_args: list[str], default_name: str, envir
     if p.get("signal") is not None:
         config["signal"] = parse_signal(p.get("signal"))
     if p.get("begin") is not None:
-        config["begin"] = parse_date(str(p.get("begin")), "--begin")
+        # The daemon keeps the job PENDING (reason begin-time, squeue's BeginTime) until then, holding nothing.
+        values["BeginTime"] = max(0, int(parse_date(str(p.get("begin")), "--begin") * 1_000_000))
     if tasks is not None:
         single = len(tasks.ranges) == 1
         config["array"] = {"min": tasks.ranges[0][0], "max": tasks.ranges[-1][1], "count": tasks.count,
@@ -359,6 +360,8 @@ def main(argv: list[str]) -> int:
                 after, waits = await dependencies(c, str(p.get("dependency")))
                 if after:
                     values["After"] = after
+                if waits.get("afterany"):  # the daemon's AfterAny: PENDING until they end, holding nothing
+                    values["AfterAny"] = waits.pop("afterany")
                 if waits:
                     config["waits"] = waits
             if p.get("test-only"):

@@ -42,7 +42,7 @@ def slurm_reason(state: str, reason: str, exit_code: int = 0) -> str:
     if state == "HELD":
         return "JobHeldUser"
     if state == "PENDING":
-        return {"dependency": "Dependency", "requeued": "BeginTime"}.get(reason, "Resources" if reason == "resources"
+        return {"dependency": "Dependency", "requeued": "BeginTime", "begin-time": "BeginTime"}.get(reason, "Resources" if reason == "resources"
                                                                            else "Priority" if reason else "None")
     if state == "FAILED":
         if reason == "signal" and exit_code > 128:

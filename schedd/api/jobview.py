@@ -75,6 +75,9 @@ JOB_KEYS: tuple[JobKey, ...] = (
     JobKey("RunUSec", lambda j: stats.run_usec(j.start_time, j.end_time) if j.end_time else 0,
            ("end_time",)),
     _field("Container", "spec.container"),
+    _field("BeginTime", "spec.begin_time"),
+    _field("AfterAny", "spec.after_any"),
+    _field("AfterNotOk", "spec.after_not_ok"),
 )
 
 JOB_GETTERS: dict[str, Callable[[Job], Any]] = {k.name: k.get for k in JOB_KEYS}

@@ -24,7 +24,7 @@ from schedd.protocol import SPEC_KEYS
 API = "/api/v1"
 # Keys a forwarded spec may carry: the Submit keys minus what only means something on the origin.
 FORWARD_SPEC_KEYS = {k: v for k, v in SPEC_KEYS.items()
-                     if k not in ("User", "After", "Node", "ArrayTaskId", "ArrayMaxRunning")}
+                     if k not in ("User", "After", "AfterAny", "AfterNotOk", "Node", "ArrayTaskId", "ArrayMaxRunning")}
 LOAD_KEYS = tuple(LOAD_FIELDS)  # what a heartbeat reports
 ACTIONS = ("cancel", "hold", "release", "suspend", "resume", "requeue", "fence")  # POST /jobs/ID/ACTION
 DEFAULT_OUTPUT = re.compile(r"/jobs/\d+/output$")  # a node's default output path: never sent to another node
@@ -75,6 +75,8 @@ def spec_to_json(spec: JobSpec) -> dict[str, Any]:
         out["WorkingDirectory"] = spec.working_directory
     if spec.container:
         out["Container"] = spec.container
+    if spec.begin_time:
+        out["BeginTime"] = spec.begin_time  # the peer keeps its copy pending until then, as this node would
     for key, path in (("StdoutPath", spec.stdout_path), ("StderrPath", spec.stderr_path)):
         if path and not DEFAULT_OUTPUT.search(path):
             out[key] = path

@@ -49,6 +49,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     DEPENDENCY = "dependency"
+    BEGIN_TIME = "begin-time"  # pending until its BeginTime (Slurm's BeginTime reason); holds nothing
     NODE_FAILURE = "node-failure"
     HELD = "held"
     RESOURCES = "resources"  # an executor could not start it (see the daemon log)
@@ -82,6 +83,12 @@ class JobSpec:
     gid: int = 0
     user_name: str = ""
     after: list[int] = field(default_factory=list)
+    # Not before this wall-clock time (µs since the epoch; 0: no such rule). Admission keeps it out
+    # of the scheduler until then (engine/admission.py).
+    begin_time: int = 0
+    # Dependencies on any end (AfterAny) and on a failed end (AfterNotOk) of other jobs.
+    after_any: list[int] = field(default_factory=list)
+    after_not_ok: list[int] = field(default_factory=list)
     node: str = ""
     requeue: bool = True
     # Array tasks: the task's index (None: not an array task) and the array's cap on running tasks.

@@ -8,6 +8,7 @@ import os
 import pwd
 import re
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from schedd.protocol import SPEC_KEYS, TaskRanges, format_duration, format_size
 MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
 MAX_NAME = 256
 UINT64_MAX = 2**64 - 1
+MAX_BEGIN_AHEAD_USEC = 10 * 366 * 86400 * 10**6  # a BeginTime further ahead is a mistake (ms for µs, say)
 _TYPE_WORDS = {
     "s": "a string", "u": "an unsigned 32-bit integer", "t": "an unsigned 64-bit integer",
     "i": "a signed 32-bit integer", "b": "a boolean", "as": "an array of strings",
@@ -268,10 +270,14 @@ def build_spec(
     stdout_path = _check_path("StdoutPath", v["StdoutPath"]) if "StdoutPath" in v else ""
     stderr_path = _check_path("StderrPath", v["StderrPath"]) if "StderrPath" in v else ""
 
-    after = list(v["After"]) if v.get("After") else EMPTY
-    for dep in after:
-        if not job_known(dep):
-            raise _bad("After", f"job {dep} does not exist")
+    deps = {}
+    for key in ("After", "AfterAny", "AfterNotOk"):
+        deps[key] = list(v[key]) if v.get(key) else EMPTY
+        for dep in deps[key]:
+            if not job_known(dep):
+                raise _bad(key, f"job {dep} does not exist")
+    after = deps["After"]
+    begin_time = _begin_time(v.get("BeginTime", 0))
     node = v.get("Node", "")
     if node not in ("", limits.node_name) and limits.cluster is not None:
         from schedd.core.placement import Need, check_satisfiable
@@ -338,12 +344,24 @@ def build_spec(
         gid=pw.pw_gid,
         user_name=pw.pw_name,
         after=after,
+        after_any=deps["AfterAny"],
+        after_not_ok=deps["AfterNotOk"],
+        begin_time=begin_time,
         node=node,
         requeue=v.get("Requeue", True),
         array_task_id=array_task,
         array_max_running=array_max,
         container=container,
     )
+
+
+def _begin_time(begin: int) -> int:
+    """BeginTime as given (a time past means at once), unless it is beyond any sensible wait."""
+    now = time.time_ns() // 1000
+    if begin > now + MAX_BEGIN_AHEAD_USEC:
+        raise _bad("BeginTime", f"{begin} is more than 10 years from now; give µs since the epoch "
+                                f"(now is about {now}), or 0 to start as soon as possible")
+    return begin
 
 
 # -- ArrayTasks: one Submit for a whole array (engine/arrays.py) ---------------------------------

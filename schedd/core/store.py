@@ -151,6 +151,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN container TEXT NOT NULL DEFAULT '';
     """,
+    # 10: when a job may start at the earliest (BeginTime, µs; 0: at once) and its dependencies on any
+    # end (AfterAny) and on a failed end (AfterNotOk) of other jobs.
+    """
+    ALTER TABLE jobs ADD COLUMN begin_time INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN after_any TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN after_not_ok TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 ARRAY_COLUMNS = ("id", "template", "tasks", "count", "left", "uid", "state", "submit_time", "end_time")
@@ -163,8 +170,11 @@ COLUMNS = (
     "requeue", "restarts", "submit_time", "start_time", "end_time", "cpu_time_usec", "memory_peak",
     "handle", "array_job_id", "array_task_id", "array_max_running", "suspended_usec", "suspend_time",
     "origin_node", "origin_id", "remote_node", "remote_id", "node_failures", "attempt", "start_granted",
-    "exec_size", "container",
+    "exec_size", "container", "begin_time", "after_any", "after_not_ok",
 )
+# What the columns added since array templates were first written read as in an older template
+# (arrays store a template as its row: a row of fewer columns ends before these).
+_LATER_DEFAULTS = (("container", ""), ("begin_time", 0), ("after_any", "[]"), ("after_not_ok", "[]"))
 _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
@@ -198,7 +208,8 @@ def job_to_row(job: Job) -> tuple:
         job.memory_peak, json.dumps(job.handle) if job.handle is not None else None,
         job.array_job_id, s.array_task_id, s.array_max_running, job.suspended_usec, job.suspend_time,
         job.origin_node, job.origin_id, job.remote_node, job.remote_id, job.node_failures, job.attempt,
-        int(job.start_granted), exec_bytes(s), s.container,
+        int(job.start_granted), exec_bytes(s), s.container, s.begin_time, _list_json(s.after_any),
+        _list_json(s.after_not_ok),
     )
 
 
@@ -222,15 +233,21 @@ def _command(text: str) -> list[str]:
 _intern = sys.intern  # names, users, directories and nodes repeat across jobs: one string each in memory
 
 
+def _padded(row: tuple) -> tuple:
+    """An array template written before the later columns, with their defaults."""
+    missing = len(COLUMNS) - len(row)
+    return (*row, *(d for _, d in _LATER_DEFAULTS[len(_LATER_DEFAULTS) - missing:]))
+
+
 def row_to_job(row: tuple) -> Job:
-    if len(row) == len(COLUMNS) - 1:
-        row = (*row, "")  # an array template written before the container column
+    if len(row) < len(COLUMNS):
+        row = _padded(row)
     (id_, name, command, uid, gid, user_name, state, reason, exit_code, priority, cpus, memory, gpus,
      assigned_cpus, assigned_gpus, node, working_directory, environment, stdout_path, stderr_path,
      runtime_max_usec, hold, after, target_node, requeue, restarts, submit_time, start_time, end_time,
      cpu_time_usec, memory_peak, handle, array_job_id, array_task_id, array_max_running, suspended_usec,
      suspend_time, origin_node, origin_id, remote_node, remote_id, node_failures, attempt, start_granted,
-     exec_size, container) = row
+     exec_size, container, begin_time, after_any, after_not_ok) = row
     spec = JobSpec(
         command=_command(command), name=_intern(name), cpus=cpus, memory=memory, gpus=gpus, priority=priority,
         working_directory=_intern(working_directory), environment=_list_col(environment), stdout_path=stdout_path,
@@ -238,6 +255,7 @@ def row_to_job(row: tuple) -> Job:
         hold=bool(hold), uid=uid, gid=gid, user_name=_intern(user_name), after=_list_col(after),
         node=_intern(target_node), requeue=bool(requeue), array_task_id=array_task_id,
         array_max_running=array_max_running, exec_size=exec_size, container=_intern(container),
+        begin_time=begin_time, after_any=_list_col(after_any), after_not_ok=_list_col(after_not_ok),
     )
     return Job(
         id=id_, spec=spec, state=JobState[state], reason=_intern(reason), exit_code=exit_code,

@@ -360,3 +360,16 @@ def test_an_output_directory_made_right_after_sbatch_answers_is_waited_for(node:
     jid = submitted(r.stdout)
     assert wait_state(node, str(jid), DONE) == "COMPLETED"
     assert read(node, f"{WORK}/later/{jid}.out") == "late\n"
+
+
+def test_begin_keeps_the_job_pending_holding_nothing_then_it_runs(node: Node, links: str):
+    def available() -> str:
+        return node.busctl("get-property", "org.schedd.Schedd1", "/org/schedd/Schedd1",
+                           "org.schedd.Schedd1.Manager", "AvailableCPUs").stdout.split()[1]
+    before = available()
+    jid = submitted(slurm(node, "sbatch", "--begin=now+3", "--wrap", "true").stdout)
+    assert slurm(node, "squeue", "-h", "-o", "%i %t %r", "-j", str(jid)).stdout.split() == [str(jid), "PD", "BeginTime"]
+    assert node.job(jid)["Reason"] == "begin-time" and node.job(jid)["BeginTime"] > node.job(jid)["SubmitTime"]
+    assert available() == before  # it holds no CPU while it waits
+    assert wait_state(node, str(jid), DONE) == "COMPLETED"
+    assert node.job(jid)["StartTime"] >= node.job(jid)["BeginTime"]

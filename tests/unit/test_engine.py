@@ -1156,3 +1156,91 @@ async def test_the_end_of_a_suspended_job_names_its_suspended_time(node):
     await node.engine.suspend(jid, CALLER)
     await node.engine.cancel(jid, CALLER)
     assert {"suspended_usec", "suspend_time", "end_time", "state"} <= node.events.fields(jid, X)
+
+
+# -- BeginTime, AfterAny, AfterNotOk ------------------------------------------------------------
+
+HOUR = 3_600_000_000
+
+
+async def test_a_job_before_its_begin_time_waits_holding_nothing_then_starts(node, clock):
+    later = await node.submit(CPUs=4, BeginTime=clock() + HOUR)
+    assert node.state(later) == (P, Reason.BEGIN_TIME) and node.job(later).spec.begin_time > clock()
+    other = await node.submit(CPUs=4)  # every CPU: it runs, the waiting job holds none
+    await node.running(other)
+    assert node.state(later) == (P, Reason.BEGIN_TIME) and later not in node.ex.called("start")
+    node.ex.exit(other, 0)
+    clock.advance(HOUR - 10_000_000)
+    node.engine.clock_stepped()
+    assert node.state(later) == (P, Reason.BEGIN_TIME)  # ten seconds early still waits
+    clock.advance(20_000_000)
+    node.engine.clock_stepped()
+    await node.running(later)
+
+
+async def test_the_begin_timer_fires_on_its_own_and_the_earliest_first(node):
+    t = now_usec()
+    c = await node.submit(CPUs=1, BeginTime=t + 300_000)
+    a = await node.submit(CPUs=1, BeginTime=t + 100_000)
+    b = await node.submit(CPUs=1, BeginTime=t + 200_000)
+    assert [node.state(j)[1] for j in (a, b, c)] == [Reason.BEGIN_TIME] * 3
+    await node.running(a, b, c)
+    starts = node.ex.called("start")
+    assert starts.index(a) < starts.index(b) < starts.index(c)
+    assert node.engine.begin_waiting() == 0
+
+
+async def test_a_timer_woken_early_by_a_clock_step_back_waits_the_rest(node, clock):
+    jid = await node.submit(BeginTime=now_usec() + 50_000)
+    clock.advance(-HOUR)  # the wall clock stepped back an hour
+    sentinel = await node.submit(Hold=True)
+    await wait(lambda: node.engine._begin_timer is not None and node.engine._begin_timer_at == node.job(jid).spec.begin_time
+               and now_usec() > node.job(jid).spec.begin_time + 100_000, "the first timer to have passed")
+    assert node.state(jid) == (P, Reason.BEGIN_TIME), "woken early, it started"
+    clock.advance(HOUR)
+    node.engine.clock_stepped()
+    await node.running(jid)
+    assert node.state(sentinel)[0] == H
+
+
+async def test_begin_time_survives_a_restart_hold_release_and_cancel(node, clock):
+    a = await node.submit(BeginTime=clock() + HOUR)
+    b = await node.submit(BeginTime=clock() + HOUR)
+    node = await node.restart()
+    assert node.state(a) == (P, Reason.BEGIN_TIME) and node.state(b) == (P, Reason.BEGIN_TIME)
+    assert (await node.durable(a)).spec.begin_time == node.job(a).spec.begin_time
+    await node.engine.hold(a, CALLER)
+    assert node.state(a) == (H, Reason.HELD)
+    await node.engine.cancel(b, CALLER)
+    assert node.state(b) == (X, Reason.CANCELLED)
+    await node.engine.release(a, CALLER)
+    assert node.state(a) == (P, Reason.BEGIN_TIME)
+    clock.advance(HOUR + 1_000_000)
+    node.engine.clock_stepped()
+    await node.running(a)
+    assert b not in node.ex.called("start")
+
+
+async def test_a_begin_time_past_means_now_and_an_absurd_one_is_refused(node):
+    jid = await node.submit(BeginTime=1)
+    await node.running(jid)
+    with pytest.raises(InvalidArgument, match="BeginTime: .*10 years"):
+        await node.submit(BeginTime=2**63)
+
+
+async def test_afterany_runs_after_a_failure_and_afternotok_only_after_one(node):
+    a = await node.submit()
+    await node.running(a)
+    any_ = await node.submit(AfterAny=[a])
+    notok = await node.submit(AfterNotOk=[a])
+    assert node.state(any_) == (P, "") and node.state(notok) == (P, "")
+    node.ex.exit(a, 3)
+    await node.running(any_, notok)
+    b = await node.submit()
+    await node.running(b)
+    never = await node.submit(AfterNotOk=[b])
+    node.ex.exit(b, 0)
+    assert node.state(never) == (F, Reason.DEPENDENCY) and never not in node.ex.called("start")
+    assert node.job(any_).spec.after_any == [a]
+    with pytest.raises(InvalidArgument, match="AfterAny: job 999 does not exist"):
+        await node.submit(AfterAny=[999])

@@ -319,7 +319,8 @@ def test_show_is_greppable_key_value():
              StartTime=NOW, RuntimeMaxUSec=0)
     plain_text = render.show(j)
     lines = plain_text.splitlines()
-    names = [k[:-4] + "Timestamp" if k in ("SubmitTime", "StartTime", "EndTime") else k for k in JOB_PROPERTIES]
+    names = [k[:-4] + "Timestamp" if k in ("SubmitTime", "StartTime", "EndTime", "BeginTime") else k
+             for k in JOB_PROPERTIES]
     assert [ln.split("=", 1)[0] for ln in lines] == names
     stamp = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(NOW / 1e6))
     assert {"Id=3", "Command=sleep 1", "Memory=1048576", "After=1 2", "AssignedGPUs=", f"StartTimestamp={stamp}",

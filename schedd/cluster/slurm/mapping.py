@@ -133,6 +133,8 @@ def submission(spec: dict[str, Any], tag: Tag, *, partition: str = "", dependenc
     usec = int(spec.get("RuntimeMaxUSec") or 0)
     if usec:
         job["time_limit"] = max(1, -(-usec // 60_000_000))  # whole minutes, rounded up
+    if spec.get("BeginTime"):
+        job["begin_time"] = -(-int(spec["BeginTime"]) // 1_000_000)  # Slurm's whole seconds, never earlier
     if spec.get("Hold"):
         job["hold"] = True
     if partition:
@@ -210,6 +212,8 @@ class SlurmJob:
             return "HELD", "held"
         if state in ("PENDING", "CANCELLED") and self.reason in DEPENDENCY_REASONS:
             return "FAILED", "dependency"
+        if state == "PENDING" and self.reason == "BeginTime":
+            return "PENDING", "begin-time"
         if self.state == "FAILED" and self.reason in NOT_RUN_REASONS:
             return "FAILED", "resources"
         if state == "FAILED" and reason == "exit-code" and self.exit_status & 0x7F:

@@ -184,6 +184,8 @@ class Arrays:
         reason = {JobState.HELD: Reason.HELD, JobState.CANCELLED: Reason.CANCELLED}.get(state, "")
         if state == JobState.PENDING and getattr(self, "drain", None) is not None:
             reason = Reason.DRAINED  # on a drained node a task not made a job yet waits as its made ones do
+        elif state == JobState.PENDING and spec.begin_time > now_usec():
+            reason = Reason.BEGIN_TIME
         spec.hold = state == JobState.HELD
         return Job(id=jid, spec=spec, state=state, reason=reason, submit_time=rec.submit_time,
                    end_time=rec.end_time if state == JobState.CANCELLED else 0, node=self.config.node_name,
@@ -379,6 +381,7 @@ class Arrays:
         durable = loop.create_future()
         jobs = [self._task_job(rec, p) for p in positions]
         rows = []
+        later: set[int] = set()
         for job in jobs:
             self._unannounced.add(job.id)
             self._insert(job)
@@ -386,8 +389,10 @@ class Arrays:
             if job.state == JobState.PENDING:
                 self._durable[job.id] = durable
                 rec.live.add(job.id)
-                if not job.spec.after:
-                    self._enqueue(job)  # with After: once announced (_make_eligible), as a submit does
+                if self._admits_later(job):
+                    later.add(job.id)  # dependencies, a begin time: once announced (_make_eligible), as a submit does
+                else:
+                    self._enqueue(job)
             rows.append(job_to_row(job))
         k = len(jobs)
         if rec.state.queued:  # a cancelled record's tasks are counted nowhere
@@ -395,11 +400,11 @@ class Arrays:
             self.quotas.from_disk(rec.uid, k, 0)
         state = rec.state
         self.store.save_rows(rows, retry=False).add_done_callback(
-            lambda f: self._materialized(rec, jobs, positions, state, durable, f))
+            lambda f: self._materialized(rec, jobs, positions, state, durable, f, later))
         return durable
 
     def _materialized(self, rec: ArrayRec, jobs: list[Job], positions: list[int], state: JobState,
-                      durable: asyncio.Future, f: asyncio.Future) -> None:
+                      durable: asyncio.Future, f: asyncio.Future, later: set[int] = frozenset()) -> None:
         for job in jobs:
             self._unannounced.discard(job.id)
             rec.busy.pop(job.id, None)
@@ -421,7 +426,7 @@ class Arrays:
         for job in jobs:
             self._durable.pop(job.id, None)
             self._announce(job)
-            if job.state == JobState.PENDING and job.spec.after and job.id in self.jobs:
+            if job.state == JobState.PENDING and job.id in later and job.id in self.jobs:
                 self._make_eligible(job)
                 self.kick()
         if log.isEnabledFor(logging.DEBUG):

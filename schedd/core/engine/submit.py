@@ -185,12 +185,14 @@ class Submission:
         if len(built) > 1:
             raise InvalidArgument("Node: jobs for other nodes (or 'any') are submitted one at a time with Submit, "
                                   "not with SubmitMany")
-        if built[0].after and getattr(self.federation, "takes_after", lambda _s: False)(built[0]):
-            return await self.federation.submit(built[0])  # Slurm's afterok among jobs sent to that Slurm peer
-        if built[0].after:
-            if built[0].node != "any":
-                raise InvalidArgument("After: a job placed on another node cannot wait for jobs of this one; "
-                                      "drop Node or After")
+        s = built[0]
+        if s.after and not (s.after_any or s.after_not_ok) and getattr(self.federation, "takes_after", lambda _s: False)(s):
+            return await self.federation.submit(s)  # Slurm's afterok among jobs sent to that Slurm peer
+        if s.after or s.after_any or s.after_not_ok:
+            key = "After" if s.after else "AfterAny" if s.after_any else "AfterNotOk"
+            if s.node != "any":
+                raise InvalidArgument(f"{key}: a job placed on another node cannot wait for jobs of this one; "
+                                      f"drop Node or {key}")
             self.federation.require_local_fit(built[0], "a job with After runs on this node")
             return None
         return await self.federation.submit(built[0])
@@ -210,7 +212,7 @@ class Submission:
             spec.expand_paths(jid, jobs_dir)
             job = Job(id=jid, spec=spec, submit_time=now, node=node, assigned_cpus=EMPTY, assigned_gpus=EMPTY,
                       state=JobState.HELD if spec.hold else JobState.PENDING,
-                      reason=Reason.HELD if spec.hold else "")
+                      reason=Reason.HELD if spec.hold else Reason.BEGIN_TIME if spec.begin_time > now else "")
             if origin is not None:
                 job.origin_node, job.origin_id, job.attempt = origin
             if array:
@@ -228,6 +230,7 @@ class Submission:
         durable = asyncio.get_running_loop().create_future()
         rows = []
         inserted: list[Job] = []
+        later: list[Job] = []  # pending, for _make_eligible once announced
         self._unannounced.update(j.id for j in jobs)
         try:
             try:
@@ -238,7 +241,9 @@ class Submission:
                     self.quotas.unreserve(job.uid, 1, size)
                     self._insert(job)
                     inserted.append(job)
-                    if job.state == JobState.PENDING and not job.spec.after:
+                    if job.state == JobState.PENDING and self._admits_later(job):
+                        later.append(job)
+                    elif job.state == JobState.PENDING:
                         self._durable[job.id] = durable
                         self._enqueue(job)
                     rows.append(job_to_row(job))
@@ -265,7 +270,9 @@ class Submission:
                 self._announce(job)
                 if not big:
                     self._transition_log(job, "submitted")
-                if job.state == JobState.PENDING and job.spec.after:
+                await sliced.tick()
+            for job in later:  # dependencies, a begin time: once announced
+                if job.state == JobState.PENDING and self.jobs.get(job.id) is job:
                     self._make_eligible(job)
                 await sliced.tick()
             if big:
