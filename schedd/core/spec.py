@@ -19,6 +19,7 @@ from schedd.protocol import SPEC_KEYS, TaskRanges, format_duration, format_size
 MAX_ARG_STRLEN = 131072  # the kernel's limit on one argv/env string, NUL included
 MAX_NAME = 256
 UINT64_MAX = 2**64 - 1
+MAX_DEPENDENCIES = 4096  # After, AfterAny and AfterNotOk together: each id is looked up while the loop waits
 MAX_BEGIN_AHEAD_USEC = 10 * 366 * 86400 * 10**6  # a BeginTime further ahead is a mistake (ms for µs, say)
 _TYPE_WORDS = {
     "s": "a string", "u": "an unsigned 32-bit integer", "t": "an unsigned 64-bit integer",
@@ -271,6 +272,9 @@ def build_spec(
     stderr_path = _check_path("StderrPath", v["StderrPath"]) if "StderrPath" in v else ""
 
     deps = {}
+    if sum(len(v.get(key) or ()) for key in ("After", "AfterAny", "AfterNotOk")) > MAX_DEPENDENCIES:
+        raise _bad("After", f"at most {MAX_DEPENDENCIES} dependencies per job (After, AfterAny and AfterNotOk "
+                            "together); make the job depend on one job that depends on the rest")
     for key in ("After", "AfterAny", "AfterNotOk"):
         deps[key] = list(v[key]) if v.get(key) else EMPTY
         for dep in deps[key]:

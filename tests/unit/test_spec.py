@@ -438,6 +438,14 @@ def test_per_user_daemon_runs_only_its_own_uid(limits: Limits) -> None:
     assert build(cmd("true"), limits, caller_uid=USER.pw_uid, daemon_uid=USER.pw_uid).uid == USER.pw_uid
 
 
+def test_too_many_dependencies_are_refused_before_any_is_looked_up(limits: Limits) -> None:
+    looked: list[int] = []
+    props = {**cmd("true"), "After": Variant("at", [1] * 3000), "AfterAny": Variant("at", [1] * 1097)}
+    with pytest.raises(InvalidArgument, match="^After: at most 4096 dependencies per job"):
+        build_spec(props, caller_uid=os.getuid(), limits=limits, job_known=lambda j: looked.append(j) or True)
+    assert looked == []
+
+
 def test_after_unknown_job(limits: Limits) -> None:
     with pytest.raises(InvalidArgument, match="^After: job 99 does not exist"):
         build({**cmd("true"), "After": Variant("at", [1, 99])}, limits)
