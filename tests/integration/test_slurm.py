@@ -264,9 +264,10 @@ def test_bad_input_gets_slurm_errors(node: Node, links: str, argv, stdin, messag
 
 
 def test_dependency_afterok_waits(node: Node, links: str):
-    first = submitted(slurm(node, "sbatch", "--wrap", "sleep 1").stdout)
+    first = submitted(slurm(node, "sbatch", "-H", "--wrap", "sleep 1").stdout)
     second = submitted(slurm(node, "sbatch", f"--dependency=afterok:{first}", "--wrap", "true").stdout)
-    assert slurm(node, "squeue", "-h", "-o", "%i %r", "-j", str(second)).stdout.split()[1] in ("Dependency", "None")
+    assert slurm(node, "squeue", "-h", "-o", "%i %T %r", "-j", str(second)).stdout.split()[1:] == ["PENDING", "Dependency"]
+    slurm(node, "scontrol", "release", str(first))
     assert wait_state(node, str(second), DONE) == "COMPLETED"
     assert node.job(second)["StartTime"] >= node.job(first)["EndTime"]
 

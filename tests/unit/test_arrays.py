@@ -10,7 +10,7 @@ import pytest
 from dbus_fast import Variant
 
 from schedd.core.engine import Caller
-from schedd.core.model import JobState
+from schedd.core.model import JobState, Reason
 from schedd.errors import AccessDenied, InvalidArgument, NotFound
 from schedd.protocol import TaskRanges
 
@@ -276,8 +276,23 @@ async def test_array_tasks_wait_for_their_dependencies(node):
     aid = await submit_array(node, "0-9%2", After=[dep])
     await wait(lambda: jobs_of(node, aid), "tasks made jobs")
     assert all(j.state == P for j in jobs_of(node, aid)) and not node.ex.called("start")[1:]
+    made = {j.id for j in jobs_of(node, aid)}
+    assert aid + 9 not in made  # a task that is no job yet says why it waits as its made siblings do
+    assert {node.engine.get(aid + i).reason for i in range(10)} == {Reason.DEPENDENCY}
     node.ex.exit(dep, 0)
     await wait(lambda: all(j.state == R for j in jobs_of(node, aid) if j.id in (aid, aid + 1)), "tasks running")
+    assert node.engine.get(aid + 9).reason == ""
+
+
+async def test_a_long_chain_of_arrays_each_after_the_last_answers_without_recursing(make_node):
+    node = await make_node(max_pending_per_user=10_000)
+    first = await node.submit(Hold=True)
+    aids = [first]
+    for _ in range(1_500):  # deeper than Python's recursion limit, were a task's dependencies asked in turn
+        aids.append(await submit_array(node, "0-1%1", After=[aids[-1] + 1 if len(aids) > 1 else first]))
+    e = node.engine
+    assert not any(a + 1 in e.jobs for a in aids[1:])  # %1: each array's second task is no job yet
+    assert e.get(aids[-1] + 1).reason == Reason.DEPENDENCY and e.get(aids[-1]).state == P
 
 
 # -- through the D-Bus adapter (unconnected bus, as test_dbus_jobs) ------------------------------

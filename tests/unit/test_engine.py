@@ -517,10 +517,11 @@ async def test_dependencies_run_in_order_and_a_failure_cascades(node):
     d = await node.submit(After=[c])
     sentinel = await node.submit()
     await node.running(sentinel)
-    assert node.state(b) == (P, "") and b not in node.ex.called("start")
+    assert node.state(b) == (P, Reason.DEPENDENCY) and b not in node.ex.called("start")
+    assert (await node.durable(b)).reason == Reason.DEPENDENCY
     node.ex.exit(a, 0)
     await node.running(b)
-    assert node.state(c) == (P, "")
+    assert node.state(b) == (R, "") and node.state(c) == (P, Reason.DEPENDENCY)
     node.ex.exit(b, 1)
     assert node.state(c) == (F, Reason.DEPENDENCY) and node.state(d) == (F, Reason.DEPENDENCY)
     assert (await node.durable(d)).reason == Reason.DEPENDENCY
@@ -545,11 +546,27 @@ async def test_a_dependency_on_several_jobs_waits_for_all(node):
     node.ex.exit(a, 0)
     sentinel = await node.submit()
     await node.running(sentinel)
-    assert node.state(c) == (P, "")
+    assert node.state(c) == (P, Reason.DEPENDENCY)
     node.ex.exit(b, 0)
     await node.running(c)
     with pytest.raises(InvalidArgument, match="After: job 999 does not exist"):
         await node.submit(After=[999])
+
+
+async def test_a_blocked_job_says_dependency_across_a_restart_hold_and_release(node):
+    a = await node.submit(Hold=True)
+    b = await node.submit(After=[a])
+    node = await node.restart()
+    assert node.state(b) == (P, Reason.DEPENDENCY)
+    await node.engine.hold(b, CALLER)
+    assert node.state(b) == (H, Reason.HELD)
+    await node.engine.release(b, CALLER)
+    assert node.state(b) == (P, Reason.DEPENDENCY)
+    await node.engine.release(a, CALLER)
+    await node.running(a)
+    node.ex.exit(a, 0)
+    await node.running(b)
+    assert node.state(b) == (R, "") and (await node.durable(b)).reason == ""
 
 
 # -- time limits -------------------------------------------------------------------------------
@@ -1233,7 +1250,7 @@ async def test_afterany_runs_after_a_failure_and_afternotok_only_after_one(node)
     await node.running(a)
     any_ = await node.submit(AfterAny=[a])
     notok = await node.submit(AfterNotOk=[a])
-    assert node.state(any_) == (P, "") and node.state(notok) == (P, "")
+    assert node.state(any_) == (P, Reason.DEPENDENCY) and node.state(notok) == (P, Reason.DEPENDENCY)
     node.ex.exit(a, 3)
     await node.running(any_, notok)
     b = await node.submit()

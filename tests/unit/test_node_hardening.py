@@ -349,7 +349,7 @@ async def test_array_tasks_waiting_on_a_dependency_lose_drained_on_resume(node: 
         await e.suspend(aid + 1, CALLER)  # not running; but the verb made task 1 a job
     assert aid + 1 in e.jobs and e.get(aid + 1).reason == Reason.DRAINED
     await e.clear_drain("root on n1")
-    assert [e.get(aid + i).reason for i in range(4)] == [""] * 4  # they wait for `first` now, not the drain
+    assert [e.get(aid + i).reason for i in range(4)] == [Reason.DEPENDENCY] * 4  # for `first` now, not the drain
     await e.release(first, CALLER)
     await node.running(first)
     node.ex.exit(first, 0)

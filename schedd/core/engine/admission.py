@@ -10,7 +10,8 @@ and clock_stepped() re-reads the clock at once.
 
 Then three rules keep a pending job out of the scheduler's queue: dependencies that do not hold
 yet (After: completed; AfterAny: ended; AfterNotOk: ended, not completed) -- the job is blocked,
-and fails FAILED `dependency` once one of them never can -- an array's cap on
+pending with reason `dependency` (Slurm's Dependency), and fails FAILED `dependency` once one of
+them never can -- an array's cap on
 running tasks (ArrayMaxRunning) -- the task is parked until a sibling leaves -- and, for a copy
 run here for another node, an origin that cannot grant its start now (schedd.cluster.runnode) --
 the copy waits, parked, until its origin is ready again. The scheduler itself only ever sees
@@ -85,7 +86,11 @@ class Admission:
             for dep in self._dependency_ids(job):
                 self._dependents[dep].add(job.id)
             self._blocked[job.id] = job
+            if job.reason not in (Reason.DEPENDENCY, Reason.DRAINED):  # a drained node's wait says drained
+                self._set_pending_reason(job, Reason.DEPENDENCY)
         else:
+            if job.reason == Reason.DEPENDENCY:  # its dependencies held while it was on its way here
+                self._set_pending_reason(job, "")
             self._enqueue(job)
 
     @staticmethod
@@ -125,6 +130,8 @@ class Admission:
                 self.store.save(job)
             elif verdict:
                 del self._blocked[jid]
+                if job.reason == Reason.DEPENDENCY:
+                    self._set_pending_reason(job, "")
                 self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:

@@ -175,8 +175,9 @@ class Arrays:
         rec = self._arrays[self._array_firsts[i]]
         return rec if job_id <= rec.last_id else None
 
-    def _task_job(self, rec: ArrayRec, pos: int, state: JobState | None = None) -> Job:
-        """The job the task at pos is (or would be): built from the template."""
+    def _task_job(self, rec: ArrayRec, pos: int, state: JobState | None = None, why: bool = True) -> Job:
+        """The job the task at pos is (or would be): built from the template. why=False: its state is
+        all the caller needs (a dependency's), so its own dependencies are not looked up."""
         jid = rec.id + pos
         spec = replace(rec.template, array_task_id=rec.tasks.task_at(pos), array_max_running=rec.tasks.cap)
         spec.expand_paths(jid, str(self.jobs_dir))
@@ -187,19 +188,23 @@ class Arrays:
         elif state == JobState.PENDING and spec.begin_time > now_usec():
             reason = Reason.BEGIN_TIME
         spec.hold = state == JobState.HELD
-        return Job(id=jid, spec=spec, state=state, reason=reason, submit_time=rec.submit_time,
-                   end_time=rec.end_time if state == JobState.CANCELLED else 0, node=self.config.node_name,
-                   assigned_cpus=EMPTY, assigned_gpus=EMPTY, array_job_id=rec.id)
+        job = Job(id=jid, spec=spec, state=state, reason=reason, submit_time=rec.submit_time,
+                  end_time=rec.end_time if state == JobState.CANCELLED else 0, node=self.config.node_name,
+                  assigned_cpus=EMPTY, assigned_gpus=EMPTY, array_job_id=rec.id)
+        if (why and not reason and state == JobState.PENDING and (spec.after or spec.after_any or spec.after_not_ok)
+                and self._dependencies_hold(job) is None):
+            job.reason = Reason.DEPENDENCY  # as its made siblings that wait say (admission)
+        return job
 
-    def _virtual(self, job_id: int) -> Job | None:
+    def _virtual(self, job_id: int, why: bool = True) -> Job | None:
         """A task that is no job yet, as its record says (a task being made one: PENDING)."""
         rec = self._array_of(job_id) if self._arrays else None
         if rec is None:
             return None
         if rec.has(job_id - rec.id):
-            return self._task_job(rec, job_id - rec.id)
+            return self._task_job(rec, job_id - rec.id, why=why)
         if job_id in rec.busy:
-            return self._task_job(rec, job_id - rec.id, JobState.PENDING)
+            return self._task_job(rec, job_id - rec.id, JobState.PENDING, why=why)
         return None
 
     # -- reads: the record answers for its tasks ---------------------------------------------
@@ -218,7 +223,7 @@ class Arrays:
 
     def _lookup(self, job_id: int) -> Job | None:
         """A dependency may be a task no job yet: the record answers (PENDING/HELD: wait; CANCELLED: fail)."""
-        return super()._lookup(job_id) or self._virtual(job_id)
+        return super()._lookup(job_id) or self._virtual(job_id, why=False)
 
     def on_disk(self, job_id: int) -> Job | None:
         return super().on_disk(job_id) or self._virtual(job_id)

@@ -64,7 +64,7 @@ class Draining:
         # was made a job with its reason `drained`): a resume is rare, the table is walked once.
         for job in [j for j in self.jobs.values()
                     if j.state == JobState.PENDING and j.reason == Reason.DRAINED and not j.remote]:
-            self._set(job, JobState.PENDING, "")
+            self._set(job, JobState.PENDING, Reason.DEPENDENCY if job.id in self._blocked else "")
             self.store.save(job)
         self._drain_changed()
         self.kick()
