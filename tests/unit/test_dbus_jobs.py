@@ -372,3 +372,27 @@ async def test_jobs_recovered_at_start_answer_at_once_without_a_signal_each(engi
     rec.sent.clear()
     service.job_added(a_job(5))  # from now on, each new job is announced
     assert [m.member for m in rec.sent] == ["InterfacesAdded", "JobStateChanged"]
+
+
+def test_every_property_of_a_row_is_of_its_declared_type():
+    """Rows are built without dbus-fast's per-Variant check (jobs._compile_all_variants): each value,
+    for jobs in every shape, must verify against its declared signature."""
+    from dataclasses import replace
+
+    from schedd.api.dbus.jobs import job_variants
+
+    base = a_job()
+    running = replace(base, id=4, state=JobState.RUNNING, reason="", assigned_cpus=[0, 3], assigned_gpus=[1],
+                      start_time=2, node="n2", cpu_time_usec=10, memory_peak=1 << 20, array_job_id=2)
+    ended = replace(base, id=5, state=JobState.FAILED, reason="signal", exit_code=137, end_time=3, restarts=2,
+                    spec=replace(base.spec, after=[1, 2], after_any=[3], after_not_ok=[4], begin_time=2**40,
+                                 container="busybox:latest", array_task_id=7, node="any", gpus=2))
+    copy = replace(base, id=6, state=JobState.SUSPENDED, origin_node="a", origin_id=9, remote_node="b", remote_id=8,
+                   suspend_time=5, suspended_usec=6)
+    for job in (base, running, ended, copy):
+        for private in (True, False):
+            row = job_variants(job, private=private)
+            assert set(row) == set(JOB_PROPERTIES)
+            for name, v in row.items():
+                assert v.signature == JOB_PROPERTIES[name]
+                Variant(v.signature, v.value)  # verifies: raises on a value not of that type
