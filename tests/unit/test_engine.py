@@ -569,6 +569,18 @@ async def test_a_blocked_job_says_dependency_across_a_restart_hold_and_release(n
     assert node.state(b) == (R, "") and (await node.durable(b)).reason == ""
 
 
+async def test_a_job_whose_dependencies_hold_but_cpus_do_not_no_longer_says_dependency(make_node):
+    node = await make_node(cpu_ids=[0])
+    a = await node.submit()
+    await node.running(a)
+    b = await node.submit(After=[a])
+    busy = await node.submit(Priority=10)
+    assert node.state(b) == (P, Reason.DEPENDENCY)
+    node.ex.exit(a, 0)
+    await node.running(busy)  # the one CPU goes to the higher priority: b waits in the queue
+    assert node.state(b) == (P, "") and (await node.durable(b)).reason == ""
+
+
 # -- time limits -------------------------------------------------------------------------------
 
 

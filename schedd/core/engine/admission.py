@@ -89,8 +89,6 @@ class Admission:
             if job.reason not in (Reason.DEPENDENCY, Reason.DRAINED):  # a drained node's wait says drained
                 self._set_pending_reason(job, Reason.DEPENDENCY)
         else:
-            if job.reason == Reason.DEPENDENCY:  # its dependencies held while it was on its way here
-                self._set_pending_reason(job, "")
             self._enqueue(job)
 
     @staticmethod
@@ -130,13 +128,13 @@ class Admission:
                 self.store.save(job)
             elif verdict:
                 del self._blocked[jid]
-                if job.reason == Reason.DEPENDENCY:
-                    self._set_pending_reason(job, "")
                 self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:
         """Hand a pending job to the scheduler, unless its array already has its cap of tasks admitted
-        (or its origin cannot grant its start now)."""
+        (or its origin cannot grant its start now). Its dependencies hold by now: it no longer says so."""
+        if job.reason == Reason.DEPENDENCY:
+            self._set_pending_reason(job, "")
         if job.origin_node and (self.federation is None or not self.federation.origin_ready(job.origin_node)):
             self._park_for_origin(job)
             return
