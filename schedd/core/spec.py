@@ -272,8 +272,9 @@ def build_spec(
     stderr_path = _check_path("StderrPath", v["StderrPath"]) if "StderrPath" in v else ""
 
     deps = {}
-    if sum(len(v.get(key) or ()) for key in ("After", "AfterAny", "AfterNotOk")) > MAX_DEPENDENCIES:
-        raise _bad("After", f"at most {MAX_DEPENDENCIES} dependencies per job (After, AfterAny and AfterNotOk "
+    counts = {key: len(v.get(key) or ()) for key in ("After", "AfterAny", "AfterNotOk")}
+    if sum(counts.values()) > MAX_DEPENDENCIES:
+        raise _bad(max(counts, key=counts.__getitem__), f"at most {MAX_DEPENDENCIES} dependencies per job (After, AfterAny and AfterNotOk "
                             "together); make the job depend on one job that depends on the rest")
     for key in ("After", "AfterAny", "AfterNotOk"):
         deps[key] = list(v[key]) if v.get(key) else EMPTY

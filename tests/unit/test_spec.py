@@ -444,6 +444,10 @@ def test_too_many_dependencies_are_refused_before_any_is_looked_up(limits: Limit
     with pytest.raises(InvalidArgument, match="^After: at most 4096 dependencies per job"):
         build_spec(props, caller_uid=os.getuid(), limits=limits, job_known=lambda j: looked.append(j) or True)
     assert looked == []
+    props = {**cmd("true"), "AfterNotOk": Variant("at", [1] * 5000)}  # the error names the key that was sent
+    with pytest.raises(InvalidArgument, match="^AfterNotOk: at most 4096 dependencies per job"):
+        build_spec(props, caller_uid=os.getuid(), limits=limits, job_known=lambda j: looked.append(j) or True)
+    assert looked == []
 
 
 def test_after_unknown_job(limits: Limits) -> None:
