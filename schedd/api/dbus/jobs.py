@@ -81,14 +81,6 @@ def job_variants(job: Job, names=None, *, private: bool = True) -> dict[str, Var
                        else PRIVATE_JOB_KEYS[n]) for n in names}
 
 
-def interfaces_added(job: Job, private: bool) -> Message:
-    """InterfacesAdded for a job, from the ObjectManager's path (the manager), where GLib clients look.
-    Every subscriber hears it: private=False unless private keys are everyone's."""
-    return Message.new_signal(
-        path=MANAGER_PATH, interface="org.freedesktop.DBus.ObjectManager", member="InterfacesAdded",
-        signature="oa{sa{sv}}", body=[job_path(job.id), {JOB_IFACE: job_variants(job, private=private)}])
-
-
 def interfaces_removed(path: str, interfaces: list[str]) -> Message:
     return Message.new_signal(
         path=MANAGER_PATH, interface="org.freedesktop.DBus.ObjectManager", member="InterfacesRemoved",

@@ -37,7 +37,8 @@ from dbus_fast.service import signal as dbus_signal
 from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH, __version__, job_path
 from schedd import bus as dbus
 from schedd.api.dbus.changes import job_properties, manager_properties
-from schedd.api.dbus.jobs import JobPaths, JobTree, interfaces_added, interfaces_removed, job_id, job_variants
+from schedd.api.dbus.jobs import JobPaths, JobTree, interfaces_removed, job_id, job_variants
+from schedd.api.dbus.wire import interfaces_added, job_state_changed
 from schedd.cluster.membership import check_text
 from schedd.core import stats
 from schedd.api.jobview import JOB_GETTERS
@@ -686,13 +687,11 @@ class DBusService:
 
     # -- engine events -----------------------------------------------------------------
 
-    # Signals are built directly: dbus-fast's helpers walk every property per emission.
+    # Signals are built directly: dbus-fast's helpers walk every property per emission, and the two
+    # every job sends are marshalled by hand (wire.py).
 
     def _job_state_changed(self, job: Job) -> None:
-        self.bus.send(Message.new_signal(
-            path=MANAGER_PATH, interface=MANAGER_IFACE, member="JobStateChanged", signature="toss",
-            body=[job.id, job_path(job.id), job.state.value, job.reason],
-        ))
+        self.bus.send(job_state_changed(job))
 
     def job_added(self, job: Job) -> None:
         if self.objects.in_memory(job.id):
