@@ -36,6 +36,18 @@ def main_pid() -> int:
                               check=True).stdout.strip())
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main_pid_of(unit: str) -> int:
+    return int(subprocess.run(["systemctl", "show", "-P", "MainPID", unit], capture_output=True, text=True,
+                              check=True).stdout.strip())
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -94,13 +106,17 @@ async def main() -> None:
     async def ping() -> None:
         await dbus.call(bus, SCHEDD[0], SCHEDD[1], "org.freedesktop.DBus.Peer", "Ping", "", [])
 
-    # SubmitMany
+    # SubmitMany, and who spent the CPU on it: the daemon, the bus daemon routing its signals, this client
     ids: list[int] = []
+    procs = {"schedd": main_pid_of("schedd"), "dbus": main_pid_of("dbus"), "client": os.getpid()}
+    cpu0 = {k: cpu_s(p) for k, p in procs.items()}
     t0 = time.perf_counter()
     for k in range(0, n, BATCH):
         (batch,) = await call("SubmitMany", "aa{sv}", [[held_spec() for _ in range(min(BATCH, n - k))]])
         ids.extend(batch)
     res["submit_rate"] = n / (time.perf_counter() - t0)
+    for k, p in procs.items():
+        res[f"submit_cpu_us_{k}"] = (cpu_s(p) - cpu0[k]) / n * 1e6
     pid = main_pid()
     res["rss_mib"] = rss_mib(pid)
     res["floor_ping_ms"] = await timed(ping, 200)

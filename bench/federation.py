@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from netcluster import Cluster, NodeSpec  # noqa: E402
+from testusers import ensure_user  # noqa: E402
 
 USER = "schedd-alice"  # root's jobs are never forwarded: the bench submits as an ordinary user
 
 
-def ensure_user() -> None:
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--create-home", "--home-dir", f"/var/tmp/{USER}", "--shell",
-                        "/bin/sh", USER], check=True)
-
-
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    ensure_user()
+    ensure_user(USER)
     cpus = min(2, len(os.sched_getaffinity(0)))
     extra = "max_pending_per_user = 1000000\n"
     c = Cluster(f"b{os.getpid() % 10000}", [NodeSpec("a", cpus=cpus, extra=extra), NodeSpec("b", cpus=cpus, extra=extra)],

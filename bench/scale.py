@@ -66,6 +66,8 @@ def report(n: int, res: dict) -> None:
         print(f"{label:48} {v:12,.2f} {unit:7} {goal:>10}  {met}")
     print(f"{'  schedctl queue output':48} {res['queue_bytes']:12,d} bytes   ({res['queue_lines']:,} lines)")
     print(f"{'  restart: systemctl restart returned after':48} {res['restart_ready_s']:12,.2f} s")
+    print(f"{'  CPU per SubmitMany spec: schedd, dbus-daemon, client':48} "
+          f"{res['submit_cpu_us_schedd']:.1f} / {res['submit_cpu_us_dbus']:.1f} / {res['submit_cpu_us_client']:.1f} us")
     print("reference floors measured in the same run:")
     for key, (label, unit) in FLOORS.items():
         print(f"  {label:46} {res[key]:12,.2f} {unit}")

@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sandbox import REPO, STATE_ROOT, Sandbox, SandboxError, ScheddCalls  # noqa: E402
 from prereq import require  # noqa: E402
+from testusers import ensure_user  # noqa: E402,F401  (test_package.py imports it from here)
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 USERS = ("schedd-alice", "schedd-bob")
@@ -132,15 +133,6 @@ class Node(ScheddCalls):
         for j in json.loads(r.stdout)["data"][0]:
             self.manager_call("Cancel", "t", str(j["Id"]["data"]), check=False)
         self.wait_for(lambda: self.unit_property("schedd.service", "ActiveState") == "active", "schedd active")
-
-
-def ensure_user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--create-home", "--home-dir", f"/var/tmp/{name}", "--shell",
-                        "/bin/sh", name], check=True)
-        return pwd.getpwnam(name)
 
 
 @pytest.fixture(scope="session")
