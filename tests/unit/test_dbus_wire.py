@@ -84,3 +84,24 @@ def test_the_signal_reads_back_as_the_body_it_carries():
     full = wire.interfaces_added(job, True).body[1][JOB_IFACE]
     assert full["Command"] == Variant("as", ["curl", "-H", "token: s3cret"])
     assert wire.job_state_changed(replace(job, reason="")).body == [42, job_path(42), "HELD", ""]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(jobs, st.booleans(), st.none() | TEXT), max_size=4), U32.filter(bool), U32.filter(bool),
+       st.sampled_from([":1.7", ":1.12345", ""]))
+def test_a_listjobs_reply_is_what_dbus_fast_writes(rows, call_serial: int, serial: int, sender: str):
+    """ListJobs' page (rows of either view, some with a folded ArrayTasks), as a method return."""
+    call = Message(path=MANAGER_PATH, interface=MANAGER_IFACE, member="ListJobs", signature="a{sv}", body=[{}],
+                   serial=call_serial, sender=sender or None)
+    dicts, raw = [], []
+    for job, private, folded in rows:
+        d, r = job_variants(job, private=private), wire.job_row(job, private)
+        if folded is not None:
+            d, r = d | {"ArrayTasks": Variant("s", folded)}, wire.with_string(r, "ArrayTasks", folded)
+        dicts.append(d)
+        raw.append(r)
+    expected = Message.new_method_return(call, "aa{sv}", [dicts])
+    expected.serial = serial
+    ours_ = wire.PremarshalledReply(call, "aa{sv}", wire.rows_body(raw))
+    assert ours(ours_, serial) == bytes(expected._marshall(False))
+    assert ours_.body == [dicts] or not dicts and ours_.body == [[]]

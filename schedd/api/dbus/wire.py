@@ -1,4 +1,4 @@
-"""The signals sent for every job, marshalled from its fields straight to D-Bus bytes.
+"""The signals sent for every job, and ListJobs' rows, marshalled from its fields straight to D-Bus bytes.
 
 dbus-fast marshals a Variant per property, and a job's InterfacesAdded carries all 37: building
 and marshalling it was a third of the daemon's time per job of a SubmitMany batch. An a{sv}
@@ -6,7 +6,7 @@ entry starts 8-aligned wherever it sits, so its bytes do not depend on its place
 is a fixed prefix (its name, its signature, the value's alignment) and its value. This module
 writes, from the same getters (schedd.api.jobview), exactly the bytes dbus-fast writes for the
 same body (tests/unit/test_dbus_wire.py compares them), at about a fifth of the cost. The
-Message it returns reads back its body like any other, for whoever inspects it.
+Messages it makes read back their body like any other, for whoever inspects them.
 """
 
 from __future__ import annotations
@@ -160,26 +160,63 @@ class Premarshalled(Message):
     @body.setter
     def body(self, value: list[Any]) -> None:
         if value:
-            raise AttributeError("a premarshalled signal's body is its bytes")
+            raise AttributeError("a premarshalled message's body is its bytes")
 
-    def _marshall(self, negotiate_unix_fd: bool) -> bytearray:
+    def _head(self) -> bytes:
         key = (self.path, self.interface, self.member, self.signature)
         header = self._headers.get(key)
         if header is None:
-            header = self._headers[key] = _header(*key)
-        out = bytearray(header)
+            header = self._headers[key] = _header(MessageType.SIGNAL, [
+                (1, Variant("o", self.path)), (2, Variant("s", self.interface)), (3, Variant("s", self.member)),
+                (8, Variant("g", self.signature))])
+        return header
+
+    def _marshall(self, negotiate_unix_fd: bool) -> bytearray:
+        out = bytearray(self._head())
         struct.pack_into("<II", out, 4, len(self.raw), self.serial)
         out += self.raw
         return out
 
 
-def _header(path: str, interface: str, member: str, signature: str) -> bytes:
-    """A signal's header, by dbus-fast's own marshaller (fields in its order), length and serial 0."""
-    fields = [(1, Variant("o", path)), (2, Variant("s", interface)), (3, Variant("s", member)),
-              (8, Variant("g", signature))]
-    m = Marshaller("yyyyuua(yv)", [ord("l"), MessageType.SIGNAL.value, 0, 1, 0, 0, fields])
+class PremarshalledReply(Premarshalled):
+    """A method's return whose body is bytes already (ListJobs' rows: schedd.api.dbus.service)."""
+
+    def __init__(self, call: Message, signature: str, body: bytes) -> None:
+        Message.__init__(self, message_type=MessageType.METHOD_RETURN, reply_serial=call.serial,
+                         destination=call.sender, signature=signature, validate=False)
+        self.raw = body
+
+    def _head(self) -> bytes:
+        fields = [(5, Variant("u", self.reply_serial))]
+        if self.destination:
+            fields.append((6, Variant("s", self.destination)))
+        return _header(MessageType.METHOD_RETURN, fields + [(8, Variant("g", self.signature))])
+
+
+def _header(kind: MessageType, fields: list[tuple[int, Variant]]) -> bytes:
+    """A message's header, by dbus-fast's own marshaller (fields in its order), length and serial 0."""
+    m = Marshaller("yyyyuua(yv)", [ord("l"), kind.value, 0, 1, 0, 0, fields])
     out = bytes(m.marshall())
     return out + _PAD[_pad(len(out), 8)]
+
+
+def rows_body(rows: list[bytes]) -> bytes:
+    """aa{sv} (ListJobs' reply) from each row's entries as job_row writes them."""
+    out = []
+    n = 4  # the outer array's length, then its elements (4-aligned: no padding before the first)
+    for r in rows:
+        if n & 3:
+            out.append(_PAD[4 - (n & 3)])
+            n += 4 - (n & 3)
+        gap = _PAD[_pad(n + 4, 8)]  # the row's entries start 8-aligned, even when there are none
+        out += (_U32(len(r)), gap, r)
+        n += 4 + len(gap) + len(r)
+    return _U32(n - 4) + b"".join(out)
+
+
+def with_string(row: bytes, name: str, value: str) -> bytes:
+    """A row with one more entry, a string (ListJobs' folded ArrayTasks)."""
+    return row + _PAD[-len(row) & 7] + _prefix(name, "s") + _string(value)
 
 
 def interfaces_added(job: Job, private: bool) -> Message:
