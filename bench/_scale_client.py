@@ -31,8 +31,8 @@ def held_spec() -> dict:
     return {"Command": Variant("as", ["true"]), "Memory": Variant("t", 64 << 20), "Hold": Variant("b", True)}
 
 
-def main_pid() -> int:
-    return int(subprocess.run(["systemctl", "show", "-P", "MainPID", "schedd"], capture_output=True, text=True,
+def main_pid(unit: str = "schedd") -> int:
+    return int(subprocess.run(["systemctl", "show", "-P", "MainPID", unit], capture_output=True, text=True,
                               check=True).stdout.strip())
 
 
@@ -41,11 +41,6 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def main_pid_of(unit: str) -> int:
-    return int(subprocess.run(["systemctl", "show", "-P", "MainPID", unit], capture_output=True, text=True,
-                              check=True).stdout.strip())
 
 
 def rss_mib(pid: int) -> float:
@@ -108,7 +103,7 @@ async def main() -> None:
 
     # SubmitMany, and who spent the CPU on it: the daemon, the bus daemon routing its signals, this client
     ids: list[int] = []
-    procs = {"schedd": main_pid_of("schedd"), "dbus": main_pid_of("dbus"), "client": os.getpid()}
+    procs = {"schedd": main_pid(), "dbus": main_pid("dbus"), "client": os.getpid()}
     cpu0 = {k: cpu_s(p) for k, p in procs.items()}
     t0 = time.perf_counter()
     for k in range(0, n, BATCH):
