@@ -83,9 +83,21 @@ def _dbus_errors(fn):
 
 
 def raw_reply(fn):
-    """Marks a method that may return its reply's body as bytes (wire.py), sent as they are."""
+    """Marks a method that may return its reply's body as bytes (wire.py), sent as they are, or
+    answer before it returns (reply_now)."""
     fn.raw_reply = True
     return fn
+
+
+_REPLY_NOW: contextvars.ContextVar[Callable[[Any], None] | None] = contextvars.ContextVar("reply_now", default=None)
+
+
+def reply_now(result: Any) -> None:
+    """Send the running method's reply now, with this result; what it returns later is not sent
+    (a method of raw_reply; elsewhere, as in unit tests calling the method directly, nothing)."""
+    answer = _REPLY_NOW.get()
+    if answer is not None:
+        answer(result)
 
 
 class ServiceBus(MessageBus):
@@ -108,22 +120,42 @@ class ServiceBus(MessageBus):
         result is marshalled as dbus-fast would, errors answered by its SendReply."""
 
         def handler(msg: Message, send_reply: Any) -> None:
-            fut = asyncio.ensure_future(method.fn(interface, *msg.body))
-            self._pending_futures.add(fut)
-            if msg.flags.value & NO_REPLY_EXPECTED:
-                fut.add_done_callback(self._future_exception_no_reply)
-                return
+            sent = [bool(msg.flags.value & NO_REPLY_EXPECTED)]
+
+            def reply(result: Any) -> Message:
+                return (PremarshalledReply(msg, method.out_signature, result) if isinstance(result, bytes)
+                        else Message.new_method_return(msg, method.out_signature, [result]))
+
+            def answer(result: Any) -> None:
+                if not sent[0]:
+                    sent[0] = True
+                    with send_reply:
+                        send_reply(reply(result))
 
             def done(fut: asyncio.Future) -> None:
+                if sent[0]:
+                    self._answered_late(fut, msg)
+                    return
+                sent[0] = True
                 with send_reply:
-                    result = fut.result()
-                    send_reply(PremarshalledReply(msg, method.out_signature, result) if isinstance(result, bytes)
-                               else Message.new_method_return(msg, method.out_signature, [result]))
+                    send_reply(reply(fut.result()))
 
-            fut.add_done_callback(done)
+            token = _REPLY_NOW.set(answer)  # the task copies the context: reply_now inside it answers msg
+            try:
+                fut = asyncio.ensure_future(method.fn(interface, *msg.body))
+            finally:
+                _REPLY_NOW.reset(token)
+            self._pending_futures.add(fut)
+            fut.add_done_callback(self._future_exception_no_reply if msg.flags.value & NO_REPLY_EXPECTED else done)
             fut.add_done_callback(self._pending_futures.discard)
 
         return handler
+
+    @staticmethod
+    def _answered_late(fut: asyncio.Future, msg: Message) -> None:
+        """A method that replied early (reply_now) and failed after: its caller has its answer; logged."""
+        if not fut.cancelled() and (e := fut.exception()) is not None:
+            log.error("%s failed after its reply was sent: %s", msg.member, e)
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected or not isinstance(interface, JobObject):
@@ -223,18 +255,23 @@ class ManagerObject(ServiceInterface):
     async def _caller(self) -> Caller:
         return await self.service.caller()
 
+    # Submit and SubmitMany answer once the jobs are durable, ahead of their signals (reply_now).
+
     @method()
     @_dbus_errors
+    @raw_reply
     async def Submit(self, spec: "a{sv}") -> "(to)":  # noqa: F821
-        job = await self.engine.submit(spec, await self._caller())
+        job = await self.engine.submit(spec, await self._caller(),
+                                       answered=lambda jobs: reply_now([jobs[0].id, job_path(jobs[0].id)]))
         return [job.id, job_path(job.id)]
 
     @method()
     @_dbus_errors
+    @raw_reply
     async def SubmitMany(self, specs: "aa{sv}") -> "at":  # noqa: F821
         if not specs:
             raise InvalidArgument("SubmitMany needs at least one spec")
-        jobs = await self.engine.submit_many(specs, await self._caller())
+        jobs = await self.engine.submit_many(specs, await self._caller(), answered=lambda jobs: reply_now([j.id for j in jobs]))
         return [j.id for j in jobs]
 
     @method()
@@ -443,6 +480,10 @@ class DBusService:
         self._operators: OrderedDict[int, tuple[bool, float]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._unsynced = 0  # signals sent since the last pacing round trip (drain)
+        self._routed: asyncio.Future | None = None  # that round trip
+        # job id -> (state, reason, private data shown, InterfacesAdded, JobStateChanged): built
+        # while the job's row is written (job_ahead), sent by job_added unless it changed meanwhile
+        self._ahead: dict[int, tuple[JobState, str, bool, Message, Message]] = {}
         self._replies: set[asyncio.Task] = set()  # GetManagedObjects answers being built
         bus.add_message_handler(self._tap)
         if not engine.user_mode:
@@ -724,33 +765,53 @@ class DBusService:
     def _job_state_changed(self, job: Job) -> None:
         self.bus.send(job_state_changed(job))
 
+    def job_ahead(self, job: Job) -> None:
+        if not self.objects.in_memory(job.id):
+            self._ahead[job.id] = (job.state, job.reason, self.public_private_data,
+                                   interfaces_added(job, self.public_private_data), job_state_changed(job))
+
+    def job_dropped(self, job: Job) -> None:
+        self._ahead.pop(job.id, None)
+
     def job_added(self, job: Job) -> None:
+        ahead = self._ahead.pop(job.id, None)
         if self.objects.in_memory(job.id):
             return
         self.objects[job.id] = job  # its path answers from now on (jobs.JobTree)
+        if ahead is None or ahead[:3] != (job.state, job.reason, self.public_private_data):
+            ahead = (None, None, None, interfaces_added(job, self.public_private_data), job_state_changed(job))
         if not getattr(self.bus, "_disconnected", False):
-            self.bus.send(interfaces_added(job, self.public_private_data))
+            self.bus.send(ahead[3])
         self._unsynced += 1
         if not job.state.terminal:
-            self._job_state_changed(job)
+            self.bus.send(ahead[4])
             self._unsynced += 1
 
     SYNC_EVERY = 256  # signals of one big batch between waits for the bus daemon to have taken them
 
     async def drain(self) -> None:
-        """Between slices of a big batch: once many signals were sent, wait for a round trip to the
-        bus daemon. It handles our messages in order, so its answer means they have been routed --
-        they do not pile up there ahead of other callers' calls and replies (150,000 jobs' signals
-        unpaced kept a Ping waiting for 40 s)."""
+        """Between slices of a big batch: once many signals were sent, make sure the bus daemon has
+        routed those sent before the previous pacing point. It handles our messages in order, so the
+        answer to a round trip sent then means they are through -- they do not pile up there ahead of
+        other callers' calls and replies (150,000 jobs' signals unpaced kept a Ping waiting for 40 s),
+        while the signals of the slice just made are routed as the next one is made (two cores: the
+        bus daemon's work beside ours, not after it)."""
         if self._unsynced < self.SYNC_EVERY:
             return
         self._unsynced = 0
+        previous, self._routed = self._routed, asyncio.ensure_future(self._round_trip())
+        if previous is not None:
+            await previous
+
+    async def _round_trip(self) -> None:
         try:
             await dbus.call(self.bus, dbus.DBUS_NAME, dbus.DBUS_PATH, dbus.DBUS_NAME, "GetId")
         except Exception as e:  # noqa: BLE001 - pacing only: a failed round trip must not fail the batch
             log.debug("bus round trip for pacing failed: %s", e)
 
     def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
+        if self._ahead:
+            self._ahead.pop(job.id, None)  # built before this change: job_added builds it anew
         props = job_properties(fields)
         if self.objects.in_memory(job.id) and props:
             # Signals reach every subscriber: a private key that changed is only named as

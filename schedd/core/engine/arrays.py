@@ -276,12 +276,12 @@ class Arrays:
 
     # -- submit ------------------------------------------------------------------------
 
-    async def submit_many(self, specs: list[dict], caller: Caller, *, origin=None) -> list[Job]:
+    async def submit_many(self, specs: list[dict], caller: Caller, *, origin=None, answered=None) -> list[Job]:
         if any(isinstance(p, dict) and "ArrayTasks" in p for p in specs):
             if len(specs) != 1 or origin is not None:
                 raise InvalidArgument("ArrayTasks: an array is one Submit of its own; do not mix it into SubmitMany")
             return [await self._submit_array(specs[0], caller)]
-        return await super().submit_many(specs, caller, origin=origin)
+        return await super().submit_many(specs, caller, origin=origin, answered=answered)
 
     async def _submit_array(self, props: dict, caller: Caller) -> Job:
         """One record, durable before the answer; the answer is the first task (its id names the array)."""

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from schedd.core.engine.access import PRIORITY_ACTION, Caller
 from schedd.core.engine.events import COUNTS
@@ -25,6 +26,7 @@ from schedd.errors import AccessDenied, InvalidArgument, SchedError
 
 log = logging.getLogger("schedd.core.engine")
 
+Answered = Callable[[list[Job]], None]
 _Held = dict[int, list[int]]  # uid -> [jobs, bytes] a batch has reserved of the caps and not yet queued
 
 
@@ -65,16 +67,19 @@ class Submission:
     SLICE = 0.01  # seconds of batch work between yields: what one big request may delay other callers
     LOG_EACH = 64  # a bigger batch is one journal line (its id range), not one per job
 
-    async def submit(self, props: dict, caller: Caller) -> Job:
-        return (await self.submit_many([props], caller))[0]
+    async def submit(self, props: dict, caller: Caller, *, answered: Answered | None = None) -> Job:
+        return (await self.submit_many([props], caller, answered=answered))[0]
 
-    async def submit_many(self, specs: list[dict], caller: Caller, *, origin: tuple[str, int, int] | None = None) -> list[Job]:
+    async def submit_many(self, specs: list[dict], caller: Caller, *, origin: tuple[str, int, int] | None = None,
+                          answered: Answered | None = None) -> list[Job]:
         """Validate all, then queue all; answers once every one of them is durable.
 
         A big batch is worked in slices with yields to the loop between them (other callers are
         answered meanwhile); its share of the per-user caps is reserved first, so submits that run
         while it yields see it. origin: (node, id, attempt) of a job another node forwarded here,
-        recorded with it (idempotency key).
+        recorded with it (idempotency key). answered(jobs): called once they are durable, before they
+        are announced -- the caller's reply can go out ahead of the batch's signals, so the bus daemon
+        routes those while the caller works on its next call (returning comes after the announcements).
         """
         # The count cap before anything is built: an over-cap batch costs nothing.
         upfront = caller.uid if caller.uid != 0 or not any("User" in p for p in specs) else None
@@ -88,7 +93,7 @@ class Submission:
             if (placed := await self._route(built)) is not None:
                 return placed if isinstance(placed, list) else [placed]
             jobs = await self._create(built, origin, sliced)
-            await self._commit(jobs, sizes, held, sliced)
+            await self._commit(jobs, sizes, held, sliced, answered)
             return jobs
         finally:
             for uid, (n, b) in held.items():
@@ -221,7 +226,8 @@ class Submission:
             await sliced.tick()
         return jobs
 
-    async def _commit(self, jobs: list[Job], sizes: list[int], held: _Held, sliced: _Slicer) -> None:
+    async def _commit(self, jobs: list[Job], sizes: list[int], held: _Held, sliced: _Slicer,
+                      answered: Answered | None) -> None:
         """Into the table and the queues, durable, then announced.
 
         The jobs may be placed and their scopes created while the commit runs, but no program
@@ -253,10 +259,15 @@ class Submission:
                     for n, job in enumerate(inserted):
                         if job.state not in (JobState.PENDING, JobState.HELD):
                             rows[n] = job_to_row(job)  # its start ended at once (failed): that is its row now
-                await self.store.save_rows(rows, retry=False)
+                saved = self.store.save_rows(rows, retry=False)
+                try:
+                    await self._prepare_announcements(jobs, sliced)
+                finally:
+                    await saved
             except BaseException as e:
                 for job in inserted:
                     self._forget_unrecorded(job)
+                self._drop_prepared(jobs)
                 durable.set_exception(e if isinstance(e, Exception) else SchedError("the submission was interrupted"))
                 durable.exception()  # retrieved: launches waiting on it abort quietly
                 if isinstance(e, Exception):
@@ -264,6 +275,8 @@ class Submission:
                 raise
             finally:
                 self._unannounced.difference_update(j.id for j in jobs)
+            if answered is not None:
+                answered(jobs)
             # Durable: announced before any of them starts (a start's signals never precede the job's object).
             big = len(jobs) > self.LOG_EACH
             for job in jobs:
@@ -286,6 +299,26 @@ class Submission:
                 self._durable.pop(job.id, None)
         self._manager_changed(COUNTS)
         self.kick()
+
+    async def _prepare_announcements(self, jobs: list[Job], sliced: _Slicer) -> None:
+        """While the rows are written (a thread, the disk): listeners build what they will announce
+        (Listener.job_ahead). Only a head start: a listener that fails at it is logged and skipped."""
+        ahead = [l for l in self.listeners if hasattr(l, "job_ahead")]
+        for job in jobs:
+            for l in ahead:
+                try:
+                    l.job_ahead(job)
+                except Exception:  # noqa: BLE001 - it announces the job in job_added regardless
+                    log.exception("%s could not prepare job %d's announcement", type(l).__name__, job.id)
+                    ahead.remove(l)
+            await sliced.tick()
+
+    def _drop_prepared(self, jobs: list[Job]) -> None:
+        for l in self.listeners:
+            dropped = getattr(l, "job_dropped", None)
+            if dropped is not None:
+                for job in jobs:
+                    dropped(job)
 
     def _forget_unrecorded(self, job: Job) -> None:
         """Undo a submission whose commit failed: as if it never came."""

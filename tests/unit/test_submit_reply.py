@@ -1,0 +1,117 @@
+"""Submit and SubmitMany answer once the jobs are durable, ahead of the jobs' signals.
+
+The reply goes out before the batch's InterfacesAdded and JobStateChanged (the bus daemon routes
+it first, and the caller works on its next call while the signals are routed); the signals are
+built while the rows are written and sent after, and one built before the job changed is built
+again. Driven through ServiceBus's own method handler on an unconnected bus whose sends are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from types import SimpleNamespace
+
+from dbus_fast import Message, MessageType, Variant
+from test_dbus_jobs import OWNER, SENDERS, a_job, call
+
+from schedd import JOB_IFACE, MANAGER_IFACE, MANAGER_PATH, job_path
+from schedd.api.dbus.service import DBusService, ServiceBus
+from schedd.core.engine import Engine
+from schedd.core.model import JobState
+
+HELD = {"Command": Variant("as", ["true"]), "Hold": Variant("b", True), "WorkingDirectory": Variant("s", "/")}
+
+
+class Watched:
+    """An unconnected ServiceBus; each send is kept with whether the store still had any of the
+    batch's rows unwritten at that moment."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.bus = ServiceBus(bus_address="unix:path=/nonexistent/bus")
+        self.sent: list[tuple[Message, bool]] = []
+        self.engine = engine
+        self.bus.send = self._send  # type: ignore[method-assign]
+        engine.executor = SimpleNamespace(name="systemd")
+        self.service = DBusService(engine, self.bus)
+        self.service._uids.update(SENDERS)
+
+    def _send(self, msg: Message) -> None:
+        ids = msg.body[0] if msg.message_type == MessageType.METHOD_RETURN and msg.signature == "at" else []
+        self.sent.append((msg, any(self.engine.store.unwritten(i) for i in ids)))
+
+    async def ask(self, msg: Message) -> list[Message]:
+        """Every message sent while the call's task ran, once it is done."""
+        self.sent.clear()
+        self.bus._process_message(msg)
+        deadline = time.monotonic() + 10
+        while self.bus._pending_futures or not self.sent:
+            assert time.monotonic() < deadline, "the call did not finish"
+            await asyncio.sleep(0.01)
+        return [m for m, _ in self.sent]
+
+
+async def test_submitmany_answers_once_durable_and_before_the_batchs_signals(engine: Engine):
+    w = Watched(engine)
+    sent = await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "SubmitMany", "aa{sv}", [[HELD] * 300]))
+    reply, unwritten = w.sent[0]
+    assert reply.message_type == MessageType.METHOD_RETURN and reply.reply_serial == 7
+    ids = reply.body[0]
+    assert len(ids) == 300 and not unwritten  # durable when the answer went out
+    assert [m.message_type for m in sent].count(MessageType.METHOD_RETURN) == 1
+    signals = [(m.member, m.body[0]) for m in sent[1:]]
+    expected = []
+    for i in ids:
+        expected += [("InterfacesAdded", job_path(i)), ("JobStateChanged", i)]
+    assert signals == expected
+    assert {m.body[2] for m in sent[1:] if m.member == "JobStateChanged"} == {"HELD"}
+
+
+async def test_submit_answers_its_struct_before_the_signals(engine: Engine):
+    w = Watched(engine)
+    sent = await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "Submit", "a{sv}", [HELD]))
+    assert [m.message_type for m in sent] == [MessageType.METHOD_RETURN, MessageType.SIGNAL, MessageType.SIGNAL]
+    jid, path = sent[0].body[0]
+    assert path == job_path(jid) and sent[0].signature == "(to)"
+    assert [m.member for m in sent[1:]] == ["InterfacesAdded", "JobStateChanged"]
+
+
+async def test_a_refused_batch_is_answered_with_its_error_and_nothing_else(engine: Engine):
+    w = Watched(engine)
+    bad = {**HELD, "CPUs": Variant("u", 0)}
+    sent = await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "SubmitMany", "aa{sv}", [[HELD, bad]]))
+    assert [(m.message_type, m.error_name) for m in sent] == [
+        (MessageType.ERROR, "org.schedd.Schedd1.Error.InvalidArgument")]
+    assert "spec 1" in sent[0].body[0] and engine.jobs == {}
+
+
+async def test_a_failed_write_answers_an_error_and_leaves_no_announcement_behind(engine: Engine, monkeypatch):
+    w = Watched(engine)
+
+    def disk_error(rows: dict, _groups: list) -> dict:
+        return dict.fromkeys(rows, sqlite3.OperationalError("disk I/O error"))  # the commit failed: every row
+
+    monkeypatch.setattr(engine.store, "_commit", disk_error)
+    sent = await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "SubmitMany", "aa{sv}", [[HELD] * 50]))
+    assert [m.message_type for m in sent] == [MessageType.ERROR]
+    assert w.service._ahead == {} and engine.jobs == {}
+
+
+async def test_an_announcement_built_ahead_is_built_again_when_the_job_changed_meanwhile(engine: Engine):
+    w = Watched(engine)
+    svc = w.service
+    job = a_job(40, uid=OWNER)
+    job.state, job.reason = JobState.PENDING, ""
+    svc.job_ahead(job)
+    job.assigned_cpus = [0]  # say the scheduler placed it while its row was written
+    svc.job_changed(job, frozenset({"assigned_cpus"}), JobState.PENDING)
+    w.sent.clear()
+    svc.job_added(job)
+    added = [m for m, _ in w.sent if m.member == "InterfacesAdded"]
+    assert added[0].body[1][JOB_IFACE]["AssignedCPUs"].value == [0]
+    unchanged = a_job(41, uid=OWNER)
+    svc.job_ahead(unchanged)
+    w.sent.clear()
+    svc.job_added(unchanged)
+    assert [m.member for m, _ in w.sent] == ["InterfacesAdded", "JobStateChanged"] and svc._ahead == {}
