@@ -8,16 +8,20 @@ floors of the same run; prints one JSON object.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 
-from dbus_fast import Variant
+from dbus_fast import Message, Variant
+from dbus_fast._private.unmarshaller import Unmarshaller
 
 from schedd import bus as dbus
 
@@ -90,6 +94,47 @@ def restart_floor() -> float:
     return time.perf_counter() - t0
 
 
+class RawBus:
+    """A system-bus connection read by hand: a reply's bytes as they arrive, none of it parsed -- what
+    the daemon and the bus daemon take for a call, apart from what a client library spends on it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(dbus.bus_address(False).removeprefix("unix:path="))
+        self.sock.sendall(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode() + b"\r\n")
+        if not self.sock.recv(4096).startswith(b"OK"):
+            raise RuntimeError("the bus refused EXTERNAL authentication")
+        self.sock.sendall(b"BEGIN\r\n")
+        self.buf = bytearray()
+        self.serial = 0
+        self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
+        self._read()  # NameAcquired
+
+    def call(self, dest: str, path: str, iface: str, member: str, sig: str = "", body: list | None = None) -> bytes:
+        """The reply's bytes (the first message back that answers this call)."""
+        self.serial += 1
+        msg = Message(destination=dest, path=path, interface=iface, member=member, signature=sig,
+                      body=body or [], serial=self.serial)
+        self.sock.sendall(msg._marshall(False))
+        while True:  # subscribed to nothing: what comes is a reply (or, after Hello, NameAcquired)
+            raw = self._read()
+            if raw[1] == 3:
+                raise RuntimeError(f"{member} answered an error")
+            if raw[1] == 2:
+                return raw
+
+    def _read(self) -> bytes:
+        while True:
+            if len(self.buf) >= 16:
+                body_len, _, fields_len = struct.unpack_from("<III", self.buf, 4)
+                end = 16 + fields_len + (-fields_len % 8) + body_len
+                if len(self.buf) >= end:
+                    raw = bytes(self.buf[:end])
+                    del self.buf[:end]
+                    return raw
+            self.buf += self.sock.recv(1 << 20)
+
+
 async def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     res: dict = {"n": n, "cpus": len(os.sched_getaffinity(0))}
@@ -130,6 +175,21 @@ async def main() -> None:
     res["list_default_ms"] = ms = await timed(default_page, 5)
     res["list_default_rows"] = rows[0] / (ms / 1000)
     res["list_default_page_rows"] = rows[0]
+    # the same page split: until its bytes are here (daemon + bus daemon), then dbus-fast parsing them
+    raw_bus, pages = RawBus(), []
+
+    async def raw_page() -> None:
+        pages.append(raw_bus.call(*SCHEDD, "ListJobs", "a{sv}", [{}]))
+
+    res["list_default_raw_ms"] = await timed(raw_page, 5)
+    res["list_default_bytes"] = len(pages[-1])
+
+    async def parse() -> None:
+        Unmarshaller(io.BytesIO(pages[-1])).unmarshall()
+
+    res["list_default_parse_ms"] = await timed(parse, 5)
+    res["floor_parse_rows"] = rows[0] / (res["list_default_parse_ms"] / 1000)
+    raw_bus.sock.close()
     res["getjob_ms"] = await timed(lambda: call("GetJob", "t", [ids[len(ids) * 3 // 4]]), 200)
     del first
 
