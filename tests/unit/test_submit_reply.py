@@ -38,6 +38,9 @@ class Watched:
         self.service._uids.update(SENDERS)
 
     def _send(self, msg: Message) -> None:
+        self._send_kept(msg)
+
+    def _send_kept(self, msg: Message) -> None:
         ids = msg.body[0] if msg.message_type == MessageType.METHOD_RETURN and msg.signature == "at" else []
         self.sent.append((msg, any(self.engine.store.unwritten(i) for i in ids)))
 
@@ -66,6 +69,44 @@ async def test_submitmany_answers_once_durable_and_before_the_batchs_signals(eng
         expected += [("InterfacesAdded", job_path(i)), ("JobStateChanged", i)]
     assert signals == expected
     assert {m.body[2] for m in sent[1:] if m.member == "JobStateChanged"} == {"HELD"}
+
+
+async def test_a_call_right_after_the_answer_finds_every_job_announced(engine: Engine):
+    """The answer and the batch's announcements leave in one turn of the loop: a Cancel of the last
+    id, sent the moment the answer is, finds its object, and its signals follow its InterfacesAdded."""
+    w = Watched(engine)
+    engine.SLICE = 0  # the batch yields to the loop at every step it may
+    asked: list[Message] = []
+
+    def cancel_on_answer(msg: Message) -> None:
+        w._send_kept(msg)
+        if msg.message_type == MessageType.METHOD_RETURN and msg.signature == "at":
+            last = msg.body[0][-1]
+            asked.append(call(job_path(last), JOB_IFACE, "Cancel"))
+            asyncio.get_running_loop().call_soon(w.bus._process_message, asked[-1])
+
+    w.bus.send = cancel_on_answer  # type: ignore[method-assign]
+    await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "SubmitMany", "aa{sv}", [[HELD] * 50]))
+    deadline = time.monotonic() + 10
+    while len([m for m, _ in w.sent if m.message_type != MessageType.SIGNAL]) < 2:
+        assert time.monotonic() < deadline, "the Cancel was not answered"
+        await asyncio.sleep(0.01)
+    replies = [m for m, _ in w.sent if m.message_type != MessageType.SIGNAL]
+    assert [m.message_type for m in replies] == [MessageType.METHOD_RETURN] * 2, [m.body for m in replies]
+    last = replies[0].body[0][-1]
+    of_last = [(m.member, m.body[2] if m.member == "JobStateChanged" else "") for m, _ in w.sent
+               if (m.member == "JobStateChanged" and m.body[0] == last) or
+               (m.member == "InterfacesAdded" and m.body[0] == job_path(last)) or m.path == job_path(last)]
+    assert of_last[:2] == [("InterfacesAdded", ""), ("JobStateChanged", "HELD")], of_last
+    assert ("JobStateChanged", "CANCELLED") in of_last[2:], of_last
+
+
+async def test_a_batch_too_big_to_announce_at_once_is_answered_after_its_signals(engine: Engine):
+    w = Watched(engine)
+    engine.ANSWER_AHEAD = 10
+    sent = await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "SubmitMany", "aa{sv}", [[HELD] * 50]))
+    assert [m.message_type for m in sent] == [MessageType.SIGNAL] * 100 + [MessageType.METHOD_RETURN]
+    assert not w.sent[-1][1] and w.service._ahead == {}
 
 
 async def test_submit_answers_its_struct_before_the_signals(engine: Engine):
@@ -110,6 +151,13 @@ async def test_an_announcement_built_ahead_is_built_again_when_the_job_changed_m
     svc.job_added(job)
     added = [m for m, _ in w.sent if m.member == "InterfacesAdded"]
     assert added[0].body[1][JOB_IFACE]["AssignedCPUs"].value == [0]
+    placed = a_job(42, uid=OWNER)
+    placed.state, placed.reason = JobState.PENDING, ""
+    svc.job_ahead(placed)
+    placed.assigned_cpus = [0]  # placement writes the CPUs before the transition that tells of them
+    w.sent.clear()
+    svc.job_added(placed)
+    assert w.sent[0][0].body[1][JOB_IFACE]["AssignedCPUs"].value == [0]
     unchanged = a_job(41, uid=OWNER)
     svc.job_ahead(unchanged)
     w.sent.clear()

@@ -97,7 +97,15 @@ def reply_now(result: Any) -> None:
     (a method of raw_reply; elsewhere, as in unit tests calling the method directly, nothing)."""
     answer = _REPLY_NOW.get()
     if answer is not None:
+        _REPLY_NOW.set(None)  # tasks started from here on do not keep the call (and its body) alive
         answer(result)
+
+
+def _as_built(job: Job, private: bool) -> tuple:
+    """What may change of a job between job_ahead and job_added: a transition, a placement (its CPUs
+    are set before the transition that shows them), or whether private data is shown. Any other
+    change comes as job_changed, which drops what was built."""
+    return job.state, job.reason, tuple(job.assigned_cpus), tuple(job.assigned_gpus), job.node, job.start_time, private
 
 
 class ServiceBus(MessageBus):
@@ -481,9 +489,9 @@ class DBusService:
         self._tasks: set[asyncio.Task] = set()
         self._unsynced = 0  # signals sent since the last pacing round trip (drain)
         self._routed: asyncio.Future | None = None  # that round trip
-        # job id -> (state, reason, private data shown, InterfacesAdded, JobStateChanged): built
-        # while the job's row is written (job_ahead), sent by job_added unless it changed meanwhile
-        self._ahead: dict[int, tuple[JobState, str, bool, Message, Message]] = {}
+        # job id -> (_as_built, InterfacesAdded, JobStateChanged): built while the job's row is
+        # written (job_ahead), sent by job_added unless it changed meanwhile
+        self._ahead: dict[int, tuple[tuple, Message, Message]] = {}
         self._replies: set[asyncio.Task] = set()  # GetManagedObjects answers being built
         bus.add_message_handler(self._tap)
         if not engine.user_mode:
@@ -767,7 +775,7 @@ class DBusService:
 
     def job_ahead(self, job: Job) -> None:
         if not self.objects.in_memory(job.id):
-            self._ahead[job.id] = (job.state, job.reason, self.public_private_data,
+            self._ahead[job.id] = (_as_built(job, self.public_private_data),
                                    interfaces_added(job, self.public_private_data), job_state_changed(job))
 
     def job_dropped(self, job: Job) -> None:
@@ -778,13 +786,13 @@ class DBusService:
         if self.objects.in_memory(job.id):
             return
         self.objects[job.id] = job  # its path answers from now on (jobs.JobTree)
-        if ahead is None or ahead[:3] != (job.state, job.reason, self.public_private_data):
-            ahead = (None, None, None, interfaces_added(job, self.public_private_data), job_state_changed(job))
+        if ahead is None or ahead[0] != _as_built(job, self.public_private_data):
+            ahead = (None, interfaces_added(job, self.public_private_data), job_state_changed(job))
         if not getattr(self.bus, "_disconnected", False):
-            self.bus.send(ahead[3])
+            self.bus.send(ahead[1])
         self._unsynced += 1
         if not job.state.terminal:
-            self.bus.send(ahead[4])
+            self.bus.send(ahead[2])
             self._unsynced += 1
 
     SYNC_EVERY = 256  # signals of one big batch between waits for the bus daemon to have taken them

@@ -46,5 +46,5 @@ class Listener(Protocol):
     def manager_changed(self, facts: frozenset[str]) -> None: ...
     # Optional. job_ahead: a submitted job whose row is being written, before job_added -- what
     # it will announce may be built meanwhile (the write is a thread and the disk, the loop is
-    # free), unless a job_changed comes between; job_dropped: that write failed, the job never was.
+    # free); job_dropped: what was built for it will not be used (if job_added came, it came).
     # drain: awaited between slices of a big batch, to let a backlog of the listener's catch up.

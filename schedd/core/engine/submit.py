@@ -66,6 +66,7 @@ class _Slicer:
 class Submission:
     SLICE = 0.01  # seconds of batch work between yields: what one big request may delay other callers
     LOG_EACH = 64  # a bigger batch is one journal line (its id range), not one per job
+    ANSWER_AHEAD = 2000  # jobs a batch may have to be answered before its signals (about 5 MB of them built ahead)
 
     async def submit(self, props: dict, caller: Caller, *, answered: Answered | None = None) -> Job:
         return (await self.submit_many([props], caller, answered=answered))[0]
@@ -77,9 +78,9 @@ class Submission:
         A big batch is worked in slices with yields to the loop between them (other callers are
         answered meanwhile); its share of the per-user caps is reserved first, so submits that run
         while it yields see it. origin: (node, id, attempt) of a job another node forwarded here,
-        recorded with it (idempotency key). answered(jobs): called once they are durable, before they
-        are announced -- the caller's reply can go out ahead of the batch's signals, so the bus daemon
-        routes those while the caller works on its next call (returning comes after the announcements).
+        recorded with it (idempotency key). answered(jobs): called, for a batch of up to ANSWER_AHEAD
+        jobs, once they are durable and just before they are announced -- the caller's reply can go out
+        ahead of the batch's signals (returning comes after the announcements).
         """
         # The count cap before anything is built: an over-cap batch costs nothing.
         upfront = caller.uid if caller.uid != 0 or not any("User" in p for p in specs) else None
@@ -231,9 +232,14 @@ class Submission:
         """Into the table and the queues, durable, then announced.
 
         The jobs may be placed and their scopes created while the commit runs, but no program
-        starts (and no one hears of the ids) until the records are durable.
+        starts (and no one hears of the ids) until the records are durable. A batch of up to
+        ANSWER_AHEAD jobs has its announcements built while its rows are written, is answered
+        (answered) once durable and announced at once after, so that the caller's next call
+        overlaps the bus daemon's routing of the signals; a bigger one is announced in slices
+        (paced, see drain) and answered when its submit_many returns.
         """
         durable = asyncio.get_running_loop().create_future()
+        early = answered is not None and len(jobs) <= self.ANSWER_AHEAD
         rows = []
         inserted: list[Job] = []
         later: list[Job] = []  # pending, for _make_eligible once announced
@@ -261,13 +267,13 @@ class Submission:
                             rows[n] = job_to_row(job)  # its start ended at once (failed): that is its row now
                 saved = self.store.save_rows(rows, retry=False)
                 try:
-                    await self._prepare_announcements(jobs, sliced)
+                    if early:
+                        await self._prepare_announcements(jobs, sliced)
                 finally:
                     await saved
             except BaseException as e:
                 for job in inserted:
                     self._forget_unrecorded(job)
-                self._drop_prepared(jobs)
                 durable.set_exception(e if isinstance(e, Exception) else SchedError("the submission was interrupted"))
                 durable.exception()  # retrieved: launches waiting on it abort quietly
                 if isinstance(e, Exception):
@@ -275,15 +281,22 @@ class Submission:
                 raise
             finally:
                 self._unannounced.difference_update(j.id for j in jobs)
-            if answered is not None:
-                answered(jobs)
             # Durable: announced before any of them starts (a start's signals never precede the job's object).
             big = len(jobs) > self.LOG_EACH
-            for job in jobs:
-                self._announce(job)
-                if not big:
-                    self._transition_log(job, "submitted")
-                await sliced.tick()
+            if early:
+                # Answered, then every job announced in this same turn of the loop: no call can come
+                # between the answer and a job's object (or change a job before its announcement).
+                answered(jobs)
+                for job in jobs:
+                    self._announce(job)
+                    if not big:
+                        self._transition_log(job, "submitted")
+            else:
+                for job in jobs:
+                    self._announce(job)
+                    if not big:
+                        self._transition_log(job, "submitted")
+                    await sliced.tick()
             for job in later:  # dependencies, a begin time: once announced
                 if job.state == JobState.PENDING and self.jobs.get(job.id) is job:
                     self._make_eligible(job)
@@ -293,6 +306,8 @@ class Submission:
                          jobs[0].spec.owner)
             self._unload_held(jobs, rows)
         finally:
+            if early:
+                self._drop_prepared(jobs)  # what was built ahead and not sent (the write failed, a listener did)
             if not durable.done():
                 durable.set_result(None)  # recorded: whatever went wrong announcing them, they may run
             for job in jobs:
@@ -305,7 +320,7 @@ class Submission:
         (Listener.job_ahead). Only a head start: a listener that fails at it is logged and skipped."""
         ahead = [l for l in self.listeners if hasattr(l, "job_ahead")]
         for job in jobs:
-            for l in ahead:
+            for l in list(ahead):
                 try:
                     l.job_ahead(job)
                 except Exception:  # noqa: BLE001 - it announces the job in job_added regardless
