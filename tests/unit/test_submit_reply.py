@@ -1,9 +1,9 @@
 """Submit and SubmitMany answer once the jobs are durable, ahead of the jobs' signals.
 
 The reply goes out before the batch's InterfacesAdded and JobStateChanged (the bus daemon routes
-it first, and the caller works on its next call while the signals are routed); the signals are
-built while the rows are written and sent after, and one built before the job changed is built
-again. Driven through ServiceBus's own method handler on an unconnected bus whose sends are kept.
+it first, and the caller works on its next call while the daemon announces the jobs and the bus
+daemon routes the signals), in the same turn of the loop, so no call comes between them. Driven
+through ServiceBus's own method handler on an unconnected bus whose sends are kept.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import time
 from types import SimpleNamespace
 
 from dbus_fast import Message, MessageType, Variant
-from test_dbus_jobs import OWNER, SENDERS, a_job, call
+from test_dbus_jobs import SENDERS, call
 
 from schedd import JOB_IFACE, MANAGER_IFACE, MANAGER_PATH, job_path
 from schedd.api.dbus.service import DBusService, ServiceBus
 from schedd.core.engine import Engine
-from schedd.core.model import JobState
 
 HELD = {"Command": Variant("as", ["true"]), "Hold": Variant("b", True), "WorkingDirectory": Variant("s", "/")}
 
@@ -106,7 +105,7 @@ async def test_a_batch_too_big_to_announce_at_once_is_answered_after_its_signals
     engine.ANSWER_AHEAD = 10
     sent = await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "SubmitMany", "aa{sv}", [[HELD] * 50]))
     assert [m.message_type for m in sent] == [MessageType.SIGNAL] * 100 + [MessageType.METHOD_RETURN]
-    assert not w.sent[-1][1] and w.service._ahead == {}
+    assert not w.sent[-1][1]
 
 
 async def test_submit_answers_its_struct_before_the_signals(engine: Engine):
@@ -127,7 +126,7 @@ async def test_a_refused_batch_is_answered_with_its_error_and_nothing_else(engin
     assert "spec 1" in sent[0].body[0] and engine.jobs == {}
 
 
-async def test_a_failed_write_answers_an_error_and_leaves_no_announcement_behind(engine: Engine, monkeypatch):
+async def test_a_failed_write_is_answered_with_its_error_and_no_signal(engine: Engine, monkeypatch):
     w = Watched(engine)
 
     def disk_error(rows: dict, _groups: list) -> dict:
@@ -136,30 +135,4 @@ async def test_a_failed_write_answers_an_error_and_leaves_no_announcement_behind
     monkeypatch.setattr(engine.store, "_commit", disk_error)
     sent = await w.ask(call(MANAGER_PATH, MANAGER_IFACE, "SubmitMany", "aa{sv}", [[HELD] * 50]))
     assert [m.message_type for m in sent] == [MessageType.ERROR]
-    assert w.service._ahead == {} and engine.jobs == {}
-
-
-async def test_an_announcement_built_ahead_is_built_again_when_the_job_changed_meanwhile(engine: Engine):
-    w = Watched(engine)
-    svc = w.service
-    job = a_job(40, uid=OWNER)
-    job.state, job.reason = JobState.PENDING, ""
-    svc.job_ahead(job)
-    job.assigned_cpus = [0]  # say the scheduler placed it while its row was written
-    svc.job_changed(job, frozenset({"assigned_cpus"}), JobState.PENDING)
-    w.sent.clear()
-    svc.job_added(job)
-    added = [m for m, _ in w.sent if m.member == "InterfacesAdded"]
-    assert added[0].body[1][JOB_IFACE]["AssignedCPUs"].value == [0]
-    placed = a_job(42, uid=OWNER)
-    placed.state, placed.reason = JobState.PENDING, ""
-    svc.job_ahead(placed)
-    placed.assigned_cpus = [0]  # placement writes the CPUs before the transition that tells of them
-    w.sent.clear()
-    svc.job_added(placed)
-    assert w.sent[0][0].body[1][JOB_IFACE]["AssignedCPUs"].value == [0]
-    unchanged = a_job(41, uid=OWNER)
-    svc.job_ahead(unchanged)
-    w.sent.clear()
-    svc.job_added(unchanged)
-    assert [m.member for m, _ in w.sent] == ["InterfacesAdded", "JobStateChanged"] and svc._ahead == {}
+    assert engine.jobs == {}

@@ -101,13 +101,6 @@ def reply_now(result: Any) -> None:
         answer(result)
 
 
-def _as_built(job: Job, private: bool) -> tuple:
-    """What may change of a job between job_ahead and job_added: a transition, a placement (its CPUs
-    are set before the transition that shows them), or whether private data is shown. Any other
-    change comes as job_changed, which drops what was built."""
-    return job.state, job.reason, tuple(job.assigned_cpus), tuple(job.assigned_gpus), job.node, job.start_time, private
-
-
 class ServiceBus(MessageBus):
     """InterfacesAdded/Removed from the ObjectManager's path (the manager), where GLib clients look;
     none for the manager itself. Jobs are not exported (jobs.py): DBusService sends theirs."""
@@ -489,9 +482,6 @@ class DBusService:
         self._tasks: set[asyncio.Task] = set()
         self._unsynced = 0  # signals sent since the last pacing round trip (drain)
         self._routed: asyncio.Future | None = None  # that round trip
-        # job id -> (_as_built, InterfacesAdded, JobStateChanged): built while the job's row is
-        # written (job_ahead), sent by job_added unless it changed meanwhile
-        self._ahead: dict[int, tuple[tuple, Message, Message]] = {}
         self._replies: set[asyncio.Task] = set()  # GetManagedObjects answers being built
         bus.add_message_handler(self._tap)
         if not engine.user_mode:
@@ -773,26 +763,15 @@ class DBusService:
     def _job_state_changed(self, job: Job) -> None:
         self.bus.send(job_state_changed(job))
 
-    def job_ahead(self, job: Job) -> None:
-        if not self.objects.in_memory(job.id):
-            self._ahead[job.id] = (_as_built(job, self.public_private_data),
-                                   interfaces_added(job, self.public_private_data), job_state_changed(job))
-
-    def job_dropped(self, job: Job) -> None:
-        self._ahead.pop(job.id, None)
-
     def job_added(self, job: Job) -> None:
-        ahead = self._ahead.pop(job.id, None)
         if self.objects.in_memory(job.id):
             return
         self.objects[job.id] = job  # its path answers from now on (jobs.JobTree)
-        if ahead is None or ahead[0] != _as_built(job, self.public_private_data):
-            ahead = (None, interfaces_added(job, self.public_private_data), job_state_changed(job))
         if not getattr(self.bus, "_disconnected", False):
-            self.bus.send(ahead[1])
+            self.bus.send(interfaces_added(job, self.public_private_data))
         self._unsynced += 1
         if not job.state.terminal:
-            self.bus.send(ahead[2])
+            self._job_state_changed(job)
             self._unsynced += 1
 
     SYNC_EVERY = 256  # signals of one big batch between waits for the bus daemon to have taken them
@@ -818,8 +797,6 @@ class DBusService:
             log.debug("bus round trip for pacing failed: %s", e)
 
     def job_changed(self, job: Job, fields: frozenset[str], old_state: JobState) -> None:
-        if self._ahead:
-            self._ahead.pop(job.id, None)  # built before this change: job_added builds it anew
         props = job_properties(fields)
         if self.objects.in_memory(job.id) and props:
             # Signals reach every subscriber: a private key that changed is only named as

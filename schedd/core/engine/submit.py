@@ -66,7 +66,7 @@ class _Slicer:
 class Submission:
     SLICE = 0.01  # seconds of batch work between yields: what one big request may delay other callers
     LOG_EACH = 64  # a bigger batch is one journal line (its id range), not one per job
-    ANSWER_AHEAD = 2000  # jobs a batch may have to be answered before its signals (about 5 MB of them built ahead)
+    ANSWER_AHEAD = 2000  # jobs a batch may have to be answered before its signals: announced in one go (~10-25 ms)
 
     async def submit(self, props: dict, caller: Caller, *, answered: Answered | None = None) -> Job:
         return (await self.submit_many([props], caller, answered=answered))[0]
@@ -233,10 +233,9 @@ class Submission:
 
         The jobs may be placed and their scopes created while the commit runs, but no program
         starts (and no one hears of the ids) until the records are durable. A batch of up to
-        ANSWER_AHEAD jobs has its announcements built while its rows are written, is answered
-        (answered) once durable and announced at once after, so that the caller's next call
-        overlaps the bus daemon's routing of the signals; a bigger one is announced in slices
-        (paced, see drain) and answered when its submit_many returns.
+        ANSWER_AHEAD jobs is answered (answered) once durable and announced at once after, so that
+        the caller's next call overlaps the announcements and the bus daemon's routing of them; a
+        bigger one is announced in slices (paced, see drain) and answered when submit_many returns.
         """
         durable = asyncio.get_running_loop().create_future()
         early = answered is not None and len(jobs) <= self.ANSWER_AHEAD
@@ -265,12 +264,7 @@ class Submission:
                     for n, job in enumerate(inserted):
                         if job.state not in (JobState.PENDING, JobState.HELD):
                             rows[n] = job_to_row(job)  # its start ended at once (failed): that is its row now
-                saved = self.store.save_rows(rows, retry=False)
-                try:
-                    if early:
-                        await self._prepare_announcements(jobs, sliced)
-                finally:
-                    await saved
+                await self.store.save_rows(rows, retry=False)
             except BaseException as e:
                 for job in inserted:
                     self._forget_unrecorded(job)
@@ -284,18 +278,14 @@ class Submission:
             # Durable: announced before any of them starts (a start's signals never precede the job's object).
             big = len(jobs) > self.LOG_EACH
             if early:
-                # Answered, then every job announced in this same turn of the loop: no call can come
-                # between the answer and a job's object (or change a job before its announcement).
                 answered(jobs)
-                for job in jobs:
-                    self._announce(job)
-                    if not big:
-                        self._transition_log(job, "submitted")
-            else:
-                for job in jobs:
-                    self._announce(job)
-                    if not big:
-                        self._transition_log(job, "submitted")
+            # Answered early, every job is announced in this same turn of the loop: no call comes
+            # between the answer and a job's object (nor changes a job before it is announced).
+            for job in jobs:
+                self._announce(job)
+                if not big:
+                    self._transition_log(job, "submitted")
+                if not early:
                     await sliced.tick()
             for job in later:  # dependencies, a begin time: once announced
                 if job.state == JobState.PENDING and self.jobs.get(job.id) is job:
@@ -306,34 +296,12 @@ class Submission:
                          jobs[0].spec.owner)
             self._unload_held(jobs, rows)
         finally:
-            if early:
-                self._drop_prepared(jobs)  # what was built ahead and not sent (the write failed, a listener did)
             if not durable.done():
                 durable.set_result(None)  # recorded: whatever went wrong announcing them, they may run
             for job in jobs:
                 self._durable.pop(job.id, None)
         self._manager_changed(COUNTS)
         self.kick()
-
-    async def _prepare_announcements(self, jobs: list[Job], sliced: _Slicer) -> None:
-        """While the rows are written (a thread, the disk): listeners build what they will announce
-        (Listener.job_ahead). Only a head start: a listener that fails at it is logged and skipped."""
-        ahead = [l for l in self.listeners if hasattr(l, "job_ahead")]
-        for job in jobs:
-            for l in list(ahead):
-                try:
-                    l.job_ahead(job)
-                except Exception:  # noqa: BLE001 - it announces the job in job_added regardless
-                    log.exception("%s could not prepare job %d's announcement", type(l).__name__, job.id)
-                    ahead.remove(l)
-            await sliced.tick()
-
-    def _drop_prepared(self, jobs: list[Job]) -> None:
-        for l in self.listeners:
-            dropped = getattr(l, "job_dropped", None)
-            if dropped is not None:
-                for job in jobs:
-                    dropped(job)
 
     def _forget_unrecorded(self, job: Job) -> None:
         """Undo a submission whose commit failed: as if it never came."""
