@@ -29,6 +29,8 @@ SCHEDD = ("org.schedd.Schedd1", "/org/schedd/Schedd1", "org.schedd.Schedd1.Manag
 BATCH = 1000
 ARRAY_TASKS = 1_000_000
 RUN_S = 5.0
+# squeue's default columns (JOBID NAME USER ST TIME NODELIST(REASON)) as ListJobs' Properties
+SQUEUE_COLUMNS = ["Name", "UserName", "State", "Reason", "StartTime", "Node", "ArrayJobId", "ArrayTaskId"]
 
 
 def held_spec() -> dict:
@@ -189,6 +191,18 @@ async def main() -> None:
 
     res["list_default_parse_ms"] = await timed(parse, 5)
     res["floor_parse_rows"] = rows[0] / (res["list_default_parse_ms"] / 1000)
+
+    # the same page with only the columns squeue shows by default (ListJobs' Properties)
+    squeue = {"Properties": Variant("as", SQUEUE_COLUMNS)}
+    picked: list[int] = []
+
+    async def selected_page() -> None:
+        (page,) = await call("ListJobs", "a{sv}", [squeue])
+        picked.append(len(page))
+
+    res["list_select_ms"] = ms = await timed(selected_page, 5)
+    res["list_select_rows"] = picked[0] / (ms / 1000)
+    res["list_select_bytes"] = len(raw_bus.call(*SCHEDD, "ListJobs", "a{sv}", [squeue]))
     raw_bus.sock.close()
     res["getjob_ms"] = await timed(lambda: call("GetJob", "t", [ids[len(ids) * 3 // 4]]), 200)
     del first

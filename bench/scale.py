@@ -36,6 +36,8 @@ ROWS = [
     ("list_default_rows", "ListJobs {} (default page, rows/s)", "rows/s", ">= 100,000", lambda v: v >= 100_000,
      "floor_parse_rows"),
     ("list_default_ms", "ListJobs {} (default page, one call)", "ms", "-", None, None),
+    ("list_select_rows", "ListJobs {Properties: squeue's 8 columns}", "rows/s", ">= 100,000", lambda v: v >= 100_000,
+     None),
     ("getjob_ms", "GetJob", "ms", "< 1", lambda v: v < 1, "floor_ping_ms"),
     ("queue_s", "schedctl queue (as root)", "s", "< 2", lambda v: v < 2, None),
     ("restart_s", "restart to the bus (until GetJob answers)", "s", "< 2", lambda v: v < 2, "floor_restart_s"),
@@ -69,6 +71,8 @@ def report(n: int, res: dict) -> None:
     print(f"{'  schedctl queue output':48} {res['queue_bytes']:12,d} bytes   ({res['queue_lines']:,} lines)")
     print(f"{'  ListJobs {} page: bytes; until they are here; parse':48} {res['list_default_bytes']:12,d} bytes  "
           f"{res['list_default_raw_ms']:.0f} ms (daemon + bus daemon), {res['list_default_parse_ms']:.0f} ms (dbus-fast)")
+    print(f"{'  ListJobs {Properties: ...} page: bytes; one call':48} {res['list_select_bytes']:12,d} bytes  "
+          f"{res['list_select_ms']:.0f} ms")
     print(f"{'  restart: systemctl restart returned after':48} {res['restart_ready_s']:12,.2f} s")
     print(f"{'  CPU per SubmitMany spec: schedd, dbus-daemon, client':48} "
           f"{res['submit_cpu_us_schedd']:.1f} / {res['submit_cpu_us_dbus']:.1f} / {res['submit_cpu_us_client']:.1f} us")

@@ -124,10 +124,12 @@ class Client:
 
     async def job_pages(self, states: list[str] | None = None, uid: int | None = None,
                         limit: int | None = None, page_size: int | None = None,
-                        fold: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
+                        fold: bool = False, properties: list[str] | None = None
+                        ) -> AsyncIterator[list[dict[str, Any]]]:
         """The matching jobs, oldest first, a page at a time (the After cursor), so a caller can
         show or write each page before asking for the next and never holds the whole queue.
-        fold: an array's tasks that are no jobs yet come as one row (its ArrayTasks key says which)."""
+        fold: an array's tasks that are no jobs yet come as one row (its ArrayTasks key says which).
+        properties: only these keys (and Id) in each row, which the bus carries and parses faster."""
         after, seen, page_size = 0, 0, page_size or LIST_LIMIT
         while limit is None or seen < limit:
             want = page_size if limit is None else min(page_size, limit - seen)
@@ -138,6 +140,8 @@ class Client:
                 flt["User"] = Variant("u", uid)
             if fold:
                 flt["FoldArrays"] = Variant("b", True)
+            if properties is not None:
+                flt["Properties"] = Variant("as", properties)
             (page,) = await self.call("ListJobs", "a{sv}", [flt])
             # A short page is not the end: the daemon shortens pages of large rows (its reply budget).
             if not page:

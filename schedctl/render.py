@@ -58,6 +58,9 @@ def plural(n: int, word: str) -> str:
 
 
 QUEUE_HEADERS = ["ID", "NAME", "USER", "STATE", "REASON", "CPUS", "MEM", "PRIO", "TIME", "NODE"]
+# The job keys queue_rows reads: the queue asks ListJobs for these only (Properties).
+QUEUE_PROPERTIES = ["Name", "User", "UserName", "State", "Reason", "CPUs", "Memory", "Priority", "SubmitTime",
+                    "StartTime", "EndTime", "Node", "ArrayJobId", "ArrayTaskId", "ArrayMaxRunning"]
 
 
 def fold_arrays(jobs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -119,6 +119,7 @@ LIST_FILTER_KEYS: dict[str, str] = {
     "After": "t",
     "AllNodes": "b",
     "FoldArrays": "b",
+    "Properties": "as",  # only these job properties in each row (Id always: the After cursor)
 }
 # A FoldArrays row of an array's tasks that have not started yet: their ids, Slurm's way ('5-1000000%8').
 ARRAY_TASKS_KEY, ARRAY_TASKS_SIGNATURE = "ArrayTasks", "s"

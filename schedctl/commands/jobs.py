@@ -104,8 +104,10 @@ async def cmd_queue(c: Client, args: argparse.Namespace) -> int:
 
 async def _head(c: Client, args: argparse.Namespace) -> None:
     fold = not args.expand
-    running = [j async for page in c.job_pages(RUNNING_STATES, args.uid) for j in page]
-    waiting = [j async for page in c.job_pages(WAITING_STATES, args.uid, HEAD + 1, fold=fold) for j in page]
+    cols = render.QUEUE_PROPERTIES
+    running = [j async for page in c.job_pages(RUNNING_STATES, args.uid, properties=cols) for j in page]
+    waiting = [j async for page in c.job_pages(WAITING_STATES, args.uid, HEAD + 1, fold=fold, properties=cols)
+               for j in page]
     count: int | None = len(waiting)
     if count > HEAD:
         waiting = waiting[:HEAD]
@@ -117,7 +119,8 @@ async def _head(c: Client, args: argparse.Namespace) -> None:
 
 async def _stream_table(c: Client, args: argparse.Namespace) -> None:
     out, tty, n = render.StreamTable(render.QUEUE_HEADERS, render.QUEUE_RIGHT), render.is_tty(), 0
-    async for page in c.job_pages(args.states, args.uid, args.limit, fold=not args.expand):
+    async for page in c.job_pages(args.states, args.uid, args.limit, fold=not args.expand,
+                                  properties=render.QUEUE_PROPERTIES):
         n += len(page)
         sys.stdout.write(out.page(render.queue_rows(page, tty, fold=not args.expand)) + "\n")
         sys.stdout.flush()

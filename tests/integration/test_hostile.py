@@ -57,6 +57,8 @@ def test_wrong_states_are_invalid_state(steady: Node):
     ({"Limit": ["s", "10"]}, "must have D-Bus type 'u'"),
     ({"States": ["as", ["RUNNING", "ASLEEP"]]}, "unknown state 'ASLEEP'"),
     ({"Limit": ["u", 10_001]}, "at most 10000 jobs per call"),
+    ({"Properties": ["as", ["State", "Nope\u0007"]]}, "Properties: no job property 'Nope\\x07'; valid: Id, Name,"),
+    ({"Properties": ["s", "State"]}, "must have D-Bus type 'as'"),
 ])
 def test_list_jobs_rejects_bad_filters(steady: Node, flt, words):
     r = call(steady, "ListJobs", "a{sv}", flt)
@@ -72,6 +74,23 @@ def test_list_jobs_pages_with_the_after_cursor(steady: Node):
     assert [j["Id"] for j in page["ok"][0]] == ids[1:3]
     out = node.calls([{"member": "Cancel", "signature": "t", "body": [i]} for i in ids])
     assert all("ok" in o for o in out)
+
+
+def test_list_jobs_rows_carry_the_properties_asked_for(steady: Node):
+    """Properties: each row has those and Id (the cursor), with the values the full row has."""
+    node = steady
+    (r,) = node.calls([{"member": "SubmitMany", "signature": "aa{sv}",
+                        "body": [[{"Command": ["as", ["true"]], "Hold": ["b", True], "Name": ["s", f"sel{i}"],
+                                   "Priority": ["i", i]} for i in range(3)]]}])
+    ids = r["ok"][0]
+    flt = {"After": ["t", ids[0] - 1], "States": ["as", ["HELD"]]}
+    full = call(node, "ListJobs", "a{sv}", flt)["ok"][0]
+    some = call(node, "ListJobs", "a{sv}", flt | {"Properties": ["as", ["Priority", "Name", "State", "Name"]]})["ok"][0]
+    assert [set(j) for j in some] == [{"Id", "Name", "State", "Priority"}] * len(full)
+    assert some == [{k: j[k] for k in ("Id", "Name", "State", "Priority")} for j in full]
+    assert [(j["Name"], j["Priority"], j["State"]) for j in some[:3]] == [(f"sel{i}", i, "HELD") for i in range(3)]
+    assert call(node, "ListJobs", "a{sv}", flt | {"Properties": ["as", []]})["ok"][0] == [{"Id": j["Id"]} for j in full]
+    node.calls([{"member": "Cancel", "signature": "t", "body": [i]} for i in ids])
 
 
 def test_submit_many_is_all_or_nothing(steady: Node):

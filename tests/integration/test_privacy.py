@@ -119,8 +119,10 @@ def get_job(node: Node, jid: int, user: str | None) -> dict:
     return plain(node.manager_call("GetJob", "t", str(jid), user=user).stdout)
 
 
-def list_jobs(node: Node, user: str | None) -> list[dict]:
-    r = node.manager_call("ListJobs", "a{sv}", "0", user=user)
+def list_jobs(node: Node, user: str | None, properties: tuple[str, ...] | None = None) -> list[dict]:
+    """ListJobs by busctl; properties: only those (its Properties filter)."""
+    flt = ["0"] if properties is None else ["1", "Properties", "as", str(len(properties)), *properties]
+    r = node.manager_call("ListJobs", "a{sv}", *flt, user=user)
     return [{k: v["data"] for k, v in row.items()} for row in json.loads(r.stdout)["data"][0]]
 
 
@@ -130,6 +132,7 @@ def views(node: Node, jid: int, user: str | None) -> dict[str, str]:
     out = {
         "GetJob": node.manager_call("GetJob", "t", str(jid), user=user).stdout,
         "ListJobs": json.dumps([j for j in list_jobs(node, user) if j["Id"] == jid]),
+        "ListJobs Properties": json.dumps([j for j in list_jobs(node, user, PRIVATE) if j["Id"] == jid]),
         "get-property": node.busctl("--json=short", "get-property", "org.schedd.Schedd1", path, JOB, "Command",
                                     user=user).stdout,
         "GetAll": node.busctl("--json=short", "call", "org.schedd.Schedd1", path, "org.freedesktop.DBus.Properties",
@@ -196,6 +199,8 @@ def test_others_see_no_command_paths_or_environment(node: Node, users):
             assert secret not in text, (how, secret, text)
     j = plain(bob["GetJob"])
     assert [j[k] for k in PRIVATE] == [[], "", "", ""]
+    (row,) = json.loads(bob["ListJobs Properties"])  # only what was asked, and as redacted
+    assert row == {"Id": jid, "Command": [], "WorkingDirectory": "", "StdoutPath": "", "StderrPath": ""}, row
     assert (j["UserName"], j["State"], j["Name"], j["Id"]) == (ALICE, "HELD", "sh", jid)  # the rest is public
     assert json.loads(bob["get-property"]) == {"type": "as", "data": []}
     assert {k: v["data"] for k, v in json.loads(bob["GetAll"])["data"][0].items()}["StdoutPath"] == ""
@@ -207,8 +212,8 @@ def test_others_see_no_command_paths_or_environment(node: Node, users):
     # The owner and root see everything but the environment, which is no property at all.
     for who in (ALICE, None):
         seen = views(node, jid, who)
-        for how in ("GetJob", "ListJobs", "get-property", "GetAll", "introspect", "GetManagedObjects",
-                    "schedctl show", "schedctl --json show"):
+        for how in ("GetJob", "ListJobs", "ListJobs Properties", "get-property", "GetAll", "introspect",
+                    "GetManagedObjects", "schedctl show", "schedctl --json show"):
             assert SECRET_ARG in seen[how], (who, how, seen[how])
         for how, text in seen.items():
             assert SECRET_ENV not in text and "Environment" not in text, (who, how)

@@ -221,6 +221,29 @@ def test_wait_exit_codes(jobs, rc):
 NOW = 1_800_000_000_000_000
 
 
+def test_the_queue_asks_for_every_key_it_shows():
+    """The queue lists with ListJobs' Properties = QUEUE_PROPERTIES: rows cut to those keys render
+    exactly as whole rows (a key left out would show as '-' or 0, or raise)."""
+    from schedd.protocol import JOB_PROPERTIES
+
+    everything = {k: v for k, v in job().items()} | {"WorkingDirectory": "/w", "Command": ["x"], "Restarts": 0}
+    rows = [everything | kw for kw in (
+        dict(Id=7, State="RUNNING", Name="train", SubmitTime=NOW - 5_000_000, StartTime=NOW - 2_000_000, Node="n2"),
+        dict(Id=8, State="PENDING", Reason="resources", CPUs=16, Memory=512 << 20, Priority=10, SubmitTime=NOW - 9),
+        dict(Id=9, State="COMPLETED", StartTime=NOW - 10_000_000, EndTime=NOW - 7_000_000, User=1001, UserName=""),
+        dict(Id=20, State="PENDING", ArrayJobId=20, ArrayTaskId=1, ArrayMaxRunning=4),
+        dict(Id=21, State="PENDING", ArrayJobId=20, ArrayTaskId=2, ArrayMaxRunning=4),
+        dict(Id=22, State="RUNNING", ArrayJobId=20, ArrayTaskId=3, ArrayMaxRunning=4, StartTime=NOW - 1),
+        dict(Id=30, State="HELD", ArrayJobId=30, ArrayTaskId=0, ArrayTasks="0-99"))]
+    assert set(render.QUEUE_PROPERTIES) <= set(JOB_PROPERTIES)
+    keep = {"Id", "ArrayTasks", *render.QUEUE_PROPERTIES}
+    cut = [{k: v for k, v in r.items() if k in keep} for r in rows]
+    for fold in (False, True):
+        assert render.queue(cut, tty=False, now=NOW, fold=fold) == render.queue(rows, tty=False, now=NOW, fold=fold)
+    assert render.queue([{k: v for k, v in r.items() if k != "StartTime"} for r in rows], tty=False, now=NOW) \
+        != render.queue(rows, tty=False, now=NOW)  # the comparison sees a missing key
+
+
 def test_queue_table_is_aligned_counted_and_plain_off_a_tty():
     rows = [job("RUNNING", Id=7, Name="train", SubmitTime=NOW - 5_000_000, StartTime=NOW - 2_000_000),
             job("PENDING", Id=12, Name="a-very-long-name-that-goes-on-and-on", Reason="resources", CPUs=16,
@@ -249,9 +272,11 @@ class _Queue:
     def __init__(self, jobs: list[dict]) -> None:
         self.jobs, self.calls = jobs, 0
 
-    async def job_pages(self, states=None, uid=None, limit=None, page_size=3, fold=False):
+    async def job_pages(self, states=None, uid=None, limit=None, page_size=3, fold=False, properties=None):
         picked = [j for j in self.jobs if (states is None or j["State"] in states) and uid in (None, j["User"])]
         picked = picked[:limit]
+        if properties is not None:  # the daemon's Properties: those keys and Id
+            picked = [{k: v for k, v in j.items() if k in {"Id", *properties}} for j in picked]
         for k in range(0, len(picked), page_size):
             self.calls += 1
             yield picked[k:k + page_size]

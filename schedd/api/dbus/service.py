@@ -38,7 +38,8 @@ from schedd import BUS_NAME, JOB_IFACE, JOB_PATH_PREFIX, MANAGER_IFACE, MANAGER_
 from schedd import bus as dbus
 from schedd.api.dbus.changes import job_properties, manager_properties
 from schedd.api.dbus.jobs import JobPaths, JobTree, interfaces_removed, job_id, job_variants
-from schedd.api.dbus.wire import PremarshalledReply, interfaces_added, job_row, job_state_changed, rows_body, with_string
+from schedd.api.dbus.wire import (PremarshalledReply, interfaces_added, job_state_changed, row_writer, rows_body,
+                                  with_string)
 from schedd.cluster.membership import check_text
 from schedd.core import stats
 from schedd.api.jobview import JOB_GETTERS
@@ -219,6 +220,17 @@ def _parse_filter(flt: dict[str, Variant], keys: dict[str, str] = LIST_FILTER_KE
     return out
 
 
+def _selected(names: list[str] | None) -> frozenset[str] | None:
+    """ListJobs' Properties: the job properties each row carries (Id always); None: every one."""
+    if names is None:
+        return None
+    unknown = [n for n in names if n not in JOB_PROPERTIES]
+    if unknown:
+        shown = ", ".join(repr(n[:64]) for n in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise InvalidArgument(f"Properties: no job property {shown}; valid: {', '.join(JOB_PROPERTIES)}")
+    return frozenset(names) | {"Id"}
+
+
 # Bytes one reply may carry: the system bus drops a connection that sends a message over 32 MiB
 # (dbus-daemon's max_message_size), which would end the daemon; a job's Command alone may be 1 MiB.
 REPLY_BUDGET = 16 << 20
@@ -339,6 +351,7 @@ class ManagerObject(ServiceInterface):
         # A page holds fewer than Limit rows when they are large (REPLY_BUDGET): page with After
         # until an empty answer.
         fold = bool(f.get("FoldArrays"))
+        names = _selected(f.get("Properties"))
         folded: dict[int, str] = {}
 
         def fold_text(job: Job) -> int:  # an array's folded tasks can be long: they count in the budget
@@ -358,14 +371,17 @@ class ManagerObject(ServiceInterface):
         viewer = await self.service.viewer(caller, jobs, any_remote=all_nodes)
         sees = self.service.viewer_sees
         if not all_nodes:  # marshalled here (wire.py): a third of the page's cost through dbus-fast
-            rows = [job_row(j, sees(j, viewer)) for j in jobs]
+            row = row_writer(names)
+            rows = [row(j, sees(j, viewer)) for j in jobs]
             if fold:  # an array's tasks that are no jobs yet: one row, at the first of them
                 rows = [row if (text := folded.get(j.id)) is None else with_string(row, ARRAY_TASKS_KEY, text)
                         for j, row in zip(jobs, rows)]
             return rows_body(rows)
         # The whole cluster: each job once, from its origin (copies run here for others are theirs).
         me = self.engine.config.node_name
-        out = [job_variants(j, private=sees(j, viewer)) | {ORIGIN_KEY: Variant(ORIGIN_SIGNATURE, me)} for j in jobs]
+        keep = JOB_PROPERTIES.keys() if names is None else names
+        out = [{k: v for k, v in job_variants(j, private=sees(j, viewer)).items() if k in keep}
+               | {ORIGIN_KEY: Variant(ORIGIN_SIGNATURE, me)} for j in jobs]
         my_name = self.service.user_name(caller.uid)
         user_name = None
         if "User" in f:
@@ -382,7 +398,7 @@ class ManagerObject(ServiceInterface):
                 log.info("ListJobs(AllNodes): the reply is full; %s's further rows are left out", node)
                 break
             try:
-                row = {k: Variant(sig, rec[k]) for k, sig in JOB_PROPERTIES.items() if k in rec}
+                row = {k: Variant(sig, rec[k]) for k, sig in JOB_PROPERTIES.items() if k in rec and k in keep}
             except (TypeError, ValueError, OverflowError):
                 log.warning("node %s sent a job record that does not fit the contract; skipped", node)
                 continue

@@ -11,6 +11,7 @@ Messages it makes read back their body like any other, for whoever inspects them
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from dbus_fast._private.unmarshaller import Unmarshaller
 from dbus_fast.signature import Variant
 
 from schedd import JOB_IFACE, MANAGER_IFACE, MANAGER_PATH, job_path
-from schedd.api.jobview import JOB_KEYS
+from schedd.api.jobview import JOB_KEYS, JobKey
 from schedd.core.model import Job
 from schedd.protocol import JOB_PROPERTIES, PRIVATE_JOB_KEYS
 
@@ -62,10 +63,10 @@ def _prefix(name: str, sig: str) -> bytes:
     return head + _PAD[_pad(len(head), align)]
 
 
-def _compile_rows() -> Callable[[Job, bool], bytes]:
-    """A generated function (like jobs._all_variants) writing a job's a{sv} entries, each 8-aligned:
-    a run of fixed-size values is one struct.pack with their prefixes and paddings, an empty array
-    is its constant entry, the rest are concatenated."""
+def _compile_rows(keys: tuple[JobKey, ...] = JOB_KEYS) -> Callable[[Job, bool], bytes]:
+    """A generated function (like jobs._all_variants) writing a job's a{sv} entries of keys, each
+    8-aligned: a run of fixed-size values is one struct.pack with their prefixes and paddings, an
+    empty array is its constant entry, the rest are concatenated."""
     ns: dict[str, Any] = {"S": _string, "AS": _strings, "PAD": _PAD, "U32": _U32, "pack": struct.pack}
     hidden = {}
     for name, value in PRIVATE_JOB_KEYS.items():
@@ -84,7 +85,9 @@ def _compile_rows() -> Callable[[Job, bool], bytes]:
             lines.append(f"    p.append({name}({', '.join(a for _, _, *args in run for a in args)}))")
             run.clear()
 
-    for i, k in enumerate(JOB_KEYS):
+    if not keys:
+        return lambda j, private: b""
+    for i, k in enumerate(keys):
         sig = JOB_PROPERTIES[k.name]
         pre = _prefix(k.name, sig)
         ns[f"k{i}"] = pre
@@ -93,7 +96,7 @@ def _compile_rows() -> Callable[[Job, bool], bytes]:
         else:
             ns[f"g{i}"] = k.get
             value = f"g{i}(j)"
-        last = i == len(JOB_KEYS) - 1
+        last = i == len(keys) - 1
         if sig in _FIXED and k.name not in hidden:
             code, size = _FIXED[sig]
             run.append((f"{len(pre)}s{code}", _pad(len(pre) + size, 8), f"k{i}", value))
@@ -138,6 +141,15 @@ def _value_bytes(sig: str, value: Any, at: int) -> bytes:
 
 
 job_row = _compile_rows()
+
+
+@functools.lru_cache(maxsize=64)
+def row_writer(names: frozenset[str] | None) -> Callable[[Job, bool], bytes]:
+    """job_row for the properties named (ListJobs' Properties), in the contract's order; None: all.
+    Compiled once per selection: a client paging with the same Properties reuses it."""
+    if names is None:
+        return job_row
+    return _compile_rows(tuple(k for k in JOB_KEYS if k.name in names))
 
 
 class Premarshalled(Message):
