@@ -300,7 +300,8 @@ async def test_polkit_is_asked_once_per_uid_and_never_interactively(service: DBu
 
 
 async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusService):
-    """ListJobs with AllNodes: local rows by uid, peers' rows by user name; every key stays."""
+    """ListJobs with AllNodes: local rows by uid, peers' rows by user name; every key stays (or those
+    of Properties)."""
     from schedd.api.dbus.service import ManagerObject, _sender
 
     me = pwd.getpwuid(USER).pw_name
@@ -326,8 +327,14 @@ async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusServi
     try:
         list_jobs = ManagerObject.ListJobs.__wrapped__  # the handler under dbus-fast's decorator
         rows = await list_jobs(service.manager, {"AllNodes": Variant("b", True)})
+        some = await list_jobs(service.manager, {"AllNodes": Variant("b", True),
+                                                 "Properties": Variant("as", ["Command", "State"])})
     finally:
         _sender.reset(token)
+    # Properties: those keys, Id and Origin, in local and peers' rows alike, redacted the same way
+    assert all(set(r) == {"Id", "Command", "State", "Origin"} for r in some) and len(some) == len(rows) == 4
+    assert {(r["Origin"].value, r["Id"].value): r["Command"].value for r in some} == {
+        ("n", 5): local_mine.spec.command, ("n", 4): [], ("p", 1): local_mine.spec.command, ("p", 2): []}
     got = {(r["Origin"].value, r["Id"].value): r for r in rows}
     assert got[("n", 5)]["Command"].value == local_mine.spec.command
     assert got[("n", 4)]["Command"].value == [] and got[("n", 4)]["StdoutPath"].value == ""
