@@ -142,7 +142,14 @@ class Client:
                 flt["FoldArrays"] = Variant("b", True)
             if properties is not None:
                 flt["Properties"] = Variant("as", properties)
-            (page,) = await self.call("ListJobs", "a{sv}", [flt])
+            try:
+                (page,) = await self.call("ListJobs", "a{sv}", [flt])
+            except DBusError as e:
+                if properties is None or "unknown filter key 'Properties'" not in (e.text or ""):
+                    raise
+                properties = None  # a daemon from before Properties (not restarted since an upgrade): whole rows
+                del flt["Properties"]
+                (page,) = await self.call("ListJobs", "a{sv}", [flt])
             # A short page is not the end: the daemon shortens pages of large rows (its reply budget).
             if not page:
                 return

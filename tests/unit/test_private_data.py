@@ -343,6 +343,45 @@ async def test_list_jobs_of_the_whole_cluster_redacts_per_row(service: DBusServi
     assert all(set(r) == set(JOB_PROPERTIES) | {"Origin"} for r in rows)
 
 
+async def test_list_jobs_properties_on_this_node(service: DBusService):
+    """ListJobs' Properties on the local path: those keys and Id in each row, others' private keys
+    redacted; unknown names and oversized lists refused with what is valid."""
+    from schedd.api.dbus.service import ManagerObject, _sender
+    from schedd.api.dbus.wire import PremarshalledReply
+    from dbus_fast.errors import DBusError
+
+    from schedd.errors import InvalidArgument
+
+    for j in (a_job(uid=USER + 1, job_id=4), a_job(uid=USER, job_id=5)):
+        service.engine._insert(j)
+
+    async def no(caller: Caller, action: str) -> bool:
+        return False
+
+    service.engine.authorize_other = no
+    service._uids[":1.9"] = USER
+    call = Message(path=MANAGER_PATH, interface="org.schedd.Schedd1.Manager", member="ListJobs", signature="a{sv}",
+                   body=[{}], serial=3, sender=":1.9")
+    list_jobs = ManagerObject.ListJobs.__wrapped__
+    token = _sender.set((":1.9", False))
+    try:
+        async def rows(flt: dict) -> list[dict]:
+            body = await list_jobs(service.manager, flt)
+            return [{k: v.value for k, v in r.items()} for r in PremarshalledReply(call, "aa{sv}", body).body[0]]
+
+        some = await rows({"Properties": Variant("as", ["StdoutPath", "Name"])})
+        assert some == [{"Id": 4, "Name": "fetch", "StdoutPath": ""},
+                        {"Id": 5, "Name": "fetch", "StdoutPath": "/home/alice/out.log"}]
+        assert [set(r) for r in await rows({})] == [set(JOB_PROPERTIES)] * 2
+        for names, words in ((["Name", "ArrayTasks"], r"no job property 'ArrayTasks'; valid: Id, Name, .*comes with FoldArrays"),
+                             (["Name"] * 1000, "Properties: 1,000 names; at most 256")):
+            with pytest.raises(DBusError, match=words) as e:
+                await rows({"Properties": Variant("as", names)})
+            assert e.value.type == InvalidArgument.dbus_name
+    finally:
+        _sender.reset(token)
+
+
 def test_a_listing_reply_stays_within_the_bus_message_limit():
     """40 jobs of 1 MiB command lines would make a 40 MiB reply: the bus would drop the daemon's connection."""
     from schedd.api.dbus.service import REPLY_BUDGET, row_bytes, within_budget

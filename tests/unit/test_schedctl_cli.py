@@ -244,6 +244,36 @@ def test_the_queue_asks_for_every_key_it_shows():
         != render.queue(rows, tty=False, now=NOW)  # the comparison sees a missing key
 
 
+def test_pages_from_a_daemon_without_properties_come_whole():
+    """A daemon not restarted since an upgrade answers 'unknown filter key' to Properties: the
+    client asks again without it (once), and other errors still reach the caller."""
+    from dbus_fast.errors import DBusError
+
+    from schedctl.client import Client
+
+    class Old(Client):
+        def __init__(self, error: str) -> None:
+            super().__init__(user=True, address="unix:path=/nonexistent")
+            self.error, self.filters = error, []
+
+        async def call(self, member, signature="", body=None):
+            flt = body[0]
+            self.filters.append(sorted(flt))
+            if "Properties" in flt:
+                raise DBusError("org.schedd.Schedd1.Error.InvalidArgument", self.error)
+            return [[{"Id": Variant("t", 7 + flt["After"].value), "State": Variant("s", "HELD")}]
+                    if flt["After"].value < 2 else []]
+
+    async def pages(c: Client) -> list:
+        return [p async for p in c.job_pages(properties=["State"], page_size=1)]
+
+    old = Old("unknown filter key 'Properties'; valid keys: States, User, Limit, After, AllNodes, FoldArrays")
+    assert asyncio.run(pages(old)) == [[{"Id": 7, "State": "HELD"}]]
+    assert old.filters == [["After", "Limit", "Properties"], ["After", "Limit"], ["After", "Limit"]]
+    with pytest.raises(DBusError, match="no job property"):
+        asyncio.run(pages(Old("Properties: no job property 'State'")))
+
+
 def test_queue_table_is_aligned_counted_and_plain_off_a_tty():
     rows = [job("RUNNING", Id=7, Name="train", SubmitTime=NOW - 5_000_000, StartTime=NOW - 2_000_000),
             job("PENDING", Id=12, Name="a-very-long-name-that-goes-on-and-on", Reason="resources", CPUs=16,

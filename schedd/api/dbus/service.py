@@ -224,11 +224,18 @@ def _selected(names: list[str] | None) -> frozenset[str] | None:
     """ListJobs' Properties: the job properties each row carries (Id always); None: every one."""
     if names is None:
         return None
+    if len(names) > PROPERTIES_MAX:
+        raise InvalidArgument(f"Properties: {len(names):,} names; at most {PROPERTIES_MAX} (a job has "
+                              f"{len(JOB_PROPERTIES)} properties)")
     unknown = [n for n in names if n not in JOB_PROPERTIES]
     if unknown:
         shown = ", ".join(repr(n[:64]) for n in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
-        raise InvalidArgument(f"Properties: no job property {shown}; valid: {', '.join(JOB_PROPERTIES)}")
+        raise InvalidArgument(f"Properties: no job property {shown}; valid: {', '.join(JOB_PROPERTIES)} "
+                              f"({ARRAY_TASKS_KEY} comes with FoldArrays, {ORIGIN_KEY} with AllNodes)")
     return frozenset(names) | {"Id"}
+
+
+PROPERTIES_MAX = 256  # names in one Properties filter (repeats included)
 
 
 # Bytes one reply may carry: the system bus drops a connection that sends a message over 32 MiB
