@@ -394,3 +394,9 @@ def test_a_listing_reply_stays_within_the_bus_message_limit():
     assert 0 < len(page) < 40 and sum(row_bytes(j) for j in page) <= REPLY_BUDGET
     assert [j.id for j in page] == list(range(1, len(page) + 1))  # the head, in order: After pages on
     assert within_budget(big[:1], budget=10) == big[:1]  # one row always goes, whatever its size
+    # Properties: only what the rows carry counts (the same estimate as a whole row's when all are asked)
+    from schedd.api.dbus.service import selected_row_bytes
+
+    assert [selected_row_bytes(frozenset(JOB_PROPERTIES))(j) for j in big[:3]] == [row_bytes(j) for j in big[:3]]
+    assert within_budget(big, size=selected_row_bytes(frozenset({"Id", "State", "Name"}))) == big
+    assert len(within_budget(big, size=selected_row_bytes(frozenset({"Id", "Command"})))) == len(page)

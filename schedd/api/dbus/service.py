@@ -251,13 +251,34 @@ def row_bytes(job: Job) -> int:
             + len(s.stderr_path) + len(s.name) + 8 * (len(s.after) + len(job.assigned_cpus)))
 
 
+# The properties that can make a row long, and what each adds to ROW_OVERHEAD (row_bytes, by key).
+_LONG_KEYS: dict[str, Callable[[Job], int]] = {
+    "Command": lambda j: sum(len(a) for a in j.spec.command),
+    "WorkingDirectory": lambda j: len(j.spec.working_directory),
+    "StdoutPath": lambda j: len(j.spec.stdout_path),
+    "StderrPath": lambda j: len(j.spec.stderr_path),
+    "Name": lambda j: len(j.spec.name),
+    "After": lambda j: 8 * len(j.spec.after),
+    "AssignedCPUs": lambda j: 8 * len(j.assigned_cpus),
+}
+
+
+def selected_row_bytes(names: frozenset[str] | None) -> Callable[[Job], int]:
+    """row_bytes for rows of only these properties (ListJobs' Properties): a page of short columns
+    is not cut for the long ones it leaves out."""
+    if names is None:
+        return row_bytes
+    long = [size for key, size in _LONG_KEYS.items() if key in names]
+    return lambda j: ROW_OVERHEAD + sum(size(j) for size in long)
+
+
 def within_budget(jobs: list[Job], budget: int = REPLY_BUDGET,
-                  extra: Callable[[Job], int] | None = None) -> list[Job]:
+                  extra: Callable[[Job], int] | None = None, size: Callable[[Job], int] = row_bytes) -> list[Job]:
     """The longest head of jobs whose rows fit the reply budget (at least one job); extra(job): what
-    else its row carries (a folded ArrayTasks text), counted too."""
+    else its row carries (a folded ArrayTasks text), counted too; size(job): its row's bytes."""
     total = 0
     for n, job in enumerate(jobs):
-        total += row_bytes(job) + (extra(job) if extra is not None else 0)
+        total += size(job) + (extra(job) if extra is not None else 0)
         if total > budget and n:
             return jobs[:n]
     return jobs
@@ -359,6 +380,7 @@ class ManagerObject(ServiceInterface):
         # until an empty answer.
         fold = bool(f.get("FoldArrays"))
         names = _selected(f.get("Properties"))
+        size = selected_row_bytes(names)
         folded: dict[int, str] = {}
 
         def fold_text(job: Job) -> int:  # an array's folded tasks can be long: they count in the budget
@@ -369,7 +391,7 @@ class ManagerObject(ServiceInterface):
             return len(text)
 
         jobs = within_budget(self.engine.list(f.get("States"), f.get("User"), f.get("After", 0), limit, fold=fold),
-                             extra=fold_text if fold else None)
+                             extra=fold_text if fold else None, size=size)
         fed = self.engine.federation
         all_nodes = bool(f.get("AllNodes")) and fed is not None
         if all_nodes:
@@ -396,7 +418,7 @@ class ManagerObject(ServiceInterface):
                 user_name = pwd.getpwuid(f["User"]).pw_name
             except KeyError:
                 return out
-        budget = REPLY_BUDGET - sum(row_bytes(j) for j in jobs)
+        budget = REPLY_BUDGET - sum(size(j) for j in jobs)
         for node, rec in await fed.list_cluster(f.get("States"), user_name, f.get("After", 0), limit):
             if not self.service.viewer_sees_name(rec.get("UserName"), my_name, viewer):
                 rec = redact_job(rec)
