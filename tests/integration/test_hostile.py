@@ -59,6 +59,8 @@ def test_wrong_states_are_invalid_state(steady: Node):
     ({"Limit": ["u", 10_001]}, "at most 10000 jobs per call"),
     ({"Properties": ["as", ["State", "Nope\u0007"]]}, "Properties: no job property 'Nope\\x07'; valid: Id, Name,"),
     ({"Properties": ["s", "State"]}, "must have D-Bus type 'as'"),
+    ({"Properties": ["as", ["Name"] * 300]}, "Properties: 300 names; at most 256"),
+    ({"Properties": ["as", ["", "\n/dev/null", "Id"]]}, "no job property '', '\\n/dev/null'; valid"),
 ])
 def test_list_jobs_rejects_bad_filters(steady: Node, flt, words):
     r = call(steady, "ListJobs", "a{sv}", flt)

@@ -395,8 +395,10 @@ def test_a_listing_reply_stays_within_the_bus_message_limit():
     assert [j.id for j in page] == list(range(1, len(page) + 1))  # the head, in order: After pages on
     assert within_budget(big[:1], budget=10) == big[:1]  # one row always goes, whatever its size
     # Properties: only what the rows carry counts (the same estimate as a whole row's when all are asked)
-    from schedd.api.dbus.service import selected_row_bytes
+    from schedd.api.dbus.service import _LONG_KEYS, ROW_OVERHEAD, selected_row_bytes
 
     assert [selected_row_bytes(frozenset(JOB_PROPERTIES))(j) for j in big[:3]] == [row_bytes(j) for j in big[:3]]
+    assert [ROW_OVERHEAD + sum(size(j) for size in _LONG_KEYS.values()) for j in big[:3]] == \
+           [row_bytes(j) for j in big[:3]]  # the estimate by key is row_bytes' own
     assert within_budget(big, size=selected_row_bytes(frozenset({"Id", "State", "Name"}))) == big
     assert len(within_budget(big, size=selected_row_bytes(frozenset({"Id", "Command"})))) == len(page)

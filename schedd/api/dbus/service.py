@@ -251,7 +251,8 @@ def row_bytes(job: Job) -> int:
             + len(s.stderr_path) + len(s.name) + 8 * (len(s.after) + len(job.assigned_cpus)))
 
 
-# The properties that can make a row long, and what each adds to ROW_OVERHEAD (row_bytes, by key).
+# The properties that can make a row long, and what each adds to ROW_OVERHEAD: row_bytes by key
+# (row_bytes itself stays one expression: it runs for every row of every default page).
 _LONG_KEYS: dict[str, Callable[[Job], int]] = {
     "Command": lambda j: sum(len(a) for a in j.spec.command),
     "WorkingDirectory": lambda j: len(j.spec.working_directory),
@@ -266,7 +267,7 @@ _LONG_KEYS: dict[str, Callable[[Job], int]] = {
 def selected_row_bytes(names: frozenset[str] | None) -> Callable[[Job], int]:
     """row_bytes for rows of only these properties (ListJobs' Properties): a page of short columns
     is not cut for the long ones it leaves out."""
-    if names is None:
+    if names is None or names >= _LONG_KEYS.keys():
         return row_bytes
     long = [size for key, size in _LONG_KEYS.items() if key in names]
     return lambda j: ROW_OVERHEAD + sum(size(j) for size in long)
@@ -400,8 +401,8 @@ class ManagerObject(ServiceInterface):
         viewer = await self.service.viewer(caller, jobs, any_remote=all_nodes)
         sees = self.service.viewer_sees
         if not all_nodes:  # marshalled here (wire.py): a third of the page's cost through dbus-fast
-            row = row_writer(names)
-            rows = [row(j, sees(j, viewer)) for j in jobs]
+            write_row = row_writer(names)
+            rows = [write_row(j, sees(j, viewer)) for j in jobs]
             if fold:  # an array's tasks that are no jobs yet: one row, at the first of them
                 rows = [row if (text := folded.get(j.id)) is None else with_string(row, ARRAY_TASKS_KEY, text)
                         for j, row in zip(jobs, rows)]
