@@ -76,50 +76,55 @@ def tres(j: Job) -> str:
 
 # -- squeue ------------------------------------------------------------------------------------
 
-SQUEUE: dict[str, tuple[str, Callable[[Job], str]]] = {
-    "i": ("JOBID", lambda j: j.get("_row_id") or slurm_id(j)),
-    "A": ("JOBID", lambda j: str(j["Id"])),
-    "F": ("ARRAY_JOB_ID", lambda j: str(j.get("ArrayJobId") or j["Id"])),
-    "K": ("ARRAY_TASK_ID", lambda j: j.get("_row_tasks") or (str(j["ArrayTaskId"]) if j.get("ArrayJobId") else "N/A")),
-    "j": ("NAME", lambda j: j.get("Name", "")),
-    "t": ("ST", lambda j: CODES.get(state(j), "?")),
-    "T": ("STATE", state),
-    "M": ("TIME", lambda j: format_elapsed(elapsed_s(j))),
-    "L": ("TIME_LEFT", time_left),
-    "l": ("TIME_LIMIT", lambda j: format_limit(limit_s(j))),
-    "D": ("NODES", lambda j: "1"),
-    "C": ("CPUS", lambda j: str(j.get("CPUs", 1))),
-    "c": ("MIN_CPUS", lambda j: str(j.get("CPUs", 1))),
-    "m": ("MIN_MEMORY", mem_text),
-    "b": ("TRES_PER_NODE", gres),
-    "R": ("NODELIST(REASON)", node_or_reason),
-    "N": ("NODELIST", lambda j: j.get("Node", "") if j["State"] in ("RUNNING", "SUSPENDED") else ""),
-    "r": ("REASON", lambda j: slurm_reason(j["State"], j.get("Reason", ""))),
-    "P": ("PARTITION", lambda j: CLUSTER),
-    "u": ("USER", lambda j: j.get("UserName") or str(j.get("User", ""))),
-    "U": ("UID", lambda j: str(j.get("User", ""))),
-    "S": ("START_TIME", lambda j: format_date(j.get("StartTime", 0)) if j.get("StartTime") else "N/A"),
-    "V": ("SUBMIT_TIME", lambda j: format_date(j.get("SubmitTime", 0))),
-    "e": ("END_TIME", lambda j: format_date(j.get("EndTime", 0)) if j.get("EndTime") else "N/A"),
-    "Q": ("PRIORITY", lambda j: str(j.get("Priority", 0))),
-    "p": ("PRIORITY", lambda j: f"{j.get('Priority', 0):.8f}"),
-    "y": ("NICE", lambda j: str(-j.get("Priority", 0))),
-    "q": ("QOS", lambda j: "normal"),
-    "a": ("ACCOUNT", lambda j: ""),
-    "o": ("COMMAND", lambda j: j.get("Name", "")),
-    "Z": ("WORK_DIR", lambda j: j.get("WorkingDirectory", "")),
-    "k": ("COMMENT", lambda j: "(null)"),
-    "E": ("DEPENDENCY", lambda j: ",".join(f"afterok:{a}(unfulfilled)" for a in j.get("After", [])) or "(null)"),
-    "h": ("OVER_SUBSCRIBE", lambda j: "OK"),
-    "f": ("FEATURES", lambda j: "(null)"),
-    "g": ("GROUP", lambda j: j.get("UserName", "")),
-    "n": ("REQ_NODES", lambda j: ""),
-    "x": ("EXC_NODES", lambda j: ""),
-    "v": ("RESERVATION", lambda j: "(null)"),
-    "w": ("WCKEY", lambda j: "(null)"),
-    "B": ("EXEC_HOST", lambda j: j.get("Node", "") or "n/a"),
-    "O": ("CONTIGUOUS", lambda j: "0"),
-    "z": ("S:C:T", lambda j: "*:*:*"),
+# Each -o code: its header, the job properties its text reads (what squeue asks ListJobs for), the text.
+_SID = ("ArrayJobId", "ArrayTaskId")
+_STATE = ("State", "Reason")
+_ELAPSED = ("StartTime", "RunUSec", "EndTime", "SuspendedUSec")
+_LIMIT = ("RuntimeMaxUSec",)
+SQUEUE: dict[str, tuple[str, tuple[str, ...], Callable[[Job], str]]] = {
+    "i": ("JOBID", _SID, lambda j: j.get("_row_id") or slurm_id(j)),
+    "A": ("JOBID", (), lambda j: str(j["Id"])),
+    "F": ("ARRAY_JOB_ID", ("ArrayJobId",), lambda j: str(j.get("ArrayJobId") or j["Id"])),
+    "K": ("ARRAY_TASK_ID", ("ArrayJobId", "ArrayTaskId"), lambda j: j.get("_row_tasks") or (str(j["ArrayTaskId"]) if j.get("ArrayJobId") else "N/A")),
+    "j": ("NAME", ("Name",), lambda j: j.get("Name", "")),
+    "t": ("ST", _STATE, lambda j: CODES.get(state(j), "?")),
+    "T": ("STATE", _STATE, state),
+    "M": ("TIME", _ELAPSED, lambda j: format_elapsed(elapsed_s(j))),
+    "L": ("TIME_LEFT", _ELAPSED + _LIMIT, time_left),
+    "l": ("TIME_LIMIT", _LIMIT, lambda j: format_limit(limit_s(j))),
+    "D": ("NODES", (), lambda j: "1"),
+    "C": ("CPUS", ("CPUs",), lambda j: str(j.get("CPUs", 1))),
+    "c": ("MIN_CPUS", ("CPUs",), lambda j: str(j.get("CPUs", 1))),
+    "m": ("MIN_MEMORY", ("Memory",), mem_text),
+    "b": ("TRES_PER_NODE", ("GPUs",), gres),
+    "R": ("NODELIST(REASON)", _STATE + ("Node",), node_or_reason),
+    "N": ("NODELIST", ("State", "Node"), lambda j: j.get("Node", "") if j["State"] in ("RUNNING", "SUSPENDED") else ""),
+    "r": ("REASON", _STATE, lambda j: slurm_reason(j["State"], j.get("Reason", ""))),
+    "P": ("PARTITION", (), lambda j: CLUSTER),
+    "u": ("USER", ("UserName", "User"), lambda j: j.get("UserName") or str(j.get("User", ""))),
+    "U": ("UID", ("User",), lambda j: str(j.get("User", ""))),
+    "S": ("START_TIME", ("StartTime",), lambda j: format_date(j.get("StartTime", 0)) if j.get("StartTime") else "N/A"),
+    "V": ("SUBMIT_TIME", ("SubmitTime",), lambda j: format_date(j.get("SubmitTime", 0))),
+    "e": ("END_TIME", ("EndTime",), lambda j: format_date(j.get("EndTime", 0)) if j.get("EndTime") else "N/A"),
+    "Q": ("PRIORITY", ("Priority",), lambda j: str(j.get("Priority", 0))),
+    "p": ("PRIORITY", ("Priority",), lambda j: f"{j.get('Priority', 0):.8f}"),
+    "y": ("NICE", ("Priority",), lambda j: str(-j.get("Priority", 0))),
+    "q": ("QOS", (), lambda j: "normal"),
+    "a": ("ACCOUNT", (), lambda j: ""),
+    "o": ("COMMAND", ("Name",), lambda j: j.get("Name", "")),
+    "Z": ("WORK_DIR", ("WorkingDirectory",), lambda j: j.get("WorkingDirectory", "")),
+    "k": ("COMMENT", (), lambda j: "(null)"),
+    "E": ("DEPENDENCY", ("After",), lambda j: ",".join(f"afterok:{a}(unfulfilled)" for a in j.get("After", [])) or "(null)"),
+    "h": ("OVER_SUBSCRIBE", (), lambda j: "OK"),
+    "f": ("FEATURES", (), lambda j: "(null)"),
+    "g": ("GROUP", ("UserName",), lambda j: j.get("UserName", "")),
+    "n": ("REQ_NODES", (), lambda j: ""),
+    "x": ("EXC_NODES", (), lambda j: ""),
+    "v": ("RESERVATION", (), lambda j: "(null)"),
+    "w": ("WCKEY", (), lambda j: "(null)"),
+    "B": ("EXEC_HOST", ("Node",), lambda j: j.get("Node", "") or "n/a"),
+    "O": ("CONTIGUOUS", (), lambda j: "0"),
+    "z": ("S:C:T", (), lambda j: "*:*:*"),
 }
 
 SQUEUE_DEFAULT = "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"
@@ -145,6 +150,16 @@ def parse_squeue_format(fmt: str) -> tuple[list[Column], str]:
     return cols, fmt[pos:]
 
 
+# What squeue reads of every row besides its columns: the state, user and name filters, and the
+# folding of an array's pending tasks (collapse_pending_arrays).
+SQUEUE_READS = (*_STATE, "User", "Name", *_SID, "ArrayMaxRunning")
+
+
+def squeue_properties(cols: list[Column]) -> list[str]:
+    """The job properties squeue needs for these columns (ListJobs' Properties; Id comes always)."""
+    return sorted({*SQUEUE_READS, *(k for c in cols for k in SQUEUE[c.code][1])})
+
+
 def _fit(text: str, width: int | None, right: bool) -> str:
     if width is None:
         return text
@@ -156,7 +171,7 @@ def squeue_line(cols: list[Column], tail: str, row: Job | None) -> str:
     """One line: the header (row None) or a job's."""
     out = []
     for c in cols:
-        text = SQUEUE[c.code][0] if row is None else SQUEUE[c.code][1](row)
+        text = SQUEUE[c.code][0] if row is None else SQUEUE[c.code][2](row)
         out.append(c.literal + _fit(text, c.width, c.right))
     return "".join(out) + tail
 
@@ -197,6 +212,7 @@ class Field:
     name: str
     width: int
     right: bool
+    reads: tuple[str, ...]  # the job properties get reads (what sacct asks ListJobs for)
     get: Callable[[Job], str]
 
 
@@ -208,57 +224,69 @@ def _sid(j: Job) -> str:
     return slurm_id(j) + (f".{_step(j)}" if _step(j) else "")
 
 
+_EXIT = ("ExitCode", "Reason", "State")
+_TRES = ("CPUs", "Memory", "GPUs")
 _FIELDS = [
-    Field("JobID", 12, False, _sid),
-    Field("JobIDRaw", 12, False, lambda j: str(j["Id"]) + (f".{_step(j)}" if _step(j) else "")),
-    Field("JobName", 10, True, lambda j: _step(j) or j.get("Name", "")),
-    Field("Partition", 10, True, lambda j: "" if _step(j) else CLUSTER),
-    Field("Account", 10, True, lambda j: ""),
-    Field("AllocCPUS", 10, True, lambda j: str(j.get("CPUs", 1)) if j.get("StartTime") else "0"),
-    Field("NCPUS", 10, True, lambda j: str(j.get("CPUs", 1)) if j.get("StartTime") else "0"),
-    Field("ReqCPUS", 8, True, lambda j: str(j.get("CPUs", 1))),
-    Field("State", 10, True, state),
-    Field("ExitCode", 8, True, exit_code),
-    Field("DerivedExitCode", 15, True, exit_code),
-    Field("Elapsed", 10, True, lambda j: format_elapsed(elapsed_s(j), short=False)),
-    Field("ElapsedRaw", 10, True, lambda j: str(elapsed_s(j))),
-    Field("Start", 19, True, lambda j: format_date(j.get("StartTime", 0)) if j.get("StartTime") else "None"),
-    Field("End", 19, True, lambda j: format_date(j.get("EndTime", 0))),
-    Field("Submit", 19, True, lambda j: format_date(j.get("SubmitTime", 0))),
-    Field("Eligible", 19, True, lambda j: format_date(j.get("SubmitTime", 0))),
-    Field("NodeList", 15, True, lambda j: j.get("Node", "") if j.get("StartTime") else "None assigned"),
-    Field("NNodes", 8, True, lambda j: "1"),
-    Field("ReqMem", 10, True, mem_text),
-    Field("MaxRSS", 10, True, lambda j: f"{j.get('MemoryPeak', 0) >> 10}K" if j.get("MemoryPeak") else ""),
-    Field("TotalCPU", 10, True, lambda j: format_elapsed(j.get("CPUTimeUSec", 0) // 1_000_000, short=False)),
-    Field("CPUTime", 10, True, lambda j: format_elapsed(elapsed_s(j) * j.get("CPUs", 1), short=False)),
-    Field("CPUTimeRAW", 10, True, lambda j: str(elapsed_s(j) * j.get("CPUs", 1))),
-    Field("Timelimit", 10, True, lambda j: "" if _step(j) else format_limit(limit_s(j), short=False)),
-    Field("TimelimitRaw", 10, True, lambda j: str(limit_s(j) // 60) if limit_s(j) else "UNLIMITED"),
-    Field("User", 9, True, lambda j: "" if _step(j) else (j.get("UserName") or str(j.get("User", "")))),
-    Field("UID", 6, True, lambda j: str(j.get("User", ""))),
-    Field("Group", 9, True, lambda j: j.get("UserName", "")),
-    Field("Comment", 10, True, lambda j: ""),
-    Field("WorkDir", 10, True, lambda j: j.get("WorkingDirectory", "")),
-    Field("Reason", 10, True, lambda j: slurm_reason(j["State"], j.get("Reason", ""), j.get("ExitCode", 0))),
-    Field("Priority", 10, True, lambda j: str(j.get("Priority", 0))),
-    Field("AllocTRES", 10, True, tres),
-    Field("ReqTRES", 10, True, tres),
-    Field("Cluster", 10, True, lambda j: CLUSTER),
-    Field("QOS", 10, True, lambda j: "normal"),
-    Field("Suspended", 10, True, lambda j: format_elapsed(j.get("SuspendedUSec", 0) // 1_000_000, short=False)),
-    Field("Reserved", 10, True, lambda j: format_elapsed(j.get("WaitUSec", 0) // 1_000_000, short=False)),
-    Field("Planned", 10, True, lambda j: format_elapsed(j.get("WaitUSec", 0) // 1_000_000, short=False)),
-    Field("ArrayJobID", 12, True, lambda j: str(j.get("ArrayJobId") or j["Id"])),
-    Field("ArrayTaskID", 12, True, lambda j: str(j["ArrayTaskId"]) if j.get("ArrayJobId") else ""),
-    Field("AveRSS", 10, True, lambda j: ""),
-    Field("MaxVMSize", 10, True, lambda j: ""),
-    Field("AveCPU", 10, True, lambda j: ""),
-    Field("Layout", 10, True, lambda j: ""),
-    Field("WCKey", 10, True, lambda j: ""),
-    Field("Constraints", 19, True, lambda j: ""),
+    Field("JobID", 12, False, _SID, _sid),
+    Field("JobIDRaw", 12, False, (), lambda j: str(j["Id"]) + (f".{_step(j)}" if _step(j) else "")),
+    Field("JobName", 10, True, ("Name",), lambda j: _step(j) or j.get("Name", "")),
+    Field("Partition", 10, True, (), lambda j: "" if _step(j) else CLUSTER),
+    Field("Account", 10, True, (), lambda j: ""),
+    Field("AllocCPUS", 10, True, ("CPUs", "StartTime"), lambda j: str(j.get("CPUs", 1)) if j.get("StartTime") else "0"),
+    Field("NCPUS", 10, True, ("CPUs", "StartTime"), lambda j: str(j.get("CPUs", 1)) if j.get("StartTime") else "0"),
+    Field("ReqCPUS", 8, True, ("CPUs",), lambda j: str(j.get("CPUs", 1))),
+    Field("State", 10, True, _STATE, state),
+    Field("ExitCode", 8, True, _EXIT, exit_code),
+    Field("DerivedExitCode", 15, True, _EXIT, exit_code),
+    Field("Elapsed", 10, True, _ELAPSED, lambda j: format_elapsed(elapsed_s(j), short=False)),
+    Field("ElapsedRaw", 10, True, _ELAPSED, lambda j: str(elapsed_s(j))),
+    Field("Start", 19, True, ("StartTime",), lambda j: format_date(j.get("StartTime", 0)) if j.get("StartTime") else "None"),
+    Field("End", 19, True, ("EndTime",), lambda j: format_date(j.get("EndTime", 0))),
+    Field("Submit", 19, True, ("SubmitTime",), lambda j: format_date(j.get("SubmitTime", 0))),
+    Field("Eligible", 19, True, ("SubmitTime",), lambda j: format_date(j.get("SubmitTime", 0))),
+    Field("NodeList", 15, True, ("Node", "StartTime"), lambda j: j.get("Node", "") if j.get("StartTime") else "None assigned"),
+    Field("NNodes", 8, True, (), lambda j: "1"),
+    Field("ReqMem", 10, True, ("Memory",), mem_text),
+    Field("MaxRSS", 10, True, ("MemoryPeak",), lambda j: f"{j.get('MemoryPeak', 0) >> 10}K" if j.get("MemoryPeak") else ""),
+    Field("TotalCPU", 10, True, ("CPUTimeUSec",), lambda j: format_elapsed(j.get("CPUTimeUSec", 0) // 1_000_000, short=False)),
+    Field("CPUTime", 10, True, (*_ELAPSED, "CPUs"), lambda j: format_elapsed(elapsed_s(j) * j.get("CPUs", 1), short=False)),
+    Field("CPUTimeRAW", 10, True, (*_ELAPSED, "CPUs"), lambda j: str(elapsed_s(j) * j.get("CPUs", 1))),
+    Field("Timelimit", 10, True, _LIMIT, lambda j: "" if _step(j) else format_limit(limit_s(j), short=False)),
+    Field("TimelimitRaw", 10, True, _LIMIT, lambda j: str(limit_s(j) // 60) if limit_s(j) else "UNLIMITED"),
+    Field("User", 9, True, ("UserName", "User"), lambda j: "" if _step(j) else (j.get("UserName") or str(j.get("User", "")))),
+    Field("UID", 6, True, ("User",), lambda j: str(j.get("User", ""))),
+    Field("Group", 9, True, ("UserName",), lambda j: j.get("UserName", "")),
+    Field("Comment", 10, True, (), lambda j: ""),
+    Field("WorkDir", 10, True, ("WorkingDirectory",), lambda j: j.get("WorkingDirectory", "")),
+    Field("Reason", 10, True, _EXIT, lambda j: slurm_reason(j["State"], j.get("Reason", ""), j.get("ExitCode", 0))),
+    Field("Priority", 10, True, ("Priority",), lambda j: str(j.get("Priority", 0))),
+    Field("AllocTRES", 10, True, _TRES, tres),
+    Field("ReqTRES", 10, True, _TRES, tres),
+    Field("Cluster", 10, True, (), lambda j: CLUSTER),
+    Field("QOS", 10, True, (), lambda j: "normal"),
+    Field("Suspended", 10, True, ("SuspendedUSec",), lambda j: format_elapsed(j.get("SuspendedUSec", 0) // 1_000_000, short=False)),
+    Field("Reserved", 10, True, ("WaitUSec",), lambda j: format_elapsed(j.get("WaitUSec", 0) // 1_000_000, short=False)),
+    Field("Planned", 10, True, ("WaitUSec",), lambda j: format_elapsed(j.get("WaitUSec", 0) // 1_000_000, short=False)),
+    Field("ArrayJobID", 12, True, ("ArrayJobId",), lambda j: str(j.get("ArrayJobId") or j["Id"])),
+    Field("ArrayTaskID", 12, True, _SID, lambda j: str(j["ArrayTaskId"]) if j.get("ArrayJobId") else ""),
+    Field("AveRSS", 10, True, (), lambda j: ""),
+    Field("MaxVMSize", 10, True, (), lambda j: ""),
+    Field("AveCPU", 10, True, (), lambda j: ""),
+    Field("Layout", 10, True, (), lambda j: ""),
+    Field("WCKey", 10, True, (), lambda j: ""),
+    Field("Constraints", 19, True, (), lambda j: ""),
 ]
 SACCT_FIELDS = {f.name.lower(): f for f in _FIELDS}
+# What sacct reads of every row besides its fields: its state, name and time filters, and which
+# jobs get a batch step (sacct.with_steps).
+SACCT_READS = (*_STATE, "Name", "StartTime", "EndTime", "SubmitTime")
+
+
+def sacct_properties(cols: list["SacctColumn"]) -> list[str]:
+    """The job properties sacct needs for these fields (ListJobs' Properties; Id comes always)."""
+    return sorted({*SACCT_READS, *(k for c in cols for k in c.field.reads)})
+
+
 SACCT_DEFAULT = "JobID,JobName,Partition,Account,AllocCPUS,State,ExitCode"
 
 

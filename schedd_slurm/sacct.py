@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
                 jobs, _missing = await common.resolve(c, refs)
             else:
                 sched = sorted({s for w in states for s in SCHEDD_STATES.get(w, ())}) if states else None
-                jobs = await c.list_jobs(states=sched, uid=uid)
+                jobs = await c.list_jobs(states=sched, uid=uid, properties=formats.sacct_properties(cols))
         if states:
             jobs = [j for j in jobs if formats.state(j) in states]
         if p.get("name"):

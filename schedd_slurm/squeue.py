@@ -48,7 +48,8 @@ def main(argv: list[str]) -> int:
             else:
                 schedd_states = sorted({s for w in want for s in SCHEDD_STATES.get(w, ())})
                 uid = next(iter(uids)) if uids and len(uids) == 1 else None
-                jobs = [j async for page in c.job_pages(schedd_states, uid, fold=not p.get("array")) for j in page]
+                jobs = [j async for page in c.job_pages(schedd_states, uid, fold=not p.get("array"),
+                                                        properties=formats.squeue_properties(cols)) for j in page]
         jobs = [j for j in jobs if formats.state(j) in want]
         if uids is not None:
             jobs = [j for j in jobs if j.get("User") in uids]

@@ -96,6 +96,78 @@ def test_sacct_exit_codes_and_array_ids():
         "10_2|12|3:0|FAILED", "13|13|0:15|TIMEOUT", "14|14|0:9|OUT_OF_MEMORY"]
 
 
+class OnlyThese(dict):
+    """A job row that fails the test on reading a property outside `allowed` (squeue's and sacct's
+    ListJobs Properties): whatever the values, any branch that reads an unlisted key is caught."""
+
+    def __init__(self, allowed: set[str], row: dict) -> None:
+        super().__init__(row)
+        self.allowed = allowed
+
+    def _check(self, key: str) -> None:
+        assert key.startswith("_") or key in self.allowed, f"reads {key!r}, which it does not ask ListJobs for"
+
+    def __getitem__(self, key):
+        self._check(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self._check(key)
+        return super().get(key, default)
+
+
+# Rows that take every branch the codes and fields have: running, finished, waiting, arrays (a folded
+# row too), a dependency, signals and limits.
+VARIED = [job(), job(Id=8, State="COMPLETED", Reason="success", EndTime=4_000_000, RunUSec=2_500_000, MemoryPeak=5 << 20,
+                     CPUTimeUSec=1_000_000, WaitUSec=400_000, SuspendedUSec=100_000, GPUs=2),
+          job(Id=9, State="PENDING", StartTime=0, Node="", After=[8], Priority=-5, RuntimeMaxUSec=0),
+          job(Id=10, State="HELD", Reason="held", StartTime=0, Node="", UserName=""),
+          job(Id=11, State="FAILED", Reason="signal", ExitCode=137, EndTime=3_000_000, WorkingDirectory="/w"),
+          job(Id=12, State="CANCELLED", Reason="timeout", EndTime=3_000_000),
+          job(Id=13, State="CANCELLED", Reason="cancelled", EndTime=3_000_000),
+          job(Id=14, State="SUSPENDED", SuspendedUSec=200_000),
+          *[job(Id=20 + i, State="PENDING", StartTime=0, ArrayJobId=20, ArrayTaskId=i, ArrayMaxRunning=2)
+            for i in range(3)],
+          job(Id=23, ArrayJobId=20, ArrayTaskId=3, ArrayMaxRunning=2),
+          job(Id=30, State="HELD", StartTime=0, ArrayJobId=30, ArrayTaskId=0, ArrayTasks="0-99")]
+
+
+def test_squeue_asks_for_every_property_it_prints(monkeypatch):
+    """squeue lists with Properties = squeue_properties(its columns): no code reads a key outside it,
+    and the output from rows cut to it is the output from whole rows."""
+    from schedd.protocol import JOB_PROPERTIES
+
+    monkeypatch.setattr(formats, "_now_usec", lambda: 9_000_000)
+    assert set(formats.SQUEUE_READS) <= set(JOB_PROPERTIES)
+    for code, (_header, reads, _text) in formats.SQUEUE.items():
+        assert set(reads) <= set(JOB_PROPERTIES), code
+        cols, tail = formats.parse_squeue_format(f"%{code}")
+        allowed = {"Id", "ArrayTasks", *formats.squeue_properties(cols)}
+        whole = formats.collapse_pending_arrays(VARIED)
+        cut = formats.collapse_pending_arrays([OnlyThese(allowed, r) for r in VARIED])
+        cut = [r if isinstance(r, OnlyThese) else OnlyThese(allowed, r) for r in cut]
+        assert [formats.squeue_line(cols, tail, r) for r in cut] == [formats.squeue_line(cols, tail, r) for r in whole]
+    cols, tail = formats.parse_squeue_format("%E")
+    with pytest.raises(AssertionError, match="reads 'After'"):  # the check sees a key left out
+        formats.squeue_line(cols, tail, OnlyThese({"Id", *formats.SQUEUE_READS}, VARIED[2]))
+
+
+def test_sacct_asks_for_every_property_it_prints(monkeypatch):
+    """sacct lists with Properties = sacct_properties(its fields): no field, nor the batch steps,
+    reads a key outside it."""
+    from schedd.protocol import JOB_PROPERTIES
+    from schedd_slurm.sacct import with_steps
+
+    monkeypatch.setattr(formats, "_now_usec", lambda: 9_000_000)
+    for f in formats.SACCT_FIELDS.values():
+        assert set(f.reads) <= set(JOB_PROPERTIES), f.name
+        cols = formats.parse_sacct_format(f.name)
+        allowed = {"Id", *formats.sacct_properties(cols)}
+        rows = [OnlyThese(allowed, r) for r in with_steps([OnlyThese(allowed, r) for r in VARIED], False)]
+        assert formats.sacct_lines(cols, rows, header=True, sep="|", trailing=False) == \
+            formats.sacct_lines(cols, with_steps(VARIED, False), header=True, sep="|", trailing=False)
+
+
 def test_job_environment():
     cfg = {"submit_dir": "/w", "submit_host": "h", "ntasks": 2, "cpus_per_task": 3, "mem": 1 << 30,
            "array": {"min": 0, "max": 9, "step": 1, "count": 10}}
