@@ -213,11 +213,11 @@ async def main() -> None:
     res["queue_s"] = time.perf_counter() - t0
     res["queue_bytes"] = len(q.stdout)
     res["queue_lines"] = q.stdout.count(b"\n")
-    for key, argv in (("squeue", ["squeue"]), ("sacct", ["sacct", "-X"])):  # every job, as Slurm's print them
+    for prog, *args in (["squeue"], ["sacct", "-X"]):  # every job, as Slurm's print them
         t0 = time.perf_counter()
-        q = subprocess.run([f"/opt/schedd/slurm-bin/{argv[0]}", *argv[1:]], capture_output=True, check=True)
-        res[f"{key}_s"] = time.perf_counter() - t0
-        res[f"{key}_lines"] = q.stdout.count(b"\n")
+        q = subprocess.run([f"/opt/schedd/slurm-bin/{prog}", *args], capture_output=True, check=True)
+        res[f"{prog}_s"] = time.perf_counter() - t0
+        res[f"{prog}_lines"] = q.stdout.count(b"\n")
 
     # floors that touch the disk, before the restart (the daemon idles meanwhile)
     res["floor_sqlite_rows"] = sqlite_floor(n)

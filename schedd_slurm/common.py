@@ -116,9 +116,9 @@ async def array_tasks(c: Client, first: dict[str, Any]) -> list[dict[str, Any]]:
         if first.get("User") is not None:
             flt["User"] = Variant("u", first["User"])
         (page,) = await c.call("ListJobs", "a{sv}", [flt])
-        from schedctl.client import plain
+        from schedctl.client import plain_rows
 
-        rows = plain(page)
+        rows = plain_rows(page)
         if not rows:
             return out
         for r in rows:
