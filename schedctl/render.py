@@ -34,7 +34,7 @@ def colour(state: str, tty: bool) -> str:
 
 
 def _width(cell: str) -> int:
-    return len(_ANSI.sub("", cell))
+    return len(_ANSI.sub("", cell)) if "\033" in cell else len(cell)
 
 
 def table(headers: list[str], rows: list[list[str]], right: Iterable[int] = ()) -> str:

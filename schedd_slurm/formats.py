@@ -205,6 +205,29 @@ def collapse_pending_arrays(jobs: list[Job]) -> list[Job]:
     return rows
 
 
+class ArrayFolder:
+    """collapse_pending_arrays over pages in id order, so squeue prints each page as it comes:
+    an array's jobs hold the ids its submit reserved (first..first+count-1, engine/arrays.py),
+    so they come together, and only the run of rows ending a page, if of one array, waits for
+    the next page (it may go on there)."""
+
+    def __init__(self) -> None:
+        self._tail: list[Job] = []
+
+    def feed(self, jobs: list[Job]) -> list[Job]:
+        rows = self._tail + jobs if self._tail else jobs
+        cut = len(rows)
+        if rows and (last := rows[-1].get("ArrayJobId")):
+            while cut and rows[cut - 1].get("ArrayJobId") == last:
+                cut -= 1
+        self._tail = rows[cut:]
+        return collapse_pending_arrays(rows[:cut])
+
+    def end(self) -> list[Job]:
+        rows, self._tail = self._tail, []
+        return collapse_pending_arrays(rows)
+
+
 # -- sacct ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

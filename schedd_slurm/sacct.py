@@ -27,6 +27,7 @@ TABLE = Table(PROG, [
     Opt("timelimit-min", "k"), Opt("timelimit-max", "K"), Opt("reason", "R"), Opt("cluster", ""),
 ])
 BRIEF = "JobID,State,ExitCode"
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
 LONG = ("JobID,JobIDRaw,JobName,Partition,MaxVMSize,AveRSS,MaxRSS,AveCPU,NTasks,AllocCPUS,Elapsed,State,ExitCode,"
         "ReqMem,AllocTRES")
 
@@ -68,33 +69,38 @@ def main(argv: list[str]) -> int:
         else:  # Slurm: since midnight today
             start = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         end = parse_date(str(p.get("endtime")), "--endtime", now) if p.get("endtime") else None
+        names = set(str(p.get("name")).split(",")) if p.get("name") else None
+        start_us, end_us = int(start * 1e6), int(end * 1e6) if end is not None else None
+
+        def kept(page: list[dict]) -> list[dict]:
+            return [j for j in page if (not states or formats.state(j) in states)
+                    and (names is None or j.get("Name") in names)
+                    and (not j.get("EndTime") or j["EndTime"] >= start_us or j["State"] not in FINISHED)
+                    and (end_us is None or j.get("SubmitTime", 0) <= end_us)]
+
+        sep = str(p.get("delimiter")) if p.get("delimiter") else "|"
+        sep, trailing = (sep, False) if p.get("parsable2") else (sep, True) if p.get("parsable") else (None, False)
+        header = not p.get("noheader")
+
+        def write(jobs: list[dict]) -> None:
+            """These jobs' lines (the header with the first call): each page is printed as it comes."""
+            nonlocal header
+            lines = formats.sacct_lines(cols, with_steps(kept(jobs), bool(p.get("allocations"))), header=header,
+                                        sep=sep, trailing=trailing)
+            header = False
+            if lines:
+                sys.stdout.write("\n".join(lines) + "\n")
+                sys.stdout.flush()
+
         async with common.connect() as c:
             if refs:
-                jobs, _missing = await common.resolve(c, refs)
+                write((await common.resolve(c, refs))[0])
             else:
                 sched = sorted({s for w in states for s in SCHEDD_STATES.get(w, ())}) if states else None
-                jobs = await c.list_jobs(states=sched, uid=uid, properties=formats.sacct_properties(cols))
-        if states:
-            jobs = [j for j in jobs if formats.state(j) in states]
-        if p.get("name"):
-            names = set(str(p.get("name")).split(","))
-            jobs = [j for j in jobs if j.get("Name") in names]
-        start_us = int(start * 1e6)
-        jobs = [j for j in jobs if not j.get("EndTime") or j["EndTime"] >= start_us or j["State"] not in
-                ("COMPLETED", "FAILED", "CANCELLED")]
-        if end is not None:
-            jobs = [j for j in jobs if j.get("SubmitTime", 0) <= int(end * 1e6)]
-        rows = with_steps(jobs, bool(p.get("allocations")))
-        sep = str(p.get("delimiter")) if p.get("delimiter") else "|"
-        if p.get("parsable2"):
-            lines = formats.sacct_lines(cols, rows, header=not p.get("noheader"), sep=sep, trailing=False)
-        elif p.get("parsable"):
-            lines = formats.sacct_lines(cols, rows, header=not p.get("noheader"), sep=sep, trailing=True)
-        else:
-            lines = formats.sacct_lines(cols, rows, header=not p.get("noheader"), sep=None, trailing=False)
-        if lines:
-            sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
+                async for page in c.job_pages(states=sched, uid=uid, properties=formats.sacct_properties(cols)):
+                    write(page)
+        if header:  # no job at all: the header alone, as Slurm prints it
+            write([])
         return 0
 
     return common.run(PROG, body)

@@ -39,34 +39,45 @@ def main(argv: list[str]) -> int:
             uids = {os.getuid()}
         if p.get("user"):
             uids = {common.uid_of(u) for v in p.get("user") for u in str(v).split(",") if u}
+        names = set(str(p.get("name")).split(",")) if p.get("name") else None
+
+        def kept(page: list[dict]) -> list[dict]:
+            return [j for j in page if formats.state(j) in want and (uids is None or j.get("User") in uids)
+                    and (names is None or j.get("Name") in names)]
+
+        out, folder, started = sys.stdout, formats.ArrayFolder(), False
+
+        def write(rows: list[dict]) -> None:
+            """The lines of these rows, after the header (written with the first rows or at the end)."""
+            nonlocal started
+            if not started:
+                started = True
+                if p.get("long"):
+                    import time
+
+                    out.write(time.strftime("%a %b %d %H:%M:%S %Y") + "\n")
+                if not p.get("noheader"):
+                    out.write(formats.squeue_line(cols, tail, None) + "\n")
+            if rows:
+                out.write("".join(formats.squeue_line(cols, tail, j) + "\n" for j in rows))
+                out.flush()
+
+        fold = (lambda rows: rows) if p.get("array") else folder.feed
         async with common.connect() as c:
             if refs:
                 jobs, missing = await common.resolve(c, refs)
                 if missing and not jobs:
                     print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
                     return 1
-            else:
+                rows = kept(jobs)
+                write(rows if p.get("array") else formats.collapse_pending_arrays(rows))
+            else:  # each page printed as it comes: a long queue is never held whole
                 schedd_states = sorted({s for w in want for s in SCHEDD_STATES.get(w, ())})
                 uid = next(iter(uids)) if uids and len(uids) == 1 else None
-                jobs = [j async for page in c.job_pages(schedd_states, uid, fold=not p.get("array"),
-                                                        properties=formats.squeue_properties(cols)) for j in page]
-        jobs = [j for j in jobs if formats.state(j) in want]
-        if uids is not None:
-            jobs = [j for j in jobs if j.get("User") in uids]
-        if p.get("name"):
-            names = set(str(p.get("name")).split(","))
-            jobs = [j for j in jobs if j.get("Name") in names]
-        if not p.get("array"):
-            jobs = formats.collapse_pending_arrays(jobs)
-        out = sys.stdout
-        if p.get("long"):
-            import time
-
-            out.write(time.strftime("%a %b %d %H:%M:%S %Y") + "\n")
-        if not p.get("noheader"):
-            out.write(formats.squeue_line(cols, tail, None) + "\n")
-        for j in jobs:
-            out.write(formats.squeue_line(cols, tail, j) + "\n")
+                async for page in c.job_pages(schedd_states, uid, fold=not p.get("array"),
+                                              properties=formats.squeue_properties(cols)):
+                    write(fold(kept(page)))
+        write(folder.end())
         out.flush()
         return 0
 
