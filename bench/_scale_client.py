@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from dbus_fast import Message, Variant
@@ -55,6 +56,38 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def listing(argv: list[str]) -> tuple[float, float, int, float]:
+    """A command that lists every job: seconds in all, seconds to its first line, its lines, and
+    its peak RSS in MiB (what printing a page at a time saves). The peak is its VmHWM read as it
+    runs: wait4's ru_maxrss would count this process's own RSS, which a child's exec inherits."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    peak, done = [0.0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            except OSError:
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    first = proc.stdout.readline()
+    first_s = time.perf_counter() - t0
+    lines = int(bool(first)) + sum(chunk.count(b"\n") for chunk in iter(lambda: proc.stdout.read(1 << 16), b""))
+    proc.stdout.close()
+    rc = proc.wait()
+    done.set()
+    watcher.join()
+    if rc:
+        raise RuntimeError(f"{argv[0]} exited {rc}")
+    return time.perf_counter() - t0, first_s, lines, peak[0]
 
 
 async def timed(coro_fn, times: int) -> float:
@@ -213,11 +246,9 @@ async def main() -> None:
     res["queue_s"] = time.perf_counter() - t0
     res["queue_bytes"] = len(q.stdout)
     res["queue_lines"] = q.stdout.count(b"\n")
-    for prog, *args in (["squeue"], ["sacct", "-X"]):  # every job, as Slurm's print them
-        t0 = time.perf_counter()
-        q = subprocess.run([f"/opt/schedd/slurm-bin/{prog}", *args], capture_output=True, check=True)
-        res[f"{prog}_s"] = time.perf_counter() - t0
-        res[f"{prog}_lines"] = q.stdout.count(b"\n")
+    for key, argv in (("squeue", ["/opt/schedd/slurm-bin/squeue"]), ("sacct", ["/opt/schedd/slurm-bin/sacct", "-X"]),
+                      ("queue_all", ["/opt/schedd/venv/bin/schedctl", "queue", "--all"])):  # every job
+        res[f"{key}_s"], res[f"{key}_first_s"], res[f"{key}_lines"], res[f"{key}_rss_mib"] = listing(argv)
 
     # floors that touch the disk, before the restart (the daemon idles meanwhile)
     res["floor_sqlite_rows"] = sqlite_floor(n)

@@ -42,6 +42,7 @@ ROWS = [
     ("queue_s", "schedctl queue (as root)", "s", "< 2", lambda v: v < 2, None),
     ("squeue_s", "squeue (every job; Properties of its 8 columns)", "s", "-", None, None),
     ("sacct_s", "sacct -X (every job; Properties of its 7 fields)", "s", "-", None, None),
+    ("queue_all_s", "schedctl queue --all (every job)", "s", "-", None, None),
     ("restart_s", "restart to the bus (until GetJob answers)", "s", "< 2", lambda v: v < 2, "floor_restart_s"),
     ("array_submit_ms", "1M-task array Submit (ArrayTasks, held)", "ms", "< 1,000", lambda v: v < 1000,
      "floor_ping_ms"),
@@ -71,7 +72,9 @@ def report(n: int, res: dict) -> None:
         met = "-" if ok is None else ("yes" if ok(v) else "NO")
         print(f"{label:48} {v:12,.2f} {unit:7} {goal:>10}  {met}")
     print(f"{'  schedctl queue output':48} {res['queue_bytes']:12,d} bytes   ({res['queue_lines']:,} lines)")
-    print(f"{'  squeue, sacct -X output':48} {res['squeue_lines']:12,d} lines   ({res['sacct_lines']:,} lines)")
+    for key, name in (("squeue", "squeue"), ("sacct", "sacct -X"), ("queue_all", "queue --all")):
+        print(f"{'  ' + name + ': lines; first line after; client peak RSS':48} {res[key + '_lines']:12,d} lines   "
+              f"{res[key + '_first_s']:.2f} s, {res[key + '_rss_mib']:.1f} MiB")
     print(f"{'  ListJobs {} page: bytes; until they are here; parse':48} {res['list_default_bytes']:12,d} bytes  "
           f"{res['list_default_raw_ms']:.0f} ms (daemon + bus daemon), {res['list_default_parse_ms']:.0f} ms (dbus-fast)")
     print(f"{'  ListJobs {Properties: ...} page: bytes; one call':48} {res['list_select_bytes']:12,d} bytes  "
