@@ -76,15 +76,18 @@ def listing(argv: list[str]) -> tuple[float, float, int, float]:
             except OSError:
                 return
 
-    watcher = threading.Thread(target=watch)
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    first = proc.stdout.readline()
-    first_s = time.perf_counter() - t0
-    lines = int(bool(first)) + sum(chunk.count(b"\n") for chunk in iter(lambda: proc.stdout.read(1 << 16), b""))
-    proc.stdout.close()
+    try:
+        first = proc.stdout.readline()
+        first_s = time.perf_counter() - t0
+        lines = int(bool(first)) + sum(chunk.count(b"\n") for chunk in iter(lambda: proc.stdout.read(1 << 16), b""))
+        proc.stdout.close()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped: its pid is still its own
+    finally:
+        done.set()
+        watcher.join()
     rc = proc.wait()
-    done.set()
-    watcher.join()
     if rc:
         raise RuntimeError(f"{argv[0]} exited {rc}")
     return time.perf_counter() - t0, first_s, lines, peak[0]

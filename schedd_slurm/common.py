@@ -4,11 +4,12 @@ up, and the error wording and exit codes Slurm's clients expect."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import sys
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from dbus_fast import Variant
 from dbus_fast.errors import DBusError
@@ -159,6 +160,22 @@ def uid_of(name: str) -> int:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
         raise SlurmUsage(f"Invalid user: {name}") from None
+
+
+@contextlib.contextmanager
+def listing(prog: str, printed: Callable[[], int]) -> Iterator[None]:
+    """Around a listing printed a page at a time: if it fails after some of it is out, stderr says
+    the lines above are not the whole list, before the error itself (a stdout closed early is no
+    failure, and says nothing)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except BaseException:
+        if n := printed():
+            print(f"{prog}: error: the listing above stops after {n} job{'' if n == 1 else 's'}: it is incomplete",
+                  file=sys.stderr)
+        raise
 
 
 def run(prog: str, body: Callable[[], Awaitable[int]]) -> int:

@@ -176,56 +176,79 @@ def squeue_line(cols: list[Column], tail: str, row: Job | None) -> str:
     return "".join(out) + tail
 
 
+def _waiting_task(j: Job) -> bool:
+    """A task that is a job and waits: it folds into its array's one row (not the daemon's own fold)."""
+    return bool(j.get("ArrayJobId")) and j["State"] in ("PENDING", "HELD") and not j.get("ArrayTasks")
+
+
+def _shown(j: Job) -> Job:
+    """A row as it stands alone: the daemon's fold (ListJobs FoldArrays: the tasks that are no jobs yet)
+    named `A_[ranges]`."""
+    if j.get("ArrayTasks"):
+        return {**j, "_row_id": f"{j['ArrayJobId']}_[{j['ArrayTasks']}]", "_row_tasks": j["ArrayTasks"]}
+    return j
+
+
+def _group_row(first: Job, tasks: list[int]) -> Job:
+    """An array's waiting tasks as one row at the first of them: `A_[2-4,7%25]` (one task: its own row)."""
+    if len(tasks) == 1:
+        return first
+    cap = first.get("ArrayMaxRunning") or 0
+    ranges = format_ranges(tasks) + (f"%{cap}" if cap else "")
+    return {**first, "_row_id": f"{first['ArrayJobId']}_[{ranges}]", "_row_tasks": ranges}
+
+
 def collapse_pending_arrays(jobs: list[Job]) -> list[Job]:
-    """Pending tasks of one array as one row `A_[2-4,7%25]`, as squeue shows them (without -r)."""
-    out: list[Job] = []
-    groups: dict[int, list[Job]] = {}
+    """Pending tasks of one array as one row `A_[2-4,7%25]`, as squeue shows them (without -r),
+    wherever in the list they stand (squeue -j names jobs in any order)."""
+    out: list[Job | int] = []  # an int: where the array of that id shows its waiting tasks
+    groups: dict[int, tuple[Job, list[int]]] = {}
     for j in jobs:
-        if j.get("ArrayTasks"):  # the daemon's own fold (ListJobs FoldArrays): the tasks that are no jobs yet
-            out.append({**j, "_row_id": f"{j['ArrayJobId']}_[{j['ArrayTasks']}]", "_row_tasks": j["ArrayTasks"]})
-        elif j.get("ArrayJobId") and j["State"] in ("PENDING", "HELD"):
-            if j["ArrayJobId"] not in groups:
-                groups[j["ArrayJobId"]] = []
-                out.append({"_group": j["ArrayJobId"]})
-            groups[j["ArrayJobId"]].append(j)
+        if not _waiting_task(j):
+            out.append(_shown(j))
+        elif (aid := j["ArrayJobId"]) in groups:
+            groups[aid][1].append(j["ArrayTaskId"])
         else:
-            out.append(j)
-    rows: list[Job] = []
-    for r in out:
-        if "_group" not in r:
-            rows.append(r)
-            continue
-        g = groups[r["_group"]]
-        if len(g) == 1:
-            rows.append(g[0])
-            continue
-        cap = g[0].get("ArrayMaxRunning") or 0
-        ranges = format_ranges([t["ArrayTaskId"] for t in g]) + (f"%{cap}" if cap else "")
-        rows.append({**g[0], "_row_id": f"{r['_group']}_[{ranges}]", "_row_tasks": ranges})
-    return rows
+            groups[aid] = (j, [j["ArrayTaskId"]])
+            out.append(aid)
+    return [_group_row(*groups[r]) if isinstance(r, int) else r for r in out]
 
 
 class ArrayFolder:
-    """collapse_pending_arrays over pages in id order, so squeue prints each page as it comes:
-    an array's jobs hold the ids its submit reserved (first..first+count-1, engine/arrays.py),
-    so they come together, and only the run of rows ending a page, if of one array, waits for
-    the next page (it may go on there)."""
+    """collapse_pending_arrays over pages in id order, so squeue prints each page as it comes: an
+    array's jobs hold the ids its submit reserved (first..first+count-1, engine/arrays.py), so
+    they come together and its row is whole at the first row of anything else. Until then it
+    holds the first waiting task, the others' task ids, and the array's rows after it."""
 
     def __init__(self) -> None:
-        self._tail: list[Job] = []
+        self._array = 0
+        self._first: Job | None = None
+        self._tasks: list[int] = []
+        self._after: list[Job] = []
 
     def feed(self, jobs: list[Job]) -> list[Job]:
-        rows = self._tail + jobs if self._tail else jobs
-        cut = len(rows)
-        if rows and (last := rows[-1].get("ArrayJobId")):
-            while cut and rows[cut - 1].get("ArrayJobId") == last:
-                cut -= 1
-        self._tail = rows[cut:]
-        return collapse_pending_arrays(rows[:cut])
+        out: list[Job] = []
+        for j in jobs:
+            if (j.get("ArrayJobId") or 0) != self._array:
+                out += self.end()
+                self._array = j.get("ArrayJobId") or 0
+            if _waiting_task(j):
+                if self._first is None:
+                    self._first = j
+                self._tasks.append(j["ArrayTaskId"])
+            elif self._first is None:
+                out.append(_shown(j))
+            else:
+                self._after.append(_shown(j))
+        return out
 
     def end(self) -> list[Job]:
-        rows, self._tail = self._tail, []
-        return collapse_pending_arrays(rows)
+        """The rows held back: the last array's, once nothing more of it can come."""
+        if self._first is None:
+            return []
+        out = [_group_row(self._first, self._tasks), *self._after]
+        self._first, self._tasks, self._after = None, [], []
+        return out
 
 
 # -- sacct ------------------------------------------------------------------------------------

@@ -80,25 +80,28 @@ def main(argv: list[str]) -> int:
 
         sep = str(p.get("delimiter")) if p.get("delimiter") else "|"
         sep, trailing = (sep, False) if p.get("parsable2") else (sep, True) if p.get("parsable") else (None, False)
-        header = not p.get("noheader")
+        header, printed = not p.get("noheader"), 0
 
         def write(jobs: list[dict]) -> None:
             """These jobs' lines (the header with the first call): each page is printed as it comes."""
-            nonlocal header
-            lines = formats.sacct_lines(cols, with_steps(kept(jobs), bool(p.get("allocations"))), header=header,
+            nonlocal header, printed
+            jobs = kept(jobs)
+            lines = formats.sacct_lines(cols, with_steps(jobs, bool(p.get("allocations"))), header=header,
                                         sep=sep, trailing=trailing)
             header = False
             if lines:
                 sys.stdout.write("\n".join(lines) + "\n")
                 sys.stdout.flush()
+                printed += len(jobs)
 
-        async with common.connect() as c:
-            if refs:
-                write((await common.resolve(c, refs))[0])
-            else:
-                sched = sorted({s for w in states for s in SCHEDD_STATES.get(w, ())}) if states else None
-                async for page in c.job_pages(states=sched, uid=uid, properties=formats.sacct_properties(cols)):
-                    write(page)
+        with common.listing(PROG, lambda: printed):
+            async with common.connect() as c:
+                if refs:
+                    write((await common.resolve(c, refs))[0])
+                else:
+                    sched = sorted({s for w in states for s in SCHEDD_STATES.get(w, ())}) if states else None
+                    async for page in c.job_pages(states=sched, uid=uid, properties=formats.sacct_properties(cols)):
+                        write(page)
         if header:  # no job at all: the header alone, as Slurm prints it
             write([])
         return 0

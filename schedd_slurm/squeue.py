@@ -45,11 +45,11 @@ def main(argv: list[str]) -> int:
             return [j for j in page if formats.state(j) in want and (uids is None or j.get("User") in uids)
                     and (names is None or j.get("Name") in names)]
 
-        out, folder, started = sys.stdout, formats.ArrayFolder(), False
+        out, folder, started, printed = sys.stdout, formats.ArrayFolder(), False, 0
 
         def write(rows: list[dict]) -> None:
             """The lines of these rows, after the header (written with the first rows or at the end)."""
-            nonlocal started
+            nonlocal started, printed
             if not started:
                 started = True
                 if p.get("long"):
@@ -61,23 +61,25 @@ def main(argv: list[str]) -> int:
             if rows:
                 out.write("".join(formats.squeue_line(cols, tail, j) + "\n" for j in rows))
                 out.flush()
+                printed += len(rows)
 
         fold = (lambda rows: rows) if p.get("array") else folder.feed
-        async with common.connect() as c:
-            if refs:
-                jobs, missing = await common.resolve(c, refs)
-                if missing and not jobs:
-                    print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
-                    return 1
-                rows = kept(jobs)
-                write(rows if p.get("array") else formats.collapse_pending_arrays(rows))
-            else:  # each page printed as it comes: a long queue is never held whole
-                schedd_states = sorted({s for w in want for s in SCHEDD_STATES.get(w, ())})
-                uid = next(iter(uids)) if uids and len(uids) == 1 else None
-                async for page in c.job_pages(schedd_states, uid, fold=not p.get("array"),
-                                              properties=formats.squeue_properties(cols)):
-                    write(fold(kept(page)))
-        write(folder.end())
+        with common.listing(PROG, lambda: printed):
+            async with common.connect() as c:
+                if refs:
+                    jobs, missing = await common.resolve(c, refs)
+                    if missing and not jobs:
+                        print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
+                        return 1
+                    rows = kept(jobs)
+                    write(rows if p.get("array") else formats.collapse_pending_arrays(rows))
+                else:  # each page printed as it comes: a long queue is never held whole
+                    schedd_states = sorted({s for w in want for s in SCHEDD_STATES.get(w, ())})
+                    uid = next(iter(uids)) if uids and len(uids) == 1 else None
+                    async for page in c.job_pages(schedd_states, uid, fold=not p.get("array"),
+                                                  properties=formats.squeue_properties(cols)):
+                        write(fold(kept(page)))
+            write(folder.end())
         out.flush()
         return 0
 
