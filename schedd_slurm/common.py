@@ -4,12 +4,11 @@ up, and the error wording and exit codes Slurm's clients expect."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import sys
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 from dbus_fast import Variant
 from dbus_fast.errors import DBusError
@@ -162,20 +161,37 @@ def uid_of(name: str) -> int:
         raise SlurmUsage(f"Invalid user: {name}") from None
 
 
-@contextlib.contextmanager
-def listing(prog: str, printed: Callable[[], int]) -> Iterator[None]:
-    """Around a listing printed a page at a time: if it fails after some of it is out, stderr says
-    the lines above are not the whole list, before the error itself (a stdout closed early is no
-    failure, and says nothing)."""
-    try:
-        yield
-    except BrokenPipeError:
-        raise
-    except BaseException:
-        if n := printed():
-            print(f"{prog}: error: the listing above stops after {n} job{'' if n == 1 else 's'}: it is incomplete",
-                  file=sys.stderr)
-        raise
+class Listing:
+    """A listing printed a page at a time: its head (header lines) once, before the first page's
+    lines or alone at the end; if it fails after some of it is out, stderr says the lines above are
+    not the whole list, before the error itself (a stdout closed early is no failure: nothing said)."""
+
+    def __init__(self, prog: str, head: Callable[[], list[str]]) -> None:
+        self.prog, self.head = prog, head
+        self.started, self.jobs = False, 0
+
+    def write(self, lines: list[str], jobs: int) -> None:
+        """The lines of `jobs` jobs (a job may have more than one: sacct's steps)."""
+        if not self.started:
+            self.started = True
+            lines = self.head() + lines
+        if lines:
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+            self.jobs += jobs
+
+    def end(self) -> None:
+        """After the last page: the head alone if no line came (no job at all), as Slurm prints it."""
+        self.write([], 0)
+
+    def __enter__(self) -> "Listing":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is not None and not issubclass(kind, BrokenPipeError) and self.jobs:
+            n = self.jobs
+            print(f"{self.prog}: error: the listing above stops after {n} job{'' if n == 1 else 's'}: it is "
+                  "incomplete", file=sys.stderr)
 
 
 def run(prog: str, body: Callable[[], Awaitable[int]]) -> int:

@@ -229,9 +229,9 @@ class ArrayFolder:
     def feed(self, jobs: list[Job]) -> list[Job]:
         out: list[Job] = []
         for j in jobs:
-            if (j.get("ArrayJobId") or 0) != self._array:
+            if (array := j.get("ArrayJobId") or 0) != self._array:
                 out += self.end()
-                self._array = j.get("ArrayJobId") or 0
+                self._array = array
             if _waiting_task(j):
                 if self._first is None:
                     self._first = j

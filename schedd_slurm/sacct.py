@@ -80,21 +80,16 @@ def main(argv: list[str]) -> int:
 
         sep = str(p.get("delimiter")) if p.get("delimiter") else "|"
         sep, trailing = (sep, False) if p.get("parsable2") else (sep, True) if p.get("parsable") else (None, False)
-        header, printed = not p.get("noheader"), 0
+        allocations = bool(p.get("allocations"))
+        out = common.Listing(PROG, lambda: [] if p.get("noheader") else
+                             formats.sacct_lines(cols, [], header=True, sep=sep, trailing=trailing))
 
-        def write(jobs: list[dict]) -> None:
-            """These jobs' lines (the header with the first call): each page is printed as it comes."""
-            nonlocal header, printed
-            jobs = kept(jobs)
-            lines = formats.sacct_lines(cols, with_steps(jobs, bool(p.get("allocations"))), header=header,
-                                        sep=sep, trailing=trailing)
-            header = False
-            if lines:
-                sys.stdout.write("\n".join(lines) + "\n")
-                sys.stdout.flush()
-                printed += len(jobs)
+        def write(page: list[dict]) -> None:
+            jobs = kept(page)
+            out.write(formats.sacct_lines(cols, with_steps(jobs, allocations), header=False, sep=sep,
+                                          trailing=trailing), len(jobs))
 
-        with common.listing(PROG, lambda: printed):
+        with out:
             async with common.connect() as c:
                 if refs:
                     write((await common.resolve(c, refs))[0])
@@ -102,8 +97,7 @@ def main(argv: list[str]) -> int:
                     sched = sorted({s for w in states for s in SCHEDD_STATES.get(w, ())}) if states else None
                     async for page in c.job_pages(states=sched, uid=uid, properties=formats.sacct_properties(cols)):
                         write(page)
-        if header:  # no job at all: the header alone, as Slurm prints it
-            write([])
+            out.end()
         return 0
 
     return common.run(PROG, body)

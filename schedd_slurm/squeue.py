@@ -45,26 +45,23 @@ def main(argv: list[str]) -> int:
             return [j for j in page if formats.state(j) in want and (uids is None or j.get("User") in uids)
                     and (names is None or j.get("Name") in names)]
 
-        out, folder, started, printed = sys.stdout, formats.ArrayFolder(), False, 0
+        def head() -> list[str]:
+            lines = []
+            if p.get("long"):
+                import time
+
+                lines.append(time.strftime("%a %b %d %H:%M:%S %Y"))
+            if not p.get("noheader"):
+                lines.append(formats.squeue_line(cols, tail, None))
+            return lines
+
+        out, folder = common.Listing(PROG, head), formats.ArrayFolder()
 
         def write(rows: list[dict]) -> None:
-            """The lines of these rows, after the header (written with the first rows or at the end)."""
-            nonlocal started, printed
-            if not started:
-                started = True
-                if p.get("long"):
-                    import time
-
-                    out.write(time.strftime("%a %b %d %H:%M:%S %Y") + "\n")
-                if not p.get("noheader"):
-                    out.write(formats.squeue_line(cols, tail, None) + "\n")
-            if rows:
-                out.write("".join(formats.squeue_line(cols, tail, j) + "\n" for j in rows))
-                out.flush()
-                printed += len(rows)
+            out.write([formats.squeue_line(cols, tail, j) for j in rows], len(rows))
 
         fold = (lambda rows: rows) if p.get("array") else folder.feed
-        with common.listing(PROG, lambda: printed):
+        with out:
             async with common.connect() as c:
                 if refs:
                     jobs, missing = await common.resolve(c, refs)
@@ -80,7 +77,7 @@ def main(argv: list[str]) -> int:
                                                   properties=formats.squeue_properties(cols)):
                         write(fold(kept(page)))
             write(folder.end())
-        out.flush()
+            out.end()
         return 0
 
     return common.run(PROG, body)
