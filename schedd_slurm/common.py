@@ -56,7 +56,7 @@ class JobRef:
         head, sep, tail = t.partition("_")
         try:
             jid = int(head)
-            if jid < 1:
+            if not 0 < jid < 1 << 64:  # a D-Bus 't': beyond it no job can exist
                 raise ValueError
             if not sep:
                 return JobRef(jid)

@@ -139,13 +139,23 @@ class Column:
     right: bool
 
 
+MAX_WIDTH = 65535  # a column's width (-o %N, --format F%N): wider is a typo, and padding it would exhaust memory
+
+
+def _checked_width(width: int, spec: str) -> int:
+    if abs(width) > MAX_WIDTH:
+        raise SlurmUsage(f"Invalid field width in {spec!r}: at most {MAX_WIDTH}")
+    return width
+
+
 def parse_squeue_format(fmt: str) -> tuple[list[Column], str]:
     cols: list[Column] = []
     pos = 0
     for m in _SQ.finditer(fmt):
         if m.group(3) not in SQUEUE:
             raise SlurmUsage(f"Invalid job format specification: {m.group(0)}")
-        cols.append(Column(fmt[pos:m.start()], m.group(3), int(m.group(2)) if m.group(2) else None, bool(m.group(1))))
+        width = _checked_width(int(m.group(2)), m.group(0)) if m.group(2) else None
+        cols.append(Column(fmt[pos:m.start()], m.group(3), width, bool(m.group(1))))
         pos = m.end()
     return cols, fmt[pos:]
 
@@ -358,6 +368,7 @@ def parse_sacct_format(text: str) -> list[SacctColumn]:
                 w = int(width)
             except ValueError:
                 raise SlurmUsage(f"Invalid field requested: \"{item}\"") from None
+            _checked_width(w, item)
             cols.append(SacctColumn(f, abs(w), f.right and w >= 0 and not width.startswith("-")))
         else:
             cols.append(SacctColumn(f, f.width, f.right))

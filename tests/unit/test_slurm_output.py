@@ -87,6 +87,26 @@ def test_sacct_parsable_and_fixed():
         formats.parse_sacct_format("JobID,Nope")
 
 
+def test_a_huge_width_is_refused_not_padded():
+    """A width no terminal has (a typo, or an attack) is a clear error, never a MemoryError."""
+    assert formats.parse_sacct_format(f"JobID%{formats.MAX_WIDTH}")[0].width == formats.MAX_WIDTH
+    assert formats.parse_squeue_format(f"%.{formats.MAX_WIDTH}i")[0][0].width == formats.MAX_WIDTH
+    for bad in ("JobID%99999999999999", f"JobID%-{formats.MAX_WIDTH + 1}"):
+        with pytest.raises(SlurmUsage, match="Invalid field width .* at most 65535"):
+            formats.parse_sacct_format(bad)
+    with pytest.raises(SlurmUsage, match="Invalid field width in '%.99999999999i'"):
+        formats.parse_squeue_format("%i %.99999999999i")
+
+
+def test_a_job_id_beyond_a_dbus_uint64_is_invalid():
+    from schedd_slurm.common import JobRef, parse_refs
+
+    assert JobRef.parse(str((1 << 64) - 1)).id == (1 << 64) - 1
+    for bad in (str(1 << 64), "9" * 30, "9" * 30 + "_1"):
+        with pytest.raises(SlurmUsage, match="Invalid job id"):
+            parse_refs([f"1,{bad}"], "squeue")
+
+
 def test_sacct_exit_codes_and_array_ids():
     cols = formats.parse_sacct_format("JobID,JobIDRaw,ExitCode,State")
     rows = [job(Id=12, ArrayJobId=10, ArrayTaskId=2, State="FAILED", Reason="exit-code", ExitCode=3),
